@@ -1,0 +1,45 @@
+// Command ward is the CLI of the ward network-policy suite: policy authoring
+// (validate, test), node status, FQDN cache and BPF introspection.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+const usage = `usage: ward <command> [arguments]
+
+commands:
+  policy validate FILE|DIR...          check policies, exit 1 on errors
+  policy test --policy P --flows F     evaluate flows offline
+  status                               show the node agent's state
+  fqdn cache list | fqdn names         show the DNS proxy's FQDN cache
+  bpf cleanup                          remove ward's BPF programs and maps
+`
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "policy":
+		return runPolicy(args[1:], stdout, stderr)
+	case "status":
+		return runStatus(args[1:], stdout, stderr)
+	case "fqdn":
+		return runFQDN(args[1:], stdout, stderr)
+	case "bpf":
+		return runBPF(args[1:], stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "ward: unknown command %q\n%s", args[0], usage)
+	return 2
+}
