@@ -1,0 +1,334 @@
+package abi
+
+/*
+#include <stdlib.h>
+#include <string.h>
+#include "callbacks.h"
+
+#cgo noescape envoy_dynamic_module_callback_http_get_header
+#cgo nocallback envoy_dynamic_module_callback_http_get_header
+#cgo noescape envoy_dynamic_module_callback_http_filter_get_attribute_string
+#cgo nocallback envoy_dynamic_module_callback_http_filter_get_attribute_string
+#cgo noescape envoy_dynamic_module_callback_http_filter_get_attribute_int
+#cgo nocallback envoy_dynamic_module_callback_http_filter_get_attribute_int
+#cgo noescape envoy_dynamic_module_callback_http_set_header
+#cgo nocallback envoy_dynamic_module_callback_http_set_header
+#cgo noescape envoy_dynamic_module_callback_http_add_header
+#cgo nocallback envoy_dynamic_module_callback_http_add_header
+*/
+import "C"
+
+import (
+	"unsafe"
+
+	"github.com/wardproxy/ward/proxylib"
+)
+
+// Header map types (envoy_dynamic_module_type_http_header_type).
+const (
+	requestHeader  = 0
+	responseHeader = 2
+)
+
+// Attribute ids (envoy_dynamic_module_type_attribute_id); in 1.40 the
+// address attributes include the port.
+const (
+	attrSourceAddress      = 24
+	attrDestinationAddress = 26
+	attrConnectionID       = 28
+)
+
+// Headers status values.
+const (
+	headersContinue      = 0
+	headersStopIteration = 1
+)
+
+type httpConfig struct {
+	cfg proxylib.HTTPFilterConfig
+}
+
+type httpFilter struct {
+	f      proxylib.HTTPFilter
+	stream httpStream
+	// replied is set once ward sent a local reply; later hooks of the
+	// stream then only continue (Envoy is already answering).
+	replied bool
+}
+
+// httpStream implements proxylib.HTTPStream over the envoy filter pointer of
+// the current hook.
+type httpStream struct {
+	p     unsafe.Pointer
+	owner *httpFilter
+}
+
+var _ proxylib.HTTPStream = (*httpStream)(nil)
+
+func (s *httpStream) header(typ int, name string, index int) (string, bool, int) {
+	var out C.ward_buf
+	var count C.size_t
+	ok := C.envoy_dynamic_module_callback_http_get_header(s.p, C.int(typ), goBuf(name), &out, C.size_t(index), &count)
+	if !bool(ok) {
+		return "", false, int(count)
+	}
+	return string(view(out)), true, int(count)
+}
+
+func (s *httpStream) RequestHeader(name string) (string, bool) {
+	v, ok, _ := s.header(requestHeader, name, 0)
+	return v, ok
+}
+
+func (s *httpStream) RequestHeaderValues(name string) []string {
+	v, ok, n := s.header(requestHeader, name, 0)
+	if !ok {
+		return nil
+	}
+	out := make([]string, 0, n)
+	out = append(out, v)
+	for i := 1; i < n; i++ {
+		if v, ok, _ := s.header(requestHeader, name, i); ok {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+func (s *httpStream) SetRequestHeader(name, value string) {
+	C.envoy_dynamic_module_callback_http_set_header(s.p, requestHeader, goBuf(name), goBuf(value))
+}
+
+func (s *httpStream) RemoveRequestHeader(name string) {
+	// A null value removes the header (abi.h: set_header).
+	C.envoy_dynamic_module_callback_http_set_header(s.p, requestHeader, goBuf(name), C.ward_buf{})
+}
+
+func (s *httpStream) AddRequestHeader(name, value string) {
+	C.envoy_dynamic_module_callback_http_add_header(s.p, requestHeader, goBuf(name), goBuf(value))
+}
+
+func (s *httpStream) SendLocalReply(status int, headers [][2]string, body []byte, details string) {
+	s.owner.replied = true
+	// The header array and its strings live in C memory: a pointer to
+	// structs holding Go pointers would break the cgo pointer rules.
+	size := 0
+	for _, h := range headers {
+		size += len(h[0]) + len(h[1])
+	}
+	var hdrs *C.ward_header
+	var data *C.char
+	if len(headers) > 0 {
+		hdrs = (*C.ward_header)(C.calloc(C.size_t(len(headers)), C.size_t(unsafe.Sizeof(C.ward_header{}))))
+		data = (*C.char)(C.malloc(C.size_t(size + 1)))
+		defer C.free(unsafe.Pointer(hdrs))
+		defer C.free(unsafe.Pointer(data))
+		hs := unsafe.Slice(hdrs, len(headers))
+		buf := unsafe.Slice((*byte)(unsafe.Pointer(data)), size+1)
+		off := 0
+		for i, h := range headers {
+			k := copy(buf[off:], h[0])
+			hs[i].key_ptr = (*C.char)(unsafe.Pointer(&buf[off]))
+			hs[i].key_length = C.size_t(k)
+			off += k
+			v := copy(buf[off:], h[1])
+			hs[i].value_ptr = (*C.char)(unsafe.Pointer(&buf[off]))
+			hs[i].value_length = C.size_t(v)
+			off += v
+		}
+	}
+	C.envoy_dynamic_module_callback_http_send_response(s.p, C.uint32_t(status), hdrs, C.size_t(len(headers)), goBytesBuf(body), goBuf(details))
+}
+
+func (s *httpStream) attrString(id int) string {
+	var out C.ward_buf
+	if !bool(C.envoy_dynamic_module_callback_http_filter_get_attribute_string(s.p, C.int(id), &out)) {
+		return ""
+	}
+	return string(view(out))
+}
+
+func (s *httpStream) Conn() proxylib.ConnAddrs {
+	var id C.uint64_t
+	C.envoy_dynamic_module_callback_http_filter_get_attribute_int(s.p, attrConnectionID, &id)
+	return proxylib.ConnAddrs{
+		Remote: s.attrString(attrSourceAddress),
+		Local:  s.attrString(attrDestinationAddress),
+		ID:     uint64(id),
+	}
+}
+
+//export envoy_dynamic_module_on_http_filter_config_new
+func envoy_dynamic_module_on_http_filter_config_new(_ unsafe.Pointer, name, config C.ward_buf) (h C.uintptr_t) {
+	defer func() {
+		if r := recover(); r != nil {
+			logPanic("http_filter_config_new", r)
+			h = 0 // Envoy rejects the configuration
+		}
+	}()
+	n := string(view(name))
+	cfg, err := proxylib.NewHTTPConfig(n, append([]byte(nil), view(config)...))
+	if err != nil {
+		envoyLogger{}.Log(proxylib.LogError, "ward: http filter "+n+": "+err.Error())
+		return 0
+	}
+	return toHandle(&httpConfig{cfg: cfg})
+}
+
+//export envoy_dynamic_module_on_http_filter_config_destroy
+func envoy_dynamic_module_on_http_filter_config_destroy(h C.uintptr_t) {
+	defer func() {
+		if r := recover(); r != nil {
+			logPanic("http_filter_config_destroy", r)
+		}
+	}()
+	if c, ok := fromHandle[*httpConfig](h); ok {
+		c.cfg.Close()
+	}
+	deleteHandle(h)
+}
+
+//export envoy_dynamic_module_on_http_filter_new
+func envoy_dynamic_module_on_http_filter_new(h C.uintptr_t, _ unsafe.Pointer) (fh C.uintptr_t) {
+	defer func() {
+		if r := recover(); r != nil {
+			logPanic("http_filter_new", r)
+			fh = 0
+		}
+	}()
+	c, ok := fromHandle[*httpConfig](h)
+	if !ok {
+		return 0
+	}
+	f := &httpFilter{f: c.cfg.NewHTTPFilter()}
+	f.stream.owner = f
+	return toHandle(f)
+}
+
+// failHTTP answers 500 after a recovered panic, unless a reply went out.
+func failHTTP(p unsafe.Pointer, f *httpFilter, where string, r any) C.int {
+	logPanic(where, r)
+	if f != nil && !f.replied {
+		func() {
+			defer func() {
+				if r := recover(); r != nil {
+					logPanic(where+" (local reply)", r)
+				}
+			}()
+			f.stream.p = p
+			f.stream.SendLocalReply(500, [][2]string{{"content-type", "text/plain"}}, []byte("ward: internal error\n"), "ward_panic")
+		}()
+	}
+	return headersStopIteration
+}
+
+//export envoy_dynamic_module_on_http_filter_request_headers
+func envoy_dynamic_module_on_http_filter_request_headers(p unsafe.Pointer, h C.uintptr_t, eos C.bool) (st C.int) {
+	var f *httpFilter
+	defer func() {
+		if r := recover(); r != nil {
+			st = failHTTP(p, f, "http_filter_request_headers", r)
+		}
+	}()
+	f, _ = fromHandle[*httpFilter](h)
+	if f == nil {
+		panic("unknown filter handle")
+	}
+	f.stream.p = p
+	return C.int(f.f.OnRequestHeaders(&f.stream, bool(eos)))
+}
+
+//export envoy_dynamic_module_on_http_filter_response_headers
+func envoy_dynamic_module_on_http_filter_response_headers(p unsafe.Pointer, h C.uintptr_t, eos C.bool) (st C.int) {
+	defer func() {
+		if r := recover(); r != nil {
+			logPanic("http_filter_response_headers", r)
+			st = headersContinue // the response is the upstream's or ours already
+		}
+	}()
+	f, _ := fromHandle[*httpFilter](h)
+	if f == nil || f.replied {
+		return headersContinue
+	}
+	f.stream.p = p
+	return C.int(f.f.OnResponseHeaders(&f.stream, bool(eos)))
+}
+
+// Body and trailer hooks: ward decides on headers; bodies pass.
+
+//export envoy_dynamic_module_on_http_filter_request_body
+func envoy_dynamic_module_on_http_filter_request_body(unsafe.Pointer, C.uintptr_t, C.bool) C.int {
+	return 0
+}
+
+//export envoy_dynamic_module_on_http_filter_response_body
+func envoy_dynamic_module_on_http_filter_response_body(unsafe.Pointer, C.uintptr_t, C.bool) C.int {
+	return 0
+}
+
+//export envoy_dynamic_module_on_http_filter_request_trailers
+func envoy_dynamic_module_on_http_filter_request_trailers(unsafe.Pointer, C.uintptr_t) C.int {
+	return 0
+}
+
+//export envoy_dynamic_module_on_http_filter_response_trailers
+func envoy_dynamic_module_on_http_filter_response_trailers(unsafe.Pointer, C.uintptr_t) C.int {
+	return 0
+}
+
+//export envoy_dynamic_module_on_http_filter_stream_complete
+func envoy_dynamic_module_on_http_filter_stream_complete(p unsafe.Pointer, h C.uintptr_t) {
+	defer func() {
+		if r := recover(); r != nil {
+			logPanic("http_filter_stream_complete", r)
+		}
+	}()
+	if f, ok := fromHandle[*httpFilter](h); ok {
+		f.stream.p = p
+		f.f.OnComplete()
+	}
+}
+
+//export envoy_dynamic_module_on_http_filter_destroy
+func envoy_dynamic_module_on_http_filter_destroy(h C.uintptr_t) {
+	defer func() {
+		if r := recover(); r != nil {
+			logPanic("http_filter_destroy", r)
+		}
+	}()
+	deleteHandle(h)
+}
+
+// Hooks ward does not use; Envoy requires them to exist.
+
+//export envoy_dynamic_module_on_http_filter_scheduled
+func envoy_dynamic_module_on_http_filter_scheduled(unsafe.Pointer, C.uintptr_t, C.uint64_t) {}
+
+//export envoy_dynamic_module_on_http_filter_config_scheduled
+func envoy_dynamic_module_on_http_filter_config_scheduled(unsafe.Pointer, C.uintptr_t, C.uint64_t) {}
+
+//export envoy_dynamic_module_on_http_filter_http_callout_done
+func envoy_dynamic_module_on_http_filter_http_callout_done(unsafe.Pointer, C.uintptr_t) {}
+
+//export envoy_dynamic_module_on_http_filter_http_stream_headers
+func envoy_dynamic_module_on_http_filter_http_stream_headers(unsafe.Pointer, C.uintptr_t) {}
+
+//export envoy_dynamic_module_on_http_filter_http_stream_data
+func envoy_dynamic_module_on_http_filter_http_stream_data(unsafe.Pointer, C.uintptr_t) {}
+
+//export envoy_dynamic_module_on_http_filter_http_stream_trailers
+func envoy_dynamic_module_on_http_filter_http_stream_trailers(unsafe.Pointer, C.uintptr_t) {}
+
+//export envoy_dynamic_module_on_http_filter_http_stream_complete
+func envoy_dynamic_module_on_http_filter_http_stream_complete(unsafe.Pointer, C.uintptr_t) {}
+
+//export envoy_dynamic_module_on_http_filter_http_stream_reset
+func envoy_dynamic_module_on_http_filter_http_stream_reset(unsafe.Pointer, C.uintptr_t) {}
+
+//export envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark
+func envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(unsafe.Pointer, C.uintptr_t) {
+}
+
+//export envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark
+func envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(unsafe.Pointer, C.uintptr_t) {
+}
