@@ -98,22 +98,42 @@ func (m *Matcher) Match(name string) bool {
 	if name == "" {
 		return false
 	}
-	nl := strings.Split(name, ".")
-	if m.anyDepth {
-		if len(nl) < len(m.labels)+1 {
+	// Walk the labels right to left without splitting (no allocation).
+	rest := name
+	for i := len(m.labels) - 1; i >= 0; i-- {
+		if rest == "" {
 			return false
 		}
-		for _, l := range nl[:len(nl)-len(m.labels)] {
-			if !validLabel(l) {
-				return false
+		var label string
+		if j := strings.LastIndexByte(rest, '.'); j >= 0 {
+			label, rest = rest[j+1:], rest[:j]
+			if rest == "" {
+				return false // a leading dot: empty first label
 			}
+		} else {
+			label, rest = rest, ""
 		}
-		nl = nl[len(nl)-len(m.labels):]
-	} else if len(nl) != len(m.labels) {
+		if !matchLabel(m.labels[i], label) {
+			return false
+		}
+	}
+	if !m.anyDepth {
+		return rest == ""
+	}
+	if rest == "" {
 		return false
 	}
-	for i, pieces := range m.labels {
-		if !matchLabel(pieces, nl[i]) {
+	for rest != "" {
+		label := rest
+		if j := strings.IndexByte(rest, '.'); j >= 0 {
+			label, rest = rest[:j], rest[j+1:]
+			if rest == "" {
+				return false
+			}
+		} else {
+			rest = ""
+		}
+		if !validLabel(label) {
 			return false
 		}
 	}
