@@ -1,0 +1,125 @@
+package dns
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/wardproxy/ward/policy"
+	"github.com/wardproxy/ward/policy/matchpattern"
+)
+
+// Matcher is a compiled list of DNS rules (toPorts[].rules.dns) of one
+// endpoint and port: a query is allowed when its name matches any rule.
+// A Matcher is immutable and safe for concurrent use.
+type Matcher struct {
+	all      bool
+	names    map[string]struct{} // matchName values, lower case, no trailing dot
+	patterns []*matchpattern.Matcher
+}
+
+// AllowAll is a Matcher allowing every name (the rule matchPattern "*").
+var AllowAll = &Matcher{all: true}
+
+// Compile compiles rules. A rule matches when its MatchName equals the query
+// name or its MatchPattern matches it (either, when both are set); a rule
+// with neither is an error. An empty list compiles into a Matcher that
+// allows nothing: a port with DNS rules allows only what they name (the
+// caller does not redirect ports without DNS rules). Errors name the rule
+// index and are joined, so one call reports every bad rule.
+func Compile(rules []policy.PortRuleDNS) (*Matcher, error) {
+	m := &Matcher{names: make(map[string]struct{})}
+	var errs []error
+	for i, r := range rules {
+		if r.MatchName == "" && r.MatchPattern == "" {
+			errs = append(errs, fmt.Errorf("dns[%d]: neither matchName nor matchPattern is set", i))
+			continue
+		}
+		if r.MatchName != "" {
+			n, err := normaliseName(r.MatchName)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("dns[%d].matchName: %w", i, err))
+			} else {
+				m.names[n] = struct{}{}
+			}
+		}
+		if r.MatchPattern != "" {
+			p, err := matchpattern.Compile(r.MatchPattern)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("dns[%d].matchPattern: %w", i, err))
+				continue
+			}
+			if p.String() == "*" {
+				m.all = true
+			}
+			m.patterns = append(m.patterns, p)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return m, nil
+}
+
+// Allow reports whether a query for qname is allowed. qname is compared
+// case-insensitively, with or without its trailing dot.
+func (m *Matcher) Allow(qname string) bool {
+	if m == nil {
+		return false
+	}
+	if m.all {
+		return true
+	}
+	n := lowerName(qname)
+	if _, ok := m.names[n]; ok {
+		return true
+	}
+	for _, p := range m.patterns {
+		if p.Match(n) {
+			return true
+		}
+	}
+	return false
+}
+
+// normaliseName validates a matchName and returns it in lower case without
+// its trailing dot.
+func normaliseName(s string) (string, error) {
+	n := lowerName(strings.TrimSpace(s))
+	if n == "" {
+		return "", errors.New("empty name")
+	}
+	if len(n) > 253 {
+		return "", fmt.Errorf("name %q longer than 253 characters", s)
+	}
+	for _, l := range strings.Split(n, ".") {
+		if l == "" || len(l) > 63 {
+			return "", fmt.Errorf("name %q: empty label or label longer than 63 characters", s)
+		}
+		for i := 0; i < len(l); i++ {
+			c := l[i]
+			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return "", fmt.Errorf("name %q: character %q not allowed", s, c)
+			}
+		}
+	}
+	return n, nil
+}
+
+// lowerName lower-cases ASCII letters (RFC 4343) and strips one trailing
+// dot, allocating only when the name has upper-case letters.
+func lowerName(s string) string {
+	s = strings.TrimSuffix(s, ".")
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= 'A' && c <= 'Z' {
+			b := []byte(s)
+			for j := i; j < len(b); j++ {
+				if b[j] >= 'A' && b[j] <= 'Z' {
+					b[j] += 'a' - 'A'
+				}
+			}
+			return string(b)
+		}
+	}
+	return s
+}
