@@ -76,4 +76,3 @@ func TestCompileReportsAll(t *testing.T) {
 		}
 	}
 }
-
