@@ -6,7 +6,8 @@
 //   - '*' matches zero or more DNS name characters ([-a-z0-9_]) within one
 //     label, so "*.cilium.io" matches "sub.cilium.io" but neither
 //     "cilium.io" nor "a.b.cilium.io";
-//   - the pattern "*" alone matches every name;
+//   - the pattern "*" alone (or any pattern made only of stars) matches
+//     every name;
 //   - a leading "**." matches one or more labels of any depth (current
 //     Cilium), so "**.cilium.io" matches "a.cilium.io" and "a.b.cilium.io"
 //     but not "cilium.io".
@@ -24,10 +25,6 @@ import (
 // MaxLen is the longest pattern accepted, the longest presentation-format
 // DNS name (RFC 1035 §2.3.4: 255 octets on the wire).
 const MaxLen = 255
-
-// anyDepthPrefix is the subdomain wildcard accepted at the start of a
-// pattern.
-const anyDepthPrefix = "**."
 
 // Matcher is a compiled pattern.
 type Matcher struct {
@@ -52,16 +49,18 @@ func Compile(pattern string) (*Matcher, error) {
 	if len(p) > MaxLen {
 		return nil, fmt.Errorf("pattern is %d characters long, more than %d", len(p), MaxLen)
 	}
-	if p == "*" {
-		return &Matcher{pattern: p, all: true}, nil
+	if strings.Trim(p, "*") == "" {
+		// "*", "**", "*.": a pattern made only of stars matches every name.
+		return &Matcher{pattern: "*", all: true}, nil
 	}
 	m := &Matcher{pattern: p}
 	rest := p
-	if strings.HasPrefix(rest, anyDepthPrefix) {
+	if stars := len(p) - len(strings.TrimLeft(p, "*")); stars >= 2 && strings.HasPrefix(p[stars:], ".") {
+		// "**." (or more stars then a dot, as Cilium accepts).
 		m.anyDepth = true
-		rest = rest[len(anyDepthPrefix):]
+		rest = p[stars+1:]
 		if rest == "" {
-			return nil, fmt.Errorf("pattern %q: %q must be followed by a name", pattern, anyDepthPrefix)
+			return nil, fmt.Errorf("pattern %q: a leading \"**.\" must be followed by a name", pattern)
 		}
 	}
 	for i := 0; i < len(rest); i++ {

@@ -104,8 +104,9 @@ func TestValidate(t *testing.T) {
 		{name: "space inside", pattern: "a b.test", ok: false},
 		{name: "double star inside", pattern: "a.**.test", ok: false},
 		{name: "double star in label", pattern: "a**b.test", ok: false},
-		{name: "bare any depth", pattern: "**.", ok: false},
-		{name: "double star without dot", pattern: "**", ok: false},
+		{name: "bare any depth is all stars", pattern: "**.", ok: true},
+		{name: "only stars", pattern: "**", ok: true},
+		{name: "triple star prefix", pattern: "***.test", ok: true},
 		{name: "too long", pattern: strings.Repeat("a.", 128) + "a", ok: false},
 		{name: "long label", pattern: strings.Repeat("a", 64) + ".test", ok: false},
 	}
@@ -123,15 +124,15 @@ func TestValidate(t *testing.T) {
 // independent oracle for the fuzzer.
 func reference(pattern string) *regexp.Regexp {
 	p := strings.ToLower(strings.TrimSuffix(strings.TrimSpace(pattern), "."))
-	if p == "*" {
+	if strings.Trim(p, "*") == "" {
 		return regexp.MustCompile(`^.*$`)
 	}
 	const c = `[-a-z0-9_]`
 	var b strings.Builder
 	b.WriteString("^")
-	if strings.HasPrefix(p, "**.") {
+	if stars := len(p) - len(strings.TrimLeft(p, "*")); stars >= 2 && strings.HasPrefix(p[stars:], ".") {
 		b.WriteString(`(` + c + `+[.])+`)
-		p = p[3:]
+		p = p[stars+1:]
 	}
 	for i := 0; i < len(p); i++ {
 		switch p[i] {
