@@ -1,0 +1,332 @@
+// Package redirect loads and drives ward's eBPF datapath: tc programs on the
+// host side of each endpoint's veth that enforce L3/L4 policy and hand
+// policy-selected flows to node-local transparent proxies (Envoy's
+// listeners, the DNS proxy) with bpf_sk_assign, so the proxy sees the
+// original destination as its socket's local address (TPROXY semantics).
+//
+// wardd's calls, in order:
+//
+//	d, err := redirect.Load(redirect.Config{PinDir: redirect.DefaultPinDir})
+//	undo, err := redirect.InstallProxyRouting(redirect.Routing{})  // once per node
+//	d.IPCache().Upsert(prefix, identity)         // also filters/dns through the IPCache interface
+//	d.SetPolicy(epID, entries)                   // before enforcing
+//	d.AddEndpoint(redirect.Endpoint{ID, IP, IfIndex, Identity, EnforceIngress, EnforceEgress})
+//	d.RemoveEndpoint(epID)
+//	d.Counters()
+//	d.Close()                                    // programs stay attached, maps stay pinned
+//	redirect.Cleanup(pinDir)                     // `ward bpf cleanup`
+//
+// Invariants:
+//   - Maps are pinned by name under Config.PinDir and tcx links under
+//     PinDir/links; Load reuses both, swapping the new programs into the
+//     existing links atomically (BPF_LINK_UPDATE), so restarting wardd
+//     neither detaches nor clears anything: no traffic disruption.
+//   - Map writes are per-entry updates in place, new entries before stale
+//     ones are deleted; a deny at any wildcard level wins in the datapath, so
+//     a rewrite never lets through what neither the old nor the new policy
+//     allows, and never drops what both allow.
+//   - An endpoint whose policy does not fit (per-endpoint budget or map
+//     capacity) is put in lockdown (everything to and from it dropped) and
+//     the write returns ErrPolicyMapFull; it leaves lockdown when a later
+//     SetPolicy fits. The datapath never silently allows.
+//   - An enforced direction without a matching entry drops (default deny).
+//   - IPv4 only for now: IPv6 packets other than neighbour discovery/MLD are
+//     dropped and counted (ReasonUnsupportedL3), not passed unchecked.
+package redirect
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultPinDir is where wardd pins its maps and links.
+const DefaultPinDir = "/sys/fs/bpf/ward"
+
+// DefaultMaxPolicyEntriesPerEndpoint is the per-endpoint policy budget
+// (Cilium's default policy map size).
+const DefaultMaxPolicyEntriesPerEndpoint = 16384
+
+// Config configures Load. The zero value is usable.
+type Config struct {
+	// PinDir is the bpffs directory for maps and links (DefaultPinDir when
+	// empty). bpffs is mounted there, or on /sys/fs/bpf, when it is not.
+	PinDir string
+	// PolicyMapSize is the capacity of the policy map shared by all
+	// endpoints; 0 keeps the compiled default (131072). It must match an
+	// already pinned map.
+	PolicyMapSize uint32
+	// MaxPolicyEntriesPerEndpoint bounds one endpoint's entries;
+	// 0 means DefaultMaxPolicyEntriesPerEndpoint.
+	MaxPolicyEntriesPerEndpoint int
+	// Logger receives lifecycle events; nil discards them.
+	Logger *slog.Logger
+}
+
+// ErrPolicyMapFull reports that an endpoint's policy did not fit; the
+// endpoint is locked down.
+var ErrPolicyMapFull = errors.New("policy map full")
+
+// Datapath is the loaded programs and maps. Its methods are safe for
+// concurrent use.
+type Datapath struct {
+	cfg    Config
+	log    *slog.Logger
+	objs   datapathObjects
+	ipc    *IPCache
+	mu     sync.Mutex
+	eps    map[uint32]Endpoint
+	pol    map[uint32]map[PolicyKey]policyVal
+	locked map[uint32]bool // endpoint id -> locked down for overflow
+	links  map[string]link.Link
+}
+
+// Load checks the kernel, mounts bpffs if needed, loads the programs and
+// creates or reuses the pinned maps, and re-attaches the programs to every
+// link pinned by a previous run.
+func Load(cfg Config) (*Datapath, error) {
+	if cfg.PinDir == "" {
+		cfg.PinDir = DefaultPinDir
+	}
+	if cfg.MaxPolicyEntriesPerEndpoint == 0 {
+		cfg.MaxPolicyEntriesPerEndpoint = DefaultMaxPolicyEntriesPerEndpoint
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("remove memlock rlimit: %w (needs CAP_SYS_RESOURCE on kernels before 5.11)", err)
+	}
+	if err := CheckKernel(); err != nil {
+		return nil, err
+	}
+	if err := ensureBPFFS(cfg.PinDir); err != nil {
+		return nil, err
+	}
+	spec, err := loadDatapath()
+	if err != nil {
+		return nil, fmt.Errorf("load datapath spec: %w", err)
+	}
+	if cfg.PolicyMapSize != 0 {
+		spec.Maps[datapathMapWardPolicy].MaxEntries = cfg.PolicyMapSize
+	}
+	d := &Datapath{
+		cfg:    cfg,
+		log:    log,
+		eps:    map[uint32]Endpoint{},
+		pol:    map[uint32]map[PolicyKey]policyVal{},
+		locked: map[uint32]bool{},
+		links:  map[string]link.Link{},
+	}
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinDir}}
+	if err := spec.LoadAndAssign(&d.objs, opts); err != nil {
+		return nil, loadError(err, cfg.PinDir)
+	}
+	d.ipc = &IPCache{m: d.objs.WardIpcache}
+	if err := d.restore(); err != nil {
+		d.objs.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// loadError names what is missing when loading fails.
+func loadError(err error, pinDir string) error {
+	var ve *ebpf.VerifierError
+	switch {
+	case errors.Is(err, ebpf.ErrMapIncompatible):
+		return fmt.Errorf("load datapath: pinned map in %s has another layout (run `ward bpf cleanup`): %w", pinDir, err)
+	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
+		return fmt.Errorf("load datapath: permission denied: needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (run wardd as root): %w", err)
+	case errors.Is(err, ebpf.ErrNotSupported):
+		return fmt.Errorf("load datapath: kernel lacks a needed feature (Linux 6.6+ with BPF, LPM tries, bpf_sk_assign): %w", err)
+	case errors.As(err, &ve):
+		return fmt.Errorf("load datapath: verifier rejected the programs: %-20v", ve)
+	}
+	return fmt.Errorf("load datapath: %w", err)
+}
+
+// restore rebuilds the in-memory mirrors from the pinned maps and swaps the
+// new programs into the pinned links.
+func (d *Datapath) restore() error {
+	var (
+		ek datapathEndpointKey
+		ev datapathEndpointInfo
+	)
+	it := d.objs.WardEndpoints.Iterate()
+	for it.Next(&ek, &ev) {
+		ep := endpointFromMap(ek, ev)
+		d.eps[ep.ID] = ep
+		if ev.Flags&epLockdown != 0 {
+			d.locked[ep.ID] = true
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("restore endpoints: %w", err)
+	}
+	var (
+		pk datapathPolicyKey
+		pv datapathPolicyValue
+	)
+	pit := d.objs.WardPolicy.Iterate()
+	for pit.Next(&pk, &pv) {
+		m := d.pol[pk.EndpointId]
+		if m == nil {
+			m = map[PolicyKey]policyVal{}
+			d.pol[pk.EndpointId] = m
+		}
+		m[policyKeyFromMap(pk)] = policyVal{Verdict: Verdict(pv.Verdict), ProxyPort: pv.ProxyPort}
+	}
+	if err := pit.Err(); err != nil {
+		return fmt.Errorf("restore policy: %w", err)
+	}
+	dir := filepath.Join(d.cfg.PinDir, "links")
+	ents, err := os.ReadDir(dir)
+	if err != nil && !os.IsNotExist(err) {
+		return fmt.Errorf("restore links: %w", err)
+	}
+	for _, e := range ents {
+		path := filepath.Join(dir, e.Name())
+		prog := d.objs.FromPod
+		if strings.HasSuffix(e.Name(), "-egress") {
+			prog = d.objs.ToPod
+		}
+		l, err := link.LoadPinnedLink(path, nil)
+		if err == nil {
+			err = l.Update(prog)
+			if err != nil {
+				l.Close()
+			}
+		}
+		if err != nil {
+			// The interface is gone (defunct link) or the pin is stale.
+			d.log.Warn("dropping stale pinned link", "path", path, "error", err)
+			if rerr := os.Remove(path); rerr != nil {
+				d.log.Warn("remove stale link pin", "path", path, "error", rerr)
+			}
+			continue
+		}
+		d.links[e.Name()] = l
+		d.log.Info("re-attached pinned link", "link", e.Name())
+	}
+	return nil
+}
+
+// IPCache returns the ipcache writer.
+func (d *Datapath) IPCache() *IPCache { return d.ipc }
+
+// PinDir returns the bpffs directory in use.
+func (d *Datapath) PinDir() string { return d.cfg.PinDir }
+
+// Close releases this process's handles. Pinned maps and links (and so
+// enforcement) stay in place; use RemoveEndpoint or Cleanup to undo them.
+func (d *Datapath) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	for name, l := range d.links {
+		if err := l.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close link %s: %w", name, err))
+		}
+	}
+	d.links = map[string]link.Link{}
+	errs = append(errs, d.objs.Close())
+	return errors.Join(errs...)
+}
+
+// ensureBPFFS makes dir a directory on a bpf filesystem, mounting one
+// when needed.
+func ensureBPFFS(dir string) error {
+	if isBPFFS(dir) {
+		return nil
+	}
+	parent := filepath.Dir(dir)
+	if !isBPFFS(parent) {
+		target := dir
+		if parent == "/sys/fs/bpf" {
+			target = parent
+		}
+		if err := os.MkdirAll(target, 0o700); err != nil {
+			return fmt.Errorf("bpffs: mkdir %s: %w", target, err)
+		}
+		if err := unix.Mount("bpf", target, "bpf", 0, "mode=0700"); err != nil {
+			return fmt.Errorf("bpffs: mount on %s: %w (needs CAP_SYS_ADMIN, or mount bpffs yourself)", target, err)
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("bpffs: mkdir %s: %w", dir, err)
+	}
+	if !isBPFFS(dir) {
+		return fmt.Errorf("bpffs: %s is not on a bpf filesystem", dir)
+	}
+	return nil
+}
+
+func isBPFFS(dir string) bool {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return false
+	}
+	return st.Type == unix.BPF_FS_MAGIC
+}
+
+// Cleanup removes everything ward pinned under pinDir: it detaches the
+// programs (unpinning the last reference of each tcx link) and unpins the
+// maps. Missing pins are not an error.
+func Cleanup(pinDir string) error {
+	if pinDir == "" {
+		pinDir = DefaultPinDir
+	}
+	if _, err := os.Stat(pinDir); os.IsNotExist(err) {
+		return nil
+	}
+	var errs []error
+	linkDir := filepath.Join(pinDir, "links")
+	ents, _ := os.ReadDir(linkDir)
+	for _, e := range ents {
+		path := filepath.Join(linkDir, e.Name())
+		if l, err := link.LoadPinnedLink(path, nil); err == nil {
+			if err := l.Unpin(); err != nil {
+				errs = append(errs, fmt.Errorf("unpin link %s: %w", path, err))
+			}
+			l.Close()
+			continue
+		}
+		if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
+			errs = append(errs, fmt.Errorf("remove link pin %s: %w", path, err))
+		}
+	}
+	if err := os.Remove(linkDir); err != nil && !os.IsNotExist(err) {
+		errs = append(errs, fmt.Errorf("remove %s: %w", linkDir, err))
+	}
+	for _, name := range []string{
+		datapathMapWardCt, datapathMapWardEndpoints, datapathMapWardFrag,
+		datapathMapWardIpcache, datapathMapWardMetrics, datapathMapWardPolicy,
+	} {
+		if err := os.Remove(filepath.Join(pinDir, name)); err != nil && !os.IsNotExist(err) {
+			errs = append(errs, fmt.Errorf("unpin map %s: %w", name, err))
+		}
+	}
+	if err := os.Remove(pinDir); err != nil && !os.IsNotExist(err) && !errors.Is(err, unix.EBUSY) {
+		errs = append(errs, fmt.Errorf("remove %s: %w", pinDir, err))
+	}
+	return errors.Join(errs...)
+}
+
+func linkName(ifindex int, ingress bool) string {
+	if ingress {
+		return "tcx-" + strconv.Itoa(ifindex) + "-ingress"
+	}
+	return "tcx-" + strconv.Itoa(ifindex) + "-egress"
+}

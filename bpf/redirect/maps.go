@@ -1,0 +1,373 @@
+package redirect
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// Mirrors of the C constants in redirect.c.
+const (
+	afInet  = 2
+	afInet6 = 10
+
+	epEnforceIngress = 1
+	epEnforceEgress  = 2
+	epLockdown       = 4
+)
+
+// Marks the datapath and the proxies agree on (see redirect.c).
+const (
+	// MarkToProxy is set on packets handed to a proxy socket; the routing
+	// rule installed by InstallProxyRouting delivers them locally.
+	MarkToProxy = 0x0D00
+	// MarkMask selects the magic part of a mark.
+	MarkMask = 0x0F00
+	// MarkProxyIngress marks an ingress proxy's upstream sockets: the
+	// destination's ingress policy was already applied by the proxy.
+	MarkProxyIngress = 0x0A00
+	// MarkProxyEgress marks an egress proxy's upstream sockets; use
+	// ProxyEgressMark to pack the source identity in.
+	MarkProxyEgress = 0x0B00
+)
+
+// ProxyEgressMark is the SO_MARK an egress proxy sets on its upstream
+// socket so the destination's ingress policy sees the original source
+// identity (Cilium's layout, which its Envoy filters use).
+func ProxyEgressMark(identity uint32) uint32 {
+	return MarkProxyEgress | (identity>>16)&0xFF | (identity&0xFFFF)<<16
+}
+
+// CheckKernel reports, by name, every kernel feature the datapath needs
+// and lacks; nil when all are present.
+func CheckKernel() error {
+	var errs []error
+	check := func(what string, err error) {
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", what, err))
+		}
+	}
+	check("program type sched_cls", features.HaveProgramType(ebpf.SchedCLS))
+	check("map type lpm_trie", features.HaveMapType(ebpf.LPMTrie))
+	check("map type lru_hash", features.HaveMapType(ebpf.LRUHash))
+	check("helper bpf_sk_assign (Linux 5.7+)", features.HaveProgramHelper(ebpf.SchedCLS, asm.FnSkAssign))
+	check("helper bpf_skc_lookup_tcp", features.HaveProgramHelper(ebpf.SchedCLS, asm.FnSkcLookupTcp))
+	check("helper bpf_sk_lookup_udp", features.HaveProgramHelper(ebpf.SchedCLS, asm.FnSkLookupUdp))
+	if err := errors.Join(errs...); err != nil {
+		if errors.Is(err, unix.EPERM) {
+			return fmt.Errorf("kernel check: permission denied: needs CAP_BPF and CAP_NET_ADMIN (run as root): %w", err)
+		}
+		return fmt.Errorf("kernel check: missing: %w; ward refuses to claim enforcement", err)
+	}
+	return nil
+}
+
+func addrWords(a netip.Addr) (family uint8, w [4]uint32) {
+	a = a.Unmap()
+	if a.Is4() {
+		b := a.As4()
+		w[0] = binary.NativeEndian.Uint32(b[:])
+		return afInet, w
+	}
+	b := a.As16()
+	for i := range w {
+		w[i] = binary.NativeEndian.Uint32(b[i*4:])
+	}
+	return afInet6, w
+}
+
+func wordsAddr(family uint8, w [4]uint32) netip.Addr {
+	if family == afInet {
+		var b [4]byte
+		binary.NativeEndian.PutUint32(b[:], w[0])
+		return netip.AddrFrom4(b)
+	}
+	var b [16]byte
+	for i := range w {
+		binary.NativeEndian.PutUint32(b[i*4:], w[i])
+	}
+	return netip.AddrFrom16(b)
+}
+
+// IPCache is the prefix -> security identity map (LPM trie). Longest prefix
+// wins; an address without an entry is WORLD (2). Safe for concurrent use.
+type IPCache struct {
+	m *ebpf.Map
+}
+
+func ipcacheKey(p netip.Prefix) (datapathIpcacheKey, error) {
+	if !p.IsValid() {
+		return datapathIpcacheKey{}, fmt.Errorf("invalid prefix %v", p)
+	}
+	p = p.Masked()
+	fam, w := addrWords(p.Addr())
+	return datapathIpcacheKey{Prefixlen: 32 + uint32(p.Bits()), Family: fam, Addr: w}, nil
+}
+
+// Upsert maps prefix to identity, replacing any previous identity in place.
+func (c *IPCache) Upsert(prefix netip.Prefix, identity uint32) error {
+	if identity == 0 {
+		return fmt.Errorf("ipcache upsert %s: identity 0 is not valid", prefix)
+	}
+	k, err := ipcacheKey(prefix)
+	if err != nil {
+		return fmt.Errorf("ipcache upsert: %w", err)
+	}
+	if err := c.m.Update(&k, &datapathIpcacheValue{Identity: identity}, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("ipcache upsert %s: %w", prefix, err)
+	}
+	return nil
+}
+
+// Delete removes prefix; a missing prefix is not an error.
+func (c *IPCache) Delete(prefix netip.Prefix) error {
+	k, err := ipcacheKey(prefix)
+	if err != nil {
+		return fmt.Errorf("ipcache delete: %w", err)
+	}
+	if err := c.m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("ipcache delete %s: %w", prefix, err)
+	}
+	return nil
+}
+
+// Lookup returns the identity the datapath resolves addr to, and whether an
+// entry matched (false means WORLD).
+func (c *IPCache) Lookup(addr netip.Addr) (uint32, bool) {
+	k, err := ipcacheKey(netip.PrefixFrom(addr.Unmap(), addr.Unmap().BitLen()))
+	if err != nil {
+		return 0, false
+	}
+	var v datapathIpcacheValue
+	if err := c.m.Lookup(&k, &v); err != nil {
+		return IdentityWorld, false
+	}
+	return v.Identity, true
+}
+
+// Reserved identities the datapath knows (the seed's numbering).
+const (
+	IdentityHost  = 1
+	IdentityWorld = 2
+)
+
+// Endpoint is one local workload whose veth carries the tc programs.
+type Endpoint struct {
+	// ID is the endpoint id (non-zero, unique on the node).
+	ID uint32
+	// IP is the endpoint's IPv4 address.
+	IP netip.Addr
+	// IfIndex is the host-side veth's ifindex in wardd's namespace.
+	IfIndex int
+	// Identity is the endpoint's security identity.
+	Identity uint32
+	// EnforceIngress and EnforceEgress turn default-deny on for the
+	// direction (some policy selects the endpoint there).
+	EnforceIngress, EnforceEgress bool
+}
+
+func (ep Endpoint) flags(locked bool) uint32 {
+	var f uint32
+	if ep.EnforceIngress {
+		f |= epEnforceIngress
+	}
+	if ep.EnforceEgress {
+		f |= epEnforceEgress
+	}
+	if locked {
+		f |= epLockdown
+	}
+	return f
+}
+
+func endpointFromMap(k datapathEndpointKey, v datapathEndpointInfo) Endpoint {
+	return Endpoint{
+		ID:             v.Id,
+		IP:             wordsAddr(k.Family, k.Addr),
+		IfIndex:        int(v.Ifindex),
+		Identity:       v.Identity,
+		EnforceIngress: v.Flags&epEnforceIngress != 0,
+		EnforceEgress:  v.Flags&epEnforceEgress != 0,
+	}
+}
+
+// Endpoints returns the endpoints in the (pinned) endpoint map, including
+// those added before a restart.
+func (d *Datapath) Endpoints() []Endpoint {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]Endpoint, 0, len(d.eps))
+	for _, ep := range d.eps {
+		out = append(out, ep)
+	}
+	return out
+}
+
+// Locked reports whether an endpoint is in lockdown.
+func (d *Datapath) Locked(id uint32) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.locked[id]
+}
+
+func (d *Datapath) writeEndpoint(ep Endpoint) error {
+	fam, w := addrWords(ep.IP)
+	k := datapathEndpointKey{Family: fam, Addr: w}
+	v := datapathEndpointInfo{Id: ep.ID, Ifindex: uint32(ep.IfIndex), Identity: ep.Identity, Flags: ep.flags(d.locked[ep.ID])}
+	if err := d.objs.WardEndpoints.Update(&k, &v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("endpoint map update %d: %w", ep.ID, err)
+	}
+	return nil
+}
+
+// AddEndpoint registers (or updates) an endpoint and attaches the programs
+// to its veth: the endpoint map entry and its /32 ipcache identity are
+// written first, then the tcx links are created (or, when they already
+// exist, e.g. pinned by a previous run, their programs are swapped
+// atomically). Write the endpoint's policy with SetPolicy before enforcing.
+func (d *Datapath) AddEndpoint(ep Endpoint) error {
+	if ep.ID == 0 {
+		return errors.New("add endpoint: id 0 is reserved")
+	}
+	if !ep.IP.Unmap().Is4() {
+		return fmt.Errorf("add endpoint %d: only IPv4 endpoints are supported, got %v", ep.ID, ep.IP)
+	}
+	if ep.IfIndex <= 0 {
+		return fmt.Errorf("add endpoint %d: invalid ifindex %d", ep.ID, ep.IfIndex)
+	}
+	if ep.Identity == 0 {
+		return fmt.Errorf("add endpoint %d: identity 0 is not valid", ep.ID)
+	}
+	ep.IP = ep.IP.Unmap()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if old, ok := d.eps[ep.ID]; ok && old.IP != ep.IP {
+		return fmt.Errorf("add endpoint %d: already registered with %s", ep.ID, old.IP)
+	}
+	if err := d.ipc.Upsert(netip.PrefixFrom(ep.IP, 32), ep.Identity); err != nil {
+		return fmt.Errorf("add endpoint %d: %w", ep.ID, err)
+	}
+	if err := d.writeEndpoint(ep); err != nil {
+		return fmt.Errorf("add endpoint: %w", err)
+	}
+	d.eps[ep.ID] = ep
+	for _, ingress := range []bool{true, false} {
+		if err := d.attach(ep.IfIndex, ingress); err != nil {
+			return fmt.Errorf("add endpoint %d: %w", ep.ID, err)
+		}
+	}
+	return nil
+}
+
+func (d *Datapath) attach(ifindex int, ingress bool) error {
+	name := linkName(ifindex, ingress)
+	prog, at := d.objs.FromPod, ebpf.AttachTCXIngress
+	if !ingress {
+		prog, at = d.objs.ToPod, ebpf.AttachTCXEgress
+	}
+	if l, ok := d.links[name]; ok {
+		if err := l.Update(prog); err != nil {
+			return fmt.Errorf("update tcx link %s: %w", name, err)
+		}
+		return nil
+	}
+	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: at})
+	if err != nil {
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			return fmt.Errorf("attach tcx ifindex %d: tcx links need Linux 6.6+: %w", ifindex, err)
+		}
+		return fmt.Errorf("attach tcx ifindex %d: %w", ifindex, err)
+	}
+	dir := filepath.Join(d.cfg.PinDir, "links")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		l.Close()
+		return fmt.Errorf("pin dir: %w", err)
+	}
+	if err := l.Pin(filepath.Join(dir, name)); err != nil {
+		l.Close()
+		return fmt.Errorf("pin tcx link %s: %w", name, err)
+	}
+	d.links[name] = l
+	return nil
+}
+
+// RemoveEndpoint detaches the programs from the endpoint's veth and deletes
+// its endpoint, ipcache, policy and conntrack entries. Unknown ids are not
+// an error.
+func (d *Datapath) RemoveEndpoint(id uint32) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ep, ok := d.eps[id]
+	if !ok {
+		return nil
+	}
+	var errs []error
+	for _, ingress := range []bool{true, false} {
+		name := linkName(ep.IfIndex, ingress)
+		if l, ok := d.links[name]; ok {
+			if err := l.Unpin(); err != nil {
+				errs = append(errs, fmt.Errorf("unpin %s: %w", name, err))
+			}
+			if err := l.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("detach %s: %w", name, err))
+			}
+			delete(d.links, name)
+		}
+	}
+	fam, w := addrWords(ep.IP)
+	k := datapathEndpointKey{Family: fam, Addr: w}
+	if err := d.objs.WardEndpoints.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, fmt.Errorf("endpoint map delete: %w", err))
+	}
+	if err := d.ipc.Delete(netip.PrefixFrom(ep.IP, 32)); err != nil {
+		errs = append(errs, err)
+	}
+	for pk := range d.pol[id] {
+		mk := pk.mapKey(id)
+		if err := d.objs.WardPolicy.Delete(&mk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("policy delete: %w", err))
+		}
+	}
+	delete(d.pol, id)
+	delete(d.locked, id)
+	delete(d.eps, id)
+	errs = append(errs, d.flushCT(ep.IP))
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("remove endpoint %d: %w", id, err)
+	}
+	return nil
+}
+
+// flushCT deletes the conntrack entries with addr at either end.
+func (d *Datapath) flushCT(addr netip.Addr) error {
+	fam, w := addrWords(addr)
+	var (
+		k    datapathCtKey
+		v    datapathCtValue
+		dead []datapathCtKey
+	)
+	it := d.objs.WardCt.Iterate()
+	for it.Next(&k, &v) {
+		if k.Family == fam && (k.Saddr == w || k.Daddr == w) {
+			dead = append(dead, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("conntrack flush: %w", err)
+	}
+	for i := range dead {
+		if err := d.objs.WardCt.Delete(&dead[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("conntrack flush: %w", err)
+		}
+	}
+	return nil
+}

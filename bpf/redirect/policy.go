@@ -1,0 +1,373 @@
+package redirect
+
+import (
+	"errors"
+	"fmt"
+	"os/exec"
+	"strconv"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// Direction is the policy direction relative to the endpoint.
+type Direction uint8
+
+// Directions (the values the datapath uses).
+const (
+	Ingress Direction = 0
+	Egress  Direction = 1
+)
+
+func (d Direction) String() string {
+	if d == Egress {
+		return "egress"
+	}
+	return "ingress"
+}
+
+// Verdict is a policy map verdict.
+type Verdict uint8
+
+// Verdicts (the values the datapath uses).
+const (
+	Allow    Verdict = 1
+	Deny     Verdict = 2
+	Redirect Verdict = 3
+)
+
+func (v Verdict) String() string {
+	switch v {
+	case Allow:
+		return "allow"
+	case Deny:
+		return "deny"
+	case Redirect:
+		return "redirect"
+	}
+	return "verdict(" + strconv.Itoa(int(v)) + ")"
+}
+
+// IP protocol numbers for PolicyKey.Proto.
+const (
+	ProtoAny  = 0
+	ProtoICMP = 1
+	ProtoTCP  = 6
+	ProtoUDP  = 17
+)
+
+// PolicyKey selects traffic of one endpoint. Zero fields are wildcards:
+// Identity 0 is any remote identity, Port 0 any port, Proto 0 any protocol
+// (only with Port 0). For a new flow the datapath consults, most specific
+// first, (identity, port, proto), (identity, *, proto), (identity, *, *),
+// (*, port, proto), (*, *, proto), (*, *, *): the first entry found
+// decides, except that a Deny anywhere in that list wins.
+type PolicyKey struct {
+	Direction Direction
+	Identity  uint32
+	Port      uint16
+	Proto     uint8
+}
+
+func (k PolicyKey) mapKey(ep uint32) datapathPolicyKey {
+	return datapathPolicyKey{EndpointId: ep, Identity: k.Identity, Dport: k.Port, Proto: k.Proto, Direction: uint8(k.Direction)}
+}
+
+func policyKeyFromMap(k datapathPolicyKey) PolicyKey {
+	return PolicyKey{Direction: Direction(k.Direction), Identity: k.Identity, Port: k.Dport, Proto: k.Proto}
+}
+
+// PolicyEntry is one policy map entry.
+type PolicyEntry struct {
+	PolicyKey
+	Verdict Verdict
+	// ProxyPort is the transparent listener's port for Redirect (TCP
+	// redirects go to a TCP listener, UDP ones to a UDP socket, on
+	// 0.0.0.0 or 127.0.0.1 in wardd's namespace).
+	ProxyPort uint16
+}
+
+type policyVal struct {
+	Verdict   Verdict
+	ProxyPort uint16
+}
+
+func (e PolicyEntry) validate() error {
+	switch e.Verdict {
+	case Allow, Deny:
+		if e.ProxyPort != 0 {
+			return fmt.Errorf("%v: proxy port set on a %v entry", e.PolicyKey, e.Verdict)
+		}
+	case Redirect:
+		if e.ProxyPort == 0 {
+			return fmt.Errorf("%v: redirect without a proxy port", e.PolicyKey)
+		}
+		if e.Proto != ProtoTCP && e.Proto != ProtoUDP {
+			return fmt.Errorf("%v: redirect needs proto TCP or UDP", e.PolicyKey)
+		}
+	default:
+		return fmt.Errorf("%v: unknown verdict %d", e.PolicyKey, e.Verdict)
+	}
+	if e.Direction != Ingress && e.Direction != Egress {
+		return fmt.Errorf("%v: unknown direction %d", e.PolicyKey, e.Direction)
+	}
+	if e.Proto == ProtoAny && e.Port != 0 {
+		return fmt.Errorf("%v: a port needs a protocol", e.PolicyKey)
+	}
+	return nil
+}
+
+// SetPolicy makes the endpoint's policy map entries exactly entries:
+// changed and new entries are written in place first, then stale ones are
+// deleted. Entries with the same key merge, Deny winning. When the entries
+// do not fit (the per-endpoint budget or the map's capacity), the endpoint
+// is locked down (all its traffic dropped) and the error wraps
+// ErrPolicyMapFull; a later SetPolicy that fits lifts the lockdown.
+func (d *Datapath) SetPolicy(endpointID uint32, entries []PolicyEntry) error {
+	if endpointID == 0 {
+		return errors.New("set policy: endpoint id 0 is reserved")
+	}
+	want := make(map[PolicyKey]policyVal, len(entries))
+	var errs []error
+	for _, e := range entries {
+		if err := e.validate(); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		nv := policyVal{e.Verdict, e.ProxyPort}
+		if old, ok := want[e.PolicyKey]; ok {
+			switch {
+			case old.Verdict == Deny:
+			case e.Verdict == Deny:
+				want[e.PolicyKey] = nv
+			case old != nv:
+				errs = append(errs, fmt.Errorf("%v: conflicting entries %v/%d and %v/%d", e.PolicyKey, old.Verdict, old.ProxyPort, e.Verdict, e.ProxyPort))
+			}
+			continue
+		}
+		want[e.PolicyKey] = nv
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("set policy %d: %w", endpointID, err)
+	}
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(want) > d.cfg.MaxPolicyEntriesPerEndpoint {
+		lerr := d.lockdown(endpointID, true)
+		return errors.Join(fmt.Errorf("set policy %d: %d entries exceed the per-endpoint budget of %d: endpoint locked down: %w",
+			endpointID, len(want), d.cfg.MaxPolicyEntriesPerEndpoint, ErrPolicyMapFull), lerr)
+	}
+	cur := d.pol[endpointID]
+	if cur == nil {
+		cur = map[PolicyKey]policyVal{}
+		d.pol[endpointID] = cur
+	}
+	for k, v := range want {
+		if old, ok := cur[k]; ok && old == v {
+			continue
+		}
+		mk := k.mapKey(endpointID)
+		mv := datapathPolicyValue{Verdict: uint8(v.Verdict), ProxyPort: v.ProxyPort}
+		if err := d.objs.WardPolicy.Update(&mk, &mv, ebpf.UpdateAny); err != nil {
+			if errors.Is(err, unix.E2BIG) || errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.ENOMEM) {
+				lerr := d.lockdown(endpointID, true)
+				return errors.Join(fmt.Errorf("set policy %d: policy map at capacity (%d entries): endpoint locked down: %w",
+					endpointID, d.objs.WardPolicy.MaxEntries(), ErrPolicyMapFull), lerr)
+			}
+			return fmt.Errorf("set policy %d: update %v: %w", endpointID, k, err)
+		}
+		cur[k] = v
+	}
+	for k := range cur {
+		if _, ok := want[k]; ok {
+			continue
+		}
+		mk := k.mapKey(endpointID)
+		if err := d.objs.WardPolicy.Delete(&mk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("set policy %d: delete %v: %w", endpointID, k, err)
+		}
+		delete(cur, k)
+	}
+	if d.locked[endpointID] {
+		if err := d.lockdown(endpointID, false); err != nil {
+			return fmt.Errorf("set policy %d: lift lockdown: %w", endpointID, err)
+		}
+	}
+	return nil
+}
+
+// Policy returns the endpoint's current entries.
+func (d *Datapath) Policy(endpointID uint32) []PolicyEntry {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]PolicyEntry, 0, len(d.pol[endpointID]))
+	for k, v := range d.pol[endpointID] {
+		out = append(out, PolicyEntry{PolicyKey: k, Verdict: v.Verdict, ProxyPort: v.ProxyPort})
+	}
+	return out
+}
+
+// lockdown sets or clears the endpoint's lockdown flag. Called with d.mu.
+func (d *Datapath) lockdown(id uint32, on bool) error {
+	if on {
+		d.locked[id] = true
+		d.log.Warn("endpoint locked down: policy map overflow", "endpoint", id)
+	} else {
+		delete(d.locked, id)
+		d.log.Info("endpoint lockdown lifted", "endpoint", id)
+	}
+	if ep, ok := d.eps[id]; ok {
+		return d.writeEndpoint(ep)
+	}
+	return nil
+}
+
+// Reason is why the datapath passed or dropped a packet.
+type Reason uint32
+
+// Reasons (indexes of the metrics map; see redirect.c).
+const (
+	ReasonAllowed             Reason = 0
+	ReasonEstablished         Reason = 1
+	ReasonReply               Reason = 2
+	ReasonNotEnforced         Reason = 3
+	ReasonNonIP               Reason = 4
+	ReasonRedirected          Reason = 5
+	ReasonProxy               Reason = 6
+	ReasonPolicyDenied        Reason = 7
+	ReasonLockdown            Reason = 8
+	ReasonNoProxySocket       Reason = 9
+	ReasonFragment            Reason = 10
+	ReasonMalformed           Reason = 11
+	ReasonSpoofed             Reason = 12
+	ReasonUnsupportedL3       Reason = 13
+	ReasonRedirectUnsupported Reason = 14
+	ReasonUnknownEndpoint     Reason = 15
+
+	numReasons        = 32 // R_MAX
+	metricsDirections = 2
+	firstDrop         = ReasonPolicyDenied
+)
+
+var reasonNames = [...]string{
+	"allowed", "established", "reply", "not-enforced", "non-ip", "redirected", "proxy-upstream",
+	"policy-denied", "lockdown", "no-proxy-socket", "fragment", "malformed", "spoofed-source",
+	"unsupported-l3", "redirect-unsupported", "unknown-endpoint",
+}
+
+func (r Reason) String() string {
+	if int(r) < len(reasonNames) {
+		return reasonNames[r]
+	}
+	return "reason(" + strconv.Itoa(int(r)) + ")"
+}
+
+// Drop reports whether packets counted under r were dropped.
+func (r Reason) Drop() bool { return r >= firstDrop }
+
+// Counter is one (reason, direction) verdict counter summed over CPUs.
+type Counter struct {
+	Reason    Reason
+	Direction Direction
+	Packets   uint64
+	Bytes     uint64
+}
+
+// Counters returns the non-zero verdict counters.
+func (d *Datapath) Counters() ([]Counter, error) {
+	var out []Counter
+	for i := uint32(0); i < numReasons*metricsDirections; i++ {
+		var per []datapathMetricsValue
+		if err := d.objs.WardMetrics.Lookup(&i, &per); err != nil {
+			return nil, fmt.Errorf("read counters: %w", err)
+		}
+		c := Counter{Reason: Reason(i / 2), Direction: Direction(i % 2)}
+		for _, v := range per {
+			c.Packets += v.Packets
+			c.Bytes += v.Bytes
+		}
+		if c.Packets != 0 {
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
+// Count returns the packets counted for a reason in both directions.
+func (d *Datapath) Count(r Reason) (uint64, error) {
+	cs, err := d.Counters()
+	if err != nil {
+		return 0, err
+	}
+	var n uint64
+	for _, c := range cs {
+		if c.Reason == r {
+			n += c.Packets
+		}
+	}
+	return n, nil
+}
+
+// Routing is the policy-routing rule that delivers packets marked
+// MarkToProxy locally, to the socket bpf_sk_assign chose (as iptables
+// TPROXY needs too). Zero fields take the defaults.
+type Routing struct {
+	// Table is the routing table holding "local 0.0.0.0/0 dev lo"
+	// (default 2004, Cilium's proxy table).
+	Table int
+	// Priority is the rule's preference (default 9000).
+	Priority int
+}
+
+func (r Routing) withDefaults() Routing {
+	if r.Table == 0 {
+		r.Table = 2004
+	}
+	if r.Priority == 0 {
+		r.Priority = 9000
+	}
+	return r
+}
+
+func (r Routing) ruleArgs(op string) []string {
+	return []string{"-4", "rule", op, "fwmark", fmt.Sprintf("%#x/%#x", MarkToProxy, MarkMask),
+		"lookup", strconv.Itoa(r.Table), "pref", strconv.Itoa(r.Priority)}
+}
+
+// InstallProxyRouting adds the rule and the local route (with the ip
+// command); undo removes both. Each call adds its own rule, so two callers
+// using distinct tables never undo each other.
+func InstallProxyRouting(r Routing) (undo func() error, err error) {
+	r = r.withDefaults()
+	table := strconv.Itoa(r.Table)
+	if err := runIP("-4", "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", table); err != nil {
+		return nil, fmt.Errorf("proxy routing: %w", err)
+	}
+	if err := runIP(r.ruleArgs("add")...); err != nil {
+		return nil, errors.Join(fmt.Errorf("proxy routing: %w", err),
+			runIP("-4", "route", "del", "local", "0.0.0.0/0", "dev", "lo", "table", table))
+	}
+	return func() error {
+		return errors.Join(runIP(r.ruleArgs("del")...),
+			runIP("-4", "route", "del", "local", "0.0.0.0/0", "dev", "lo", "table", table))
+	}, nil
+}
+
+// RemoveProxyRouting removes a rule and route InstallProxyRouting added in
+// an earlier process (for `ward bpf cleanup`); missing ones are ignored.
+func RemoveProxyRouting(r Routing) {
+	r = r.withDefaults()
+	for runIP(r.ruleArgs("del")...) == nil {
+	}
+	_ = runIP("-4", "route", "del", "local", "0.0.0.0/0", "dev", "lo", "table", strconv.Itoa(r.Table))
+}
+
+func runIP(args ...string) error {
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}

@@ -1,0 +1,572 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//
+// ward tc datapath: L3/L4 policy enforcement and TPROXY-style redirection
+// (bpf_sk_assign) of policy-selected flows to node-local transparent proxies.
+//
+// Attach points (the host side of each endpoint's veth):
+//   from_pod  tc ingress: packets leaving the endpoint. Applies the source's
+//             egress policy and, when the destination is a local endpoint,
+//             the destination's ingress policy too (so ingress redirects of
+//             local traffic happen here, where bpf_sk_assign is allowed).
+//   to_pod    tc egress: packets entering the endpoint. Applies the
+//             destination's ingress policy to flows not already admitted.
+//
+// Map layouts are mirrored in Go (bpf/redirect/maps.go); change both.
+// Byte orders: addresses and CT ports are network order as on the wire;
+// policy-key ports and proxy ports are host order.
+
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define AF_INET4 2
+#define AF_INET6 10
+
+// Verdicts (policy map values, CT entries).
+#define VERDICT_ALLOW 1
+#define VERDICT_DENY 2
+#define VERDICT_REDIRECT 3
+
+// Directions in the policy key.
+#define DIR_INGRESS 0
+#define DIR_EGRESS 1
+
+// Endpoint flags.
+#define EP_ENFORCE_INGRESS 1
+#define EP_ENFORCE_EGRESS 2
+#define EP_LOCKDOWN 4
+
+// skb marks. MARK_TO_PROXY is set on redirected packets so that the host's
+// policy routing rule (fwmark -> table with "local 0.0.0.0/0 dev lo")
+// delivers them locally to the assigned socket. Proxies mark their upstream
+// sockets the way Cilium's Envoy filters do: 0x0A00 ingress, 0x0B00 egress
+// with the source identity packed as ((id & 0xFFFF) << 16) | ((id >> 16) & 0xFF).
+#define MARK_MAGIC_MASK 0x0F00
+#define MARK_TO_PROXY 0x0D00
+#define MARK_PROXY_INGRESS 0x0A00
+#define MARK_PROXY_EGRESS 0x0B00
+
+#define IDENTITY_WORLD 2
+
+// Reasons (index into the metrics map). Keep in sync with reasons.go.
+enum reason {
+	R_PASS_ALLOWED = 0,
+	R_PASS_ESTABLISHED = 1,
+	R_PASS_REPLY = 2,
+	R_PASS_NOT_ENFORCED = 3,
+	R_PASS_NON_IP = 4,
+	R_REDIRECT = 5,
+	R_PASS_PROXY = 6,
+	R_DROP_POLICY = 7,
+	R_DROP_LOCKDOWN = 8,
+	R_DROP_NO_PROXY = 9,
+	R_DROP_FRAGMENT = 10,
+	R_DROP_MALFORMED = 11,
+	R_DROP_SPOOFED = 12,
+	R_DROP_UNSUPPORTED_L3 = 13,
+	R_DROP_REDIRECT_UNSUPPORTED = 14,
+	R_DROP_UNKNOWN_ENDPOINT = 15,
+	R_MAX = 32,
+};
+
+struct ipcache_key {
+	__u32 prefixlen; // 32 (family+pad) + address prefix length
+	__u8 family;
+	__u8 pad[3];
+	__u32 addr[4];
+};
+
+struct ipcache_value {
+	__u32 identity;
+	__u32 flags;
+};
+
+struct endpoint_key {
+	__u8 family;
+	__u8 pad[3];
+	__u32 addr[4];
+};
+
+struct endpoint_info {
+	__u32 id;
+	__u32 ifindex;
+	__u32 identity;
+	__u32 flags;
+};
+
+struct policy_key {
+	__u32 endpoint_id;
+	__u32 identity; // 0: any identity
+	__u16 dport;    // host order; 0: any port
+	__u8 proto;     // 0: any protocol (only with dport 0)
+	__u8 direction;
+};
+
+struct policy_value {
+	__u8 verdict;
+	__u8 pad;
+	__u16 proxy_port; // host order
+	__u32 pad2;
+};
+
+struct ct_key {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__u16 sport; // network order
+	__u16 dport; // network order
+	__u8 proto;
+	__u8 family;
+	__u16 pad;
+};
+
+struct ct_value {
+	__u64 last_seen; // bpf_ktime_get_ns at creation (refreshed coarsely)
+	__u32 src_identity;
+	__u16 proxy_port;
+	__u8 verdict;
+	__u8 flags;
+};
+
+struct frag_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 id;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct frag_value {
+	__u16 sport;
+	__u16 dport;
+};
+
+struct metrics_value {
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_value);
+	__uint(max_entries, 131072);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ward_ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct endpoint_key);
+	__type(value, struct endpoint_info);
+	__uint(max_entries, 4096);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ward_endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+	__uint(max_entries, 131072);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ward_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct ct_value);
+	__uint(max_entries, 131072);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ward_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct frag_key);
+	__type(value, struct frag_value);
+	__uint(max_entries, 8192);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ward_frag SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct metrics_value);
+	__uint(max_entries, R_MAX * 2); // reason * 2 + direction
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ward_metrics SEC(".maps");
+
+struct pkt {
+	struct ct_key t; // the packet's own tuple
+	__u32 l4off;
+	__u8 tcp_flags;
+};
+
+static __always_inline int count(struct __sk_buff *skb, enum reason r, int dir, int act)
+{
+	__u32 idx = (__u32)r * 2 + (dir & 1);
+	struct metrics_value *m = bpf_map_lookup_elem(&ward_metrics, &idx);
+	if (m) {
+		m->packets++;
+		m->bytes += skb->len;
+	}
+	return act;
+}
+
+#define PASS(r) count(skb, (r), dir, TC_ACT_OK)
+#define DROP(r) count(skb, (r), dir, TC_ACT_SHOT)
+
+// parse fills p from an IPv4 packet. Returns -1 (pass: not IPv4 and
+// harmless), or a reason to drop, or R_MAX when parsed.
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+		__u8 icmp_type;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)) < 0)
+			return R_DROP_MALFORMED;
+		// Neighbour discovery and MLD keep the link working; IPv6
+		// policy is not implemented yet, so everything else is dropped
+		// rather than let through unchecked.
+		if (ip6.nexthdr == IPPROTO_ICMPV6 &&
+		    bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(ip6), &icmp_type, 1) == 0 &&
+		    icmp_type >= 130 && icmp_type <= 143)
+			return -1;
+		return R_DROP_UNSUPPORTED_L3;
+	}
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return -1;
+
+	struct iphdr ip;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+		return R_DROP_MALFORMED;
+	if (ip.version != 4 || ip.ihl < 5)
+		return R_DROP_MALFORMED;
+	__u32 tot = bpf_ntohs(ip.tot_len);
+	if (tot < ip.ihl * 4 || tot + ETH_HLEN > skb->len)
+		return R_DROP_MALFORMED;
+
+	p->t.family = AF_INET4;
+	p->t.saddr[0] = ip.saddr;
+	p->t.daddr[0] = ip.daddr;
+	p->t.proto = ip.protocol;
+	p->l4off = ETH_HLEN + ip.ihl * 4;
+
+	__u16 frag = bpf_ntohs(ip.frag_off);
+	int first_frag = 0;
+	if (frag & 0x3FFF) {
+		struct frag_key fk = {
+			.saddr = ip.saddr, .daddr = ip.daddr, .id = ip.id, .proto = ip.protocol,
+		};
+		if (frag & 0x1FFF) {
+			// Non-first fragment: no L4 header. It follows its
+			// first fragment's ports or is dropped.
+			struct frag_value *fv = bpf_map_lookup_elem(&ward_frag, &fk);
+			if (!fv)
+				return R_DROP_FRAGMENT;
+			p->t.sport = fv->sport;
+			p->t.dport = fv->dport;
+			return R_MAX;
+		}
+		first_frag = 1;
+	}
+
+	if (ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP) {
+		__u16 ports[2];
+		if (bpf_skb_load_bytes(skb, p->l4off, ports, sizeof(ports)) < 0)
+			return R_DROP_MALFORMED;
+		p->t.sport = ports[0];
+		p->t.dport = ports[1];
+		if (ip.protocol == IPPROTO_TCP &&
+		    bpf_skb_load_bytes(skb, p->l4off + 13, &p->tcp_flags, 1) < 0)
+			return R_DROP_MALFORMED;
+	}
+	if (first_frag) {
+		struct frag_key fk = {
+			.saddr = ip.saddr, .daddr = ip.daddr, .id = ip.id, .proto = ip.protocol,
+		};
+		struct frag_value fv = {.sport = p->t.sport, .dport = p->t.dport};
+		bpf_map_update_elem(&ward_frag, &fk, &fv, BPF_ANY);
+	}
+	return R_MAX;
+}
+
+static __always_inline struct endpoint_info *endpoint_of(__u32 addr)
+{
+	struct endpoint_key k = {.family = AF_INET4};
+	k.addr[0] = addr;
+	return bpf_map_lookup_elem(&ward_endpoints, &k);
+}
+
+static __always_inline __u32 identity_of(__u32 addr)
+{
+	struct ipcache_key k = {.prefixlen = 32 + 32, .family = AF_INET4};
+	k.addr[0] = addr;
+	struct ipcache_value *v = bpf_map_lookup_elem(&ward_ipcache, &k);
+	return v ? v->identity : IDENTITY_WORLD;
+}
+
+// policy_lookup evaluates one endpoint's policy for a new flow: the most
+// specific of (identity, port, proto), (identity, any port, proto),
+// (identity, any), (any, port, proto), (any, any port, proto), (any, any)
+// decides, except that a deny at any level wins. Returns 0 when nothing
+// matches (default deny for an enforced direction).
+static __always_inline int policy_lookup(__u32 ep, __u8 dir, __u32 remote, __u16 dport, __u8 proto,
+					 __u16 *proxy_port)
+{
+	struct policy_key k = {.endpoint_id = ep, .direction = dir};
+	struct policy_value *v;
+	int verdict = 0;
+	__u16 port = 0;
+
+#define TRY(id, dp, pr)                                                \
+	k.identity = (id);                                             \
+	k.dport = (dp);                                                \
+	k.proto = (pr);                                                \
+	v = bpf_map_lookup_elem(&ward_policy, &k);                     \
+	if (v) {                                                       \
+		if (v->verdict == VERDICT_DENY)                        \
+			return VERDICT_DENY;                           \
+		if (!verdict) {                                        \
+			verdict = v->verdict;                          \
+			port = v->proxy_port;                          \
+		}                                                      \
+	}
+
+	TRY(remote, dport, proto)
+	TRY(remote, 0, proto)
+	TRY(remote, 0, 0)
+	TRY(0, dport, proto)
+	TRY(0, 0, proto)
+	TRY(0, 0, 0)
+#undef TRY
+	*proxy_port = port;
+	return verdict;
+}
+
+static __always_inline void ct_reverse(const struct ct_key *t, struct ct_key *r)
+{
+	__builtin_memset(r, 0, sizeof(*r));
+	r->family = t->family;
+	r->proto = t->proto;
+	r->saddr[0] = t->daddr[0];
+	r->daddr[0] = t->saddr[0];
+	r->sport = t->dport;
+	r->dport = t->sport;
+}
+
+static __always_inline void ct_create(const struct ct_key *t, int verdict, __u16 proxy_port, __u32 src_id)
+{
+	struct ct_value v = {
+		.last_seen = bpf_ktime_get_ns(),
+		.src_identity = src_id,
+		.proxy_port = proxy_port,
+		.verdict = verdict,
+	};
+	bpf_map_update_elem(&ward_ct, t, &v, BPF_ANY);
+}
+
+// assign hands the packet to the transparent proxy listening on
+// proxy_port in this (the host) namespace: an existing socket for the
+// exact flow first, else the listener on 0.0.0.0/<orig dst>:proxy_port,
+// else 127.0.0.1:proxy_port. The socket's local address then is the
+// original destination (TPROXY semantics).
+static __always_inline int assign(struct __sk_buff *skb, struct pkt *p, __u16 proxy_port)
+{
+	struct bpf_sock_tuple tup = {};
+	struct bpf_sock *sk = 0;
+	long err;
+
+	tup.ipv4.saddr = p->t.saddr[0];
+	tup.ipv4.daddr = p->t.daddr[0];
+	tup.ipv4.sport = p->t.sport;
+	tup.ipv4.dport = p->t.dport;
+
+	if (p->t.proto == IPPROTO_TCP) {
+		sk = bpf_skc_lookup_tcp(skb, &tup, sizeof(tup.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (sk) {
+			if (sk->state != BPF_TCP_LISTEN)
+				goto assign;
+			bpf_sk_release(sk);
+		}
+		tup.ipv4.dport = bpf_htons(proxy_port);
+		sk = bpf_skc_lookup_tcp(skb, &tup, sizeof(tup.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (!sk) {
+			tup.ipv4.daddr = bpf_htonl(0x7f000001);
+			sk = bpf_skc_lookup_tcp(skb, &tup, sizeof(tup.ipv4), BPF_F_CURRENT_NETNS, 0);
+		}
+		if (!sk)
+			return -1;
+		if (sk->state != BPF_TCP_LISTEN) {
+			bpf_sk_release(sk);
+			return -1;
+		}
+	} else if (p->t.proto == IPPROTO_UDP) {
+		tup.ipv4.dport = bpf_htons(proxy_port);
+		sk = bpf_sk_lookup_udp(skb, &tup, sizeof(tup.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (!sk) {
+			tup.ipv4.daddr = bpf_htonl(0x7f000001);
+			sk = bpf_sk_lookup_udp(skb, &tup, sizeof(tup.ipv4), BPF_F_CURRENT_NETNS, 0);
+		}
+		if (!sk)
+			return -1;
+	} else {
+		return -1;
+	}
+assign:
+	err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	if (err)
+		return -1;
+	skb->mark = MARK_TO_PROXY;
+	return 0;
+}
+
+static __always_inline int redirect(struct __sk_buff *skb, struct pkt *p, __u16 proxy_port, int dir)
+{
+	// Fragments of a redirected flow would have to follow the first one
+	// into the proxy socket; rather than risk a half-redirected datagram,
+	// drop them (counted).
+	if (p->t.proto == IPPROTO_UDP) {
+		struct iphdr ip;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) == 0 &&
+		    (bpf_ntohs(ip.frag_off) & 0x3FFF))
+			return DROP(R_DROP_FRAGMENT);
+	}
+	if (assign(skb, p, proxy_port) < 0)
+		return DROP(R_DROP_NO_PROXY);
+	return PASS(R_REDIRECT);
+}
+
+SEC("tc")
+int from_pod(struct __sk_buff *skb)
+{
+	const int dir = DIR_EGRESS;
+	struct pkt p = {};
+	int r = parse(skb, &p);
+	if (r < 0)
+		return PASS(R_PASS_NON_IP);
+	if (r != R_MAX)
+		return DROP(r);
+
+	struct endpoint_info *ep = endpoint_of(p.t.saddr[0]);
+	if (!ep || ep->ifindex != skb->ifindex)
+		return DROP(R_DROP_SPOOFED);
+	if (ep->flags & EP_LOCKDOWN)
+		return DROP(R_DROP_LOCKDOWN);
+
+	struct ct_key rev;
+	ct_reverse(&p.t, &rev);
+	if (bpf_map_lookup_elem(&ward_ct, &rev))
+		return PASS(R_PASS_REPLY);
+
+	struct ct_value *ct = bpf_map_lookup_elem(&ward_ct, &p.t);
+	if (ct) {
+		if (ct->verdict == VERDICT_REDIRECT)
+			return redirect(skb, &p, ct->proxy_port, dir);
+		return PASS(R_PASS_ESTABLISHED);
+	}
+
+	__u32 ep_id = ep->id, src_id = ep->identity, flags = ep->flags;
+	__u16 dport = bpf_ntohs(p.t.dport);
+	__u16 proxy = 0;
+	int verdict = VERDICT_ALLOW;
+	int enforced = 0;
+
+	if (flags & EP_ENFORCE_EGRESS) {
+		enforced = 1;
+		verdict = policy_lookup(ep_id, DIR_EGRESS, identity_of(p.t.daddr[0]), dport, p.t.proto, &proxy);
+		if (verdict != VERDICT_ALLOW && verdict != VERDICT_REDIRECT)
+			return DROP(R_DROP_POLICY);
+	}
+
+	// A local destination's ingress policy is applied here too, so that
+	// an ingress redirect can use bpf_sk_assign (tc ingress only).
+	struct endpoint_info *dst = endpoint_of(p.t.daddr[0]);
+	if (dst) {
+		if (dst->flags & EP_LOCKDOWN)
+			return count(skb, R_DROP_LOCKDOWN, DIR_INGRESS, TC_ACT_SHOT);
+		if (dst->flags & EP_ENFORCE_INGRESS) {
+			__u16 iproxy = 0;
+			enforced = 1;
+			int iv = policy_lookup(dst->id, DIR_INGRESS, src_id, dport, p.t.proto, &iproxy);
+			if (iv != VERDICT_ALLOW && iv != VERDICT_REDIRECT)
+				return count(skb, R_DROP_POLICY, DIR_INGRESS, TC_ACT_SHOT);
+			if (iv == VERDICT_REDIRECT && verdict != VERDICT_REDIRECT) {
+				verdict = VERDICT_REDIRECT;
+				proxy = iproxy;
+			}
+		}
+	}
+
+	ct_create(&p.t, verdict, proxy, src_id);
+	if (verdict == VERDICT_REDIRECT)
+		return redirect(skb, &p, proxy, dir);
+	return PASS(enforced ? R_PASS_ALLOWED : R_PASS_NOT_ENFORCED);
+}
+
+SEC("tc")
+int to_pod(struct __sk_buff *skb)
+{
+	const int dir = DIR_INGRESS;
+	struct pkt p = {};
+	int r = parse(skb, &p);
+	if (r < 0)
+		return PASS(R_PASS_NON_IP);
+	if (r != R_MAX)
+		return DROP(r);
+
+	struct endpoint_info *ep = endpoint_of(p.t.daddr[0]);
+	if (!ep)
+		return DROP(R_DROP_UNKNOWN_ENDPOINT);
+	if (ep->flags & EP_LOCKDOWN)
+		return DROP(R_DROP_LOCKDOWN);
+
+	struct ct_key rev;
+	ct_reverse(&p.t, &rev);
+	if (bpf_map_lookup_elem(&ward_ct, &rev))
+		return PASS(R_PASS_REPLY);
+
+	__u32 mark = skb->mark;
+	__u32 src_id;
+	if ((mark & MARK_MAGIC_MASK) == MARK_PROXY_INGRESS) {
+		// The ingress proxy already applied this endpoint's policy.
+		ct_create(&p.t, VERDICT_ALLOW, 0, 0);
+		return PASS(R_PASS_PROXY);
+	}
+	if ((mark & MARK_MAGIC_MASK) == MARK_PROXY_EGRESS)
+		src_id = (mark >> 16) | ((mark & 0xFF) << 16);
+	else
+		src_id = identity_of(p.t.saddr[0]);
+
+	struct ct_value *ct = bpf_map_lookup_elem(&ward_ct, &p.t);
+	if (ct) {
+		if (ct->verdict == VERDICT_REDIRECT)
+			return DROP(R_DROP_REDIRECT_UNSUPPORTED);
+		return PASS(R_PASS_ESTABLISHED);
+	}
+
+	if (!(ep->flags & EP_ENFORCE_INGRESS)) {
+		ct_create(&p.t, VERDICT_ALLOW, 0, src_id);
+		return PASS(R_PASS_NOT_ENFORCED);
+	}
+	__u16 proxy = 0;
+	int verdict = policy_lookup(ep->id, DIR_INGRESS, src_id, bpf_ntohs(p.t.dport), p.t.proto, &proxy);
+	if (verdict == VERDICT_REDIRECT)
+		// Only reachable for traffic that did not come from a local
+		// endpoint (those are redirected in from_pod); tc egress
+		// cannot bpf_sk_assign, so fail closed.
+		return DROP(R_DROP_REDIRECT_UNSUPPORTED);
+	if (verdict != VERDICT_ALLOW)
+		return DROP(R_DROP_POLICY);
+	ct_create(&p.t, VERDICT_ALLOW, 0, src_id);
+	return PASS(R_PASS_ALLOWED);
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";
