@@ -65,8 +65,8 @@ type decoder struct {
 	d      decoded
 	intern map[string]string
 	ids    func(TopicID) (string, bool) // topic ID resolver
-	cur    int // index of the entry being filled, or -1
-	curGrp int // index of the group being filled, or -1
+	cur    int                          // index of the entry being filled, or -1
+	curGrp int                          // index of the group being filled, or -1
 }
 
 const maxInterned = 4096
