@@ -371,3 +371,17 @@ func (d *Datapath) flushCT(addr netip.Addr) error {
 	}
 	return nil
 }
+
+// AttachedPrograms counts the tcx programs (ward's or anyone's) attached
+// to an interface, ingress plus egress.
+func AttachedPrograms(ifindex int) (int, error) {
+	n := 0
+	for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+		r, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: at})
+		if err != nil {
+			return 0, fmt.Errorf("query tcx ifindex %d: %w", ifindex, err)
+		}
+		n += len(r.Programs)
+	}
+	return n, nil
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -277,10 +278,28 @@ type Counter struct {
 
 // Counters returns the non-zero verdict counters.
 func (d *Datapath) Counters() ([]Counter, error) {
+	return readCounters(d.objs.WardMetrics)
+}
+
+// PinnedCounters reads the counters of the datapath pinned under pinDir
+// without loading anything (for `ward bpf counters`).
+func PinnedCounters(pinDir string) ([]Counter, error) {
+	if pinDir == "" {
+		pinDir = DefaultPinDir
+	}
+	m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, datapathMapWardMetrics), &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		return nil, fmt.Errorf("open pinned counters: %w", err)
+	}
+	defer m.Close()
+	return readCounters(m)
+}
+
+func readCounters(m *ebpf.Map) ([]Counter, error) {
 	var out []Counter
 	for i := uint32(0); i < numReasons*metricsDirections; i++ {
 		var per []datapathMetricsValue
-		if err := d.objs.WardMetrics.Lookup(&i, &per); err != nil {
+		if err := m.Lookup(&i, &per); err != nil {
 			return nil, fmt.Errorf("read counters: %w", err)
 		}
 		c := Counter{Reason: Reason(i / 2), Direction: Direction(i % 2)}

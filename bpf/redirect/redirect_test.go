@@ -584,6 +584,9 @@ func TestRestartKeepsEnforcing(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(e.pinDir, "links", fmt.Sprintf("tcx-%d-ingress", ds.HostIfIndex))); !os.IsNotExist(err) {
 		t.Errorf("link pin survives RemoveEndpoint: %v", err)
 	}
+	if n, err := redirect.AttachedPrograms(ds.HostIfIndex); err != nil || n != 0 {
+		t.Errorf("AttachedPrograms after RemoveEndpoint = %d, %v; want 0", n, err)
+	}
 	// Detached: xwing reaches the deathstar again.
 	if out, err := curl(c, e.pods["xwing"], "http://"+ds.IP.String()+"/", "5"); err != nil {
 		t.Fatalf("after RemoveEndpoint xwing: %q, %v", out, err)
