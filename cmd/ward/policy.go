@@ -1,11 +1,167 @@
 package main
 
 import (
+	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
+	"os"
+	"strings"
+
+	"github.com/wardproxy/ward/policy"
+	"github.com/wardproxy/ward/policy/dirsource"
+	"github.com/wardproxy/ward/policy/flowcheck"
 )
 
+const policyUsage = `usage:
+  ward policy validate FILE|DIR...
+      Check CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy files
+      (*.yaml, *.yml, *.json; directories recursively, *.flows.json skipped).
+      Exit 0 when all are valid, 1 with the errors otherwise.
+  ward policy test --policy FILE|DIR [--policy ...] --flows FLOWS.json [--mode default|always|never] [--audit]
+      Evaluate the flows offline; print one JSON object per line:
+      {"name":..., "verdict":"allowed"|"denied", "reason":...}
+`
+
 func runPolicy(args []string, stdout, stderr io.Writer) int {
-	fmt.Fprintln(stderr, "ward policy: not implemented yet")
+	if len(args) == 0 {
+		fmt.Fprint(stderr, policyUsage)
+		return 2
+	}
+	switch args[0] {
+	case "validate":
+		return runPolicyValidate(args[1:], stdout, stderr)
+	case "test":
+		return runPolicyTest(args[1:], stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, policyUsage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "ward policy: unknown command %q\n%s", args[0], policyUsage)
+	return 2
+}
+
+func runPolicyValidate(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, "ward policy validate: no FILE or DIR given\n"+policyUsage)
+		return 2
+	}
+	bad := false
+	n := 0
+	for _, path := range args {
+		files, err := dirsource.Files(path)
+		if err != nil {
+			fmt.Fprintf(stderr, "%v\n", err)
+			bad = true
+			continue
+		}
+		for _, f := range files {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				fmt.Fprintf(stderr, "%v\n", err)
+				bad = true
+				continue
+			}
+			ps, err := policy.Parse(f, data)
+			for _, p := range ps {
+				for _, w := range p.Warnings {
+					fmt.Fprintf(stderr, "warning: %v\n", w)
+				}
+			}
+			if err != nil {
+				printErrors(stderr, err)
+				bad = true
+				continue
+			}
+			n += len(ps)
+		}
+	}
+	if bad {
+		return 1
+	}
+	fmt.Fprintf(stdout, "%d policies valid\n", n)
+	return 0
+}
+
+// printErrors prints each joined error on its own line.
+func printErrors(w io.Writer, err error) {
+	if fes := policy.FieldErrors(err); len(fes) > 0 && len(fes) == countLeaves(err) {
+		for _, fe := range fes {
+			fmt.Fprintln(w, fe.Error())
+		}
+		return
+	}
+	fmt.Fprintln(w, err.Error())
+}
+
+func countLeaves(err error) int {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		n := 0
+		for _, e := range j.Unwrap() {
+			n += countLeaves(e)
+		}
+		return n
+	}
 	return 1
+}
+
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
+func (m *multiFlag) Set(s string) error { *m = append(*m, s); return nil }
+
+func runPolicyTest(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("ward policy test", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var policies multiFlag
+	fs.Var(&policies, "policy", "policy FILE or DIR (repeatable)")
+	flowsPath := fs.String("flows", "", "flows JSON file")
+	mode := fs.String("mode", "default", "enforcement mode: default, always or never")
+	audit := fs.Bool("audit", false, "policy audit mode for every endpoint")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if len(policies) == 0 || *flowsPath == "" || fs.NArg() > 0 {
+		fmt.Fprint(stderr, "ward policy test: need --policy and --flows\n"+policyUsage)
+		return 2
+	}
+	cfg := policy.Config{Mode: policy.EnforcementMode(*mode)}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(stderr, "ward policy test: --mode: %v\n", err)
+		return 2
+	}
+	ps, err := dirsource.Load(policies...)
+	if err != nil {
+		printErrors(stderr, err)
+		return 1
+	}
+	data, err := os.ReadFile(*flowsPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "ward policy test: %v\n", err)
+		return 1
+	}
+	flows, err := flowcheck.ParseFlows(data)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", *flowsPath, err)
+		return 1
+	}
+	results, err := flowcheck.Evaluate(ps, flows, flowcheck.Options{Mode: cfg.Mode, Audit: *audit})
+	if err != nil {
+		fmt.Fprintf(stderr, "ward policy test: %v\n", err)
+		return 1
+	}
+	enc := json.NewEncoder(stdout)
+	enc.SetEscapeHTML(false)
+	code := 0
+	for _, r := range results {
+		if err := enc.Encode(r); err != nil {
+			fmt.Fprintf(stderr, "ward policy test: %v\n", err)
+			return 1
+		}
+		if r.Verdict == flowcheck.VerdictError {
+			fmt.Fprintf(stderr, "ward policy test: %s: %s\n", r.Name, r.Reason)
+			code = 1
+		}
+	}
+	return code
 }

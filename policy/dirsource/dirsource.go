@@ -1,0 +1,289 @@
+// Package dirsource feeds policies from a directory into a policy
+// repository, like Cilium's static-cnp-path: every *.yaml, *.yml and *.json
+// file (except *.flows.json) holds CiliumNetworkPolicy or
+// CiliumClusterwideNetworkPolicy objects; adding, editing and deleting files
+// adds, updates and removes their policies. A file that fails to parse or
+// validate is reported and skipped: the policies it held before stay in
+// force (an editor's half-written save does not open or close traffic), and
+// every other file is unaffected.
+//
+// The directory is polled (modification time and size, then content); no
+// inotify dependency.
+package dirsource
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/wardproxy/ward/policy"
+)
+
+// Sink receives policy changes; *policy.Repository implements it.
+type Sink interface {
+	Upsert(p *policy.Policy)
+	Delete(k policy.Key) bool
+}
+
+var _ Sink = (*policy.Repository)(nil)
+
+// Source watches Dir. The zero value is not usable: set Dir and Sink.
+type Source struct {
+	Dir  string
+	Sink Sink
+	// Interval between scans in Run; default 1s.
+	Interval time.Duration
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+	// OnChange, if set, is called after a scan that changed the policies.
+	OnChange func()
+
+	mu    sync.Mutex
+	files map[string]*fileState
+	owner map[policy.Key]string
+}
+
+type fileState struct {
+	mod  time.Time
+	size int64
+	data []byte
+	keys []policy.Key
+	err  error
+}
+
+// FileStatus is the state of one file after the last scan.
+type FileStatus struct {
+	Path     string
+	Policies []policy.Key
+	Err      error // nil when the file is in force as is
+}
+
+// Run scans every Interval until ctx is done. It returns ctx.Err().
+func (s *Source) Run(ctx context.Context) error {
+	iv := s.Interval
+	if iv <= 0 {
+		iv = time.Second
+	}
+	t := time.NewTicker(iv)
+	defer t.Stop()
+	for {
+		if err := s.Sync(); err != nil {
+			s.logger().Warn("policy directory scan", "dir", s.Dir, "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func (s *Source) logger() *slog.Logger {
+	if s.Logger != nil {
+		return s.Logger
+	}
+	return slog.Default()
+}
+
+// Sync scans the directory once and applies the changes. It returns the
+// joined errors of the files that were skipped in this scan.
+func (s *Source) Sync() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.files == nil {
+		s.files = map[string]*fileState{}
+		s.owner = map[policy.Key]string{}
+	}
+	paths, err := Files(s.Dir)
+	if err != nil {
+		return err
+	}
+	changed := false
+	seen := map[string]bool{}
+	var errs []error
+	for _, p := range paths {
+		seen[p] = true
+		st, err := os.Stat(p)
+		if err != nil {
+			continue // removed meanwhile; handled next scan
+		}
+		fsState := s.files[p]
+		if fsState != nil && fsState.mod.Equal(st.ModTime()) && fsState.size == st.Size() {
+			if fsState.err != nil {
+				errs = append(errs, fsState.err)
+			}
+			continue
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", p, err))
+			continue
+		}
+		if fsState == nil {
+			fsState = &fileState{}
+			s.files[p] = fsState
+		}
+		fsState.mod, fsState.size = st.ModTime(), st.Size()
+		if fsState.data != nil && bytes.Equal(fsState.data, data) && fsState.err == nil {
+			continue
+		}
+		fsState.data = data
+		if s.apply(p, fsState, data) {
+			changed = true
+		}
+		if fsState.err != nil {
+			errs = append(errs, fsState.err)
+		}
+	}
+	for p, fsState := range s.files {
+		if seen[p] {
+			continue
+		}
+		for _, k := range fsState.keys {
+			if s.owner[k] == p {
+				s.Sink.Delete(k)
+				delete(s.owner, k)
+				changed = true
+			}
+		}
+		delete(s.files, p)
+		s.logger().Info("policy file removed", "file", p)
+	}
+	if changed && s.OnChange != nil {
+		s.OnChange()
+	}
+	return errors.Join(errs...)
+}
+
+// apply parses one changed file and updates the sink.
+func (s *Source) apply(path string, st *fileState, data []byte) bool {
+	ps, err := policy.Parse(filepath.Base(path), data)
+	if err == nil {
+		for _, p := range ps {
+			if o, ok := s.owner[p.Key()]; ok && o != path {
+				err = errors.Join(err, &policy.FieldError{File: filepath.Base(path), Policy: p.Metadata.Name,
+					Msg: fmt.Sprintf("policy %s is already defined in %s", p.Key(), o)})
+			}
+		}
+	}
+	if err != nil {
+		st.err = err
+		s.logger().Warn("policy file skipped", "file", path, "error", err)
+		return false
+	}
+	st.err = nil
+	newKeys := map[policy.Key]bool{}
+	for _, p := range ps {
+		for _, w := range p.Warnings {
+			s.logger().Warn("policy warning", "file", path, "warning", w.Error())
+		}
+		s.Sink.Upsert(p)
+		s.owner[p.Key()] = path
+		newKeys[p.Key()] = true
+	}
+	for _, k := range st.keys {
+		if !newKeys[k] && s.owner[k] == path {
+			s.Sink.Delete(k)
+			delete(s.owner, k)
+		}
+	}
+	st.keys = st.keys[:0]
+	for _, p := range ps {
+		st.keys = append(st.keys, p.Key())
+	}
+	s.logger().Info("policy file applied", "file", path, "policies", len(ps))
+	return true
+}
+
+// Status returns the state of every file after the last scan, by path.
+func (s *Source) Status() []FileStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]FileStatus, 0, len(s.files))
+	for p, st := range s.files {
+		out = append(out, FileStatus{Path: p, Policies: append([]policy.Key(nil), st.keys...), Err: st.err})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	return out
+}
+
+// IsPolicyFile reports whether name has a policy file extension: .yaml,
+// .yml or .json, but not .flows.json (a `ward policy test` flows file).
+func IsPolicyFile(name string) bool {
+	if strings.HasSuffix(name, ".flows.json") || strings.HasPrefix(filepath.Base(name), ".") {
+		return false
+	}
+	switch filepath.Ext(name) {
+	case ".yaml", ".yml", ".json":
+		return true
+	}
+	return false
+}
+
+// Files returns the policy files of path: path itself when it is a file,
+// otherwise every policy file below it (recursively), sorted.
+func Files(path string) ([]string, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !st.IsDir() {
+		return []string{path}, nil
+	}
+	var out []string
+	err = filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if p != path && strings.HasPrefix(d.Name(), ".") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if IsPolicyFile(p) {
+			out = append(out, p)
+		}
+		return nil
+	})
+	sort.Strings(out)
+	return out, err
+}
+
+// Load parses every policy file of the paths (files or directories). It
+// returns the policies of the files that are valid and the joined errors of
+// the others.
+func Load(paths ...string) ([]*policy.Policy, error) {
+	var out []*policy.Policy
+	var errs []error
+	for _, path := range paths {
+		files, err := Files(path)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, f := range files {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			ps, err := policy.Parse(f, data)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			out = append(out, ps...)
+		}
+	}
+	return out, errors.Join(errs...)
+}
