@@ -1,0 +1,326 @@
+package proxylib
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// recorder is a StreamOutput that records what a Stream emits.
+type recorder struct {
+	toServer, toClient []byte
+	closed             string
+	events             []string
+}
+
+func (r *recorder) Forward(reply bool, data []byte) {
+	if r.closed != "" {
+		panic("forward after close")
+	}
+	if reply {
+		r.toClient = append(r.toClient, data...)
+	} else {
+		r.toServer = append(r.toServer, data...)
+	}
+}
+
+func (r *recorder) Close(reason string) { r.closed = reason }
+
+// frameParser parses frames of one length byte and a payload. The first
+// payload byte is the verdict: 'p' pass, 'd' drop, 'i' drop and inject the
+// payload upper-cased toward the peer, 'e' error, 'b' pass in two steps
+// (Pass of the header only, then the rest). Replies are passed whole.
+type frameParser struct {
+	conn Connection
+	rest int // bytes of a 'b' frame still to pass
+}
+
+func (p *frameParser) OnData(reply, endStream bool, data [][]byte) (Op, int) {
+	flat := bytes.Join(data, nil)
+	if p.rest > 0 {
+		n := p.rest
+		p.rest = 0
+		return Pass, n // the rest of a 'b' frame, possibly beyond the data
+	}
+	if len(flat) < 1 {
+		return More, 1
+	}
+	n := int(flat[0]) + 1
+	if len(flat) < 2 {
+		return More, 1
+	}
+	switch flat[1] {
+	case 'p':
+		return Pass, n
+	case 'd':
+		return Drop, n
+	case 'b':
+		if n > 2 {
+			p.rest = n - 2
+			return Pass, 2
+		}
+		return Pass, n
+	case 'i':
+		if len(flat) < n {
+			return More, n - len(flat)
+		}
+		p.conn.Inject(!reply, bytes.ToUpper(flat[1:n]))
+		return Drop, n
+	case 'e':
+		return Error, ErrPolicyDenied
+	}
+	return Error, ErrInvalidFrame
+}
+
+func newTestStream(out StreamOutput) *Stream {
+	return NewStream(StreamFactoryFunc(func(c Connection) Parser { return &frameParser{conn: c} }), out, &ConnInfo{})
+}
+
+func fr(verdict byte, payload string) []byte {
+	return append([]byte{byte(len(payload) + 1), verdict}, payload...)
+}
+
+func cat(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
+
+func TestStreamSplits(t *testing.T) {
+	in := cat(fr('p', "hello"), fr('d', "secret"), fr('i', "deny"), fr('p', ""), fr('b', "xyz"), fr('p', "tail"))
+	wantServer := cat(fr('p', "hello"), fr('p', ""), fr('b', "xyz"), fr('p', "tail"))
+	wantClient := []byte("IDENY")
+	// Every split of the input into three reads gives the same output.
+	for i := 0; i <= len(in); i++ {
+		for j := i; j <= len(in); j++ {
+			var out recorder
+			s := newTestStream(&out)
+			s.OnData(false, false, [][]byte{in[:i]})
+			s.OnData(false, false, [][]byte{in[i:j], nil})
+			s.OnData(false, true, [][]byte{in[j:]})
+			if out.closed != "" {
+				t.Fatalf("split %d,%d: closed: %s", i, j, out.closed)
+			}
+			if !bytes.Equal(out.toServer, wantServer) || !bytes.Equal(out.toClient, wantClient) {
+				t.Fatalf("split %d,%d: server %q client %q; want %q %q", i, j, out.toServer, out.toClient, wantServer, wantClient)
+			}
+		}
+	}
+}
+
+func TestStreamManySlicesOneCall(t *testing.T) {
+	var out recorder
+	s := newTestStream(&out)
+	in := cat(fr('p', "a"), fr('p', "bb"), fr('d', "c"))
+	var slices [][]byte
+	for i := range in {
+		slices = append(slices, in[i:i+1])
+	}
+	s.OnData(false, false, slices)
+	if want := cat(fr('p', "a"), fr('p', "bb")); !bytes.Equal(out.toServer, want) {
+		t.Errorf("server got %q; want %q", out.toServer, want)
+	}
+}
+
+func TestStreamDoesNotRetainCallerData(t *testing.T) {
+	var out recorder
+	s := newTestStream(&out)
+	in := fr('p', "abcdef")
+	buf := append([]byte(nil), in[:4]...)
+	s.OnData(false, false, [][]byte{buf})
+	for i := range buf {
+		buf[i] = 'X' // the caller reuses its buffer
+	}
+	s.OnData(false, false, [][]byte{in[4:]})
+	if !bytes.Equal(out.toServer, in) {
+		t.Errorf("server got %q; want %q", out.toServer, in)
+	}
+}
+
+func TestStreamBothDirectionsAndInjectOrder(t *testing.T) {
+	var out recorder
+	s := newTestStream(&out)
+	// Reply direction: a pass then an injecting frame; the injection goes
+	// toward the server.
+	s.OnData(true, false, [][]byte{cat(fr('p', "r1"), fr('i', "x"))})
+	s.OnData(false, false, [][]byte{fr('p', "q1")})
+	if want := cat(fr('p', "r1")); !bytes.Equal(out.toClient, want) {
+		t.Errorf("client got %q; want %q", out.toClient, want)
+	}
+	if want := cat([]byte("IX"), fr('p', "q1")); !bytes.Equal(out.toServer, want) {
+		t.Errorf("server got %q; want %q", out.toServer, want)
+	}
+}
+
+func TestStreamErrors(t *testing.T) {
+	tests := []struct {
+		name    string
+		factory ParserFactory
+		in      []byte
+	}{
+		{name: "parser error", in: cat(fr('p', "ok"), fr('e', ""))},
+		{name: "unknown verdict", in: fr('?', "")},
+		{name: "no parser", factory: StreamFactoryFunc(func(Connection) Parser { return nil }), in: fr('p', "")},
+		{name: "panic", factory: StreamFactoryFunc(func(Connection) Parser { return panicParser{} }), in: []byte("x")},
+		{name: "zero pass", factory: StreamFactoryFunc(func(Connection) Parser { return zeroParser{} }), in: []byte("x")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out recorder
+			f := tt.factory
+			if f == nil {
+				f = StreamFactoryFunc(func(c Connection) Parser { return &frameParser{conn: c} })
+			}
+			s := NewStream(f, &out, &ConnInfo{})
+			s.OnData(false, false, [][]byte{tt.in})
+			s.OnData(false, false, [][]byte{fr('p', "after")})
+			if out.closed == "" || !s.Closed() {
+				t.Fatalf("not closed; server got %q", out.toServer)
+			}
+			if bytes.Contains(out.toServer, []byte("after")) {
+				t.Errorf("forwarded data after close: %q", out.toServer)
+			}
+		})
+	}
+}
+
+type panicParser struct{}
+
+func (panicParser) OnData(bool, bool, [][]byte) (Op, int) { panic("boom") }
+
+type zeroParser struct{}
+
+func (zeroParser) OnData(bool, bool, [][]byte) (Op, int) { return Pass, 0 }
+
+// moreParser always wants more.
+type moreParser struct{}
+
+func (moreParser) OnData(bool, bool, [][]byte) (Op, int) { return More, 1 }
+
+func TestStreamLimit(t *testing.T) {
+	var out recorder
+	s := NewStream(StreamFactoryFunc(func(Connection) Parser { return moreParser{} }), &out, &ConnInfo{})
+	s.Limit = 10
+	s.OnData(false, false, [][]byte{make([]byte, 6)})
+	if out.closed != "" {
+		t.Fatalf("closed early: %s", out.closed)
+	}
+	s.OnData(false, false, [][]byte{make([]byte, 6)})
+	if out.closed == "" {
+		t.Fatal("buffered past the limit without closing")
+	}
+}
+
+// TestStreamMoreSkipsCalls checks the parser is not called again until the
+// bytes it asked for have arrived.
+func TestStreamMoreSkipsCalls(t *testing.T) {
+	calls := 0
+	f := StreamFactoryFunc(func(Connection) Parser {
+		return parserFunc(func(reply, end bool, data [][]byte) (Op, int) {
+			calls++
+			n := 0
+			for _, b := range data {
+				n += len(b)
+			}
+			if n < 100 {
+				return More, 100 - n
+			}
+			return Pass, 100
+		})
+	})
+	var out recorder
+	s := NewStream(f, &out, &ConnInfo{})
+	for range 100 {
+		s.OnData(false, false, [][]byte{{1}})
+	}
+	if calls != 2 || len(out.toServer) != 100 {
+		t.Errorf("parser called %d times, passed %d bytes; want 2 calls, 100 bytes", calls, len(out.toServer))
+	}
+}
+
+type parserFunc func(reply, end bool, data [][]byte) (Op, int)
+
+func (f parserFunc) OnData(reply, end bool, data [][]byte) (Op, int) { return f(reply, end, data) }
+
+func FuzzStream(f *testing.F) {
+	f.Add(cat(fr('p', "hello"), fr('d', "x"), fr('i', "deny"), fr('b', "abc")), uint64(1))
+	f.Add([]byte{0xff, 'p'}, uint64(7))
+	f.Fuzz(func(t *testing.T, in []byte, seed uint64) {
+		// Reference: everything in one read.
+		var ref recorder
+		newTestStream(&ref).OnData(false, false, [][]byte{in})
+		// The same bytes in random reads and slices.
+		rng := rand.New(rand.NewPCG(seed, seed))
+		var out recorder
+		s := newTestStream(&out)
+		for rest := in; len(rest) > 0; {
+			k := rng.IntN(len(rest) + 1)
+			chunk := rest[:k]
+			rest = rest[k:]
+			var slices [][]byte
+			for len(chunk) > 0 {
+				m := rng.IntN(len(chunk)) + 1
+				slices = append(slices, append([]byte(nil), chunk[:m]...))
+				chunk = chunk[m:]
+			}
+			s.OnData(false, false, slices)
+		}
+		// Output may only differ when closed (the error may come later
+		// with less data), and then must be a prefix of the reference.
+		if (ref.closed != "") != (out.closed != "") && ref.closed == "" {
+			t.Fatalf("split input closed (%s) but whole input did not", out.closed)
+		}
+		if ref.closed == "" {
+			if diff := cmp.Diff(string(ref.toServer), string(out.toServer)); diff != "" {
+				t.Fatalf("server bytes differ (-whole +split):\n%s", diff)
+			}
+			if !bytes.Equal(ref.toClient, out.toClient) {
+				t.Fatalf("client bytes differ: %q vs %q", ref.toClient, out.toClient)
+			}
+		} else if !bytes.HasPrefix(ref.toServer, out.toServer) && !bytes.HasPrefix(out.toServer, ref.toServer) {
+			t.Fatalf("server bytes diverge: %q vs %q", ref.toServer, out.toServer)
+		}
+	})
+}
+
+func BenchmarkStream(b *testing.B) {
+	for _, size := range []int{100, 1024, 16 << 10} {
+		b.Run(fmt.Sprint(size), func(b *testing.B) {
+			payload := make([]byte, size)
+			hdr := []byte{0, 0, 0, 0}
+			// 4-byte big-endian length frames, passed whole.
+			f := StreamFactoryFunc(func(Connection) Parser {
+				return parserFunc(func(reply, end bool, data [][]byte) (Op, int) {
+					var h [4]byte
+					n := 0
+					for _, d := range data {
+						n += copy(h[n:], d)
+						if n == 4 {
+							break
+						}
+					}
+					if n < 4 {
+						return More, 4 - n
+					}
+					return Pass, 4 + int(h[0])<<24 | int(h[1])<<16 | int(h[2])<<8 | int(h[3])
+				})
+			})
+			hdr[2], hdr[3] = byte(size>>8), byte(size)
+			msg := append(hdr, payload...)
+			// Reads that cut frames at odd places: 1.5 frames per read.
+			in := bytes.Repeat(msg, 4)
+			cut := len(msg) * 3 / 2
+			s := NewStream(f, discardOutput{}, &ConnInfo{})
+			b.ReportAllocs()
+			b.SetBytes(int64(len(in)))
+			for b.Loop() {
+				s.OnData(false, false, [][]byte{in[:cut]})
+				s.OnData(false, false, [][]byte{in[cut:]})
+			}
+		})
+	}
+}
+
+type discardOutput struct{}
+
+func (discardOutput) Forward(bool, []byte) {}
+func (discardOutput) Close(string)         {}
