@@ -319,6 +319,9 @@ func (dc *decoder) walk(r *reader, fields []field, v int16, flex bool, depth int
 					}
 				}
 			default:
+				if depth == 0 && dc.d.APIKey == keyFindCoordinator && f.name == "Key" {
+					dc.d.groupSeen = true
+				}
 				if f.name == "SubscribedTopicRegex" && len(b) > 0 {
 					// KIP-848 regex subscription: which topics it names is
 					// the broker's business; only a rule without a topic
@@ -326,8 +329,8 @@ func (dc *decoder) walk(r *reader, fields []field, v int16, flex bool, depth int
 					dc.d.AllTopics = true
 				}
 			case eGroup:
+				dc.d.groupSeen = true
 				if len(b) > 0 {
-					dc.d.groupSeen = true
 					if dc.curGrp >= 0 && dc.d.groups[dc.curGrp].id == "" {
 						dc.d.groups[dc.curGrp].id = dc.str(b)
 					}
@@ -435,6 +438,13 @@ func (dc *decoder) array(r *reader, f *field, v int16, flex bool, depth int) {
 			case eGroup:
 				dc.d.groupSeen = true
 				if depth == 0 {
+					dc.d.groups = append(dc.d.groups, groupEntry{id: dc.str(b)})
+				}
+			default:
+				if depth == 0 && dc.d.APIKey == keyFindCoordinator && f.name == "CoordinatorKeys" {
+					// FindCoordinator v4+ batches keys; the response answers
+					// each (KIP-699).
+					dc.d.groupSeen = true
 					dc.d.groups = append(dc.d.groups, groupEntry{id: dc.str(b)})
 				}
 			}
