@@ -83,8 +83,9 @@ func (r *Repository) resolveIdentity(id NumericIdentity, named map[NumericIdenti
 func (r *Repository) addSection(b *dirBuilder, ip *identityPolicy, s *section, req *labelSelector, np map[string][]NamedPort) {
 	peers := s.peers
 	if s.allPeers {
-		if s.rules == nil && req == nil {
-			return // an empty rule ({}) allows nothing
+		if s.rules == nil {
+			// An empty rule ({}, or only fromRequires) allows nothing.
+			return
 		}
 		peers = []peer{entityPeer{EntityAll}}
 	}

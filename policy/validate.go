@@ -319,6 +319,12 @@ func validateSelector(es *EndpointSelector, path string, l *errList) {
 		if e.Key == "" {
 			l.add(ep+".key", "", "missing")
 		}
+		for _, op := range []string{OpIn, OpNotIn, OpExists, OpDoesNotExist} {
+			if strings.EqualFold(e.Operator, op) {
+				e.Operator = op // Cilium accepts any case ("in")
+				es.MatchExpressions[i].Operator = op
+			}
+		}
 		switch e.Operator {
 		case OpIn, OpNotIn:
 			if len(e.Values) == 0 {

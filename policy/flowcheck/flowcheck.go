@@ -372,6 +372,11 @@ func (e *evaluator) match(parser string, f Flow, s *policy.L7Selection) (bool, s
 		if f.HTTP == nil {
 			return false, "L7 http rules apply; the flow has no http request", nil
 		}
+		for _, r := range s.Rules.HTTP {
+			if r.Path == "" && r.Method == "" && r.Host == "" && len(r.Headers) == 0 && len(r.HeaderMatches) == 0 {
+				return true, "http request allowed (an empty rule matches every request)", nil
+			}
+		}
 		return e.matchHTTP(f.HTTP, s)
 	case "kafka":
 		if f.Kafka == nil {
