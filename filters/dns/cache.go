@@ -1,0 +1,386 @@
+package dns
+
+import (
+	"net/netip"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Cache is the FQDN cache: per endpoint, names → IPs learnt from allowed
+// answers, each IP with its expiry. An expired IP becomes a zombie and stays
+// mapped (so its identity stays in the ipcache) while a connection of that
+// endpoint still uses it; zombies are capped. The cache also keeps the
+// global IP → names index the toFQDNs identities are computed from.
+//
+// Cache is safe for concurrent use; its lock is never held across calls out
+// of the package.
+type Cache struct {
+	minTTL        time.Duration
+	maxIPsPerName int
+	maxZombies    int
+
+	mu      sync.Mutex
+	eps     map[uint64]map[string]map[netip.Addr]*entry
+	ipNames map[netip.Addr]map[string]int // holders of (name, ip) over endpoints
+	zombies int
+	dirty   bool
+}
+
+type entry struct {
+	expires time.Time // end of the TTL
+	seen    time.Time // last answer carrying this IP
+	zombie  bool      // expired; kept while a connection uses it
+	died    time.Time // when it became a zombie
+}
+
+// CacheEntry is one endpoint's view of one name and IP, as listed by
+// `ward fqdn cache list` and persisted.
+type CacheEntry struct {
+	Endpoint uint64     `json:"endpoint"`
+	Name     string     `json:"name"`
+	IP       netip.Addr `json:"ip"`
+	Expires  time.Time  `json:"expires"`
+	Seen     time.Time  `json:"seen"`
+	Zombie   bool       `json:"zombie,omitempty"`
+}
+
+// ZombieRef names one zombie, for the connection check.
+type ZombieRef struct {
+	Endpoint uint64
+	IP       netip.Addr
+}
+
+// NewCache returns an empty cache. minTTL raises short TTLs; maxIPsPerName
+// and maxZombies are the caps (0 means the package default).
+func NewCache(minTTL time.Duration, maxIPsPerName, maxZombies int) *Cache {
+	if maxIPsPerName <= 0 {
+		maxIPsPerName = DefaultMaxIPsPerName
+	}
+	if maxZombies <= 0 {
+		maxZombies = DefaultMaxZombies
+	}
+	return &Cache{
+		minTTL:        minTTL,
+		maxIPsPerName: maxIPsPerName,
+		maxZombies:    maxZombies,
+		eps:           make(map[uint64]map[string]map[netip.Addr]*entry),
+		ipNames:       make(map[netip.Addr]map[string]int),
+	}
+}
+
+// Update records that endpoint ep resolved name to ips with ttl at now. It
+// returns the IPs whose global name set changed (new name-IP pairs), the
+// only ones whose identity may change.
+func (c *Cache) Update(ep uint64, name string, ips []netip.Addr, ttl time.Duration, now time.Time) []netip.Addr {
+	if len(ips) == 0 {
+		return nil
+	}
+	name = lowerName(name)
+	if ttl < c.minTTL {
+		ttl = c.minTTL
+	}
+	expires := now.Add(ttl)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.dirty = true
+	names := c.eps[ep]
+	if names == nil {
+		names = make(map[string]map[netip.Addr]*entry)
+		c.eps[ep] = names
+	}
+	m := names[name]
+	if m == nil {
+		m = make(map[netip.Addr]*entry, len(ips))
+		names[name] = m
+	}
+	var changed []netip.Addr
+	for _, ip := range ips {
+		ip = ip.Unmap()
+		if e, ok := m[ip]; ok {
+			if e.zombie { // a new lookup revives the zombie
+				e.zombie = false
+				c.zombies--
+			}
+			e.expires, e.seen = expires, now
+			continue
+		}
+		m[ip] = &entry{expires: expires, seen: now}
+		if c.hold(name, ip) {
+			changed = append(changed, ip)
+		}
+	}
+	c.enforceNameCap(ep, name, m, now)
+	return changed
+}
+
+// enforceNameCap turns the oldest live IPs of a name into zombies beyond
+// maxIPsPerName, and drops the oldest zombies of the name beyond it too.
+func (c *Cache) enforceNameCap(ep uint64, name string, m map[netip.Addr]*entry, now time.Time) {
+	if len(m) <= c.maxIPsPerName {
+		return
+	}
+	var live, dead []netip.Addr
+	for ip, e := range m {
+		if e.zombie {
+			dead = append(dead, ip)
+		} else {
+			live = append(live, ip)
+		}
+	}
+	oldest := func(ips []netip.Addr) {
+		sort.Slice(ips, func(i, j int) bool {
+			a, b := m[ips[i]], m[ips[j]]
+			if !a.seen.Equal(b.seen) {
+				return a.seen.Before(b.seen)
+			}
+			return a.expires.Before(b.expires)
+		})
+	}
+	if n := len(live) - c.maxIPsPerName; n > 0 {
+		oldest(live)
+		for _, ip := range live[:n] {
+			e := m[ip]
+			e.zombie, e.died = true, now
+			c.zombies++
+			dead = append(dead, ip)
+		}
+	}
+	if n := len(dead) - c.maxIPsPerName; n > 0 {
+		oldest(dead)
+		for _, ip := range dead[:n] {
+			c.remove(ep, name, ip)
+		}
+	}
+}
+
+// hold adds a holder of (name, ip) and reports whether the pair is new.
+func (c *Cache) hold(name string, ip netip.Addr) bool {
+	ns := c.ipNames[ip]
+	if ns == nil {
+		ns = make(map[string]int, 1)
+		c.ipNames[ip] = ns
+	}
+	ns[name]++
+	return ns[name] == 1
+}
+
+// remove deletes an endpoint's entry and reports whether the global pair
+// (name, ip) disappeared.
+func (c *Cache) remove(ep uint64, name string, ip netip.Addr) bool {
+	m := c.eps[ep][name]
+	e, ok := m[ip]
+	if !ok {
+		return false
+	}
+	if e.zombie {
+		c.zombies--
+	}
+	delete(m, ip)
+	if len(m) == 0 {
+		delete(c.eps[ep], name)
+		if len(c.eps[ep]) == 0 {
+			delete(c.eps, ep)
+		}
+	}
+	c.dirty = true
+	ns := c.ipNames[ip]
+	ns[name]--
+	if ns[name] > 0 {
+		return false
+	}
+	delete(ns, name)
+	if len(ns) == 0 {
+		delete(c.ipNames, ip)
+	}
+	return true
+}
+
+// Expire turns the entries whose TTL ended by now into zombies and returns
+// every zombie, for the caller to check against live connections (outside
+// the cache lock) before calling Reap.
+func (c *Cache) Expire(now time.Time) []ZombieRef {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var zs []ZombieRef
+	for ep, names := range c.eps {
+		for _, m := range names {
+			for ip, e := range m {
+				if !e.zombie && !e.expires.After(now) {
+					e.zombie, e.died = true, now
+					c.zombies++
+					c.dirty = true
+				}
+				if e.zombie {
+					zs = append(zs, ZombieRef{Endpoint: ep, IP: ip})
+				}
+			}
+		}
+	}
+	return zs
+}
+
+// Reap deletes the zombies not in alive, then the oldest alive ones beyond
+// the zombie cap, and returns the IPs whose global name set changed.
+func (c *Cache) Reap(alive map[ZombieRef]bool) []netip.Addr {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	type z struct {
+		ep   uint64
+		name string
+		ip   netip.Addr
+		died time.Time
+	}
+	var kept []z
+	changed := make(map[netip.Addr]bool)
+	for ep, names := range c.eps {
+		for name, m := range names {
+			for ip, e := range m {
+				if !e.zombie {
+					continue
+				}
+				if alive[ZombieRef{Endpoint: ep, IP: ip}] {
+					kept = append(kept, z{ep, name, ip, e.died})
+					continue
+				}
+				if c.remove(ep, name, ip) {
+					changed[ip] = true
+				}
+			}
+		}
+	}
+	if n := len(kept) - c.maxZombies; n > 0 {
+		sort.Slice(kept, func(i, j int) bool { return kept[i].died.Before(kept[j].died) })
+		for _, k := range kept[:n] {
+			if c.remove(k.ep, k.name, k.ip) {
+				changed[k.ip] = true
+			}
+		}
+	}
+	out := make([]netip.Addr, 0, len(changed))
+	for ip := range changed {
+		out = append(out, ip)
+	}
+	return out
+}
+
+// NamesOf returns the names (over all endpoints, zombies included) that
+// currently map to ip, sorted.
+func (c *Cache) NamesOf(ip netip.Addr) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ns := c.ipNames[ip]
+	out := make([]string, 0, len(ns))
+	for n := range ns {
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// IPs returns every IP held by the cache.
+func (c *Cache) IPs() []netip.Addr {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]netip.Addr, 0, len(c.ipNames))
+	for ip := range c.ipNames {
+		out = append(out, ip)
+	}
+	return out
+}
+
+// Lookup returns the live (unexpired at now) IPs endpoint ep has for name.
+func (c *Cache) Lookup(ep uint64, name string, now time.Time) []netip.Addr {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []netip.Addr
+	for ip, e := range c.eps[ep][lowerName(name)] {
+		if !e.zombie && e.expires.After(now) {
+			out = append(out, ip)
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out
+}
+
+// Entries returns every entry, sorted by endpoint, name and IP.
+func (c *Cache) Entries() []CacheEntry {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []CacheEntry
+	for ep, names := range c.eps {
+		for name, m := range names {
+			for ip, e := range m {
+				out = append(out, CacheEntry{Endpoint: ep, Name: name, IP: ip, Expires: e.expires, Seen: e.seen, Zombie: e.zombie})
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b CacheEntry) int {
+		if a.Endpoint != b.Endpoint {
+			if a.Endpoint < b.Endpoint {
+				return -1
+			}
+			return 1
+		}
+		if a.Name != b.Name {
+			if a.Name < b.Name {
+				return -1
+			}
+			return 1
+		}
+		return a.IP.Compare(b.IP)
+	})
+	return out
+}
+
+// Restore adds persisted entries. Entries keep their expiry; those that
+// expired while the proxy was down come back as zombies, so they survive
+// until a connection check has seen them (connections established before
+// the restart keep working).
+func (c *Cache) Restore(entries []CacheEntry, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, ce := range entries {
+		if !ce.IP.IsValid() || ce.Name == "" {
+			continue
+		}
+		name, ip := lowerName(ce.Name), ce.IP.Unmap()
+		names := c.eps[ce.Endpoint]
+		if names == nil {
+			names = make(map[string]map[netip.Addr]*entry)
+			c.eps[ce.Endpoint] = names
+		}
+		m := names[name]
+		if m == nil {
+			m = make(map[netip.Addr]*entry)
+			names[name] = m
+		}
+		if _, ok := m[ip]; ok {
+			continue
+		}
+		e := &entry{expires: ce.Expires, seen: ce.Seen}
+		if ce.Zombie || !ce.Expires.After(now) {
+			e.zombie, e.died = true, now
+			c.zombies++
+		}
+		m[ip] = e
+		c.hold(name, ip)
+	}
+}
+
+// Zombies returns the number of zombies.
+func (c *Cache) Zombies() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.zombies
+}
+
+// takeDirty reports whether the cache changed since the last call.
+func (c *Cache) takeDirty() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	d := c.dirty
+	c.dirty = false
+	return d
+}

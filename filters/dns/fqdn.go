@@ -1,0 +1,415 @@
+package dns
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/wardproxy/ward/policy"
+	"github.com/wardproxy/ward/policy/matchpattern"
+)
+
+// MinFQDNIdentity is the first identity of the locally scoped range FQDN
+// identities come from (2^24 + 1, as Cilium's local CIDR/FQDN identities).
+const MinFQDNIdentity = 1<<24 + 1
+
+// IPCache is the datapath's IP → identity map (the BPF ipcache). Upsert and
+// Delete must be safe for concurrent use; when they return, the datapath
+// uses the new entry.
+type IPCache interface {
+	Upsert(prefix netip.Prefix, identity uint32) error
+	Delete(prefix netip.Prefix) error
+}
+
+// IdentityAllocator gives the local identity of a set of toFQDNs selectors
+// (sorted SelectorLabel strings, like Cilium's fqdn: labels). The same set
+// must always give the same identity while it is in use. Safe for concurrent
+// use.
+type IdentityAllocator interface {
+	AllocateFQDN(selectors []string) (uint32, error)
+}
+
+// PolicyUpdater puts in place the policy entries (the BPF policy maps) that
+// concern newly allocated identities. Apply returns when they are in place,
+// or with ctx's error.
+type PolicyUpdater interface {
+	Apply(ctx context.Context, identities []uint32) error
+}
+
+// ConnTracker tells whether an endpoint still has connections to an IP
+// (conntrack), which keeps an expired IP as a zombie.
+type ConnTracker interface {
+	InUse(endpoint uint64, ip netip.Addr) bool
+}
+
+// SelectorLabel is the canonical string of a toFQDNs selector, the label the
+// identity allocator receives: "matchName:NAME", "matchPattern:PATTERN" or
+// both joined by ",", lower case, no trailing dot.
+func SelectorLabel(s policy.PortRuleDNS) string {
+	var parts []string
+	if s.MatchName != "" {
+		parts = append(parts, "matchName:"+lowerName(strings.TrimSpace(s.MatchName)))
+	}
+	if s.MatchPattern != "" {
+		parts = append(parts, "matchPattern:"+lowerName(strings.TrimSpace(s.MatchPattern)))
+	}
+	return strings.Join(parts, ",")
+}
+
+type selector struct {
+	label   string
+	name    string // matchName, normalised
+	pattern *matchpattern.Matcher
+}
+
+func (s *selector) match(name string) bool {
+	return s.name != "" && s.name == name || s.pattern != nil && s.pattern.Match(name)
+}
+
+func compileSelectors(sels []policy.PortRuleDNS) ([]selector, error) {
+	var out []selector
+	var errs []error
+	seen := make(map[string]bool)
+	for i, s := range sels {
+		label := SelectorLabel(s)
+		if label == "" {
+			errs = append(errs, fmt.Errorf("toFQDNs[%d]: neither matchName nor matchPattern is set", i))
+			continue
+		}
+		if seen[label] {
+			continue
+		}
+		seen[label] = true
+		cs := selector{label: label}
+		if s.MatchName != "" {
+			n, err := normaliseName(s.MatchName)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("toFQDNs[%d].matchName: %w", i, err))
+				continue
+			}
+			cs.name = n
+		}
+		if s.MatchPattern != "" {
+			p, err := matchpattern.Compile(s.MatchPattern)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("toFQDNs[%d].matchPattern: %w", i, err))
+				continue
+			}
+			cs.pattern = p
+		}
+		out = append(out, cs)
+	}
+	return out, errors.Join(errs...)
+}
+
+// applied is what the updater last wrote to the ipcache for one IP.
+type applied struct {
+	key      string // joined selector labels
+	identity uint32
+}
+
+type updateReq struct {
+	ips  []netip.Addr
+	all  bool // reconcile every cached IP
+	done chan struct{}
+}
+
+// updater owns the ipcache writes: one goroutine (run) applies requests in
+// batches, so writes are ordered and a waiter released after its request is
+// done sees every earlier request done too.
+type updater struct {
+	cache  *Cache
+	ipc    IPCache
+	alloc  IdentityAllocator
+	policy PolicyUpdater
+	conns  ConnTracker
+	log    *slog.Logger
+	stats  *Stats
+
+	selectors atomic.Pointer[[]selector]
+	reqs      chan updateReq
+	resync    chan struct{} // selectors changed: reconcile every IP
+
+	mu      sync.Mutex // guards applied and ids for readers (State)
+	applied map[netip.Addr]applied
+	ids     map[string]uint32
+}
+
+func newUpdater(cache *Cache, ipc IPCache, alloc IdentityAllocator, pol PolicyUpdater, conns ConnTracker, log *slog.Logger, stats *Stats) *updater {
+	u := &updater{
+		cache: cache, ipc: ipc, alloc: alloc, policy: pol, conns: conns, log: log, stats: stats,
+		reqs:    make(chan updateReq, 1024),
+		resync:  make(chan struct{}, 1),
+		applied: make(map[netip.Addr]applied),
+		ids:     make(map[string]uint32),
+	}
+	empty := []selector{}
+	u.selectors.Store(&empty)
+	return u
+}
+
+// request queues ips for reconciliation and returns a channel closed when
+// it is done.
+func (u *updater) request(ctx context.Context, ips []netip.Addr, all bool) (<-chan struct{}, error) {
+	r := updateReq{ips: ips, all: all, done: make(chan struct{})}
+	select {
+	case u.reqs <- r:
+		return r.done, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// run serves requests and garbage-collects until ctx ends.
+func (u *updater) run(ctx context.Context, gcEvery time.Duration, save func()) {
+	t := time.NewTicker(gcEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case r := <-u.reqs:
+			batch := []updateReq{r}
+		drain:
+			for len(batch) < 256 {
+				select {
+				case r := <-u.reqs:
+					batch = append(batch, r)
+				default:
+					break drain
+				}
+			}
+			set := make(map[netip.Addr]struct{})
+			all := false
+			for _, r := range batch {
+				all = all || r.all
+				for _, ip := range r.ips {
+					set[ip] = struct{}{}
+				}
+			}
+			if all {
+				for ip := range u.allIPs() {
+					set[ip] = struct{}{}
+				}
+			}
+			u.reconcile(ctx, set)
+			for _, r := range batch {
+				close(r.done)
+			}
+		case <-u.resync:
+			u.reconcile(ctx, u.allIPs())
+		case <-t.C:
+			u.gc(ctx, time.Now())
+			if save != nil {
+				save()
+			}
+		}
+	}
+}
+
+// allIPs returns the cached IPs and the IPs in the ipcache.
+func (u *updater) allIPs() map[netip.Addr]struct{} {
+	set := make(map[netip.Addr]struct{})
+	for _, ip := range u.cache.IPs() {
+		set[ip] = struct{}{}
+	}
+	u.mu.Lock()
+	for ip := range u.applied {
+		set[ip] = struct{}{}
+	}
+	u.mu.Unlock()
+	return set
+}
+
+// gc expires entries, keeps zombies that connections use, and removes the
+// IPs nothing maps any more.
+func (u *updater) gc(ctx context.Context, now time.Time) {
+	zs := u.cache.Expire(now)
+	alive := make(map[ZombieRef]bool)
+	if u.conns != nil {
+		for _, z := range zs {
+			if u.conns.InUse(z.Endpoint, z.IP) {
+				alive[z] = true
+			}
+		}
+	}
+	changed := u.cache.Reap(alive)
+	if len(changed) == 0 {
+		return
+	}
+	set := make(map[netip.Addr]struct{}, len(changed))
+	for _, ip := range changed {
+		set[ip] = struct{}{}
+	}
+	u.reconcile(ctx, set)
+}
+
+// reconcile writes the identity each IP in set should have: the one of the
+// set of selectors matching any name that maps to it, or none.
+func (u *updater) reconcile(ctx context.Context, set map[netip.Addr]struct{}) {
+	sels := *u.selectors.Load()
+	var fresh []uint32
+	for ip := range set {
+		var labels []string
+		if len(sels) > 0 {
+			for _, name := range u.cache.NamesOf(ip) {
+				for i := range sels {
+					if sels[i].match(name) && !slices.Contains(labels, sels[i].label) {
+						labels = append(labels, sels[i].label)
+					}
+				}
+			}
+		}
+		slices.Sort(labels)
+		key := strings.Join(labels, "\x00")
+		u.mu.Lock()
+		prev, had := u.applied[ip]
+		id, known := u.ids[key]
+		u.mu.Unlock()
+		if had && prev.key == key {
+			continue
+		}
+		prefix := netip.PrefixFrom(ip, ip.BitLen())
+		if key == "" {
+			if err := u.ipc.Delete(prefix); err != nil {
+				u.stats.IPCacheErrors.Add(1)
+				u.log.Warn("ipcache delete failed", "ip", ip, "error", err)
+				continue
+			}
+			u.mu.Lock()
+			delete(u.applied, ip)
+			u.mu.Unlock()
+			continue
+		}
+		if !known {
+			var err error
+			id, err = u.alloc.AllocateFQDN(labels)
+			if err != nil {
+				u.stats.IPCacheErrors.Add(1)
+				u.log.Warn("fqdn identity allocation failed", "selectors", labels, "error", err)
+				continue
+			}
+			u.mu.Lock()
+			u.ids[key] = id
+			u.mu.Unlock()
+			fresh = append(fresh, id)
+		}
+		if err := u.ipc.Upsert(prefix, id); err != nil {
+			u.stats.IPCacheErrors.Add(1)
+			u.log.Warn("ipcache upsert failed", "ip", ip, "identity", id, "error", err)
+			continue
+		}
+		u.stats.IPCacheUpserts.Add(1)
+		u.mu.Lock()
+		u.applied[ip] = applied{key: key, identity: id}
+		u.mu.Unlock()
+	}
+	if len(fresh) > 0 && u.policy != nil {
+		if err := u.policy.Apply(ctx, fresh); err != nil {
+			u.stats.IPCacheErrors.Add(1)
+			u.log.Warn("policy update for fqdn identities failed", "identities", fresh, "error", err)
+		}
+	}
+}
+
+// identityOf returns the identity applied to ip.
+func (u *updater) identityOf(ip netip.Addr) (uint32, []string, bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	a, ok := u.applied[ip]
+	if !ok {
+		return 0, nil, false
+	}
+	return a.identity, splitKey(a.key), true
+}
+
+func splitKey(key string) []string {
+	if key == "" {
+		return nil
+	}
+	return strings.Split(key, "\x00")
+}
+
+// MemIPCache is an in-memory IPCache for tests and for running without a
+// datapath. Safe for concurrent use.
+type MemIPCache struct {
+	mu sync.Mutex
+	m  map[netip.Prefix]uint32
+}
+
+var _ IPCache = (*MemIPCache)(nil)
+
+// Upsert sets prefix's identity.
+func (c *MemIPCache) Upsert(prefix netip.Prefix, identity uint32) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = make(map[netip.Prefix]uint32)
+	}
+	c.m[prefix] = identity
+	return nil
+}
+
+// Delete removes prefix.
+func (c *MemIPCache) Delete(prefix netip.Prefix) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, prefix)
+	return nil
+}
+
+// Lookup returns the identity of ip's host prefix.
+func (c *MemIPCache) Lookup(ip netip.Addr) (uint32, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	id, ok := c.m[netip.PrefixFrom(ip.Unmap(), ip.Unmap().BitLen())]
+	return id, ok
+}
+
+// Len returns the number of entries.
+func (c *MemIPCache) Len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.m)
+}
+
+// LocalAllocator allocates FQDN identities in memory, sequentially from
+// MinFQDNIdentity, one per distinct selector set. Safe for concurrent use.
+type LocalAllocator struct {
+	mu   sync.Mutex
+	next uint32
+	ids  map[string]uint32
+}
+
+var _ IdentityAllocator = (*LocalAllocator)(nil)
+
+// AllocateFQDN returns the identity of the selector set.
+func (a *LocalAllocator) AllocateFQDN(selectors []string) (uint32, error) {
+	if len(selectors) == 0 {
+		return 0, errors.New("allocate fqdn identity: no selectors")
+	}
+	key := strings.Join(selectors, "\x00")
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if id, ok := a.ids[key]; ok {
+		return id, nil
+	}
+	if a.ids == nil {
+		a.ids = make(map[string]uint32)
+		a.next = MinFQDNIdentity
+	}
+	if a.next == 0 { // wrapped around
+		return 0, errors.New("allocate fqdn identity: identity space exhausted")
+	}
+	id := a.next
+	a.next++
+	a.ids[key] = id
+	return id, nil
+}
