@@ -39,6 +39,8 @@ type Stream struct {
 	// for more closes the connection. NewStream sets DefaultStreamLimit.
 	Limit int
 
+	closeAfter string // set by CloseAfter
+
 	dir    [2]streamDir
 	inject [2][]byte
 	segs   [][]byte // scratch view handed to the parser
@@ -76,6 +78,12 @@ func (s *Stream) Inject(reply bool, data []byte) {
 
 // Info implements Connection.
 func (s *Stream) Info() *ConnInfo { return s.info }
+
+// CloseAfter asks the stream to close the connection once the operation
+// the parser is about to return, and what it injected, have been applied.
+// A parser calls it from within OnData, typically with Pass of the last
+// bytes that must still reach the peer.
+func (s *Stream) CloseAfter(reason string) { s.closeAfter = reason }
 
 // Closed reports whether the stream has closed the connection.
 func (s *Stream) Closed() bool { return s.closed }
@@ -181,6 +189,10 @@ func (s *Stream) OnData(reply, endStream bool, data [][]byte) {
 			return
 		}
 		s.flushInjected()
+		if s.closeAfter != "" {
+			s.close(s.closeAfter)
+			return
+		}
 		if op == More {
 			break
 		}

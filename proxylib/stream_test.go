@@ -324,3 +324,19 @@ type discardOutput struct{}
 
 func (discardOutput) Forward(bool, []byte) {}
 func (discardOutput) Close(string)         {}
+
+func TestStreamCloseAfter(t *testing.T) {
+	var out recorder
+	f := StreamFactoryFunc(func(c Connection) Parser {
+		return parserFunc(func(reply, end bool, data [][]byte) (Op, int) {
+			c.Inject(true, []byte("bye"))
+			c.(*Stream).CloseAfter("done")
+			return Pass, 1
+		})
+	})
+	s := NewStream(f, &out, &ConnInfo{})
+	s.OnData(true, false, [][]byte{[]byte("xy")})
+	if string(out.toClient) != "xbye" || out.closed != "done" {
+		t.Errorf("client got %q, closed %q; want \"xbye\", \"done\"", out.toClient, out.closed)
+	}
+}

@@ -1,0 +1,375 @@
+package kafka
+
+import (
+	"encoding/binary"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/wardproxy/ward/flow"
+	"github.com/wardproxy/ward/proxylib"
+)
+
+// RuleSource gives the Kafka rules that apply to a connection. remote is
+// the identity of the peer the policy is about: the source for an ingress
+// policy, the destination for an egress one. ok is false when no policy
+// covers the connection; the parser then closes it (fail closed).
+// Implementations must be safe for concurrent use and cheap: the parser
+// asks once per request, so a policy update applies to open connections
+// from their next request on.
+type RuleSource interface {
+	Rules(ingress bool, port uint16, remote uint32) (m *Matcher, ok bool)
+}
+
+// RuleSourceFunc adapts a function to RuleSource.
+type RuleSourceFunc func(ingress bool, port uint16, remote uint32) (*Matcher, bool)
+
+// Rules calls f.
+func (f RuleSourceFunc) Rules(ingress bool, port uint16, remote uint32) (*Matcher, bool) {
+	return f(ingress, port, remote)
+}
+
+// maxPending bounds the requests a connection may have in flight (sent and
+// not yet answered). Kafka brokers read one request per connection at a
+// time; clients keep a handful in flight.
+const maxPending = 1024
+
+// Factory creates Kafka parsers; it implements proxylib.ParserFactory.
+type Factory struct {
+	rules RuleSource
+	sink  flow.Sink // nil: records are not built
+	now   func() time.Time
+
+	mu  sync.Mutex
+	ids map[string]*topicIDs // learnt topic IDs per destination (broker address)
+}
+
+var _ proxylib.ParserFactory = (*Factory)(nil)
+
+// NewParserFactory returns the factory of Kafka parsers enforcing the rules
+// rules gives, emitting one flow record per request decision (and per
+// stream error) to sink (no records when nil).
+func NewParserFactory(rules RuleSource, sink flow.Sink) *Factory {
+	return &Factory{rules: rules, sink: sink, now: time.Now, ids: map[string]*topicIDs{}}
+}
+
+// topicIDs is the topic ID to name map learnt from the responses of one
+// broker (Metadata, CreateTopics, DescribeTopicPartitions). It is shared by
+// the connections to that broker: a client may learn an ID on one
+// connection (the bootstrap one) and use it on another.
+type topicIDs struct {
+	mu sync.RWMutex
+	m  map[TopicID]string
+}
+
+const maxTopicIDs = 1 << 20
+
+func (t *topicIDs) lookup(id TopicID) (string, bool) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	n, ok := t.m[id]
+	return n, ok
+}
+
+func (t *topicIDs) learn(entries []topicEntry) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, e := range entries {
+		if e.name == "" || e.id == (TopicID{}) {
+			continue
+		}
+		if len(t.m) >= maxTopicIDs {
+			clear(t.m)
+		}
+		t.m[e.id] = e.name
+	}
+}
+
+func (f *Factory) idsFor(dst string) *topicIDs {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t := f.ids[dst]
+	if t == nil {
+		t = &topicIDs{m: map[TopicID]string{}}
+		f.ids[dst] = t
+	}
+	return t
+}
+
+// Create implements proxylib.ParserFactory. It returns nil (close the
+// connection) when no Kafka policy covers the connection.
+func (f *Factory) Create(conn proxylib.Connection) proxylib.Parser {
+	info := conn.Info()
+	p := &parser{f: f, conn: conn, info: info, remote: info.SrcIdentity}
+	if !info.Ingress {
+		p.remote = info.DstIdentity
+	}
+	p.src = endpoint(info.SrcIdentity, info.SrcAddr)
+	p.dst = endpoint(info.DstIdentity, info.DstAddr)
+	if _, ok := f.rules.Rules(info.Ingress, info.DstPort, p.remote); !ok {
+		p.record(flow.Denied, "no kafka policy for the connection", nil, 0)
+		return nil
+	}
+	p.ids = f.idsFor(info.DstAddr)
+	p.req.ids = p.ids.lookup
+	p.closer, _ = conn.(interface{ CloseAfter(reason string) })
+	return p
+}
+
+func endpoint(id uint32, addr string) flow.Endpoint {
+	e := flow.Endpoint{Identity: id}
+	host, port, err := net.SplitHostPort(addr)
+	if err == nil {
+		e.IP = host
+		if p, err := strconv.ParseUint(port, 10, 16); err == nil {
+			e.Port = uint16(p)
+		}
+	}
+	return e
+}
+
+// inflight is a request sent to the broker (deny == nil) or answered by
+// ward (deny holds the response), in request order.
+type inflight struct {
+	corr    int32
+	key     int16
+	version int16
+	deny    []byte
+}
+
+type parser struct {
+	f        *Factory
+	conn     proxylib.Connection
+	closer   interface{ CloseAfter(reason string) }
+	info     *proxylib.ConnInfo
+	remote   uint32
+	src, dst flow.Endpoint
+	ids      *topicIDs
+
+	req, resp decoder
+	pending   []inflight
+	scratch   []byte
+	// dropping: a denied acks=0 produce is waiting for earlier responses;
+	// the connection closes after them, as a broker closes it, and every
+	// later request is dropped.
+	dropping bool
+}
+
+// peekFrame returns the size of the frame at the head of data, and the
+// frame (size prefix excluded) when all of it is there. Frames spanning
+// slices are copied into the parser's scratch buffer.
+func (p *parser) peekFrame(data [][]byte) (size, avail int, frame []byte, ok bool) {
+	for _, b := range data {
+		avail += len(b)
+	}
+	if avail < 4 {
+		return 0, avail, nil, false
+	}
+	var h [4]byte
+	n := 0
+	for _, b := range data {
+		n += copy(h[n:], b)
+		if n == 4 {
+			break
+		}
+	}
+	size = int(int32(binary.BigEndian.Uint32(h[:])))
+	if size < 0 || size > MaxFrameSize || avail < 4+size {
+		return size, avail, nil, true
+	}
+	if len(data[0]) >= 4+size {
+		return size, avail, data[0][4 : 4+size], true
+	}
+	p.scratch = p.scratch[:0]
+	for _, b := range data {
+		p.scratch = append(p.scratch, b...)
+		if len(p.scratch) >= 4+size {
+			break
+		}
+	}
+	return size, avail, p.scratch[4 : 4+size], true
+}
+
+// OnData implements proxylib.Parser.
+func (p *parser) OnData(reply, endStream bool, data [][]byte) (proxylib.Op, int) {
+	size, avail, frame, ok := p.peekFrame(data)
+	minSize := 8 // a request header: key, version, correlation id
+	if reply {
+		minSize = 4 // a response header: correlation id
+	}
+	switch {
+	case !ok:
+		return proxylib.More, 4 - avail
+	case size < minSize || size > MaxFrameSize:
+		p.record(flow.Error, "invalid frame size "+strconv.Itoa(size), nil, 0)
+		if size > MaxFrameSize {
+			return proxylib.Error, proxylib.ErrFrameTooLarge
+		}
+		return proxylib.Error, proxylib.ErrInvalidFrame
+	}
+	if reply {
+		return p.onResponse(size, avail, frame, data)
+	}
+	if frame == nil {
+		return proxylib.More, 4 + size - avail
+	}
+	return p.onRequest(size, frame)
+}
+
+func (p *parser) onRequest(size int, frame []byte) (proxylib.Op, int) {
+	if p.dropping {
+		return proxylib.Drop, 4 + size
+	}
+	d, err := p.req.decodeRequest(frame)
+	if err != nil {
+		p.record(flow.Error, "kafka request: "+err.Error(), nil, 0)
+		return proxylib.Error, proxylib.ErrInvalidFrame
+	}
+	m, ok := p.f.rules.Rules(p.info.Ingress, p.info.DstPort, p.remote)
+	if !ok {
+		p.record(flow.Denied, "no kafka policy for the connection", d, 0)
+		return proxylib.Error, proxylib.ErrPolicyDenied
+	}
+	if len(p.pending) >= maxPending {
+		p.record(flow.Error, "too many requests in flight", d, 0)
+		return proxylib.Error, proxylib.ErrInvalidFrame
+	}
+	allowed := d.unresolved == 0 && m.Allow(&d.Request)
+	noResponse := d.APIKey == keyProduce && d.acks == 0
+	if allowed {
+		p.record(flow.Allowed, "", d, 0)
+		if !noResponse {
+			p.pending = append(p.pending, inflight{corr: d.Correlation, key: d.APIKey, version: d.APIVersion})
+		}
+		return proxylib.Pass, 4 + size
+	}
+	reason := "kafka rules"
+	if d.unresolved > 0 {
+		reason = "unknown topic id"
+	}
+	if noResponse {
+		// A broker closes the connection of an acks=0 producer whose
+		// request failed (KafkaApis.handleProduceRequest): the client has
+		// no other way to learn. Earlier requests are answered first.
+		p.record(flow.Denied, reason+"; acks=0: closing the connection", d, errTopicAuthorization)
+		if len(p.pending) == 0 || p.closer == nil {
+			return proxylib.Error, proxylib.ErrPolicyDenied
+		}
+		p.dropping = true
+		return proxylib.Drop, 4 + size
+	}
+	resp, err := denyResponse(d, nil)
+	if err != nil {
+		p.record(flow.Denied, reason+"; cannot answer: "+err.Error(), d, 0)
+		return proxylib.Error, proxylib.ErrPolicyDenied
+	}
+	p.record(flow.Denied, reason, d, d.denyCode())
+	if len(p.pending) == 0 {
+		p.conn.Inject(true, resp)
+	} else {
+		p.pending = append(p.pending, inflight{corr: d.Correlation, key: d.APIKey, version: d.APIVersion, deny: resp})
+	}
+	return proxylib.Drop, 4 + size
+}
+
+// learnsIDs reports whether responses of key carry topic names with IDs.
+func learnsIDs(key int16) bool {
+	return key == keyMetadata || key == 19 || key == 75 // CreateTopics, DescribeTopicPartitions
+}
+
+func (p *parser) onResponse(size, avail int, frame []byte, data [][]byte) (proxylib.Op, int) {
+	if avail < 8 {
+		return proxylib.More, 8 - avail
+	}
+	if len(p.pending) == 0 {
+		p.record(flow.Error, "kafka response without a request", nil, 0)
+		return proxylib.Error, proxylib.ErrInvalidFrame
+	}
+	head := p.pending[0]
+	var cb [8]byte
+	n := 0
+	for _, b := range data {
+		n += copy(cb[n:], b)
+		if n == 8 {
+			break
+		}
+	}
+	if corr := int32(binary.BigEndian.Uint32(cb[4:])); corr != head.corr {
+		p.record(flow.Error, "kafka response out of order: correlation id "+strconv.Itoa(int(corr))+", want "+strconv.Itoa(int(head.corr)), nil, 0)
+		return proxylib.Error, proxylib.ErrInvalidFrame
+	}
+	if learnsIDs(head.key) {
+		if frame == nil {
+			return proxylib.More, 4 + size - avail
+		}
+		p.learn(head, frame)
+	}
+	k := 1
+	for k < len(p.pending) && p.pending[k].deny != nil {
+		p.conn.Inject(true, p.pending[k].deny)
+		k++
+	}
+	p.pending = p.pending[:copy(p.pending, p.pending[k:])]
+	if len(p.pending) == 0 {
+		if p.dropping && p.closer != nil {
+			p.closer.CloseAfter("kafka: denied acks=0 produce")
+		}
+	}
+	return proxylib.Pass, 4 + size
+}
+
+// learn reads a response that names topics with their IDs and remembers
+// the pairs. An unreadable response is passed on unlearnt: requests naming
+// its IDs will then be denied.
+func (p *parser) learn(head inflight, frame []byte) {
+	m := responseSchema(head.key)
+	if m == nil || !m.valid.has(head.version) {
+		return
+	}
+	r := reader{b: frame}
+	r.skip(4)
+	flex := m.flex.has(head.version)
+	if flex {
+		r.taggedFields()
+	}
+	dc := &p.resp
+	d := &dc.d
+	*d = decoded{entries: d.entries[:0], parts: d.parts[:0], groups: d.groups[:0], Request: Request{APIKey: -1, Topics: d.Topics[:0]}}
+	dc.cur, dc.curGrp = -1, -1
+	dc.walk(&r, m.fields, head.version, flex, 0)
+	if r.err != nil {
+		return
+	}
+	p.ids.learn(d.entries)
+}
+
+func (p *parser) record(v flow.Verdict, reason string, d *decoded, code int16) {
+	if p.f.sink == nil {
+		return
+	}
+	r := &flow.Record{
+		Time:        p.f.now(),
+		Direction:   flow.Egress,
+		Verdict:     v,
+		Reason:      reason,
+		Source:      p.src,
+		Destination: p.dst,
+		Proto:       "kafka",
+	}
+	if p.info.Ingress {
+		r.Direction = flow.Ingress
+	}
+	if d != nil {
+		r.Kafka = &flow.Kafka{
+			APIKey:        d.APIKey,
+			APIKeyName:    APIKeyName(d.APIKey),
+			APIVersion:    d.APIVersion,
+			CorrelationID: d.Correlation,
+			ClientID:      d.ClientID,
+			Topics:        append([]string(nil), d.Topics...),
+			ErrorCode:     code,
+		}
+	}
+	p.f.sink.Emit(r)
+}

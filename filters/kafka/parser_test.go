@@ -1,0 +1,321 @@
+package kafka
+
+import (
+	"bytes"
+	"encoding/binary"
+	"sync"
+	"testing"
+
+	"github.com/twmb/franz-go/pkg/kmsg"
+	"github.com/wardproxy/ward/flow"
+	"github.com/wardproxy/ward/policy"
+	"github.com/wardproxy/ward/proxylib"
+)
+
+type out struct {
+	toServer, toClient []byte
+	closed             string
+}
+
+func (o *out) Forward(reply bool, b []byte) {
+	if reply {
+		o.toClient = append(o.toClient, b...)
+	} else {
+		o.toServer = append(o.toServer, b...)
+	}
+}
+func (o *out) Close(reason string) { o.closed = reason }
+
+type sinkRec struct {
+	mu   sync.Mutex
+	recs []flow.Record
+}
+
+func (s *sinkRec) Emit(r *flow.Record) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.recs = append(s.recs, *r)
+}
+
+func staticRules(t *testing.T, rules ...policy.PortRuleKafka) RuleSource {
+	m, err := Compile(rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return RuleSourceFunc(func(bool, uint16, uint32) (*Matcher, bool) { return m, true })
+}
+
+func newConn(t *testing.T, rs RuleSource) (*proxylib.Stream, *out, *sinkRec) {
+	sink := &sinkRec{}
+	o := &out{}
+	s := proxylib.NewStream(NewParserFactory(rs, sink), o, &proxylib.ConnInfo{
+		Ingress: true, SrcIdentity: 100, DstIdentity: 200, SrcAddr: "10.0.0.1:5555", DstAddr: "10.0.0.2:9092", DstPort: 9092,
+	})
+	return s, o, sink
+}
+
+func produceReq(corr int32, topic string, acks int16) []byte {
+	r := kmsg.NewPtrProduceRequest()
+	r.SetVersion(9)
+	r.Acks = acks
+	tp := kmsg.NewProduceRequestTopic()
+	tp.Topic = topic
+	p := kmsg.NewProduceRequestTopicPartition()
+	p.Records = []byte("records")
+	tp.Partitions = append(tp.Partitions, p)
+	r.Topics = append(r.Topics, tp)
+	return sizePrefixed(frame(r, corr, "cli"))
+}
+
+func fetchReq(corr int32, topic string) []byte {
+	r := kmsg.NewPtrFetchRequest()
+	r.SetVersion(11)
+	tp := kmsg.NewFetchRequestTopic()
+	tp.Topic = topic
+	tp.Partitions = append(tp.Partitions, kmsg.NewFetchRequestTopicPartition())
+	r.Topics = append(r.Topics, tp)
+	return sizePrefixed(frame(r, corr, "cli"))
+}
+
+// brokerResp is a response frame with header v0 and an opaque body.
+func brokerResp(corr int32, body string) []byte {
+	b := binary.BigEndian.AppendUint32(nil, uint32(4+len(body)))
+	b = binary.BigEndian.AppendUint32(b, uint32(corr))
+	return append(b, body...)
+}
+
+func corrs(t *testing.T, b []byte) []int32 {
+	var cs []int32
+	for len(b) >= 8 {
+		n := int(binary.BigEndian.Uint32(b))
+		cs = append(cs, int32(binary.BigEndian.Uint32(b[4:])))
+		b = b[4+n:]
+	}
+	if len(b) != 0 {
+		t.Fatalf("%d trailing bytes", len(b))
+	}
+	return cs
+}
+
+func TestParserOrderAndDeny(t *testing.T) {
+	s, o, sink := newConn(t, staticRules(t, policy.PortRuleKafka{Role: "consume", Topic: "ok"}))
+	// An allowed fetch goes to the broker; a denied produce right behind it
+	// must be answered after the fetch's response.
+	s.OnData(false, false, [][]byte{cat2(fetchReq(1, "ok"), produceReq(2, "ok", 1), fetchReq(3, "no"))})
+	if !bytes.Equal(o.toServer, fetchReq(1, "ok")) {
+		t.Fatalf("server got %d bytes; want only the allowed fetch", len(o.toServer))
+	}
+	if len(o.toClient) != 0 {
+		t.Fatal("deny response sent before the earlier response")
+	}
+	s.OnData(true, false, [][]byte{brokerResp(1, "fetched")})
+	if got := corrs(t, o.toClient); len(got) != 3 || got[0] != 1 || got[1] != 2 || got[2] != 3 {
+		t.Fatalf("client got correlation ids %v; want [1 2 3]", got)
+	}
+	if o.closed != "" {
+		t.Fatalf("closed: %s", o.closed)
+	}
+	// With nothing in flight a deny is answered at once.
+	o.toClient = nil
+	s.OnData(false, false, [][]byte{produceReq(4, "ok", 1)})
+	if got := corrs(t, o.toClient); len(got) != 1 || got[0] != 4 {
+		t.Fatalf("client got %v; want [4]", got)
+	}
+	var verdicts []flow.Verdict
+	for _, r := range sink.recs {
+		verdicts = append(verdicts, r.Verdict)
+		if r.Kafka == nil || r.Proto != "kafka" || r.Source.Identity != 100 || r.Direction != flow.Ingress {
+			t.Errorf("record %+v lacks kafka details", r)
+		}
+	}
+	want := []flow.Verdict{flow.Allowed, flow.Denied, flow.Denied, flow.Denied}
+	if len(verdicts) != len(want) {
+		t.Fatalf("verdicts %v; want %v", verdicts, want)
+	}
+	if sink.recs[1].Kafka.ErrorCode != 29 || sink.recs[1].Kafka.Topics[0] != "ok" || sink.recs[1].Kafka.APIKeyName != "Produce" {
+		t.Errorf("deny record = %+v", sink.recs[1].Kafka)
+	}
+}
+
+func cat2(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
+
+func TestParserAcks0(t *testing.T) {
+	s, o, _ := newConn(t, staticRules(t, policy.PortRuleKafka{Role: "consume", Topic: "ok"}))
+	s.OnData(false, false, [][]byte{produceReq(1, "ok", 0)})
+	if o.closed == "" || len(o.toServer) != 0 || len(o.toClient) != 0 {
+		t.Fatalf("denied acks=0 produce: closed %q, server %d bytes, client %d bytes; want closed, nothing sent", o.closed, len(o.toServer), len(o.toClient))
+	}
+	// With a request in flight, its response is delivered first.
+	s, o, _ = newConn(t, staticRules(t, policy.PortRuleKafka{Role: "consume", Topic: "ok"}))
+	s.OnData(false, false, [][]byte{cat2(fetchReq(1, "ok"), produceReq(2, "ok", 0), fetchReq(3, "ok"))})
+	if o.closed != "" || !bytes.Equal(o.toServer, fetchReq(1, "ok")) {
+		t.Fatalf("closed %q, server %d bytes", o.closed, len(o.toServer))
+	}
+	s.OnData(true, false, [][]byte{brokerResp(1, "x")})
+	if got := corrs(t, o.toClient); len(got) != 1 || got[0] != 1 || o.closed == "" {
+		t.Fatalf("client got %v, closed %q; want [1], closed", got, o.closed)
+	}
+	// An allowed acks=0 produce expects no response.
+	s, o, _ = newConn(t, staticRules(t, policy.PortRuleKafka{Role: "produce", Topic: "ok"}))
+	s.OnData(false, false, [][]byte{cat2(produceReq(1, "ok", 0), produceReq(2, "ok", 1))})
+	s.OnData(true, false, [][]byte{brokerResp(2, "x")})
+	if o.closed != "" || len(corrs(t, o.toClient)) != 1 {
+		t.Fatalf("closed %q, client %v", o.closed, corrs(t, o.toClient))
+	}
+}
+
+func metadataResp(corr int32, name string, id TopicID) []byte {
+	r := kmsg.NewPtrMetadataResponse()
+	r.SetVersion(12)
+	tp := kmsg.NewMetadataResponseTopic()
+	tp.Topic = kmsg.StringPtr(name)
+	tp.TopicID = id
+	r.Topics = append(r.Topics, tp)
+	b := binary.BigEndian.AppendUint32(nil, uint32(corr))
+	b = append(b, 0) // response header v1 tagged fields
+	b = r.AppendTo(b)
+	return sizePrefixed(b)
+}
+
+func metadataReq(corr int32, name string) []byte {
+	r := kmsg.NewPtrMetadataRequest()
+	r.SetVersion(12)
+	tp := kmsg.NewMetadataRequestTopic()
+	tp.Topic = kmsg.StringPtr(name)
+	r.Topics = append(r.Topics, tp)
+	return sizePrefixed(frame(r, corr, "cli"))
+}
+
+func fetchByID(corr int32, id TopicID) []byte {
+	r := kmsg.NewPtrFetchRequest()
+	r.SetVersion(13)
+	tp := kmsg.NewFetchRequestTopic()
+	tp.TopicID = id
+	tp.Partitions = append(tp.Partitions, kmsg.NewFetchRequestTopicPartition())
+	r.Topics = append(r.Topics, tp)
+	return sizePrefixed(frame(r, corr, "cli"))
+}
+
+func TestParserTopicIDs(t *testing.T) {
+	idOK, idSecret := TopicID{1}, TopicID{2}
+	rs := staticRules(t, policy.PortRuleKafka{Role: "consume", Topic: "ok"})
+	f := NewParserFactory(rs, nil)
+	info := &proxylib.ConnInfo{Ingress: true, DstAddr: "10.0.0.2:9092", DstPort: 9092}
+	o := &out{}
+	s := proxylib.NewStream(f, o, info)
+	// Before any metadata, an ID is unknown: denied.
+	s.OnData(false, false, [][]byte{fetchByID(1, idOK)})
+	if len(o.toServer) != 0 || len(corrs(t, o.toClient)) != 1 {
+		t.Fatalf("fetch by unknown topic id was not denied: closed %q server %d client %v", o.closed, len(o.toServer), corrs(t, o.toClient))
+	}
+	s.OnData(false, false, [][]byte{metadataReq(2, "ok")})
+	resp := metadataResp(2, "ok", idOK)
+	// The metadata response arrives in two pieces.
+	s.OnData(true, false, [][]byte{resp[:10]})
+	s.OnData(true, false, [][]byte{resp[10:]})
+	o.toServer = nil
+	s.OnData(false, false, [][]byte{fetchByID(3, idOK)})
+	if !bytes.Equal(o.toServer, fetchByID(3, idOK)) {
+		t.Fatal("fetch by a learnt topic id was not passed")
+	}
+	// A second connection to the same broker knows the ID too.
+	o2 := &out{}
+	s2 := proxylib.NewStream(f, o2, info)
+	s2.OnData(false, false, [][]byte{fetchByID(1, idOK)})
+	if len(o2.toServer) == 0 {
+		t.Fatal("second connection did not resolve the topic id")
+	}
+	// A secret topic's ID, even once learnt, maps to a denied name.
+	s2.OnData(true, false, [][]byte{brokerResp(1, "")})
+	s2.OnData(false, false, [][]byte{metadataReq(2, "ok")})
+	s2.OnData(true, false, [][]byte{metadataResp(2, "secret", idSecret)})
+	o2.toServer = nil
+	s2.OnData(false, false, [][]byte{fetchByID(3, idSecret)})
+	if len(o2.toServer) != 0 {
+		t.Fatal("fetch of a denied topic by id was passed")
+	}
+}
+
+func TestParserFailClosed(t *testing.T) {
+	tests := []struct {
+		name  string
+		rules RuleSource
+		in    []byte
+		reply []byte
+	}{
+		{name: "garbage", in: []byte("GET / HTTP/1.1\r\n\r\n")},
+		{name: "huge frame", in: []byte{0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0}},
+		{name: "negative frame", in: []byte{0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0}},
+		{name: "short frame", in: []byte{0, 0, 0, 2, 0, 0}},
+		{name: "unknown key", in: sizePrefixed([]byte{0x7f, 0, 0, 0, 0, 0, 0, 1, 0, 0})},
+		{name: "unsolicited response", reply: brokerResp(1, "x")},
+		{name: "policy gone", rules: RuleSourceFunc(func(bool, uint16, uint32) (*Matcher, bool) { return nil, false }), in: fetchReq(1, "ok")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rs := tt.rules
+			if rs == nil {
+				rs = staticRules(t)
+			}
+			s, o, sink := newConn(t, rs)
+			if tt.in != nil {
+				s.OnData(false, false, [][]byte{tt.in})
+			}
+			if tt.reply != nil {
+				s.OnData(true, false, [][]byte{tt.reply})
+			}
+			if o.closed == "" || len(o.toServer) != 0 {
+				t.Fatalf("closed %q, server got %d bytes; want closed and nothing forwarded", o.closed, len(o.toServer))
+			}
+			if len(sink.recs) == 0 || sink.recs[len(sink.recs)-1].Verdict == flow.Allowed {
+				t.Errorf("no error record: %+v", sink.recs)
+			}
+		})
+	}
+}
+
+func FuzzParser(f *testing.F) {
+	f.Add(cat2(fetchReq(1, "ok"), produceReq(2, "no", 1)), brokerResp(1, "x"))
+	f.Add(metadataReq(1, "ok"), metadataResp(1, "ok", TopicID{1}))
+	m, _ := Compile([]policy.PortRuleKafka{{Role: "consume", Topic: "ok"}})
+	rs := RuleSourceFunc(func(bool, uint16, uint32) (*Matcher, bool) { return m, true })
+	f.Fuzz(func(t *testing.T, req, resp []byte) {
+		o := &out{}
+		s := proxylib.NewStream(NewParserFactory(rs, nil), o, &proxylib.ConnInfo{})
+		half := len(req) / 2
+		s.OnData(false, false, [][]byte{req[:half], req[half:]})
+		s.OnData(true, false, [][]byte{resp})
+		// Whatever reached the server must be whole requests the rules allow.
+		b := o.toServer
+		for len(b) > 0 {
+			n := int(binary.BigEndian.Uint32(b))
+			var dc decoder
+			d, err := dc.decodeRequest(b[4 : 4+n])
+			if err != nil || !m.Allow(&d.Request) {
+				t.Fatalf("forwarded a request the rules do not allow: %v %+v", err, d)
+			}
+			b = b[4+n:]
+		}
+	})
+}
+
+func BenchmarkParserProduce(b *testing.B) {
+	rs := RuleSourceFunc(func(bool, uint16, uint32) (*Matcher, bool) {
+		return nil, true
+	})
+	m, _ := Compile([]policy.PortRuleKafka{{Role: "produce", Topic: "t"}})
+	rs = func(bool, uint16, uint32) (*Matcher, bool) { return m, true }
+	req := produceReq(1, "t", 1)
+	resp := brokerResp(1, "ok")
+	s := proxylib.NewStream(NewParserFactory(rs, nil), discard{}, &proxylib.ConnInfo{DstAddr: "x:1"})
+	b.ReportAllocs()
+	for b.Loop() {
+		s.OnData(false, false, [][]byte{req})
+		s.OnData(true, false, [][]byte{resp})
+	}
+}
+
+type discard struct{}
+
+func (discard) Forward(bool, []byte) {}
+func (discard) Close(string)         {}
