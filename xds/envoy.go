@@ -1,0 +1,244 @@
+package xds
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	dmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/dynamic_modules/v3"
+	dmhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/dynamic_modules/v3"
+	rbachttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	origdst "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
+	dmnet "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/dynamic_modules/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpproxy "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// ModuleName is the dynamic module every ward filter lives in (libward.so).
+const ModuleName = "ward"
+
+// ModuleFilter names one filter of libward.so and its configuration (JSON,
+// delivered to the filter as raw bytes through a StringValue).
+type ModuleFilter struct {
+	Name   string
+	Config []byte
+}
+
+// HTTPListener describes an HTTP proxy listener.
+type HTTPListener struct {
+	Name    string
+	Address string
+	Port    uint32
+	// Transparent makes the listener accept redirected connections for any
+	// destination (IP_TRANSPARENT + original_dst); the upstream is then the
+	// original destination (Cluster must be an ORIGINAL_DST cluster).
+	Transparent bool
+	Cluster     string
+	// Filters are ward filters placed before the router, in order.
+	Filters []ModuleFilter
+	// RBAC, when set, is placed before the ward filters (benchmarks compare
+	// ward with Envoy's native RBAC).
+	RBAC *rbachttp.RBAC
+	// StatPrefix defaults to Name.
+	StatPrefix string
+}
+
+// TCPListener describes a TCP proxy listener with ward network filters in
+// front of tcp_proxy.
+type TCPListener struct {
+	Name        string
+	Address     string
+	Port        uint32
+	Transparent bool
+	Cluster     string
+	Filters     []ModuleFilter
+}
+
+func moduleConfig() *dmv3.DynamicModuleConfig {
+	// do_not_close: a Go runtime cannot be unloaded (golang/go#11100).
+	return &dmv3.DynamicModuleConfig{Name: ModuleName, DoNotClose: true}
+}
+
+func anyOf(m proto.Message) (*anypb.Any, error) { return anypb.New(m) }
+
+func socketAddress(addr string, port uint32) *core.Address {
+	return &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
+		Address: addr, PortSpecifier: &core.SocketAddress_PortValue{PortValue: port},
+	}}}
+}
+
+func listenerBase(name, addr string, port uint32, transparent bool) *listener.Listener {
+	l := &listener.Listener{Name: name, Address: socketAddress(addr, port)}
+	if transparent {
+		l.Transparent = wrapperspb.Bool(true)
+		od, _ := anypb.New(&origdst.OriginalDst{})
+		l.ListenerFilters = []*listener.ListenerFilter{{
+			Name:       "envoy.filters.listener.original_dst",
+			ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: od},
+		}}
+	}
+	return l
+}
+
+// Build returns the Envoy listener.
+func (h HTTPListener) Build() (*listener.Listener, error) {
+	if h.Name == "" || h.Cluster == "" {
+		return nil, errors.New("xds: HTTPListener needs Name and Cluster")
+	}
+	var filters []*hcm.HttpFilter
+	if h.RBAC != nil {
+		a, err := anyOf(h.RBAC)
+		if err != nil {
+			return nil, err
+		}
+		filters = append(filters, &hcm.HttpFilter{Name: "envoy.filters.http.rbac", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: a}})
+	}
+	for i, f := range h.Filters {
+		cfg, err := anyOf(wrapperspb.String(string(f.Config)))
+		if err != nil {
+			return nil, err
+		}
+		a, err := anyOf(&dmhttp.DynamicModuleFilter{
+			DynamicModuleConfig: moduleConfig(),
+			FilterName:          f.Name,
+			FilterConfig:        cfg,
+		})
+		if err != nil {
+			return nil, err
+		}
+		filters = append(filters, &hcm.HttpFilter{Name: fmt.Sprintf("%s.%d", f.Name, i), ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: a}})
+	}
+	router, err := anyOf(&routerv3.Router{})
+	if err != nil {
+		return nil, err
+	}
+	filters = append(filters, &hcm.HttpFilter{Name: "envoy.filters.http.router", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: router}})
+	prefix := h.StatPrefix
+	if prefix == "" {
+		prefix = h.Name
+	}
+	m := &hcm.HttpConnectionManager{
+		StatPrefix: prefix,
+		CodecType:  hcm.HttpConnectionManager_AUTO, // HTTP/1.1 and h2c (gRPC)
+		RouteSpecifier: &hcm.HttpConnectionManager_RouteConfig{RouteConfig: &route.RouteConfiguration{
+			Name: h.Name,
+			VirtualHosts: []*route.VirtualHost{{
+				Name:    h.Name,
+				Domains: []string{"*"},
+				Routes: []*route.Route{{
+					Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
+					Action: &route.Route_Route{Route: &route.RouteAction{
+						ClusterSpecifier: &route.RouteAction_Cluster{Cluster: h.Cluster},
+						Timeout:          durationpb.New(0), // streaming gRPC
+					}},
+				}},
+			}},
+		}},
+		HttpFilters: filters,
+	}
+	a, err := anyOf(m)
+	if err != nil {
+		return nil, err
+	}
+	l := listenerBase(h.Name, h.Address, h.Port, h.Transparent)
+	l.FilterChains = []*listener.FilterChain{{Filters: []*listener.Filter{{
+		Name:       "envoy.filters.network.http_connection_manager",
+		ConfigType: &listener.Filter_TypedConfig{TypedConfig: a},
+	}}}}
+	return l, nil
+}
+
+// Build returns the Envoy listener.
+func (t TCPListener) Build() (*listener.Listener, error) {
+	if t.Name == "" || t.Cluster == "" {
+		return nil, errors.New("xds: TCPListener needs Name and Cluster")
+	}
+	var filters []*listener.Filter
+	for i, f := range t.Filters {
+		cfg, err := anyOf(wrapperspb.String(string(f.Config)))
+		if err != nil {
+			return nil, err
+		}
+		a, err := anyOf(&dmnet.DynamicModuleNetworkFilter{
+			DynamicModuleConfig: moduleConfig(),
+			FilterName:          f.Name,
+			FilterConfig:        cfg,
+		})
+		if err != nil {
+			return nil, err
+		}
+		filters = append(filters, &listener.Filter{Name: fmt.Sprintf("%s.%d", f.Name, i), ConfigType: &listener.Filter_TypedConfig{TypedConfig: a}})
+	}
+	tp, err := anyOf(&tcpproxy.TcpProxy{
+		StatPrefix:       t.Name,
+		ClusterSpecifier: &tcpproxy.TcpProxy_Cluster{Cluster: t.Cluster},
+	})
+	if err != nil {
+		return nil, err
+	}
+	filters = append(filters, &listener.Filter{Name: "envoy.filters.network.tcp_proxy", ConfigType: &listener.Filter_TypedConfig{TypedConfig: tp}})
+	l := listenerBase(t.Name, t.Address, t.Port, t.Transparent)
+	l.FilterChains = []*listener.FilterChain{{Filters: filters}}
+	return l, nil
+}
+
+// StaticCluster is a cluster of one fixed upstream address. HTTP2 enables
+// h2 (prior knowledge) toward it, for gRPC upstreams.
+func StaticCluster(name, addr string, port uint32, http2 bool) *cluster.Cluster {
+	c := &cluster.Cluster{
+		Name:                 name,
+		ConnectTimeout:       durationpb.New(5 * time.Second),
+		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
+		LoadAssignment: &endpoint.ClusterLoadAssignment{
+			ClusterName: name,
+			Endpoints: []*endpoint.LocalityLbEndpoints{{LbEndpoints: []*endpoint.LbEndpoint{{
+				HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{Address: socketAddress(addr, port)}},
+			}}}},
+		},
+	}
+	if http2 {
+		setHTTP2(c)
+	}
+	return c
+}
+
+// OriginalDstCluster forwards to each connection's original destination
+// (transparent listeners).
+func OriginalDstCluster(name string, http2 bool) *cluster.Cluster {
+	c := &cluster.Cluster{
+		Name:                 name,
+		ConnectTimeout:       durationpb.New(5 * time.Second),
+		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_ORIGINAL_DST},
+		LbPolicy:             cluster.Cluster_CLUSTER_PROVIDED,
+	}
+	if http2 {
+		setHTTP2(c)
+	}
+	return c
+}
+
+func setHTTP2(c *cluster.Cluster) {
+	opts, _ := anypb.New(&upstreamhttp.HttpProtocolOptions{
+		UpstreamProtocolOptions: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig_{
+			ExplicitHttpConfig: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig{
+				ProtocolConfig: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
+					Http2ProtocolOptions: &core.Http2ProtocolOptions{},
+				},
+			},
+		},
+	})
+	c.TypedExtensionProtocolOptions = map[string]*anypb.Any{
+		"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": opts,
+	}
+}
