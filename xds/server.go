@@ -66,17 +66,17 @@ type Server struct {
 	hosts    *cache.LinearCache
 	mux      *cache.MuxCache
 
-	mu       sync.Mutex
-	nacks    map[string]NACK // by type URL
-	acked    map[string]string
-	streams  atomic.Int64
-	version  atomic.Uint64
-	lis      net.Listener
-	grpcSrv  *grpc.Server
-	nonces   map[string]string // delta response nonce -> version
-	genMu    sync.Mutex // orders Set* calls with their versions; never taken with mu
-	polGen   uint64
-	hostGen  uint64
+	mu      sync.Mutex
+	nacks   map[string]NACK // by type URL
+	acked   map[string]string
+	streams atomic.Int64
+	version atomic.Uint64
+	lis     net.Listener
+	grpcSrv *grpc.Server
+	nonces  map[string]string // delta response nonce -> version
+	genMu   sync.Mutex        // orders Set* calls with their versions; never taken with mu
+	polGen  uint64
+	hostGen uint64
 }
 
 // New returns a server; call Listen then Serve (or Run).
