@@ -103,10 +103,10 @@ func (r *Repository) addSection(b *dirBuilder, ip *identityPolicy, s *section, r
 	for _, p := range peers {
 		sel := r.selectionFor(p)
 		ip.uses[p.key()] = true
-		if !sel.wildcard && len(sel.ids) == 0 {
-			continue
-		}
 		for _, pr := range rules {
+			if !sel.wildcard && len(sel.ids) == 0 && (pr.parser == "" || s.deny) {
+				continue // nothing selected; L7 ports are still set up
+			}
 			for _, ps := range pr.ports {
 				for _, pp := range expandPort(ps, np, ip) {
 					r.addEntries(b, s, sel, pr, pp)
