@@ -272,7 +272,7 @@ func TestMatchHeaderActions(t *testing.T) {
 type recorder struct{ ops []string }
 
 func (r *recorder) SetRequestHeader(n, v string) { r.ops = append(r.ops, "set "+n+"="+v) }
-func (r *recorder) RemoveRequestHeader(n string)  { r.ops = append(r.ops, "remove "+n) }
+func (r *recorder) RemoveRequestHeader(n string) { r.ops = append(r.ops, "remove "+n) }
 func (r *recorder) AddRequestHeader(n, v string) { r.ops = append(r.ops, "add "+n+"="+v) }
 
 func TestHeaderEditApplyAndString(t *testing.T) {

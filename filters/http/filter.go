@@ -1,0 +1,143 @@
+package http
+
+import (
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/wardproxy/ward/flow"
+)
+
+// HeaderAccess is what the filter needs of a request inside Envoy: read
+// and change its headers (names lower case; ":method", ":path",
+// ":authority" work). proxylib.HTTPStream implements it. It is used only
+// during OnRequestHeaders.
+type HeaderAccess interface {
+	HeaderWriter
+	RequestHeader(name string) (string, bool)
+	RequestHeaderValues(name string) []string
+}
+
+// RuleSource finds the compiled rules of a (direction, port, remote
+// identity) in the current policy. ok is false when the policy has no
+// rules for them; the filter then denies (a redirected port without rules
+// fails closed). A nil *Matcher with ok true also denies. Implementations
+// must be safe for concurrent use and should read one immutable policy
+// snapshot per call.
+type RuleSource interface {
+	Rules(ingress bool, port uint16, remoteIdentity uint32) (m *Matcher, ok bool)
+}
+
+// Conn is what the binding knows of the connection a request came on.
+type Conn struct {
+	Ingress        bool
+	Port           uint16 // the destination port the policy is keyed by
+	RemoteIdentity uint32 // the peer's security identity (DESIGN.md decision 5)
+	Source         flow.Endpoint
+	Destination    flow.Endpoint
+	Protocol       string // ProtoHTTP1 or ProtoHTTP2; gRPC is detected
+}
+
+// Action is the filter's decision. When Deny is set the binding answers
+// with Status, Headers and Body (Envoy send_response) and stops the
+// request; otherwise it continues (header edits are already applied).
+type Action struct {
+	Deny    bool
+	Status  int
+	Headers [][2]string // shared: do not modify
+	Body    []byte      // shared: do not modify
+	Rule    int         // the matching rule, -1 when none
+	Reason  string
+}
+
+// Filter enforces HTTP rules on requests. The zero value denies every
+// request (no rules). A Filter is safe for concurrent use when its
+// RuleSource and Sink are.
+type Filter struct {
+	Rules RuleSource
+	// Sink receives one record per decision; nil means none.
+	Sink flow.Sink
+	// Now stamps records; nil means time.Now.
+	Now func() time.Time
+}
+
+// OnRequestHeaders decides on the request whose headers h gives access to,
+// arriving on c. An allowed request's header edits (headerMatches
+// mismatch actions) are applied to h before it returns. It never panics:
+// a panic in a RuleSource or HeaderAccess denies the request.
+func (f *Filter) OnRequestHeaders(c *Conn, h HeaderAccess) (act Action) {
+	var req Request
+	var grpc bool
+	defer func() {
+		if p := recover(); p != nil {
+			act = f.deny(c, &req, grpc, -1, "internal error")
+		}
+	}()
+	req.Method, _ = h.RequestHeader(":method")
+	req.Path, _ = h.RequestHeader(":path")
+	req.Host, _ = h.RequestHeader(":authority")
+	ct, _ := h.RequestHeader("content-type")
+	grpc = IsGRPC(ct)
+	req.Headers = accessHeaders{h}
+
+	if f.Rules == nil {
+		return f.deny(c, &req, grpc, -1, "no policy")
+	}
+	m, ok := f.Rules.Rules(c.Ingress, c.Port, c.RemoteIdentity)
+	if !ok || m == nil {
+		return f.deny(c, &req, grpc, -1, "no rules for identity "+strconv.FormatUint(uint64(c.RemoteIdentity), 10)+" on port "+strconv.Itoa(int(c.Port)))
+	}
+	res := m.Match(&req)
+	if !res.Allowed {
+		return f.deny(c, &req, grpc, -1, "no http rule matched")
+	}
+	for _, e := range res.Edits {
+		e.Apply(h)
+	}
+	f.emit(c, &req, grpc, flow.Allowed, "", res.Rule, 0)
+	return Action{Rule: res.Rule}
+}
+
+func (f *Filter) deny(c *Conn, req *Request, grpc bool, rule int, reason string) Action {
+	ct := ""
+	if grpc {
+		ct = "application/grpc"
+	}
+	status, headers, body := DenyResponse(ct)
+	f.emit(c, req, grpc, flow.Denied, reason, rule, status)
+	return Action{Deny: true, Status: status, Headers: headers, Body: body, Rule: rule, Reason: reason}
+}
+
+func (f *Filter) emit(c *Conn, req *Request, grpc bool, v flow.Verdict, reason string, rule, status int) {
+	if f.Sink == nil {
+		return
+	}
+	now := time.Now
+	if f.Now != nil {
+		now = f.Now
+	}
+	meta := RecordMeta{Time: now(), Source: c.Source, Destination: c.Destination, Protocol: c.Protocol, Direction: flow.Egress}
+	if c.Ingress {
+		meta.Direction = flow.Ingress
+	}
+	if grpc {
+		meta.Protocol = ProtoGRPC
+	}
+	f.Sink.Emit(NewRecord(&meta, req, v, reason, rule, status))
+}
+
+// accessHeaders reads a header's values joined with "," as Envoy's
+// header matchers do, so a duplicated header cannot smuggle a second
+// value past an exact match.
+type accessHeaders struct{ h HeaderAccess }
+
+func (a accessHeaders) Header(name string) (string, bool) {
+	vs := a.h.RequestHeaderValues(name)
+	switch len(vs) {
+	case 0:
+		return "", false
+	case 1:
+		return vs[0], true
+	}
+	return strings.Join(vs, ","), true
+}
