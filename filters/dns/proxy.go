@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -613,7 +614,8 @@ func extractIPs(r *mdns.Msg, qname string) ([]netip.Addr, uint32) {
 			chainTTL, first = t, false
 		}
 	}
-	for range maxChain {
+	visited := []string{cur}
+	for {
 		next := ""
 		for _, rr := range r.Answer {
 			h := rr.Header()
@@ -623,9 +625,13 @@ func extractIPs(r *mdns.Msg, qname string) ([]netip.Addr, uint32) {
 				break
 			}
 		}
-		if next == "" || next == cur {
+		if next == "" {
 			break
 		}
+		if slices.Contains(visited, next) || len(visited) > maxChain {
+			return nil, 0 // a CNAME loop or an absurd chain: learn nothing
+		}
+		visited = append(visited, next)
 		cur = next
 	}
 	var ips []netip.Addr

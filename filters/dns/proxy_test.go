@@ -2,6 +2,7 @@ package dns
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -154,6 +155,7 @@ func startProxy(t *testing.T, upstream netip.AddrPort, o harnessOpts) *harness {
 	p, err := New(cfg, Deps{
 		Endpoints: testEndpoints{}, Rules: staticRules{m}, IPCache: h.ipc,
 		Identities: &LocalAllocator{}, Policy: o.policy, Conns: o.conns, Flows: h.flows,
+		Logger: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		t.Fatal(err)
