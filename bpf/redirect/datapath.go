@@ -330,3 +330,26 @@ func linkName(ifindex int, ingress bool) string {
 	}
 	return "tcx-" + strconv.Itoa(ifindex) + "-egress"
 }
+
+// ProgramStats is a program's cumulative run time and run count, counted
+// while BPF statistics are enabled (ebpf.EnableStats or the
+// kernel.bpf_stats_enabled sysctl).
+type ProgramStats struct {
+	RunTimeNS uint64
+	RunCount  uint64
+}
+
+// Stats returns the statistics of the from_pod and to_pod programs.
+func (d *Datapath) Stats() (fromPod, toPod ProgramStats, err error) {
+	for _, x := range []struct {
+		p   *ebpf.Program
+		out *ProgramStats
+	}{{d.objs.FromPod, &fromPod}, {d.objs.ToPod, &toPod}} {
+		st, serr := x.p.Stats()
+		if serr != nil {
+			return fromPod, toPod, fmt.Errorf("program stats: %w", serr)
+		}
+		*x.out = ProgramStats{RunTimeNS: uint64(st.Runtime.Nanoseconds()), RunCount: st.RunCount}
+	}
+	return fromPod, toPod, nil
+}

@@ -202,10 +202,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ward_metrics SEC(".maps");
 
+// CT entries are keyed by the canonical tuple (lower (addr, port) end
+// first), so one lookup serves both directions; flags say which end
+// opened the flow.
+#define CT_ORIG_SWAPPED 1
+
 struct pkt {
-	struct ct_key t; // the packet's own tuple
+	struct ct_key t;  // the packet's own tuple
+	struct ct_key ck; // canonical tuple (the CT key)
+	int swapped;      // t is ck with its ends swapped
 	__u32 l4off;
-	__u8 tcp_flags;
 };
 
 static __always_inline int count(struct __sk_buff *skb, enum reason r, int dir, int act)
@@ -243,27 +249,39 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	if (skb->protocol != bpf_htons(ETH_P_IP))
 		return -1;
 
-	struct iphdr ip;
-	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+	// Direct packet access; pull the headers into the linear area when
+	// they are not (bpf_skb_pull_data invalidates the pointers).
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	if (data + ETH_HLEN + sizeof(struct iphdr) + 8 > end) {
+		__u32 want = ETH_HLEN + sizeof(struct iphdr) + 8;
+		if (skb->len < want)
+			want = skb->len;
+		bpf_skb_pull_data(skb, want);
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+		if (data + ETH_HLEN + sizeof(struct iphdr) > end)
+			return R_DROP_MALFORMED;
+	}
+	struct iphdr *ip = data + ETH_HLEN;
+	if (ip->version != 4 || ip->ihl < 5)
 		return R_DROP_MALFORMED;
-	if (ip.version != 4 || ip.ihl < 5)
-		return R_DROP_MALFORMED;
-	__u32 tot = bpf_ntohs(ip.tot_len);
-	if (tot < ip.ihl * 4 || tot + ETH_HLEN > skb->len)
+	__u32 tot = bpf_ntohs(ip->tot_len);
+	if (tot < ip->ihl * 4 || tot + ETH_HLEN > skb->len)
 		return R_DROP_MALFORMED;
 
 	p->t.family = AF_INET4;
-	p->t.saddr[0] = ip.saddr;
-	p->t.daddr[0] = ip.daddr;
-	p->t.proto = ip.protocol;
-	p->l4off = ETH_HLEN + ip.ihl * 4;
+	p->t.saddr[0] = ip->saddr;
+	p->t.daddr[0] = ip->daddr;
+	p->t.proto = ip->protocol;
+	p->l4off = ETH_HLEN + ip->ihl * 4;
 
-	__u16 frag = bpf_ntohs(ip.frag_off);
+	__u16 frag = bpf_ntohs(ip->frag_off);
 	int first_frag = 0;
+	struct frag_key fk = {
+		.saddr = ip->saddr, .daddr = ip->daddr, .id = ip->id, .proto = ip->protocol,
+	};
 	if (frag & 0x3FFF) {
-		struct frag_key fk = {
-			.saddr = ip.saddr, .daddr = ip.daddr, .id = ip.id, .proto = ip.protocol,
-		};
 		if (frag & 0x1FFF) {
 			// Non-first fragment: no L4 header. It follows its
 			// first fragment's ports or is dropped.
@@ -277,20 +295,18 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		first_frag = 1;
 	}
 
-	if (ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP) {
-		__u16 ports[2];
-		if (bpf_skb_load_bytes(skb, p->l4off, ports, sizeof(ports)) < 0)
-			return R_DROP_MALFORMED;
-		p->t.sport = ports[0];
-		p->t.dport = ports[1];
-		if (ip.protocol == IPPROTO_TCP &&
-		    bpf_skb_load_bytes(skb, p->l4off + 13, &p->tcp_flags, 1) < 0)
-			return R_DROP_MALFORMED;
+	if (p->t.proto == IPPROTO_TCP || p->t.proto == IPPROTO_UDP) {
+		__u32 l4 = p->l4off & 0x7F;
+		__u16 *ports = data + l4;
+		if ((void *)(ports + 2) > end) {
+			if (bpf_skb_load_bytes(skb, p->l4off, &p->t.sport, 4) < 0)
+				return R_DROP_MALFORMED;
+		} else {
+			p->t.sport = ports[0];
+			p->t.dport = ports[1];
+		}
 	}
 	if (first_frag) {
-		struct frag_key fk = {
-			.saddr = ip.saddr, .daddr = ip.daddr, .id = ip.id, .proto = ip.protocol,
-		};
 		struct frag_value fv = {.sport = p->t.sport, .dport = p->t.dport};
 		bpf_map_update_elem(&ward_frag, &fk, &fv, BPF_ANY);
 	}
@@ -350,26 +366,44 @@ static __always_inline int policy_lookup(__u32 ep, __u8 dir, __u32 remote, __u16
 	return verdict;
 }
 
-static __always_inline void ct_reverse(const struct ct_key *t, struct ct_key *r)
+static __always_inline void ct_canon(struct pkt *p)
 {
-	__builtin_memset(r, 0, sizeof(*r));
-	r->family = t->family;
-	r->proto = t->proto;
-	r->saddr[0] = t->daddr[0];
-	r->daddr[0] = t->saddr[0];
-	r->sport = t->dport;
-	r->dport = t->sport;
+	__u64 a = ((__u64)bpf_ntohl(p->t.saddr[0]) << 16) | bpf_ntohs(p->t.sport);
+	__u64 b = ((__u64)bpf_ntohl(p->t.daddr[0]) << 16) | bpf_ntohs(p->t.dport);
+	p->ck.family = p->t.family;
+	p->ck.proto = p->t.proto;
+	if (a <= b) {
+		p->swapped = 0;
+		p->ck.saddr[0] = p->t.saddr[0];
+		p->ck.daddr[0] = p->t.daddr[0];
+		p->ck.sport = p->t.sport;
+		p->ck.dport = p->t.dport;
+	} else {
+		p->swapped = 1;
+		p->ck.saddr[0] = p->t.daddr[0];
+		p->ck.daddr[0] = p->t.saddr[0];
+		p->ck.sport = p->t.dport;
+		p->ck.dport = p->t.sport;
+	}
 }
 
-static __always_inline void ct_create(const struct ct_key *t, int verdict, __u16 proxy_port, __u32 src_id)
+// ct_is_reply reports whether the packet goes against the flow's opening
+// direction.
+static __always_inline int ct_is_reply(const struct pkt *p, const struct ct_value *ct)
+{
+	return ((ct->flags & CT_ORIG_SWAPPED) != 0) != (p->swapped != 0);
+}
+
+static __always_inline void ct_create(const struct pkt *p, int verdict, __u16 proxy_port, __u32 src_id)
 {
 	struct ct_value v = {
 		.last_seen = bpf_ktime_get_ns(),
 		.src_identity = src_id,
 		.proxy_port = proxy_port,
 		.verdict = verdict,
+		.flags = p->swapped ? CT_ORIG_SWAPPED : 0,
 	};
-	bpf_map_update_elem(&ward_ct, t, &v, BPF_ANY);
+	bpf_map_update_elem(&ward_ct, &p->ck, &v, BPF_ANY);
 }
 
 // assign hands the packet to the transparent proxy listening on
@@ -461,13 +495,11 @@ int from_pod(struct __sk_buff *skb)
 	if (ep->flags & EP_LOCKDOWN)
 		return DROP(R_DROP_LOCKDOWN);
 
-	struct ct_key rev;
-	ct_reverse(&p.t, &rev);
-	if (bpf_map_lookup_elem(&ward_ct, &rev))
-		return PASS(R_PASS_REPLY);
-
-	struct ct_value *ct = bpf_map_lookup_elem(&ward_ct, &p.t);
+	ct_canon(&p);
+	struct ct_value *ct = bpf_map_lookup_elem(&ward_ct, &p.ck);
 	if (ct) {
+		if (ct_is_reply(&p, ct))
+			return PASS(R_PASS_REPLY);
 		if (ct->verdict == VERDICT_REDIRECT)
 			return redirect(skb, &p, ct->proxy_port, dir);
 		return PASS(R_PASS_ESTABLISHED);
@@ -505,7 +537,7 @@ int from_pod(struct __sk_buff *skb)
 		}
 	}
 
-	ct_create(&p.t, verdict, proxy, src_id);
+	ct_create(&p, verdict, proxy, src_id);
 	if (verdict == VERDICT_REDIRECT)
 		return redirect(skb, &p, proxy, dir);
 	return PASS(enforced ? R_PASS_ALLOWED : R_PASS_NOT_ENFORCED);
@@ -528,16 +560,17 @@ int to_pod(struct __sk_buff *skb)
 	if (ep->flags & EP_LOCKDOWN)
 		return DROP(R_DROP_LOCKDOWN);
 
-	struct ct_key rev;
-	ct_reverse(&p.t, &rev);
-	if (bpf_map_lookup_elem(&ward_ct, &rev))
+	ct_canon(&p);
+	struct ct_value *ct = bpf_map_lookup_elem(&ward_ct, &p.ck);
+	if (ct && ct_is_reply(&p, ct))
 		return PASS(R_PASS_REPLY);
 
 	__u32 mark = skb->mark;
 	__u32 src_id;
 	if ((mark & MARK_MAGIC_MASK) == MARK_PROXY_INGRESS) {
 		// The ingress proxy already applied this endpoint's policy.
-		ct_create(&p.t, VERDICT_ALLOW, 0, 0);
+		if (!ct)
+			ct_create(&p, VERDICT_ALLOW, 0, 0);
 		return PASS(R_PASS_PROXY);
 	}
 	if ((mark & MARK_MAGIC_MASK) == MARK_PROXY_EGRESS)
@@ -545,7 +578,6 @@ int to_pod(struct __sk_buff *skb)
 	else
 		src_id = identity_of(p.t.saddr[0]);
 
-	struct ct_value *ct = bpf_map_lookup_elem(&ward_ct, &p.t);
 	if (ct) {
 		if (ct->verdict == VERDICT_REDIRECT)
 			return DROP(R_DROP_REDIRECT_UNSUPPORTED);
@@ -553,7 +585,7 @@ int to_pod(struct __sk_buff *skb)
 	}
 
 	if (!(ep->flags & EP_ENFORCE_INGRESS)) {
-		ct_create(&p.t, VERDICT_ALLOW, 0, src_id);
+		ct_create(&p, VERDICT_ALLOW, 0, src_id);
 		return PASS(R_PASS_NOT_ENFORCED);
 	}
 	__u16 proxy = 0;
@@ -565,7 +597,7 @@ int to_pod(struct __sk_buff *skb)
 		return DROP(R_DROP_REDIRECT_UNSUPPORTED);
 	if (verdict != VERDICT_ALLOW)
 		return DROP(R_DROP_POLICY);
-	ct_create(&p.t, VERDICT_ALLOW, 0, src_id);
+	ct_create(&p, VERDICT_ALLOW, 0, src_id);
 	return PASS(R_PASS_ALLOWED);
 }
 

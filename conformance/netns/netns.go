@@ -136,6 +136,18 @@ func New(t testing.TB) *Topology {
 	return topo
 }
 
+// Create is New for programs that are not tests (benchmarks, demos): the
+// caller must Close the topology. It needs root and the ip command.
+func Create() (*Topology, error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("netns: needs root")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		return nil, fmt.Errorf("netns: %w (install iproute2)", err)
+	}
+	return newTopology()
+}
+
 func newTopology() (*Topology, error) {
 	if err := os.MkdirAll(lockDir, 0o755); err != nil {
 		return nil, fmt.Errorf("lock dir: %w", err)
