@@ -150,6 +150,11 @@ type Matcher struct {
 	emptyIdx int  // index of the first empty rule, -1 when the list is empty
 	effects  bool // some rule has headerMatches with an action
 	index    pathIndex
+	// dfa matches the paths of the rules it covers at once; nil when it
+	// would be too big (then index serves every lookup).
+	dfa       *pathDFA
+	noPath    []int32 // rules without a path, ascending
+	pathOther []int32 // rules with a path the dfa does not cover, ascending
 }
 
 // CompileError is a bad rule: its rule never matches, the others work.
@@ -191,6 +196,22 @@ func Compile(rules []policy.PortRuleHTTP, secrets SecretSource) (*Matcher, error
 		}
 	}
 	m.index = buildIndex(m.rules)
+	var use []int32
+	for i := range m.rules {
+		r := &m.rules[i]
+		switch {
+		case r.broken:
+		case !r.path.set:
+			m.noPath = append(m.noPath, int32(i))
+		case dfaCompatible(r.path.tree):
+			use = append(use, int32(i))
+		default:
+			m.pathOther = append(m.pathOther, int32(i))
+		}
+	}
+	if len(use) > 0 && !m.effects {
+		m.dfa = buildDFA(m.rules, use)
+	}
 	return m, errors.Join(errs...)
 }
 
@@ -209,11 +230,50 @@ func (m *Matcher) Match(req *Request) Result {
 	if m.allowAll && m.emptyIdx <= 0 {
 		return Result{Allowed: true, Rule: m.emptyIdx}
 	}
-	best := m.index.lookup(m.rules, req)
+	var best int
+	if m.dfa != nil {
+		best = m.lookupDFA(req)
+	} else {
+		best = m.index.lookup(m.rules, req)
+	}
 	if m.allowAll && (best < 0 || best > m.emptyIdx) {
 		best = m.emptyIdx
 	}
 	return Result{Allowed: best >= 0, Rule: best}
+}
+
+// lookupDFA returns the first rule matching req, running the path through
+// the automaton once instead of through each rule's regex.
+func (m *Matcher) lookupDFA(req *Request) int {
+	best := -1
+	if req.Path != "" {
+		st, ok := m.dfa.run(req.Path)
+		if !ok {
+			return m.index.lookup(m.rules, req)
+		}
+		for _, ri := range m.dfa.accept[st] {
+			if m.rules[ri].matchRest(req) {
+				best = int(ri)
+				break
+			}
+		}
+	}
+	best = firstMatch(m.rules, m.noPath, req, best)
+	return firstMatch(m.rules, m.pathOther, req, best)
+}
+
+// firstMatch returns the lowest rule of list (ascending) below best that
+// matches req, or best.
+func firstMatch(rules []rule, list []int32, req *Request, best int) int {
+	for _, ri := range list {
+		if best >= 0 && int(ri) >= best {
+			break
+		}
+		if rules[ri].matchBase(req) {
+			return int(ri)
+		}
+	}
+	return best
 }
 
 // matchAll evaluates every rule, collecting the actions of all matching
@@ -299,10 +359,15 @@ func compileRule(i int, p *policy.PortRuleHTTP, secrets SecretSource) (rule, []e
 // matchBase reports whether every condition but the headerMatch actions
 // holds.
 func (r *rule) matchBase(req *Request) bool {
+	return r.matchRest(req) && r.path.match(req.Path)
+}
+
+// matchRest is matchBase without the path (the caller checked it).
+func (r *rule) matchRest(req *Request) bool {
 	if r.broken {
 		return false
 	}
-	if !r.method.match(req.Method) || !r.path.match(req.Path) || !r.matchHost(req.Host) {
+	if !r.method.match(req.Method) || !r.matchHost(req.Host) {
 		return false
 	}
 	for i := range r.headers {
@@ -469,6 +534,7 @@ type field struct {
 	lits   []string // the whole (finite) language, when small
 	prefix string   // every match starts with it
 	re     *regexp.Regexp
+	tree   *syntax.Regexp // simplified, for the path automaton
 }
 
 func (f *field) match(s string) bool {
@@ -514,8 +580,8 @@ func compileField(expr string) (field, error) {
 	if err != nil {
 		return field{}, fmt.Errorf("invalid regex %q: %w", short(expr), err)
 	}
-	f := field{set: true, re: re}
-	core := stripAnchors(tree.Simplify())
+	f := field{set: true, re: re, tree: tree.Simplify()}
+	core := stripAnchors(f.tree)
 	if core != nil {
 		if lits, ok := expand(core, maxLiteralSet); ok {
 			f.lits = lits

@@ -3,6 +3,7 @@ package http
 import (
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -352,5 +353,46 @@ func TestNilMatcherDenies(t *testing.T) {
 	var m *Matcher
 	if m.Match(&Request{Method: "GET", Path: "/"}).Allowed {
 		t.Error("nil Matcher allowed a request")
+	}
+}
+
+func TestDFAAgreesWithRegexp(t *testing.T) {
+	patterns := []string{
+		"/v1/request-landing", "^/troop_logs/_search/??.*$", "/cloudcity.DoorManager/Get(Name|Location)",
+		"/a$b", "/a^b", "^/x$", "(?i)/ADMIN/.*", `/\b.*`, "(?m)^/line$", "/[^/]+/items/[0-9]{2,4}",
+		"/é.*", ".*", "/a*", "(/a|/b)+", `/\Qa.b\E`, "/x?y?z?", "/(?:api|v[12])/.*/done",
+	}
+	paths := []string{
+		"/v1/request-landing", "/troop_logs/_search", "/troop_logs/_search?q=1", "/cloudcity.DoorManager/GetName",
+		"/cloudcityxDoorManager/GetLocation", "/ab", "/a", "/x", "/ADMIN/x", "/admin/y", "/line", "/u/items/123",
+		"/u/items/1", "/é", "/éa", "/", "/aaa", "/a/b/a", "/a.b", "/axb", "/xz", "/api/q/done", "/v3/q/done", "/x\n",
+	}
+	var rules []policy.PortRuleHTTP
+	for _, p := range patterns {
+		rules = append(rules, policy.PortRuleHTTP{Path: p})
+	}
+	m := mustCompile(t, rules, nil)
+	if m.dfa == nil {
+		t.Fatal("no automaton built")
+	}
+	for _, path := range paths {
+		want := -1
+		for i, p := range patterns {
+			if regexp.MustCompile(`^(?:` + p + `)$`).MatchString(path) {
+				want = i
+				break
+			}
+		}
+		if got := m.Match(&Request{Path: path}); got.Rule != want {
+			t.Errorf("Match(%q).Rule = %d; regexp says %d", path, got.Rule, want)
+		}
+		// Every rule alone, so later rules are checked too.
+		for i, p := range patterns {
+			mi := mustCompile(t, []policy.PortRuleHTTP{{Path: p}}, nil)
+			want := regexp.MustCompile(`^(?:` + p + `)$`).MatchString(path)
+			if got := mi.Match(&Request{Path: path}).Allowed; got != want {
+				t.Errorf("rule %d %q on %q = %v; regexp says %v", i, p, path, got, want)
+			}
+		}
 	}
 }
