@@ -66,6 +66,10 @@ type decoder struct {
 	intern map[string]string
 	ids    func(TopicID) (string, bool) // topic ID resolver
 	cur    int                          // index of the entry being filled, or -1
+	// mark names a top-level field whose byte range the walk records in
+	// markFrom/markTo (used to splice deny responses into probes).
+	mark             string
+	markFrom, markTo int
 	curGrp int                          // index of the group being filled, or -1
 }
 
@@ -288,6 +292,7 @@ func (dc *decoder) setName(i int, name string) {
 
 // walk reads the fields of one struct at version v.
 func (dc *decoder) walk(r *reader, fields []field, v int16, flex bool, depth int) {
+	marking := false
 	for i := range fields {
 		f := &fields[i]
 		if !f.ver.has(v) || (flex && f.tagged.has(v)) {
@@ -295,6 +300,12 @@ func (dc *decoder) walk(r *reader, fields []field, v int16, flex bool, depth int
 		}
 		if r.err != nil {
 			return
+		}
+		if marking {
+			dc.markTo, marking = r.off, false
+		}
+		if depth == 0 && dc.mark != "" && f.name == dc.mark {
+			dc.markFrom, marking = r.off, true
 		}
 		switch f.typ {
 		case tString:
@@ -367,6 +378,9 @@ func (dc *decoder) walk(r *reader, fields []field, v int16, flex bool, depth int
 		default:
 			r.skip(f.typ.fixedSize())
 		}
+	}
+	if marking {
+		dc.markTo = r.off
 	}
 	if flex {
 		r.taggedFields()

@@ -136,6 +136,9 @@ type inflight struct {
 	key     int16
 	version int16
 	deny    []byte
+	// probe is the denied Metadata request whose probe this entry awaits
+	// (see metadataProbe).
+	probe *decoded
 }
 
 type parser struct {
@@ -259,6 +262,14 @@ func (p *parser) onRequest(size int, frame []byte) (proxylib.Op, int) {
 		p.dropping = true
 		return proxylib.Drop, 4 + size
 	}
+	if d.APIKey == keyMetadata {
+		if probe, err := metadataProbe(d); err == nil {
+			p.record(flow.Denied, reason, d, errTopicAuthorization)
+			p.conn.Inject(false, probe)
+			p.pending = append(p.pending, inflight{corr: d.Correlation, key: d.APIKey, version: d.APIVersion, probe: d.clone()})
+			return proxylib.Drop, 4 + size
+		}
+	}
 	resp, err := denyResponse(d, nil)
 	if err != nil {
 		p.record(flow.Denied, reason+"; cannot answer: "+err.Error(), d, 0)
@@ -299,7 +310,21 @@ func (p *parser) onResponse(size, avail int, frame []byte, data [][]byte) (proxy
 		p.record(flow.Error, "kafka response out of order: correlation id "+strconv.Itoa(int(corr))+", want "+strconv.Itoa(int(head.corr)), nil, 0)
 		return proxylib.Error, proxylib.ErrInvalidFrame
 	}
-	if learnsIDs(head.key) {
+	op := proxylib.Pass
+	if head.probe != nil {
+		if frame == nil {
+			return proxylib.More, 4 + size - avail
+		}
+		resp, err := spliceMetadataDeny(head.probe, frame)
+		if err != nil {
+			if resp, err = denyResponse(head.probe, nil); err != nil {
+				p.record(flow.Error, "kafka metadata deny: "+err.Error(), head.probe, 0)
+				return proxylib.Error, proxylib.ErrInvalidFrame
+			}
+		}
+		p.conn.Inject(true, resp)
+		op = proxylib.Drop
+	} else if learnsIDs(head.key) {
 		if frame == nil {
 			return proxylib.More, 4 + size - avail
 		}
@@ -316,7 +341,7 @@ func (p *parser) onResponse(size, avail int, frame []byte, data [][]byte) (proxy
 			p.closer.CloseAfter("kafka: denied acks=0 produce")
 		}
 	}
-	return proxylib.Pass, 4 + size
+	return op, 4 + size
 }
 
 // learn reads a response that names topics with their IDs and remembers

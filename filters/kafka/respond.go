@@ -282,3 +282,79 @@ func (r *responder) array(f *field, lv level) {
 		w.length(r.flex, false, 0)
 	}
 }
+
+// A denied Metadata request is answered with the broker list, cluster id and
+// controller of the real broker: clients ignore a metadata response without
+// brokers and retry it forever (Kafka's NetworkClient treats it as a broker
+// still starting). So the parser sends the broker a probe, the same request
+// with no topic, and splices the denied topics, each with
+// TOPIC_AUTHORIZATION_FAILED, into the broker's answer.
+
+// metadataProbe encodes d's Metadata request without topics, with d's
+// version, correlation id and client id, size prefix included. (At v0 an
+// empty list means every topic; the splice replaces the topics anyway.)
+func metadataProbe(d *decoded) ([]byte, error) {
+	m := requestSchema(keyMetadata, d.APIVersion)
+	if m == nil {
+		return nil, fmt.Errorf("%w: metadata version %d", ErrUnsupported, d.APIVersion)
+	}
+	r := responder{d: &decoded{}, v: d.APIVersion, flex: m.flex.has(d.APIVersion)}
+	r.w.b = []byte{0, 0, 0, 0}
+	r.w.int16(keyMetadata)
+	r.w.int16(d.APIVersion)
+	r.w.int32(d.Correlation)
+	r.w.length(false, true, len(d.ClientID))
+	r.w.b = append(r.w.b, d.ClientID...)
+	if r.flex {
+		r.w.uvarint(0)
+	}
+	r.fields(m.fields, level{kind: lvOther, group: -1, entry: -1})
+	binary.BigEndian.PutUint32(r.w.b, uint32(len(r.w.b)-4))
+	return r.w.b, nil
+}
+
+// spliceMetadataDeny builds the deny response of the Metadata request d
+// from the broker's response to its probe (frame without the size prefix).
+func spliceMetadataDeny(d *decoded, probeResp []byte) ([]byte, error) {
+	m := responseSchema(keyMetadata)
+	if m == nil || !m.valid.has(d.APIVersion) {
+		return nil, fmt.Errorf("%w: metadata version %d", ErrUnsupported, d.APIVersion)
+	}
+	flex := m.flex.has(d.APIVersion)
+	rd := reader{b: probeResp}
+	rd.skip(4)
+	if flex {
+		rd.taggedFields()
+	}
+	dc := decoder{mark: "Topics", cur: -1, curGrp: -1}
+	dc.d.APIKey = -1
+	dc.walk(&rd, m.fields, d.APIVersion, flex, 0)
+	if rd.err != nil {
+		return nil, fmt.Errorf("metadata probe response: %w", rd.err)
+	}
+	if dc.markTo <= dc.markFrom {
+		return nil, fmt.Errorf("%w: metadata probe response has no topics field", ErrMalformed)
+	}
+	var topics *field
+	for i := range m.fields {
+		if m.fields[i].name == "Topics" {
+			topics = &m.fields[i]
+		}
+	}
+	r := responder{d: d, v: d.APIVersion, flex: flex, code: errTopicAuthorization, mirror: true}
+	r.w.b = append([]byte{0, 0, 0, 0}, probeResp[:dc.markFrom]...)
+	r.array(topics, level{kind: lvTop, group: -1, entry: -1})
+	r.w.b = append(r.w.b, probeResp[dc.markTo:]...)
+	binary.BigEndian.PutUint32(r.w.b, uint32(len(r.w.b)-4))
+	return r.w.b, nil
+}
+
+// clone returns a copy of d that does not share the decoder's buffers.
+func (d *decoded) clone() *decoded {
+	c := *d
+	c.Topics = append([]string(nil), d.Topics...)
+	c.entries = append([]topicEntry(nil), d.entries...)
+	c.groups = append([]groupEntry(nil), d.groups...)
+	c.parts = append([]int32(nil), d.parts...)
+	return &c
+}

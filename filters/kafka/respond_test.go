@@ -177,3 +177,45 @@ func TestDenyResponseTopLevelCodes(t *testing.T) {
 		})
 	}
 }
+
+func TestMetadataProbeSplice(t *testing.T) {
+	for v := requestSchemas[keyMetadata].valid.lo; v <= requestSchemas[keyMetadata].valid.hi; v++ {
+		req, _ := topicRequests[keyMetadata](v)
+		req.SetVersion(v)
+		dc := decoder{ids: resolver}
+		d, err := dc.decodeRequest(frame(req, 77, "cli"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		probe, err := metadataProbe(d)
+		if err != nil {
+			t.Fatalf("v%d: probe: %v", v, err)
+		}
+		var pc decoder
+		pd, err := pc.decodeRequest(probe[4:])
+		if err != nil || pd.Correlation != 77 || pd.ClientID != "cli" || len(pd.Topics) != 0 || (pd.AllTopics && v > 0) {
+			t.Fatalf("v%d: probe decodes to %+v, %v; want no topic, same header", v, pd, err)
+		}
+		// The broker's answer to the probe: brokers, no topic.
+		br := kmsg.NewPtrMetadataResponse()
+		br.SetVersion(v)
+		b := kmsg.NewMetadataResponseBroker()
+		b.NodeID, b.Host, b.Port = 1, "127.0.0.1", 9092
+		br.Brokers = append(br.Brokers, b)
+		br.ClusterID = kmsg.StringPtr("cluster")
+		br.ControllerID = 1
+		body := binary.BigEndian.AppendUint32(nil, 77)
+		if br.IsFlexible() {
+			body = append(body, 0)
+		}
+		body = br.AppendTo(body)
+		resp, err := spliceMetadataDeny(d.clone(), body)
+		if err != nil {
+			t.Fatalf("v%d: splice: %v", v, err)
+		}
+		mr := parseDeny(t, d, resp).(*kmsg.MetadataResponse)
+		if len(mr.Brokers) != 1 || mr.Brokers[0].Port != 9092 || len(mr.Topics) != 2 || mr.Topics[1].ErrorCode != 29 || *mr.Topics[1].Topic != "b" {
+			t.Errorf("v%d: spliced response = brokers %+v topics %+v", v, mr.Brokers, mr.Topics)
+		}
+	}
+}
