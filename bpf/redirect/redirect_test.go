@@ -59,7 +59,7 @@ func pinDir(t *testing.T) string {
 // newEnv builds a topology with the named pods (identities from ids),
 // loads the datapath on a private bpffs and installs proxy routing in a
 // table of its own.
-func newEnv(t *testing.T, cfg redirect.Config, ids map[string]uint32) *env {
+func newEnv(t *testing.T, cfg redirect.Config, ids map[string]uint32, routes ...netip.Prefix) *env {
 	t.Helper()
 	testenv.RequireRoot(t)
 	e := &env{
@@ -92,7 +92,7 @@ func newEnv(t *testing.T, cfg redirect.Config, ids map[string]uint32) *env {
 		if _, ok := ids[name]; !ok {
 			continue
 		}
-		e.pods[name] = e.topo.AddPod(t, netns.PodConfig{Name: name})
+		e.pods[name] = e.topo.AddPod(t, netns.PodConfig{Name: name, Routes: routes})
 		e.epIDs[name] = n
 		n++
 	}
@@ -602,5 +602,106 @@ func TestRestartKeepsEnforcing(t *testing.T) {
 		if !strings.HasSuffix(ent.Name(), ".debug") { // bpffs's own preloaded iterators
 			t.Errorf("pin left after Cleanup: %s", ent.Name())
 		}
+	}
+}
+
+// TestFQDNAllowedAfterResolution: an egress rule to an FQDN identity
+// drops the IP until the DNS proxy upserts it into the ipcache, allows it
+// then, and drops new connections again after the entry is deleted.
+func TestFQDNAllowedAfterResolution(t *testing.T) {
+	testenv.RequireCommand(t, "curl")
+	// "api.github.com" lives outside the pod range, in TEST-NET-2 (one
+	// address per topology), and is no ward endpoint (world).
+	e := newEnv(t, redirect.Config{}, map[string]uint32{"mediabot": 1004}, netip.MustParsePrefix("198.51.100.0/24"))
+	ghIP := netip.AddrFrom4([4]byte{198, 51, 100, e.topo.Subnet.Addr().As4()[2]})
+	gh := e.topo.AddPod(t, netns.PodConfig{Name: "github", IP: ghIP})
+	serveHTTP(t, gh, ":80")
+	mb := e.pods["mediabot"]
+	const fqdnID = 16777217 // local identity of fqdn:api.github.com
+	if err := e.dp.SetPolicy(e.epIDs["mediabot"], []redirect.PolicyEntry{
+		{PolicyKey: redirect.PolicyKey{Direction: redirect.Egress, Identity: fqdnID, Port: 80, Proto: redirect.ProtoTCP}, Verdict: redirect.Allow},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	e.add(t, "mediabot", false, true)
+	c := ctx(t)
+	url := "http://" + ghIP.String() + "/"
+	if out, err := curl(c, mb, url, "1"); err == nil {
+		t.Fatalf("before resolution: %q; want dropped", out)
+	}
+	if err := e.dp.IPCache().Upsert(netip.PrefixFrom(ghIP, 32), fqdnID); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := curl(c, mb, url, "5"); err != nil || !strings.Contains(out, "Ship landed") {
+		t.Fatalf("after resolution: %q, %v", out, err)
+	}
+	if err := e.dp.IPCache().Delete(netip.PrefixFrom(ghIP, 32)); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := curl(c, mb, url, "1"); err == nil {
+		t.Fatalf("after expiry: %q; want dropped", out)
+	}
+}
+
+// TestFragments: fragments of an allowed UDP flow follow their first
+// fragment; fragments of a redirected flow are dropped and counted, never
+// delivered around the proxy.
+func TestFragments(t *testing.T) {
+	e := newEnv(t, redirect.Config{}, map[string]uint32{"deathstar": idDeathstar, "tiefighter": idTiefighter})
+	ds, tf := e.pods["deathstar"], e.pods["tiefighter"]
+	pc, err := ds.ListenPacket("udp4", ":9000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	lc := net.ListenConfig{Control: transparent}
+	proxyPC, err := lc.ListenPacket(context.Background(), "udp4", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { proxyPC.Close() })
+	proxyPort := uint16(proxyPC.LocalAddr().(*net.UDPAddr).Port)
+	if err := e.dp.SetPolicy(e.epIDs["deathstar"], []redirect.PolicyEntry{
+		{PolicyKey: redirect.PolicyKey{Direction: redirect.Ingress, Identity: idTiefighter, Port: 9000, Proto: redirect.ProtoUDP}, Verdict: redirect.Allow},
+		{PolicyKey: redirect.PolicyKey{Direction: redirect.Ingress, Identity: idTiefighter, Port: 9053, Proto: redirect.ProtoUDP}, Verdict: redirect.Redirect, ProxyPort: proxyPort},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	e.add(t, "deathstar", true, false)
+	e.add(t, "tiefighter", false, false)
+	c := ctx(t)
+	big := []byte(strings.Repeat("x", 4000)) // > 1500 MTU: IP fragments
+	send := func(port string) {
+		t.Helper()
+		conn, err := tf.Dial(c, "udp4", net.JoinHostPort(ds.IP.String(), port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if _, err := conn.Write(big); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send("9000")
+	pc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 8192)
+	n, _, err := pc.ReadFrom(buf)
+	if err != nil || n != len(big) {
+		t.Fatalf("fragmented datagram on an allowed flow: %d bytes, %v; want %d", n, err, len(big))
+	}
+	before := count(t, e.dp, redirect.ReasonFragment)
+	send("9053")
+	// The drop is synchronous with the send's transmission; poll the
+	// counter until the fragments have crossed the veth.
+	deadline := time.Now().Add(10 * time.Second)
+	for count(t, e.dp, redirect.ReasonFragment) < before+3 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := count(t, e.dp, redirect.ReasonFragment); got < before+3 {
+		t.Errorf("fragment drops = %d; want >= %d (all 3 fragments of the redirected datagram)", got, before+3)
+	}
+	proxyPC.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if n, _, err := proxyPC.ReadFrom(buf); err == nil {
+		t.Errorf("proxy received %d bytes of a fragmented datagram; want none", n)
 	}
 }
