@@ -70,7 +70,7 @@ type decoder struct {
 	// markFrom/markTo (used to splice deny responses into probes).
 	mark             string
 	markFrom, markTo int
-	curGrp int                          // index of the group being filled, or -1
+	curGrp           int // index of the group being filled, or -1
 }
 
 const maxInterned = 4096
