@@ -34,6 +34,12 @@
 //   - Teardown (t.Cleanup, also on failure) deletes the veths and namespaces
 //     and releases the /24.
 //
+// Every pod also gets its own cgroup (cgroup v2, Pod.Cgroup), and
+// Pod.Command starts its process in it (clone3 CLONE_INTO_CGROUP), so
+// cgroup-attached BPF (ward's socket-level mode) sees the pod's processes.
+// Topology.AddCgroup makes further cgroups for host-namespace workloads
+// (a host-network "pod", the proxy).
+//
 // Sockets created by Pod.Listen, Pod.ListenPacket and Pod.Dial belong to the
 // pod's namespace for their whole life, whichever goroutine uses them. Real
 // client binaries (curl, dig, kcat, grpcurl) run through Pod.Command, which is
@@ -54,6 +60,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -82,7 +89,113 @@ type Topology struct {
 	lock     *os.File
 	mu       sync.Mutex
 	pods     []*Pod
+	cgroups  []*Cgroup
 	nextHost int
+}
+
+// Cgroup is a cgroup v2 directory the topology created.
+type Cgroup struct {
+	// Path is the cgroup's directory; ID its cgroup id (the directory's
+	// inode number, what bpf_get_current_cgroup_id returns).
+	Path string
+	ID   uint64
+
+	dir *os.File // held open for CLONE_INTO_CGROUP
+}
+
+// Command returns a command that runs in the cgroup, in the caller's
+// network namespace.
+func (cg *Cgroup) Command(ctx context.Context, name string, args ...string) (*exec.Cmd, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	if err := cg.apply(cmd); err != nil {
+		return nil, err
+	}
+	return cmd, nil
+}
+
+// apply makes cmd start inside the cgroup; the directory fd is closed
+// when the process has started (or failed to).
+func (cg *Cgroup) apply(cmd *exec.Cmd) error {
+	if cg.dir == nil {
+		return fmt.Errorf("cgroup %s removed", cg.Path)
+	}
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.UseCgroupFD = true
+	cmd.SysProcAttr.CgroupFD = int(cg.dir.Fd())
+	return nil
+}
+
+// CgroupRoot returns the cgroup v2 mount point ("" when there is none).
+func CgroupRoot() string {
+	b, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 3 && f[2] == "cgroup2" {
+			return f[1]
+		}
+	}
+	return ""
+}
+
+// AddCgroup creates a cgroup for a host-namespace workload; it is removed
+// with the topology (after its processes have exited).
+func (topo *Topology) AddCgroup(name string) (*Cgroup, error) {
+	cg, err := topo.newCgroup("x-" + name)
+	if err != nil {
+		return nil, err
+	}
+	topo.mu.Lock()
+	topo.cgroups = append(topo.cgroups, cg)
+	topo.mu.Unlock()
+	return cg, nil
+}
+
+func (topo *Topology) newCgroup(name string) (*Cgroup, error) {
+	root := CgroupRoot()
+	if root == "" {
+		return nil, errors.New("no cgroup v2 hierarchy mounted")
+	}
+	path := filepath.Join(root, fmt.Sprintf("ward-%d-%s", topo.index, name))
+	if err := os.Mkdir(path, 0o755); err != nil && !os.IsExist(err) {
+		return nil, fmt.Errorf("cgroup: %w", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return nil, fmt.Errorf("cgroup: %w", err)
+	}
+	dir, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("cgroup: %w", err)
+	}
+	return &Cgroup{Path: path, ID: st.Ino, dir: dir}, nil
+}
+
+// remove deletes the cgroup directory, killing what still runs in it.
+func (cg *Cgroup) remove() error {
+	if cg == nil {
+		return nil
+	}
+	if cg.dir != nil {
+		cg.dir.Close()
+		cg.dir = nil
+	}
+	if _, err := os.Stat(cg.Path); os.IsNotExist(err) {
+		return nil
+	}
+	_ = os.WriteFile(filepath.Join(cg.Path, "cgroup.kill"), []byte("1"), 0o644)
+	var err error
+	for range 50 {
+		if err = os.Remove(cg.Path); err == nil || os.IsNotExist(err) {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("remove cgroup %s: %w", cg.Path, err)
 }
 
 // PodConfig describes one pod.
@@ -114,6 +227,9 @@ type Pod struct {
 	HostIfIndex int
 	// HostMAC and PodMAC are the veth ends' addresses.
 	HostMAC, PodMAC net.HardwareAddr
+	// Cgroup is the pod's cgroup; Command runs processes in it. Nil when
+	// the machine has no cgroup v2 hierarchy.
+	Cgroup *Cgroup
 
 	topo *Topology
 }
@@ -183,6 +299,15 @@ func (topo *Topology) sweep() {
 		for _, e := range ents {
 			if strings.HasPrefix(e.Name(), prefix) {
 				_ = ip("netns", "del", e.Name())
+			}
+		}
+	}
+	if root := CgroupRoot(); root != "" {
+		if ents, err := os.ReadDir(root); err == nil {
+			for _, e := range ents {
+				if e.IsDir() && strings.HasPrefix(e.Name(), prefix) {
+					_ = (&Cgroup{Path: filepath.Join(root, e.Name())}).remove()
+				}
 			}
 		}
 	}
@@ -268,6 +393,13 @@ func (topo *Topology) Add(cfg PodConfig) (*Pod, error) {
 		topo:    topo,
 	}
 	p.NetNSPath = filepath.Join("/run/netns", p.NetNS)
+	if CgroupRoot() != "" {
+		cg, err := topo.newCgroup(cfg.Name)
+		if err != nil {
+			return nil, err
+		}
+		p.Cgroup = cg
+	}
 	if err := p.create(cfg.Routes); err != nil {
 		p.destroy()
 		return nil, err
@@ -331,6 +463,9 @@ func (p *Pod) destroy() error {
 			errs = append(errs, err)
 		}
 	}
+	if err := p.Cgroup.remove(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -357,12 +492,19 @@ func (topo *Topology) Close() error {
 	topo.mu.Lock()
 	pods := topo.pods
 	topo.pods = nil
+	cgroups := topo.cgroups
+	topo.cgroups = nil
 	lock := topo.lock
 	topo.lock = nil
 	topo.mu.Unlock()
 	var errs []error
 	for _, p := range pods {
 		if err := p.destroy(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, cg := range cgroups {
+		if err := cg.remove(); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -450,11 +592,17 @@ func (p *Pod) Dial(ctx context.Context, network, addr string) (net.Conn, error) 
 }
 
 // Command returns a command running name in the pod's namespace through
-// `ip netns exec`.
+// `ip netns exec`, inside the pod's cgroup.
 func (p *Pod) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", p.NetNS, name}, args...)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	if p.Cgroup != nil {
+		if err := p.Cgroup.apply(cmd); err != nil {
+			// Start reports it.
+			cmd.Err = err
+		}
+	}
 	return cmd
 }
 

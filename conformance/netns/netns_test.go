@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -102,5 +103,39 @@ func TestTopologiesDoNotCollide(t *testing.T) {
 	}
 	if _, err := os.Stat(p1.NetNSPath); !os.IsNotExist(err) {
 		t.Errorf("netns %s survives Close", p1.NetNS)
+	}
+}
+
+func TestCgroups(t *testing.T) {
+	topo := netns.New(t)
+	if netns.CgroupRoot() == "" {
+		t.Skip("no cgroup v2 hierarchy")
+	}
+	p := topo.AddPod(t, netns.PodConfig{Name: "c"})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := p.Run(ctx, "cat", "/proc/self/cgroup")
+	if err != nil || !strings.Contains(out, "0::/"+filepath.Base(p.Cgroup.Path)) {
+		t.Fatalf("pod process cgroup = %q, %v; want %s", out, err, p.Cgroup.Path)
+	}
+	cg, err := topo.AddCgroup("proxy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd, err := cg.Command(ctx, "cat", "/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := cmd.Output()
+	if err != nil || !strings.Contains(string(b), filepath.Base(cg.Path)) {
+		t.Fatalf("host workload cgroup = %q, %v", b, err)
+	}
+	if err := topo.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{p.Cgroup.Path, cg.Path} {
+		if _, err := os.Stat(path); !os.IsNotExist(err) {
+			t.Errorf("cgroup %s survives Close", path)
+		}
 	}
 }
