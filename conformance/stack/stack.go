@@ -21,10 +21,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
 
 	bootstrap "github.com/wardproxy/ward/envoy-bootstrap"
 	"github.com/wardproxy/ward/internal/envoyproc"
@@ -48,6 +50,9 @@ type Stack struct {
 	Admin   string // "127.0.0.1:PORT"
 	Proc    *envoyproc.Proc
 	LogPath string
+
+	stopXDS   func()
+	lastHosts []*npds.NetworkPolicyHosts
 }
 
 // Start starts the stack; t.Cleanup stops it.
@@ -78,8 +83,13 @@ func Start(t testing.TB, o Options) *Stack {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	xdsCtx, xdsCancel := context.WithCancel(ctx)
 	xdsDone := make(chan error, 1)
-	go func() { xdsDone <- s.XDS.Run(ctx) }()
+	go func() { xdsDone <- s.XDS.Run(xdsCtx) }()
+	var xdsOnce sync.Once
+	xdsErr := make(chan error, 1)
+	stopX := func() { xdsOnce.Do(func() { xdsCancel(); xdsErr <- <-xdsDone }) }
+	s.stopXDS = stopX
 
 	s.Admin = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
 	bc := bootstrap.Config{NodeID: s.Node, XDSSocket: s.Socket, AdminAddress: s.Admin, ModuleDir: filepath.Dir(lib)}
@@ -101,7 +111,7 @@ func Start(t testing.TB, o Options) *Stack {
 	t.Cleanup(func() {
 		cancel()
 		<-procDone
-		<-xdsDone
+		stopX()
 		if t.Failed() {
 			if b, err := os.ReadFile(s.LogPath); err == nil {
 				t.Logf("envoy log (tail):\n%s", tail(string(b), 60))
@@ -152,9 +162,18 @@ func (s *Stack) PushEnvoy(t testing.TB, r xds.EnvoyResources) {
 // until the Go filters inside Envoy acked both.
 func (s *Stack) PushPolicy(t testing.TB, ps []*npds.NetworkPolicy, hosts []*npds.NetworkPolicyHosts) {
 	t.Helper()
-	hv := s.XDS.SetHosts(hosts)
+	// The caches send nothing for an unchanged set: wait only for what
+	// changed.
+	same := len(hosts) == len(s.lastHosts)
+	for i := 0; same && i < len(hosts); i++ {
+		same = proto.Equal(hosts[i], s.lastHosts[i])
+	}
+	s.lastHosts = hosts
+	if !same {
+		hv := s.XDS.SetHosts(hosts)
+		s.waitFor(t, "proxy to ack hosts "+hv, func() bool { return s.XDS.Acked(npds.NetworkPolicyHostsType) == hv })
+	}
 	pv := s.XDS.SetPolicies(ps)
-	s.waitFor(t, "proxy to ack hosts "+hv, func() bool { return s.XDS.Acked(npds.NetworkPolicyHostsType) == hv })
 	s.waitFor(t, "proxy to ack policy "+pv, func() bool { return s.XDS.Acked(npds.NetworkPolicyType) == pv })
 }
 

@@ -9,14 +9,13 @@
 package main
 
 import (
-	"github.com/wardproxy/ward/proxylib"
 	_ "github.com/wardproxy/ward/proxylib/abi" // the exported ABI hooks
 	"github.com/wardproxy/ward/proxylib/testfilters"
 )
 
 func init() {
 	testfilters.Register()
-	registerWard(proxylib.RegisterHTTP, proxylib.RegisterNetwork)
+	registerWard()
 }
 
 func main() {}
