@@ -7,4 +7,3 @@ func (s *Stack) StopXDS() {
 		s.stopXDS()
 	}
 }
-
