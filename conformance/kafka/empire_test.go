@@ -3,6 +3,7 @@ package kafka
 import (
 	"context"
 	"errors"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -25,7 +26,20 @@ const (
 	idOutpost8888  uint32 = 3
 	idOutpost9999  uint32 = 4
 	idAdmin        uint32 = 5
+	// Clients held to Cilium's role expansions, to show what they break.
+	idCiliumProduce uint32 = 6
+	idCiliumConsume uint32 = 7
 )
+
+// ciliumRole spells Cilium's expansion of a role (cilium/proxy
+// pkg/policy/api/kafka) as apiKey rules on one topic.
+func ciliumRole(topic string, keys ...string) []policy.PortRuleKafka {
+	var rs []policy.PortRuleKafka
+	for _, k := range keys {
+		rs = append(rs, policy.PortRuleKafka{APIKey: k, Topic: topic})
+	}
+	return rs
+}
 
 const (
 	announce = "empire-announce"
@@ -37,11 +51,14 @@ const (
 func empirePolicy() map[uint32][]policy.PortRuleKafka {
 	outpost := []policy.PortRuleKafka{{Role: "consume", Topic: announce}}
 	return map[uint32][]policy.PortRuleKafka{
-		idHQ:          {{Role: "produce", Topic: announce}, {Role: "produce", Topic: plans}},
-		idBackup:      {{Role: "consume", Topic: plans}},
-		idOutpost8888: outpost,
-		idOutpost9999: outpost,
-		idAdmin:       {{APIKey: "apiversions"}, {APIKey: "metadata"}, {APIKey: "createtopics"}},
+		idHQ:            {{Role: "produce", Topic: announce}, {Role: "produce", Topic: plans}},
+		idBackup:        {{Role: "consume", Topic: plans}},
+		idOutpost8888:   outpost,
+		idOutpost9999:   outpost,
+		idAdmin:         {{APIKey: "apiversions"}, {APIKey: "metadata"}, {APIKey: "createtopics"}},
+		idCiliumProduce: ciliumRole(announce, "produce", "metadata", "apiversions"),
+		idCiliumConsume: ciliumRole(announce, "fetch", "offsets", "metadata", "offsetcommit", "offsetfetch",
+			"findcoordinator", "joingroup", "heartbeat", "leavegroup", "syncgroup", "apiversions"),
 	}
 }
 
@@ -76,7 +93,8 @@ type empire struct {
 
 func (e *empire) addr(id uint32) string { return e.proxies[id].Addr() }
 
-var listenerNames = map[uint32]string{idHQ: "HQ", idBackup: "BACKUP", idOutpost8888: "OUTPOSTA", idOutpost9999: "OUTPOSTB", idAdmin: "ADMIN"}
+var listenerNames = map[uint32]string{idHQ: "HQ", idBackup: "BACKUP", idOutpost8888: "OUTPOSTA", idOutpost9999: "OUTPOSTB",
+	idAdmin: "ADMIN", idCiliumProduce: "CILIUMP", idCiliumConsume: "CILIUMC"}
 
 func startEmpire(t *testing.T) *empire {
 	t.Helper()
@@ -234,6 +252,57 @@ func TestEmpire(t *testing.T) {
 		}
 		if err := e.broker.CreateTopics(announce); err != nil {
 			t.Fatalf("%s is gone after a denied delete: %v", announce, err)
+		}
+	})
+
+	// ward's roles add InitProducerId and ConsumerGroupHeartbeat to
+	// Cilium's because today's default clients fail without them.
+	t.Run("cilium roles break current clients", func(t *testing.T) {
+		ctx := ctxT(t)
+		if r := kcat.Produce(ctx, e.addr(idCiliumProduce), announce, "kcat: not idempotent by default\n"); r.Err != nil {
+			t.Errorf("kcat produce with Cilium's produce role: %v", r)
+		}
+		r := console.Produce(ctx, e.addr(idCiliumProduce), announce, "console: idempotent by default\n")
+		if !strings.Contains(r.Output(), "ClusterAuthorizationException") {
+			t.Errorf("console producer with Cilium's produce role (no InitProducerId): want ClusterAuthorizationException, got %v", r)
+		}
+		if r := console.Consume(ctx, e.addr(idCiliumConsume), announce, 1); r.Err != nil || !strings.Contains(r.Stdout, "General Tagge") {
+			t.Errorf("classic console consumer with Cilium's consume role: %v", r)
+		}
+		r = console.Consume(ctx, e.addr(idCiliumConsume), announce, 1, "group.protocol=consumer")
+		if strings.Contains(r.Stdout, "General Tagge") || !isAuthError(r.Output()) {
+			t.Errorf("KIP-848 console consumer with Cilium's consume role (no ConsumerGroupHeartbeat): want an authorization error, got %v", r)
+		}
+	})
+
+	t.Run("api keys per client", func(t *testing.T) {
+		// Which API keys the real clients sent, with their verdicts: the
+		// evidence behind the role lists in the filters/kafka package doc.
+		type kv struct {
+			id   uint32
+			name string
+			v    flow.Verdict
+		}
+		seen := map[kv]int{}
+		for _, r := range e.sink.find(func(r flow.Record) bool { return r.Kafka != nil }) {
+			seen[kv{r.Source.Identity, r.Kafka.APIKeyName, r.Verdict}]++
+		}
+		keys := make([]kv, 0, len(seen))
+		for k := range seen {
+			keys = append(keys, k)
+		}
+		sort.Slice(keys, func(i, j int) bool {
+			a, b := keys[i], keys[j]
+			if a.id != b.id {
+				return a.id < b.id
+			}
+			if a.name != b.name {
+				return a.name < b.name
+			}
+			return a.v < b.v
+		})
+		for _, k := range keys {
+			t.Logf("identity %d (%s): %-24s %-8s x%d", k.id, listenerNames[k.id], k.name, k.v, seen[k])
 		}
 	})
 
