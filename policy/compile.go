@@ -17,7 +17,7 @@ type peer interface {
 
 type labelPeer struct{ sel *labelSelector }
 
-func (p labelPeer) key() string               { return "L" + p.sel.key }
+func (p labelPeer) key() string               { return p.sel.pkey }
 func (p labelPeer) selects(id *Identity) bool { return p.sel.matches(id.Labels) }
 func (p labelPeer) wildcard() bool            { return p.sel.wildcard() }
 
@@ -135,6 +135,7 @@ type section struct {
 // compiledRule is a Rule ready for resolution.
 type compiledRule struct {
 	subject     *labelSelector
+	subjectSel  *selection // cached subject selection (never garbage collected)
 	host        bool // nodeSelector: applies to the host endpoint
 	sections    [2][]*section
 	defaultDeny [2]bool

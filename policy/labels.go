@@ -202,6 +202,7 @@ func (r requirement) String() string {
 type labelSelector struct {
 	reqs []requirement // sorted by String
 	key  string
+	pkey string // "L" + key, the peer cache key
 }
 
 // compileSelector compiles es. Errors are reported by validation before.
@@ -237,7 +238,8 @@ func newLabelSelector(reqs []requirement) *labelSelector {
 		sorted = append(sorted, reqs[i])
 		keys = append(keys, strs[i])
 	}
-	return &labelSelector{reqs: sorted, key: "{" + strings.Join(keys, ";") + "}"}
+	k := "{" + strings.Join(keys, ";") + "}"
+	return &labelSelector{reqs: sorted, key: k, pkey: "L" + k}
 }
 
 func (s *labelSelector) matches(ls Labels) bool {

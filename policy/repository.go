@@ -82,6 +82,10 @@ type Repository struct {
 	revision   uint64
 	snap       *Snapshot // nil when something changed
 	last       *Snapshot
+	// identVersion changes with the identity set; snapshots share the
+	// identity maps while it stays the same.
+	identVersion, snapIdentVersion uint64
+	gcThreshold                    int
 }
 
 type epState struct {
@@ -313,6 +317,7 @@ func (r *Repository) addIdentity(id *Identity) {
 		return
 	}
 	r.identities[id.ID] = id
+	r.identVersion++
 	for _, s := range r.selections {
 		if s.wildcard || !s.p.selects(id) {
 			continue
@@ -336,6 +341,7 @@ func (r *Repository) removeIdentityRef(id NumericIdentity) {
 		return
 	}
 	delete(r.identities, id)
+	r.identVersion++
 	delete(r.policyOf, id)
 	delete(r.dirty, id)
 	for _, s := range r.selections {
@@ -359,21 +365,84 @@ func (r *Repository) markDirty(id NumericIdentity) {
 	r.snap = nil
 }
 
-// invalidatePolicy marks every subject identity cp's rules select.
+// invalidatePolicy marks every resolved subject identity cp's rules select.
+// Identities without a resolved policy are computed at the next Snapshot
+// anyway.
 func (r *Repository) invalidatePolicy(cp *compiledPolicy) {
 	if cp == nil {
 		return
 	}
 	r.snap = nil
-	for id := range r.subjectIDs() {
-		ls := r.subjectLabels(id)
-		for _, cr := range cp.rules {
-			if r.ruleSelects(cr, id, ls) {
+	if len(r.policyOf) == 0 {
+		return
+	}
+	for _, cr := range cp.rules {
+		if cr.host {
+			if _, ok := r.policyOf[IdentityHost]; ok {
+				r.markDirty(IdentityHost)
+			}
+			continue
+		}
+		sel := r.subjectSelection(cr)
+		if sel.wildcard {
+			for id := range r.policyOf {
 				r.markDirty(id)
-				break
+			}
+			continue
+		}
+		for _, id := range sel.ids {
+			if _, ok := r.policyOf[id]; ok {
+				r.markDirty(id)
 			}
 		}
 	}
+}
+
+// subjectSelection returns the identities an endpointSelector rule selects.
+func (r *Repository) subjectSelection(cr *compiledRule) *selection {
+	if cr.subjectSel == nil {
+		cr.subjectSel = r.selectionFor(labelPeer{cr.subject})
+	}
+	return cr.subjectSel
+}
+
+// rulesFor returns, for each identity in want, the rules selecting it in
+// policy order.
+func (r *Repository) rulesFor(want map[NumericIdentity]bool) map[NumericIdentity][]*compiledRule {
+	out := make(map[NumericIdentity][]*compiledRule, len(want))
+	for _, k := range r.order {
+		for _, cr := range r.policies[k].rules {
+			if cr.host {
+				if want[IdentityHost] && r.ruleSelects(cr, IdentityHost, r.subjectLabels(IdentityHost)) {
+					out[IdentityHost] = append(out[IdentityHost], cr)
+				}
+				continue
+			}
+			sel := r.subjectSelection(cr)
+			if sel.wildcard {
+				for id := range want {
+					if id != IdentityHost {
+						out[id] = append(out[id], cr)
+					}
+				}
+				continue
+			}
+			if len(sel.ids) > len(want) {
+				for id := range want {
+					if _, ok := slices.BinarySearch(sel.ids, id); ok && id != IdentityHost {
+						out[id] = append(out[id], cr)
+					}
+				}
+				continue
+			}
+			for _, id := range sel.ids {
+				if want[id] && id != IdentityHost {
+					out[id] = append(out[id], cr)
+				}
+			}
+		}
+	}
+	return out
 }
 
 // subjectIDs are the identities that have endpoints (and the host).
@@ -435,9 +504,16 @@ func (r *Repository) Snapshot() *Snapshot {
 	r.revision++
 	named := r.namedPortIndex()
 	subjects := r.subjectIDs()
+	want := map[NumericIdentity]bool{}
 	for id := range subjects {
 		if _, ok := r.policyOf[id]; !ok || r.dirty[id] {
-			r.policyOf[id] = r.resolveIdentity(id, named)
+			want[id] = true
+		}
+	}
+	if len(want) > 0 {
+		rules := r.rulesFor(want)
+		for id := range want {
+			r.policyOf[id] = r.resolveIdentity(id, rules[id], named)
 		}
 	}
 	for id := range r.policyOf {
@@ -450,19 +526,24 @@ func (r *Repository) Snapshot() *Snapshot {
 
 	prev := r.last
 	s := &Snapshot{
-		Revision:   r.revision,
-		endpoints:  make(map[uint64]*EndpointPolicy, len(r.endpoints)),
-		identities: make(map[NumericIdentity]*Identity, len(r.identities)),
-		byLabels:   make(map[string]*Identity, len(r.identities)),
+		Revision:  r.revision,
+		endpoints: make(map[uint64]*EndpointPolicy, len(r.endpoints)),
 	}
-	for id, ident := range r.identities {
-		s.identities[id] = ident
-		s.byLabels[ident.Labels.String()] = ident
-		if ident.Prefix.IsValid() {
-			s.cidrs = append(s.cidrs, ident)
+	if prev != nil && r.snapIdentVersion == r.identVersion {
+		s.identities, s.byLabels, s.cidrs = prev.identities, prev.byLabels, prev.cidrs
+	} else {
+		s.identities = make(map[NumericIdentity]*Identity, len(r.identities))
+		s.byLabels = make(map[string]*Identity, len(r.identities))
+		for id, ident := range r.identities {
+			s.identities[id] = ident
+			s.byLabels[ident.Labels.String()] = ident
+			if ident.Prefix.IsValid() {
+				s.cidrs = append(s.cidrs, ident)
+			}
 		}
+		sort.Slice(s.cidrs, func(i, j int) bool { return s.cidrs[i].Prefix.Bits() > s.cidrs[j].Prefix.Bits() })
+		r.snapIdentVersion = r.identVersion
 	}
-	sort.Slice(s.cidrs, func(i, j int) bool { return s.cidrs[i].Prefix.Bits() > s.cidrs[j].Prefix.Bits() })
 	for eid, e := range r.endpoints {
 		ip := r.policyOf[e.ident.ID]
 		audit := r.cfg.Audit || e.ep.Audit
@@ -497,10 +578,16 @@ func (r *Repository) Snapshot() *Snapshot {
 
 // gcSelections drops selections no policy uses any more.
 func (r *Repository) gcSelections() {
-	if len(r.selections) < 1024 {
+	if len(r.selections) < max(1024, r.gcThreshold) {
 		return
 	}
+	defer func() { r.gcThreshold = 2 * len(r.selections) }()
 	used := map[string]bool{}
+	for _, cp := range r.policies {
+		for _, cr := range cp.rules {
+			used[labelPeer{cr.subject}.key()] = true
+		}
+	}
 	for _, ip := range r.policyOf {
 		for k := range ip.uses {
 			used[k] = true

@@ -28,17 +28,10 @@ type dirBuilder struct {
 	errors   []string
 }
 
-func (r *Repository) resolveIdentity(id NumericIdentity, named map[NumericIdentity]map[string][]NamedPort) *identityPolicy {
-	ls := r.subjectLabels(id)
+// resolveIdentity computes the policy of subject identity id from the
+// rules that select it (in policy order).
+func (r *Repository) resolveIdentity(id NumericIdentity, rules []*compiledRule, named map[NumericIdentity]map[string][]NamedPort) *identityPolicy {
 	ip := &identityPolicy{uses: map[string]bool{}}
-	var rules []*compiledRule
-	for _, k := range r.order {
-		for _, cr := range r.policies[k].rules {
-			if r.ruleSelects(cr, id, ls) {
-				rules = append(rules, cr)
-			}
-		}
-	}
 	for _, d := range []Direction{Ingress, Egress} {
 		b := &dirBuilder{
 			allow: map[entryKey]*L4Entry{}, deny: map[entryKey]*L4Entry{},
