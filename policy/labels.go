@@ -24,8 +24,6 @@ const (
 	LabelServiceAccount = "io.cilium.k8s.policy.serviceaccount"
 	// LabelCluster holds the cluster name.
 	LabelCluster = "io.cilium.k8s.policy.cluster"
-	// labelNamespaceLabelsPrefix prefixes namespace labels copied to pods.
-	labelNamespaceLabelsPrefix = "io.cilium.k8s.namespace.labels."
 )
 
 // Label is one source:key=value label.

@@ -78,7 +78,6 @@ type Repository struct {
 	selections map[string]*selection
 	policyOf   map[NumericIdentity]*identityPolicy // per subject identity
 	dirty      map[NumericIdentity]bool
-	allDirty   bool
 	revision   uint64
 	snap       *Snapshot // nil when something changed
 	last       *Snapshot
