@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/wardproxy/ward/policy"
@@ -121,5 +122,32 @@ func TestAllowEmptyAndProduceRole(t *testing.T) {
 	}
 	if m.Allow(&Request{APIKey: 1, Topics: []string{"t"}}) {
 		t.Error("produce role allowed fetch")
+	}
+}
+
+func BenchmarkMatcher(b *testing.B) {
+	for _, n := range []int{10, 100} {
+		var rules []policy.PortRuleKafka
+		for i := range n {
+			rules = append(rules, policy.PortRuleKafka{Role: "produce", Topic: fmt.Sprintf("topic-%03d", i)})
+		}
+		m, err := Compile(rules)
+		if err != nil {
+			b.Fatal(err)
+		}
+		reqs := map[string]Request{
+			"produce-1-topic":  {APIKey: 0, APIVersion: 11, ClientID: "c", Topics: []string{fmt.Sprintf("topic-%03d", n-1)}},
+			"produce-3-topics": {APIKey: 0, APIVersion: 11, ClientID: "c", Topics: []string{"topic-000", "topic-001", fmt.Sprintf("topic-%03d", n-1)}},
+			"denied-topic":     {APIKey: 0, APIVersion: 11, Topics: []string{"other"}},
+			"topic-less":       {APIKey: 22, APIVersion: 5},
+		}
+		for name, req := range reqs {
+			b.Run(fmt.Sprintf("%d-rules/%s", n, name), func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					m.Allow(&req)
+				}
+			})
+		}
 	}
 }
