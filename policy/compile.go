@@ -136,7 +136,7 @@ type section struct {
 type compiledRule struct {
 	subject     *labelSelector
 	subjectSel  *selection // cached subject selection (never garbage collected)
-	host        bool // nodeSelector: applies to the host endpoint
+	host        bool       // nodeSelector: applies to the host endpoint
 	sections    [2][]*section
 	defaultDeny [2]bool
 	requires    [2][]*labelSelector
