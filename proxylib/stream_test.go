@@ -13,7 +13,6 @@ import (
 type recorder struct {
 	toServer, toClient []byte
 	closed             string
-	events             []string
 }
 
 func (r *recorder) Forward(reply bool, data []byte) {

@@ -329,6 +329,13 @@ func (dc *decoder) walk(r *reader, fields []field, v int16, flex bool, depth int
 						dc.d.TransactionalID = dc.str(b)
 					}
 				}
+			case eGroup:
+				dc.d.groupSeen = true
+				if len(b) > 0 {
+					if dc.curGrp >= 0 && dc.d.groups[dc.curGrp].id == "" {
+						dc.d.groups[dc.curGrp].id = dc.str(b)
+					}
+				}
 			default:
 				if depth == 0 && dc.d.APIKey == keyFindCoordinator && f.name == "Key" {
 					dc.d.groupSeen = true
@@ -338,13 +345,6 @@ func (dc *decoder) walk(r *reader, fields []field, v int16, flex bool, depth int
 					// the broker's business; only a rule without a topic
 					// covers it.
 					dc.d.AllTopics = true
-				}
-			case eGroup:
-				dc.d.groupSeen = true
-				if len(b) > 0 {
-					if dc.curGrp >= 0 && dc.d.groups[dc.curGrp].id == "" {
-						dc.d.groups[dc.curGrp].id = dc.str(b)
-					}
 				}
 			}
 		case tInt16:

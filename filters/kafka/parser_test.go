@@ -300,11 +300,8 @@ func FuzzParser(f *testing.F) {
 }
 
 func BenchmarkParserProduce(b *testing.B) {
-	rs := RuleSourceFunc(func(bool, uint16, uint32) (*Matcher, bool) {
-		return nil, true
-	})
 	m, _ := Compile([]policy.PortRuleKafka{{Role: "produce", Topic: "t"}})
-	rs = func(bool, uint16, uint32) (*Matcher, bool) { return m, true }
+	rs := RuleSourceFunc(func(bool, uint16, uint32) (*Matcher, bool) { return m, true })
 	req := produceReq(1, "t", 1)
 	resp := brokerResp(1, "ok")
 	s := proxylib.NewStream(NewParserFactory(rs, nil), discard{}, &proxylib.ConnInfo{DstAddr: "x:1"})
