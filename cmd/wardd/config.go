@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"sigs.k8s.io/yaml"
@@ -18,10 +19,17 @@ import (
 // proxy listeners of this node and, until the policy directory is wired,
 // resolved policies in their wire form.
 type nodeConfig struct {
-	Node      string            `json:"node"`
-	Listeners []listenerConfig  `json:"listeners"`
-	Policies  []json.RawMessage `json:"policies"` // npds.NetworkPolicy (protojson)
-	Hosts     []json.RawMessage `json:"hosts"`    // npds.NetworkPolicyHosts (protojson)
+	Node      string           `json:"node"`
+	Listeners []listenerConfig `json:"listeners"`
+	// PolicyDir holds CiliumNetworkPolicy files (watched); relative to the
+	// config file. With it, Endpoints are the local workloads.
+	PolicyDir string           `json:"policyDir"`
+	Mode      string           `json:"mode"` // enforcement: default, always, never
+	Endpoints []endpointConfig `json:"endpoints"`
+	// Policies and Hosts are resolved policies in their wire form, for
+	// setups without a policy directory.
+	Policies []json.RawMessage `json:"policies"` // npds.NetworkPolicy (protojson)
+	Hosts    []json.RawMessage `json:"hosts"`    // npds.NetworkPolicyHosts (protojson)
 }
 
 type listenerConfig struct {
@@ -54,6 +62,9 @@ func loadNodeConfig(path string) (*nodeConfig, error) {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	if c.PolicyDir != "" && !filepath.IsAbs(c.PolicyDir) {
+		c.PolicyDir = filepath.Join(filepath.Dir(path), c.PolicyDir)
 	}
 	return &c, c.validate()
 }

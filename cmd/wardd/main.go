@@ -99,12 +99,19 @@ func run(ctx context.Context, f flags, log *slog.Logger) error {
 	if _, err := srv.SetEnvoyResources(ctx, node, res); err != nil {
 		return err
 	}
-	ps, hs, err := cfg.policies()
-	if err != nil {
-		return err
+	var engine *policyEngine
+	if cfg.PolicyDir != "" {
+		if engine, err = newPolicyEngine(cfg, srv, log); err != nil {
+			return err
+		}
+	} else {
+		ps, hs, err := cfg.policies()
+		if err != nil {
+			return err
+		}
+		srv.SetHosts(hs)
+		srv.SetPolicies(ps)
 	}
-	srv.SetHosts(hs)
-	srv.SetPolicies(ps)
 
 	var proc *envoyproc.Proc
 	if !f.noEnvoy {
@@ -139,6 +146,9 @@ func run(ctx context.Context, f flags, log *slog.Logger) error {
 	g.Go(func() error { return srv.Run(ctx) })
 	if proc != nil {
 		g.Go(func() error { return proc.Run(ctx) })
+	}
+	if engine != nil {
+		g.Go(func() error { return engine.run(ctx, cfg.PolicyDir) })
 	}
 	g.Go(func() error { return serveStatus(ctx, filepath.Join(f.stateDir, "wardd.sock"), srv, proc, log) })
 	g.Go(func() error { return watchNACKs(ctx, srv, proc, log) })

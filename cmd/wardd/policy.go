@@ -1,0 +1,103 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sort"
+	"time"
+
+	"github.com/wardproxy/ward/policy"
+	"github.com/wardproxy/ward/policy/dirsource"
+	"github.com/wardproxy/ward/xds"
+	"github.com/wardproxy/ward/xds/npds"
+)
+
+// endpointConfig is a local workload in embedded mode (no Kubernetes).
+type endpointConfig struct {
+	Name      string            `json:"name"`
+	ID        uint64            `json:"id"`
+	IPs       []string          `json:"ips"`
+	Labels    map[string]string `json:"labels"`
+	Namespace string            `json:"namespace"`
+	// Remote marks a workload of another node (or a client outside ward's
+	// control): it gets an identity and its addresses are in the identity
+	// table, but no policy is enforced for it here.
+	Remote bool `json:"remote,omitempty"`
+}
+
+// policyEngine turns the policy directory and the endpoints into the
+// policy resources: the repository resolves, xds translates.
+type policyEngine struct {
+	repo *policy.Repository
+	eps  []endpointConfig
+	ips  map[uint64][]netip.Addr
+	srv  *xds.Server
+	log  *slog.Logger
+}
+
+func newPolicyEngine(cfg *nodeConfig, srv *xds.Server, log *slog.Logger) (*policyEngine, error) {
+	pc := policy.Config{Mode: policy.EnforcementMode(cfg.Mode)}
+	if err := pc.Validate(); err != nil {
+		return nil, fmt.Errorf("config mode: %w", err)
+	}
+	e := &policyEngine{repo: policy.NewRepository(pc), eps: cfg.Endpoints, ips: map[uint64][]netip.Addr{}, srv: srv, log: log}
+	for i, ep := range cfg.Endpoints {
+		if ep.ID == 0 {
+			return nil, fmt.Errorf("endpoints[%d].id is required", i)
+		}
+		for j, s := range ep.IPs {
+			ip, err := netip.ParseAddr(s)
+			if err != nil {
+				return nil, fmt.Errorf("endpoints[%d].ips[%d]: %w", i, j, err)
+			}
+			e.ips[ep.ID] = append(e.ips[ep.ID], ip)
+		}
+		ns := ep.Namespace
+		if ns == "" {
+			ns = "default"
+		}
+		if _, err := e.repo.UpsertEndpoint(policy.Endpoint{ID: ep.ID, Labels: policy.K8sLabels(ep.Labels, ns)}); err != nil {
+			return nil, fmt.Errorf("endpoints[%d]: %w", i, err)
+		}
+	}
+	return e, nil
+}
+
+// publish resolves every local endpoint and sends the resources.
+func (e *policyEngine) publish() {
+	snap := e.repo.Snapshot()
+	var ps []*npds.NetworkPolicy
+	hostIPs := map[netip.Addr]policy.NumericIdentity{}
+	for _, ep := range e.eps {
+		ip, ok := snap.Endpoint(ep.ID)
+		if !ok {
+			continue
+		}
+		for _, a := range e.ips[ep.ID] {
+			hostIPs[a] = ip.Identity
+		}
+		if ep.Remote {
+			continue
+		}
+		ps = append(ps, xds.NetworkPolicy(xds.EndpointInfo{Name: ep.Name, ID: ep.ID, IPs: e.ips[ep.ID]}, ip))
+	}
+	sort.Slice(ps, func(i, j int) bool { return ps[i].Name < ps[j].Name })
+	hv := e.srv.SetHosts(xds.Hosts(hostIPs, snap.CIDRIdentities()))
+	pv := e.srv.SetPolicies(ps)
+	e.log.Info("policy published", "revision", snap.Revision, "endpoints", len(ps), "policy_version", pv, "hosts_version", hv)
+}
+
+// run watches the policy directory until ctx is done.
+func (e *policyEngine) run(ctx context.Context, dir string) error {
+	src := &dirsource.Source{Dir: dir, Sink: e.repo, Logger: e.log, Interval: 500 * time.Millisecond, OnChange: e.publish}
+	if err := src.Sync(); err != nil {
+		e.log.Warn("policy directory", "dir", dir, "error", err)
+	}
+	e.publish()
+	if err := src.Run(ctx); err != nil && ctx.Err() == nil {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,138 @@
+package xds
+
+import (
+	"net/netip"
+	"sort"
+
+	"github.com/wardproxy/ward/policy"
+	"github.com/wardproxy/ward/xds/npds"
+)
+
+// EndpointInfo names an endpoint and its addresses for the translation.
+type EndpointInfo struct {
+	Name string
+	ID   uint64
+	IPs  []netip.Addr
+}
+
+// NetworkPolicy translates an endpoint's resolved policy into the resource
+// the in-Envoy filters enforce: one PortNetworkPolicy per proxy port (the
+// L7Ports of each direction) with one rule per selection. Plain L3/L4
+// entries are the datapath's business (BPF maps); only redirected ports
+// reach the proxy, so only they are translated.
+func NetworkPolicy(ep EndpointInfo, p *policy.EndpointPolicy) *npds.NetworkPolicy {
+	out := &npds.NetworkPolicy{Name: ep.Name, EndpointId: ep.ID}
+	for _, ip := range ep.IPs {
+		out.EndpointIps = append(out.EndpointIps, ip.String())
+	}
+	if p == nil {
+		return out
+	}
+	out.IngressPerPortPolicies = ports(p.Ingress)
+	out.EgressPerPortPolicies = ports(p.Egress)
+	return out
+}
+
+func ports(d *policy.DirectionPolicy) []*npds.PortNetworkPolicy {
+	if d == nil {
+		return nil
+	}
+	var out []*npds.PortNetworkPolicy
+	for _, lp := range d.Proxy {
+		pp := &npds.PortNetworkPolicy{Port: uint32(lp.Port), EndPort: uint32(lp.EndPort), Protocol: protocol(lp.Protocol)}
+		for _, s := range lp.Selections {
+			r := &npds.PortNetworkPolicyRule{ServerNames: s.ServerNames}
+			if !s.Wildcard {
+				r.RemoteIdentities = make([]uint32, 0, len(s.Remotes))
+				for _, id := range s.Remotes {
+					r.RemoteIdentities = append(r.RemoteIdentities, uint32(id))
+				}
+				if len(r.RemoteIdentities) == 0 {
+					continue // selects nobody (yet)
+				}
+			}
+			if len(s.Origins) > 0 {
+				r.Name = s.Origins[0].String()
+			}
+			if !s.AllowAll {
+				setL7(r, lp.Parser, &s.Rules)
+			}
+			pp.Rules = append(pp.Rules, r)
+		}
+		out = append(out, pp)
+	}
+	return out
+}
+
+func setL7(r *npds.PortNetworkPolicyRule, parser string, rules *policy.L7Rules) {
+	switch parser {
+	case "http":
+		h := &npds.HttpRules{}
+		for _, hr := range rules.HTTP {
+			w := &npds.HttpRule{Path: hr.Path, Method: hr.Method, Host: hr.Host, Headers: hr.Headers}
+			for _, m := range hr.HeaderMatches {
+				hm := &npds.HeaderMatch{Name: m.Name, Value: m.Value, Mismatch: string(m.Mismatch)}
+				if m.Secret != nil {
+					hm.Secret = m.Secret.Namespace + "/" + m.Secret.Name
+				}
+				w.HeaderMatches = append(w.HeaderMatches, hm)
+			}
+			h.HttpRules = append(h.HttpRules, w)
+		}
+		r.L7 = &npds.PortNetworkPolicyRule_HttpRules{HttpRules: h}
+	case "kafka":
+		k := &npds.KafkaRules{}
+		for _, kr := range rules.Kafka {
+			k.KafkaRules = append(k.KafkaRules, &npds.KafkaRule{Role: kr.Role, ApiKey: kr.APIKey, ApiVersion: kr.APIVersion, ClientId: kr.ClientID, Topic: kr.Topic})
+		}
+		r.L7 = &npds.PortNetworkPolicyRule_KafkaRules{KafkaRules: k}
+	case "dns":
+		d := &npds.DnsRules{}
+		for _, dr := range rules.DNS {
+			d.DnsRules = append(d.DnsRules, &npds.DnsRule{MatchName: dr.MatchName, MatchPattern: dr.MatchPattern})
+		}
+		r.L7 = &npds.PortNetworkPolicyRule_DnsRules{DnsRules: d}
+	case "tls", "":
+		// serverNames / TLS only: no request-level rules.
+	default:
+		g := &npds.GenericL7Rules{L7Proto: parser}
+		for _, l := range rules.L7 {
+			g.Rules = append(g.Rules, &npds.L7Rule{Rule: l})
+		}
+		r.L7 = &npds.PortNetworkPolicyRule_L7Rules{L7Rules: g}
+	}
+}
+
+func protocol(p policy.Protocol) npds.Protocol {
+	switch p {
+	case policy.ProtocolTCP:
+		return npds.Protocol_TCP
+	case policy.ProtocolUDP:
+		return npds.Protocol_UDP
+	case policy.ProtocolSCTP:
+		return npds.Protocol_SCTP
+	}
+	return npds.Protocol_ANY
+}
+
+// Hosts builds the identity table the in-Envoy filters use to find a
+// peer's identity: every endpoint address with its endpoint's identity and
+// every CIDR identity's prefix.
+func Hosts(eps map[netip.Addr]policy.NumericIdentity, cidrs []*policy.Identity) []*npds.NetworkPolicyHosts {
+	by := map[uint32][]string{}
+	for ip, id := range eps {
+		by[uint32(id)] = append(by[uint32(id)], ip.String())
+	}
+	for _, c := range cidrs {
+		if c.Prefix.IsValid() {
+			by[uint32(c.ID)] = append(by[uint32(c.ID)], c.Prefix.String())
+		}
+	}
+	out := make([]*npds.NetworkPolicyHosts, 0, len(by))
+	for id, addrs := range by {
+		sort.Strings(addrs)
+		out = append(out, &npds.NetworkPolicyHosts{Identity: id, HostAddresses: addrs})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Identity < out[j].Identity })
+	return out
+}
