@@ -321,8 +321,9 @@ func (r *Repository) addIdentity(id *Identity) {
 		if s.wildcard || !s.p.selects(id) {
 			continue
 		}
+		// Copy on write: snapshots share s.ids.
 		i, _ := slices.BinarySearch(s.ids, id.ID)
-		s.ids = slices.Insert(s.ids, i, id.ID)
+		s.ids = slices.Insert(slices.Clip(s.ids), i, id.ID)
 		r.selectionChanged(s.p.key())
 	}
 }
@@ -345,7 +346,7 @@ func (r *Repository) removeIdentityRef(id NumericIdentity) {
 	delete(r.dirty, id)
 	for _, s := range r.selections {
 		if i, ok := slices.BinarySearch(s.ids, id); ok {
-			s.ids = slices.Delete(s.ids, i, i+1)
+			s.ids = slices.Delete(slices.Clone(s.ids), i, i+1) // copy on write
 			r.selectionChanged(s.p.key())
 		}
 	}

@@ -663,3 +663,37 @@ spec:
 		t.Errorf("init tcp: %v", v)
 	}
 }
+
+// Snapshots are immutable while the repository changes (run with -race).
+func TestSnapshotImmutableConcurrent(t *testing.T) {
+	e := newEnv(t, Config{}, ds)
+	ds0 := e.ep("default/org=empire,class=deathstar")
+	e.ep("default/org=empire,class=tiefighter")
+	snap := e.repo.Snapshot()
+	p0, _ := snap.Endpoint(ds0)
+	remotes := slices.Clone(p0.Ingress.Proxy[0].Selections[0].Remotes)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 200; i++ {
+			p, _ := snap.Endpoint(ds0)
+			p.Ingress.Lookup(IdentityWorld, ProtocolTCP, 80, false)
+			_ = slices.Clone(p.Ingress.Proxy[0].Selections[0].Remotes)
+		}
+	}()
+	for i := 0; i < 50; i++ {
+		id := uint64(100 + i)
+		if _, err := e.repo.UpsertEndpoint(Endpoint{ID: id, Labels: K8sLabels(map[string]string{"org": "empire", "n": strings.Repeat("x", i+1)}, "default")}); err != nil {
+			t.Fatal(err)
+		}
+		e.repo.Snapshot()
+	}
+	<-done
+	if got := p0.Ingress.Proxy[0].Selections[0].Remotes; !slices.Equal(got, remotes) {
+		t.Errorf("old snapshot changed: %v -> %v", remotes, got)
+	}
+	p1, _ := e.repo.Resolve(ds0)
+	if n := len(p1.Ingress.Proxy[0].Selections[0].Remotes); n != 52 { // deathstar, tiefighter and 50 more empire endpoints
+		t.Errorf("new snapshot has %d remotes", n)
+	}
+}

@@ -529,6 +529,9 @@ func validatePorts(ports []PortRule, icmps []ICMPRule, path string, ingress, den
 				l.add(fmt.Sprintf("%s.serverNames[%d]", pp, j), sn, fmt.Sprintf("invalid server name %q: %v", sn, err))
 			}
 		}
+		if !hasL7 && !deny && len(pr.Ports) == 0 && (len(pr.ServerNames) > 0 || pr.TerminatingTLS != nil || pr.OriginatingTLS != nil) {
+			l.add(pp+".ports", "", "serverNames and TLS interception need explicit ports")
+		}
 		if len(pr.ServerNames) > 0 && hasL7 && pr.TerminatingTLS == nil && !deny {
 			l.add(pp+".serverNames", "", "serverNames with L7 rules need terminatingTLS")
 		}
@@ -539,6 +542,9 @@ func validatePorts(ports []PortRule, icmps []ICMPRule, path string, ingress, den
 		}
 		if zero {
 			l.add(pp+".ports", "", "L7 rules cannot be used with port 0 (all ports)")
+		}
+		if len(pr.Ports) == 0 && pr.Rules.DNS == nil {
+			l.add(pp+".ports", "", "L7 rules need explicit ports")
 		}
 		if host && (pr.Rules.HTTP != nil || pr.Rules.Kafka != nil || pr.Rules.L7Proto != "") {
 			l.add(pp+".rules", "", "host policies (nodeSelector) support only DNS L7 rules")

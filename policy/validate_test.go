@@ -419,3 +419,23 @@ func TestNormalization(t *testing.T) {
 		t.Errorf("namespace = %q", p.Metadata.Namespace)
 	}
 }
+
+func TestL7NeedsPorts(t *testing.T) {
+	err := parseErr(t, header+`spec:
+  endpointSelector: {}
+  egress:
+  - toPorts:
+    - rules: {http: [{}]}
+  - toPorts:
+    - serverNames: [a.com]
+`)
+	n := 0
+	for _, fe := range FieldErrors(err) {
+		if strings.Contains(fe.Msg, "need explicit ports") {
+			n++
+		}
+	}
+	if n != 2 {
+		t.Errorf("got %v", err)
+	}
+}
