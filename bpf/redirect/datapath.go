@@ -41,7 +41,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -83,9 +82,11 @@ type Datapath struct {
 	cfg    Config
 	log    *slog.Logger
 	objs   datapathObjects
+	sock   sockObjects
 	ipc    *IPCache
 	mu     sync.Mutex
 	eps    map[uint32]Endpoint
+	cgeps  map[uint32]cgroupState
 	pol    map[uint32]map[PolicyKey]policyVal
 	locked map[uint32]bool // endpoint id -> locked down for overflow
 	links  map[string]link.Link
@@ -125,6 +126,7 @@ func Load(cfg Config) (*Datapath, error) {
 		cfg:    cfg,
 		log:    log,
 		eps:    map[uint32]Endpoint{},
+		cgeps:  map[uint32]cgroupState{},
 		pol:    map[uint32]map[PolicyKey]policyVal{},
 		locked: map[uint32]bool{},
 		links:  map[string]link.Link{},
@@ -133,9 +135,22 @@ func Load(cfg Config) (*Datapath, error) {
 	if err := spec.LoadAndAssign(&d.objs, opts); err != nil {
 		return nil, loadError(err, cfg.PinDir)
 	}
+	sspec, err := loadSock()
+	if err != nil {
+		d.objs.Close()
+		return nil, fmt.Errorf("load socket-level spec: %w", err)
+	}
+	if cfg.PolicyMapSize != 0 {
+		sspec.Maps[sockMapWardPolicy].MaxEntries = cfg.PolicyMapSize
+	}
+	if err := sspec.LoadAndAssign(&d.sock, opts); err != nil {
+		d.objs.Close()
+		return nil, fmt.Errorf("socket-level programs: %w", loadError(err, cfg.PinDir))
+	}
 	d.ipc = &IPCache{m: d.objs.WardIpcache}
 	if err := d.restore(); err != nil {
 		d.objs.Close()
+		d.sock.Close()
 		return nil, err
 	}
 	return d, nil
@@ -145,14 +160,14 @@ func Load(cfg Config) (*Datapath, error) {
 func loadError(err error, pinDir string) error {
 	var ve *ebpf.VerifierError
 	switch {
+	case errors.As(err, &ve):
+		return fmt.Errorf("load datapath: verifier rejected the programs: %-20v", ve)
 	case errors.Is(err, ebpf.ErrMapIncompatible):
 		return fmt.Errorf("load datapath: pinned map in %s has another layout (run `ward bpf cleanup`): %w", pinDir, err)
 	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
 		return fmt.Errorf("load datapath: permission denied: needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (run wardd as root): %w", err)
 	case errors.Is(err, ebpf.ErrNotSupported):
-		return fmt.Errorf("load datapath: kernel lacks a needed feature (Linux 6.6+ with BPF, LPM tries, bpf_sk_assign): %w", err)
-	case errors.As(err, &ve):
-		return fmt.Errorf("load datapath: verifier rejected the programs: %-20v", ve)
+		return fmt.Errorf("load datapath: kernel lacks a needed feature (Linux 6.6+ with BPF, LPM tries, bpf_sk_assign, cgroup sock_addr hooks): %w", err)
 	}
 	return fmt.Errorf("load datapath: %w", err)
 }
@@ -191,6 +206,23 @@ func (d *Datapath) restore() error {
 	if err := pit.Err(); err != nil {
 		return fmt.Errorf("restore policy: %w", err)
 	}
+	var (
+		cgID uint64
+		cgv  sockCgroupEp
+	)
+	cit := d.sock.WardCgroups.Iterate()
+	for cit.Next(&cgID, &cgv) {
+		d.cgeps[cgv.EndpointId] = cgroupState{
+			CgroupEndpoint: CgroupEndpoint{ID: cgv.EndpointId, Identity: cgv.Identity, EnforceEgress: cgv.Flags&epEnforceEgress != 0},
+			cgroupID:       cgID,
+		}
+		if cgv.Flags&epLockdown != 0 {
+			d.locked[cgv.EndpointId] = true
+		}
+	}
+	if err := cit.Err(); err != nil {
+		return fmt.Errorf("restore cgroup endpoints: %w", err)
+	}
 	dir := filepath.Join(d.cfg.PinDir, "links")
 	ents, err := os.ReadDir(dir)
 	if err != nil && !os.IsNotExist(err) {
@@ -198,11 +230,12 @@ func (d *Datapath) restore() error {
 	}
 	for _, e := range ents {
 		path := filepath.Join(dir, e.Name())
-		prog := d.objs.FromPod
-		if strings.HasSuffix(e.Name(), "-egress") {
-			prog = d.objs.ToPod
-		}
+		prog := d.progForLink(e.Name())
 		l, err := link.LoadPinnedLink(path, nil)
+		if err == nil && prog == nil {
+			l.Close()
+			err = errors.New("unknown link name")
+		}
 		if err == nil {
 			err = l.Update(prog)
 			if err != nil {
@@ -241,7 +274,7 @@ func (d *Datapath) Close() error {
 		}
 	}
 	d.links = map[string]link.Link{}
-	errs = append(errs, d.objs.Close())
+	errs = append(errs, d.objs.Close(), d.sock.Close())
 	return errors.Join(errs...)
 }
 
@@ -313,6 +346,7 @@ func Cleanup(pinDir string) error {
 	for _, name := range []string{
 		datapathMapWardCt, datapathMapWardEndpoints, datapathMapWardFrag,
 		datapathMapWardIpcache, datapathMapWardMetrics, datapathMapWardPolicy,
+		sockMapWardCgroups, sockMapWardSockOrig, sockMapWardOrigdst,
 	} {
 		if err := os.Remove(filepath.Join(pinDir, name)); err != nil && !os.IsNotExist(err) {
 			errs = append(errs, fmt.Errorf("unpin map %s: %w", name, err))

@@ -312,16 +312,7 @@ func (d *Datapath) RemoveEndpoint(id uint32) error {
 	}
 	var errs []error
 	for _, ingress := range []bool{true, false} {
-		name := linkName(ep.IfIndex, ingress)
-		if l, ok := d.links[name]; ok {
-			if err := l.Unpin(); err != nil {
-				errs = append(errs, fmt.Errorf("unpin %s: %w", name, err))
-			}
-			if err := l.Close(); err != nil {
-				errs = append(errs, fmt.Errorf("detach %s: %w", name, err))
-			}
-			delete(d.links, name)
-		}
+		errs = append(errs, d.detach(linkName(ep.IfIndex, ingress)))
 	}
 	fam, w := addrWords(ep.IP)
 	k := datapathEndpointKey{Family: fam, Addr: w}
@@ -331,13 +322,7 @@ func (d *Datapath) RemoveEndpoint(id uint32) error {
 	if err := d.ipc.Delete(netip.PrefixFrom(ep.IP, 32)); err != nil {
 		errs = append(errs, err)
 	}
-	for pk := range d.pol[id] {
-		mk := pk.mapKey(id)
-		if err := d.objs.WardPolicy.Delete(&mk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, fmt.Errorf("policy delete: %w", err))
-		}
-	}
-	delete(d.pol, id)
+	errs = append(errs, d.deletePolicy(id))
 	delete(d.locked, id)
 	delete(d.eps, id)
 	errs = append(errs, d.flushCT(ep.IP))

@@ -222,6 +222,9 @@ func (d *Datapath) lockdown(id uint32, on bool) error {
 	if ep, ok := d.eps[id]; ok {
 		return d.writeEndpoint(ep)
 	}
+	if st, ok := d.cgeps[id]; ok {
+		return d.writeCgroupEndpoint(st)
+	}
 	return nil
 }
 

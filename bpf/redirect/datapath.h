@@ -1,0 +1,216 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//
+// Shared by ward's tc (redirect.c) and socket-level (sock.c) programs:
+// constants, the maps both use (pinned by name, so both collections share
+// one instance of each) and the policy lookup. Layouts are mirrored in Go.
+
+#ifndef WARD_DATAPATH_H
+#define WARD_DATAPATH_H
+
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define AF_INET4 2
+#define AF_INET6 10
+
+// Verdicts (policy map values, CT entries).
+#define VERDICT_ALLOW 1
+#define VERDICT_DENY 2
+#define VERDICT_REDIRECT 3
+
+// Directions in the policy key.
+#define DIR_INGRESS 0
+#define DIR_EGRESS 1
+
+// Endpoint flags.
+#define EP_ENFORCE_INGRESS 1
+#define EP_ENFORCE_EGRESS 2
+#define EP_LOCKDOWN 4
+
+// skb marks. MARK_TO_PROXY is set on redirected packets so that the host's
+// policy routing rule (fwmark -> table with "local 0.0.0.0/0 dev lo")
+// delivers them locally to the assigned socket. Proxies mark their upstream
+// sockets the way Cilium's Envoy filters do: 0x0A00 ingress, 0x0B00 egress
+// with the source identity packed as ((id & 0xFFFF) << 16) | ((id >> 16) & 0xFF).
+#define MARK_MAGIC_MASK 0x0F00
+#define MARK_TO_PROXY 0x0D00
+#define MARK_PROXY_INGRESS 0x0A00
+#define MARK_PROXY_EGRESS 0x0B00
+
+#define IDENTITY_WORLD 2
+
+// Reasons (index into the metrics map). Keep in sync with reasons.go.
+enum reason {
+	R_PASS_ALLOWED = 0,
+	R_PASS_ESTABLISHED = 1,
+	R_PASS_REPLY = 2,
+	R_PASS_NOT_ENFORCED = 3,
+	R_PASS_NON_IP = 4,
+	R_REDIRECT = 5,
+	R_PASS_PROXY = 6,
+	R_DROP_POLICY = 7,
+	R_DROP_LOCKDOWN = 8,
+	R_DROP_NO_PROXY = 9,
+	R_DROP_FRAGMENT = 10,
+	R_DROP_MALFORMED = 11,
+	R_DROP_SPOOFED = 12,
+	R_DROP_UNSUPPORTED_L3 = 13,
+	R_DROP_REDIRECT_UNSUPPORTED = 14,
+	R_DROP_UNKNOWN_ENDPOINT = 15,
+	R_MAX = 32,
+};
+
+struct ipcache_key {
+	__u32 prefixlen; // 32 (family+pad) + address prefix length
+	__u8 family;
+	__u8 pad[3];
+	__u32 addr[4];
+};
+
+struct ipcache_value {
+	__u32 identity;
+	__u32 flags;
+};
+
+struct endpoint_key {
+	__u8 family;
+	__u8 pad[3];
+	__u32 addr[4];
+};
+
+struct endpoint_info {
+	__u32 id;
+	__u32 ifindex;
+	__u32 identity;
+	__u32 flags;
+};
+
+struct policy_key {
+	__u32 endpoint_id;
+	__u32 identity; // 0: any identity
+	__u16 dport;    // host order; 0: any port
+	__u8 proto;     // 0: any protocol (only with dport 0)
+	__u8 direction;
+};
+
+struct policy_value {
+	__u8 verdict;
+	__u8 pad;
+	__u16 proxy_port; // host order
+	__u32 pad2;
+};
+
+
+
+
+
+struct metrics_value {
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_value);
+	__uint(max_entries, 131072);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ward_ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct endpoint_key);
+	__type(value, struct endpoint_info);
+	__uint(max_entries, 4096);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ward_endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+	__uint(max_entries, 131072);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ward_policy SEC(".maps");
+
+
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct metrics_value);
+	__uint(max_entries, R_MAX * 2); // reason * 2 + direction
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ward_metrics SEC(".maps");
+
+static __always_inline void count_metric(__u32 idx, __u64 bytes)
+{
+	struct metrics_value *m = bpf_map_lookup_elem(&ward_metrics, &idx);
+	if (m) {
+		m->packets++;
+		m->bytes += bytes;
+	}
+}
+
+static __always_inline struct endpoint_info *endpoint_of(__u32 addr)
+{
+	struct endpoint_key k = {.family = AF_INET4};
+	k.addr[0] = addr;
+	return bpf_map_lookup_elem(&ward_endpoints, &k);
+}
+
+static __always_inline __u32 identity_of(__u32 addr)
+{
+	struct ipcache_key k = {.prefixlen = 32 + 32, .family = AF_INET4};
+	k.addr[0] = addr;
+	struct ipcache_value *v = bpf_map_lookup_elem(&ward_ipcache, &k);
+	return v ? v->identity : IDENTITY_WORLD;
+}
+
+// policy_lookup evaluates one endpoint's policy for a new flow: the most
+// specific of (identity, port, proto), (identity, any port, proto),
+// (identity, any), (any, port, proto), (any, any port, proto), (any, any)
+// decides, except that a deny at any level wins. Returns 0 when nothing
+// matches (default deny for an enforced direction).
+static __always_inline int policy_lookup(__u32 ep, __u8 dir, __u32 remote, __u16 dport, __u8 proto,
+					 __u16 *proxy_port)
+{
+	struct policy_key k = {.endpoint_id = ep, .direction = dir};
+	struct policy_value *v;
+	int verdict = 0;
+	__u16 port = 0;
+
+#define TRY(id, dp, pr)                                                \
+	k.identity = (id);                                             \
+	k.dport = (dp);                                                \
+	k.proto = (pr);                                                \
+	v = bpf_map_lookup_elem(&ward_policy, &k);                     \
+	if (v) {                                                       \
+		if (v->verdict == VERDICT_DENY)                        \
+			return VERDICT_DENY;                           \
+		if (!verdict) {                                        \
+			verdict = v->verdict;                          \
+			port = v->proxy_port;                          \
+		}                                                      \
+	}
+
+	TRY(remote, dport, proto)
+	TRY(remote, 0, proto)
+	TRY(remote, 0, 0)
+	TRY(0, dport, proto)
+	TRY(0, 0, proto)
+	TRY(0, 0, 0)
+#undef TRY
+	*proxy_port = port;
+	return verdict;
+}
+
+#endif

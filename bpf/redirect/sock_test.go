@@ -1,0 +1,214 @@
+package redirect_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/wardproxy/ward/bpf/redirect"
+	"github.com/wardproxy/ward/conformance/netns"
+	"github.com/wardproxy/ward/internal/testenv"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv("WARD_TEST_SOCKPROXY") == "1" {
+		sockProxy()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// sockProxy is the child process standing in for Envoy in socket-level
+// mode: a plain (non-transparent) listener on 127.0.0.1 that asks
+// SO_ORIGINAL_DST for each accepted connection, like Envoy's
+// original_dst listener filter, and answers with it.
+func sockProxy() {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		fmt.Println("error", err)
+		os.Exit(1)
+	}
+	fmt.Println(ln.Addr().(*net.TCPAddr).Port)
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		orig := "none"
+		if rc, err := c.(*net.TCPConn).SyscallConn(); err == nil {
+			rc.Control(func(fd uintptr) {
+				// sockaddr_in fits the 16+4 bytes of ipv6_mreq.
+				mreq, err := unix.GetsockoptIPv6Mreq(int(fd), unix.SOL_IP, unix.SO_ORIGINAL_DST)
+				if err != nil {
+					orig = "error " + err.Error()
+					return
+				}
+				b := mreq.Multiaddr
+				orig = netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[4:8])), binary.BigEndian.Uint16(b[2:4])).String()
+			})
+		}
+		go func() {
+			defer c.Close()
+			r := bufio.NewReader(c)
+			for {
+				l, err := r.ReadString('\n')
+				if err != nil || l == "\r\n" {
+					break
+				}
+			}
+			body := "original destination " + orig
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
+		}()
+	}
+}
+
+// TestSocketLevel: a host-network workload (its own cgroup) is redirected
+// at connect() to the proxy on 127.0.0.1, which learns the original
+// destination through SO_ORIGINAL_DST; a denied port fails with EPERM;
+// DNS over UDP is redirected and the reply appears to come from the
+// original server.
+func TestSocketLevel(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireCommand(t, "curl")
+	testenv.RequireCommand(t, "dig")
+	if netns.CgroupRoot() == "" {
+		t.Skip("no cgroup v2 hierarchy mounted")
+	}
+	e := newEnv(t, redirect.Config{}, map[string]uint32{"deathstar": idDeathstar})
+	ds := e.pods["deathstar"]
+	if err := e.dp.IPCache().Upsert(netip.PrefixFrom(ds.IP, 32), idDeathstar); err != nil {
+		t.Fatal(err)
+	}
+	wl, err := e.topo.AddCgroup("workload")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pcg, err := e.topo.AddCgroup("proxy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := ctx(t)
+
+	// The proxy process, in its cgroup.
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd, err := pcg.Command(c, self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Env = append(os.Environ(), "WARD_TEST_SOCKPROXY=1")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatalf("proxy start: %v", err)
+	}
+	var proxyPort uint16
+	if _, err := fmt.Sscan(line, &proxyPort); err != nil {
+		t.Fatalf("proxy said %q", line)
+	}
+	if err := e.dp.AttachProxyCgroup(pcg.Path); err != nil {
+		t.Fatal(err)
+	}
+
+	// The DNS stand-in on 127.0.0.1 (UDP needs no SO_ORIGINAL_DST).
+	dnsPC, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dnsPC.Close() })
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := dnsPC.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if n < 12 {
+				continue
+			}
+			buf[2] |= 0x80
+			buf[3] = 0x80
+			dnsPC.WriteTo(buf[:n], from)
+		}
+	}()
+	dnsPort := uint16(dnsPC.LocalAddr().(*net.UDPAddr).Port)
+
+	const wlID = 100
+	if err := e.dp.SetPolicy(wlID, []redirect.PolicyEntry{
+		{PolicyKey: redirect.PolicyKey{Direction: redirect.Egress, Identity: idDeathstar, Port: 80, Proto: redirect.ProtoTCP}, Verdict: redirect.Redirect, ProxyPort: proxyPort},
+		{PolicyKey: redirect.PolicyKey{Direction: redirect.Egress, Port: 53, Proto: redirect.ProtoUDP}, Verdict: redirect.Redirect, ProxyPort: dnsPort},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.dp.AddCgroupEndpoint(redirect.CgroupEndpoint{ID: wlID, CgroupPath: wl.Path, Identity: 2001, EnforceEgress: true}); err != nil {
+		t.Fatal(err)
+	}
+	run := func(name string, args ...string) (string, error) {
+		cmd, err := wl.Command(c, name, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := cmd.CombinedOutput()
+		return string(b), err
+	}
+
+	want := "original destination " + netip.AddrPortFrom(ds.IP, 80).String()
+	for i := range 2 {
+		got, err := run("curl", "-sS", "--max-time", "10", "http://"+ds.IP.String()+"/")
+		if err != nil || got != want {
+			t.Fatalf("curl %d from the workload cgroup = %q, %v; want %q", i, got, err, want)
+		}
+	}
+	got, err := run("curl", "-sS", "--max-time", "10", "http://"+ds.IP.String()+":8080/")
+	if err == nil {
+		t.Fatalf("curl :8080 = %q; want connect refused by policy", got)
+	}
+	// The same curl outside the workload cgroup is not redirected (and
+	// nothing listens on the pod's :80).
+	if out, err := ctxCmd(c, "curl", "-sS", "--max-time", "5", "http://"+ds.IP.String()+"/"); err == nil && strings.Contains(out, "original destination") {
+		t.Fatalf("curl outside the cgroup was redirected: %q", out)
+	}
+	dnsServer := netip.AddrFrom4([4]byte{10, 200, e.topo.Subnet.Addr().As4()[2], 53})
+	got, err = run("dig", "@"+dnsServer.String(), "+tries=1", "+time=5", "api.github.com")
+	if err != nil || !strings.Contains(got, "status: NOERROR") || !strings.Contains(got, "SERVER: "+dnsServer.String()+"#53") {
+		t.Fatalf("dig from the workload = %q, %v; want an answer from %s#53", got, err, dnsServer)
+	}
+	if n := count(t, e.dp, redirect.ReasonRedirected); n < 3 {
+		t.Errorf("redirected counter = %d; want >= 3", n)
+	}
+
+	if err := e.dp.RemoveCgroupEndpoint(wlID); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.dp.DetachProxyCgroup(pcg.Path); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := run("curl", "-sS", "--max-time", "5", "http://"+ds.IP.String()+"/"); err == nil && strings.Contains(got, "original destination") {
+		t.Fatalf("after RemoveCgroupEndpoint still redirected: %q", got)
+	}
+}
+
+func ctxCmd(c context.Context, name string, args ...string) (string, error) {
+	b, err := execCommand(c, name, args...).CombinedOutput()
+	return string(b), err
+}
+
+var execCommand = exec.CommandContext

@@ -1,0 +1,233 @@
+package redirect
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// Socket-level mode: for workloads in a cgroup whose packets never cross
+// a veth the node controls (host-network processes), the egress policy is
+// applied when a socket connects or sends (cgroup connect4/sendmsg4),
+// denied connects fail with EPERM, and redirected sockets are pointed at
+// the proxy on 127.0.0.1:<proxy port>. The proxy reads the original
+// destination with getsockopt(SOL_IP, SO_ORIGINAL_DST) on the accepted
+// socket, answered by a getsockopt hook on the proxy's cgroup (see
+// AttachProxyCgroup) from a record the sock_ops program made at connect.
+// UDP replies from the proxy appear to come from the original destination
+// (recvmsg4/getpeername4). Ingress policy is not enforced in this mode.
+
+// CgroupEndpoint is a workload identified by its cgroup (v2).
+type CgroupEndpoint struct {
+	// ID is the endpoint id its policy is written under (SetPolicy);
+	// distinct from the veth endpoints' ids.
+	ID uint32
+	// CgroupPath is the workload's cgroup directory.
+	CgroupPath string
+	// Identity is the workload's security identity.
+	Identity uint32
+	// EnforceEgress turns default-deny on for the workload's egress.
+	EnforceEgress bool
+}
+
+type cgroupHook struct {
+	name string
+	at   ebpf.AttachType
+	prog func(*sockPrograms) *ebpf.Program
+}
+
+var workloadHooks = []cgroupHook{
+	{"connect4", ebpf.AttachCGroupInet4Connect, func(p *sockPrograms) *ebpf.Program { return p.SockConnect4 }},
+	{"sendmsg4", ebpf.AttachCGroupUDP4Sendmsg, func(p *sockPrograms) *ebpf.Program { return p.SockSendmsg4 }},
+	{"recvmsg4", ebpf.AttachCGroupUDP4Recvmsg, func(p *sockPrograms) *ebpf.Program { return p.SockRecvmsg4 }},
+	{"getpeername4", ebpf.AttachCgroupInet4GetPeername, func(p *sockPrograms) *ebpf.Program { return p.SockGetpeername4 }},
+	{"sockops", ebpf.AttachCGroupSockOps, func(p *sockPrograms) *ebpf.Program { return p.SockOps }},
+}
+
+var proxyHook = cgroupHook{"getsockopt", ebpf.AttachCGroupGetsockopt, func(p *sockPrograms) *ebpf.Program { return p.SockGetsockopt }}
+
+// progForLink returns the program a pinned link of that name runs.
+func (d *Datapath) progForLink(name string) *ebpf.Program {
+	hook := name[strings.LastIndexByte(name, '-')+1:]
+	switch hook {
+	case "ingress":
+		return d.objs.FromPod
+	case "egress":
+		return d.objs.ToPod
+	case proxyHook.name:
+		return proxyHook.prog(&d.sock.sockPrograms)
+	}
+	for _, h := range workloadHooks {
+		if h.name == hook {
+			return h.prog(&d.sock.sockPrograms)
+		}
+	}
+	return nil
+}
+
+func cgroupID(path string) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, fmt.Errorf("cgroup %s: %w", path, err)
+	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(path, &fs); err != nil {
+		return 0, fmt.Errorf("cgroup %s: %w", path, err)
+	}
+	if fs.Type != unix.CGROUP2_SUPER_MAGIC {
+		return 0, fmt.Errorf("cgroup %s: not on a cgroup v2 filesystem", path)
+	}
+	return st.Ino, nil
+}
+
+// AddCgroupEndpoint registers a socket-level workload and attaches the
+// workload hooks to its cgroup (links pinned, re-attached on restart).
+// Write its policy with SetPolicy(ep.ID, …) first.
+func (d *Datapath) AddCgroupEndpoint(ep CgroupEndpoint) error {
+	if ep.ID == 0 || ep.Identity == 0 {
+		return errors.New("add cgroup endpoint: id and identity must be non-zero")
+	}
+	cg, err := cgroupID(ep.CgroupPath)
+	if err != nil {
+		return fmt.Errorf("add cgroup endpoint %d: %w", ep.ID, err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := cgroupState{CgroupEndpoint: ep, cgroupID: cg}
+	if err := d.writeCgroupEndpoint(st); err != nil {
+		return err
+	}
+	d.cgeps[ep.ID] = st
+	for _, h := range workloadHooks {
+		name := fmt.Sprintf("cg-%d-%s", ep.ID, h.name)
+		if err := d.attachCgroup(name, ep.CgroupPath, h); err != nil {
+			return fmt.Errorf("add cgroup endpoint %d: %w", ep.ID, err)
+		}
+	}
+	return nil
+}
+
+type cgroupState struct {
+	CgroupEndpoint
+	cgroupID uint64
+}
+
+func (d *Datapath) writeCgroupEndpoint(st cgroupState) error {
+	ep, cg := st.CgroupEndpoint, st.cgroupID
+	var flags uint32
+	if ep.EnforceEgress {
+		flags |= epEnforceEgress
+	}
+	if d.locked[ep.ID] {
+		flags |= epLockdown
+	}
+	v := sockCgroupEp{EndpointId: ep.ID, Identity: ep.Identity, Flags: flags}
+	if err := d.sock.WardCgroups.Update(&cg, &v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("cgroup map update %d: %w", ep.ID, err)
+	}
+	return nil
+}
+
+func (d *Datapath) attachCgroup(name, path string, h cgroupHook) error {
+	prog := h.prog(&d.sock.sockPrograms)
+	if l, ok := d.links[name]; ok {
+		if err := l.Update(prog); err != nil {
+			return fmt.Errorf("update link %s: %w", name, err)
+		}
+		return nil
+	}
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: h.at, Program: prog})
+	if err != nil {
+		return fmt.Errorf("attach %s to cgroup %s: %w", h.name, path, err)
+	}
+	dir := filepath.Join(d.cfg.PinDir, "links")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		l.Close()
+		return fmt.Errorf("pin dir: %w", err)
+	}
+	if err := l.Pin(filepath.Join(dir, name)); err != nil {
+		l.Close()
+		return fmt.Errorf("pin link %s: %w", name, err)
+	}
+	d.links[name] = l
+	return nil
+}
+
+// RemoveCgroupEndpoint detaches the workload hooks and deletes the
+// workload's map and policy entries. Unknown ids are not an error.
+func (d *Datapath) RemoveCgroupEndpoint(id uint32) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st, ok := d.cgeps[id]
+	if !ok {
+		return nil
+	}
+	var errs []error
+	for _, h := range workloadHooks {
+		errs = append(errs, d.detach(fmt.Sprintf("cg-%d-%s", id, h.name)))
+	}
+	if err := d.sock.WardCgroups.Delete(&st.cgroupID); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, fmt.Errorf("cgroup map delete: %w", err))
+	}
+	errs = append(errs, d.deletePolicy(id))
+	delete(d.cgeps, id)
+	delete(d.locked, id)
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("remove cgroup endpoint %d: %w", id, err)
+	}
+	return nil
+}
+
+// AttachProxyCgroup attaches the SO_ORIGINAL_DST getsockopt hook to the
+// cgroup the proxy (Envoy) runs in. Other getsockopt calls pass through
+// unchanged.
+func (d *Datapath) AttachProxyCgroup(path string) error {
+	cg, err := cgroupID(path)
+	if err != nil {
+		return fmt.Errorf("attach proxy cgroup: %w", err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.attachCgroup("proxy-"+strconv.FormatUint(cg, 10)+"-"+proxyHook.name, path, proxyHook)
+}
+
+// DetachProxyCgroup removes the hook AttachProxyCgroup attached.
+func (d *Datapath) DetachProxyCgroup(path string) error {
+	cg, err := cgroupID(path)
+	if err != nil {
+		return fmt.Errorf("detach proxy cgroup: %w", err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.detach("proxy-" + strconv.FormatUint(cg, 10) + "-" + proxyHook.name)
+}
+
+// detach unpins and closes a link. Called with d.mu.
+func (d *Datapath) detach(name string) error {
+	l, ok := d.links[name]
+	if !ok {
+		return nil
+	}
+	delete(d.links, name)
+	return errors.Join(l.Unpin(), l.Close())
+}
+
+// deletePolicy removes every policy entry of an endpoint. Called with d.mu.
+func (d *Datapath) deletePolicy(id uint32) error {
+	var errs []error
+	for pk := range d.pol[id] {
+		mk := pk.mapKey(id)
+		if err := d.objs.WardPolicy.Delete(&mk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("policy delete: %w", err))
+		}
+	}
+	delete(d.pol, id)
+	return errors.Join(errs...)
+}
