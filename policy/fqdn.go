@@ -6,20 +6,23 @@ import (
 	"github.com/wardproxy/ward/policy/matchpattern"
 )
 
-// String returns the selector's normalized text (lower case, no trailing
-// dot): the name or the pattern. It is the key of the fqdn: label that
-// marks IPs learnt for matching names.
+// String returns the selector's canonical text, "matchName:NAME" or
+// "matchPattern:PATTERN" (lower case, no trailing dot), the same string as
+// filters/dns.SelectorLabel. It is the key of the fqdn: label that marks
+// IPs learnt for matching names.
 func (s FQDNSelector) String() string {
 	if s.MatchName != "" {
-		return normalizeName(s.MatchName)
+		return "matchName:" + normalizeName(s.MatchName)
 	}
-	return normalizeName(s.MatchPattern)
+	return "matchPattern:" + normalizeName(s.MatchPattern)
 }
 
 // Label returns the fqdn:<selector> label.
 func (s FQDNSelector) Label() Label { return Label{Source: SourceFQDN, Key: s.String()} }
 
-func normalizeName(n string) string { return strings.TrimSuffix(strings.ToLower(n), ".") }
+func normalizeName(n string) string {
+	return strings.TrimSuffix(strings.ToLower(strings.TrimSpace(n)), ".")
+}
 
 // FQDNMatcher is a compiled FQDNSelector. Immutable and safe for concurrent
 // use.
@@ -60,6 +63,18 @@ func (m *FQDNMatcher) Label() Label { return m.Selector.Label() }
 func (s FQDNSelector) Matches(name string) bool {
 	m, err := s.Compile()
 	return err == nil && m.Match(name)
+}
+
+// FQDNSelectorLabels returns the labels of the node-local identity of an
+// IP selected by the given selectors, given as their String() form (what
+// the DNS proxy's identity allocator receives): reserved:world plus
+// fqdn:<selector> for each.
+func FQDNSelectorLabels(selectors []string) Labels {
+	out := []Label{{Source: SourceReserved, Key: "world"}}
+	for _, s := range selectors {
+		out = append(out, Label{Source: SourceFQDN, Key: s})
+	}
+	return NewLabels(out...)
 }
 
 // FQDNLabels returns the labels of the node-local identity of an IP the

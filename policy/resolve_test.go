@@ -451,7 +451,7 @@ spec:
 		t.Fatalf("selectors = %v", sels)
 	}
 	ls, ok := FQDNLabels("API.github.com.", sels)
-	if !ok || !ls.Has(SourceFQDN, "api.github.com") || !ls.Has(SourceReserved, "world") {
+	if !ok || !ls.Has(SourceFQDN, "matchName:api.github.com") || !ls.Has(SourceReserved, "world") {
 		t.Fatalf("labels = %v", ls)
 	}
 	ident, _, err := e.repo.Allocator().Allocate(ls)
@@ -468,6 +468,9 @@ spec:
 	}
 	if _, ok := FQDNLabels("github.com", sels); ok {
 		t.Error("github.com must not match")
+	}
+	if got := FQDNSelectorLabels([]string{"matchName:api.github.com"}); got.String() != ls.String() {
+		t.Errorf("FQDNSelectorLabels = %v, want %v", got, ls)
 	}
 	e.repo.DeleteIdentity(ident.ID)
 	p, _ = e.repo.Resolve(bot)
