@@ -160,6 +160,10 @@ func namespaceReq(ns string) requirement {
 // namespace in a CiliumNetworkPolicy when the selector names none.
 func peerSelector(es *EndpointSelector, ns string) *labelSelector {
 	sel := compileSelector(es)
+	if ns != "" {
+		// Namespace labels are ignored in a CiliumNetworkPolicy.
+		sel = sel.withoutKeyPrefix(labelNamespaceLabelsPrefix)
+	}
 	if ns != "" && !selectorHasKey(es, LabelNamespace) && !selectorHasSource(es, SourceReserved) {
 		sel = newLabelSelector(append(slices.Clone(sel.reqs), namespaceReq(ns)))
 	}

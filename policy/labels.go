@@ -24,6 +24,9 @@ const (
 	LabelServiceAccount = "io.cilium.k8s.policy.serviceaccount"
 	// LabelCluster holds the cluster name.
 	LabelCluster = "io.cilium.k8s.policy.cluster"
+	// labelNamespaceLabelsPrefix prefixes namespace labels copied to pods;
+	// selectors on them work only in clusterwide policies.
+	labelNamespaceLabelsPrefix = "io.cilium.k8s.namespace.labels."
 )
 
 // Label is one source:key=value label.
@@ -274,6 +277,36 @@ func selectorHasKey(es *EndpointSelector, key string) bool {
 		}
 	}
 	return false
+}
+
+// selectorHasKeyPrefix reports whether a key of es starts with prefix.
+func selectorHasKeyPrefix(es *EndpointSelector, prefix string) bool {
+	for k := range es.MatchLabels {
+		if _, kk := splitSource(k, SourceAny); strings.HasPrefix(kk, prefix) {
+			return true
+		}
+	}
+	for _, e := range es.MatchExpressions {
+		if _, kk := splitSource(e.Key, SourceAny); strings.HasPrefix(kk, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// withoutKeyPrefix returns the requirements of s whose key does not start
+// with prefix.
+func (s *labelSelector) withoutKeyPrefix(prefix string) *labelSelector {
+	var keep []requirement
+	for _, r := range s.reqs {
+		if !strings.HasPrefix(r.key, prefix) {
+			keep = append(keep, r)
+		}
+	}
+	if len(keep) == len(s.reqs) {
+		return s
+	}
+	return newLabelSelector(keep)
 }
 
 // selectorHasSource reports whether a key of es has the given source.

@@ -129,6 +129,7 @@ func NewRepository(cfg Config) *Repository {
 	for _, id := range a.All() {
 		if id.ID.IsReserved() {
 			r.identities[id.ID] = id
+			r.idRefs[id.ID] = 1 // permanent
 		}
 	}
 	return r

@@ -700,3 +700,67 @@ func TestSnapshotImmutableConcurrent(t *testing.T) {
 		t.Errorf("new snapshot has %d remotes", n)
 	}
 }
+
+func TestNamespaceLabelsIgnoredInCNP(t *testing.T) {
+	doc := `apiVersion: cilium.io/v2
+kind: KIND
+metadata: {name: nsl, namespace: ns1}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {io.cilium.k8s.namespace.labels.team: blue}}]
+`
+	ps, err := Parse("t.yaml", []byte(strings.Replace(doc, "KIND", KindCNP, 1)))
+	if err != nil || len(ps[0].Warnings) != 1 {
+		t.Fatalf("%v %v", err, ps)
+	}
+	e := newEnv(t, Config{}, strings.Replace(doc, "KIND", KindCNP, 1))
+	// Ignored: the selector is {} in ns1, every pod of ns1.
+	e.check("ns1/app=web", "ns1/app=db", ProtocolTCP, 5432, "allowed")
+	e.check("ns2/app=web", "ns1/app=db", ProtocolTCP, 5432, "denied")
+	// In a clusterwide policy it selects pods carrying the label.
+	e = newEnv(t, Config{}, strings.Replace(doc, "KIND", KindCCNP, 1))
+	e.check("ns2/app=web,io.cilium.k8s.namespace.labels.team=blue", "ns1/app=db", ProtocolTCP, 5432, "allowed")
+	e.check("ns1/app=web", "ns1/app=db", ProtocolTCP, 5432, "denied")
+}
+
+// Lifecycle: rules selecting reserved:init apply to initializing endpoints.
+func TestInitEndpoint(t *testing.T) {
+	e := newEnv(t, Config{}, `apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: init}
+spec:
+  endpointSelector: {matchLabels: {"reserved:init": ""}}
+  ingress:
+  - fromEntities: [host]
+  egress:
+  - toEntities: [all]
+    toPorts: [{ports: [{port: "53", protocol: UDP}]}]
+`)
+	id, err := e.repo.UpsertEndpoint(Endpoint{ID: 99, Labels: NewLabels(Label{Source: SourceReserved, Key: "init"})})
+	if err != nil || id.ID != IdentityInit {
+		t.Fatalf("init endpoint identity %v %v", id, err)
+	}
+	p, _ := e.repo.Resolve(99)
+	if v := p.Ingress.Lookup(IdentityHost, ProtocolTCP, 1, false).Verdict; v != VerdictAllowed {
+		t.Errorf("host: %v", v)
+	}
+	if v := p.Ingress.Lookup(IdentityWorld, ProtocolTCP, 1, false).Verdict; v != VerdictDenied {
+		t.Errorf("world: %v", v)
+	}
+	if v := p.Egress.Lookup(IdentityWorld, ProtocolUDP, 53, false).Verdict; v != VerdictAllowed {
+		t.Errorf("dns: %v", v)
+	}
+	// Reserved identities stay in selections exactly once.
+	snap := e.repo.Snapshot()
+	for _, s := range e.repo.selections {
+		if !slices.IsSorted(s.ids) || len(slices.Compact(slices.Clone(s.ids))) != len(s.ids) {
+			t.Errorf("selection %s = %v", s.p.key(), s.ids)
+		}
+	}
+	e.repo.DeleteEndpoint(99)
+	if _, ok := e.repo.Snapshot().Identity(IdentityInit); !ok {
+		t.Error("reserved identity dropped")
+	}
+	_ = snap
+}

@@ -230,7 +230,11 @@ func (p *Policy) validatePeers(path string, l *errList, f peerFields) {
 		l.add(path+"."+f.groupsName, "", f.groupsName+" (cloud provider groups) is not supported by ward")
 	}
 	for i := range f.endpoints {
-		validateSelector(&f.endpoints[i], fmt.Sprintf("%s.%s[%d]", path, f.endpointsName, i), l)
+		sp := fmt.Sprintf("%s.%s[%d]", path, f.endpointsName, i)
+		validateSelector(&f.endpoints[i], sp, l)
+		if p.Kind == KindCNP && selectorHasKeyPrefix(&f.endpoints[i], labelNamespaceLabelsPrefix) {
+			l.warn(sp, labelNamespaceLabelsPrefix+"* keys are only supported in a CiliumClusterwideNetworkPolicy; ignored here (as Cilium does)")
+		}
 	}
 	if len(f.requires) > 0 {
 		l.warn(path+"."+f.requiresName, f.requiresName+" is deprecated since Cilium 1.17 and removed in 1.18; ward still applies it to every rule selecting the same endpoints")
