@@ -68,6 +68,15 @@ type Config struct {
 	// MaxPolicyEntriesPerEndpoint bounds one endpoint's entries;
 	// 0 means DefaultMaxPolicyEntriesPerEndpoint.
 	MaxPolicyEntriesPerEndpoint int
+	// SockShortcut turns on the sockhash + sk_msg shortcut between a
+	// socket-level workload and the proxy: payload moves from one socket
+	// straight into its peer's receive queue instead of crossing loopback
+	// TCP. Off by default: bytes a peer sends before the other end is in
+	// the sockhash (a race at connection setup) take the TCP path and can
+	// be read after later shortcut bytes; safe for request/response
+	// protocols where the client speaks first after the handshake. Takes
+	// effect for sockets established after Load.
+	SockShortcut bool
 	// Logger receives lifecycle events; nil discards them.
 	Logger *slog.Logger
 }
@@ -143,9 +152,24 @@ func Load(cfg Config) (*Datapath, error) {
 	if cfg.PolicyMapSize != 0 {
 		sspec.Maps[sockMapWardPolicy].MaxEntries = cfg.PolicyMapSize
 	}
+	if cfg.SockShortcut {
+		if err := sspec.Variables[sockVarShortcutEnabled].Set(uint8(1)); err != nil {
+			d.objs.Close()
+			return nil, fmt.Errorf("disable sock shortcut: %w", err)
+		}
+	}
 	if err := sspec.LoadAndAssign(&d.sock, opts); err != nil {
 		d.objs.Close()
 		return nil, fmt.Errorf("socket-level programs: %w", loadError(err, cfg.PinDir))
+	}
+	// The sk_msg program belongs to the (pinned) sockhash; attaching
+	// again after a restart replaces the previous program.
+	if err := link.RawAttachProgram(link.RawAttachProgramOptions{
+		Target: d.sock.WardSockhash.FD(), Program: d.sock.SockMsg, Attach: ebpf.AttachSkMsgVerdict,
+	}); err != nil {
+		d.objs.Close()
+		d.sock.Close()
+		return nil, fmt.Errorf("attach sk_msg to the sockhash: %w", err)
 	}
 	d.ipc = &IPCache{m: d.objs.WardIpcache}
 	if err := d.restore(); err != nil {
@@ -346,7 +370,7 @@ func Cleanup(pinDir string) error {
 	for _, name := range []string{
 		datapathMapWardCt, datapathMapWardEndpoints, datapathMapWardFrag,
 		datapathMapWardIpcache, datapathMapWardMetrics, datapathMapWardPolicy,
-		sockMapWardCgroups, sockMapWardSockOrig, sockMapWardOrigdst,
+		sockMapWardCgroups, sockMapWardSockOrig, sockMapWardOrigdst, sockMapWardSockhash,
 	} {
 		if err := os.Remove(filepath.Join(pinDir, name)); err != nil && !os.IsNotExist(err) {
 			errs = append(errs, fmt.Errorf("unpin map %s: %w", name, err))

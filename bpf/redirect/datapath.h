@@ -63,6 +63,7 @@ enum reason {
 	R_DROP_UNSUPPORTED_L3 = 13,
 	R_DROP_REDIRECT_UNSUPPORTED = 14,
 	R_DROP_UNKNOWN_ENDPOINT = 15,
+	R_SHORTCUT = 16, // socket-level: sk_msg moved data to the peer socket (not a drop)
 	R_MAX = 32,
 };
 

@@ -249,6 +249,7 @@ const (
 	ReasonUnsupportedL3       Reason = 13
 	ReasonRedirectUnsupported Reason = 14
 	ReasonUnknownEndpoint     Reason = 15
+	ReasonSockShortcut        Reason = 16 // sk_msg moved payload socket to socket (bytes = payload)
 
 	numReasons        = 32 // R_MAX
 	metricsDirections = 2
@@ -258,7 +259,7 @@ const (
 var reasonNames = [...]string{
 	"allowed", "established", "reply", "not-enforced", "non-ip", "redirected", "proxy-upstream",
 	"policy-denied", "lockdown", "no-proxy-socket", "fragment", "malformed", "spoofed-source",
-	"unsupported-l3", "redirect-unsupported", "unknown-endpoint",
+	"unsupported-l3", "redirect-unsupported", "unknown-endpoint", "sock-shortcut",
 }
 
 func (r Reason) String() string {
@@ -269,7 +270,7 @@ func (r Reason) String() string {
 }
 
 // Drop reports whether packets counted under r were dropped.
-func (r Reason) Drop() bool { return r >= firstDrop }
+func (r Reason) Drop() bool { return r >= firstDrop && r != ReasonSockShortcut }
 
 // Counter is one (reason, direction) verdict counter summed over CPUs.
 type Counter struct {

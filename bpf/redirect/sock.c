@@ -21,6 +21,9 @@
 
 #include "datapath.h"
 
+// shortcut_enabled turns the sockhash/sk_msg shortcut on (set at load).
+volatile const __u8 shortcut_enabled = 0;
+
 #define SOL_IP 0
 #define SO_ORIGINAL_DST 80
 #define LOCALHOST 0x7f000001
@@ -68,6 +71,25 @@ struct {
 	__uint(max_entries, 65536);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ward_origdst SEC(".maps");
+
+// Local sockets of redirected connections (workload <-> proxy), keyed by
+// their own (local, remote) ends with ports in host order; sk_msg
+// programs move data from one straight into its peer's receive queue,
+// skipping the loopback TCP/IP stack.
+struct sock_key {
+	__u32 sip;
+	__u32 dip;
+	__u32 sport;
+	__u32 dport;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__type(key, struct sock_key);
+	__type(value, __u64);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ward_sockhash SEC(".maps");
 
 #define SCOUNT(r) count_metric((__u32)(r) * 2 + DIR_EGRESS, 0)
 
@@ -148,20 +170,71 @@ int sock_getpeername4(struct bpf_sock_addr *ctx)
 SEC("sockops")
 int sock_ops(struct bpf_sock_ops *skops)
 {
-	if (skops->op != BPF_SOCK_OPS_TCP_CONNECT_CB || skops->family != 2)
+	if (skops->family != 2)
 		return 1;
-	__u64 cookie = bpf_get_socket_cookie(skops);
-	struct sock_orig *o = bpf_map_lookup_elem(&ward_sock_orig, &cookie);
-	if (!o)
+	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB: {
+		// A redirected workload socket: record its original
+		// destination under its own address for SO_ORIGINAL_DST.
+		__u64 cookie = bpf_get_socket_cookie(skops);
+		struct sock_orig *o = bpf_map_lookup_elem(&ward_sock_orig, &cookie);
+		if (!o)
+			return 1;
+		struct origdst_key k = {
+			.ip = skops->local_ip4,
+			.port = (__u16)skops->local_port,
+			.proto = IPPROTO_TCP,
+		};
+		struct sock_orig v = *o;
+		bpf_map_update_elem(&ward_origdst, &k, &v, BPF_ANY);
 		return 1;
-	struct origdst_key k = {
-		.ip = skops->local_ip4,
-		.port = (__u16)skops->local_port,
-		.proto = IPPROTO_TCP,
+	}
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: {
+		__u64 cookie = bpf_get_socket_cookie(skops);
+		if (!bpf_map_lookup_elem(&ward_sock_orig, &cookie))
+			return 1;
+		break;
+	}
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: {
+		// The proxy's side: its peer is a redirected workload socket.
+		struct origdst_key k = {
+			.ip = skops->remote_ip4,
+			.port = bpf_ntohl(skops->remote_port) & 0xFFFF,
+			.proto = IPPROTO_TCP,
+		};
+		if (!bpf_map_lookup_elem(&ward_origdst, &k))
+			return 1;
+		break;
+	}
+	default:
+		return 1;
+	}
+	if (!shortcut_enabled)
+		return 1;
+	struct sock_key sk = {
+		.sip = skops->local_ip4,
+		.dip = skops->remote_ip4,
+		.sport = skops->local_port,
+		.dport = bpf_ntohl(skops->remote_port) & 0xFFFF,
 	};
-	struct sock_orig v = *o;
-	bpf_map_update_elem(&ward_origdst, &k, &v, BPF_ANY);
+	bpf_sock_hash_update(skops, &ward_sockhash, &sk, BPF_ANY);
 	return 1;
+}
+
+SEC("sk_msg")
+int sock_msg(struct sk_msg_md *msg)
+{
+	if (msg->family != 2)
+		return SK_PASS;
+	struct sock_key peer = {
+		.sip = msg->remote_ip4,
+		.dip = msg->local_ip4,
+		.sport = bpf_ntohl(msg->remote_port) & 0xFFFF,
+		.dport = msg->local_port,
+	};
+	if (bpf_msg_redirect_hash(msg, &ward_sockhash, &peer, BPF_F_INGRESS) == SK_PASS)
+		count_metric(R_SHORTCUT * 2 + DIR_EGRESS, msg->size);
+	return SK_PASS;
 }
 
 SEC("cgroup/getsockopt")

@@ -81,6 +81,14 @@ type sockPolicyValue struct {
 	Pad2      uint32
 }
 
+type sockSockKey struct {
+	_     structs.HostLayout
+	Sip   uint32
+	Dip   uint32
+	Sport uint32
+	Dport uint32
+}
+
 type sockSockOrig struct {
 	_         structs.HostLayout
 	Ip        uint32
@@ -99,12 +107,15 @@ const (
 	sockMapWardOrigdst       = "ward_origdst"
 	sockMapWardPolicy        = "ward_policy"
 	sockMapWardSockOrig      = "ward_sock_orig"
+	sockMapWardSockhash      = "ward_sockhash"
 	sockProgSockConnect4     = "sock_connect4"
 	sockProgSockGetpeername4 = "sock_getpeername4"
 	sockProgSockGetsockopt   = "sock_getsockopt"
+	sockProgSockMsg          = "sock_msg"
 	sockProgSockOps          = "sock_ops"
 	sockProgSockRecvmsg4     = "sock_recvmsg4"
 	sockProgSockSendmsg4     = "sock_sendmsg4"
+	sockVarShortcutEnabled   = "shortcut_enabled"
 )
 
 // loadSock returns the embedded CollectionSpec for sock.
@@ -152,6 +163,7 @@ type sockProgramSpecs struct {
 	SockConnect4     *ebpf.ProgramSpec `ebpf:"sock_connect4"`
 	SockGetpeername4 *ebpf.ProgramSpec `ebpf:"sock_getpeername4"`
 	SockGetsockopt   *ebpf.ProgramSpec `ebpf:"sock_getsockopt"`
+	SockMsg          *ebpf.ProgramSpec `ebpf:"sock_msg"`
 	SockOps          *ebpf.ProgramSpec `ebpf:"sock_ops"`
 	SockRecvmsg4     *ebpf.ProgramSpec `ebpf:"sock_recvmsg4"`
 	SockSendmsg4     *ebpf.ProgramSpec `ebpf:"sock_sendmsg4"`
@@ -168,12 +180,14 @@ type sockMapSpecs struct {
 	WardOrigdst   *ebpf.MapSpec `ebpf:"ward_origdst"`
 	WardPolicy    *ebpf.MapSpec `ebpf:"ward_policy"`
 	WardSockOrig  *ebpf.MapSpec `ebpf:"ward_sock_orig"`
+	WardSockhash  *ebpf.MapSpec `ebpf:"ward_sockhash"`
 }
 
 // sockVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockVariableSpecs struct {
+	ShortcutEnabled *ebpf.VariableSpec `ebpf:"shortcut_enabled"`
 }
 
 // sockObjects contains all objects after they have been loaded into the kernel.
@@ -203,6 +217,7 @@ type sockMaps struct {
 	WardOrigdst   *ebpf.Map `ebpf:"ward_origdst"`
 	WardPolicy    *ebpf.Map `ebpf:"ward_policy"`
 	WardSockOrig  *ebpf.Map `ebpf:"ward_sock_orig"`
+	WardSockhash  *ebpf.Map `ebpf:"ward_sockhash"`
 }
 
 func (m *sockMaps) Close() error {
@@ -214,6 +229,7 @@ func (m *sockMaps) Close() error {
 		m.WardOrigdst,
 		m.WardPolicy,
 		m.WardSockOrig,
+		m.WardSockhash,
 	)
 }
 
@@ -221,6 +237,7 @@ func (m *sockMaps) Close() error {
 //
 // It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockVariables struct {
+	ShortcutEnabled *ebpf.Variable `ebpf:"shortcut_enabled"`
 }
 
 // sockPrograms contains all programs after they have been loaded into the kernel.
@@ -230,6 +247,7 @@ type sockPrograms struct {
 	SockConnect4     *ebpf.Program `ebpf:"sock_connect4"`
 	SockGetpeername4 *ebpf.Program `ebpf:"sock_getpeername4"`
 	SockGetsockopt   *ebpf.Program `ebpf:"sock_getsockopt"`
+	SockMsg          *ebpf.Program `ebpf:"sock_msg"`
 	SockOps          *ebpf.Program `ebpf:"sock_ops"`
 	SockRecvmsg4     *ebpf.Program `ebpf:"sock_recvmsg4"`
 	SockSendmsg4     *ebpf.Program `ebpf:"sock_sendmsg4"`
@@ -240,6 +258,7 @@ func (p *sockPrograms) Close() error {
 		p.SockConnect4,
 		p.SockGetpeername4,
 		p.SockGetsockopt,
+		p.SockMsg,
 		p.SockOps,
 		p.SockRecvmsg4,
 		p.SockSendmsg4,

@@ -77,13 +77,19 @@ func sockProxy() {
 // DNS over UDP is redirected and the reply appears to come from the
 // original server.
 func TestSocketLevel(t *testing.T) {
+	for _, shortcut := range []bool{false, true} {
+		t.Run(fmt.Sprintf("shortcut=%v", shortcut), func(t *testing.T) { testSocketLevel(t, shortcut) })
+	}
+}
+
+func testSocketLevel(t *testing.T, shortcut bool) {
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "curl")
 	testenv.RequireCommand(t, "dig")
 	if netns.CgroupRoot() == "" {
 		t.Skip("no cgroup v2 hierarchy mounted")
 	}
-	e := newEnv(t, redirect.Config{}, map[string]uint32{"deathstar": idDeathstar})
+	e := newEnv(t, redirect.Config{SockShortcut: shortcut}, map[string]uint32{"deathstar": idDeathstar})
 	ds := e.pods["deathstar"]
 	if err := e.dp.IPCache().Upsert(netip.PrefixFrom(ds.IP, 32), idDeathstar); err != nil {
 		t.Fatal(err)
@@ -193,6 +199,9 @@ func TestSocketLevel(t *testing.T) {
 	}
 	if n := count(t, e.dp, redirect.ReasonRedirected); n < 3 {
 		t.Errorf("redirected counter = %d; want >= 3", n)
+	}
+	if n := count(t, e.dp, redirect.ReasonSockShortcut); (n > 0) != shortcut {
+		t.Errorf("sock-shortcut counter = %d with shortcut %v", n, shortcut)
 	}
 
 	if err := e.dp.RemoveCgroupEndpoint(wlID); err != nil {

@@ -185,9 +185,10 @@ func (d *Datapath) RemoveCgroupEndpoint(id uint32) error {
 	return nil
 }
 
-// AttachProxyCgroup attaches the SO_ORIGINAL_DST getsockopt hook to the
-// cgroup the proxy (Envoy) runs in. Other getsockopt calls pass through
-// unchanged.
+// AttachProxyCgroup attaches the SO_ORIGINAL_DST getsockopt hook and the
+// sock_ops program (which puts the proxy's ends of redirected connections
+// into the sk_msg shortcut) to the cgroup the proxy (Envoy) runs in. Other
+// getsockopt calls and other sockets are left alone.
 func (d *Datapath) AttachProxyCgroup(path string) error {
 	cg, err := cgroupID(path)
 	if err != nil {
@@ -195,7 +196,16 @@ func (d *Datapath) AttachProxyCgroup(path string) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.attachCgroup("proxy-"+strconv.FormatUint(cg, 10)+"-"+proxyHook.name, path, proxyHook)
+	for _, h := range proxyHooks() {
+		if err := d.attachCgroup("proxy-"+strconv.FormatUint(cg, 10)+"-"+h.name, path, h); err != nil {
+			return fmt.Errorf("attach proxy cgroup: %w", err)
+		}
+	}
+	return nil
+}
+
+func proxyHooks() []cgroupHook {
+	return []cgroupHook{proxyHook, workloadHooks[len(workloadHooks)-1]} // getsockopt, sockops
 }
 
 // DetachProxyCgroup removes the hook AttachProxyCgroup attached.
@@ -206,7 +216,11 @@ func (d *Datapath) DetachProxyCgroup(path string) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.detach("proxy-" + strconv.FormatUint(cg, 10) + "-" + proxyHook.name)
+	var errs []error
+	for _, h := range proxyHooks() {
+		errs = append(errs, d.detach("proxy-"+strconv.FormatUint(cg, 10)+"-"+h.name))
+	}
+	return errors.Join(errs...)
 }
 
 // detach unpins and closes a link. Called with d.mu.
