@@ -268,7 +268,12 @@ func check(t reflect.Type, v any, path string, l *errList) {
 			return
 		}
 		for i, e := range s {
-			check(t.Elem(), e, fmt.Sprintf("%s[%d]", path, i), l)
+			ep := fmt.Sprintf("%s[%d]", path, i)
+			if e == nil && t.Elem() != rawJSONType && t.Elem() != portStringType {
+				l.add(ep, "", "must not be null (an empty list item?)")
+				continue
+			}
+			check(t.Elem(), e, ep, l)
 		}
 	case reflect.Map:
 		m, ok := v.(map[string]any)
@@ -282,6 +287,10 @@ func check(t reflect.Type, v any, path string, l *errList) {
 		}
 		slices.Sort(keys)
 		for _, k := range keys {
+			if m[k] == nil && t.Elem().Kind() == reflect.String {
+				l.add(join(path, k), "", "must be a string, got null (use \"\")")
+				continue
+			}
 			check(t.Elem(), m[k], join(path, k), l)
 		}
 	case reflect.String:

@@ -298,6 +298,8 @@ func TestValidationErrors(t *testing.T) {
       rules: {http: [{}]}
 `, "spec.ingress[0].toPorts[0].rules", "host policies (nodeSelector) support only DNS L7 rules"},
 		{"too many ports", header + "spec:\n  endpointSelector: {}\n  egress:\n  - toPorts:\n    - ports: [" + strings.Repeat(`{port: "1"},`, 41) + "]\n", "spec.egress[0].toPorts[0].ports", "too many ports (41), the maximum is 40"},
+		{"null list item", header + "spec:\n  endpointSelector: {}\n  ingress:\n  - fromEndpoints:\n    -\n", "spec.ingress[0].fromEndpoints[0]", "must not be null"},
+		{"null label value", header + "spec:\n  endpointSelector: {matchLabels: {app: }}\n", "spec.endpointSelector.matchLabels.app", "got null"},
 		{"malformed yaml", "a: [\n", "", "malformed YAML"},
 		{"not an object", "- 1\n- 2\n", "", "a policy must be an object"},
 	}
