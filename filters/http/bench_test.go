@@ -62,3 +62,17 @@ func TestMatchZeroAllocs(t *testing.T) {
 		}
 	}
 }
+
+func BenchmarkCompile(b *testing.B) {
+	for _, n := range []int{10, 100, 1000} {
+		b.Run(fmt.Sprintf("rules=%d", n), func(b *testing.B) {
+			rules, _ := benchRules(n, "regex")
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := Compile(rules, nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -13,9 +13,10 @@ const (
 	maxDFATrans  = 2 << 20 // transition entries (4 bytes each)
 )
 
-// pathDFA is one deterministic automaton for the path expressions of all
-// rules: running a request's path through it once yields every rule whose
-// path matches (full match), whatever the number of rules. It is built
+// pathDFA is one deterministic automaton for one field's expressions (path,
+// method or host) of all rules: running a request's value through it once
+// yields every rule whose expression matches it (full match), whatever the
+// number of rules. It is built
 // eagerly at Compile time from the rules' RE2 programs (subset
 // construction over ASCII character classes) and is immutable afterwards.
 // Paths with non-ASCII bytes, and rules whose expressions use assertions
@@ -36,14 +37,14 @@ type dinst struct {
 	rule int32
 }
 
-// buildDFA builds the automaton for the rules listed in use (their path
-// trees must be DFA-compatible). It returns nil when the automaton would
-// be too big.
-func buildDFA(rules []rule, use []int32) *pathDFA {
+// buildDFA builds the automaton accepting, for each i, the language of
+// trees[i] (which must be DFA-compatible) with rule ids[i]. It returns nil
+// when the automaton would be too big.
+func buildDFA(trees []*syntax.Regexp, ids []int32) *pathDFA {
 	var prog []dinst
 	var starts []uint32
-	for _, ri := range use {
-		p, err := syntax.Compile(rules[ri].path.tree)
+	for i, ri := range ids {
+		p, err := syntax.Compile(trees[i])
 		if err != nil {
 			return nil
 		}

@@ -31,6 +31,13 @@ func FuzzMatch(f *testing.F) {
 		if want := naiveMatch(m, req); got.Rule != want || got.Allowed != (want >= 0) {
 			t.Fatalf("Match(%+v) = %+v; scan says rule %d", req, got, want)
 		}
+		// The same rules with an action on the first run in evaluate-all
+		// mode; LOG never denies, so the first matching rule is the same.
+		rules[0].HeaderMatches = []*policy.HeaderMatch{{Name: "x-log", Value: "v", Mismatch: policy.MismatchLog}}
+		ma, _ := Compile(rules, nil)
+		if got := ma.Match(req); got.Rule != naiveMatch(ma, req) {
+			t.Fatalf("evaluate-all Match(%+v) = %+v; scan says rule %d", req, got, naiveMatch(ma, req))
+		}
 		if path == "" || rPath == "" {
 			return
 		}

@@ -150,11 +150,7 @@ type Matcher struct {
 	emptyIdx int  // index of the first empty rule, -1 when the list is empty
 	effects  bool // some rule has headerMatches with an action
 	index    pathIndex
-	// dfa matches the paths of the rules it covers at once; nil when it
-	// would be too big (then index serves every lookup).
-	dfa       *pathDFA
-	noPath    []int32 // rules without a path, ascending
-	pathOther []int32 // rules with a path the dfa does not cover, ascending
+	autos    [nFields]automaton
 }
 
 // CompileError is a bad rule: its rule never matches, the others work.
@@ -196,22 +192,7 @@ func Compile(rules []policy.PortRuleHTTP, secrets SecretSource) (*Matcher, error
 		}
 	}
 	m.index = buildIndex(m.rules)
-	var use []int32
-	for i := range m.rules {
-		r := &m.rules[i]
-		switch {
-		case r.broken:
-		case !r.path.set:
-			m.noPath = append(m.noPath, int32(i))
-		case dfaCompatible(r.path.tree):
-			use = append(use, int32(i))
-		default:
-			m.pathOther = append(m.pathOther, int32(i))
-		}
-	}
-	if len(use) > 0 && !m.effects {
-		m.dfa = buildDFA(m.rules, use)
-	}
+	m.buildAutomata()
 	return m, errors.Join(errs...)
 }
 
@@ -230,9 +211,10 @@ func (m *Matcher) Match(req *Request) Result {
 	if m.allowAll && m.emptyIdx <= 0 {
 		return Result{Allowed: true, Rule: m.emptyIdx}
 	}
-	var best int
-	if m.dfa != nil {
-		best = m.lookupDFA(req)
+	var sel selection
+	best := -1
+	if m.selectRules(req, &sel) {
+		best = m.scan(req, &sel, nil)
 	} else {
 		best = m.index.lookup(m.rules, req)
 	}
@@ -242,58 +224,32 @@ func (m *Matcher) Match(req *Request) Result {
 	return Result{Allowed: best >= 0, Rule: best}
 }
 
-// lookupDFA returns the first rule matching req, running the path through
-// the automaton once instead of through each rule's regex.
-func (m *Matcher) lookupDFA(req *Request) int {
-	best := -1
-	if req.Path != "" {
-		st, ok := m.dfa.run(req.Path)
-		if !ok {
-			return m.index.lookup(m.rules, req)
-		}
-		for _, ri := range m.dfa.accept[st] {
-			if m.rules[ri].matchRest(req) {
-				best = int(ri)
-				break
-			}
-		}
-	}
-	best = firstMatch(m.rules, m.noPath, req, best)
-	return firstMatch(m.rules, m.pathOther, req, best)
-}
-
-// firstMatch returns the lowest rule of list (ascending) below best that
-// matches req, or best.
-func firstMatch(rules []rule, list []int32, req *Request, best int) int {
-	for _, ri := range list {
-		if best >= 0 && int(ri) >= best {
-			break
-		}
-		if rules[ri].matchBase(req) {
-			return int(ri)
-		}
-	}
-	return best
-}
-
 // matchAll evaluates every rule, collecting the actions of all matching
 // ones (Cilium evaluates every rule when headerMatches are present).
 func (m *Matcher) matchAll(req *Request) Result {
 	res := Result{Rule: -1}
-	for i := range m.rules {
-		r := &m.rules[i]
-		if !r.matchBase(req) {
-			continue
-		}
-		if r.applyEffects(req, &res) && res.Rule < 0 {
-			res.Rule = i
-			res.Allowed = true
+	var sel selection
+	if m.selectRules(req, &sel) {
+		m.scan(req, &sel, &res)
+	} else {
+		for i := range m.rules {
+			if m.rules[i].matchBase(req) {
+				m.rules[i].collect(req, &res)
+			}
 		}
 	}
 	if !res.Allowed {
 		res.Edits, res.Notes = nil, nil
 	}
 	return res
+}
+
+// collect runs r's actions (r's other conditions hold) into res.
+func (r *rule) collect(req *Request, res *Result) {
+	if r.applyEffects(req, res) && res.Rule < 0 {
+		res.Rule = r.idx
+		res.Allowed = true
+	}
 }
 
 // rule is one compiled PortRuleHTTP.
@@ -306,6 +262,7 @@ type rule struct {
 	host    field
 	headers []headerCond
 	effects []headerMatch
+	covered [nFields]bool // the field's automaton decides it
 }
 
 func compileRule(i int, p *policy.PortRuleHTTP, secrets SecretSource) (rule, []error) {

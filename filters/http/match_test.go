@@ -372,7 +372,7 @@ func TestDFAAgreesWithRegexp(t *testing.T) {
 		rules = append(rules, policy.PortRuleHTTP{Path: p})
 	}
 	m := mustCompile(t, rules, nil)
-	if m.dfa == nil {
+	if m.autos[fPath].dfa == nil {
 		t.Fatal("no automaton built")
 	}
 	for _, path := range paths {

@@ -1,0 +1,203 @@
+package http
+
+import (
+	"math"
+	"regexp/syntax"
+	"slices"
+)
+
+// The fields the automata cover.
+const (
+	fPath = iota
+	fMethod
+	fHost
+	nFields
+)
+
+func (r *rule) field(k int) *field {
+	switch k {
+	case fPath:
+		return &r.path
+	case fMethod:
+		return &r.method
+	}
+	return &r.host
+}
+
+// automaton selects, for one field, the rules a request value can match.
+// Every rule that compiled is in exactly one of: the dfa (covered), any
+// (the rule does not constrain the field) or other (its expression needs
+// what the dfa does not do; matched by its regex).
+type automaton struct {
+	dfa   *pathDFA
+	any   []int32
+	other []int32
+}
+
+func (m *Matcher) buildAutomata() {
+	for k := range nFields {
+		a := &m.autos[k]
+		var trees []*syntax.Regexp
+		var ids []int32
+		for i := range m.rules {
+			r := &m.rules[i]
+			f := r.field(k)
+			switch {
+			case r.broken:
+			case !f.set:
+				a.any = append(a.any, int32(i))
+			case dfaCompatible(f.tree):
+				trees = append(trees, f.tree)
+				ids = append(ids, int32(i))
+			default:
+				a.other = append(a.other, int32(i))
+			}
+		}
+		if len(ids) > 0 {
+			a.dfa = buildDFA(trees, ids)
+		}
+		if a.dfa == nil {
+			// Too big: those rules are matched by their regexes.
+			a.other = mergeSorted(a.other, ids)
+			continue
+		}
+		for _, ri := range ids {
+			m.rules[ri].covered[k] = true
+		}
+	}
+}
+
+func mergeSorted(a, b []int32) []int32 {
+	out := append(slices.Clone(a), b...)
+	slices.Sort(out)
+	return out
+}
+
+// selection holds, per field, the rules its automaton accepted for the
+// request (host twice: the authority, and the authority without port).
+type selection struct {
+	acc [nFields][2][]int32
+}
+
+// selectRules runs the request's values through the automata. It returns
+// false when a value has bytes the automata do not handle (non-ASCII);
+// the caller then matches otherwise.
+func (m *Matcher) selectRules(req *Request, sel *selection) bool {
+	for k := range nFields {
+		a := &m.autos[k]
+		if a.dfa == nil {
+			continue
+		}
+		var v string
+		switch k {
+		case fPath:
+			v = req.Path
+		case fMethod:
+			v = req.Method
+		case fHost:
+			v = req.Host
+		}
+		if v == "" {
+			continue // absent: no expression matches
+		}
+		st, ok := a.dfa.run(v)
+		if !ok {
+			return false
+		}
+		sel.acc[k][0] = a.dfa.accept[st]
+		if k == fHost {
+			if h, ok := stripPort(v); ok {
+				st, ok := a.dfa.run(h)
+				if !ok {
+					return false
+				}
+				sel.acc[k][1] = a.dfa.accept[st]
+			}
+		}
+	}
+	return true
+}
+
+// scan visits, in ascending order, the rules the most selective field
+// allows, and checks each fully. With res nil it returns the first rule
+// that matches (-1 none); otherwise it runs the actions of every matching
+// rule into res.
+func (m *Matcher) scan(req *Request, sel *selection, res *Result) int {
+	driver, size := 0, math.MaxInt
+	for k := range nFields {
+		a := &m.autos[k]
+		n := len(sel.acc[k][0]) + len(sel.acc[k][1]) + len(a.any) + len(a.other)
+		if n < size {
+			driver, size = k, n
+		}
+	}
+	a := &m.autos[driver]
+	lists := [4][]int32{sel.acc[driver][0], sel.acc[driver][1], a.any, a.other}
+	for {
+		next := int32(math.MaxInt32)
+		for _, l := range lists {
+			if len(l) > 0 && l[0] < next {
+				next = l[0]
+			}
+		}
+		if next == math.MaxInt32 {
+			return -1
+		}
+		for i, l := range lists {
+			if len(l) > 0 && l[0] == next {
+				lists[i] = l[1:]
+			}
+		}
+		r := &m.rules[next]
+		if !m.selected(r, req, sel) {
+			continue
+		}
+		if res == nil {
+			return int(next)
+		}
+		r.collect(req, res)
+	}
+}
+
+// selected reports whether every condition of r but its actions holds,
+// using the automata's verdicts for the fields they cover.
+func (m *Matcher) selected(r *rule, req *Request, sel *selection) bool {
+	if r.broken {
+		return false
+	}
+	for k := range nFields {
+		f := r.field(k)
+		if !f.set {
+			continue
+		}
+		if r.covered[k] {
+			if !contains(sel.acc[k][0], r.idx) && !contains(sel.acc[k][1], r.idx) {
+				return false
+			}
+			continue
+		}
+		var ok bool
+		switch k {
+		case fPath:
+			ok = f.match(req.Path)
+		case fMethod:
+			ok = f.match(req.Method)
+		case fHost:
+			ok = r.matchHost(req.Host)
+		}
+		if !ok {
+			return false
+		}
+	}
+	for i := range r.headers {
+		if !r.headers[i].match(req.Headers) {
+			return false
+		}
+	}
+	return true
+}
+
+func contains(list []int32, ri int) bool {
+	_, ok := slices.BinarySearch(list, int32(ri))
+	return ok
+}
