@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Kafka producer benchmark: org.apache.kafka.tools.ProducerPerformance
+# (acks=1, 1 KB and 100 B records) straight to a real Kafka broker and
+# through ward's Kafka parser (proxylib.Stream + filters/kafka in a Go
+# proxy) with 10 and 100 topic rules, baselines in the same run. The table
+# goes to bench/results/kafka.md. Needs `make setup` (Kafka jars, java).
+#   WARD_KAFKA_PERF_RECORDS=N  records per arm (default 100000)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+export WARD_KAFKA_PERF=1
+export WARD_KAFKA_PERF_OUT="$ROOT/bench/results/kafka.md"
+go test -count=1 -timeout 30m -run '^TestProducerPerf$' -v ./conformance/kafka/ | grep -v '^=== RUN'
+echo "table: $WARD_KAFKA_PERF_OUT"

@@ -1,0 +1,126 @@
+package kafka
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	kfilter "github.com/wardproxy/ward/filters/kafka"
+	"github.com/wardproxy/ward/policy"
+)
+
+// perfLine matches ProducerPerformance's summary line, e.g.
+// "100000 records sent, 51334.7 records/sec (50.13 MB/sec), 318.91 ms avg
+// latency, 601.00 ms max latency, 313 ms 50th, 540 ms 95th, 586 ms 99th,
+// 598 ms 99.9th."
+var perfLine = regexp.MustCompile(`(\d+) records sent, ([\d.]+) records/sec \(([\d.]+) MB/sec\), ([\d.]+) ms avg latency, ([\d.]+) ms max latency, (\d+) ms 50th, (\d+) ms 95th, (\d+) ms 99th`)
+
+type perfResult struct {
+	arm           string
+	size          int
+	msgs, mbs     float64
+	avg, p50, p99 float64
+}
+
+// ProducerPerf runs org.apache.kafka.tools.ProducerPerformance (acks=1,
+// unthrottled) against addr and parses its summary.
+func (c Console) ProducerPerf(ctx context.Context, addr, topic string, records, size int) (perfResult, error) {
+	r := c.java(ctx, "", "org.apache.kafka.tools.ProducerPerformance", "--topic", topic,
+		"--num-records", strconv.Itoa(records), "--record-size", strconv.Itoa(size), "--throughput", "-1",
+		"--producer-props", "bootstrap.servers="+addr, "acks=1")
+	m := perfLine.FindStringSubmatch(r.Stdout)
+	if r.Err != nil || m == nil {
+		return perfResult{}, fmt.Errorf("producer perf: %v", r)
+	}
+	f := func(i int) float64 { v, _ := strconv.ParseFloat(m[i], 64); return v }
+	return perfResult{size: size, msgs: f(2), mbs: f(3), avg: f(4), p50: f(6), p99: f(8)}, nil
+}
+
+// TestProducerPerf compares producer throughput straight to the broker and
+// through ward's Kafka parser (in this package's Go proxy, with 10 and 100
+// topic rules). It is a benchmark, run by bench/kafka/run.sh with
+// WARD_KAFKA_PERF=1; the Envoy arms live with the Envoy binding.
+func TestProducerPerf(t *testing.T) {
+	if os.Getenv("WARD_KAFKA_PERF") == "" {
+		t.Skip("set WARD_KAFKA_PERF=1 (bench/kafka/run.sh) to run the producer benchmark")
+	}
+	records := 100000
+	if v, err := strconv.Atoi(os.Getenv("WARD_KAFKA_PERF_RECORDS")); err == nil && v > 0 {
+		records = v
+	}
+	const topic = "perf-topic"
+	arms := []struct {
+		name  string
+		rules int
+	}{{"ward-go-proxy-10-rules", 10}, {"ward-go-proxy-100-rules", 100}}
+	proxies := map[string]*proxy{}
+	advertise := map[string]string{}
+	for i, a := range arms {
+		p := listenProxy(t, uint32(10+i))
+		proxies[a.name] = p
+		advertise[fmt.Sprintf("PERF%d", i)] = p.Addr()
+	}
+	b := StartBroker(t, BrokerConfig{Advertise: advertise, Topics: []string{topic}})
+	for i, a := range arms {
+		var rules []policy.PortRuleKafka
+		for j := range a.rules - 1 {
+			rules = append(rules, policy.PortRuleKafka{Role: "produce", Topic: fmt.Sprintf("other-topic-%03d", j)})
+		}
+		rules = append(rules, policy.PortRuleKafka{Role: "produce", Topic: topic})
+		m, err := kfilter.Compile(rules)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := kfilter.NewParserFactory(kfilter.RuleSourceFunc(func(bool, uint16, uint32) (*kfilter.Matcher, bool) { return m, true }), nil)
+		proxies[a.name].serve(b.ListenerAddr(fmt.Sprintf("PERF%d", i)), f)
+	}
+	console := NewConsole(t)
+	// Warm the broker (log segment, page cache, JIT) before measuring.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	_, err := console.ProducerPerf(ctx, b.Addr(), topic, records/2, 1024)
+	cancel()
+	if err != nil {
+		t.Fatalf("warm-up: %v", err)
+	}
+	var results []perfResult
+	for _, size := range []int{1024, 100} {
+		addrs := []struct{ arm, addr string }{{"direct", b.Addr()}}
+		for _, a := range arms {
+			addrs = append(addrs, struct{ arm, addr string }{a.name, proxies[a.name].Addr()})
+		}
+		for _, a := range addrs {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			res, err := console.ProducerPerf(ctx, a.addr, topic, records, size)
+			cancel()
+			if err != nil {
+				t.Fatalf("%s %dB: %v", a.arm, size, err)
+			}
+			res.arm = a.arm
+			results = append(results, res)
+		}
+	}
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "| arm | record | msg/s | MB/s | ratio to direct | avg ms | p50 ms | p99 ms |\n|---|---|---|---|---|---|---|---|\n")
+	base := map[int]float64{}
+	for _, r := range results {
+		if r.arm == "direct" {
+			base[r.size] = r.msgs
+		}
+		fmt.Fprintf(&sb, "| %s | %d B | %.0f | %.1f | %.2f | %.1f | %.0f | %.0f |\n", r.arm, r.size, r.msgs, r.mbs, r.msgs/base[r.size], r.avg, r.p50, r.p99)
+	}
+	t.Logf("ProducerPerformance, %d records, acks=1, Kafka %s:\n%s", records, Version, sb.String())
+	if out := os.Getenv("WARD_KAFKA_PERF_OUT"); out != "" {
+		if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(out, []byte(sb.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
