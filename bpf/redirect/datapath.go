@@ -115,11 +115,11 @@ func Load(cfg Config) (*Datapath, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, fmt.Errorf("remove memlock rlimit: %w (needs CAP_SYS_RESOURCE on kernels before 5.11)", err)
-	}
 	if err := CheckKernel(); err != nil {
 		return nil, err
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("remove memlock rlimit: %w (needs CAP_SYS_RESOURCE on kernels before 5.11)", err)
 	}
 	if err := ensureBPFFS(cfg.PinDir); err != nil {
 		return nil, err

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -23,6 +24,17 @@ func TestMain(m *testing.M) {
 	if os.Getenv("WARD_TEST_SOCKPROXY") == "1" {
 		sockProxy()
 		return
+	}
+	if dir := os.Getenv("WARD_TEST_LOAD_PINDIR"); dir != "" {
+		// Run without capabilities by TestLoadWithoutCapabilities.
+		dp, err := redirect.Load(redirect.Config{PinDir: dir})
+		if err == nil {
+			dp.Close()
+			fmt.Println("loaded")
+			os.Exit(0)
+		}
+		fmt.Println(err)
+		os.Exit(3)
 	}
 	os.Exit(m.Run())
 }
@@ -221,3 +233,25 @@ func ctxCmd(c context.Context, name string, args ...string) (string, error) {
 }
 
 var execCommand = exec.CommandContext
+
+// TestLoadWithoutCapabilities: without CAP_BPF & co. Load fails naming
+// what is missing, and nothing claims enforcement.
+func TestLoadWithoutCapabilities(t *testing.T) {
+	testenv.RequireRoot(t)
+	setpriv := testenv.RequireCommand(t, "setpriv")
+	dir := pinDir(t)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.CommandContext(ctx(t), setpriv, "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all", "--", self)
+	cmd.Env = append(os.Environ(), "WARD_TEST_LOAD_PINDIR="+dir)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 3 {
+		t.Fatalf("Load without capabilities: %v, %q; want a load error", err, out)
+	}
+	if !strings.Contains(string(out), "needs CAP_BPF") {
+		t.Errorf("error %q does not name the missing capability", out)
+	}
+}
