@@ -1,30 +1,78 @@
 // Package kafka enforces CiliumNetworkPolicy Kafka rules (toPorts[].rules.kafka)
 // on the Kafka wire protocol: a codec that reads the request header and every
-// topic a request names for every API key and version an Apache Kafka 4.x
-// broker speaks, the rule matcher (roles, apiKey, apiVersion, clientID,
-// topic), broker-like deny responses, and the proxylib stream parser that
-// ties them together.
+// topic a request names, for every API key and version an Apache Kafka 4.x
+// broker speaks; the rule matcher (roles, apiKey, apiVersion, clientID,
+// topic); broker-like deny responses; and the proxylib stream parser that
+// ties them together (NewParserFactory).
+//
+// # Codec
+//
+// The codec holds no hand-written per-API layout: schema_gen.go is generated
+// (go generate; internal/schemagen) from the message schemas inside the
+// pinned kafka-clients jar (common/message/*.json, Kafka 4.3.1), and one
+// walker reads any request at any version: header v1/v2, flexible versions
+// (compact strings and arrays, unsigned varints, tagged fields), nullable
+// fields. Topics are the fields the schemas mark entityType topicName, and
+// TopicId UUIDs (Fetch v13+, Produce v13+, OffsetCommit/OffsetFetch v10+,
+// DeleteTopics v6+) resolved through the ID→name pairs learnt from the
+// Metadata, CreateTopics and DescribeTopicPartitions responses on
+// connections to the same broker. Record batches are never decoded.
+//
+// # Rules
+//
+// A rule matches a request when each field it sets matches. A request that
+// names topics is allowed when every topic is covered by some matching
+// rule (several rules may cover one request); a request naming none matches
+// on the other fields. A request about every topic (Metadata with a null
+// list, OffsetFetch of a whole group) or a KIP-848 regex subscription is
+// only covered by a rule without a topic. An ID the filter cannot name is
+// denied. An empty rule matches everything, and so does an empty list.
 //
 // # Roles
 //
 // A role expands to a set of API keys. Cilium's sets
 // (cilium/proxy pkg/policy/api/kafka) break today's clients, so ward adds
 // exactly what current clients need for the same role, and nothing that
-// widens it (no admin, delete, ACL or transaction keys):
+// widens it (no admin, delete, ACL, config or transaction keys):
 //
-//	produce: Produce(0) Metadata(3) ApiVersions(18)        (Cilium)
+//	produce: Produce(0) Metadata(3) ApiVersions(18)            (Cilium's set)
 //	         + InitProducerId(22), only without a transactional id
-//	           (idempotent producers, the default since Kafka 3.0 clients)
 //	consume: Fetch(1) ListOffsets(2) Metadata(3) OffsetCommit(8)
 //	         OffsetFetch(9) FindCoordinator(10) JoinGroup(11) Heartbeat(12)
-//	         LeaveGroup(13) SyncGroup(14) ApiVersions(18)   (Cilium)
-//	         + OffsetForLeaderEpoch(23) (KIP-320 log truncation checks)
-//	         + ConsumerGroupHeartbeat(68) (KIP-848 consumer protocol)
+//	         LeaveGroup(13) SyncGroup(14) ApiVersions(18)        (Cilium's set)
+//	         + OffsetForLeaderEpoch(23)
+//	         + ConsumerGroupHeartbeat(68)
+//
+// Why, as conformance/kafka shows against a Kafka 4.3.1 broker: the console
+// producer is idempotent by default (Kafka 3.0+ clients, KIP-679) and fails
+// with ClusterAuthorizationException without InitProducerId; the console
+// consumer with group.protocol=consumer (the KIP-848 protocol, GA in Kafka
+// 4.0) fails without ConsumerGroupHeartbeat. OffsetForLeaderEpoch is what
+// consumers send to validate their position after a leader change (KIP-320);
+// a single-node broker never changes leader, so the tests do not exercise
+// it. Transactions (AddPartitionsToTxn, EndTxn, TxnOffsetCommit, ...),
+// ConsumerGroupDescribe, telemetry and every admin key need apiKey rules.
+// kcat (librdkafka) and the classic console consumer need only Cilium's keys.
+//
+// # Deny
+//
+// A denied request never reaches the broker. It is answered as a broker's
+// authorizer would: the response of its API key and version with its
+// correlation id, TOPIC_AUTHORIZATION_FAILED (29) on every topic and
+// partition it names, else GROUP_ (30), TRANSACTIONAL_ID_ (53) or
+// CLUSTER_AUTHORIZATION_FAILED (31) at the top, in request order behind the
+// responses still due from the broker. A denied Metadata request is answered
+// with the broker's own broker list (the parser sends the broker the
+// request without topics and splices the denied topics into its answer):
+// clients ignore a metadata response without brokers and would retry it
+// forever. A denied acks=0 Produce closes the connection once earlier
+// responses are delivered, as a broker does.
 //
 // # Invariants
 //
 // The codec never allocates from a length the peer sent without bounding it
 // by the bytes actually present and by MaxFrameSize. A request the codec
-// cannot read (unknown key or version, malformed) closes the connection; a
-// request the rules do not allow never reaches the broker.
+// cannot read (unknown key or version, malformed, SASL v0 raw tokens) closes
+// the connection with a flow record; so does a connection no policy covers,
+// and a response the parser cannot match to a request.
 package kafka

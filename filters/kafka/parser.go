@@ -63,7 +63,11 @@ type topicIDs struct {
 	m  map[TopicID]string
 }
 
-const maxTopicIDs = 1 << 20
+// Bounds on what the factory learns: topic IDs per broker, and brokers.
+const (
+	maxTopicIDs     = 1 << 20
+	maxDestinations = 1 << 12
+)
 
 func (t *topicIDs) lookup(id TopicID) (string, bool) {
 	t.mu.RLock()
@@ -91,6 +95,9 @@ func (f *Factory) idsFor(dst string) *topicIDs {
 	defer f.mu.Unlock()
 	t := f.ids[dst]
 	if t == nil {
+		if len(f.ids) >= maxDestinations {
+			clear(f.ids) // open connections keep their maps; new ones relearn
+		}
 		t = &topicIDs{m: map[TopicID]string{}}
 		f.ids[dst] = t
 	}

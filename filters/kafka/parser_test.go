@@ -316,3 +316,39 @@ type discard struct{}
 
 func (discard) Forward(bool, []byte) {}
 func (discard) Close(string)         {}
+
+func TestParserMetadataDenyProbe(t *testing.T) {
+	s, o, sink := newConn(t, staticRules(t, policy.PortRuleKafka{Role: "consume", Topic: "ok"}))
+	s.OnData(false, false, [][]byte{metadataReq(5, "secret")})
+	// The broker gets a probe: the same request without topics.
+	var dc decoder
+	n := int(binary.BigEndian.Uint32(o.toServer))
+	d, err := dc.decodeRequest(o.toServer[4 : 4+n])
+	if err != nil || d.APIKey != keyMetadata || d.Correlation != 5 || len(d.Topics) != 0 || d.AllTopics {
+		t.Fatalf("server got %+v, %v; want a metadata probe without topics", d, err)
+	}
+	if len(o.toClient) != 0 {
+		t.Fatal("answered before the probe's response")
+	}
+	br := kmsg.NewPtrMetadataResponse()
+	br.SetVersion(12)
+	b := kmsg.NewMetadataResponseBroker()
+	b.NodeID, b.Host, b.Port = 1, "broker", 9092
+	br.Brokers = append(br.Brokers, b)
+	body := append(binary.BigEndian.AppendUint32(nil, 5), 0)
+	s.OnData(true, false, [][]byte{sizePrefixed(br.AppendTo(body))})
+	if o.closed != "" {
+		t.Fatalf("closed: %s", o.closed)
+	}
+	mr := kmsg.NewPtrMetadataResponse()
+	mr.SetVersion(12)
+	if err := mr.ReadFrom(o.toClient[9:]); err != nil {
+		t.Fatal(err)
+	}
+	if len(mr.Brokers) != 1 || mr.Brokers[0].Host != "broker" || len(mr.Topics) != 1 || *mr.Topics[0].Topic != "secret" || mr.Topics[0].ErrorCode != 29 {
+		t.Errorf("client got brokers %+v topics %+v; want the broker and secret with error 29", mr.Brokers, mr.Topics)
+	}
+	if len(sink.recs) != 1 || sink.recs[0].Verdict != flow.Denied {
+		t.Errorf("records %+v; want one denial", sink.recs)
+	}
+}
