@@ -32,7 +32,7 @@ func Compile(r *npds.PortNetworkPolicyRule) (any, error) {
 		if err != nil {
 			return nil, fmt.Errorf("kafka rules: %w", err)
 		}
-		return m, nil
+		return &kafkaL7{m: m, rules: rules}, nil
 	case *npds.PortNetworkPolicyRule_DnsRules:
 		// DNS rules are enforced by wardd's DNS proxy, not inside Envoy.
 		return nil, fmt.Errorf("dns rules cannot be enforced by the Envoy filters")

@@ -33,6 +33,11 @@ type Config struct {
 	// Port overrides the destination port used for the policy lookup; for
 	// non-transparent listeners.
 	Port uint16 `json:"port,omitempty"`
+	// RemoteIdentity, when set, is the identity of every peer of this
+	// listener instead of the identity table's answer. It is for listeners
+	// that clients reach directly (tests, demos, benchmarks: one listener
+	// per client identity), never for transparent listeners.
+	RemoteIdentity uint32 `json:"remote_identity,omitempty"`
 	// AccessLog, when set, receives one JSON flow record per decision.
 	AccessLog string `json:"access_log,omitempty"`
 }
@@ -102,10 +107,17 @@ func (c Config) resolve(st *npdsclient.State, a proxylib.ConnAddrs) target {
 	if !ok {
 		t.reason = "no policy for the endpoint"
 	}
-	if id, found := st.Identity(peer); found {
-		t.remoteID = id
-	} else {
-		t.remoteID = WorldIdentity
-	}
+	t.remoteID = c.identity(st, peer)
 	return t
+}
+
+// identity returns the identity of a peer address.
+func (c Config) identity(st *npdsclient.State, ip netip.Addr) uint32 {
+	if c.RemoteIdentity != 0 {
+		return c.RemoteIdentity
+	}
+	if id, ok := st.Identity(ip); ok {
+		return id
+	}
+	return WorldIdentity
 }

@@ -29,6 +29,7 @@ type Env struct {
 // RegisterAll registers ward's policy filters in proxylib's registry.
 func (e *Env) RegisterAll() {
 	proxylib.RegisterHTTP(HTTPName, e.NewHTTPConfig)
+	proxylib.RegisterNetwork(KafkaName, e.NewKafkaConfig)
 }
 
 // sink returns the access-log writer for path (shared per path), nil when

@@ -1,0 +1,223 @@
+package policyfilter
+
+import (
+	"net/netip"
+	"sync"
+
+	"github.com/wardproxy/ward/filters/kafka"
+	"github.com/wardproxy/ward/flow"
+	"github.com/wardproxy/ward/policy"
+	"github.com/wardproxy/ward/proxylib"
+	"github.com/wardproxy/ward/proxylib/npdsclient"
+)
+
+// KafkaName is the filter_name of ward's Kafka network filter.
+const KafkaName = "ward.kafka"
+
+// kafkaL7 is what Compile keeps for a Kafka rule: the compiled matcher and
+// its source, so several rules selecting one remote can be merged.
+type kafkaL7 struct {
+	m     *kafka.Matcher
+	rules []policy.PortRuleKafka
+}
+
+type kafkaConfig struct {
+	cfg    Config
+	client *npdsclient.Client
+	flows  flow.Sink // nil: no records
+
+	mu        sync.Mutex
+	merged    map[mergeKey]*kafka.Matcher
+	state     *npdsclient.State
+	factories map[connRules]*kafka.Factory // one per endpoint: topic IDs learnt on one connection serve the others
+}
+
+type mergeKey struct {
+	ep      *npdsclient.Endpoint
+	ingress bool
+	port    uint16
+	remote  uint32
+}
+
+// NewKafkaConfig is the proxylib.NetworkConfigFactory of ward.kafka.
+func (e *Env) NewKafkaConfig(raw []byte) (proxylib.NetworkFilterConfig, error) {
+	cfg, err := parseConfig(raw)
+	if err != nil {
+		return nil, err
+	}
+	sink, err := e.sink(cfg.AccessLog)
+	if err != nil {
+		return nil, err
+	}
+	c := &kafkaConfig{cfg: cfg, client: e.Clients.Get(cfg.XDSSocket, cfg.Node, Compile, e.Logger), flows: sink, factories: map[connRules]*kafka.Factory{}}
+	return c, nil
+}
+
+func (c *kafkaConfig) Close() {}
+
+func (c *kafkaConfig) factory(rs connRules) *kafka.Factory {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f, ok := c.factories[rs]
+	if !ok {
+		f = kafka.NewParserFactory(rs, c.flows)
+		c.factories[rs] = f
+	}
+	return f
+}
+
+// connRules is the kafka.RuleSource of the connections of one endpoint
+// (named by the configuration, or owning ip), over the current policy
+// State: a rule without L7 part allows everything (nil rules compile to
+// allow-all); several L7 rules selecting the remote are merged once per
+// State.
+type connRules struct {
+	c  *kafkaConfig
+	ep string // endpoint name, resolved per call from the current State
+	ip netip.Addr
+}
+
+func (r connRules) Rules(ingress bool, port uint16, remote uint32) (*kafka.Matcher, bool) {
+	st := r.c.client.State()
+	var ep *npdsclient.Endpoint
+	var ok bool
+	if r.ep != "" {
+		ep, ok = st.Endpoint(r.ep)
+	} else {
+		ep, ok = st.EndpointByIP(r.ip)
+	}
+	if !ok {
+		return nil, false
+	}
+	v, rules := ep.Lookup(ingress, port, remote)
+	switch v {
+	case npdsclient.AllowAll:
+		m, _ := kafka.Compile(nil)
+		return m, true
+	case npdsclient.CheckL7:
+	default:
+		return nil, false
+	}
+	var ls []*kafkaL7
+	for _, rl := range rules {
+		if k, ok := rl.L7.(*kafkaL7); ok {
+			ls = append(ls, k)
+		}
+	}
+	switch len(ls) {
+	case 0:
+		return nil, false
+	case 1:
+		return ls[0].m, true
+	}
+	return r.c.merge(st, mergeKey{ep, ingress, port, remote}, ls), true
+}
+
+func (c *kafkaConfig) merge(st *npdsclient.State, k mergeKey, ls []*kafkaL7) *kafka.Matcher {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != st {
+		c.state, c.merged = st, map[mergeKey]*kafka.Matcher{}
+	}
+	if m, ok := c.merged[k]; ok {
+		return m
+	}
+	var all []policy.PortRuleKafka
+	for _, l := range ls {
+		all = append(all, l.rules...)
+	}
+	m, err := kafka.Compile(all)
+	if err != nil {
+		m = ls[0].m // each part compiled; the union cannot fail
+	}
+	c.merged[k] = m
+	return m
+}
+
+func (c *kafkaConfig) NewNetworkFilter() proxylib.NetworkFilter { return &streamFilter{c: c} }
+
+// streamFilter runs a proxylib.Stream (the Kafka parser) over Envoy's
+// network filter: every byte is drained from Envoy's buffers and only what
+// the parser passes (or injects) is sent on.
+type streamFilter struct {
+	c      *kafkaConfig
+	stream *proxylib.Stream
+	out    streamOut
+}
+
+// streamOut is the StreamOutput over the NetworkConn of the current hook.
+type streamOut struct {
+	conn   proxylib.NetworkConn
+	closed bool
+}
+
+func (o *streamOut) Forward(reply bool, data []byte) {
+	if reply {
+		o.conn.InjectWrite(data, false)
+	} else {
+		o.conn.InjectRead(data, false)
+	}
+}
+
+func (o *streamOut) Close(reason string) {
+	o.closed = true
+	o.conn.Close(true, reason)
+}
+
+func (f *streamFilter) OnNewConnection(c proxylib.NetworkConn) proxylib.NetworkStatus {
+	a := c.Addrs()
+	local, _ := netip.ParseAddrPort(a.Local)
+	remote, _ := netip.ParseAddrPort(a.Remote)
+	cfg := f.c.cfg
+	st := f.c.client.State()
+	info := &proxylib.ConnInfo{Ingress: cfg.ingress(), SrcAddr: a.Remote, DstAddr: a.Local, DstPort: local.Port(), ConnectionID: a.ID}
+	if cfg.Port != 0 {
+		info.DstPort = cfg.Port
+	}
+	rs := connRules{c: f.c, ep: cfg.Endpoint}
+	if cfg.ingress() {
+		rs.ip = local.Addr()
+		info.SrcIdentity = cfg.identity(st, remote.Addr())
+	} else {
+		rs.ip = remote.Addr()
+		info.DstIdentity = cfg.identity(st, local.Addr())
+	}
+	info.PolicyName = cfg.Endpoint
+	f.out.conn = c
+	f.stream = proxylib.NewStream(f.c.factory(rs), &f.out, info)
+	return proxylib.NetworkContinue
+}
+
+func (f *streamFilter) on(c proxylib.NetworkConn, reply bool, data [][]byte, end bool) proxylib.NetworkStatus {
+	n := 0
+	for _, d := range data {
+		n += len(d)
+	}
+	f.out.conn = c
+	if f.stream == nil || f.out.closed {
+		if reply {
+			c.DrainWrite(n)
+		} else {
+			c.DrainRead(n)
+		}
+		return proxylib.NetworkStopIteration
+	}
+	// The stream copies what it keeps; drain after it read the views.
+	f.stream.OnData(reply, end, data)
+	if reply {
+		c.DrainWrite(n)
+	} else {
+		c.DrainRead(n)
+	}
+	return proxylib.NetworkStopIteration
+}
+
+func (f *streamFilter) OnRead(c proxylib.NetworkConn, data [][]byte, end bool) proxylib.NetworkStatus {
+	return f.on(c, false, data, end)
+}
+
+func (f *streamFilter) OnWrite(c proxylib.NetworkConn, data [][]byte, end bool) proxylib.NetworkStatus {
+	return f.on(c, true, data, end)
+}
+
+func (f *streamFilter) OnClose(bool) {}
