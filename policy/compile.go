@@ -405,6 +405,14 @@ func compilePortRules(prs []PortRule, icmps []ICMPRule, ns string) []portRule {
 				if n == 0 {
 					end = 0
 				}
+				if proto == ProtocolAny && n != 0 {
+					// Like Cilium, ANY with a port means TCP, UDP and SCTP
+					// (never ICMP).
+					for _, p := range []Protocol{ProtocolTCP, ProtocolUDP, ProtocolSCTP} {
+						rule.ports = append(rule.ports, portSpec{proto: p, port: uint16(n), endPort: uint16(end)})
+					}
+					continue
+				}
 				rule.ports = append(rule.ports, portSpec{proto: proto, port: uint16(n), endPort: uint16(end)})
 			} else {
 				rule.ports = append(rule.ports, portSpec{proto: proto, name: string(pp.Port)})

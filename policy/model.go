@@ -156,8 +156,11 @@ type DirectionPolicy struct {
 
 // L4Entry is one L3/L4 policy entry.
 type L4Entry struct {
-	Remote   NumericIdentity // IdentityAny: every identity
-	Protocol Protocol        // ProtocolAny: every protocol
+	Remote NumericIdentity // IdentityAny: every identity
+	// Protocol: ProtocolAny only with Port 0 (every protocol, ICMP
+	// included); a port rule with protocol ANY is expanded into TCP, UDP
+	// and SCTP entries.
+	Protocol Protocol
 	// Port..EndPort is the destination port range; Port 0 means every
 	// port. For ICMP/ICMPv6, Port is the ICMP type.
 	Port, EndPort uint16

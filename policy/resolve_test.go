@@ -764,3 +764,23 @@ spec:
 	}
 	_ = snap
 }
+
+func TestProtocolAnyExpands(t *testing.T) {
+	e := newEnv(t, Config{}, `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: any}
+spec:
+  endpointSelector: {matchLabels: {app: a}}
+  egress:
+  - toPorts: [{ports: [{port: "80"}]}]
+`)
+	p := e.policy("default/app=a")
+	if len(p.Egress.Allow) != 3 {
+		t.Fatalf("entries = %v", p.Egress.Allow)
+	}
+	for proto, want := range map[Protocol]Verdict{ProtocolTCP: VerdictAllowed, ProtocolUDP: VerdictAllowed, ProtocolSCTP: VerdictAllowed, ProtocolICMP: VerdictDenied} {
+		if got := p.Egress.Lookup(IdentityWorld, proto, 80, false).Verdict; got != want {
+			t.Errorf("%v/80: %v", proto, got)
+		}
+	}
+}
