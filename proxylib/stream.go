@@ -122,6 +122,7 @@ func (s *Stream) OnData(reply, endStream bool, data [][]byte) {
 		return
 	}
 	defer func() {
+		clear(s.segs[:cap(s.segs)]) // hold no reference to the caller's data
 		if r := recover(); r != nil {
 			s.close(fmt.Sprintf("parser panic: %v", r))
 		}
@@ -198,7 +199,6 @@ func (s *Stream) OnData(reply, endStream bool, data [][]byte) {
 		}
 	}
 	s.flushInjected()
-	defer clear(s.segs[:cap(s.segs)]) // hold no reference to the caller's data
 	if s.closed {
 		return
 	}
