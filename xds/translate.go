@@ -136,3 +136,34 @@ func Hosts(eps map[netip.Addr]policy.NumericIdentity, cidrs []*policy.Identity) 
 	sort.Slice(out, func(i, j int) bool { return out[i].Identity < out[j].Identity })
 	return out
 }
+
+// Workload is an endpoint known to the agent: a local one (its policy is
+// enforced here) or a remote one (only its addresses and identity matter).
+type Workload struct {
+	Name   string
+	ID     uint64
+	IPs    []netip.Addr
+	Remote bool
+}
+
+// Resources translates a policy snapshot into the policy resources: one
+// NetworkPolicy per local workload and the identity table of every
+// workload address and CIDR identity.
+func Resources(snap *policy.Snapshot, ws []Workload) ([]*npds.NetworkPolicy, []*npds.NetworkPolicyHosts) {
+	var ps []*npds.NetworkPolicy
+	hostIPs := map[netip.Addr]policy.NumericIdentity{}
+	for _, w := range ws {
+		ep, ok := snap.Endpoint(w.ID)
+		if !ok {
+			continue
+		}
+		for _, a := range w.IPs {
+			hostIPs[a] = ep.Identity
+		}
+		if !w.Remote {
+			ps = append(ps, NetworkPolicy(EndpointInfo{Name: w.Name, ID: w.ID, IPs: w.IPs}, ep))
+		}
+	}
+	sort.Slice(ps, func(i, j int) bool { return ps[i].Name < ps[j].Name })
+	return ps, Hosts(hostIPs, snap.CIDRIdentities())
+}

@@ -5,13 +5,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"sort"
 	"time"
 
 	"github.com/wardproxy/ward/policy"
 	"github.com/wardproxy/ward/policy/dirsource"
 	"github.com/wardproxy/ward/xds"
-	"github.com/wardproxy/ward/xds/npds"
 )
 
 // endpointConfig is a local workload in embedded mode (no Kubernetes).
@@ -68,23 +66,12 @@ func newPolicyEngine(cfg *nodeConfig, srv *xds.Server, log *slog.Logger) (*polic
 // publish resolves every local endpoint and sends the resources.
 func (e *policyEngine) publish() {
 	snap := e.repo.Snapshot()
-	var ps []*npds.NetworkPolicy
-	hostIPs := map[netip.Addr]policy.NumericIdentity{}
+	ws := make([]xds.Workload, 0, len(e.eps))
 	for _, ep := range e.eps {
-		ip, ok := snap.Endpoint(ep.ID)
-		if !ok {
-			continue
-		}
-		for _, a := range e.ips[ep.ID] {
-			hostIPs[a] = ip.Identity
-		}
-		if ep.Remote {
-			continue
-		}
-		ps = append(ps, xds.NetworkPolicy(xds.EndpointInfo{Name: ep.Name, ID: ep.ID, IPs: e.ips[ep.ID]}, ip))
+		ws = append(ws, xds.Workload{Name: ep.Name, ID: ep.ID, IPs: e.ips[ep.ID], Remote: ep.Remote})
 	}
-	sort.Slice(ps, func(i, j int) bool { return ps[i].Name < ps[j].Name })
-	hv := e.srv.SetHosts(xds.Hosts(hostIPs, snap.CIDRIdentities()))
+	ps, hosts := xds.Resources(snap, ws)
+	hv := e.srv.SetHosts(hosts)
 	pv := e.srv.SetPolicies(ps)
 	e.log.Info("policy published", "revision", snap.Revision, "endpoints", len(ps), "policy_version", pv, "hosts_version", hv)
 }
