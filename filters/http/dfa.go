@@ -11,6 +11,7 @@ import (
 const (
 	maxDFAStates = 20000
 	maxDFATrans  = 2 << 20 // transition entries (4 bytes each)
+	maxDFAWork   = 16 << 20 // threads visited while building: bounds Compile time
 )
 
 // pathDFA is one deterministic automaton for one field's expressions (path,
@@ -41,6 +42,10 @@ type dinst struct {
 // trees[i] (which must be DFA-compatible) with rule ids[i]. It returns nil
 // when the automaton would be too big.
 func buildDFA(trees []*syntax.Regexp, ids []int32) *pathDFA {
+	return buildDFALimit(trees, ids, maxDFAStates, maxDFATrans, maxDFAWork)
+}
+
+func buildDFALimit(trees []*syntax.Regexp, ids []int32, maxStates, maxTrans, maxWork int) *pathDFA {
 	var prog []dinst
 	var starts []uint32
 	for i, ri := range ids {
@@ -99,12 +104,13 @@ func buildDFA(trees []*syntax.Regexp, ids []int32) *pathDFA {
 	}
 	d.start = b.add(set, d)
 	for q := 1; q < len(b.sets); q++ {
-		if len(b.sets) > maxDFAStates || len(d.trans) > maxDFATrans {
+		if len(b.sets) > maxStates || len(d.trans) > maxTrans || b.work > maxWork {
 			return nil
 		}
 		for c, r := range reps {
 			b.gen++
 			var next []uint32
+			b.work += len(b.sets[q])
 			for _, pc := range b.sets[q] {
 				in := prog[pc].in
 				switch in.Op {
@@ -117,11 +123,12 @@ func buildDFA(trees []*syntax.Regexp, ids []int32) *pathDFA {
 			d.trans[q*d.nclass+c] = b.add(next, d)
 		}
 	}
-	if len(b.sets) > maxDFAStates || len(d.trans) > maxDFATrans {
+	if len(b.sets) > maxStates || len(d.trans) > maxTrans || b.work > maxWork {
 		return nil
 	}
 	return d
 }
+
 
 type dfaBuilder struct {
 	prog   []dinst
@@ -132,6 +139,7 @@ type dfaBuilder struct {
 	nclass int
 	stack  []uint32
 	key    []byte
+	work   int
 }
 
 // closure adds to set the threads reachable from pc without consuming
@@ -141,6 +149,7 @@ func (b *dfaBuilder) closure(set []uint32, pc uint32, atStart bool) []uint32 {
 	for len(b.stack) > 0 {
 		pc := b.stack[len(b.stack)-1]
 		b.stack = b.stack[:len(b.stack)-1]
+		b.work++
 		if b.mark[pc] == b.gen {
 			continue
 		}
@@ -171,6 +180,7 @@ func (b *dfaBuilder) closure(set []uint32, pc uint32, atStart bool) []uint32 {
 func (b *dfaBuilder) add(set []uint32, d *pathDFA) int32 {
 	slices.Sort(set)
 	set = slices.Compact(set)
+	b.work += len(set)
 	b.key = b.key[:0]
 	for _, pc := range set {
 		b.key = binary.LittleEndian.AppendUint32(b.key, pc)

@@ -490,6 +490,7 @@ type field struct {
 	set    bool
 	lits   []string // the whole (finite) language, when small
 	prefix string   // every match starts with it
+	must   string   // every match contains it
 	re     *regexp.Regexp
 	tree   *syntax.Regexp // simplified, for the path automaton
 }
@@ -509,7 +510,7 @@ func (f *field) match(s string) bool {
 		}
 		return false
 	}
-	if !strings.HasPrefix(s, f.prefix) {
+	if !strings.HasPrefix(s, f.prefix) || !strings.Contains(s, f.must) {
 		return false
 	}
 	return f.re.MatchString(s)
@@ -547,6 +548,7 @@ func compileField(expr string) (field, error) {
 			}
 		}
 		f.prefix = literalPrefix(core)
+		f.must = requiredLiteral(core)
 	}
 	return f, nil
 }
@@ -692,4 +694,31 @@ func literalPrefix(re *syntax.Regexp) string {
 		return b.String()
 	}
 	return ""
+}
+
+// requiredLiteral returns the longest literal text that every match of re
+// contains (a literal element of its top-level concatenation).
+func requiredLiteral(re *syntax.Regexp) string {
+	for re.Op == syntax.OpCapture {
+		re = re.Sub[0]
+	}
+	lit := func(r *syntax.Regexp) string {
+		for r.Op == syntax.OpCapture {
+			r = r.Sub[0]
+		}
+		if r.Op == syntax.OpLiteral && r.Flags&syntax.FoldCase == 0 {
+			return string(r.Rune)
+		}
+		return ""
+	}
+	if re.Op != syntax.OpConcat {
+		return lit(re)
+	}
+	best := ""
+	for _, sub := range re.Sub {
+		if l := lit(sub); len(l) > len(best) {
+			best = l
+		}
+	}
+	return best
 }

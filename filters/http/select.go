@@ -56,6 +56,25 @@ func (m *Matcher) buildAutomata() {
 		if len(ids) > 0 {
 			a.dfa = buildDFA(trees, ids)
 		}
+		if a.dfa == nil && len(ids) > 1 {
+			// Too big together: leave out the expressions that are too big
+			// alone (.*a.{30} needs 2^30 states), and try once more.
+			var hostile []int32
+			keptTrees, keptIDs := trees[:0:0], ids[:0:0]
+			for i, t := range trees {
+				if buildDFALimit(trees[i:i+1], ids[i:i+1], maxDFAStates/8, maxDFATrans/8, maxDFAWork/16) == nil {
+					hostile = append(hostile, ids[i])
+					continue
+				}
+				keptTrees, keptIDs = append(keptTrees, t), append(keptIDs, ids[i])
+			}
+			if len(hostile) > 0 && len(keptIDs) > 0 {
+				if a.dfa = buildDFA(keptTrees, keptIDs); a.dfa != nil {
+					a.other = mergeSorted(a.other, hostile)
+					ids = keptIDs
+				}
+			}
+		}
 		if a.dfa == nil {
 			// Too big: those rules are matched by their regexes.
 			a.other = mergeSorted(a.other, ids)
