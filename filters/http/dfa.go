@@ -10,7 +10,7 @@ import (
 // radix index and per-rule regexes (correct, slower).
 const (
 	maxDFAStates = 20000
-	maxDFATrans  = 2 << 20 // transition entries (4 bytes each)
+	maxDFATrans  = 2 << 20  // transition entries (4 bytes each)
 	maxDFAWork   = 16 << 20 // threads visited while building: bounds Compile time
 )
 
@@ -128,7 +128,6 @@ func buildDFALimit(trees []*syntax.Regexp, ids []int32, maxStates, maxTrans, max
 	}
 	return d
 }
-
 
 type dfaBuilder struct {
 	prog   []dinst
