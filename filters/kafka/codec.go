@@ -70,6 +70,10 @@ type decoder struct {
 	// markFrom/markTo (used to splice deny responses into probes).
 	mark             string
 	markFrom, markTo int
+	// forgetting is set while reading Fetch's ForgottenTopicsData: topics
+	// a client removes from its fetch session (KIP-227) read nothing, and
+	// a broker does not authorize them either.
+	forgetting bool
 	curGrp           int // index of the group being filled, or -1
 }
 
@@ -315,6 +319,9 @@ func (dc *decoder) walk(r *reader, fields []field, v int16, flex bool, depth int
 			}
 			switch f.entity {
 			case eTopic:
+				if dc.forgetting {
+					break
+				}
 				if dc.cur >= 0 && dc.d.entries[dc.cur].name == "" && len(b) > 0 {
 					dc.setName(dc.cur, dc.str(b))
 				} else if dc.cur < 0 {
@@ -409,8 +416,12 @@ func (dc *decoder) array(r *reader, f *field, v int16, flex bool, depth int) {
 	}
 	switch f.elem {
 	case tStruct:
+		if depth == 0 && dc.d.APIKey == keyFetch && f.name == "ForgottenTopicsData" {
+			dc.forgetting = true
+			defer func() { dc.forgetting = false }()
+		}
 		isGroupArray := depth == 0 && hasEntity(f.fields, v, eGroup)
-		isTopicArray := hasTopic(f.fields, v)
+		isTopicArray := hasTopic(f.fields, v) && !dc.forgetting
 		for j := 0; j < n && r.err == nil; j++ {
 			saveCur, saveGrp := dc.cur, dc.curGrp
 			if isGroupArray {

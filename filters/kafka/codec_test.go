@@ -106,11 +106,9 @@ var topicRequests = map[int16]func(v int16) (kmsg.Request, []string){
 		if v >= 7 {
 			r.ForgottenTopics = append(r.ForgottenTopics, ft)
 		}
-		switch {
-		case v >= 13:
-			return r, []string{"by-id", "by-id"}
-		case v >= 7:
-			return r, []string{"a", "b"}
+		// Forgotten topics (KIP-227) are not topics the request reads.
+		if v >= 13 {
+			return r, []string{"by-id"}
 		}
 		return r, []string{"a"}
 	},
@@ -301,8 +299,8 @@ func TestDecodeDetails(t *testing.T) {
 		r.SetVersion(13)
 		var dc decoder
 		d, err := dc.decodeRequest(frame(r, 1, ""))
-		if err != nil || d.unresolved != 2 {
-			t.Fatalf("decode = unresolved %d, %v; want 2", d.unresolved, err)
+		if err != nil || d.unresolved != 1 {
+			t.Fatalf("decode = unresolved %d, %v; want 1", d.unresolved, err)
 		}
 	})
 	t.Run("transactional id", func(t *testing.T) {

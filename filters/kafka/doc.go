@@ -16,7 +16,10 @@
 // TopicId UUIDs (Fetch v13+, Produce v13+, OffsetCommit/OffsetFetch v10+,
 // DeleteTopics v6+) resolved through the ID→name pairs learnt from the
 // Metadata, CreateTopics and DescribeTopicPartitions responses on
-// connections to the same broker. Record batches are never decoded.
+// connections to the same broker. Record batches are never decoded. The
+// topics a Fetch removes from its fetch session (ForgottenTopicsData,
+// KIP-227) are not counted: they read nothing, and brokers do not authorize
+// them either.
 //
 // # Rules
 //
