@@ -74,7 +74,7 @@ type decoder struct {
 	// a client removes from its fetch session (KIP-227) read nothing, and
 	// a broker does not authorize them either.
 	forgetting bool
-	curGrp           int // index of the group being filled, or -1
+	curGrp     int // index of the group being filled, or -1
 }
 
 const maxInterned = 4096
