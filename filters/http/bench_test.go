@@ -76,3 +76,41 @@ func BenchmarkCompile(b *testing.B) {
 		})
 	}
 }
+
+// staticStream is a HeaderAccess that does not allocate.
+type staticStream struct{ method, path, host string }
+
+func (s *staticStream) RequestHeader(n string) (string, bool) {
+	switch n {
+	case ":method":
+		return s.method, true
+	case ":path":
+		return s.path, true
+	case ":authority":
+		return s.host, true
+	}
+	return "", false
+}
+func (s *staticStream) RequestHeaderValues(string) []string { return nil }
+func (s *staticStream) Header(n string) (string, bool)      { return s.RequestHeader(n) }
+func (s *staticStream) SetRequestHeader(string, string)     {}
+func (s *staticStream) RemoveRequestHeader(string)          {}
+func (s *staticStream) AddRequestHeader(string, string)     {}
+
+type oneRule struct{ m *Matcher }
+
+func (o oneRule) Rules(bool, uint16, uint32) (*Matcher, bool) { return o.m, true }
+
+func BenchmarkFilter(b *testing.B) {
+	rules, req := benchRules(100, "grpc")
+	f := &Filter{Rules: oneRule{mustCompile(b, rules, nil)}}
+	s := &staticStream{method: req.Method, path: req.Path, host: req.Host}
+	c := &Conn{Ingress: true, Port: 50051, RemoteIdentity: 1}
+	if act := f.OnRequestHeaders(c, s); act.Deny {
+		b.Fatalf("denied: %+v", act)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		f.OnRequestHeaders(c, s)
+	}
+}

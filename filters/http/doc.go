@@ -34,6 +34,15 @@
 //     and is reported by Compile, but the other rules keep working
 //     (cilium#41314: one long regex must not fail an endpoint's policy).
 //
+// Matching cost does not grow with the number of rules: Compile builds one
+// deterministic automaton per field (path, method, host) over all rules'
+// expressions (subset construction over their RE2 programs, ASCII classes,
+// bounded in states and work); Match runs each request value through it
+// once and fully checks only the rules the most selective field allows.
+// Expressions the automata cannot take (\b, (?m), exponential ones such as
+// .*a.{30}) and non-ASCII values fall back to the regexes, with literal
+// prefix and required-substring prefilters.
+//
 // Invariants: a Matcher is immutable after Compile and safe for concurrent
 // use; Match never compiles a regex and does not allocate for requests
 // whose rules have no header actions; nothing here panics on input; every

@@ -11,7 +11,9 @@ import (
 // HeaderAccess is what the filter needs of a request inside Envoy: read
 // and change its headers (names lower case; ":method", ":path",
 // ":authority" work). proxylib.HTTPStream implements it. It is used only
-// during OnRequestHeaders.
+// during OnRequestHeaders. An implementation that is also a HeaderReader
+// (Header returns all values joined with ",") saves the one allocation of
+// the adapter over RequestHeaderValues.
 type HeaderAccess interface {
 	HeaderWriter
 	RequestHeader(name string) (string, bool)
@@ -78,7 +80,11 @@ func (f *Filter) OnRequestHeaders(c *Conn, h HeaderAccess) (act Action) {
 	req.Host, _ = h.RequestHeader(":authority")
 	ct, _ := h.RequestHeader("content-type")
 	grpc = IsGRPC(ct)
-	req.Headers = accessHeaders{h}
+	if hr, ok := h.(HeaderReader); ok {
+		req.Headers = hr // no adapter to allocate
+	} else {
+		req.Headers = accessHeaders{h}
+	}
 
 	if f.Rules == nil {
 		return f.deny(c, &req, grpc, -1, "no policy")
