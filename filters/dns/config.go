@@ -36,7 +36,8 @@ const (
 type Config struct {
 	// UDPAddr and TCPAddr are the addresses to listen on. Empty means no
 	// listener of that kind; at least one is required. Port 0 picks a free
-	// port (see Proxy.UDPAddr, Proxy.TCPAddr).
+	// port (see Proxy.UDPAddr, Proxy.TCPAddr); when both are the same
+	// address with port 0, TCP binds the port UDP got.
 	UDPAddr, TCPAddr string
 	// Transparent makes the listeners IP_TRANSPARENT sockets receiving
 	// TPROXY-redirected queries: the original destination of each query

@@ -96,22 +96,45 @@ func New(cfg Config, deps Deps) (*Proxy, error) {
 	}
 	p.bufs.New = func() any { b := make([]byte, 65535); return &b }
 	p.upd = newUpdater(p.cache, deps.IPCache, deps.Identities, deps.Policy, deps.Conns, p.log, &p.stats)
+	// When both listeners share an address with port 0, TCP takes the
+	// port UDP got, so one address serves both (as DNS servers do); retry
+	// if that TCP port happens to be taken.
+	shared := cfg.UDPAddr != "" && cfg.TCPAddr == cfg.UDPAddr
+	var err error
+	for attempt := 0; ; attempt++ {
+		if err = p.listen(cfg, shared); err == nil || !shared || attempt == 10 {
+			break
+		}
+		p.Close()
+		p.udp, p.tcp = nil, nil
+	}
+	if err != nil {
+		p.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *Proxy) listen(cfg Config, shared bool) error {
 	if cfg.UDPAddr != "" {
 		c, err := listenUDP(cfg.UDPAddr, cfg.Transparent)
 		if err != nil {
-			return nil, fmt.Errorf("dns proxy: listen udp %s: %w", cfg.UDPAddr, err)
+			return fmt.Errorf("dns proxy: listen udp %s: %w", cfg.UDPAddr, err)
 		}
 		p.udp = c
 	}
 	if cfg.TCPAddr != "" {
-		l, err := listenTCP(cfg.TCPAddr, cfg.Transparent)
+		addr := cfg.TCPAddr
+		if shared {
+			addr = p.UDPAddr().String()
+		}
+		l, err := listenTCP(addr, cfg.Transparent)
 		if err != nil {
-			p.Close()
-			return nil, fmt.Errorf("dns proxy: listen tcp %s: %w", cfg.TCPAddr, err)
+			return fmt.Errorf("dns proxy: listen tcp %s: %w", addr, err)
 		}
 		p.tcp = l
 	}
-	return p, nil
+	return nil
 }
 
 // UDPAddr returns the bound UDP address, or an invalid one.
