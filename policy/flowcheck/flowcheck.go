@@ -348,7 +348,10 @@ func endpointName(ls policy.Labels) string {
 		if l.Source == policy.SourceK8s && l.Key == policy.LabelNamespace {
 			continue
 		}
-		s := l.Key + "=" + l.Value
+		s := l.Key
+		if l.Value != "" {
+			s += "=" + l.Value
+		}
 		if l.Source != policy.SourceK8s {
 			s = l.Source + ":" + s
 		}
