@@ -413,3 +413,25 @@ func (a *LocalAllocator) AllocateFQDN(selectors []string) (uint32, error) {
 	a.ids[key] = id
 	return id, nil
 }
+
+// SelectorMatches reports whether the selector with the given SelectorLabel
+// matches name (for introspection: `ward fqdn names`). Labels that do not
+// parse match nothing.
+func SelectorMatches(label, name string) bool {
+	var s policy.PortRuleDNS
+	for _, part := range strings.Split(label, ",") {
+		switch {
+		case strings.HasPrefix(part, "matchName:"):
+			s.MatchName = strings.TrimPrefix(part, "matchName:")
+		case strings.HasPrefix(part, "matchPattern:"):
+			s.MatchPattern = strings.TrimPrefix(part, "matchPattern:")
+		default:
+			return false
+		}
+	}
+	cs, err := compileSelectors([]policy.PortRuleDNS{s})
+	if err != nil || len(cs) != 1 {
+		return false
+	}
+	return cs[0].match(lowerName(name))
+}
