@@ -242,3 +242,17 @@ func setHTTP2(c *cluster.Cluster) {
 		"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": opts,
 	}
 }
+
+// MarkUpstream sets SO_MARK on every upstream socket of the cluster (the
+// datapath reads it: an ingress proxy's upstream connection carries
+// redirect.MarkProxyIngress, an egress proxy's the source identity).
+func MarkUpstream(c *cluster.Cluster, mark uint32) *cluster.Cluster {
+	c.UpstreamBindConfig = &core.BindConfig{SocketOptions: []*core.SocketOption{{
+		Description: "ward datapath mark",
+		Level:       1,  // SOL_SOCKET
+		Name:        36, // SO_MARK
+		Value:       &core.SocketOption_IntValue{IntValue: int64(mark)},
+		State:       core.SocketOption_STATE_PREBIND,
+	}}}
+	return c
+}
