@@ -4,7 +4,8 @@
 # through ward's Kafka parser (proxylib.Stream + filters/kafka in a Go
 # proxy) with 10 and 100 topic rules, baselines in the same run. The table
 # goes to bench/results/kafka.md. Needs `make setup` (Kafka jars, java).
-#   WARD_KAFKA_PERF_RECORDS=N  records per arm (default 100000)
+#   WARD_KAFKA_PERF_RECORDS=N  records per run (default 100000)
+#   WARD_KAFKA_PERF_ROUNDS=N   interleaved rounds, median reported (default 3)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
