@@ -199,10 +199,10 @@ func Compile(rules []policy.PortRuleHTTP, secrets SecretSource) (*Matcher, error
 // Rules returns how many rules m holds.
 func (m *Matcher) Rules() int { return len(m.rules) }
 
-// Match decides on req. It allocates only when headerMatches actions fire
+// Match decides on req (a nil req is denied). It allocates only when headerMatches actions fire
 // (for Edits and Notes).
 func (m *Matcher) Match(req *Request) Result {
-	if m == nil {
+	if m == nil || req == nil {
 		return Result{Rule: -1}
 	}
 	if m.effects {

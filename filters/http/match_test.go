@@ -354,6 +354,9 @@ func TestNilMatcherDenies(t *testing.T) {
 	if m.Match(&Request{Method: "GET", Path: "/"}).Allowed {
 		t.Error("nil Matcher allowed a request")
 	}
+	if mustCompile(t, nil, nil).Match(nil).Allowed {
+		t.Error("nil Request allowed")
+	}
 }
 
 func TestDFAAgreesWithRegexp(t *testing.T) {
