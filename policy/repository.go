@@ -85,6 +85,7 @@ type Repository struct {
 	// identity maps while it stays the same.
 	identVersion, snapIdentVersion uint64
 	gcThreshold                    int
+	fqdnIDs                        map[NumericIdentity]bool // from AllocateFQDN
 }
 
 type epState struct {
@@ -699,3 +700,46 @@ func (s *Snapshot) CIDRIdentities() []*Identity { return slices.Clone(s.cidrs) }
 // compiled. The DNS proxy labels every IP it learns for a matching name
 // with FQDNLabels and registers the identity with UpsertIdentity.
 func (s *Snapshot) FQDNSelectors() []*FQDNMatcher { return s.fqdns }
+
+// AllocateFQDN returns the node-local identity of an IP selected by the
+// given toFQDNs selectors (their FQDNSelector.String form, as
+// filters/dns.SelectorLabel produces them): labels reserved:world and
+// fqdn:<selector> for each. The same set always returns the same identity
+// and the identity is known to selectors at the next Snapshot. It satisfies
+// filters/dns.IdentityAllocator, so FQDN and CIDR identities come from one
+// range without collisions. ReleaseFQDN frees it.
+func (r *Repository) AllocateFQDN(selectors []string) (uint32, error) {
+	if len(selectors) == 0 {
+		return 0, fmt.Errorf("allocate fqdn identity: no selectors")
+	}
+	ls := FQDNSelectorLabels(selectors)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if ident, ok := r.alloc.LookupLabels(ls); ok && r.idRefs[ident.ID] > 0 && r.fqdnIDs[ident.ID] {
+		return uint32(ident.ID), nil
+	}
+	ident, _, err := r.alloc.Allocate(ls)
+	if err != nil {
+		return 0, fmt.Errorf("allocate fqdn identity: %w", err)
+	}
+	if r.fqdnIDs == nil {
+		r.fqdnIDs = map[NumericIdentity]bool{}
+	}
+	r.fqdnIDs[ident.ID] = true
+	r.addIdentity(ident)
+	return uint32(ident.ID), nil
+}
+
+// ReleaseFQDN frees an identity returned by AllocateFQDN (when no IP uses
+// it any more).
+func (r *Repository) ReleaseFQDN(id uint32) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	nid := NumericIdentity(id)
+	if !r.fqdnIDs[nid] {
+		return
+	}
+	delete(r.fqdnIDs, nid)
+	r.removeIdentityRef(nid)
+	r.alloc.Release(nid)
+}

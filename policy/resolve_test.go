@@ -784,3 +784,42 @@ spec:
 		}
 	}
 }
+
+func TestAllocateFQDN(t *testing.T) {
+	e := newEnv(t, Config{}, `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: fqdn}
+spec:
+  endpointSelector: {matchLabels: {app: bot}}
+  egress:
+  - toFQDNs: [{matchPattern: "*.github.com"}]
+  - toCIDR: [140.82.0.0/16]
+`)
+	bot := e.ep("default/app=bot")
+	id, err := e.repo.AllocateFQDN([]string{"matchPattern:*.github.com"})
+	if err != nil || !NumericIdentity(id).IsLocal() {
+		t.Fatalf("%d %v", id, err)
+	}
+	again, _ := e.repo.AllocateFQDN([]string{"matchPattern:*.github.com"})
+	if again != id {
+		t.Errorf("same selectors, identities %d and %d", id, again)
+	}
+	// No collision with the CIDR identity of the same range.
+	for _, c := range e.repo.Snapshot().CIDRIdentities() {
+		if uint32(c.ID) == id {
+			t.Errorf("FQDN identity %d collides with CIDR %v", id, c.Prefix)
+		}
+	}
+	p, _ := e.repo.Resolve(bot)
+	if v := p.Egress.Lookup(NumericIdentity(id), ProtocolTCP, 443, false).Verdict; v != VerdictAllowed {
+		t.Errorf("fqdn identity: %v", v)
+	}
+	e.repo.ReleaseFQDN(id)
+	p, _ = e.repo.Resolve(bot)
+	if v := p.Egress.Lookup(NumericIdentity(id), ProtocolTCP, 443, false).Verdict; v != VerdictDenied {
+		t.Errorf("released identity: %v", v)
+	}
+	if _, err := e.repo.AllocateFQDN(nil); err == nil {
+		t.Error("no selectors accepted")
+	}
+}
