@@ -126,7 +126,7 @@ func (s *Server) Listen() error {
 		c, err := net.DialTimeout("unix", path, time.Second)
 		if err == nil {
 			c.Close()
-			return fmt.Errorf("xds: listen %s: %w: another wardd serves it (stop it, or pick another --xds-socket)", path, ErrSocketInUse)
+			return fmt.Errorf("xds: listen %s: %w: another process (another wardd?) serves it; stop it or use another state directory", path, ErrSocketInUse)
 		}
 		if !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, syscall.ENOENT) {
 			return fmt.Errorf("xds: probe existing socket %s: %w", path, err)
@@ -148,6 +148,20 @@ func (s *Server) Listen() error {
 	s.lis = lis
 	s.mu.Unlock()
 	return nil
+}
+
+// Close releases the socket of a server that Listened but will not Run.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	lis := s.lis
+	s.lis = nil
+	s.mu.Unlock()
+	if lis == nil {
+		return nil
+	}
+	err := lis.Close()
+	os.Remove(s.cfg.Socket)
+	return err
 }
 
 // Run serves until ctx is done, then stops the gRPC server and removes the

@@ -84,6 +84,35 @@ func run(ctx context.Context, f flags, log *slog.Logger) error {
 	if node == "" {
 		node, _ = os.Hostname()
 	}
+	var proc *envoyproc.Proc
+	if !f.noEnvoy {
+		bin, err := findEnvoy(f.envoy)
+		if err != nil {
+			return err
+		}
+		v, err := envoyproc.CheckVersion(ctx, bin)
+		if err != nil {
+			return err
+		}
+		modDir := f.moduleDir
+		if modDir == "" {
+			modDir, _ = filepath.Abs("build")
+		}
+		if _, err := os.Stat(filepath.Join(modDir, "libward.so")); err != nil {
+			return fmt.Errorf("libward.so not found in %s (build it with `make build`, or pass --module-dir): %w", modDir, err)
+		}
+		bc := bootstrap.Config{NodeID: node, XDSSocket: filepath.Join(f.stateDir, "xds.sock"), AdminAddress: f.admin, ModuleDir: modDir}
+		bpath := filepath.Join(f.stateDir, "envoy-bootstrap.json")
+		if err := bc.Write(bpath); err != nil {
+			return err
+		}
+		log.Info("starting envoy", "binary", bin, "version", v, "bootstrap", bpath, "admin", f.admin)
+		proc = envoyproc.New(envoyproc.Config{
+			Binary: bin, Bootstrap: bpath, AdminURL: "http://" + f.admin, Env: bc.Env(),
+			Concurrency: f.concurrency, LogPath: filepath.Join(f.stateDir, "envoy.log"), Logger: log, Restart: true,
+		})
+	}
+
 	socket := filepath.Join(f.stateDir, "xds.sock")
 	srv, err := xds.New(xds.Config{Socket: socket, Logger: log})
 	if err != nil {
@@ -92,6 +121,12 @@ func run(ctx context.Context, f flags, log *slog.Logger) error {
 	if err := srv.Listen(); err != nil {
 		return err
 	}
+	serving := false
+	defer func() {
+		if !serving {
+			srv.Close()
+		}
+	}()
 	res, err := cfg.envoyResources(socket, node)
 	if err != nil {
 		return err
@@ -113,35 +148,7 @@ func run(ctx context.Context, f flags, log *slog.Logger) error {
 		srv.SetPolicies(ps)
 	}
 
-	var proc *envoyproc.Proc
-	if !f.noEnvoy {
-		bin, err := findEnvoy(f.envoy)
-		if err != nil {
-			return err
-		}
-		v, err := envoyproc.CheckVersion(ctx, bin)
-		if err != nil {
-			return err
-		}
-		modDir := f.moduleDir
-		if modDir == "" {
-			modDir, _ = filepath.Abs("build")
-		}
-		if _, err := os.Stat(filepath.Join(modDir, "libward.so")); err != nil {
-			return fmt.Errorf("libward.so not found in %s (build it with `make build`, or pass --module-dir): %w", modDir, err)
-		}
-		bc := bootstrap.Config{NodeID: node, XDSSocket: socket, AdminAddress: f.admin, ModuleDir: modDir}
-		bpath := filepath.Join(f.stateDir, "envoy-bootstrap.json")
-		if err := bc.Write(bpath); err != nil {
-			return err
-		}
-		log.Info("starting envoy", "binary", bin, "version", v, "bootstrap", bpath, "admin", f.admin)
-		proc = envoyproc.New(envoyproc.Config{
-			Binary: bin, Bootstrap: bpath, AdminURL: "http://" + f.admin, Env: bc.Env(),
-			Concurrency: f.concurrency, LogPath: filepath.Join(f.stateDir, "envoy.log"), Logger: log, Restart: true,
-		})
-	}
-
+	serving = true
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Run(ctx) })
 	if proc != nil {
