@@ -2,6 +2,7 @@ package flowcheck
 
 import (
 	"fmt"
+	"strings"
 
 	httpf "github.com/wardproxy/ward/filters/http"
 	"github.com/wardproxy/ward/policy"
@@ -20,6 +21,10 @@ func (e *evaluator) matchHTTP(h *HTTP, s *policy.L7Selection) (bool, string, err
 	}
 	hdrs := httpf.MapHeaders{}
 	for k, v := range h.Headers {
+		k = strings.ToLower(k) // header names are case-insensitive
+		if old, ok := hdrs[k]; ok {
+			v = old + "," + v
+		}
 		hdrs[k] = v
 	}
 	req := &httpf.Request{Method: h.Method, Path: h.Path, Host: h.Host, Headers: hdrs}
