@@ -62,8 +62,15 @@ func Parse(filename string, data []byte) ([]*Policy, error) {
 			}
 		}
 	}
+	if len(errs) > maxErrors {
+		n := len(errs) - maxErrors
+		errs = append(errs[:maxErrors], &FieldError{File: filename, Msg: fmt.Sprintf("%d more errors not shown", n)})
+	}
 	return out, errors.Join(errs...)
 }
+
+// maxErrors caps the errors Parse reports for one file.
+const maxErrors = 100
 
 // ParseOne is Parse for data holding exactly one policy.
 func ParseOne(filename string, data []byte) (*Policy, error) {
