@@ -183,7 +183,7 @@ func (s *Stream) OnData(reply, endStream bool, data [][]byte) {
 				d.drop -= k
 			}
 		case Error:
-			s.close(fmt.Sprintf("parser error %d", n))
+			s.close("parser error: " + errName(n))
 			return
 		default:
 			s.close(fmt.Sprintf("parser returned unknown op %d", op))
@@ -261,3 +261,17 @@ type StreamFactoryFunc func(conn Connection) Parser
 func (f StreamFactoryFunc) Create(conn Connection) Parser { return f(conn) }
 
 var _ ParserFactory = StreamFactoryFunc(nil)
+
+func errName(code int) string {
+	switch code {
+	case ErrInvalidFrame:
+		return "invalid frame"
+	case ErrFrameTooLarge:
+		return "frame too large"
+	case ErrPolicyDenied:
+		return "policy denied"
+	case ErrUnsupported:
+		return "unsupported"
+	}
+	return fmt.Sprintf("code %d", code)
+}
