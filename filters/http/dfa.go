@@ -242,6 +242,22 @@ func (d *pathDFA) run(path string) (int32, bool) {
 	return s, true
 }
 
+// runBackwards is run over path read from its end.
+func (d *pathDFA) runBackwards(path string) (int32, bool) {
+	s := d.start
+	for i := len(path) - 1; i >= 0; i-- {
+		c := path[i]
+		if c >= 0x80 {
+			return 0, false
+		}
+		s = d.trans[int(s)*d.nclass+int(d.class[c])]
+		if s == 0 {
+			return 0, true
+		}
+	}
+	return s, true
+}
+
 // dfaCompatible reports whether tree uses only what the automaton
 // implements: assertions limited to ^ and $ (text, not line).
 func dfaCompatible(tree *syntax.Regexp) bool {

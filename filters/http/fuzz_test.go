@@ -18,6 +18,8 @@ func FuzzMatch(f *testing.F) {
 	f.Add("(?i)get", "/x(/.*)?", ".*", "GET", "/x/y", "[::1]:8080")
 	f.Add("", "^$", "", "GET", "", "")
 	f.Add("P(UT|OST)", "/cloudcity.DoorManager/Get(Name|Location)", "", "PUT", "/cloudcity.DoorManager/GetName", "")
+	f.Add("", ".*/items/[0-9]+$", "", "GET", "/a/items/12", "")
+	f.Add("", "^.+a.{3}", "", "GET", "/xxa123", "")
 	f.Fuzz(func(t *testing.T, method, path, host, rMethod, rPath, rHost string) {
 		rules := []policy.PortRuleHTTP{
 			{Method: method, Path: path, Host: host},

@@ -30,6 +30,7 @@ func (r *rule) field(k int) *field {
 // what the dfa does not do; matched by its regex).
 type automaton struct {
 	dfa   *pathDFA
+	rev   *pathDFA // path only: expressions run backwards (see leadingStar)
 	any   []int32
 	other []int32
 }
@@ -37,8 +38,8 @@ type automaton struct {
 func (m *Matcher) buildAutomata() {
 	for k := range nFields {
 		a := &m.autos[k]
-		var trees []*syntax.Regexp
-		var ids []int32
+		var trees, revTrees []*syntax.Regexp
+		var ids, revIDs []int32
 		for i := range m.rules {
 			r := &m.rules[i]
 			f := r.field(k)
@@ -46,44 +47,110 @@ func (m *Matcher) buildAutomata() {
 			case r.broken:
 			case !f.set:
 				a.any = append(a.any, int32(i))
-			case dfaCompatible(f.tree):
+			case !dfaCompatible(f.tree):
+				a.other = append(a.other, int32(i))
+			case k == fPath && leadingStar(f.tree) && !leadingStar(reverseTree(f.tree)):
+				// .*/service7/items/[0-9]+ keeps a thread alive in every
+				// state of a forward automaton; read backwards it is as
+				// selective as a literal prefix.
+				revTrees = append(revTrees, reverseTree(f.tree))
+				revIDs = append(revIDs, int32(i))
+			default:
 				trees = append(trees, f.tree)
 				ids = append(ids, int32(i))
-			default:
-				a.other = append(a.other, int32(i))
 			}
 		}
-		if len(ids) > 0 {
-			a.dfa = buildDFA(trees, ids)
-		}
-		if a.dfa == nil && len(ids) > 1 {
-			// Too big together: leave out the expressions that are too big
-			// alone (.*a.{30} needs 2^30 states), and try once more.
-			var hostile []int32
-			keptTrees, keptIDs := trees[:0:0], ids[:0:0]
-			for i, t := range trees {
-				if buildDFALimit(trees[i:i+1], ids[i:i+1], maxDFAStates/8, maxDFATrans/8, maxDFAWork/16) == nil {
-					hostile = append(hostile, ids[i])
-					continue
-				}
-				keptTrees, keptIDs = append(keptTrees, t), append(keptIDs, ids[i])
-			}
-			if len(hostile) > 0 && len(keptIDs) > 0 {
-				if a.dfa = buildDFA(keptTrees, keptIDs); a.dfa != nil {
-					a.other = mergeSorted(a.other, hostile)
-					ids = keptIDs
-				}
-			}
-		}
-		if a.dfa == nil {
-			// Too big: those rules are matched by their regexes.
-			a.other = mergeSorted(a.other, ids)
-			continue
-		}
-		for _, ri := range ids {
+		var other []int32
+		a.dfa, ids, other = buildCovering(trees, ids)
+		a.other = mergeSorted(a.other, other)
+		a.rev, revIDs, other = buildCovering(revTrees, revIDs)
+		a.other = mergeSorted(a.other, other)
+		for _, ri := range append(ids, revIDs...) {
 			m.rules[ri].covered[k] = true
 		}
 	}
+}
+
+// buildCovering builds one automaton for trees, leaving out the
+// expressions that are too big alone (.*a.{30} needs 2^30 states) when
+// the whole set is too big. It returns the automaton (nil if none), the
+// rules it covers and the rules left to their regexes.
+func buildCovering(trees []*syntax.Regexp, ids []int32) (*pathDFA, []int32, []int32) {
+	if len(ids) == 0 {
+		return nil, nil, nil
+	}
+	if d := buildDFA(trees, ids); d != nil {
+		return d, ids, nil
+	}
+	var hostile []int32
+	keptTrees, keptIDs := trees[:0:0], ids[:0:0]
+	for i, t := range trees {
+		if buildDFALimit(trees[i:i+1], ids[i:i+1], maxDFAStates/8, maxDFATrans/8, maxDFAWork/16) == nil {
+			hostile = append(hostile, ids[i])
+			continue
+		}
+		keptTrees, keptIDs = append(keptTrees, t), append(keptIDs, ids[i])
+	}
+	if len(hostile) > 0 && len(keptIDs) > 0 {
+		if d := buildDFA(keptTrees, keptIDs); d != nil {
+			return d, keptIDs, hostile
+		}
+	}
+	return nil, nil, ids
+}
+
+// leadingStar reports whether re starts with an unbounded run of any
+// character (.* or .+), after a leading ^.
+func leadingStar(re *syntax.Regexp) bool {
+	for {
+		switch re.Op {
+		case syntax.OpCapture:
+			re = re.Sub[0]
+			continue
+		case syntax.OpConcat:
+			subs := re.Sub
+			for len(subs) > 0 && subs[0].Op == syntax.OpBeginText {
+				subs = subs[1:]
+			}
+			if len(subs) == 0 {
+				return false
+			}
+			re = subs[0]
+			continue
+		case syntax.OpStar, syntax.OpPlus:
+			switch re.Sub[0].Op {
+			case syntax.OpAnyChar, syntax.OpAnyCharNotNL:
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// reverseTree returns an expression matching the reversed strings of re:
+// concatenations and literals reversed, ^ and $ swapped.
+func reverseTree(re *syntax.Regexp) *syntax.Regexp {
+	c := &syntax.Regexp{Op: re.Op, Flags: re.Flags, Min: re.Min, Max: re.Max, Cap: re.Cap, Name: re.Name}
+	c.Rune = append([]rune(nil), re.Rune...)
+	switch re.Op {
+	case syntax.OpLiteral:
+		slices.Reverse(c.Rune)
+	case syntax.OpBeginText:
+		c.Op = syntax.OpEndText
+	case syntax.OpEndText:
+		c.Op = syntax.OpBeginText
+	case syntax.OpBeginLine:
+		c.Op = syntax.OpEndLine
+	case syntax.OpEndLine:
+		c.Op = syntax.OpBeginLine
+	}
+	for _, sub := range re.Sub {
+		c.Sub = append(c.Sub, reverseTree(sub))
+	}
+	if re.Op == syntax.OpConcat {
+		slices.Reverse(c.Sub)
+	}
+	return c
 }
 
 func mergeSorted(a, b []int32) []int32 {
@@ -92,8 +159,9 @@ func mergeSorted(a, b []int32) []int32 {
 	return out
 }
 
-// selection holds, per field, the rules its automaton accepted for the
-// request (host twice: the authority, and the authority without port).
+// selection holds, per field, the rules its automata accepted for the
+// request: slot 0 the forward automaton; slot 1 the backward one for the
+// path, the authority without its port for the host.
 type selection struct {
 	acc [nFields][2][]int32
 }
@@ -104,7 +172,7 @@ type selection struct {
 func (m *Matcher) selectRules(req *Request, sel *selection) bool {
 	for k := range nFields {
 		a := &m.autos[k]
-		if a.dfa == nil {
+		if a.dfa == nil && a.rev == nil {
 			continue
 		}
 		var v string
@@ -118,6 +186,16 @@ func (m *Matcher) selectRules(req *Request, sel *selection) bool {
 		}
 		if v == "" {
 			continue // absent: no expression matches
+		}
+		if a.rev != nil {
+			st, ok := a.rev.runBackwards(v)
+			if !ok {
+				return false
+			}
+			sel.acc[k][1] = a.rev.accept[st]
+		}
+		if a.dfa == nil {
+			continue
 		}
 		st, ok := a.dfa.run(v)
 		if !ok {
