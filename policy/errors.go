@@ -18,6 +18,9 @@ type FieldError struct {
 	Path   string // field path such as spec.ingress[0].toPorts[1]
 	Value  string // the offending value, when there is one
 	Msg    string // what is wrong, lower case
+	// Line is the 1-based line of the field in File when known (best
+	// effort, block-style YAML), 0 otherwise. Error does not print it.
+	Line int
 }
 
 func (e *FieldError) Error() string {

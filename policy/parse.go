@@ -25,7 +25,7 @@ import (
 // that applies whole files (like the directory source) should skip the file
 // when err != nil.
 func Parse(filename string, data []byte) ([]*Policy, error) {
-	docs, err := splitDocuments(data)
+	docs, starts, err := splitDocuments(data)
 	if err != nil {
 		return nil, &FieldError{File: filename, Msg: err.Error()}
 	}
@@ -52,8 +52,21 @@ func Parse(filename string, data []byte) ([]*Policy, error) {
 		if v == nil {
 			continue // empty document
 		}
-		for _, obj := range expandLists(v) {
+		objs := expandLists(v)
+		for _, obj := range objs {
 			p, err := decodePolicy(filename, where, named, obj)
+			if len(objs) == 1 {
+				// Line numbers, best effort, for a lone block-style object.
+				fes := FieldErrors(err)
+				if p != nil {
+					fes = append(fes, p.Warnings...)
+				}
+				for _, fe := range fes {
+					if n := locate(doc, fe.Path); n > 0 {
+						fe.Line = starts[i] + n - 1
+					}
+				}
+			}
 			if err != nil {
 				errs = append(errs, err)
 			}
@@ -90,34 +103,39 @@ func cleanYAMLError(err error) string {
 	return strings.TrimPrefix(s, "yaml: ")
 }
 
-// splitDocuments splits a YAML stream at "---" lines.
-func splitDocuments(data []byte) ([][]byte, error) {
+// splitDocuments splits a YAML stream at "---" lines. It returns each
+// non-empty document and the 1-based line it starts on.
+func splitDocuments(data []byte) ([][]byte, []int, error) {
 	var docs [][]byte
+	var starts []int
 	var cur bytes.Buffer
+	start, n := 1, 0
+	flush := func() {
+		if len(bytes.TrimSpace(cur.Bytes())) > 0 {
+			docs = append(docs, bytes.Clone(cur.Bytes()))
+			starts = append(starts, start)
+		}
+		cur.Reset()
+	}
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 64*1024), 16*1024*1024)
 	for sc.Scan() {
+		n++
 		line := sc.Text()
 		t := strings.TrimRight(line, " \t\r")
 		if t == "---" || strings.HasPrefix(t, "--- ") || strings.HasPrefix(t, "---\t") || t == "..." {
-			docs = append(docs, bytes.Clone(cur.Bytes()))
-			cur.Reset()
+			flush()
+			start = n + 1
 			continue
 		}
 		cur.WriteString(line)
 		cur.WriteByte('\n')
 	}
 	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("read: %w", err)
+		return nil, nil, fmt.Errorf("read: %w", err)
 	}
-	docs = append(docs, cur.Bytes())
-	out := docs[:0]
-	for _, d := range docs {
-		if len(bytes.TrimSpace(d)) > 0 {
-			out = append(out, d)
-		}
-	}
-	return out, nil
+	flush()
+	return docs, starts, nil
 }
 
 // expandLists flattens arrays and List kinds into their objects.

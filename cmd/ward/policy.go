@@ -65,7 +65,7 @@ func runPolicyValidate(args []string, stdout, stderr io.Writer) int {
 			ps, err := policy.Parse(f, data)
 			for _, p := range ps {
 				for _, w := range p.Warnings {
-					fmt.Fprintf(stderr, "warning: %v\n", w)
+					fmt.Fprintf(stderr, "warning: %s\n", withLine(w))
 				}
 			}
 			if err != nil {
@@ -87,11 +87,19 @@ func runPolicyValidate(args []string, stdout, stderr io.Writer) int {
 func printErrors(w io.Writer, err error) {
 	if fes := policy.FieldErrors(err); len(fes) > 0 && len(fes) == countLeaves(err) {
 		for _, fe := range fes {
-			fmt.Fprintln(w, fe.Error())
+			fmt.Fprintln(w, withLine(fe))
 		}
 		return
 	}
 	fmt.Fprintln(w, err.Error())
+}
+
+// withLine is the error with " (line N)" when the line is known.
+func withLine(fe *policy.FieldError) string {
+	if fe.Line > 0 {
+		return fmt.Sprintf("%s (line %d)", fe.Error(), fe.Line)
+	}
+	return fe.Error()
 }
 
 func countLeaves(err error) int {

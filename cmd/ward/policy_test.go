@@ -118,7 +118,7 @@ spec:
 		t.Fatalf("exit %d, want 1", code)
 	}
 	for _, want := range []string{
-		bad + ": secure-empire-kafka: spec.ingress[1].toPorts[0].rules.kafka[0]: role and apiKey are mutually exclusive",
+		bad + ": secure-empire-kafka: spec.ingress[1].toPorts[0].rules.kafka[0]: role and apiKey are mutually exclusive (line 12)",
 		`spec.ingress[2].fromEndpoint: unknown field "fromEndpoint" (did you mean "fromEndpoints"?)`,
 		malformed + ": malformed YAML",
 	} {
