@@ -66,31 +66,44 @@ func buildDFALimit(trees []*syntax.Regexp, ids []int32, maxStates, maxTrans, max
 	}
 	b := dfaBuilder{prog: prog, mark: make([]uint32, len(prog)), ids: map[string]int32{}}
 	d := &pathDFA{}
-	// Character classes: ASCII bytes matched by the same instructions.
-	var consumers []uint32
+	// Character classes: ASCII bytes matched by the same instructions,
+	// by refining one class with each distinct set of bytes an
+	// instruction matches.
+	b.masks = make([]asciiSet, len(prog))
+	distinct := map[asciiSet]bool{}
 	for pc := range prog {
 		switch prog[pc].in.Op {
 		case syntax.InstRune, syntax.InstRune1, syntax.InstRuneAny, syntax.InstRuneAnyNotNL:
-			consumers = append(consumers, uint32(pc))
+			m := matchSet(prog[pc].in)
+			b.masks[pc] = m
+			distinct[m] = true
 		}
 	}
-	sigs := map[string]uint8{}
-	var reps []rune
-	sig := make([]byte, (len(consumers)+7)/8)
-	for r := rune(0); r < 128; r++ {
-		clear(sig)
-		for i, pc := range consumers {
-			if prog[pc].in.MatchRune(r) {
-				sig[i/8] |= 1 << (i % 8)
+	var cls [128]int
+	n := 1
+	for m := range distinct {
+		split := map[[2]int]int{}
+		next := 0
+		for r := range 128 {
+			k := [2]int{cls[r], int(m.bit(r))}
+			c, ok := split[k]
+			if !ok {
+				c = next
+				split[k] = c
+				next++
 			}
+			cls[r] = c
 		}
-		c, ok := sigs[string(sig)]
-		if !ok {
-			c = uint8(len(reps))
-			sigs[string(sig)] = c
-			reps = append(reps, r)
+		n = next
+	}
+	reps := make([]rune, n)
+	seen := make([]bool, n)
+	for r := range 128 {
+		c := cls[r]
+		d.class[r] = uint8(c)
+		if !seen[c] {
+			seen[c], reps[c] = true, rune(r)
 		}
-		d.class[r] = c
 	}
 	d.nclass = len(reps)
 	b.nclass = d.nclass
@@ -115,7 +128,7 @@ func buildDFALimit(trees []*syntax.Regexp, ids []int32, maxStates, maxTrans, max
 				in := prog[pc].in
 				switch in.Op {
 				case syntax.InstRune, syntax.InstRune1, syntax.InstRuneAny, syntax.InstRuneAnyNotNL:
-					if in.MatchRune(r) {
+					if b.masks[pc].bit(int(r)) != 0 {
 						next = b.closure(next, prog[pc].out, false)
 					}
 				}
@@ -139,6 +152,23 @@ type dfaBuilder struct {
 	stack  []uint32
 	key    []byte
 	work   int
+	masks  []asciiSet // per rune instruction: the ASCII bytes it matches
+}
+
+// asciiSet is a set of ASCII bytes.
+type asciiSet [2]uint64
+
+func (s asciiSet) bit(r int) uint64 { return s[r>>6] >> (r & 63) & 1 }
+
+// matchSet returns the ASCII bytes the rune instruction in matches.
+func matchSet(in *syntax.Inst) asciiSet {
+	var s asciiSet
+	for r := range 128 {
+		if in.MatchRune(rune(r)) {
+			s[r>>6] |= 1 << (r & 63)
+		}
+	}
+	return s
 }
 
 // closure adds to set the threads reachable from pc without consuming
