@@ -3,6 +3,7 @@ package kafka
 import (
 	"context"
 	"errors"
+	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	kfilter "github.com/wardproxy/ward/filters/kafka"
 	"github.com/wardproxy/ward/flow"
 	"github.com/wardproxy/ward/policy"
+	"github.com/wardproxy/ward/proxylib"
 )
 
 // Identities of the seed's Kafka tutorial (Cilium "Securing a Kafka
@@ -117,8 +119,14 @@ func startEmpire(t *testing.T) *empire {
 		m, ok := rules[remote]
 		return m, ok
 	}), e.sink)
+	var pf proxylib.ParserFactory = factory
+	if dir := os.Getenv("WARD_KAFKA_CAPTURE"); dir != "" {
+		pf = &captureFactory{inner: factory, dir: dir, seen: map[string]bool{}, name: func(id uint32) string {
+			return strings.ToLower(listenerNames[id])
+		}}
+	}
 	for id, name := range listenerNames {
-		e.proxies[id].serve(e.broker.ListenerAddr(name), factory)
+		e.proxies[id].serve(e.broker.ListenerAddr(name), pf)
 	}
 	return e
 }

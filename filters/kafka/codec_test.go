@@ -360,6 +360,9 @@ func FuzzDecodeRequest(f *testing.F) {
 			}
 		}
 	}
+	for _, b := range realClientFrames(f) {
+		f.Add(b[4:])
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		dc := decoder{ids: resolver}
 		d, err := dc.decodeRequest(b)

@@ -277,6 +277,9 @@ func TestParserFailClosed(t *testing.T) {
 func FuzzParser(f *testing.F) {
 	f.Add(cat2(fetchReq(1, "ok"), produceReq(2, "no", 1)), brokerResp(1, "x"))
 	f.Add(metadataReq(1, "ok"), metadataResp(1, "ok", TopicID{1}))
+	for _, b := range realClientFrames(f) {
+		f.Add(b, brokerResp(1, ""))
+	}
 	m, _ := Compile([]policy.PortRuleKafka{{Role: "consume", Topic: "ok"}})
 	rs := RuleSourceFunc(func(bool, uint16, uint32) (*Matcher, bool) { return m, true })
 	f.Fuzz(func(t *testing.T, req, resp []byte) {
