@@ -38,6 +38,9 @@ type Conn struct {
 	Source         flow.Endpoint
 	Destination    flow.Endpoint
 	Protocol       string // ProtoHTTP1 or ProtoHTTP2; gRPC is detected
+	// Audit is policy audit mode for the endpoint: a request that would be
+	// denied goes through and is recorded as flow.Audited.
+	Audit bool
 }
 
 // Action is the filter's decision. When Deny is set the binding answers
@@ -100,11 +103,37 @@ func (f *Filter) OnRequestHeaders(c *Conn, h HeaderAccess) (act Action) {
 	for _, e := range res.Edits {
 		e.Apply(h)
 	}
-	f.emit(c, &req, grpc, flow.Allowed, "", res.Rule, 0)
-	return Action{Rule: res.Rule}
+	reason := ""
+	if len(res.Notes) > 0 {
+		reason = notesReason(res.Notes)
+	}
+	f.emit(c, &req, grpc, flow.Allowed, reason, res.Rule, 0)
+	return Action{Rule: res.Rule, Reason: reason}
+}
+
+// notesReason describes headerMatch mismatches that did not deny, by
+// header name and action only (values may be secrets).
+func notesReason(notes []HeaderNote) string {
+	var b strings.Builder
+	b.WriteString("header mismatch:")
+	for i, n := range notes {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte(' ')
+		b.WriteString(n.Name)
+		b.WriteString(" (")
+		b.WriteString(string(n.Action))
+		b.WriteString(")")
+	}
+	return b.String()
 }
 
 func (f *Filter) deny(c *Conn, req *Request, grpc bool, rule int, reason string) Action {
+	if c.Audit {
+		f.emit(c, req, grpc, flow.Audited, reason, rule, 0)
+		return Action{Rule: rule, Reason: reason}
+	}
 	ct := ""
 	if grpc {
 		ct = "application/grpc"

@@ -197,3 +197,30 @@ func TestDenyResponse(t *testing.T) {
 		}
 	}
 }
+
+func TestFilterAuditAndNotes(t *testing.T) {
+	rules := fakeRules{
+		{true, 80, 1}: mustCompile(t, deathstarRules, nil),
+		{true, 81, 1}: mustCompile(t, []policy.PortRuleHTTP{{HeaderMatches: []*policy.HeaderMatch{
+			{Name: "X-Token", Value: "s3cr3t", Mismatch: policy.MismatchLog},
+			{Name: "X-Other", Value: "v", Mismatch: policy.MismatchAdd},
+		}}}, nil),
+	}
+	var recs records
+	f := &Filter{Rules: rules, Sink: &recs}
+
+	act := f.OnRequestHeaders(&Conn{Ingress: true, Port: 80, RemoteIdentity: 1, Audit: true}, newStream(":method", "PUT", ":path", "/v1/exhaust-port"))
+	if act.Deny || recs.r[0].Verdict != flow.Audited || recs.r[0].HTTP.Status != 0 {
+		t.Errorf("audit mode: action %+v record %+v; want the request through, recorded as audited", act, recs.r[0])
+	}
+
+	s := newStream(":method", "GET", ":path", "/", "x-token", "wrong")
+	act = f.OnRequestHeaders(&Conn{Ingress: true, Port: 81, RemoteIdentity: 1}, s)
+	want := "header mismatch: x-token (LOG), x-other (ADD)"
+	if act.Deny || act.Reason != want || recs.r[1].Reason != want {
+		t.Errorf("notes: action %+v record reason %q; want allowed with reason %q", act, recs.r[1].Reason, want)
+	}
+	if diff := cmp.Diff([]string{"v"}, s.h["x-other"]); diff != "" {
+		t.Errorf("x-other after ADD (-want +got):\n%s", diff)
+	}
+}

@@ -399,3 +399,33 @@ func TestDFAAgreesWithRegexp(t *testing.T) {
 		}
 	}
 }
+
+func TestMatchBadInput(t *testing.T) {
+	rules := []policy.PortRuleHTTP{
+		{Method: "GET", Path: "/public/.*"},
+		{Path: ".*/items/[0-9]+"},
+		{Host: "h\\.example", Path: "/x"},
+		{Path: "/é/[^/]+"},
+	}
+	m := mustCompile(t, rules, nil)
+	huge := "/public/" + strings.Repeat("a", 1<<20)
+	tests := []Request{
+		{Method: "GET", Path: "/public/\xff\xfe"},
+		{Method: "GET", Path: huge},
+		{Method: "GET", Path: "/public/a\x00b"},
+		{Method: "G\x00ET", Path: "/public/a"},
+		{Method: "GET", Path: "/x/items/1\n"},
+		{Path: "/x", Host: "h.example:\xff"},
+		{Path: "/x", Host: ":"},
+		{Path: "/x", Host: "[::1"},
+		{Path: "/é/\xc3"},
+		{Path: "/é/ü"},
+		{Path: strings.Repeat("/", 1<<16)},
+	}
+	for _, req := range tests {
+		got := m.Match(&req)
+		if want := naiveMatch(m, &req); got.Rule != want {
+			t.Errorf("Match(%.40q %.40q %.40q).Rule = %d; scan says %d", req.Method, req.Path, req.Host, got.Rule, want)
+		}
+	}
+}
