@@ -250,7 +250,15 @@ func (r *Repository) compileSection(cp *compiledPolicy, o *Origin, ns string, de
 	nodes []EndpointSelector, services []Service, fqdns []FQDNSelector, hasRequires bool) *section {
 	s := &section{origin: o, deny: deny}
 	for i := range eps {
-		s.peers = append(s.peers, labelPeer{peerSelector(&eps[i], ns)})
+		sel := peerSelector(&eps[i], ns)
+		if ns == "" && sel.wildcard() {
+			// In a clusterwide policy an empty fromEndpoints/toEndpoints
+			// selector means every pod of every namespace, not every
+			// identity (Cilium adds "namespace Exists"); use the all
+			// entity for that.
+			sel = newLabelSelector([]requirement{{source: SourceK8s, key: LabelNamespace, op: OpExists}})
+		}
+		s.peers = append(s.peers, labelPeer{sel})
 	}
 	for i := range nodes {
 		sel := compileSelector(&nodes[i])

@@ -823,3 +823,23 @@ spec:
 		t.Error("no selectors accepted")
 	}
 }
+
+// An empty fromEndpoints selector in a clusterwide policy selects every
+// pod, not world.
+func TestCCNPEmptyPeerSelector(t *testing.T) {
+	e := newEnv(t, Config{}, `apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: pods}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress:
+  - fromEndpoints: [{}]
+`)
+	e.check("other/app=web", "ns1/app=db", ProtocolTCP, 5432, "allowed")
+	if got := e.verdict("", "ns1/app=db", IdentityWorld, 0, ProtocolTCP, 5432); got != "denied" {
+		t.Errorf("world: %s", got)
+	}
+	if got := e.verdict("", "ns1/app=db", IdentityHost, 0, ProtocolTCP, 5432); got != "denied" {
+		t.Errorf("host: %s", got)
+	}
+}
