@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -353,5 +354,29 @@ func TestParserMetadataDenyProbe(t *testing.T) {
 	}
 	if len(sink.recs) != 1 || sink.recs[0].Verdict != flow.Denied {
 		t.Errorf("records %+v; want one denial", sink.recs)
+	}
+}
+
+func TestParserPolicyUpdateAndNoPolicy(t *testing.T) {
+	allow, _ := Compile([]policy.PortRuleKafka{{Role: "consume", Topic: "ok"}})
+	deny, _ := Compile([]policy.PortRuleKafka{{Role: "consume", Topic: "other"}})
+	var cur atomic.Pointer[Matcher]
+	cur.Store(allow)
+	rs := RuleSourceFunc(func(bool, uint16, uint32) (*Matcher, bool) { m := cur.Load(); return m, m != nil })
+	s, o, _ := newConn(t, rs)
+	s.OnData(false, false, [][]byte{fetchReq(1, "ok")})
+	s.OnData(true, false, [][]byte{brokerResp(1, "x")})
+	// A policy update applies to the open connection from its next request.
+	cur.Store(deny)
+	o.toServer = nil
+	s.OnData(false, false, [][]byte{fetchReq(2, "ok")})
+	if len(o.toServer) != 0 || len(corrs(t, o.toClient)) != 2 {
+		t.Fatalf("after the update: server got %d bytes, client %v; want the request denied", len(o.toServer), corrs(t, o.toClient))
+	}
+	// No policy for a new connection: it is closed at once.
+	cur.Store(nil)
+	_, o2, sink := newConn(t, rs)
+	if o2.closed == "" || len(sink.recs) != 1 || sink.recs[0].Verdict != flow.Denied {
+		t.Fatalf("connection without policy: closed %q, records %+v; want closed with a denial record", o2.closed, sink.recs)
 	}
 }
