@@ -1,0 +1,91 @@
+package xds
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/testing/protocmp"
+
+	"github.com/wardproxy/ward/policy"
+	"github.com/wardproxy/ward/xds/npds"
+)
+
+const deathstarL7 = `apiVersion: "cilium.io/v2"
+kind: CiliumNetworkPolicy
+metadata:
+  name: rule1
+spec:
+  endpointSelector:
+    matchLabels: {org: empire, class: deathstar}
+  ingress:
+  - fromEndpoints:
+    - matchLabels: {org: empire}
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http:
+        - method: POST
+          path: /v1/request-landing
+`
+
+func TestResourcesDeathstar(t *testing.T) {
+	repo := policy.NewRepository(policy.Config{})
+	ps, err := policy.Parse("p.yaml", []byte(deathstarL7))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range ps {
+		repo.Upsert(p)
+	}
+	ws := []Workload{
+		{Name: "deathstar", ID: 1, IPs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}},
+		{Name: "tiefighter", ID: 2, IPs: []netip.Addr{netip.MustParseAddr("10.0.0.2")}, Remote: true},
+		{Name: "xwing", ID: 3, IPs: []netip.Addr{netip.MustParseAddr("10.0.0.3")}, Remote: true},
+	}
+	labels := map[uint64]map[string]string{1: {"org": "empire", "class": "deathstar"}, 2: {"org": "empire", "class": "tiefighter"}, 3: {"org": "alliance", "class": "xwing"}}
+	for id, l := range labels {
+		if _, err := repo.UpsertEndpoint(policy.Endpoint{ID: id, Labels: policy.K8sLabels(l, "default")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	snap := repo.Snapshot()
+	nps, hosts := Resources(snap, ws)
+	ids := map[uint64]uint32{}
+	for id := range labels {
+		ep, _ := snap.Endpoint(id)
+		ids[id] = uint32(ep.Identity)
+	}
+	if len(nps) != 1 || nps[0].GetName() != "deathstar" {
+		t.Fatalf("policies = %v; want only the local deathstar", nps)
+	}
+	ing := nps[0].GetIngressPerPortPolicies()
+	if len(ing) != 1 || ing[0].GetPort() != 80 || ing[0].GetProtocol() != npds.Protocol_TCP {
+		t.Fatalf("ingress ports = %v; want TCP 80", ing)
+	}
+	rules := ing[0].GetRules()
+	if len(rules) != 1 {
+		t.Fatalf("rules = %v; want one", rules)
+	}
+	// org=empire selects deathstar and tiefighter, not xwing.
+	remotes := map[uint32]bool{}
+	for _, id := range rules[0].GetRemoteIdentities() {
+		remotes[id] = true
+	}
+	if !remotes[ids[2]] || remotes[ids[3]] {
+		t.Errorf("remote identities %v; want tiefighter's %d and not xwing's %d", rules[0].GetRemoteIdentities(), ids[2], ids[3])
+	}
+	want := &npds.HttpRules{HttpRules: []*npds.HttpRule{{Method: "POST", Path: "/v1/request-landing"}}}
+	if diff := cmp.Diff(want, rules[0].GetHttpRules(), protocmp.Transform()); diff != "" {
+		t.Errorf("http rules (-want +got):\n%s", diff)
+	}
+	byID := map[uint32][]string{}
+	for _, h := range hosts {
+		byID[h.GetIdentity()] = h.GetHostAddresses()
+	}
+	for id, ip := range map[uint64]string{1: "10.0.0.1", 2: "10.0.0.2", 3: "10.0.0.3"} {
+		if got := byID[ids[id]]; len(got) != 1 || got[0] != ip {
+			t.Errorf("hosts of identity %d = %v; want [%s]", ids[id], got, ip)
+		}
+	}
+}
