@@ -228,6 +228,9 @@ func (r *Repository) DeleteEndpoint(id uint64) bool {
 
 func (r *Repository) dropEndpointIdentity(old *epState) {
 	if old.ident.ID == IdentityHost {
+		if cur, ok := r.endpoints[old.ep.ID]; !ok || cur.ident.ID != IdentityHost {
+			r.hostLabels = nil
+		}
 		return
 	}
 	r.removeIdentityRef(old.ident.ID)
