@@ -429,3 +429,25 @@ func TestMatchBadInput(t *testing.T) {
 		}
 	}
 }
+
+func TestMatchConcurrent(t *testing.T) {
+	rules, req := benchRules(50, "noprefix")
+	rules = append(rules, policy.PortRuleHTTP{Path: `/\b.*`}, policy.PortRuleHTTP{HeaderMatches: []*policy.HeaderMatch{{Name: "x", Value: "y", Mismatch: policy.MismatchReplace}}})
+	m := mustCompile(t, rules, nil)
+	done := make(chan bool)
+	for range 4 {
+		go func() {
+			ok := true
+			for range 200 {
+				r := req
+				ok = ok && m.Match(&r).Rule == 49
+			}
+			done <- ok
+		}()
+	}
+	for range 4 {
+		if !<-done {
+			t.Error("concurrent Match gave another rule than 49")
+		}
+	}
+}
