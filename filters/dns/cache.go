@@ -22,10 +22,26 @@ type Cache struct {
 	maxZombies    int
 
 	mu      sync.Mutex
-	eps     map[uint64]map[string]map[netip.Addr]*entry
+	eps     map[uint64]map[string]*nameEntry
 	ipNames map[netip.Addr]map[string]int // holders of (name, ip) over endpoints
 	zombies int
 	dirty   bool
+	seq     uint64
+}
+
+// nameEntry is one endpoint's IPs for one name. The live and dead queues
+// order its IPs by last lookup and by death, so the per-name cap evicts the
+// oldest in amortised constant time: items are checked lazily against the
+// entry's current sequence number and dropped when stale.
+type nameEntry struct {
+	ips        map[netip.Addr]*entry
+	live, dead []qitem
+	nLive      int
+}
+
+type qitem struct {
+	ip  netip.Addr
+	seq uint64
 }
 
 type entry struct {
@@ -33,6 +49,47 @@ type entry struct {
 	seen    time.Time // last answer carrying this IP
 	zombie  bool      // expired; kept while a connection uses it
 	died    time.Time // when it became a zombie
+	seq     uint64    // of the last lookup or death
+}
+
+// push appends an item and compacts a queue grown far beyond its valid
+// items.
+func (n *nameEntry) push(q *[]qitem, it qitem, zombie bool) {
+	*q = append(*q, it)
+	if len(*q) > 2*len(n.ips)+64 {
+		*q = slices.DeleteFunc(*q, func(it qitem) bool { return !n.valid(it, zombie) })
+	}
+}
+
+func (n *nameEntry) valid(it qitem, zombie bool) bool {
+	e, ok := n.ips[it.ip]
+	return ok && e.seq == it.seq && e.zombie == zombie
+}
+
+// popOldest removes and returns the oldest valid item of a queue.
+func (n *nameEntry) popOldest(q *[]qitem, zombie bool) (netip.Addr, bool) {
+	for len(*q) > 0 {
+		it := (*q)[0]
+		*q = (*q)[1:]
+		if n.valid(it, zombie) {
+			return it.ip, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+func (c *Cache) nextSeq() uint64 {
+	c.seq++
+	return c.seq
+}
+
+// kill turns a live entry into a zombie.
+func (c *Cache) kill(n *nameEntry, ip netip.Addr, e *entry, now time.Time) {
+	e.zombie, e.died, e.seq = true, now, c.nextSeq()
+	n.nLive--
+	c.zombies++
+	c.dirty = true
+	n.push(&n.dead, qitem{ip, e.seq}, true)
 }
 
 // CacheEntry is one endpoint's view of one name and IP, as listed by
@@ -65,14 +122,30 @@ func NewCache(minTTL time.Duration, maxIPsPerName, maxZombies int) *Cache {
 		minTTL:        minTTL,
 		maxIPsPerName: maxIPsPerName,
 		maxZombies:    maxZombies,
-		eps:           make(map[uint64]map[string]map[netip.Addr]*entry),
+		eps:           make(map[uint64]map[string]*nameEntry),
 		ipNames:       make(map[netip.Addr]map[string]int),
 	}
 }
 
+// nameEntry returns (creating) endpoint ep's entry for name.
+func (c *Cache) nameEntry(ep uint64, name string) *nameEntry {
+	names := c.eps[ep]
+	if names == nil {
+		names = make(map[string]*nameEntry)
+		c.eps[ep] = names
+	}
+	n := names[name]
+	if n == nil {
+		n = &nameEntry{ips: make(map[netip.Addr]*entry)}
+		names[name] = n
+	}
+	return n
+}
+
 // Update records that endpoint ep resolved name to ips with ttl at now. It
-// returns the IPs whose global name set changed (new name-IP pairs), the
-// only ones whose identity may change.
+// returns the IPs whose global name set changed (new name-IP pairs, and
+// pairs dropped by the per-name cap), the only ones whose identity may
+// change.
 func (c *Cache) Update(ep uint64, name string, ips []netip.Addr, ttl time.Duration, now time.Time) []netip.Addr {
 	if len(ips) == 0 {
 		return nil
@@ -85,74 +158,45 @@ func (c *Cache) Update(ep uint64, name string, ips []netip.Addr, ttl time.Durati
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.dirty = true
-	names := c.eps[ep]
-	if names == nil {
-		names = make(map[string]map[netip.Addr]*entry)
-		c.eps[ep] = names
-	}
-	m := names[name]
-	if m == nil {
-		m = make(map[netip.Addr]*entry, len(ips))
-		names[name] = m
-	}
+	n := c.nameEntry(ep, name)
 	var changed []netip.Addr
 	for _, ip := range ips {
 		ip = ip.Unmap()
-		if e, ok := m[ip]; ok {
-			if e.zombie { // a new lookup revives the zombie
-				e.zombie = false
-				c.zombies--
+		e, ok := n.ips[ip]
+		if !ok {
+			e = &entry{}
+			n.ips[ip] = e
+			n.nLive++
+			if c.hold(name, ip) {
+				changed = append(changed, ip)
 			}
-			e.expires, e.seen = expires, now
-			continue
+		} else if e.zombie { // a new lookup revives the zombie
+			e.zombie = false
+			c.zombies--
+			n.nLive++
 		}
-		m[ip] = &entry{expires: expires, seen: now}
-		if c.hold(name, ip) {
+		e.expires, e.seen, e.seq = expires, now, c.nextSeq()
+		n.push(&n.live, qitem{ip, e.seq}, false)
+	}
+	// The per-name cap: the oldest live IPs (by last lookup) become
+	// zombies, and the oldest zombies beyond the cap go.
+	for n.nLive > c.maxIPsPerName {
+		ip, ok := n.popOldest(&n.live, false)
+		if !ok {
+			break
+		}
+		c.kill(n, ip, n.ips[ip], now)
+	}
+	for len(n.ips)-n.nLive > c.maxIPsPerName {
+		ip, ok := n.popOldest(&n.dead, true)
+		if !ok {
+			break
+		}
+		if c.remove(ep, name, ip) {
 			changed = append(changed, ip)
 		}
 	}
-	c.enforceNameCap(ep, name, m, now)
 	return changed
-}
-
-// enforceNameCap turns the oldest live IPs of a name into zombies beyond
-// maxIPsPerName, and drops the oldest zombies of the name beyond it too.
-func (c *Cache) enforceNameCap(ep uint64, name string, m map[netip.Addr]*entry, now time.Time) {
-	if len(m) <= c.maxIPsPerName {
-		return
-	}
-	var live, dead []netip.Addr
-	for ip, e := range m {
-		if e.zombie {
-			dead = append(dead, ip)
-		} else {
-			live = append(live, ip)
-		}
-	}
-	oldest := func(ips []netip.Addr) {
-		sort.Slice(ips, func(i, j int) bool {
-			a, b := m[ips[i]], m[ips[j]]
-			if !a.seen.Equal(b.seen) {
-				return a.seen.Before(b.seen)
-			}
-			return a.expires.Before(b.expires)
-		})
-	}
-	if n := len(live) - c.maxIPsPerName; n > 0 {
-		oldest(live)
-		for _, ip := range live[:n] {
-			e := m[ip]
-			e.zombie, e.died = true, now
-			c.zombies++
-			dead = append(dead, ip)
-		}
-	}
-	if n := len(dead) - c.maxIPsPerName; n > 0 {
-		oldest(dead)
-		for _, ip := range dead[:n] {
-			c.remove(ep, name, ip)
-		}
-	}
 }
 
 // hold adds a holder of (name, ip) and reports whether the pair is new.
@@ -169,16 +213,21 @@ func (c *Cache) hold(name string, ip netip.Addr) bool {
 // remove deletes an endpoint's entry and reports whether the global pair
 // (name, ip) disappeared.
 func (c *Cache) remove(ep uint64, name string, ip netip.Addr) bool {
-	m := c.eps[ep][name]
-	e, ok := m[ip]
+	n := c.eps[ep][name]
+	if n == nil {
+		return false
+	}
+	e, ok := n.ips[ip]
 	if !ok {
 		return false
 	}
 	if e.zombie {
 		c.zombies--
+	} else {
+		n.nLive--
 	}
-	delete(m, ip)
-	if len(m) == 0 {
+	delete(n.ips, ip)
+	if len(n.ips) == 0 {
 		delete(c.eps[ep], name)
 		if len(c.eps[ep]) == 0 {
 			delete(c.eps, ep)
@@ -205,12 +254,10 @@ func (c *Cache) Expire(now time.Time) []ZombieRef {
 	defer c.mu.Unlock()
 	var zs []ZombieRef
 	for ep, names := range c.eps {
-		for _, m := range names {
-			for ip, e := range m {
+		for _, n := range names {
+			for ip, e := range n.ips {
 				if !e.zombie && !e.expires.After(now) {
-					e.zombie, e.died = true, now
-					c.zombies++
-					c.dirty = true
+					c.kill(n, ip, e, now)
 				}
 				if e.zombie {
 					zs = append(zs, ZombieRef{Endpoint: ep, IP: ip})
@@ -235,8 +282,8 @@ func (c *Cache) Reap(alive map[ZombieRef]bool) []netip.Addr {
 	var kept []z
 	changed := make(map[netip.Addr]bool)
 	for ep, names := range c.eps {
-		for name, m := range names {
-			for ip, e := range m {
+		for name, n := range names {
+			for ip, e := range n.ips {
 				if !e.zombie {
 					continue
 				}
@@ -295,7 +342,11 @@ func (c *Cache) Lookup(ep uint64, name string, now time.Time) []netip.Addr {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var out []netip.Addr
-	for ip, e := range c.eps[ep][lowerName(name)] {
+	n := c.eps[ep][lowerName(name)]
+	if n == nil {
+		return nil
+	}
+	for ip, e := range n.ips {
 		if !e.zombie && e.expires.After(now) {
 			out = append(out, ip)
 		}
@@ -310,8 +361,8 @@ func (c *Cache) Entries() []CacheEntry {
 	defer c.mu.Unlock()
 	var out []CacheEntry
 	for ep, names := range c.eps {
-		for name, m := range names {
-			for ip, e := range m {
+		for name, n := range names {
+			for ip, e := range n.ips {
 				out = append(out, CacheEntry{Endpoint: ep, Name: name, IP: ip, Expires: e.expires, Seen: e.seen, Zombie: e.zombie})
 			}
 		}
@@ -339,6 +390,9 @@ func (c *Cache) Entries() []CacheEntry {
 // until a connection check has seen them (connections established before
 // the restart keep working).
 func (c *Cache) Restore(entries []CacheEntry, now time.Time) {
+	// Oldest lookups first, so the per-name order survives the restart.
+	entries = slices.Clone(entries)
+	slices.SortStableFunc(entries, func(a, b CacheEntry) int { return a.Seen.Compare(b.Seen) })
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, ce := range entries {
@@ -346,25 +400,17 @@ func (c *Cache) Restore(entries []CacheEntry, now time.Time) {
 			continue
 		}
 		name, ip := lowerName(ce.Name), ce.IP.Unmap()
-		names := c.eps[ce.Endpoint]
-		if names == nil {
-			names = make(map[string]map[netip.Addr]*entry)
-			c.eps[ce.Endpoint] = names
-		}
-		m := names[name]
-		if m == nil {
-			m = make(map[netip.Addr]*entry)
-			names[name] = m
-		}
-		if _, ok := m[ip]; ok {
+		n := c.nameEntry(ce.Endpoint, name)
+		if _, ok := n.ips[ip]; ok {
 			continue
 		}
-		e := &entry{expires: ce.Expires, seen: ce.Seen}
+		e := &entry{expires: ce.Expires, seen: ce.Seen, seq: c.nextSeq()}
+		n.ips[ip] = e
+		n.nLive++
+		n.push(&n.live, qitem{ip, e.seq}, false)
 		if ce.Zombie || !ce.Expires.After(now) {
-			e.zombie, e.died = true, now
-			c.zombies++
+			c.kill(n, ip, e, now)
 		}
-		m[ip] = e
 		c.hold(name, ip)
 	}
 }

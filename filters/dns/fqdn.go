@@ -133,13 +133,19 @@ type updater struct {
 	log    *slog.Logger
 	stats  *Stats
 
-	selectors atomic.Pointer[[]selector]
-	reqs      chan updateReq
-	resync    chan struct{} // selectors changed: reconcile every IP
+	selectors  atomic.Pointer[[]selector]
+	reqs       chan updateReq
+	resync     chan struct{} // wakes run: selectors changed
+	resyncWant atomic.Uint64 // selector generations set
+	resyncDone atomic.Uint64 // selector generation fully applied
 
-	mu      sync.Mutex // guards applied and ids for readers (State)
+	// mu guards applied, ids and pending. Lock order: mu before the
+	// cache's lock, never the reverse.
+	mu      sync.Mutex
 	applied map[netip.Addr]applied
 	ids     map[string]uint32
+	pending  map[netip.Addr]int      // queued, not yet reconciled requests per IP
+	deferred map[netip.Addr]struct{} // changed IPs whose request could not be queued
 }
 
 func newUpdater(cache *Cache, ipc IPCache, alloc IdentityAllocator, pol PolicyUpdater, conns ConnTracker, log *slog.Logger, stats *Stats) *updater {
@@ -149,21 +155,54 @@ func newUpdater(cache *Cache, ipc IPCache, alloc IdentityAllocator, pol PolicyUp
 		resync:  make(chan struct{}, 1),
 		applied: make(map[netip.Addr]applied),
 		ids:     make(map[string]uint32),
+		pending:  make(map[netip.Addr]int),
+		deferred: make(map[netip.Addr]struct{}),
 	}
 	empty := []selector{}
 	u.selectors.Store(&empty)
 	return u
 }
 
-// request queues ips for reconciliation and returns a channel closed when
-// it is done.
-func (u *updater) request(ctx context.Context, ips []netip.Addr, all bool) (<-chan struct{}, error) {
-	r := updateReq{ips: ips, all: all, done: make(chan struct{})}
+// learn records an answer in the cache and reports which IPs need an
+// ipcache reconciliation before the answer may be released (changed), and
+// whether the answer must wait at all: also when an earlier answer's update
+// of one of these IPs, or a selector change, is still in flight.
+func (u *updater) learn(ep uint64, name string, ips []netip.Addr, ttl time.Duration, now time.Time) (changed []netip.Addr, wait bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	changed = u.cache.Update(ep, name, ips, ttl, now)
+	if len(*u.selectors.Load()) == 0 && len(u.applied) == 0 {
+		// Nothing selects any name: no identity to write. A later
+		// SetSelectors relabels every cached IP.
+		return nil, u.resyncDone.Load() < u.resyncWant.Load()
+	}
+	for _, ip := range changed {
+		u.pending[ip]++
+	}
+	wait = len(changed) > 0 || u.resyncDone.Load() < u.resyncWant.Load()
+	for i := 0; !wait && i < len(ips); i++ {
+		wait = u.pending[ips[i].Unmap()] > 0
+	}
+	return changed, wait
+}
+
+// deferIPs takes IPs whose request was never queued (the answer timed out
+// first): run reconciles them on its next wake-up.
+func (u *updater) deferIPs(ips []netip.Addr) {
+	if len(ips) == 0 {
+		return
+	}
+	u.mu.Lock()
+	for _, ip := range ips {
+		if u.pending[ip]--; u.pending[ip] <= 0 {
+			delete(u.pending, ip)
+		}
+		u.deferred[ip] = struct{}{}
+	}
+	u.mu.Unlock()
 	select {
-	case u.reqs <- r:
-		return r.done, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	case u.resync <- struct{}{}:
+	default:
 	}
 }
 
@@ -172,11 +211,12 @@ func (u *updater) run(ctx context.Context, gcEvery time.Duration, save func()) {
 	t := time.NewTicker(gcEvery)
 	defer t.Stop()
 	for {
+		var batch []updateReq
 		select {
 		case <-ctx.Done():
 			return
 		case r := <-u.reqs:
-			batch := []updateReq{r}
+			batch = append(batch, r)
 		drain:
 			for len(batch) < 256 {
 				select {
@@ -186,30 +226,47 @@ func (u *updater) run(ctx context.Context, gcEvery time.Duration, save func()) {
 					break drain
 				}
 			}
-			set := make(map[netip.Addr]struct{})
-			all := false
-			for _, r := range batch {
-				all = all || r.all
-				for _, ip := range r.ips {
-					set[ip] = struct{}{}
-				}
-			}
-			if all {
-				for ip := range u.allIPs() {
-					set[ip] = struct{}{}
-				}
-			}
-			u.reconcile(ctx, set)
-			for _, r := range batch {
-				close(r.done)
-			}
 		case <-u.resync:
-			u.reconcile(ctx, u.allIPs())
 		case <-t.C:
 			u.gc(ctx, time.Now())
 			if save != nil {
 				save()
 			}
+			continue
+		}
+		set := make(map[netip.Addr]struct{})
+		all := false
+		for _, r := range batch {
+			all = all || r.all
+			for _, ip := range r.ips {
+				set[ip] = struct{}{}
+			}
+		}
+		u.mu.Lock()
+		for ip := range u.deferred {
+			set[ip] = struct{}{}
+		}
+		clear(u.deferred)
+		u.mu.Unlock()
+		want := u.resyncWant.Load()
+		if all || u.resyncDone.Load() < want {
+			for ip := range u.allIPs() {
+				set[ip] = struct{}{}
+			}
+		}
+		u.reconcile(ctx, set)
+		u.resyncDone.Store(want)
+		u.mu.Lock()
+		for _, r := range batch {
+			for _, ip := range r.ips {
+				if u.pending[ip]--; u.pending[ip] <= 0 {
+					delete(u.pending, ip)
+				}
+			}
+		}
+		u.mu.Unlock()
+		for _, r := range batch {
+			close(r.done)
 		}
 	}
 }

@@ -168,6 +168,7 @@ func (p *Proxy) SetSelectors(sels []policy.PortRuleDNS) error {
 		return err
 	}
 	p.upd.selectors.Store(&cs)
+	p.upd.resyncWant.Add(1)
 	select {
 	case p.upd.resync <- struct{}{}:
 	default: // a resync is already pending
@@ -226,11 +227,14 @@ func (p *Proxy) Run(ctx context.Context) error {
 		}
 	}()
 	// Restored IPs go back into the ipcache before the first answer.
-	if done, err := p.upd.request(ctx, nil, true); err == nil {
+	restored := updateReq{all: true, done: make(chan struct{})}
+	select {
+	case p.upd.reqs <- restored:
 		select {
-		case <-done:
+		case <-restored.done:
 		case <-ctx.Done():
 		}
+	case <-ctx.Done():
 	}
 
 	errc := make(chan error, 2)
@@ -261,11 +265,10 @@ func (p *Proxy) Run(ctx context.Context) error {
 func (p *Proxy) serveUDP(ctx context.Context, wg *sync.WaitGroup) error {
 	local := addrPortOf(p.udp.LocalAddr())
 	oob := make([]byte, 256)
+	buf := make([]byte, 65535)
 	for {
-		bp := p.bufs.Get().(*[]byte)
-		n, oobn, _, from, err := p.udp.ReadMsgUDPAddrPort(*bp, oob)
+		n, oobn, _, from, err := p.udp.ReadMsgUDPAddrPort(buf, oob)
 		if err != nil {
-			p.bufs.Put(bp)
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -282,21 +285,19 @@ func (p *Proxy) serveUDP(ctx context.Context, wg *sync.WaitGroup) error {
 				dst = d
 			}
 		}
-		pkt := (*bp)[:n]
 		select {
 		case p.sem <- struct{}{}:
 		default:
 			p.stats.Overload.Add(1)
-			if r := overloadReply(pkt); r != nil {
+			if r := overloadReply(buf[:n]); r != nil {
 				p.replyUDP(local, dst, from, r)
 			}
-			p.bufs.Put(bp)
 			continue
 		}
+		pkt := append([]byte(nil), buf[:n]...)
 		wg.Go(func() {
-			defer func() { <-p.sem; p.bufs.Put(bp) }()
-			resp := p.handle(ctx, pkt, from, dst, "UDP")
-			if resp != nil {
+			defer func() { <-p.sem }()
+			if resp := p.handle(ctx, pkt, from, dst, "UDP"); resp != nil {
 				p.replyUDP(local, dst, from, resp)
 			}
 		})
@@ -509,28 +510,31 @@ func (p *Proxy) handle(ctx context.Context, pkt []byte, from, dst netip.AddrPort
 // the ipcache and policy reflect them: the answer is released after.
 func (p *Proxy) learn(ctx context.Context, ep uint64, name string, ips []netip.Addr, ttl uint32) {
 	start := time.Now()
-	p.cache.Update(ep, name, ips, time.Duration(ttl)*time.Second, start)
+	changed, wait := p.upd.learn(ep, name, ips, time.Duration(ttl)*time.Second, start)
+	if !wait {
+		p.stats.UpdateWait.Observe(0)
+		return
+	}
+	r := updateReq{ips: changed, done: make(chan struct{})}
 	t := time.NewTimer(p.cfg.UpdateTimeout)
 	defer t.Stop()
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() {
+	timedOut := false
+	select {
+	case p.upd.reqs <- r:
 		select {
+		case <-r.done:
 		case <-t.C:
-			cancel()
-		case <-wctx.Done():
+			timedOut = true
+		case <-ctx.Done():
 		}
-	}()
-	done, err := p.upd.request(wctx, ips, false)
-	if err == nil {
-		select {
-		case <-done:
-		case <-wctx.Done():
-			err = wctx.Err()
-		}
+	case <-t.C:
+		timedOut = true
+		p.upd.deferIPs(changed) // never queued
+	case <-ctx.Done():
+		p.upd.deferIPs(changed)
 	}
 	p.stats.UpdateWait.Observe(time.Since(start))
-	if err != nil && ctx.Err() == nil {
+	if timedOut {
 		p.stats.UpdateTimeouts.Add(1)
 		p.log.Warn("answer released before its ipcache update completed", "name", name, "timeout", p.cfg.UpdateTimeout)
 	}
@@ -593,14 +597,16 @@ func (p *Proxy) forward(ctx context.Context, pkt []byte, upstream netip.AddrPort
 	if _, err := c.Write(out); err != nil {
 		return nil, fmt.Errorf("write to %s: %w", upstream, err)
 	}
-	buf := make([]byte, 65535)
+	bp := p.bufs.Get().(*[]byte)
+	defer p.bufs.Put(bp)
+	buf := *bp
 	for {
 		n, err := c.Read(buf)
 		if err != nil {
 			return nil, fmt.Errorf("read from %s: %w", upstream, err)
 		}
 		if n >= headerLen && binary.BigEndian.Uint16(buf) == id {
-			return buf[:n:n], nil
+			return append([]byte(nil), buf[:n]...), nil
 		}
 	}
 }
