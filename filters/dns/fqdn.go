@@ -141,9 +141,9 @@ type updater struct {
 
 	// mu guards applied, ids and pending. Lock order: mu before the
 	// cache's lock, never the reverse.
-	mu      sync.Mutex
-	applied map[netip.Addr]applied
-	ids     map[string]uint32
+	mu       sync.Mutex
+	applied  map[netip.Addr]applied
+	ids      map[string]uint32
 	pending  map[netip.Addr]int      // queued, not yet reconciled requests per IP
 	deferred map[netip.Addr]struct{} // changed IPs whose request could not be queued
 }
@@ -151,10 +151,10 @@ type updater struct {
 func newUpdater(cache *Cache, ipc IPCache, alloc IdentityAllocator, pol PolicyUpdater, conns ConnTracker, log *slog.Logger, stats *Stats) *updater {
 	u := &updater{
 		cache: cache, ipc: ipc, alloc: alloc, policy: pol, conns: conns, log: log, stats: stats,
-		reqs:    make(chan updateReq, 1024),
-		resync:  make(chan struct{}, 1),
-		applied: make(map[netip.Addr]applied),
-		ids:     make(map[string]uint32),
+		reqs:     make(chan updateReq, 1024),
+		resync:   make(chan struct{}, 1),
+		applied:  make(map[netip.Addr]applied),
+		ids:      make(map[string]uint32),
 		pending:  make(map[netip.Addr]int),
 		deferred: make(map[netip.Addr]struct{}),
 	}
