@@ -29,7 +29,9 @@
 //     matches; an empty rule list or an empty rule allows everything; when
 //     any rule has headerMatches with an action, every rule is evaluated so
 //     all actions run (as Cilium does), and the edits of every matching rule
-//     are returned in rule order;
+//     are returned in rule order. Every condition sees the request as it
+//     arrived: unlike Cilium's in-place edits, one rule's REPLACE cannot
+//     satisfy a later rule's condition;
 //   - a rule that does not compile (bad or over-long regex) never matches
 //     and is reported by Compile, but the other rules keep working
 //     (cilium#41314: one long regex must not fail an endpoint's policy).
