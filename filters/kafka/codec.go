@@ -297,6 +297,7 @@ func (dc *decoder) setName(i int, name string) {
 // walk reads the fields of one struct at version v.
 func (dc *decoder) walk(r *reader, fields []field, v int16, flex bool, depth int) {
 	marking := false
+	resType := int8(-1) // ResourceType of a config or ACL resource in this struct
 	for i := range fields {
 		f := &fields[i]
 		if !f.ver.has(v) || (flex && f.tagged.has(v)) {
@@ -312,8 +313,16 @@ func (dc *decoder) walk(r *reader, fields []field, v int16, flex bool, depth int
 			dc.markFrom, marking = r.off, true
 		}
 		switch f.typ {
+		case tInt8:
+			x := r.int8()
+			if f.name == "ResourceType" || f.name == "ResourceTypeFilter" {
+				resType = x
+			}
 		case tString:
 			b, ok := r.bytes(flex, true)
+			if (f.name == "ResourceName" || f.name == "ResourceNameFilter") && resType >= 0 {
+				dc.resource(r, resType, b, ok)
+			}
 			if !ok {
 				continue
 			}
@@ -466,6 +475,9 @@ func (dc *decoder) array(r *reader, f *field, v int16, flex bool, depth int) {
 					dc.d.groups = append(dc.d.groups, groupEntry{id: dc.str(b)})
 				}
 			default:
+				if f.name == "SourceTopicRegex" && len(b) > 0 {
+					dc.d.AllTopics = true // KIP-1071 streams groups: see SubscribedTopicRegex
+				}
 				if depth == 0 && dc.d.APIKey == keyFindCoordinator && f.name == "CoordinatorKeys" {
 					// FindCoordinator v4+ batches keys; the response answers
 					// each (KIP-699).
@@ -517,6 +529,34 @@ func (dc *decoder) array(r *reader, f *field, v int16, flex bool, depth int) {
 			return
 		}
 		r.skip(sz * n)
+	}
+}
+
+// Resource types of config resources (DescribeConfigs, AlterConfigs,
+// IncrementalAlterConfigs) and ACL bindings (CreateAcls, DescribeAcls,
+// DeleteAcls).
+const (
+	resourceAny   = 1
+	resourceTopic = 2
+)
+
+// resource handles a resource name: a topic config resource names that
+// topic; an ACL binding or filter on topics (or on any resource, or by
+// pattern) may reach every topic, so only a rule without a topic covers it.
+func (dc *decoder) resource(r *reader, typ int8, name []byte, ok bool) {
+	switch key := dc.d.APIKey; {
+	case key == 29 || key == 30 || key == 31: // DescribeAcls, CreateAcls, DeleteAcls
+		if typ == resourceAny || typ == resourceTopic {
+			dc.d.AllTopics = true
+		}
+	case typ == resourceTopic:
+		if !ok {
+			dc.d.AllTopics = true
+			return
+		}
+		if e := dc.addEntry(r); e >= 0 {
+			dc.setName(e, dc.str(name))
+		}
 	}
 }
 

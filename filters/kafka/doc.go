@@ -19,7 +19,10 @@
 // connections to the same broker. Record batches are never decoded. The
 // topics a Fetch removes from its fetch session (ForgottenTopicsData,
 // KIP-227) are not counted: they read nothing, and brokers do not authorize
-// them either.
+// them either. Topic config resources (DescribeConfigs, AlterConfigs,
+// IncrementalAlterConfigs) are topics too; an ACL binding or filter on
+// topics (CreateAcls, DescribeAcls, DeleteAcls) and a regex subscription
+// count as naming every topic.
 //
 // # Rules
 //

@@ -110,7 +110,7 @@ func denyResponse(d *decoded, buf []byte) ([]byte, error) {
 		return nil, fmt.Errorf("%w: no response schema for api key %d version %d", ErrUnsupported, d.APIKey, d.APIVersion)
 	}
 	r := responder{d: d, v: d.APIVersion, flex: m.flex.has(d.APIVersion), code: d.denyCode()}
-	r.mirror = len(d.entries) > 0 && mirrorsTopics(m.fields, r.v, true)
+	r.mirror = len(d.entries) > 0 && (mirrorsTopics(m.fields, r.v, true) || d.APIKey == 32 || d.APIKey == 33 || d.APIKey == 44)
 	r.w.b = append(buf[:0], 0, 0, 0, 0)
 	r.w.int32(d.Correlation)
 	if r.flex && d.APIKey != keyApiVersions { // ApiVersions responses keep header v0 (KIP-511)
@@ -158,6 +158,23 @@ func hasPartition(fs []field, v int16) bool {
 	return false
 }
 
+// isResourceArray reports whether a response array lists config
+// resources (DescribeConfigs, AlterConfigs, IncrementalAlterConfigs): the
+// topics of a denied request are answered there, as topic resources.
+func (r *responder) isResourceArray(fs []field) bool {
+	switch r.d.APIKey {
+	case 32, 33, 44:
+	default:
+		return false
+	}
+	for i := range fs {
+		if fs[i].ver.has(r.v) && fs[i].typ == tString && fs[i].name == "ResourceName" {
+			return true
+		}
+	}
+	return false
+}
+
 func (r *responder) errorCode(lv level) int16 {
 	switch lv.kind {
 	case lvTopic, lvPartition:
@@ -186,6 +203,12 @@ func (r *responder) fields(fs []field, lv level) {
 			continue
 		}
 		switch f.typ {
+		case tInt8:
+			if lv.kind == lvTopic && f.name == "ResourceType" {
+				w.int8(resourceTopic)
+			} else {
+				w.int8(int8(f.def))
+			}
 		case tInt16:
 			if f.name == "ErrorCode" {
 				w.int16(r.errorCode(lv))
@@ -208,7 +231,7 @@ func (r *responder) fields(fs []field, lv level) {
 		case tString:
 			s, null := "", f.null.has(r.v) && f.defNull
 			switch {
-			case lv.kind == lvTopic && f.entity == eTopic:
+			case lv.kind == lvTopic && (f.entity == eTopic || f.name == "ResourceName"):
 				s, null = r.d.entries[lv.entry].name, false
 				if s == "" && f.null.has(r.v) {
 					null = true // named by ID only
@@ -259,7 +282,7 @@ func (r *responder) array(f *field, lv level) {
 		for g := range r.d.groups {
 			r.fields(f.fields, level{kind: lvGroup, group: g, entry: -1})
 		}
-	case (lv.kind == lvTop || lv.kind == lvGroup) && hasTopic(f.fields, r.v):
+	case (lv.kind == lvTop || lv.kind == lvGroup) && (hasTopic(f.fields, r.v) || r.isResourceArray(f.fields)):
 		n := 0
 		for _, e := range r.d.entries {
 			if lv.kind == lvTop || e.group == lv.group {

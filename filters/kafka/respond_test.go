@@ -219,3 +219,39 @@ func TestMetadataProbeSplice(t *testing.T) {
 		}
 	}
 }
+
+func TestConfigResourcesAreTopics(t *testing.T) {
+	req := kmsg.NewPtrDescribeConfigsRequest()
+	req.SetVersion(4)
+	for _, rt := range []kmsg.ConfigResourceType{kmsg.ConfigResourceTypeTopic, kmsg.ConfigResourceTypeBroker} {
+		res := kmsg.NewDescribeConfigsRequestResource()
+		res.ResourceType, res.ResourceName = rt, "secret"
+		if rt == kmsg.ConfigResourceTypeBroker {
+			res.ResourceName = "1"
+		}
+		req.Resources = append(req.Resources, res)
+	}
+	var dc decoder
+	d, err := dc.decodeRequest(frame(req, 3, "admin"))
+	if err != nil || len(d.Topics) != 1 || d.Topics[0] != "secret" {
+		t.Fatalf("decode = %v, %v; want the topic resource only", d.Topics, err)
+	}
+	resp, err := denyResponse(d, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dr := parseDeny(t, d, resp).(*kmsg.DescribeConfigsResponse)
+	if len(dr.Resources) != 1 || dr.Resources[0].ResourceName != "secret" || dr.Resources[0].ErrorCode != 29 ||
+		dr.Resources[0].ResourceType != kmsg.ConfigResourceTypeTopic {
+		t.Errorf("deny = %+v; want the topic resource with error 29", dr.Resources)
+	}
+	acl := kmsg.NewPtrCreateACLsRequest()
+	acl.SetVersion(3)
+	c := kmsg.NewCreateACLsRequestCreation()
+	c.ResourceType, c.ResourceName = kmsg.ACLResourceTypeTopic, "ok"
+	acl.Creations = append(acl.Creations, c)
+	d, err = dc.decodeRequest(frame(acl, 3, "admin"))
+	if err != nil || !d.AllTopics {
+		t.Fatalf("CreateAcls on a topic: AllTopics = %v, %v; want true", d.AllTopics, err)
+	}
+}
