@@ -34,7 +34,7 @@ var zone = map[string][]string{
 // startUpstream runs a real miekg/dns server on loopback (UDP and TCP on
 // the same port) answering from zone; big.github.test gets a large answer,
 // truncated over UDP.
-func startUpstream(t *testing.T) netip.AddrPort {
+func startUpstream(t testing.TB) netip.AddrPort {
 	t.Helper()
 	h := mdns.HandlerFunc(func(w mdns.ResponseWriter, q *mdns.Msg) {
 		r := new(mdns.Msg)
@@ -136,7 +136,7 @@ type harnessOpts struct {
 	conns  ConnTracker
 }
 
-func startProxy(t *testing.T, upstream netip.AddrPort, o harnessOpts) *harness {
+func startProxy(t testing.TB, upstream netip.AddrPort, o harnessOpts) *harness {
 	t.Helper()
 	m, err := Compile(o.rules)
 	if err != nil {
