@@ -28,6 +28,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"os/signal"
 	"slices"
 	"strconv"
 	"sync"
@@ -59,13 +60,47 @@ type result struct {
 	fromNS, toNS float64 // per-run ns; 0 when no program ran
 }
 
+// onSignal holds undo steps run (last first) if the benchmark is
+// interrupted, so no namespace, rule or pin outlives it.
+var (
+	onSignalMu sync.Mutex
+	onSignal   []func()
+)
+
+func atInterrupt(f func()) {
+	onSignalMu.Lock()
+	onSignal = append(onSignal, f)
+	onSignalMu.Unlock()
+}
+
 func main() {
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	go func() {
+		<-sigc
+		onSignalMu.Lock()
+		for i := len(onSignal) - 1; i >= 0; i-- {
+			onSignal[i]()
+		}
+		os.Exit(130)
+	}()
 	dur := flag.Duration("duration", 5*time.Second, "length of each throughput and conn/s measurement")
 	pings := flag.Int("pings", 20000, "round trips per latency measurement")
 	ipcacheN := flag.Int("ipcache", 10000, "extra ipcache entries in the BPF arms")
 	rounds := flag.Int("rounds", 3, "rounds of all arms, interleaved; the table shows per-arm medians")
+	role := flag.String("role", "", "internal: echo | ping (child processes of the socket-level arms)")
+	target := flag.String("target", "", "internal: ping target")
 	flag.Parse()
-	if err := run(*dur, *pings, *ipcacheN, *rounds); err != nil {
+	var err error
+	switch *role {
+	case "echo":
+		err = roleEcho()
+	case "ping":
+		err = rolePing(*target, *pings)
+	default:
+		err = run(*dur, *pings, *ipcacheN, *rounds)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench/bpf:", err)
 		os.Exit(1)
 	}
@@ -77,6 +112,7 @@ func run(dur time.Duration, pings, ipcacheN, rounds int) (err error) {
 		return err
 	}
 	defer func() { err = errors.Join(err, topo.Close()) }()
+	atInterrupt(func() { topo.Close() })
 	client, err := topo.Add(netns.PodConfig{Name: "client"})
 	if err != nil {
 		return err
@@ -102,11 +138,14 @@ func run(dur time.Duration, pings, ipcacheN, rounds int) (err error) {
 	}
 	defer unix.Unmount(pin, unix.MNT_DETACH)
 	defer redirect.Cleanup(pin)
+	atInterrupt(func() { os.Remove(pin) })
+	atInterrupt(func() { unix.Unmount(pin, unix.MNT_DETACH) })
+	atInterrupt(func() { redirect.Cleanup(pin) })
 	dp, err := redirect.Load(redirect.Config{PinDir: pin})
 	if err != nil {
 		return err
 	}
-	defer dp.Close()
+	defer func() { dp.Close() }()
 	s := int(topo.Subnet.Addr().As4()[2])
 	routing := redirect.Routing{Table: 21000 + s, Priority: 9100}
 	undo, err := redirect.InstallProxyRouting(routing)
@@ -114,6 +153,7 @@ func run(dur time.Duration, pings, ipcacheN, rounds int) (err error) {
 		return err
 	}
 	defer undo()
+	atInterrupt(func() { undo() })
 	statsOff, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
 	if err != nil {
 		return fmt.Errorf("enable bpf stats: %w", err)
@@ -126,6 +166,7 @@ func run(dur time.Duration, pings, ipcacheN, rounds int) (err error) {
 		return fmt.Errorf("iperf3 -s: %w", err)
 	}
 	defer func() { iperf.Cancel(); iperf.Wait() }()
+	atInterrupt(func() { iperf.Cancel() })
 	for _, port := range []int{portConn, portLatency} {
 		ln, err := server.Listen("tcp4", ":"+strconv.Itoa(port))
 		if err != nil {
@@ -180,6 +221,7 @@ func run(dur time.Duration, pings, ipcacheN, rounds int) (err error) {
 		fmt.Sprintf("%d,%d,%d", portIperf, portConn, portLatency),
 		"-j", "TPROXY", "--on-port", strconv.Itoa(int(proxy.port)), "--on-ip", "0.0.0.0",
 		"--tproxy-mark", fmt.Sprintf("%#x/%#x", redirect.MarkToProxy, redirect.MarkMask)}
+	atInterrupt(func() { exec.Command("iptables", append([]string{"-w", "-t", "mangle", "-D"}, rule...)...).Run() })
 	iptables := func(op string) error {
 		if out, err := exec.Command("iptables", append([]string{"-w", "-t", "mangle", op}, rule...)...).CombinedOutput(); err != nil {
 			return fmt.Errorf("iptables %s TPROXY: %w: %s", op, err, out)
@@ -223,6 +265,166 @@ func run(dur time.Duration, pings, ipcacheN, rounds int) (err error) {
 		results = append(results, median(all[arm.name]))
 	}
 	printTable(results)
+
+	// Socket-level mode: the local hop between a workload and the proxy,
+	// with and without the sockhash/sk_msg shortcut.
+	if err := dp.Close(); err != nil {
+		return err
+	}
+	sres, err := sockLatency(topo, server, pin, pings, rounds, &dp)
+	if err != nil {
+		return fmt.Errorf("socket-level arms: %w", err)
+	}
+	printSockTable(sres)
+	return nil
+}
+
+type sockResult struct {
+	arm      string
+	p50, p99 time.Duration
+}
+
+// sockLatency runs the ping-pong client as a child process in a workload
+// cgroup (socket-level mode: connect() redirected to the proxy) against an
+// echoing proxy child in the proxy cgroup, reloading the datapath (maps
+// and links kept, as on a wardd restart) to switch the shortcut.
+func sockLatency(topo *netns.Topology, server *netns.Pod, pin string, pings, rounds int, dpp **redirect.Datapath) ([]sockResult, error) {
+	if netns.CgroupRoot() == "" {
+		return nil, errors.New("no cgroup v2 hierarchy")
+	}
+	wl, err := topo.AddCgroup("bench-workload")
+	if err != nil {
+		return nil, err
+	}
+	pcg, err := topo.AddCgroup("bench-proxy")
+	if err != nil {
+		return nil, err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	echo, err := pcg.Command(context.Background(), self, "-role=echo")
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := echo.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := echo.Start(); err != nil {
+		return nil, err
+	}
+	defer func() { echo.Process.Kill(); echo.Wait() }()
+	atInterrupt(func() { echo.Process.Kill() })
+	var echoPort uint16
+	if _, err := fmt.Fscan(stdout, &echoPort); err != nil {
+		return nil, fmt.Errorf("echo proxy: %w", err)
+	}
+	const wlID = 50
+	target := net.JoinHostPort(server.IP.String(), strconv.Itoa(portLatency))
+	all := map[string][]sockResult{}
+	arms := []struct {
+		name     string
+		shortcut bool
+	}{{"sock local hop", false}, {"sock local hop + sk_msg", true}}
+	for round := range rounds {
+		for _, arm := range arms {
+			fmt.Fprintf(os.Stderr, "round %d/%d arm %s\n", round+1, rounds, arm.name)
+			dp, err := redirect.Load(redirect.Config{PinDir: pin, SockShortcut: arm.shortcut})
+			if err != nil {
+				return nil, err
+			}
+			*dpp = dp
+			if err := dp.IPCache().Upsert(netip.PrefixFrom(server.IP, 32), idServer); err != nil {
+				return nil, err
+			}
+			if err := dp.SetPolicy(wlID, []redirect.PolicyEntry{{PolicyKey: redirect.PolicyKey{Direction: redirect.Egress, Identity: idServer, Port: portLatency, Proto: redirect.ProtoTCP}, Verdict: redirect.Redirect, ProxyPort: echoPort}}); err != nil {
+				return nil, err
+			}
+			if err := dp.AddCgroupEndpoint(redirect.CgroupEndpoint{ID: wlID, CgroupPath: wl.Path, Identity: idClient, EnforceEgress: true}); err != nil {
+				return nil, err
+			}
+			if err := dp.AttachProxyCgroup(pcg.Path); err != nil {
+				return nil, err
+			}
+			cmd, err := wl.Command(context.Background(), self, "-role=ping", "-target="+target, "-pings="+strconv.Itoa(pings))
+			if err != nil {
+				return nil, err
+			}
+			out, err := cmd.Output()
+			if err != nil {
+				return nil, fmt.Errorf("ping child: %w", err)
+			}
+			var p50, p99 int64
+			if _, err := fmt.Sscan(string(out), &p50, &p99); err != nil {
+				return nil, fmt.Errorf("ping child said %q", out)
+			}
+			all[arm.name] = append(all[arm.name], sockResult{arm: arm.name, p50: time.Duration(p50), p99: time.Duration(p99)})
+			if err := errors.Join(dp.RemoveCgroupEndpoint(wlID), dp.DetachProxyCgroup(pcg.Path), dp.Close()); err != nil {
+				return nil, err
+			}
+		}
+	}
+	var out []sockResult
+	for _, arm := range arms {
+		rs := all[arm.name]
+		p50s := make([]time.Duration, len(rs))
+		p99s := make([]time.Duration, len(rs))
+		for i, r := range rs {
+			p50s[i], p99s[i] = r.p50, r.p99
+		}
+		slices.Sort(p50s)
+		slices.Sort(p99s)
+		out = append(out, sockResult{arm: arm.name, p50: p50s[len(rs)/2], p99: p99s[len(rs)/2]})
+	}
+	*dpp, err = redirect.Load(redirect.Config{PinDir: pin})
+	return out, err
+}
+
+func printSockTable(rs []sockResult) {
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "\nsocket-level arm\tRTT p50 µs\tRTT p99 µs\tp50 vs no shortcut\t")
+	for _, r := range rs {
+		fmt.Fprintf(tw, "%s\t%.1f\t%.1f\t%.2f\t\n", r.arm, float64(r.p50.Nanoseconds())/1e3, float64(r.p99.Nanoseconds())/1e3,
+			float64(r.p50)/float64(rs[0].p50))
+	}
+	tw.Flush()
+}
+
+// roleEcho is the proxy child: echo on 127.0.0.1, port on stdout.
+func roleEcho() error {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	fmt.Println(ln.Addr().(*net.TCPAddr).Port)
+	echoServer(ln)
+	return nil
+}
+
+// rolePing is the workload child: 1-byte ping-pong, prints p50 p99 in ns.
+func rolePing(target string, pings int) error {
+	c, err := net.Dial("tcp4", target)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.(*net.TCPConn).SetNoDelay(true)
+	buf := make([]byte, 1)
+	rtts := make([]time.Duration, 0, pings)
+	for range pings {
+		t := time.Now()
+		if _, err := c.Write(buf); err != nil {
+			return err
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			return err
+		}
+		rtts = append(rtts, time.Since(t))
+	}
+	slices.Sort(rtts)
+	fmt.Println(int64(rtts[len(rtts)/2]), int64(rtts[len(rtts)*99/100]))
 	return nil
 }
 
@@ -373,7 +575,21 @@ func echoServer(ln net.Listener) {
 		}
 		go func() {
 			defer c.Close()
-			io.Copy(c, c)
+			// A read/write loop, not io.Copy: Go splices TCP to TCP,
+			// and splice(2) reads the socket's receive queue directly,
+			// missing data an sk_msg program put in the psock queue.
+			buf := make([]byte, 64<<10)
+			for {
+				n, err := c.Read(buf)
+				if n > 0 {
+					if _, werr := c.Write(buf[:n]); werr != nil {
+						return
+					}
+				}
+				if err != nil {
+					return
+				}
+			}
 		}()
 	}
 }
