@@ -1,0 +1,464 @@
+package xds
+
+// TLS listeners and clusters: serverNames (SNI) policy on a passthrough
+// listener, and TLS interception (terminatingTLS / originatingTLS) with
+// certificates and trust bundles that Envoy fetches by name over SDS.
+//
+// Secrets never appear inline in a listener or cluster: a listener or
+// cluster names them (SdsSecretConfig with an ADS config source) and the
+// snapshot's Secrets carry them once, however many filter chains, listeners
+// or clusters reference the same name. Rotating a secret is a new Secret
+// with the same name: Envoy swaps the TLS context for new handshakes without
+// touching the listener, so established connections are not drained.
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	sfscommon "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/set_filter_state/v3"
+	dmhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/dynamic_modules/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	sfshttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/set_filter_state/v3"
+	tlsinspector "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpproxy "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// Well-known filter state keys (Envoy "Well Known Filter State Objects"):
+// the router builds the upstream transport socket options from them, so the
+// upstream SNI and the SAN the upstream certificate must carry are the SNI
+// of the client's ClientHello.
+const (
+	filterStateUpstreamSNI = "envoy.network.upstream_server_name"
+	filterStateUpstreamSAN = "envoy.network.upstream_subject_alt_names"
+)
+
+// SNIListener is a serverNames (SNI) policy listener: the TLS inspector reads
+// the ClientHello and a connection whose SNI one of the Routes allows is
+// forwarded untouched (tcp_proxy, no termination) to that route's cluster.
+// Every other connection — another SNI, a ClientHello without SNI, or not TLS
+// at all — matches no filter chain and Envoy closes it, so the client's
+// handshake fails.
+type SNIListener struct {
+	Name        string
+	Address     string
+	Port        uint32
+	Transparent bool
+	Routes      []SNIRoute
+	// StatPrefix defaults to Name.
+	StatPrefix string
+}
+
+// SNIRoute allows a set of server names to one cluster.
+type SNIRoute struct {
+	// ServerNames are exact names ("one.one.one.one") or Envoy wildcards
+	// ("*.cilium.io": any name ending in ".cilium.io", at any depth). A name
+	// may appear in one route only. Matching is case-insensitive.
+	ServerNames []string
+	Cluster     string
+}
+
+// Build returns the Envoy listener.
+func (s SNIListener) Build() (*listener.Listener, error) {
+	if s.Name == "" {
+		return nil, errors.New("xds: SNIListener needs a Name")
+	}
+	if len(s.Routes) == 0 {
+		return nil, fmt.Errorf("xds: SNIListener %s: no routes (nothing would be allowed; do not build a listener)", s.Name)
+	}
+	prefix := s.StatPrefix
+	if prefix == "" {
+		prefix = s.Name
+	}
+	seen := map[string]bool{}
+	l := listenerBase(s.Name, s.Address, s.Port, s.Transparent)
+	if err := addTLSInspector(l); err != nil {
+		return nil, err
+	}
+	for i, r := range s.Routes {
+		if r.Cluster == "" {
+			return nil, fmt.Errorf("xds: SNIListener %s: routes[%d]: no Cluster", s.Name, i)
+		}
+		if len(r.ServerNames) == 0 {
+			// A chain without server_names would also match ClientHellos
+			// without SNI: the policy would no longer restrict anything.
+			return nil, fmt.Errorf("xds: SNIListener %s: routes[%d]: no ServerNames", s.Name, i)
+		}
+		names, err := serverNames(r.ServerNames, seen)
+		if err != nil {
+			return nil, fmt.Errorf("xds: SNIListener %s: routes[%d]: %w", s.Name, i, err)
+		}
+		tp, err := anyOf(&tcpproxy.TcpProxy{
+			StatPrefix:       prefix,
+			ClusterSpecifier: &tcpproxy.TcpProxy_Cluster{Cluster: r.Cluster},
+		})
+		if err != nil {
+			return nil, err
+		}
+		l.FilterChains = append(l.FilterChains, &listener.FilterChain{
+			Name:             fmt.Sprintf("%s/%d", s.Name, i),
+			FilterChainMatch: &listener.FilterChainMatch{ServerNames: names, TransportProtocol: "tls"},
+			Filters: []*listener.Filter{{
+				Name:       "envoy.filters.network.tcp_proxy",
+				ConfigType: &listener.Filter_TypedConfig{TypedConfig: tp},
+			}},
+		})
+	}
+	return l, nil
+}
+
+// InterceptListener terminates TLS (terminatingTLS): the TLS inspector reads
+// the ClientHello's SNI, the matching chain completes the handshake with its
+// Certificate (an SDS secret name), HTTP rules (ward.http) apply to the
+// decrypted requests, and the router sends allowed requests to the chain's
+// Cluster, which originates a new TLS connection (OriginatingCluster).
+//
+// The upstream connection carries the client's SNI and the upstream
+// certificate must name it (SAN), whatever the request's Host header says.
+type InterceptListener struct {
+	Name        string
+	Address     string
+	Port        uint32
+	Transparent bool
+	Chains      []InterceptChain
+	// StatPrefix defaults to Name.
+	StatPrefix string
+}
+
+// InterceptChain is one certificate and its HTTP policy on an
+// InterceptListener.
+type InterceptChain struct {
+	// ServerNames select the chain by SNI (exact or "*.suffix"). At most one
+	// chain of a listener may leave it empty: it then takes every ClientHello
+	// no other chain names, including one without SNI (Envoy's
+	// DownstreamTlsContext.require_sni is not implemented); such a client
+	// completes the handshake but none of its requests reaches an upstream:
+	// with no SNI there is no name to verify the upstream against.
+	ServerNames []string
+	// Certificate is the SDS name of the tls_certificate secret presented to
+	// the client.
+	Certificate string
+	// Cluster is the upstream (an OriginatingCluster).
+	Cluster string
+	// Filters are ward HTTP filters placed before the router, in order.
+	Filters []ModuleFilter
+	// ALPN offered to clients; default h2 and http/1.1.
+	ALPN []string
+}
+
+// Build returns the Envoy listener.
+func (x InterceptListener) Build() (*listener.Listener, error) {
+	if x.Name == "" {
+		return nil, errors.New("xds: InterceptListener needs a Name")
+	}
+	if len(x.Chains) == 0 {
+		return nil, fmt.Errorf("xds: InterceptListener %s: no chains", x.Name)
+	}
+	prefix := x.StatPrefix
+	if prefix == "" {
+		prefix = x.Name
+	}
+	l := listenerBase(x.Name, x.Address, x.Port, x.Transparent)
+	if err := addTLSInspector(l); err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	catchAll := false
+	for i, c := range x.Chains {
+		where := fmt.Sprintf("xds: InterceptListener %s: chains[%d]", x.Name, i)
+		if c.Certificate == "" || c.Cluster == "" {
+			return nil, fmt.Errorf("%s: needs Certificate and Cluster", where)
+		}
+		var names []string
+		if len(c.ServerNames) == 0 {
+			if catchAll {
+				return nil, fmt.Errorf("%s: a second chain without ServerNames", where)
+			}
+			catchAll = true
+		} else {
+			var err error
+			if names, err = serverNames(c.ServerNames, seen); err != nil {
+				return nil, fmt.Errorf("%s: %w", where, err)
+			}
+		}
+		alpn := c.ALPN
+		if len(alpn) == 0 {
+			alpn = []string{"h2", "http/1.1"}
+		}
+		ts, err := transportSocket(&tlsv3.DownstreamTlsContext{
+			CommonTlsContext: &tlsv3.CommonTlsContext{
+				TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{SDSRef(c.Certificate)},
+				AlpnProtocols:                  alpn,
+			},
+		})
+		if err != nil {
+			return nil, err
+		}
+		m, err := interceptHCM(fmt.Sprintf("%s/%d", x.Name, i), prefix, c)
+		if err != nil {
+			return nil, err
+		}
+		l.FilterChains = append(l.FilterChains, &listener.FilterChain{
+			Name:             fmt.Sprintf("%s/%d", x.Name, i),
+			FilterChainMatch: &listener.FilterChainMatch{ServerNames: names, TransportProtocol: "tls"},
+			TransportSocket:  ts,
+			Filters:          []*listener.Filter{m},
+		})
+	}
+	return l, nil
+}
+
+// interceptHCM is the HTTP connection manager of one interception chain:
+// set the upstream SNI/SAN from the ClientHello, the ward filters, the
+// router.
+func interceptHCM(name, prefix string, c InterceptChain) (*listener.Filter, error) {
+	sni := func(key string) *sfscommon.FilterStateValue {
+		return &sfscommon.FilterStateValue{
+			Key: &sfscommon.FilterStateValue_ObjectKey{ObjectKey: key},
+			Value: &sfscommon.FilterStateValue_FormatString{FormatString: &core.SubstitutionFormatString{
+				Format: &core.SubstitutionFormatString_TextFormatSource{TextFormatSource: &core.DataSource{
+					Specifier: &core.DataSource_InlineString{InlineString: "%REQUESTED_SERVER_NAME%"},
+				}},
+			}},
+		}
+	}
+	sfs, err := anyOf(&sfshttp.Config{OnRequestHeaders: []*sfscommon.FilterStateValue{sni(filterStateUpstreamSNI), sni(filterStateUpstreamSAN)}})
+	if err != nil {
+		return nil, err
+	}
+	filters := []*hcm.HttpFilter{{Name: "envoy.filters.http.set_filter_state", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: sfs}}}
+	for i, f := range c.Filters {
+		cfg, err := anyOf(wrapperspb.String(string(f.Config)))
+		if err != nil {
+			return nil, err
+		}
+		a, err := anyOf(&dmhttp.DynamicModuleFilter{DynamicModuleConfig: moduleConfig(), FilterName: f.Name, FilterConfig: cfg})
+		if err != nil {
+			return nil, err
+		}
+		filters = append(filters, &hcm.HttpFilter{Name: fmt.Sprintf("%s.%d", f.Name, i), ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: a}})
+	}
+	router, err := anyOf(&routerv3.Router{})
+	if err != nil {
+		return nil, err
+	}
+	filters = append(filters, &hcm.HttpFilter{Name: "envoy.filters.http.router", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: router}})
+	m, err := anyOf(&hcm.HttpConnectionManager{
+		StatPrefix: prefix,
+		CodecType:  hcm.HttpConnectionManager_AUTO, // HTTP/1.1 and h2 by ALPN
+		RouteSpecifier: &hcm.HttpConnectionManager_RouteConfig{RouteConfig: &route.RouteConfiguration{
+			Name: name,
+			VirtualHosts: []*route.VirtualHost{{
+				Name:    name,
+				Domains: []string{"*"},
+				Routes: []*route.Route{{
+					Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
+					Action: &route.Route_Route{Route: &route.RouteAction{
+						ClusterSpecifier: &route.RouteAction_Cluster{Cluster: c.Cluster},
+						Timeout:          durationpb.New(0), // streaming gRPC
+					}},
+				}},
+			}},
+		}},
+		HttpFilters: filters,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &listener.Filter{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listener.Filter_TypedConfig{TypedConfig: m}}, nil
+}
+
+// OriginatingCluster is the upstream of an interception (originatingTLS): a
+// TLS connection whose server certificate is verified against TrustedCA.
+// The SNI and the SAN the certificate must carry come from the intercepted
+// ClientHello (InterceptListener); SNI and SubjectAltNames here are for
+// clusters used without an InterceptListener in front.
+type OriginatingCluster struct {
+	Name string
+	// Address and Port name a fixed upstream; an empty Address makes an
+	// ORIGINAL_DST cluster (transparent listeners).
+	Address string
+	Port    uint32
+	// TrustedCA is the SDS name of the validation_context secret; required:
+	// an interception never originates an unverified connection.
+	TrustedCA string
+	// Certificate is the SDS name of a client certificate, if the upstream
+	// asks for one (originatingTLS with tls.crt/tls.key).
+	Certificate string
+	// SNI and SubjectAltNames are fixed values (see above).
+	SNI             string
+	SubjectAltNames []string
+	// HTTP2 speaks h2 (ALPN h2) to the upstream; default HTTP/1.1.
+	HTTP2 bool
+}
+
+// Build returns the Envoy cluster.
+func (o OriginatingCluster) Build() (*cluster.Cluster, error) {
+	if o.Name == "" || o.TrustedCA == "" {
+		return nil, errors.New("xds: OriginatingCluster needs Name and TrustedCA")
+	}
+	var c *cluster.Cluster
+	if o.Address == "" {
+		c = OriginalDstCluster(o.Name, o.HTTP2)
+	} else {
+		c = StaticCluster(o.Name, o.Address, o.Port, o.HTTP2)
+	}
+	common := &tlsv3.CommonTlsContext{
+		ValidationContextType: &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{ValidationContextSdsSecretConfig: SDSRef(o.TrustedCA)},
+	}
+	if len(o.SubjectAltNames) > 0 {
+		var ms []*tlsv3.SubjectAltNameMatcher
+		for _, n := range o.SubjectAltNames {
+			ms = append(ms, &tlsv3.SubjectAltNameMatcher{
+				SanType: tlsv3.SubjectAltNameMatcher_DNS,
+				Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: n}},
+			})
+		}
+		// A combined context: the SAN matchers are ours, the trust bundle
+		// comes from SDS.
+		common.ValidationContextType = &tlsv3.CommonTlsContext_CombinedValidationContext{CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+			DefaultValidationContext:         &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: ms},
+			ValidationContextSdsSecretConfig: SDSRef(o.TrustedCA),
+		}}
+	}
+	if o.Certificate != "" {
+		common.TlsCertificateSdsSecretConfigs = []*tlsv3.SdsSecretConfig{SDSRef(o.Certificate)}
+	}
+	if o.HTTP2 {
+		common.AlpnProtocols = []string{"h2"}
+	} else {
+		common.AlpnProtocols = []string{"http/1.1"}
+	}
+	ts, err := transportSocket(&tlsv3.UpstreamTlsContext{CommonTlsContext: common, Sni: o.SNI})
+	if err != nil {
+		return nil, err
+	}
+	c.TransportSocket = ts
+	if c.TypedExtensionProtocolOptions == nil {
+		// Explicit HTTP/1.1; the connection pool is keyed by SNI/SAN
+		// (transport socket options), so upstreams of different names
+		// never share a connection.
+		opts, err := anyOf(&upstreamhttp.HttpProtocolOptions{
+			UpstreamProtocolOptions: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig_{
+				ExplicitHttpConfig: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig{
+					ProtocolConfig: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig_HttpProtocolOptions{HttpProtocolOptions: &core.Http1ProtocolOptions{}},
+				},
+			},
+		})
+		if err != nil {
+			return nil, err
+		}
+		c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": opts}
+	}
+	return c, nil
+}
+
+// PassthroughCluster is a plain TCP cluster to a fixed upstream, for
+// SNIListener routes (no TLS of its own: the bytes pass untouched).
+func PassthroughCluster(name, addr string, port uint32) *cluster.Cluster {
+	return &cluster.Cluster{
+		Name:                 name,
+		ConnectTimeout:       durationpb.New(5 * time.Second),
+		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
+		LoadAssignment: &endpoint.ClusterLoadAssignment{
+			ClusterName: name,
+			Endpoints: []*endpoint.LocalityLbEndpoints{{LbEndpoints: []*endpoint.LbEndpoint{{
+				HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{Address: socketAddress(addr, port)}},
+			}}}},
+		},
+	}
+}
+
+// SDSRef references a secret by name, fetched over the ADS stream.
+func SDSRef(name string) *tlsv3.SdsSecretConfig {
+	return &tlsv3.SdsSecretConfig{Name: name, SdsConfig: &core.ConfigSource{
+		ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}},
+		ResourceApiVersion:    core.ApiVersion_V3,
+	}}
+}
+
+// CertificateSecret is an SDS tls_certificate secret (PEM chain and key).
+func CertificateSecret(name string, certPEM, keyPEM []byte) *tlsv3.Secret {
+	return &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+		CertificateChain: &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: certPEM}},
+		PrivateKey:       &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: keyPEM}},
+	}}}
+}
+
+// ValidationSecret is an SDS validation_context secret: the PEM bundle of
+// CAs an upstream certificate must chain to.
+func ValidationSecret(name string, caPEM []byte) *tlsv3.Secret {
+	return &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+		TrustedCa: &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: caPEM}},
+	}}}
+}
+
+func transportSocket(m proto.Message) (*core.TransportSocket, error) {
+	a, err := anypb.New(m)
+	if err != nil {
+		return nil, err
+	}
+	return &core.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: a}}, nil
+}
+
+func addTLSInspector(l *listener.Listener) error {
+	a, err := anyOf(&tlsinspector.TlsInspector{})
+	if err != nil {
+		return err
+	}
+	l.ListenerFilters = append(l.ListenerFilters, &listener.ListenerFilter{
+		Name:       "envoy.filters.listener.tls_inspector",
+		ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: a},
+	})
+	return nil
+}
+
+// serverNames validates and lower-cases names, recording them in seen: a
+// name in two filter chains is a configuration Envoy rejects.
+func serverNames(in []string, seen map[string]bool) ([]string, error) {
+	out := make([]string, 0, len(in))
+	for _, n := range in {
+		n = strings.ToLower(strings.TrimSuffix(n, "."))
+		if err := validServerName(n); err != nil {
+			return nil, err
+		}
+		if seen[n] {
+			return nil, fmt.Errorf("server name %q in two chains", n)
+		}
+		seen[n] = true
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func validServerName(n string) error {
+	host := strings.TrimPrefix(n, "*.")
+	if host == "" || len(n) > 253 {
+		return fmt.Errorf("invalid server name %q", n)
+	}
+	for _, label := range strings.Split(host, ".") {
+		if label == "" || len(label) > 63 {
+			return fmt.Errorf("invalid server name %q", n)
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return fmt.Errorf("invalid server name %q: only an Envoy wildcard prefix \"*.\" may hold '*'", n)
+			}
+		}
+	}
+	return nil
+}
