@@ -146,6 +146,11 @@ func (h HTTPListener) Build() (*listener.Listener, error) {
 			}},
 		}},
 		HttpFilters: filters,
+		// Rules see the path the upstream will see: RFC 3986 normalized
+		// (no /../ escapes), merged slashes, escaped slashes decoded.
+		NormalizePath:                wrapperspb.Bool(true),
+		MergeSlashes:                 true,
+		PathWithEscapedSlashesAction: hcm.HttpConnectionManager_UNESCAPE_AND_FORWARD,
 	}
 	a, err := anyOf(m)
 	if err != nil {

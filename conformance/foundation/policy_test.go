@@ -140,12 +140,13 @@ func TestFirstHTTPRule(t *testing.T) {
 
 	// A policy the proxy cannot compile: NACK, previous version enforced.
 	good := s.XDS.Acked(npds.NetworkPolicyType)
-	bad := firstRulePolicy("/public", "(")
+	bad := firstRulePolicy("/public")
+	bad[0].EndpointIps = []string{"10.0.0.999"}
 	v := s.PushPolicyOnly(bad)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		if n, ok := s.XDS.LastNACK(npds.NetworkPolicyType); ok && n.Version == v {
-			if !strings.Contains(n.Message, "path") {
+			if !strings.Contains(n.Message, "endpoint_ips[0]") {
 				t.Errorf("NACK %q does not name the bad field", n.Message)
 			}
 			break

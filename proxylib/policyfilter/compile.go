@@ -7,12 +7,24 @@ import (
 	httpf "github.com/wardproxy/ward/filters/http"
 	"github.com/wardproxy/ward/filters/kafka"
 	"github.com/wardproxy/ward/policy"
+	"github.com/wardproxy/ward/proxylib"
+	"github.com/wardproxy/ward/proxylib/npdsclient"
 	"github.com/wardproxy/ward/xds/npds"
 )
 
-// Compile is the npdsclient.Compiler of ward's filters: it turns a rule's L7
-// part into the matcher of its protocol (*httpf.Matcher or *kafka.Matcher).
-func Compile(r *npds.PortNetworkPolicyRule) (any, error) {
+// Compile is the npdsclient.Compiler of ward's filters without a logger.
+func Compile(r *npds.PortNetworkPolicyRule) (any, error) { return compile(r, nil) }
+
+// compiler returns the npdsclient.Compiler of ward's filters: it turns a
+// rule's L7 part into the matcher of its protocol (*httpf.Matcher or
+// *kafkaL7). An HTTP rule that does not compile (a bad or over-long regex)
+// disables only itself — it allows nothing — and is logged; the rest of
+// the endpoint's policy stays in force (unlike cilium#41314).
+func compiler(log proxylib.Logger) npdsclient.Compiler {
+	return func(r *npds.PortNetworkPolicyRule) (any, error) { return compile(r, log) }
+}
+
+func compile(r *npds.PortNetworkPolicyRule, log proxylib.Logger) (any, error) {
 	switch l7 := r.GetL7().(type) {
 	case nil:
 		return nil, nil
@@ -20,7 +32,12 @@ func Compile(r *npds.PortNetworkPolicyRule) (any, error) {
 		rules := HTTPRules(l7.HttpRules)
 		m, err := httpf.Compile(rules, nil)
 		if err != nil {
-			return nil, fmt.Errorf("http rules: %w", err)
+			if m == nil {
+				return nil, fmt.Errorf("http rules: %w", err)
+			}
+			if log != nil {
+				log.Log(proxylib.LogError, "ward: http rules of "+r.GetName()+" partly disabled: "+err.Error())
+			}
 		}
 		return m, nil
 	case *npds.PortNetworkPolicyRule_KafkaRules:

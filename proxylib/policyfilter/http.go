@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 
 	httpf "github.com/wardproxy/ward/filters/http"
@@ -72,7 +73,7 @@ func (e *Env) NewHTTPConfig(raw []byte) (proxylib.HTTPFilterConfig, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &httpConfig{cfg: cfg, client: e.Clients.Get(cfg.XDSSocket, cfg.Node, Compile, e.Logger), sink: sink}, nil
+	return &httpConfig{cfg: cfg, client: e.Clients.Get(cfg.XDSSocket, cfg.Node, compiler(e.Logger), e.Logger), sink: sink}, nil
 }
 
 func (c *httpConfig) NewHTTPFilter() proxylib.HTTPFilter { return &httpFilter{c: c} }
@@ -82,10 +83,22 @@ type httpFilter struct {
 	c *httpConfig
 }
 
-// streamHeaders adapts an HTTPStream to the matcher's HeaderReader.
+// streamHeaders adapts an HTTPStream to the matcher's HeaderReader. A
+// header's value is all its values joined with ",", as Envoy's header
+// matchers see it, so a second copy cannot smuggle a value past an exact
+// match.
 type streamHeaders struct{ s proxylib.HTTPStream }
 
-func (h streamHeaders) Header(name string) (string, bool) { return h.s.RequestHeader(name) }
+func (h streamHeaders) Header(name string) (string, bool) {
+	v, ok := h.s.RequestHeader(name)
+	if !ok {
+		return "", false
+	}
+	if vs := h.s.RequestHeaderValues(name); len(vs) > 1 {
+		return strings.Join(vs, ","), true
+	}
+	return v, true
+}
 
 func (f *httpFilter) OnRequestHeaders(s proxylib.HTTPStream, _ bool) proxylib.HeadersStatus {
 	st := f.c.client.State()

@@ -49,7 +49,7 @@ func (e *Env) NewKafkaConfig(raw []byte) (proxylib.NetworkFilterConfig, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &kafkaConfig{cfg: cfg, client: e.Clients.Get(cfg.XDSSocket, cfg.Node, Compile, e.Logger), flows: sink, factories: map[connRules]*kafka.Factory{}}
+	c := &kafkaConfig{cfg: cfg, client: e.Clients.Get(cfg.XDSSocket, cfg.Node, compiler(e.Logger), e.Logger), flows: sink, factories: map[connRules]*kafka.Factory{}}
 	return c, nil
 }
 
