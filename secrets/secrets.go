@@ -403,7 +403,8 @@ func Write(dir string, ref Ref, keys map[string][]byte) error {
 			return fmt.Errorf("secrets: write %s: %w", ref, err)
 		}
 		// CreateTemp makes the file 0600 already; say so for the reader.
-		if err := f.Chmod(0o600); err == nil {
+		err = f.Chmod(0o600)
+		if err == nil {
 			_, err = f.Write(v)
 		}
 		if cerr := f.Close(); err == nil {

@@ -1,0 +1,191 @@
+package xds
+
+import (
+	"strings"
+	"testing"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	sfshttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/set_filter_state/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+)
+
+func TestSNIListenerBuild(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		l       SNIListener
+		wantErr string
+	}{
+		{name: "no name", l: SNIListener{Routes: []SNIRoute{{ServerNames: []string{"a.example"}, Cluster: "c"}}}, wantErr: "needs a Name"},
+		{name: "no routes", l: SNIListener{Name: "l"}, wantErr: "no routes"},
+		{name: "route without names", l: SNIListener{Name: "l", Routes: []SNIRoute{{Cluster: "c"}}}, wantErr: "routes[0]: no ServerNames"},
+		{name: "route without cluster", l: SNIListener{Name: "l", Routes: []SNIRoute{{ServerNames: []string{"a.example"}}}}, wantErr: "routes[0]: no Cluster"},
+		{name: "name twice", l: SNIListener{Name: "l", Routes: []SNIRoute{
+			{ServerNames: []string{"a.example"}, Cluster: "c"},
+			{ServerNames: []string{"A.example."}, Cluster: "d"},
+		}}, wantErr: `routes[1]: server name "a.example" in two chains`},
+		{name: "inner wildcard", l: SNIListener{Name: "l", Routes: []SNIRoute{{ServerNames: []string{"a.*.example"}, Cluster: "c"}}}, wantErr: "invalid server name"},
+		{name: "bare wildcard", l: SNIListener{Name: "l", Routes: []SNIRoute{{ServerNames: []string{"*"}, Cluster: "c"}}}, wantErr: "invalid server name"},
+		{name: "empty label", l: SNIListener{Name: "l", Routes: []SNIRoute{{ServerNames: []string{"a..example"}, Cluster: "c"}}}, wantErr: "invalid server name"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := tc.l.Build()
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("Build() error = %v; want one containing %q", err, tc.wantErr)
+			}
+		})
+	}
+
+	l, err := SNIListener{Name: "sni", Address: "0.0.0.0", Port: 15001, Transparent: true, Routes: []SNIRoute{
+		{ServerNames: []string{"One.One.One.One", "*.cilium.io"}, Cluster: "out"},
+	}}.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := listenerFilterNames(l); strings.Join(got, ",") != "envoy.filters.listener.original_dst,envoy.filters.listener.tls_inspector" {
+		t.Errorf("listener filters = %v; want original_dst then tls_inspector", got)
+	}
+	if len(l.GetFilterChains()) != 1 || l.GetDefaultFilterChain() != nil {
+		t.Fatalf("filter chains = %d, default %v; want 1 and no default (unmatched SNI is refused)", len(l.GetFilterChains()), l.GetDefaultFilterChain())
+	}
+	m := l.GetFilterChains()[0].GetFilterChainMatch()
+	if got := strings.Join(m.GetServerNames(), ","); got != "one.one.one.one,*.cilium.io" {
+		t.Errorf("server_names = %s; want lower-cased one.one.one.one,*.cilium.io", got)
+	}
+	if m.GetTransportProtocol() != "tls" {
+		t.Errorf("transport_protocol = %q; want tls", m.GetTransportProtocol())
+	}
+	if ts := l.GetFilterChains()[0].GetTransportSocket(); ts != nil {
+		t.Errorf("passthrough chain has a transport socket %v; want none (no termination)", ts)
+	}
+}
+
+func listenerFilterNames(l *listener.Listener) []string {
+	var out []string
+	for _, f := range l.GetListenerFilters() {
+		out = append(out, f.GetName())
+	}
+	return out
+}
+
+func TestInterceptListenerBuild(t *testing.T) {
+	ward := []ModuleFilter{{Name: "ward.http", Config: []byte(`{"xds_socket":"/x","node":"n"}`)}}
+	if _, err := (InterceptListener{Name: "l", Chains: []InterceptChain{
+		{Certificate: "ns/a", Cluster: "c"},
+		{Certificate: "ns/b", Cluster: "c"},
+	}}).Build(); err == nil || !strings.Contains(err.Error(), "second chain without ServerNames") {
+		t.Errorf("two catch-all chains: error %v; want one naming the second chain", err)
+	}
+	if _, err := (InterceptListener{Name: "l", Chains: []InterceptChain{{ServerNames: []string{"a.example"}, Cluster: "c"}}}).Build(); err == nil {
+		t.Error("chain without Certificate built; want an error")
+	}
+
+	l, err := InterceptListener{Name: "tls", Address: "127.0.0.1", Port: 10443, Chains: []InterceptChain{
+		{ServerNames: []string{"httpbin.org"}, Certificate: "kube-system/httpbin-tls-data", Cluster: "orig", Filters: ward},
+		{ServerNames: []string{"api.example"}, Certificate: "kube-system/httpbin-tls-data", Cluster: "orig", Filters: ward},
+	}}.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := listenerFilterNames(l); strings.Join(got, ",") != "envoy.filters.listener.tls_inspector" {
+		t.Errorf("listener filters = %v; want tls_inspector", got)
+	}
+	for i, fc := range l.GetFilterChains() {
+		var dtc tlsv3.DownstreamTlsContext
+		if err := fc.GetTransportSocket().GetTypedConfig().UnmarshalTo(&dtc); err != nil {
+			t.Fatal(err)
+		}
+		common := dtc.GetCommonTlsContext()
+		if len(common.GetTlsCertificates()) != 0 {
+			t.Errorf("chain %d holds an inline certificate; want an SDS reference only", i)
+		}
+		refs := common.GetTlsCertificateSdsSecretConfigs()
+		if len(refs) != 1 || refs[0].GetName() != "kube-system/httpbin-tls-data" || refs[0].GetSdsConfig().GetAds() == nil {
+			t.Errorf("chain %d certificate refs = %v; want kube-system/httpbin-tls-data over ADS", i, refs)
+		}
+		var m hcm.HttpConnectionManager
+		if err := fc.GetFilters()[0].GetTypedConfig().UnmarshalTo(&m); err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, f := range m.GetHttpFilters() {
+			names = append(names, f.GetName())
+		}
+		if strings.Join(names, ",") != "envoy.filters.http.set_filter_state,ward.http.0,envoy.filters.http.router" {
+			t.Errorf("chain %d http filters = %v", i, names)
+		}
+		var sfs sfshttp.Config
+		if err := m.GetHttpFilters()[0].GetTypedConfig().UnmarshalTo(&sfs); err != nil {
+			t.Fatal(err)
+		}
+		var keys []string
+		for _, v := range sfs.GetOnRequestHeaders() {
+			keys = append(keys, v.GetObjectKey()+"="+v.GetFormatString().GetTextFormatSource().GetInlineString())
+		}
+		if got := strings.Join(keys, " "); got != "envoy.network.upstream_server_name=%REQUESTED_SERVER_NAME% envoy.network.upstream_subject_alt_names=%REQUESTED_SERVER_NAME%" {
+			t.Errorf("chain %d filter state = %s; want the upstream SNI and SAN from the ClientHello", i, got)
+		}
+	}
+}
+
+func TestOriginatingClusterBuild(t *testing.T) {
+	if _, err := (OriginatingCluster{Name: "c"}).Build(); err == nil {
+		t.Error("cluster without TrustedCA built; want an error (never originate unverified)")
+	}
+	c, err := OriginatingCluster{Name: "orig", TrustedCA: "kube-system/tls-orig-data:ca.crt"}.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.GetType() != cluster.Cluster_ORIGINAL_DST {
+		t.Errorf("type = %v; want ORIGINAL_DST without an Address", c.GetType())
+	}
+	utc := upstreamTLS(t, c)
+	if got := utc.GetCommonTlsContext().GetValidationContextSdsSecretConfig().GetName(); got != "kube-system/tls-orig-data:ca.crt" {
+		t.Errorf("validation context ref = %q", got)
+	}
+
+	c, err = OriginatingCluster{Name: "s", Address: "127.0.0.1", Port: 8443, TrustedCA: "ca", SNI: "api.example", SubjectAltNames: []string{"api.example"}, Certificate: "client"}.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	utc = upstreamTLS(t, c)
+	combined := utc.GetCommonTlsContext().GetCombinedValidationContext()
+	if combined.GetValidationContextSdsSecretConfig().GetName() != "ca" {
+		t.Errorf("combined validation context ref = %v; want ca", combined.GetValidationContextSdsSecretConfig())
+	}
+	if ms := combined.GetDefaultValidationContext().GetMatchTypedSubjectAltNames(); len(ms) != 1 || ms[0].GetMatcher().GetExact() != "api.example" {
+		t.Errorf("SAN matchers = %v; want exact api.example", ms)
+	}
+	if utc.GetSni() != "api.example" || utc.GetCommonTlsContext().GetTlsCertificateSdsSecretConfigs()[0].GetName() != "client" {
+		t.Errorf("sni %q, client certificate %v", utc.GetSni(), utc.GetCommonTlsContext().GetTlsCertificateSdsSecretConfigs())
+	}
+}
+
+func upstreamTLS(t *testing.T, c *cluster.Cluster) *tlsv3.UpstreamTlsContext {
+	t.Helper()
+	var u tlsv3.UpstreamTlsContext
+	if err := c.GetTransportSocket().GetTypedConfig().UnmarshalTo(&u); err != nil {
+		t.Fatal(err)
+	}
+	return &u
+}
+
+func TestSecretBuilders(t *testing.T) {
+	s := CertificateSecret("ns/n", []byte("CERT"), []byte("KEY"))
+	if s.GetName() != "ns/n" || string(s.GetTlsCertificate().GetPrivateKey().GetInlineBytes()) != "KEY" || string(s.GetTlsCertificate().GetCertificateChain().GetInlineBytes()) != "CERT" {
+		t.Errorf("CertificateSecret = %v", s)
+	}
+	v := ValidationSecret("ns/n:ca.crt", []byte("CA"))
+	if v.GetName() != "ns/n:ca.crt" || string(v.GetValidationContext().GetTrustedCa().GetInlineBytes()) != "CA" {
+		t.Errorf("ValidationSecret = %v", v)
+	}
+	// Both validate as Envoy resources.
+	for _, m := range []proto.Message{s, v} {
+		if err := m.(interface{ Validate() error }).Validate(); err != nil {
+			t.Errorf("%s: %v", protojson.Format(m), err)
+		}
+	}
+}
