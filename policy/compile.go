@@ -145,6 +145,7 @@ type compiledRule struct {
 // compiledPolicy is a Policy compiled against the current services.
 type compiledPolicy struct {
 	policy      *Policy
+	seq         int // insertion order of the policy key
 	rules       []*compiledRule
 	cidrs       []netip.Prefix // every CIDR named, for CIDR identities
 	fqdns       []FQDNSelector

@@ -86,6 +86,8 @@ type Repository struct {
 	identVersion, snapIdentVersion uint64
 	gcThreshold                    int
 	fqdnIDs                        map[NumericIdentity]bool // from AllocateFQDN
+	rules                          *ruleIndex               // nil until the first Snapshot
+	policySeq                      int
 }
 
 type epState struct {
@@ -147,10 +149,15 @@ func (r *Repository) Upsert(p *Policy) {
 	k := p.Key()
 	old := r.policies[k]
 	cp := r.compilePolicy(p)
-	r.policies[k] = cp
-	if old == nil {
+	if old != nil {
+		cp.seq = old.seq
+	} else {
+		r.policySeq++
+		cp.seq = r.policySeq
 		r.order = append(r.order, k)
 	}
+	r.policies[k] = cp
+	r.reindex(old, cp)
 	r.addCIDRIdentities(cp.cidrs)
 	r.invalidatePolicy(old)
 	r.invalidatePolicy(cp)
@@ -168,6 +175,7 @@ func (r *Repository) Delete(k Key) bool {
 		return false
 	}
 	delete(r.policies, k)
+	r.reindex(old, nil)
 	r.order = slices.DeleteFunc(r.order, func(x Key) bool { return x == k })
 	r.invalidatePolicy(old)
 	r.releaseCIDRIdentities(old.cidrs)
@@ -286,7 +294,9 @@ func (r *Repository) recompileServicePolicies() {
 			continue
 		}
 		n := r.compilePolicy(cp.policy)
+		n.seq = cp.seq
 		r.policies[k] = n
+		r.reindex(cp, n)
 		r.addCIDRIdentities(n.cidrs)
 		r.invalidatePolicy(cp)
 		r.invalidatePolicy(n)
@@ -411,41 +421,115 @@ func (r *Repository) subjectSelection(cr *compiledRule) *selection {
 	return cr.subjectSel
 }
 
+// ruleIndex groups the rules by subject selection, each with its position
+// in policy order. It is kept up to date by Upsert and Delete.
+type ruleIndex struct {
+	groups map[*selection][]seqRule
+	host   []seqRule
+}
+
+type seqRule struct {
+	seq int // policy sequence << 16 | rule index
+	cr  *compiledRule
+}
+
+func (r *Repository) buildRuleIndex() *ruleIndex {
+	ix := &ruleIndex{groups: map[*selection][]seqRule{}}
+	for _, k := range r.order {
+		r.indexPolicy(ix, r.policies[k])
+	}
+	return ix
+}
+
+func (r *Repository) indexPolicy(ix *ruleIndex, cp *compiledPolicy) {
+	for i, cr := range cp.rules {
+		sr := seqRule{seq: cp.seq<<16 | i, cr: cr}
+		if cr.host {
+			ix.host = append(ix.host, sr)
+			continue
+		}
+		sel := r.subjectSelection(cr)
+		ix.groups[sel] = append(ix.groups[sel], sr)
+	}
+}
+
+func (r *Repository) unindexPolicy(ix *ruleIndex, cp *compiledPolicy) {
+	drop := func(srs []seqRule, cr *compiledRule) []seqRule {
+		return slices.DeleteFunc(slices.Clone(srs), func(x seqRule) bool { return x.cr == cr })
+	}
+	for _, cr := range cp.rules {
+		if cr.host {
+			ix.host = drop(ix.host, cr)
+			continue
+		}
+		sel := r.subjectSelection(cr)
+		if g := drop(ix.groups[sel], cr); len(g) > 0 {
+			ix.groups[sel] = g
+		} else {
+			delete(ix.groups, sel)
+		}
+	}
+}
+
+// reindex replaces old's rules by cp's in the rule index (either may be
+// nil).
+func (r *Repository) reindex(old, cp *compiledPolicy) {
+	if r.rules == nil {
+		return // built at the next Snapshot
+	}
+	if old != nil {
+		r.unindexPolicy(r.rules, old)
+	}
+	if cp != nil {
+		r.indexPolicy(r.rules, cp)
+	}
+}
+
 // rulesFor returns, for each identity in want, the rules selecting it in
 // policy order.
 func (r *Repository) rulesFor(want map[NumericIdentity]bool) map[NumericIdentity][]*compiledRule {
-	out := make(map[NumericIdentity][]*compiledRule, len(want))
-	for _, k := range r.order {
-		for _, cr := range r.policies[k].rules {
-			if cr.host {
-				if want[IdentityHost] && r.ruleSelects(cr, IdentityHost, r.subjectLabels(IdentityHost)) {
-					out[IdentityHost] = append(out[IdentityHost], cr)
-				}
-				continue
+	if r.rules == nil {
+		r.rules = r.buildRuleIndex()
+	}
+	tmp := make(map[NumericIdentity][]seqRule, len(want))
+	if want[IdentityHost] {
+		ls := r.subjectLabels(IdentityHost)
+		for _, sr := range r.rules.host {
+			if r.ruleSelects(sr.cr, IdentityHost, ls) {
+				tmp[IdentityHost] = append(tmp[IdentityHost], sr)
 			}
-			sel := r.subjectSelection(cr)
-			if sel.wildcard {
-				for id := range want {
-					if id != IdentityHost {
-						out[id] = append(out[id], cr)
-					}
+		}
+	}
+	for sel, rules := range r.rules.groups {
+		switch {
+		case sel.wildcard:
+			for id := range want {
+				if id != IdentityHost {
+					tmp[id] = append(tmp[id], rules...)
 				}
-				continue
 			}
-			if len(sel.ids) > len(want) {
-				for id := range want {
-					if _, ok := slices.BinarySearch(sel.ids, id); ok && id != IdentityHost {
-						out[id] = append(out[id], cr)
-					}
+		case len(sel.ids) > len(want):
+			for id := range want {
+				if _, ok := slices.BinarySearch(sel.ids, id); ok && id != IdentityHost {
+					tmp[id] = append(tmp[id], rules...)
 				}
-				continue
 			}
+		default:
 			for _, id := range sel.ids {
 				if want[id] && id != IdentityHost {
-					out[id] = append(out[id], cr)
+					tmp[id] = append(tmp[id], rules...)
 				}
 			}
 		}
+	}
+	out := make(map[NumericIdentity][]*compiledRule, len(tmp))
+	for id, srs := range tmp {
+		slices.SortFunc(srs, func(a, b seqRule) int { return a.seq - b.seq })
+		crs := make([]*compiledRule, len(srs))
+		for i, sr := range srs {
+			crs[i] = sr.cr
+		}
+		out[id] = crs
 	}
 	return out
 }
