@@ -58,3 +58,24 @@ func TestRealClientRequests(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkDecodeRealProduce decodes the Produce requests the console
+// producer (v13, topics by ID) and kcat (v7, by name) sent.
+func BenchmarkDecodeRealProduce(b *testing.B) {
+	frames := realClientFrames(b)
+	for _, name := range []string{"hq-0-v13.bin", "hq-0-v7.bin"} {
+		f, ok := frames[name]
+		if !ok {
+			b.Fatalf("missing testdata/clients/%s", name)
+		}
+		b.Run(name, func(b *testing.B) {
+			dc := decoder{ids: func(TopicID) (string, bool) { return "empire-announce", true }}
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := dc.decodeRequest(f[4:]); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -315,12 +315,12 @@ func (dc *decoder) walk(r *reader, fields []field, v int16, flex bool, depth int
 		switch f.typ {
 		case tInt8:
 			x := r.int8()
-			if f.name == "ResourceType" || f.name == "ResourceTypeFilter" {
+			if f.flags&flResourceType != 0 {
 				resType = x
 			}
 		case tString:
 			b, ok := r.bytes(flex, true)
-			if (f.name == "ResourceName" || f.name == "ResourceNameFilter") && resType >= 0 {
+			if f.flags&flResourceName != 0 && resType >= 0 {
 				dc.resource(r, resType, b, ok)
 			}
 			if !ok {
@@ -353,10 +353,10 @@ func (dc *decoder) walk(r *reader, fields []field, v int16, flex bool, depth int
 					}
 				}
 			default:
-				if depth == 0 && dc.d.APIKey == keyFindCoordinator && f.name == "Key" {
+				if depth == 0 && f.flags&flCoordinatorKey != 0 && dc.d.APIKey == keyFindCoordinator {
 					dc.d.groupSeen = true
 				}
-				if f.name == "SubscribedTopicRegex" && len(b) > 0 {
+				if f.flags&flRegex != 0 && len(b) > 0 {
 					// KIP-848 regex subscription: which topics it names is
 					// the broker's business; only a rule without a topic
 					// covers it.
@@ -365,12 +365,12 @@ func (dc *decoder) walk(r *reader, fields []field, v int16, flex bool, depth int
 			}
 		case tInt16:
 			x := r.int16()
-			if depth == 0 && dc.d.APIKey == keyProduce && f.name == "Acks" {
+			if f.flags&flAcks != 0 && depth == 0 && dc.d.APIKey == keyProduce {
 				dc.d.acks = x
 			}
 		case tInt32:
 			x := r.int32()
-			if dc.cur >= 0 && depth > 0 && isPartitionField(f.name) {
+			if f.flags&flPartition != 0 && dc.cur >= 0 && depth > 0 {
 				dc.d.parts = append(dc.d.parts, x)
 				dc.d.entries[dc.cur].partTo = len(dc.d.parts)
 			}
@@ -378,7 +378,7 @@ func (dc *decoder) walk(r *reader, fields []field, v int16, flex bool, depth int
 			if !r.need(16) {
 				continue
 			}
-			if f.name == "TopicId" && dc.cur >= 0 {
+			if f.flags&flTopicID != 0 && dc.cur >= 0 {
 				copy(dc.d.entries[dc.cur].id[:], r.b[r.off:r.off+16])
 			}
 			r.off += 16
@@ -406,7 +406,7 @@ func (dc *decoder) walk(r *reader, fields []field, v int16, flex bool, depth int
 func (dc *decoder) array(r *reader, f *field, v int16, flex bool, depth int) {
 	n := r.length(flex, false)
 	if n <= 0 {
-		if f.name == "Topics" {
+		if f.flags&flTopics != 0 {
 			switch {
 			case n < 0 && (dc.d.APIKey == keyMetadata || dc.d.APIKey == keyOffsetFetch):
 				// Metadata v1+ and OffsetFetch v2+: null means every topic
@@ -425,12 +425,12 @@ func (dc *decoder) array(r *reader, f *field, v int16, flex bool, depth int) {
 	}
 	switch f.elem {
 	case tStruct:
-		if depth == 0 && dc.d.APIKey == keyFetch && f.name == "ForgottenTopicsData" {
+		if depth == 0 && f.flags&flForgotten != 0 && dc.d.APIKey == keyFetch {
 			dc.forgetting = true
 			defer func() { dc.forgetting = false }()
 		}
-		isGroupArray := depth == 0 && hasEntity(f.fields, v, eGroup)
-		isTopicArray := hasTopic(f.fields, v) && !dc.forgetting
+		isGroupArray := depth == 0 && f.groupVers.has(v)
+		isTopicArray := f.topicVers.has(v) && !dc.forgetting
 		for j := 0; j < n && r.err == nil; j++ {
 			saveCur, saveGrp := dc.cur, dc.curGrp
 			if isGroupArray {
@@ -475,10 +475,10 @@ func (dc *decoder) array(r *reader, f *field, v int16, flex bool, depth int) {
 					dc.d.groups = append(dc.d.groups, groupEntry{id: dc.str(b)})
 				}
 			default:
-				if f.name == "SourceTopicRegex" && len(b) > 0 {
+				if f.flags&flRegex != 0 && len(b) > 0 {
 					dc.d.AllTopics = true // KIP-1071 streams groups: see SubscribedTopicRegex
 				}
-				if depth == 0 && dc.d.APIKey == keyFindCoordinator && f.name == "CoordinatorKeys" {
+				if depth == 0 && f.flags&flCoordinatorKey != 0 && dc.d.APIKey == keyFindCoordinator {
 					// FindCoordinator v4+ batches keys; the response answers
 					// each (KIP-699).
 					dc.d.groupSeen = true
@@ -490,7 +490,7 @@ func (dc *decoder) array(r *reader, f *field, v int16, flex bool, depth int) {
 		if !r.need(4 * n) {
 			return
 		}
-		if dc.cur >= 0 && (f.name == "PartitionIndexes" || f.name == "Partitions") {
+		if dc.cur >= 0 && f.flags&flPartitionList != 0 {
 			for j := 0; j < n; j++ {
 				dc.d.parts = append(dc.d.parts, int32(binary.BigEndian.Uint32(r.b[r.off+4*j:])))
 			}
@@ -501,7 +501,7 @@ func (dc *decoder) array(r *reader, f *field, v int16, flex bool, depth int) {
 		if !r.need(16 * n) {
 			return
 		}
-		if f.name == "TopicIds" {
+		if f.flags&flTopicIDs != 0 {
 			for j := 0; j < n; j++ {
 				var id TopicID
 				copy(id[:], r.b[r.off+16*j:])

@@ -56,18 +56,38 @@ const (
 	eTxn
 )
 
+// Field flags: the field names the codec acts on (see schemagen flagsFor).
+const (
+	flAcks           uint16 = 1 << iota // Produce's Acks
+	flPartition                         // a partition index
+	flTopicID                           // a topic UUID
+	flTopicIDs                          // a list of topic UUIDs
+	flPartitionList                     // a list of partition indexes
+	flResourceType                      // a config or ACL resource type
+	flResourceName                      // a config or ACL resource name
+	flRegex                             // a topic regex (KIP-848, KIP-1071)
+	flForgotten                         // Fetch's ForgottenTopicsData
+	flCoordinatorKey                    // FindCoordinator keys
+	flTopics                            // named Topics
+)
+
 type field struct {
-	name    string
-	typ     ftype
-	elem    ftype // element type of an array
-	ver     vrange
-	null    vrange
-	tagged  vrange
-	tag     int32
-	entity  entity
-	def     int64 // numeric default
-	defNull bool  // default is null
-	fields  []field
+	name  string
+	typ   ftype
+	elem  ftype  // element type of an array
+	flags uint16 // fl* bits
+	// topicVers and groupVers are the versions in which this struct (or
+	// array element) holds a topic (name or ID) or a group id.
+	topicVers vrange
+	groupVers vrange
+	ver       vrange
+	null      vrange
+	tagged    vrange
+	tag       int32
+	entity    entity
+	def       int64 // numeric default
+	defNull   bool  // default is null
+	fields    []field
 }
 
 type message struct {

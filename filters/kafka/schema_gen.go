@@ -5,13 +5,13 @@ package kafka
 var requestSchemas = [...]*message{
 	0: {name: "ProduceRequest", key: 0, valid: vrange{3, 13}, flex: vrange{9, 32767}, fields: []field{
 		{name: "TransactionalId", typ: tString, elem: 0, ver: vrange{3, 32767}, null: vrange{3, 32767}, tagged: vrange{1, 0}, tag: -1, entity: eTxn, def: 0, defNull: true},
-		{name: "Acks", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "Acks", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flAcks},
 		{name: "TimeoutMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "TopicData", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "TopicData", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 12}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{13, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "PartitionData", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "Index", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{13, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+			{name: "PartitionData", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "Index", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "Records", typ: tRecords, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
 		}},
@@ -19,7 +19,7 @@ var requestSchemas = [...]*message{
 	1: {name: "FetchRequest", key: 1, valid: vrange{4, 18}, flex: vrange{12, 32767}, fields: []field{
 		{name: "ClusterId", typ: tString, elem: 0, ver: vrange{12, 32767}, null: vrange{12, 32767}, tagged: vrange{12, 32767}, tag: 0, entity: 0, def: 0, defNull: true},
 		{name: "ReplicaId", typ: tInt32, elem: 0, ver: vrange{0, 14}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
-		{name: "ReplicaState", typ: tStruct, elem: 0, ver: vrange{15, 32767}, null: vrange{1, 0}, tagged: vrange{15, 32767}, tag: 1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "ReplicaState", typ: tStruct, elem: 0, ver: vrange{15, 32767}, null: vrange{1, 0}, tagged: vrange{15, 32767}, tag: 1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "ReplicaId", typ: tInt32, elem: 0, ver: vrange{15, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 			{name: "ReplicaEpoch", typ: tInt64, elem: 0, ver: vrange{15, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 		}},
@@ -29,11 +29,11 @@ var requestSchemas = [...]*message{
 		{name: "IsolationLevel", typ: tInt8, elem: 0, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "SessionId", typ: tInt32, elem: 0, ver: vrange{7, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "SessionEpoch", typ: tInt32, elem: 0, ver: vrange{7, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Topic", typ: tString, elem: 0, ver: vrange{0, 12}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{13, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{13, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "CurrentLeaderEpoch", typ: tInt32, elem: 0, ver: vrange{9, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 				{name: "FetchOffset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "LastFetchedEpoch", typ: tInt32, elem: 0, ver: vrange{12, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
@@ -43,20 +43,20 @@ var requestSchemas = [...]*message{
 				{name: "HighWatermark", typ: tInt64, elem: 0, ver: vrange{18, 32767}, null: vrange{1, 0}, tagged: vrange{18, 32767}, tag: 1, entity: 0, def: 9223372036854775807, defNull: false},
 			}},
 		}},
-		{name: "ForgottenTopicsData", typ: tArray, elem: tStruct, ver: vrange{7, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "ForgottenTopicsData", typ: tArray, elem: tStruct, ver: vrange{7, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flForgotten, topicVers: vrange{7, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Topic", typ: tString, elem: 0, ver: vrange{7, 12}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{13, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{7, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{13, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+			{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{7, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 		}},
 		{name: "RackId", typ: tString, elem: 0, ver: vrange{11, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 	}},
 	2: {name: "ListOffsetsRequest", key: 2, valid: vrange{1, 11}, flex: vrange{6, 32767}, fields: []field{
 		{name: "ReplicaId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "IsolationLevel", typ: tInt8, elem: 0, ver: vrange{2, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "CurrentLeaderEpoch", typ: tInt32, elem: 0, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 				{name: "Timestamp", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
@@ -64,8 +64,8 @@ var requestSchemas = [...]*message{
 		{name: "TimeoutMs", typ: tInt32, elem: 0, ver: vrange{10, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 	}},
 	3: {name: "MetadataRequest", key: 3, valid: vrange{0, 13}, flex: vrange{9, 32767}, fields: []field{
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{10, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{10, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{10, 32767}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
 		}},
 		{name: "AllowAutoTopicCreation", typ: tBool, elem: 0, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 1, defNull: false},
@@ -78,11 +78,11 @@ var requestSchemas = [...]*message{
 		{name: "MemberId", typ: tString, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "GroupInstanceId", typ: tString, elem: 0, ver: vrange{7, 32767}, null: vrange{7, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 		{name: "RetentionTimeMs", typ: tInt64, elem: 0, ver: vrange{2, 4}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 9}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{10, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{10, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "CommittedOffset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "CommittedLeaderEpoch", typ: tInt32, elem: 0, ver: vrange{6, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 				{name: "CommittedMetadata", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -91,26 +91,26 @@ var requestSchemas = [...]*message{
 	}},
 	9: {name: "OffsetFetchRequest", key: 9, valid: vrange{1, 10}, flex: vrange{6, 32767}, fields: []field{
 		{name: "GroupId", typ: tString, elem: 0, ver: vrange{0, 7}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eGroup, def: 0, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 7}, null: vrange{2, 7}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 7}, null: vrange{2, 7}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 7}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 7}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "PartitionIndexes", typ: tArray, elem: tInt32, ver: vrange{0, 7}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "PartitionIndexes", typ: tArray, elem: tInt32, ver: vrange{0, 7}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 		}},
-		{name: "Groups", typ: tArray, elem: tStruct, ver: vrange{8, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Groups", typ: tArray, elem: tStruct, ver: vrange{8, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{8, 32767}, fields: []field{
 			{name: "GroupId", typ: tString, elem: 0, ver: vrange{8, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eGroup, def: 0, defNull: false},
 			{name: "MemberId", typ: tString, elem: 0, ver: vrange{9, 32767}, null: vrange{9, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 			{name: "MemberEpoch", typ: tInt32, elem: 0, ver: vrange{9, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
-			{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{8, 32767}, null: vrange{8, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{8, 32767}, null: vrange{8, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{8, 32767}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "Name", typ: tString, elem: 0, ver: vrange{8, 9}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-				{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{10, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-				{name: "PartitionIndexes", typ: tArray, elem: tInt32, ver: vrange{8, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+				{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{10, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+				{name: "PartitionIndexes", typ: tArray, elem: tInt32, ver: vrange{8, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 			}},
 		}},
 		{name: "RequireStable", typ: tBool, elem: 0, ver: vrange{7, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 	}},
 	10: {name: "FindCoordinatorRequest", key: 10, valid: vrange{0, 6}, flex: vrange{3, 32767}, fields: []field{
-		{name: "Key", typ: tString, elem: 0, ver: vrange{0, 3}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "Key", typ: tString, elem: 0, ver: vrange{0, 3}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flCoordinatorKey},
 		{name: "KeyType", typ: tInt8, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "CoordinatorKeys", typ: tArray, elem: tString, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "CoordinatorKeys", typ: tArray, elem: tString, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flCoordinatorKey},
 	}},
 	11: {name: "JoinGroupRequest", key: 11, valid: vrange{0, 9}, flex: vrange{6, 32767}, fields: []field{
 		{name: "GroupId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eGroup, def: 0, defNull: false},
@@ -119,7 +119,7 @@ var requestSchemas = [...]*message{
 		{name: "MemberId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "GroupInstanceId", typ: tString, elem: 0, ver: vrange{5, 32767}, null: vrange{5, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 		{name: "ProtocolType", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Protocols", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Protocols", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Metadata", typ: tBytes, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		}},
@@ -134,7 +134,7 @@ var requestSchemas = [...]*message{
 	13: {name: "LeaveGroupRequest", key: 13, valid: vrange{0, 5}, flex: vrange{4, 32767}, fields: []field{
 		{name: "GroupId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eGroup, def: 0, defNull: false},
 		{name: "MemberId", typ: tString, elem: 0, ver: vrange{0, 2}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Members", typ: tArray, elem: tStruct, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Members", typ: tArray, elem: tStruct, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "MemberId", typ: tString, elem: 0, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "GroupInstanceId", typ: tString, elem: 0, ver: vrange{3, 32767}, null: vrange{3, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 			{name: "Reason", typ: tString, elem: 0, ver: vrange{5, 32767}, null: vrange{5, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
@@ -147,7 +147,7 @@ var requestSchemas = [...]*message{
 		{name: "GroupInstanceId", typ: tString, elem: 0, ver: vrange{3, 32767}, null: vrange{3, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 		{name: "ProtocolType", typ: tString, elem: 0, ver: vrange{5, 32767}, null: vrange{5, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 		{name: "ProtocolName", typ: tString, elem: 0, ver: vrange{5, 32767}, null: vrange{5, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
-		{name: "Assignments", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Assignments", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "MemberId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Assignment", typ: tBytes, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		}},
@@ -168,15 +168,15 @@ var requestSchemas = [...]*message{
 		{name: "ClientSoftwareVersion", typ: tString, elem: 0, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 	}},
 	19: {name: "CreateTopicsRequest", key: 19, valid: vrange{2, 7}, flex: vrange{5, 32767}, fields: []field{
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
 			{name: "NumPartitions", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "ReplicationFactor", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Assignments", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Assignments", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "BrokerIds", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
-			{name: "Configs", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "Configs", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "Value", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
@@ -185,18 +185,18 @@ var requestSchemas = [...]*message{
 		{name: "validateOnly", typ: tBool, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 	}},
 	20: {name: "DeleteTopicsRequest", key: 20, valid: vrange{1, 6}, flex: vrange{4, 32767}, fields: []field{
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{6, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{6, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{6, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{6, 32767}, null: vrange{6, 32767}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: true},
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{6, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{6, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
 		}},
 		{name: "TopicNames", typ: tArray, elem: tString, ver: vrange{0, 5}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
 		{name: "TimeoutMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 	}},
 	21: {name: "DeleteRecordsRequest", key: 21, valid: vrange{0, 2}, flex: vrange{2, 32767}, fields: []field{
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "Offset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
 		}},
@@ -212,32 +212,32 @@ var requestSchemas = [...]*message{
 	}},
 	23: {name: "OffsetForLeaderEpochRequest", key: 23, valid: vrange{2, 4}, flex: vrange{4, 32767}, fields: []field{
 		{name: "ReplicaId", typ: tInt32, elem: 0, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -2, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Topic", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "CurrentLeaderEpoch", typ: tInt32, elem: 0, ver: vrange{2, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 				{name: "LeaderEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
 		}},
 	}},
 	24: {name: "AddPartitionsToTxnRequest", key: 24, valid: vrange{0, 5}, flex: vrange{3, 32767}, fields: []field{
-		{name: "Transactions", typ: tArray, elem: tStruct, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Transactions", typ: tArray, elem: tStruct, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "TransactionalId", typ: tString, elem: 0, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTxn, def: 0, defNull: false},
 			{name: "ProducerId", typ: tInt64, elem: 0, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "ProducerEpoch", typ: tInt16, elem: 0, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "VerifyOnly", typ: tBool, elem: 0, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-				{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+				{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 			}},
 		}},
 		{name: "V3AndBelowTransactionalId", typ: tString, elem: 0, ver: vrange{0, 3}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTxn, def: 0, defNull: false},
 		{name: "V3AndBelowProducerId", typ: tInt64, elem: 0, ver: vrange{0, 3}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "V3AndBelowProducerEpoch", typ: tInt16, elem: 0, ver: vrange{0, 3}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "V3AndBelowTopics", typ: tArray, elem: tStruct, ver: vrange{0, 3}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "V3AndBelowTopics", typ: tArray, elem: tStruct, ver: vrange{0, 3}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 		}},
 	}},
 	25: {name: "AddOffsetsToTxnRequest", key: 25, valid: vrange{0, 4}, flex: vrange{3, 32767}, fields: []field{
@@ -253,13 +253,13 @@ var requestSchemas = [...]*message{
 		{name: "Committed", typ: tBool, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 	}},
 	27: {name: "WriteTxnMarkersRequest", key: 27, valid: vrange{1, 2}, flex: vrange{1, 32767}, fields: []field{
-		{name: "Markers", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Markers", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "ProducerId", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "ProducerEpoch", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "TransactionResult", typ: tBool, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-				{name: "PartitionIndexes", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+				{name: "PartitionIndexes", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 			}},
 			{name: "CoordinatorEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "TransactionVersion", typ: tInt8, elem: 0, ver: vrange{2, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -273,10 +273,10 @@ var requestSchemas = [...]*message{
 		{name: "GenerationId", typ: tInt32, elem: 0, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 		{name: "MemberId", typ: tString, elem: 0, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "GroupInstanceId", typ: tString, elem: 0, ver: vrange{3, 32767}, null: vrange{3, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "CommittedOffset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "CommittedLeaderEpoch", typ: tInt32, elem: 0, ver: vrange{2, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 				{name: "CommittedMetadata", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -284,8 +284,8 @@ var requestSchemas = [...]*message{
 		}},
 	}},
 	29: {name: "DescribeAclsRequest", key: 29, valid: vrange{1, 3}, flex: vrange{2, 32767}, fields: []field{
-		{name: "ResourceTypeFilter", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "ResourceNameFilter", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "ResourceTypeFilter", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flResourceType},
+		{name: "ResourceNameFilter", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flResourceName},
 		{name: "PatternTypeFilter", typ: tInt8, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 3, defNull: false},
 		{name: "PrincipalFilter", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "HostFilter", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -293,9 +293,9 @@ var requestSchemas = [...]*message{
 		{name: "PermissionType", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 	}},
 	30: {name: "CreateAclsRequest", key: 30, valid: vrange{1, 3}, flex: vrange{2, 32767}, fields: []field{
-		{name: "Creations", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-			{name: "ResourceType", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "ResourceName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "Creations", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "ResourceType", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flResourceType},
+			{name: "ResourceName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flResourceName},
 			{name: "ResourcePatternType", typ: tInt8, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 3, defNull: false},
 			{name: "Principal", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Host", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -304,9 +304,9 @@ var requestSchemas = [...]*message{
 		}},
 	}},
 	31: {name: "DeleteAclsRequest", key: 31, valid: vrange{1, 3}, flex: vrange{2, 32767}, fields: []field{
-		{name: "Filters", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-			{name: "ResourceTypeFilter", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "ResourceNameFilter", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "Filters", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "ResourceTypeFilter", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flResourceType},
+			{name: "ResourceNameFilter", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flResourceName},
 			{name: "PatternTypeFilter", typ: tInt8, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 3, defNull: false},
 			{name: "PrincipalFilter", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "HostFilter", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -315,19 +315,19 @@ var requestSchemas = [...]*message{
 		}},
 	}},
 	32: {name: "DescribeConfigsRequest", key: 32, valid: vrange{1, 4}, flex: vrange{4, 32767}, fields: []field{
-		{name: "Resources", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-			{name: "ResourceType", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "ResourceName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "Resources", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "ResourceType", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flResourceType},
+			{name: "ResourceName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flResourceName},
 			{name: "ConfigurationKeys", typ: tArray, elem: tString, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		}},
 		{name: "IncludeSynonyms", typ: tBool, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "IncludeDocumentation", typ: tBool, elem: 0, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 	}},
 	33: {name: "AlterConfigsRequest", key: 33, valid: vrange{0, 2}, flex: vrange{2, 32767}, fields: []field{
-		{name: "Resources", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-			{name: "ResourceType", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "ResourceName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Configs", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Resources", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "ResourceType", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flResourceType},
+			{name: "ResourceName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flResourceName},
+			{name: "Configs", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "Value", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
@@ -335,28 +335,28 @@ var requestSchemas = [...]*message{
 		{name: "ValidateOnly", typ: tBool, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 	}},
 	34: {name: "AlterReplicaLogDirsRequest", key: 34, valid: vrange{1, 2}, flex: vrange{2, 32767}, fields: []field{
-		{name: "Dirs", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Dirs", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Path", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-				{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+				{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 			}},
 		}},
 	}},
 	35: {name: "DescribeLogDirsRequest", key: 35, valid: vrange{1, 5}, flex: vrange{2, 32767}, fields: []field{
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Topic", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 		}},
 	}},
 	36: {name: "SaslAuthenticateRequest", key: 36, valid: vrange{0, 2}, flex: vrange{2, 32767}, fields: []field{
 		{name: "AuthBytes", typ: tBytes, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 	}},
 	37: {name: "CreatePartitionsRequest", key: 37, valid: vrange{0, 3}, flex: vrange{2, 32767}, fields: []field{
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
 			{name: "Count", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Assignments", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "Assignments", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "BrokerIds", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
 		}},
@@ -366,7 +366,7 @@ var requestSchemas = [...]*message{
 	38: {name: "CreateDelegationTokenRequest", key: 38, valid: vrange{1, 3}, flex: vrange{2, 32767}, fields: []field{
 		{name: "OwnerPrincipalType", typ: tString, elem: 0, ver: vrange{3, 32767}, null: vrange{3, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "OwnerPrincipalName", typ: tString, elem: 0, ver: vrange{3, 32767}, null: vrange{3, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Renewers", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Renewers", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "PrincipalType", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "PrincipalName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		}},
@@ -381,7 +381,7 @@ var requestSchemas = [...]*message{
 		{name: "ExpiryTimePeriodMs", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 	}},
 	41: {name: "DescribeDelegationTokenRequest", key: 41, valid: vrange{1, 3}, flex: vrange{2, 32767}, fields: []field{
-		{name: "Owners", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Owners", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "PrincipalType", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "PrincipalName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		}},
@@ -391,17 +391,17 @@ var requestSchemas = [...]*message{
 	}},
 	43: {name: "ElectLeadersRequest", key: 43, valid: vrange{0, 2}, flex: vrange{2, 32767}, fields: []field{
 		{name: "ElectionType", typ: tInt8, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "TopicPartitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "TopicPartitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Topic", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 		}},
 		{name: "TimeoutMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 60000, defNull: false},
 	}},
 	44: {name: "IncrementalAlterConfigsRequest", key: 44, valid: vrange{0, 1}, flex: vrange{1, 32767}, fields: []field{
-		{name: "Resources", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-			{name: "ResourceType", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "ResourceName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Configs", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Resources", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "ResourceType", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flResourceType},
+			{name: "ResourceName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flResourceName},
+			{name: "Configs", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "ConfigOperation", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "Value", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -412,32 +412,32 @@ var requestSchemas = [...]*message{
 	45: {name: "AlterPartitionReassignmentsRequest", key: 45, valid: vrange{0, 1}, flex: vrange{0, 32767}, fields: []field{
 		{name: "TimeoutMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 60000, defNull: false},
 		{name: "AllowReplicationFactorChange", typ: tBool, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 1, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "Replicas", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 			}},
 		}},
 	}},
 	46: {name: "ListPartitionReassignmentsRequest", key: 46, valid: vrange{0, 0}, flex: vrange{0, 32767}, fields: []field{
 		{name: "TimeoutMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 60000, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "PartitionIndexes", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "PartitionIndexes", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 		}},
 	}},
 	47: {name: "OffsetDeleteRequest", key: 47, valid: vrange{0, 0}, flex: vrange{1, 0}, fields: []field{
 		{name: "GroupId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eGroup, def: 0, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 			}},
 		}},
 	}},
 	48: {name: "DescribeClientQuotasRequest", key: 48, valid: vrange{0, 1}, flex: vrange{1, 32767}, fields: []field{
-		{name: "Components", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Components", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "EntityType", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "MatchType", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Match", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -445,13 +445,13 @@ var requestSchemas = [...]*message{
 		{name: "Strict", typ: tBool, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 	}},
 	49: {name: "AlterClientQuotasRequest", key: 49, valid: vrange{0, 1}, flex: vrange{1, 32767}, fields: []field{
-		{name: "Entries", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-			{name: "Entity", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Entries", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "Entity", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "EntityType", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "EntityName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
-			{name: "Ops", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "Key", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Ops", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "Key", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flCoordinatorKey},
 				{name: "Value", typ: tFloat64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "Remove", typ: tBool, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
@@ -459,16 +459,16 @@ var requestSchemas = [...]*message{
 		{name: "ValidateOnly", typ: tBool, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 	}},
 	50: {name: "DescribeUserScramCredentialsRequest", key: 50, valid: vrange{0, 0}, flex: vrange{0, 32767}, fields: []field{
-		{name: "Users", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Users", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		}},
 	}},
 	51: {name: "AlterUserScramCredentialsRequest", key: 51, valid: vrange{0, 0}, flex: vrange{0, 32767}, fields: []field{
-		{name: "Deletions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Deletions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Mechanism", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		}},
-		{name: "Upsertions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Upsertions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Mechanism", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Iterations", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -479,10 +479,10 @@ var requestSchemas = [...]*message{
 	52: {name: "VoteRequest", key: 52, valid: vrange{0, 2}, flex: vrange{0, 32767}, fields: []field{
 		{name: "ClusterId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 		{name: "VoterId", typ: tInt32, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "TopicName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "ReplicaEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "ReplicaId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "ReplicaDirectoryId", typ: tUUID, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -496,16 +496,16 @@ var requestSchemas = [...]*message{
 	53: {name: "BeginQuorumEpochRequest", key: 53, valid: vrange{0, 1}, flex: vrange{1, 32767}, fields: []field{
 		{name: "ClusterId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 		{name: "VoterId", typ: tInt32, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "TopicName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "VoterDirectoryId", typ: tUUID, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "LeaderId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "LeaderEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
 		}},
-		{name: "LeaderEndpoints", typ: tArray, elem: tStruct, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "LeaderEndpoints", typ: tArray, elem: tStruct, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Host", typ: tString, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Port", typ: tUint16, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -513,43 +513,43 @@ var requestSchemas = [...]*message{
 	}},
 	54: {name: "EndQuorumEpochRequest", key: 54, valid: vrange{0, 1}, flex: vrange{1, 32767}, fields: []field{
 		{name: "ClusterId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "TopicName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "LeaderId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "LeaderEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "PreferredSuccessors", typ: tArray, elem: tInt32, ver: vrange{0, 0}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-				{name: "PreferredCandidates", typ: tArray, elem: tStruct, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+				{name: "PreferredCandidates", typ: tArray, elem: tStruct, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 					{name: "CandidateId", typ: tInt32, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "CandidateDirectoryId", typ: tUUID, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				}},
 			}},
 		}},
-		{name: "LeaderEndpoints", typ: tArray, elem: tStruct, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "LeaderEndpoints", typ: tArray, elem: tStruct, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Host", typ: tString, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Port", typ: tUint16, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		}},
 	}},
 	55: {name: "DescribeQuorumRequest", key: 55, valid: vrange{0, 2}, flex: vrange{0, 32767}, fields: []field{
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "TopicName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 			}},
 		}},
 	}},
 	56: {name: "AlterPartitionRequest", key: 56, valid: vrange{2, 3}, flex: vrange{0, 32767}, fields: []field{
 		{name: "BrokerId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "BrokerEpoch", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{2, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{2, 32767}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{2, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "LeaderEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "NewIsr", typ: tArray, elem: tInt32, ver: vrange{0, 2}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-				{name: "NewIsrWithEpochs", typ: tArray, elem: tStruct, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+				{name: "NewIsrWithEpochs", typ: tArray, elem: tStruct, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 					{name: "BrokerId", typ: tInt32, elem: 0, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "BrokerEpoch", typ: tInt64, elem: 0, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 				}},
@@ -560,7 +560,7 @@ var requestSchemas = [...]*message{
 	}},
 	57: {name: "UpdateFeaturesRequest", key: 57, valid: vrange{0, 2}, flex: vrange{0, 32767}, fields: []field{
 		{name: "timeoutMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 60000, defNull: false},
-		{name: "FeatureUpdates", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "FeatureUpdates", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Feature", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "MaxVersionLevel", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "AllowDowngrade", typ: tBool, elem: 0, ver: vrange{0, 0}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -577,12 +577,12 @@ var requestSchemas = [...]*message{
 		{name: "ClusterId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{0, 32767}, tag: 0, entity: 0, def: 0, defNull: true},
 		{name: "ReplicaId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 		{name: "MaxBytes", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 2147483647, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "CurrentLeaderEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-				{name: "SnapshotId", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+				{name: "SnapshotId", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 					{name: "EndOffset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "Epoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				}},
@@ -597,22 +597,22 @@ var requestSchemas = [...]*message{
 		{name: "IncludeFencedBrokers", typ: tBool, elem: 0, ver: vrange{2, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 	}},
 	61: {name: "DescribeProducersRequest", key: 61, valid: vrange{0, 0}, flex: vrange{0, 32767}, fields: []field{
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "PartitionIndexes", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "PartitionIndexes", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 		}},
 	}},
 	62: {name: "BrokerRegistrationRequest", key: 62, valid: vrange{0, 4}, flex: vrange{0, 32767}, fields: []field{
 		{name: "BrokerId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ClusterId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "IncarnationId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Listeners", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Listeners", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Host", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Port", typ: tUint16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "SecurityProtocol", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		}},
-		{name: "Features", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Features", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "MinSupportedVersion", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "MaxSupportedVersion", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -655,11 +655,11 @@ var requestSchemas = [...]*message{
 		{name: "RackId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 		{name: "RebalanceTimeoutMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 		{name: "SubscribedTopicNames", typ: tArray, elem: tString, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: true},
-		{name: "SubscribedTopicRegex", typ: tString, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
+		{name: "SubscribedTopicRegex", typ: tString, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, flags: flRegex},
 		{name: "ServerAssignor", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
-		{name: "TopicPartitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, fields: []field{
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "TopicPartitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+			{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 		}},
 	}},
 	69: {name: "ConsumerGroupDescribeRequest", key: 69, valid: vrange{0, 1}, flex: vrange{0, 32767}, fields: []field{
@@ -670,13 +670,13 @@ var requestSchemas = [...]*message{
 		{name: "ControllerId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "IncarnationId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ZkMigrationReady", typ: tBool, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Listeners", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Listeners", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Host", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Port", typ: tUint16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "SecurityProtocol", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		}},
-		{name: "Features", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Features", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "MinSupportedVersion", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "MaxSupportedVersion", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -695,12 +695,12 @@ var requestSchemas = [...]*message{
 	73: {name: "AssignReplicasToDirsRequest", key: 73, valid: vrange{0, 0}, flex: vrange{0, 32767}, fields: []field{
 		{name: "BrokerId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "BrokerEpoch", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
-		{name: "Directories", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Directories", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Id", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-				{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-					{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+				{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+					{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				}},
 			}},
 		}},
@@ -709,13 +709,13 @@ var requestSchemas = [...]*message{
 		{name: "ResourceTypes", typ: tArray, elem: tInt8, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 	}},
 	75: {name: "DescribeTopicPartitionsRequest", key: 75, valid: vrange{0, 0}, flex: vrange{0, 32767}, fields: []field{
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
 		}},
 		{name: "ResponsePartitionLimit", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 2000, defNull: false},
-		{name: "Cursor", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, fields: []field{
+		{name: "Cursor", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "TopicName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 		}},
 	}},
 	76: {name: "ShareGroupHeartbeatRequest", key: 76, valid: vrange{1, 1}, flex: vrange{0, 32767}, fields: []field{
@@ -740,21 +740,21 @@ var requestSchemas = [...]*message{
 		{name: "BatchSize", typ: tInt32, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ShareAcquireMode", typ: tInt8, elem: 0, ver: vrange{2, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "IsRenewAck", typ: tBool, elem: 0, ver: vrange{2, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "PartitionMaxBytes", typ: tInt32, elem: 0, ver: vrange{0, 0}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-				{name: "AcknowledgementBatches", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+				{name: "AcknowledgementBatches", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 					{name: "FirstOffset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "LastOffset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "AcknowledgeTypes", typ: tArray, elem: tInt8, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				}},
 			}},
 		}},
-		{name: "ForgottenTopicsData", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "ForgottenTopicsData", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flForgotten, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+			{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 		}},
 	}},
 	79: {name: "ShareAcknowledgeRequest", key: 79, valid: vrange{1, 2}, flex: vrange{0, 32767}, fields: []field{
@@ -762,11 +762,11 @@ var requestSchemas = [...]*message{
 		{name: "MemberId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ShareSessionEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "IsRenewAck", typ: tBool, elem: 0, ver: vrange{2, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-				{name: "AcknowledgementBatches", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
+				{name: "AcknowledgementBatches", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 					{name: "FirstOffset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "LastOffset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "AcknowledgeTypes", typ: tArray, elem: tInt8, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -779,7 +779,7 @@ var requestSchemas = [...]*message{
 		{name: "TimeoutMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "VoterId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "VoterDirectoryId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Listeners", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Listeners", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Host", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Port", typ: tUint16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -796,22 +796,22 @@ var requestSchemas = [...]*message{
 		{name: "CurrentLeaderEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "VoterId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "VoterDirectoryId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Listeners", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Listeners", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Host", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Port", typ: tUint16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		}},
-		{name: "KRaftVersionFeature", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "KRaftVersionFeature", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "MinSupportedVersion", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "MaxSupportedVersion", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		}},
 	}},
 	83: {name: "InitializeShareGroupStateRequest", key: 83, valid: vrange{0, 0}, flex: vrange{0, 32767}, fields: []field{
 		{name: "GroupId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "StateEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "StartOffset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
@@ -819,25 +819,25 @@ var requestSchemas = [...]*message{
 	}},
 	84: {name: "ReadShareGroupStateRequest", key: 84, valid: vrange{0, 0}, flex: vrange{0, 32767}, fields: []field{
 		{name: "GroupId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "LeaderEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
 		}},
 	}},
 	85: {name: "WriteShareGroupStateRequest", key: 85, valid: vrange{0, 1}, flex: vrange{0, 32767}, fields: []field{
 		{name: "GroupId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "StateEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "LeaderEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "StartOffset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "DeliveryCompleteCount", typ: tInt32, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
-				{name: "StateBatches", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+				{name: "StateBatches", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 					{name: "FirstOffset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "LastOffset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "DeliveryState", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -848,19 +848,19 @@ var requestSchemas = [...]*message{
 	}},
 	86: {name: "DeleteShareGroupStateRequest", key: 86, valid: vrange{0, 0}, flex: vrange{0, 32767}, fields: []field{
 		{name: "GroupId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 			}},
 		}},
 	}},
 	87: {name: "ReadShareGroupStateSummaryRequest", key: 87, valid: vrange{0, 1}, flex: vrange{0, 32767}, fields: []field{
 		{name: "GroupId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "LeaderEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
 		}},
@@ -873,67 +873,67 @@ var requestSchemas = [...]*message{
 		{name: "InstanceId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 		{name: "RackId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 		{name: "RebalanceTimeoutMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
-		{name: "Topology", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, fields: []field{
+		{name: "Topology", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Epoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Subtopologies", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "Subtopologies", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "SubtopologyId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "SourceTopics", typ: tArray, elem: tString, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-				{name: "SourceTopicRegex", typ: tArray, elem: tString, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-				{name: "StateChangelogTopics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+				{name: "SourceTopicRegex", typ: tArray, elem: tString, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flRegex},
+				{name: "StateChangelogTopics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 					{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-					{name: "Partitions", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+					{name: "Partitions", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 					{name: "ReplicationFactor", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-					{name: "TopicConfigs", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-						{name: "Key", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+					{name: "TopicConfigs", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+						{name: "Key", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flCoordinatorKey},
 						{name: "Value", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					}},
 				}},
 				{name: "RepartitionSinkTopics", typ: tArray, elem: tString, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-				{name: "RepartitionSourceTopics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+				{name: "RepartitionSourceTopics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 					{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-					{name: "Partitions", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+					{name: "Partitions", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 					{name: "ReplicationFactor", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-					{name: "TopicConfigs", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-						{name: "Key", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+					{name: "TopicConfigs", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+						{name: "Key", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flCoordinatorKey},
 						{name: "Value", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					}},
 				}},
-				{name: "CopartitionGroups", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+				{name: "CopartitionGroups", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 					{name: "SourceTopics", typ: tArray, elem: tInt16, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-					{name: "SourceTopicRegex", typ: tArray, elem: tInt16, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+					{name: "SourceTopicRegex", typ: tArray, elem: tInt16, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flRegex},
 					{name: "RepartitionSourceTopics", typ: tArray, elem: tInt16, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				}},
 			}},
 		}},
-		{name: "ActiveTasks", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, fields: []field{
+		{name: "ActiveTasks", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "SubtopologyId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 		}},
-		{name: "StandbyTasks", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, fields: []field{
+		{name: "StandbyTasks", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "SubtopologyId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 		}},
-		{name: "WarmupTasks", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, fields: []field{
+		{name: "WarmupTasks", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "SubtopologyId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 		}},
 		{name: "ProcessId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
-		{name: "UserEndpoint", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, fields: []field{
+		{name: "UserEndpoint", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Host", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Port", typ: tUint16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		}},
-		{name: "ClientTags", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, fields: []field{
-			{name: "Key", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "ClientTags", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "Key", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flCoordinatorKey},
 			{name: "Value", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		}},
-		{name: "TaskOffsets", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, fields: []field{
+		{name: "TaskOffsets", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "SubtopologyId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 			{name: "Offset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		}},
-		{name: "TaskEndOffsets", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, fields: []field{
+		{name: "TaskEndOffsets", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "SubtopologyId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 			{name: "Offset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		}},
 		{name: "ShutdownApplication", typ: tBool, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -943,27 +943,27 @@ var requestSchemas = [...]*message{
 		{name: "IncludeAuthorizedOperations", typ: tBool, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 	}},
 	90: {name: "DescribeShareGroupOffsetsRequest", key: 90, valid: vrange{0, 1}, flex: vrange{0, 32767}, fields: []field{
-		{name: "Groups", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Groups", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{0, 32767}, fields: []field{
 			{name: "GroupId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eGroup, def: 0, defNull: false},
-			{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "TopicName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-				{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+				{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 			}},
 		}},
 	}},
 	91: {name: "AlterShareGroupOffsetsRequest", key: 91, valid: vrange{0, 0}, flex: vrange{0, 32767}, fields: []field{
 		{name: "GroupId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eGroup, def: 0, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "TopicName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "StartOffset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
 		}},
 	}},
 	92: {name: "DeleteShareGroupOffsetsRequest", key: 92, valid: vrange{0, 0}, flex: vrange{0, 32767}, fields: []field{
 		{name: "GroupId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eGroup, def: 0, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "TopicName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
 		}},
 	}},
@@ -971,28 +971,28 @@ var requestSchemas = [...]*message{
 
 var responseSchemas = [...]*message{
 	0: {name: "ProduceResponse", key: 0, valid: vrange{3, 13}, flex: vrange{9, 32767}, fields: []field{
-		{name: "Responses", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Responses", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 12}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{13, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "PartitionResponses", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "Index", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{13, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+			{name: "PartitionResponses", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "Index", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "BaseOffset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "LogAppendTimeMs", typ: tInt64, elem: 0, ver: vrange{2, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 				{name: "LogStartOffset", typ: tInt64, elem: 0, ver: vrange{5, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
-				{name: "RecordErrors", typ: tArray, elem: tStruct, ver: vrange{8, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+				{name: "RecordErrors", typ: tArray, elem: tStruct, ver: vrange{8, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 					{name: "BatchIndex", typ: tInt32, elem: 0, ver: vrange{8, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "BatchIndexErrorMessage", typ: tString, elem: 0, ver: vrange{8, 32767}, null: vrange{8, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 				}},
 				{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{8, 32767}, null: vrange{8, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
-				{name: "CurrentLeader", typ: tStruct, elem: 0, ver: vrange{10, 32767}, null: vrange{1, 0}, tagged: vrange{10, 32767}, tag: 0, entity: 0, def: 0, defNull: false, fields: []field{
+				{name: "CurrentLeader", typ: tStruct, elem: 0, ver: vrange{10, 32767}, null: vrange{1, 0}, tagged: vrange{10, 32767}, tag: 0, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 					{name: "LeaderId", typ: tInt32, elem: 0, ver: vrange{10, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 					{name: "LeaderEpoch", typ: tInt32, elem: 0, ver: vrange{10, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 				}},
 			}},
 		}},
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "NodeEndpoints", typ: tArray, elem: tStruct, ver: vrange{10, 32767}, null: vrange{1, 0}, tagged: vrange{10, 32767}, tag: 0, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "NodeEndpoints", typ: tArray, elem: tStruct, ver: vrange{10, 32767}, null: vrange{1, 0}, tagged: vrange{10, 32767}, tag: 0, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "NodeId", typ: tInt32, elem: 0, ver: vrange{10, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Host", typ: tString, elem: 0, ver: vrange{10, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Port", typ: tInt32, elem: 0, ver: vrange{10, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1003,28 +1003,28 @@ var responseSchemas = [...]*message{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{7, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "SessionId", typ: tInt32, elem: 0, ver: vrange{7, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Responses", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Responses", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Topic", typ: tString, elem: 0, ver: vrange{0, 12}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{13, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{13, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "HighWatermark", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "LastStableOffset", typ: tInt64, elem: 0, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 				{name: "LogStartOffset", typ: tInt64, elem: 0, ver: vrange{5, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
-				{name: "DivergingEpoch", typ: tStruct, elem: 0, ver: vrange{12, 32767}, null: vrange{1, 0}, tagged: vrange{12, 32767}, tag: 0, entity: 0, def: 0, defNull: false, fields: []field{
+				{name: "DivergingEpoch", typ: tStruct, elem: 0, ver: vrange{12, 32767}, null: vrange{1, 0}, tagged: vrange{12, 32767}, tag: 0, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 					{name: "Epoch", typ: tInt32, elem: 0, ver: vrange{12, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 					{name: "EndOffset", typ: tInt64, elem: 0, ver: vrange{12, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 				}},
-				{name: "CurrentLeader", typ: tStruct, elem: 0, ver: vrange{12, 32767}, null: vrange{1, 0}, tagged: vrange{12, 32767}, tag: 1, entity: 0, def: 0, defNull: false, fields: []field{
+				{name: "CurrentLeader", typ: tStruct, elem: 0, ver: vrange{12, 32767}, null: vrange{1, 0}, tagged: vrange{12, 32767}, tag: 1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 					{name: "LeaderId", typ: tInt32, elem: 0, ver: vrange{12, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 					{name: "LeaderEpoch", typ: tInt32, elem: 0, ver: vrange{12, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 				}},
-				{name: "SnapshotId", typ: tStruct, elem: 0, ver: vrange{12, 32767}, null: vrange{1, 0}, tagged: vrange{12, 32767}, tag: 2, entity: 0, def: 0, defNull: false, fields: []field{
+				{name: "SnapshotId", typ: tStruct, elem: 0, ver: vrange{12, 32767}, null: vrange{1, 0}, tagged: vrange{12, 32767}, tag: 2, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 					{name: "EndOffset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 					{name: "Epoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 				}},
-				{name: "AbortedTransactions", typ: tArray, elem: tStruct, ver: vrange{4, 32767}, null: vrange{4, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+				{name: "AbortedTransactions", typ: tArray, elem: tStruct, ver: vrange{4, 32767}, null: vrange{4, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 					{name: "ProducerId", typ: tInt64, elem: 0, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "FirstOffset", typ: tInt64, elem: 0, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				}},
@@ -1032,7 +1032,7 @@ var responseSchemas = [...]*message{
 				{name: "Records", typ: tRecords, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
 		}},
-		{name: "NodeEndpoints", typ: tArray, elem: tStruct, ver: vrange{16, 32767}, null: vrange{1, 0}, tagged: vrange{16, 32767}, tag: 0, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "NodeEndpoints", typ: tArray, elem: tStruct, ver: vrange{16, 32767}, null: vrange{1, 0}, tagged: vrange{16, 32767}, tag: 0, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "NodeId", typ: tInt32, elem: 0, ver: vrange{16, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Host", typ: tString, elem: 0, ver: vrange{16, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Port", typ: tInt32, elem: 0, ver: vrange{16, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1041,10 +1041,10 @@ var responseSchemas = [...]*message{
 	}},
 	2: {name: "ListOffsetsResponse", key: 2, valid: vrange{1, 11}, flex: vrange{6, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{2, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "Timestamp", typ: tInt64, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 				{name: "Offset", typ: tInt64, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
@@ -1054,7 +1054,7 @@ var responseSchemas = [...]*message{
 	}},
 	3: {name: "MetadataResponse", key: 3, valid: vrange{0, 13}, flex: vrange{9, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Brokers", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Brokers", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "NodeId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Host", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Port", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1062,14 +1062,14 @@ var responseSchemas = [...]*message{
 		}},
 		{name: "ClusterId", typ: tString, elem: 0, ver: vrange{2, 32767}, null: vrange{2, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 		{name: "ControllerId", typ: tInt32, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{12, 32767}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{10, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{10, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
 			{name: "IsInternal", typ: tBool, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "LeaderId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "LeaderEpoch", typ: tInt32, elem: 0, ver: vrange{7, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 				{name: "ReplicaNodes", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1083,21 +1083,21 @@ var responseSchemas = [...]*message{
 	}},
 	8: {name: "OffsetCommitResponse", key: 8, valid: vrange{2, 10}, flex: vrange{8, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 9}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{10, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{10, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
 		}},
 	}},
 	9: {name: "OffsetFetchResponse", key: 9, valid: vrange{1, 10}, flex: vrange{6, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 7}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 7}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 7}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 7}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 7}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 7}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 7}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 7}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "CommittedOffset", typ: tInt64, elem: 0, ver: vrange{0, 7}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "CommittedLeaderEpoch", typ: tInt32, elem: 0, ver: vrange{5, 7}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 				{name: "Metadata", typ: tString, elem: 0, ver: vrange{0, 7}, null: vrange{0, 7}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1105,13 +1105,13 @@ var responseSchemas = [...]*message{
 			}},
 		}},
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{2, 7}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Groups", typ: tArray, elem: tStruct, ver: vrange{8, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Groups", typ: tArray, elem: tStruct, ver: vrange{8, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{8, 32767}, fields: []field{
 			{name: "GroupId", typ: tString, elem: 0, ver: vrange{8, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eGroup, def: 0, defNull: false},
-			{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{8, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{8, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{8, 32767}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "Name", typ: tString, elem: 0, ver: vrange{8, 9}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-				{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{10, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-				{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{8, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-					{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{8, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+				{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{10, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+				{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{8, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+					{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{8, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 					{name: "CommittedOffset", typ: tInt64, elem: 0, ver: vrange{8, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "CommittedLeaderEpoch", typ: tInt32, elem: 0, ver: vrange{8, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 					{name: "Metadata", typ: tString, elem: 0, ver: vrange{8, 32767}, null: vrange{8, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1128,8 +1128,8 @@ var responseSchemas = [...]*message{
 		{name: "NodeId", typ: tInt32, elem: 0, ver: vrange{0, 3}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "Host", typ: tString, elem: 0, ver: vrange{0, 3}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "Port", typ: tInt32, elem: 0, ver: vrange{0, 3}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Coordinators", typ: tArray, elem: tStruct, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-			{name: "Key", typ: tString, elem: 0, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "Coordinators", typ: tArray, elem: tStruct, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "Key", typ: tString, elem: 0, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flCoordinatorKey},
 			{name: "NodeId", typ: tInt32, elem: 0, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Host", typ: tString, elem: 0, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Port", typ: tInt32, elem: 0, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1146,7 +1146,7 @@ var responseSchemas = [...]*message{
 		{name: "Leader", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "SkipAssignment", typ: tBool, elem: 0, ver: vrange{9, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "MemberId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Members", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Members", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "MemberId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "GroupInstanceId", typ: tString, elem: 0, ver: vrange{5, 32767}, null: vrange{5, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 			{name: "Metadata", typ: tBytes, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1159,7 +1159,7 @@ var responseSchemas = [...]*message{
 	13: {name: "LeaveGroupResponse", key: 13, valid: vrange{0, 5}, flex: vrange{4, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Members", typ: tArray, elem: tStruct, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Members", typ: tArray, elem: tStruct, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "MemberId", typ: tString, elem: 0, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "GroupInstanceId", typ: tString, elem: 0, ver: vrange{3, 32767}, null: vrange{3, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1174,14 +1174,14 @@ var responseSchemas = [...]*message{
 	}},
 	15: {name: "DescribeGroupsResponse", key: 15, valid: vrange{0, 6}, flex: vrange{5, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Groups", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Groups", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{0, 32767}, fields: []field{
 			{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{6, 32767}, null: vrange{6, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 			{name: "GroupId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eGroup, def: 0, defNull: false},
 			{name: "GroupState", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "ProtocolType", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "ProtocolData", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Members", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "Members", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "MemberId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "GroupInstanceId", typ: tString, elem: 0, ver: vrange{4, 32767}, null: vrange{4, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 				{name: "ClientId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1195,7 +1195,7 @@ var responseSchemas = [...]*message{
 	16: {name: "ListGroupsResponse", key: 16, valid: vrange{0, 5}, flex: vrange{3, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Groups", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Groups", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{0, 32767}, fields: []field{
 			{name: "GroupId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eGroup, def: 0, defNull: false},
 			{name: "ProtocolType", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "GroupState", typ: tString, elem: 0, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1208,19 +1208,19 @@ var responseSchemas = [...]*message{
 	}},
 	18: {name: "ApiVersionsResponse", key: 18, valid: vrange{0, 4}, flex: vrange{3, 32767}, fields: []field{
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "ApiKeys", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "ApiKeys", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "ApiKey", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "MinVersion", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "MaxVersion", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		}},
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "SupportedFeatures", typ: tArray, elem: tStruct, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{3, 32767}, tag: 0, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "SupportedFeatures", typ: tArray, elem: tStruct, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{3, 32767}, tag: 0, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "MinVersion", typ: tInt16, elem: 0, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "MaxVersion", typ: tInt16, elem: 0, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		}},
 		{name: "FinalizedFeaturesEpoch", typ: tInt64, elem: 0, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{3, 32767}, tag: 1, entity: 0, def: -1, defNull: false},
-		{name: "FinalizedFeatures", typ: tArray, elem: tStruct, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{3, 32767}, tag: 2, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "FinalizedFeatures", typ: tArray, elem: tStruct, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{3, 32767}, tag: 2, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "MaxVersionLevel", typ: tInt16, elem: 0, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "MinVersionLevel", typ: tInt16, elem: 0, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1229,15 +1229,15 @@ var responseSchemas = [...]*message{
 	}},
 	19: {name: "CreateTopicsResponse", key: 19, valid: vrange{2, 7}, flex: vrange{5, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{2, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{7, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{7, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
 			{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{1, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "TopicConfigErrorCode", typ: tInt16, elem: 0, ver: vrange{5, 32767}, null: vrange{1, 0}, tagged: vrange{5, 32767}, tag: 0, entity: 0, def: 0, defNull: false},
 			{name: "NumPartitions", typ: tInt32, elem: 0, ver: vrange{5, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 			{name: "ReplicationFactor", typ: tInt16, elem: 0, ver: vrange{5, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
-			{name: "Configs", typ: tArray, elem: tStruct, ver: vrange{5, 32767}, null: vrange{5, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "Configs", typ: tArray, elem: tStruct, ver: vrange{5, 32767}, null: vrange{5, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "Name", typ: tString, elem: 0, ver: vrange{5, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "Value", typ: tString, elem: 0, ver: vrange{5, 32767}, null: vrange{5, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "ReadOnly", typ: tBool, elem: 0, ver: vrange{5, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1248,19 +1248,19 @@ var responseSchemas = [...]*message{
 	}},
 	20: {name: "DeleteTopicsResponse", key: 20, valid: vrange{1, 6}, flex: vrange{4, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Responses", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Responses", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{6, 32767}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{6, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{6, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
 			{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{5, 32767}, null: vrange{5, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 		}},
 	}},
 	21: {name: "DeleteRecordsResponse", key: 21, valid: vrange{0, 2}, flex: vrange{2, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "LowWatermark", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
@@ -1276,11 +1276,11 @@ var responseSchemas = [...]*message{
 	}},
 	23: {name: "OffsetForLeaderEpochResponse", key: 23, valid: vrange{2, 4}, flex: vrange{4, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{2, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Topic", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-				{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+				{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "LeaderEpoch", typ: tInt32, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 				{name: "EndOffset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 			}},
@@ -1289,20 +1289,20 @@ var responseSchemas = [...]*message{
 	24: {name: "AddPartitionsToTxnResponse", key: 24, valid: vrange{0, 5}, flex: vrange{3, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "ResultsByTransaction", typ: tArray, elem: tStruct, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "ResultsByTransaction", typ: tArray, elem: tStruct, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "TransactionalId", typ: tString, elem: 0, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTxn, def: 0, defNull: false},
-			{name: "TopicResults", typ: tArray, elem: tStruct, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "TopicResults", typ: tArray, elem: tStruct, ver: vrange{4, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-				{name: "ResultsByPartition", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-					{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+				{name: "ResultsByPartition", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+					{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 					{name: "PartitionErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				}},
 			}},
 		}},
-		{name: "ResultsByTopicV3AndBelow", typ: tArray, elem: tStruct, ver: vrange{0, 3}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "ResultsByTopicV3AndBelow", typ: tArray, elem: tStruct, ver: vrange{0, 3}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "ResultsByPartition", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "ResultsByPartition", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "PartitionErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
 		}},
@@ -1318,12 +1318,12 @@ var responseSchemas = [...]*message{
 		{name: "ProducerEpoch", typ: tInt16, elem: 0, ver: vrange{5, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 	}},
 	27: {name: "WriteTxnMarkersResponse", key: 27, valid: vrange{1, 2}, flex: vrange{1, 32767}, fields: []field{
-		{name: "Markers", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Markers", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "ProducerId", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-				{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-					{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+				{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+					{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 					{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				}},
 			}},
@@ -1331,10 +1331,10 @@ var responseSchemas = [...]*message{
 	}},
 	28: {name: "TxnOffsetCommitResponse", key: 28, valid: vrange{0, 5}, flex: vrange{3, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
 		}},
@@ -1343,11 +1343,11 @@ var responseSchemas = [...]*message{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Resources", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-			{name: "ResourceType", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "ResourceName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "Resources", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "ResourceType", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flResourceType},
+			{name: "ResourceName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flResourceName},
 			{name: "PatternType", typ: tInt8, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 3, defNull: false},
-			{name: "Acls", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "Acls", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "Principal", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "Host", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "Operation", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1357,21 +1357,21 @@ var responseSchemas = [...]*message{
 	}},
 	30: {name: "CreateAclsResponse", key: 30, valid: vrange{1, 3}, flex: vrange{2, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Results", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Results", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		}},
 	}},
 	31: {name: "DeleteAclsResponse", key: 31, valid: vrange{1, 3}, flex: vrange{2, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "FilterResults", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "FilterResults", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "MatchingAcls", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "MatchingAcls", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-				{name: "ResourceType", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-				{name: "ResourceName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+				{name: "ResourceType", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flResourceType},
+				{name: "ResourceName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flResourceName},
 				{name: "PatternType", typ: tInt8, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 3, defNull: false},
 				{name: "Principal", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "Host", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1382,18 +1382,18 @@ var responseSchemas = [...]*message{
 	}},
 	32: {name: "DescribeConfigsResponse", key: 32, valid: vrange{1, 4}, flex: vrange{4, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Results", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Results", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "ResourceType", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "ResourceName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Configs", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "ResourceType", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flResourceType},
+			{name: "ResourceName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flResourceName},
+			{name: "Configs", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "Value", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "ReadOnly", typ: tBool, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "ConfigSource", typ: tInt8, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 				{name: "IsSensitive", typ: tBool, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-				{name: "Synonyms", typ: tArray, elem: tStruct, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+				{name: "Synonyms", typ: tArray, elem: tStruct, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 					{name: "Name", typ: tString, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "Value", typ: tString, elem: 0, ver: vrange{1, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "Source", typ: tInt8, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1405,19 +1405,19 @@ var responseSchemas = [...]*message{
 	}},
 	33: {name: "AlterConfigsResponse", key: 33, valid: vrange{0, 2}, flex: vrange{2, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Responses", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Responses", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "ResourceType", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "ResourceName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "ResourceType", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flResourceType},
+			{name: "ResourceName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flResourceName},
 		}},
 	}},
 	34: {name: "AlterReplicaLogDirsResponse", key: 34, valid: vrange{1, 2}, flex: vrange{2, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Results", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Results", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "TopicName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
 		}},
@@ -1425,13 +1425,13 @@ var responseSchemas = [...]*message{
 	35: {name: "DescribeLogDirsResponse", key: 35, valid: vrange{1, 5}, flex: vrange{2, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Results", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Results", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "LogDir", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-				{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-					{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+				{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+					{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 					{name: "PartitionSize", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "OffsetLag", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "IsFutureKey", typ: tBool, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1450,7 +1450,7 @@ var responseSchemas = [...]*message{
 	}},
 	37: {name: "CreatePartitionsResponse", key: 37, valid: vrange{0, 3}, flex: vrange{2, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Results", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Results", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
 			{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
@@ -1481,7 +1481,7 @@ var responseSchemas = [...]*message{
 	}},
 	41: {name: "DescribeDelegationTokenResponse", key: 41, valid: vrange{1, 3}, flex: vrange{2, 32767}, fields: []field{
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Tokens", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Tokens", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "PrincipalType", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "PrincipalName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "TokenRequesterPrincipalType", typ: tString, elem: 0, ver: vrange{3, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1491,7 +1491,7 @@ var responseSchemas = [...]*message{
 			{name: "MaxTimestamp", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "TokenId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Hmac", typ: tBytes, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Renewers", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "Renewers", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "PrincipalType", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "PrincipalName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
@@ -1500,7 +1500,7 @@ var responseSchemas = [...]*message{
 	}},
 	42: {name: "DeleteGroupsResponse", key: 42, valid: vrange{0, 2}, flex: vrange{2, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Results", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Results", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{0, 32767}, fields: []field{
 			{name: "GroupId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eGroup, def: 0, defNull: false},
 			{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		}},
@@ -1508,10 +1508,10 @@ var responseSchemas = [...]*message{
 	43: {name: "ElectLeadersResponse", key: 43, valid: vrange{0, 2}, flex: vrange{2, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "ReplicaElectionResults", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "ReplicaElectionResults", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Topic", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "PartitionResult", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "PartitionResult", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
@@ -1519,11 +1519,11 @@ var responseSchemas = [...]*message{
 	}},
 	44: {name: "IncrementalAlterConfigsResponse", key: 44, valid: vrange{0, 1}, flex: vrange{1, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Responses", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Responses", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "ResourceType", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "ResourceName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "ResourceType", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flResourceType},
+			{name: "ResourceName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flResourceName},
 		}},
 	}},
 	45: {name: "AlterPartitionReassignmentsResponse", key: 45, valid: vrange{0, 1}, flex: vrange{0, 32767}, fields: []field{
@@ -1531,10 +1531,10 @@ var responseSchemas = [...]*message{
 		{name: "AllowReplicationFactorChange", typ: tBool, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 1, defNull: false},
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Responses", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Responses", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
@@ -1544,10 +1544,10 @@ var responseSchemas = [...]*message{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "Replicas", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "AddingReplicas", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "RemovingReplicas", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1557,10 +1557,10 @@ var responseSchemas = [...]*message{
 	47: {name: "OffsetDeleteResponse", key: 47, valid: vrange{0, 0}, flex: vrange{1, 0}, fields: []field{
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
 		}},
@@ -1569,23 +1569,23 @@ var responseSchemas = [...]*message{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Entries", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-			{name: "Entity", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Entries", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "Entity", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "EntityType", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "EntityName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
-			{name: "Values", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "Key", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Values", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "Key", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flCoordinatorKey},
 				{name: "Value", typ: tFloat64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
 		}},
 	}},
 	49: {name: "AlterClientQuotasResponse", key: 49, valid: vrange{0, 1}, flex: vrange{1, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Entries", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Entries", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Entity", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "Entity", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "EntityType", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "EntityName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
@@ -1595,11 +1595,11 @@ var responseSchemas = [...]*message{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Results", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Results", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "User", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "CredentialInfos", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "CredentialInfos", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "Mechanism", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "Iterations", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
@@ -1607,7 +1607,7 @@ var responseSchemas = [...]*message{
 	}},
 	51: {name: "AlterUserScramCredentialsResponse", key: 51, valid: vrange{0, 0}, flex: vrange{0, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Results", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Results", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "User", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1615,17 +1615,17 @@ var responseSchemas = [...]*message{
 	}},
 	52: {name: "VoteResponse", key: 52, valid: vrange{0, 2}, flex: vrange{0, 32767}, fields: []field{
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "TopicName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "LeaderId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "LeaderEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "VoteGranted", typ: tBool, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
 		}},
-		{name: "NodeEndpoints", typ: tArray, elem: tStruct, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 32767}, tag: 0, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "NodeEndpoints", typ: tArray, elem: tStruct, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 32767}, tag: 0, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "NodeId", typ: tInt32, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Host", typ: tString, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Port", typ: tUint16, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1633,16 +1633,16 @@ var responseSchemas = [...]*message{
 	}},
 	53: {name: "BeginQuorumEpochResponse", key: 53, valid: vrange{0, 1}, flex: vrange{1, 32767}, fields: []field{
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "TopicName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "LeaderId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "LeaderEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
 		}},
-		{name: "NodeEndpoints", typ: tArray, elem: tStruct, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 32767}, tag: 0, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "NodeEndpoints", typ: tArray, elem: tStruct, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 32767}, tag: 0, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "NodeId", typ: tInt32, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Host", typ: tString, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Port", typ: tUint16, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1650,16 +1650,16 @@ var responseSchemas = [...]*message{
 	}},
 	54: {name: "EndQuorumEpochResponse", key: 54, valid: vrange{0, 1}, flex: vrange{1, 32767}, fields: []field{
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "TopicName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "LeaderId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "LeaderEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
 		}},
-		{name: "NodeEndpoints", typ: tArray, elem: tStruct, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 32767}, tag: 0, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "NodeEndpoints", typ: tArray, elem: tStruct, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 32767}, tag: 0, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "NodeId", typ: tInt32, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Host", typ: tString, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Port", typ: tUint16, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1668,23 +1668,23 @@ var responseSchemas = [...]*message{
 	55: {name: "DescribeQuorumResponse", key: 55, valid: vrange{0, 2}, flex: vrange{0, 32767}, fields: []field{
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{2, 32767}, null: vrange{2, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "TopicName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{2, 32767}, null: vrange{2, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "LeaderId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "LeaderEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "HighWatermark", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-				{name: "CurrentVoters", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+				{name: "CurrentVoters", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 					{name: "ReplicaId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "ReplicaDirectoryId", typ: tUUID, elem: 0, ver: vrange{2, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "LogEndOffset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "LastFetchTimestamp", typ: tInt64, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 					{name: "LastCaughtUpTimestamp", typ: tInt64, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 				}},
-				{name: "Observers", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+				{name: "Observers", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 					{name: "ReplicaId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "ReplicaDirectoryId", typ: tUUID, elem: 0, ver: vrange{2, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "LogEndOffset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1693,9 +1693,9 @@ var responseSchemas = [...]*message{
 				}},
 			}},
 		}},
-		{name: "Nodes", typ: tArray, elem: tStruct, ver: vrange{2, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Nodes", typ: tArray, elem: tStruct, ver: vrange{2, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "NodeId", typ: tInt32, elem: 0, ver: vrange{2, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Listeners", typ: tArray, elem: tStruct, ver: vrange{2, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "Listeners", typ: tArray, elem: tStruct, ver: vrange{2, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "Name", typ: tString, elem: 0, ver: vrange{2, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "Host", typ: tString, elem: 0, ver: vrange{2, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "Port", typ: tUint16, elem: 0, ver: vrange{2, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1705,10 +1705,10 @@ var responseSchemas = [...]*message{
 	56: {name: "AlterPartitionResponse", key: 56, valid: vrange{2, 3}, flex: vrange{0, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{2, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{2, 32767}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{2, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "LeaderId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "LeaderEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1722,7 +1722,7 @@ var responseSchemas = [...]*message{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Results", typ: tArray, elem: tStruct, ver: vrange{0, 1}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Results", typ: tArray, elem: tStruct, ver: vrange{0, 1}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Feature", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1735,16 +1735,16 @@ var responseSchemas = [...]*message{
 	59: {name: "FetchSnapshotResponse", key: 59, valid: vrange{0, 1}, flex: vrange{0, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "Index", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "Index", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-				{name: "SnapshotId", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+				{name: "SnapshotId", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 					{name: "EndOffset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "Epoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				}},
-				{name: "CurrentLeader", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{0, 32767}, tag: 0, entity: 0, def: 0, defNull: false, fields: []field{
+				{name: "CurrentLeader", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{0, 32767}, tag: 0, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 					{name: "LeaderId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "LeaderEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				}},
@@ -1753,7 +1753,7 @@ var responseSchemas = [...]*message{
 				{name: "UnalignedRecords", typ: tRecords, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
 		}},
-		{name: "NodeEndpoints", typ: tArray, elem: tStruct, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 32767}, tag: 0, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "NodeEndpoints", typ: tArray, elem: tStruct, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 32767}, tag: 0, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "NodeId", typ: tInt32, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Host", typ: tString, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Port", typ: tUint16, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1766,7 +1766,7 @@ var responseSchemas = [...]*message{
 		{name: "EndpointType", typ: tInt8, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 1, defNull: false},
 		{name: "ClusterId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ControllerId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
-		{name: "Brokers", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Brokers", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "BrokerId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Host", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Port", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1777,13 +1777,13 @@ var responseSchemas = [...]*message{
 	}},
 	61: {name: "DescribeProducersResponse", key: 61, valid: vrange{0, 0}, flex: vrange{0, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
-				{name: "ActiveProducers", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+				{name: "ActiveProducers", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 					{name: "ProducerId", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "ProducerEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "LastSequence", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
@@ -1813,7 +1813,7 @@ var responseSchemas = [...]*message{
 	}},
 	65: {name: "DescribeTransactionsResponse", key: 65, valid: vrange{0, 0}, flex: vrange{0, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "TransactionStates", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "TransactionStates", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "TransactionalId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTxn, def: 0, defNull: false},
 			{name: "TransactionState", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1821,9 +1821,9 @@ var responseSchemas = [...]*message{
 			{name: "TransactionStartTimeMs", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "ProducerId", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "ProducerEpoch", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "Topic", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-				{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+				{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 			}},
 		}},
 	}},
@@ -1831,7 +1831,7 @@ var responseSchemas = [...]*message{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "UnknownStateFilters", typ: tArray, elem: tString, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "TransactionStates", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "TransactionStates", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "TransactionalId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTxn, def: 0, defNull: false},
 			{name: "ProducerId", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "TransactionState", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1850,16 +1850,16 @@ var responseSchemas = [...]*message{
 		{name: "MemberId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 		{name: "MemberEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "HeartbeatIntervalMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Assignment", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, fields: []field{
-			{name: "TopicPartitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-				{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "Assignment", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "TopicPartitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+				{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 			}},
 		}},
 	}},
 	69: {name: "ConsumerGroupDescribeResponse", key: 69, valid: vrange{0, 1}, flex: vrange{0, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Groups", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Groups", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{0, 32767}, fields: []field{
 			{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 			{name: "GroupId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eGroup, def: 0, defNull: false},
@@ -1867,7 +1867,7 @@ var responseSchemas = [...]*message{
 			{name: "GroupEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "AssignmentEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "AssignorName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Members", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "Members", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "MemberId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "InstanceId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 				{name: "RackId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
@@ -1875,19 +1875,19 @@ var responseSchemas = [...]*message{
 				{name: "ClientId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "ClientHost", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "SubscribedTopicNames", typ: tArray, elem: tString, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-				{name: "SubscribedTopicRegex", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
-				{name: "Assignment", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-					{name: "TopicPartitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-						{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+				{name: "SubscribedTopicRegex", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, flags: flRegex},
+				{name: "Assignment", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+					{name: "TopicPartitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
+						{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
 						{name: "TopicName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-						{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+						{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 					}},
 				}},
-				{name: "TargetAssignment", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-					{name: "TopicPartitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-						{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+				{name: "TargetAssignment", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+					{name: "TopicPartitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
+						{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
 						{name: "TopicName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-						{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+						{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 					}},
 				}},
 				{name: "MemberType", typ: tInt8, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
@@ -1918,12 +1918,12 @@ var responseSchemas = [...]*message{
 	73: {name: "AssignReplicasToDirsResponse", key: 73, valid: vrange{0, 0}, flex: vrange{0, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Directories", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Directories", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "Id", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-				{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-					{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+				{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+					{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 					{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				}},
 			}},
@@ -1932,21 +1932,21 @@ var responseSchemas = [...]*message{
 	74: {name: "ListConfigResourcesResponse", key: 74, valid: vrange{0, 1}, flex: vrange{0, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "ConfigResources", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-			{name: "ResourceName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "ResourceType", typ: tInt8, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 16, defNull: false},
+		{name: "ConfigResources", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "ResourceName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flResourceName},
+			{name: "ResourceType", typ: tInt8, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 16, defNull: false, flags: flResourceType},
 		}},
 	}},
 	75: {name: "DescribeTopicPartitionsResponse", key: 75, valid: vrange{0, 0}, flex: vrange{0, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
 			{name: "IsInternal", typ: tBool, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "LeaderId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "LeaderEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 				{name: "ReplicaNodes", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -1957,9 +1957,9 @@ var responseSchemas = [...]*message{
 			}},
 			{name: "TopicAuthorizedOperations", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -2147483648, defNull: false},
 		}},
-		{name: "NextCursor", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, fields: []field{
+		{name: "NextCursor", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "TopicName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 		}},
 	}},
 	76: {name: "ShareGroupHeartbeatResponse", key: 76, valid: vrange{1, 1}, flex: vrange{0, 32767}, fields: []field{
@@ -1969,16 +1969,16 @@ var responseSchemas = [...]*message{
 		{name: "MemberId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 		{name: "MemberEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "HeartbeatIntervalMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Assignment", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, fields: []field{
-			{name: "TopicPartitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-				{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "Assignment", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "TopicPartitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+				{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 			}},
 		}},
 	}},
 	77: {name: "ShareGroupDescribeResponse", key: 77, valid: vrange{1, 1}, flex: vrange{0, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Groups", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Groups", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{0, 32767}, fields: []field{
 			{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 			{name: "GroupId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eGroup, def: 0, defNull: false},
@@ -1986,18 +1986,18 @@ var responseSchemas = [...]*message{
 			{name: "GroupEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "AssignmentEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "AssignorName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Members", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "Members", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "MemberId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "RackId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 				{name: "MemberEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "ClientId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "ClientHost", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "SubscribedTopicNames", typ: tArray, elem: tString, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-				{name: "Assignment", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-					{name: "TopicPartitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-						{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+				{name: "Assignment", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+					{name: "TopicPartitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
+						{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
 						{name: "TopicName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-						{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+						{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 					}},
 				}},
 			}},
@@ -2009,27 +2009,27 @@ var responseSchemas = [...]*message{
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 		{name: "AcquisitionLockTimeoutMs", typ: tInt32, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Responses", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "Responses", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 				{name: "AcknowledgeErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "AcknowledgeErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
-				{name: "CurrentLeader", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+				{name: "CurrentLeader", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 					{name: "LeaderId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "LeaderEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				}},
 				{name: "Records", typ: tRecords, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-				{name: "AcquiredRecords", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+				{name: "AcquiredRecords", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 					{name: "FirstOffset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "LastOffset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "DeliveryCount", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				}},
 			}},
 		}},
-		{name: "NodeEndpoints", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "NodeEndpoints", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "NodeId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Host", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Port", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -2041,19 +2041,19 @@ var responseSchemas = [...]*message{
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 		{name: "AcquisitionLockTimeoutMs", typ: tInt32, elem: 0, ver: vrange{2, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Responses", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "Responses", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
-				{name: "CurrentLeader", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+				{name: "CurrentLeader", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 					{name: "LeaderId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "LeaderEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				}},
 			}},
 		}},
-		{name: "NodeEndpoints", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "NodeEndpoints", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "NodeId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Host", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "Port", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -2073,7 +2073,7 @@ var responseSchemas = [...]*message{
 	82: {name: "UpdateRaftVoterResponse", key: 82, valid: vrange{0, 0}, flex: vrange{0, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "CurrentLeader", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{0, 32767}, tag: 0, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "CurrentLeader", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{0, 32767}, tag: 0, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "LeaderId", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 			{name: "LeaderEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
 			{name: "Host", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -2081,25 +2081,25 @@ var responseSchemas = [...]*message{
 		}},
 	}},
 	83: {name: "InitializeShareGroupStateResponse", key: 83, valid: vrange{0, 0}, flex: vrange{0, 32767}, fields: []field{
-		{name: "Results", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "Results", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 			}},
 		}},
 	}},
 	84: {name: "ReadShareGroupStateResponse", key: 84, valid: vrange{0, 0}, flex: vrange{0, 32767}, fields: []field{
-		{name: "Results", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "Results", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 				{name: "StateEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "StartOffset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-				{name: "StateBatches", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+				{name: "StateBatches", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 					{name: "FirstOffset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "LastOffset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "DeliveryState", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -2109,30 +2109,30 @@ var responseSchemas = [...]*message{
 		}},
 	}},
 	85: {name: "WriteShareGroupStateResponse", key: 85, valid: vrange{0, 1}, flex: vrange{0, 32767}, fields: []field{
-		{name: "Results", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "Results", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 			}},
 		}},
 	}},
 	86: {name: "DeleteShareGroupStateResponse", key: 86, valid: vrange{0, 0}, flex: vrange{0, 32767}, fields: []field{
-		{name: "Results", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "Results", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 			}},
 		}},
 	}},
 	87: {name: "ReadShareGroupStateSummaryResponse", key: 87, valid: vrange{0, 1}, flex: vrange{0, 32767}, fields: []field{
-		{name: "Results", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+		{name: "Results", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 				{name: "StateEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -2151,74 +2151,74 @@ var responseSchemas = [...]*message{
 		{name: "HeartbeatIntervalMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "AcceptableRecoveryLag", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "TaskOffsetIntervalMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Status", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Status", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "StatusCode", typ: tInt8, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "StatusDetail", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		}},
-		{name: "ActiveTasks", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, fields: []field{
+		{name: "ActiveTasks", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "SubtopologyId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 		}},
-		{name: "StandbyTasks", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, fields: []field{
+		{name: "StandbyTasks", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "SubtopologyId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 		}},
-		{name: "WarmupTasks", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, fields: []field{
+		{name: "WarmupTasks", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "SubtopologyId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 		}},
 		{name: "EndpointInformationEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "PartitionsByUserEndpoint", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, fields: []field{
-			{name: "UserEndpoint", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "PartitionsByUserEndpoint", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+			{name: "UserEndpoint", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "Host", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "Port", typ: tUint16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			}},
-			{name: "ActivePartitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "ActivePartitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "Topic", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-				{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+				{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 			}},
-			{name: "StandbyPartitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "StandbyPartitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "Topic", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-				{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+				{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 			}},
 		}},
 	}},
 	89: {name: "StreamsGroupDescribeResponse", key: 89, valid: vrange{0, 0}, flex: vrange{0, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Groups", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Groups", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{0, 32767}, fields: []field{
 			{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 			{name: "GroupId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eGroup, def: 0, defNull: false},
 			{name: "GroupState", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "GroupEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "AssignmentEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Topology", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, fields: []field{
+			{name: "Topology", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "Epoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-				{name: "Subtopologies", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, fields: []field{
+				{name: "Subtopologies", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 					{name: "SubtopologyId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "SourceTopics", typ: tArray, elem: tString, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
 					{name: "RepartitionSinkTopics", typ: tArray, elem: tString, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-					{name: "StateChangelogTopics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+					{name: "StateChangelogTopics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 						{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-						{name: "Partitions", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+						{name: "Partitions", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 						{name: "ReplicationFactor", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-						{name: "TopicConfigs", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-							{name: "Key", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+						{name: "TopicConfigs", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+							{name: "Key", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flCoordinatorKey},
 							{name: "Value", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 						}},
 					}},
-					{name: "RepartitionSourceTopics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+					{name: "RepartitionSourceTopics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 						{name: "Name", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-						{name: "Partitions", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+						{name: "Partitions", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 						{name: "ReplicationFactor", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-						{name: "TopicConfigs", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-							{name: "Key", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+						{name: "TopicConfigs", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+							{name: "Key", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flCoordinatorKey},
 							{name: "Value", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 						}},
 					}},
 				}},
 			}},
-			{name: "Members", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "Members", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "MemberId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "MemberEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "InstanceId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
@@ -2227,50 +2227,50 @@ var responseSchemas = [...]*message{
 				{name: "ClientHost", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "TopologyEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "ProcessId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-				{name: "UserEndpoint", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, fields: []field{
+				{name: "UserEndpoint", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 					{name: "Host", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "Port", typ: tUint16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				}},
-				{name: "ClientTags", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-					{name: "Key", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+				{name: "ClientTags", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+					{name: "Key", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flCoordinatorKey},
 					{name: "Value", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				}},
-				{name: "TaskOffsets", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+				{name: "TaskOffsets", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 					{name: "SubtopologyId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-					{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+					{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 					{name: "Offset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				}},
-				{name: "TaskEndOffsets", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+				{name: "TaskEndOffsets", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 					{name: "SubtopologyId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-					{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+					{name: "Partition", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 					{name: "Offset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				}},
-				{name: "Assignment", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-					{name: "ActiveTasks", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+				{name: "Assignment", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+					{name: "ActiveTasks", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 						{name: "SubtopologyId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-						{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+						{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 					}},
-					{name: "StandbyTasks", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+					{name: "StandbyTasks", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 						{name: "SubtopologyId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-						{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+						{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 					}},
-					{name: "WarmupTasks", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+					{name: "WarmupTasks", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 						{name: "SubtopologyId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-						{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+						{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 					}},
 				}},
-				{name: "TargetAssignment", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-					{name: "ActiveTasks", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+				{name: "TargetAssignment", typ: tStruct, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+					{name: "ActiveTasks", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 						{name: "SubtopologyId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-						{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+						{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 					}},
-					{name: "StandbyTasks", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+					{name: "StandbyTasks", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 						{name: "SubtopologyId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-						{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+						{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 					}},
-					{name: "WarmupTasks", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+					{name: "WarmupTasks", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
 						{name: "SubtopologyId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-						{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+						{name: "Partitions", typ: tArray, elem: tInt32, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList},
 					}},
 				}},
 				{name: "IsClassic", typ: tBool, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
@@ -2280,13 +2280,13 @@ var responseSchemas = [...]*message{
 	}},
 	90: {name: "DescribeShareGroupOffsetsResponse", key: 90, valid: vrange{0, 1}, flex: vrange{0, 32767}, fields: []field{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-		{name: "Groups", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Groups", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{1, 0}, groupVers: vrange{0, 32767}, fields: []field{
 			{name: "GroupId", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eGroup, def: 0, defNull: false},
-			{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+			{name: "Topics", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopics, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 				{name: "TopicName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-				{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-				{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-					{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+				{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+				{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+					{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 					{name: "StartOffset", typ: tInt64, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "LeaderEpoch", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 					{name: "Lag", typ: tInt64, elem: 0, ver: vrange{1, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: -1, defNull: false},
@@ -2302,11 +2302,11 @@ var responseSchemas = [...]*message{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
-		{name: "Responses", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Responses", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "TopicName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
-			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
-				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
+			{name: "Partitions", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartitionList, topicVers: vrange{1, 0}, groupVers: vrange{1, 0}, fields: []field{
+				{name: "PartitionIndex", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flPartition},
 				{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 				{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 			}},
@@ -2316,9 +2316,9 @@ var responseSchemas = [...]*message{
 		{name: "ThrottleTimeMs", typ: tInt32, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 		{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
-		{name: "Responses", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, fields: []field{
+		{name: "Responses", typ: tArray, elem: tStruct, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, topicVers: vrange{0, 32767}, groupVers: vrange{1, 0}, fields: []field{
 			{name: "TopicName", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: eTopic, def: 0, defNull: false},
-			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
+			{name: "TopicId", typ: tUUID, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false, flags: flTopicID},
 			{name: "ErrorCode", typ: tInt16, elem: 0, ver: vrange{0, 32767}, null: vrange{1, 0}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: false},
 			{name: "ErrorMessage", typ: tString, elem: 0, ver: vrange{0, 32767}, null: vrange{0, 32767}, tagged: vrange{1, 0}, tag: -1, entity: 0, def: 0, defNull: true},
 		}},

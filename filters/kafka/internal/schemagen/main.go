@@ -178,6 +178,22 @@ func writeFields(b *bytes.Buffer, fs []jsonField, common map[string]jsonStruct) 
 		def, defNull := parseDefault(f.Default)
 		fmt.Fprintf(b, "{name: %q, typ: %s, elem: %s, ver: %s, null: %s, tagged: %s, tag: %d, entity: %s, def: %d, defNull: %v",
 			f.Name, kind, ek, vr(f.Versions), vr(f.NullableVersions), vr(f.TaggedVersions), tag, ent, def, defNull)
+		if fl := flagsFor(f.Name); fl != "" {
+			fmt.Fprintf(b, ", flags: %s", fl)
+		}
+		if len(sub) > 0 {
+			tv, err := versionsWhere(sub, func(g jsonField) bool {
+				return g.Type == "string" && g.EntityType == "topicName" || g.Type == "uuid" && g.Name == "TopicId"
+			})
+			if err != nil {
+				return fmt.Errorf("field %s: topic versions: %w", f.Name, err)
+			}
+			gv, err := versionsWhere(sub, func(g jsonField) bool { return g.Type == "string" && g.EntityType == "groupId" })
+			if err != nil {
+				return fmt.Errorf("field %s: group versions: %w", f.Name, err)
+			}
+			fmt.Fprintf(b, ", topicVers: %s, groupVers: %s", tv, gv)
+		}
 		if len(sub) > 0 {
 			b.WriteString(", fields: ")
 			if err := writeFields(b, sub, common); err != nil {
@@ -241,6 +257,86 @@ func parseDefault(raw json.RawMessage) (int64, bool) {
 		return 0, false
 	}
 	return v, false
+}
+
+// flagsFor gives the codec's flags for a field name: the names the walker
+// acts on, resolved once here instead of compared on every message.
+func flagsFor(name string) string {
+	var fl []string
+	switch name {
+	case "Acks":
+		fl = append(fl, "flAcks")
+	case "PartitionIndex", "Partition", "Index", "PartitionId":
+		fl = append(fl, "flPartition")
+	case "TopicId":
+		fl = append(fl, "flTopicID")
+	case "TopicIds":
+		fl = append(fl, "flTopicIDs")
+	case "PartitionIndexes", "Partitions":
+		fl = append(fl, "flPartitionList")
+	case "ResourceType", "ResourceTypeFilter":
+		fl = append(fl, "flResourceType")
+	case "ResourceName", "ResourceNameFilter":
+		fl = append(fl, "flResourceName")
+	case "SubscribedTopicRegex", "SourceTopicRegex":
+		fl = append(fl, "flRegex")
+	case "ForgottenTopicsData":
+		fl = append(fl, "flForgotten")
+	case "CoordinatorKeys", "Key":
+		fl = append(fl, "flCoordinatorKey")
+	}
+	if name == "Topics" {
+		fl = append(fl, "flTopics")
+	}
+	return strings.Join(fl, "|")
+}
+
+// versionsWhere returns, as a vrange literal, the versions in which some
+// field of fs satisfies pred. The versions must be contiguous.
+func versionsWhere(fs []jsonField, pred func(jsonField) bool) (string, error) {
+	lo, hi := -1, -1
+	for v := 0; v <= 100; v++ {
+		ok := false
+		for _, g := range fs {
+			if pred(g) && inRange(g.Versions, v) {
+				ok = true
+			}
+		}
+		if !ok {
+			continue
+		}
+		if lo < 0 {
+			lo = v
+		} else if hi != v-1 {
+			return "", fmt.Errorf("versions not contiguous at %d", v)
+		}
+		hi = v
+	}
+	if lo < 0 {
+		return "vrange{1, 0}", nil
+	}
+	if hi == 100 {
+		return fmt.Sprintf("vrange{%d, 32767}", lo), nil
+	}
+	return fmt.Sprintf("vrange{%d, %d}", lo, hi), nil
+}
+
+func inRange(s string, v int) bool {
+	s = strings.TrimSpace(s)
+	switch {
+	case s == "" || s == "none":
+		return false
+	case strings.HasSuffix(s, "+"):
+		lo, _ := strconv.Atoi(strings.TrimSuffix(s, "+"))
+		return v >= lo
+	case strings.Contains(s, "-"):
+		a, b, _ := strings.Cut(s, "-")
+		lo, _ := strconv.Atoi(a)
+		hi, _ := strconv.Atoi(b)
+		return lo <= v && v <= hi
+	}
+	x, _ := strconv.Atoi(s)
+	return v == x
 }
 
 // vr renders a Kafka version range ("3+", "0-12", "none", "") as a Go
