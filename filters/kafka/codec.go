@@ -567,15 +567,6 @@ func (dc *decoder) resolve(id TopicID) (string, bool) {
 	return dc.ids(id)
 }
 
-func hasEntity(fs []field, v int16, e entity) bool {
-	for i := range fs {
-		if fs[i].ver.has(v) && fs[i].entity == e && fs[i].typ == tString {
-			return true
-		}
-	}
-	return false
-}
-
 func hasTopic(fs []field, v int16) bool {
 	for i := range fs {
 		f := &fs[i]
