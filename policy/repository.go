@@ -229,6 +229,7 @@ func (r *Repository) DeleteEndpoint(id uint64) bool {
 		return false
 	}
 	delete(r.endpoints, id)
+	r.snap = nil
 	r.dropEndpointIdentity(old)
 	r.namedPortsChanged(old, Endpoint{})
 	return true
@@ -332,6 +333,7 @@ func (r *Repository) addIdentity(id *Identity) {
 	}
 	r.identities[id.ID] = id
 	r.identVersion++
+	r.snap = nil
 	for _, s := range r.selections {
 		if s.wildcard || !s.p.selects(id) {
 			continue
@@ -357,6 +359,7 @@ func (r *Repository) removeIdentityRef(id NumericIdentity) {
 	}
 	delete(r.identities, id)
 	r.identVersion++
+	r.snap = nil
 	delete(r.policyOf, id)
 	delete(r.dirty, id)
 	for _, s := range r.selections {
