@@ -12,7 +12,9 @@
 //	d.SetPolicy(epID, entries)                   // before enforcing
 //	d.AddEndpoint(redirect.Endpoint{ID, IP, IfIndex, Identity, EnforceIngress, EnforceEgress})
 //	d.RemoveEndpoint(epID)
-//	d.Counters()
+//	d.AddCgroupEndpoint(redirect.CgroupEndpoint{ID, CgroupPath, Identity, EnforceEgress}) // socket-level mode
+//	d.AttachProxyCgroup(envoyCgroup)             // SO_ORIGINAL_DST for socket-level redirects
+//	d.Counters(), d.Stats()
 //	d.Close()                                    // programs stay attached, maps stay pinned
 //	redirect.Cleanup(pinDir)                     // `ward bpf cleanup`
 //
@@ -32,6 +34,10 @@
 //   - An enforced direction without a matching entry drops (default deny).
 //   - IPv4 only for now: IPv6 packets other than neighbour discovery/MLD are
 //     dropped and counted (ReasonUnsupportedL3), not passed unchecked.
+//   - A redirect that cannot reach its proxy socket drops (ReasonNoProxySocket);
+//     it never falls back to delivering the flow around the proxy.
+//
+// README.md beside this file lists the maps and what the proxy must do.
 package redirect
 
 import (
