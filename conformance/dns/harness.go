@@ -136,7 +136,7 @@ remote-control:
 		exited := make(chan error, 1)
 		go func() { exited <- cmd.Wait(); logf.Close() }()
 		u := &Unbound{Addr: addr, Dir: dir}
-		if err := waitReady(addr, zone.Origin, cfg.Wrap != nil, exited); err != nil {
+		if err := waitReady(addr, zone.Origin, cfg.Wrap, exited); err != nil {
 			_ = cmd.Process.Kill()
 			<-exited
 			log, _ := os.ReadFile(filepath.Join(dir, "unbound.log"))
@@ -153,10 +153,9 @@ remote-control:
 	return nil
 }
 
-// waitReady polls the server until it answers for origin's SOA. When the
-// server is in another namespace (wrapped) the harness cannot reach it, so
-// it only waits for it to stay up a moment.
-func waitReady(addr netip.AddrPort, origin string, wrapped bool, exited <-chan error) error {
+// waitReady polls the server until it answers for origin's SOA; a server
+// in another namespace (wrap set) is polled with dig through wrap.
+func waitReady(addr netip.AddrPort, origin string, wrap []string, exited <-chan error) error {
 	deadline := time.Now().Add(30 * time.Second)
 	c := &mdns.Client{Timeout: 500 * time.Millisecond}
 	q := new(mdns.Msg)
@@ -167,15 +166,14 @@ func waitReady(addr netip.AddrPort, origin string, wrapped bool, exited <-chan e
 			return fmt.Errorf("exited: %v", err)
 		default:
 		}
-		if wrapped {
-			select {
-			case err := <-exited:
-				return fmt.Errorf("exited: %v", err)
-			case <-time.After(time.Second):
+		if wrap != nil {
+			argv := append(append([]string{}, wrap...), "dig", "@"+addr.Addr().String(), "-p", fmt.Sprint(addr.Port()),
+				"+tries=1", "+time=1", origin, "SOA")
+			out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
+			if err == nil && ParseDig(string(out)).Status == "NOERROR" {
 				return nil
 			}
-		}
-		if r, _, err := c.Exchange(q, addr.String()); err == nil && r.Rcode == mdns.RcodeSuccess {
+		} else if r, _, err := c.Exchange(q, addr.String()); err == nil && r.Rcode == mdns.RcodeSuccess {
 			return nil
 		}
 		time.Sleep(50 * time.Millisecond)

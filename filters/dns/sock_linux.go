@@ -22,7 +22,7 @@ func listenUDP(addr string, transparent bool) (*net.UDPConn, error) {
 		}
 		return setTransparent(c, network, true)
 	}}
-	pc, err := lc.ListenPacket(context.Background(), "udp", addr)
+	pc, err := lc.ListenPacket(context.Background(), family("udp", addr), addr)
 	if err != nil {
 		return nil, err
 	}
@@ -39,11 +39,29 @@ func listenTCP(addr string, transparent bool) (*net.TCPListener, error) {
 		}
 		return setTransparent(c, network, false)
 	}}
-	l, err := lc.Listen(context.Background(), "tcp", addr)
+	l, err := lc.Listen(context.Background(), family("tcp", addr), addr)
 	if err != nil {
 		return nil, err
 	}
 	return l.(*net.TCPListener), nil
+}
+
+// family pins the socket family to the address's: an IPv4 address (the
+// wildcard 0.0.0.0 included) gets an AF_INET socket, where Go would
+// otherwise open a dual-stack AF_INET6 one and the IPv4-level options
+// (IP_TRANSPARENT, IP_RECVORIGDSTADDR) would not apply.
+func family(network, addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return network
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		if ip.Is4() {
+			return network + "4"
+		}
+		return network + "6"
+	}
+	return network
 }
 
 func setTransparent(c syscall.RawConn, network string, recvOrigDst bool) error {
