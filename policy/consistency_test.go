@@ -73,7 +73,13 @@ func incrementalMatchesFull(t *testing.T, seed uint64) {
 	mkPolicy := func(i int) *Policy {
 		var b strings.Builder
 		fmt.Fprintf(&b, "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p%d, namespace: %s}\nspec:\n  endpointSelector: {matchLabels: {app: %s}}\n", i, pick(nss), pick(apps))
-		switch rnd.IntN(5) {
+		switch rnd.IntN(8) {
+		case 5:
+			fmt.Fprintf(&b, "  ingress:\n  - toPorts: [{ports: [{port: http, protocol: TCP}]}]\n")
+		case 6:
+			fmt.Fprintf(&b, "  egress:\n  - toServices: [{k8sService: {serviceName: svc%d, namespace: prod}}]\n", rnd.IntN(2))
+		case 7:
+			fmt.Fprintf(&b, "  egress:\n  - toFQDNs: [{matchPattern: \"*.example%d.com\"}]\n", rnd.IntN(2))
 		case 0:
 			fmt.Fprintf(&b, "  ingress:\n  - fromEndpoints: [{matchLabels: {app: %s}}]\n    toPorts: [{ports: [{port: \"%d\", protocol: TCP}], rules: {http: [{path: /%d}]}}]\n", pick(apps), 80+rnd.IntN(3), rnd.IntN(3))
 		case 1:
@@ -95,8 +101,30 @@ func incrementalMatchesFull(t *testing.T, seed uint64) {
 	inc := NewRepository(Config{})
 	policies := map[int]*Policy{}
 	endpoints := map[uint64]Endpoint{}
+	services := map[string]ServiceInfo{}
+	fqdns := map[string]bool{}
 	for step := 0; step < 300; step++ {
-		switch op := rnd.IntN(10); {
+		switch op := rnd.IntN(13); {
+		case op == 10:
+			svc := ServiceInfo{Name: fmt.Sprintf("svc%d", rnd.IntN(2)), Namespace: "prod", Selector: map[string]string{"app": pick(apps)}}
+			services[svc.Name] = svc
+			inc.UpsertService(svc)
+		case op == 11:
+			sel := fmt.Sprintf("matchPattern:*.example%d.com", rnd.IntN(2))
+			if !fqdns[sel] {
+				if _, err := inc.AllocateFQDN([]string{sel}); err != nil {
+					t.Fatal(err)
+				}
+				fqdns[sel] = true
+			}
+		case op == 12:
+			if id, ok := endpoints[uint64(rnd.IntN(12)+1)]; ok {
+				id.NamedPorts = []NamedPort{{Name: "http", Port: uint16(8000 + rnd.IntN(3)), Protocol: ProtocolTCP}}
+				endpoints[id.ID] = id
+				if _, err := inc.UpsertEndpoint(id); err != nil {
+					t.Fatal(err)
+				}
+			}
 		case op < 4:
 			i := rnd.IntN(15)
 			p := mkPolicy(i)
@@ -113,6 +141,9 @@ func incrementalMatchesFull(t *testing.T, seed uint64) {
 			}
 		case op < 8:
 			ep := Endpoint{ID: uint64(rnd.IntN(12) + 1), Labels: K8sLabels(map[string]string{"app": pick(apps), "v": fmt.Sprint(rnd.IntN(2))}, pick(nss))}
+			if old, ok := endpoints[ep.ID]; ok {
+				ep.NamedPorts = old.NamedPorts
+			}
 			endpoints[ep.ID] = ep
 			if _, err := inc.UpsertEndpoint(ep); err != nil {
 				t.Fatal(err)
@@ -127,6 +158,14 @@ func incrementalMatchesFull(t *testing.T, seed uint64) {
 		}
 	}
 	full := NewRepository(Config{})
+	for _, svc := range services {
+		full.UpsertService(svc)
+	}
+	for sel := range fqdns {
+		if _, err := full.AllocateFQDN([]string{sel}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	ids := make([]int, 0, len(policies))
 	for i := range policies {
 		ids = append(ids, i)
