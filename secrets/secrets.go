@@ -34,6 +34,7 @@ import (
 
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 
+	"github.com/wardproxy/ward/policy"
 	"github.com/wardproxy/ward/xds"
 )
 
@@ -59,6 +60,16 @@ type Ref struct {
 	Certificate     string // default tls.crt
 	PrivateKey      string // default tls.key
 	TrustedCA       string // default ca.crt
+}
+
+// RefFor is the reference of a policy's terminatingTLS / originatingTLS
+// (the resolved policy fills in the secret's namespace); ok is false when
+// the context names no secret.
+func RefFor(c *policy.TLSContext) (r Ref, ok bool) {
+	if c == nil || c.Secret == nil {
+		return Ref{}, false
+	}
+	return Ref{Namespace: c.Secret.Namespace, Name: c.Secret.Name, Certificate: c.Certificate, PrivateKey: c.PrivateKey, TrustedCA: c.TrustedCA}, true
 }
 
 func (r Ref) String() string { return r.Namespace + "/" + r.Name }

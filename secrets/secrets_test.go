@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wardproxy/ward/policy"
 )
 
 type pemPair struct{ crt, key []byte }
@@ -191,5 +193,15 @@ func TestRunReloadsOnChange(t *testing.T) {
 func TestNewMissingDir(t *testing.T) {
 	if _, err := New(Config{Dir: filepath.Join(t.TempDir(), "absent")}); err == nil {
 		t.Error("New on a missing directory succeeded; want an error")
+	}
+}
+
+func TestRefFor(t *testing.T) {
+	got, ok := RefFor(&policy.TLSContext{Secret: &policy.Secret{Namespace: "kube-system", Name: "httpbin-tls-data"}, TrustedCA: "bundle.pem"})
+	if !ok || got.CertificateName() != "kube-system/httpbin-tls-data" || got.TrustedCAName() != "kube-system/httpbin-tls-data:bundle.pem" {
+		t.Errorf("RefFor = %+v (%s, %s), %v", got, got.CertificateName(), got.TrustedCAName(), ok)
+	}
+	if _, ok := RefFor(nil); ok {
+		t.Error("RefFor(nil) ok; want false")
 	}
 }

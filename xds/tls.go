@@ -222,6 +222,36 @@ func (x InterceptListener) Build() (*listener.Listener, error) {
 	return l, nil
 }
 
+// Prune drops the chains whose Certificate, or whose cluster's trust
+// bundle (trust maps a cluster name to its OriginatingCluster.TrustedCA),
+// is not a published secret, and returns one error per dropped chain naming
+// the secret. A listener must not reference a secret the snapshot lacks:
+// Envoy would hold the listener warming waiting for it (and the
+// go-control-plane snapshot cache answers an ADS request only when it has
+// every name asked for), so one bad secret would stall every rule. Pruned,
+// the bad rule fails closed — its SNIs match no chain and are refused — and
+// the other chains keep working.
+func (x InterceptListener) Prune(published func(name string) bool, trust map[string]string) (InterceptListener, error) {
+	var errs []error
+	kept := make([]InterceptChain, 0, len(x.Chains))
+	for _, c := range x.Chains {
+		sni := strings.Join(c.ServerNames, ",")
+		if sni == "" {
+			sni = "*"
+		}
+		switch ca, ok := trust[c.Cluster]; {
+		case !published(c.Certificate):
+			errs = append(errs, fmt.Errorf("xds: listener %s: server names %s: terminating secret %s unavailable; chain left out", x.Name, sni, c.Certificate))
+		case ok && !published(ca):
+			errs = append(errs, fmt.Errorf("xds: listener %s: server names %s: originating secret %s unavailable; chain left out", x.Name, sni, ca))
+		default:
+			kept = append(kept, c)
+		}
+	}
+	x.Chains = kept
+	return x, errors.Join(errs...)
+}
+
 // interceptHCM is the HTTP connection manager of one interception chain:
 // set the upstream SNI/SAN from the ClientHello, the ward filters, the
 // router.

@@ -189,3 +189,24 @@ func TestSecretBuilders(t *testing.T) {
 		}
 	}
 }
+
+func TestInterceptListenerPrune(t *testing.T) {
+	x := InterceptListener{Name: "l", Chains: []InterceptChain{
+		{ServerNames: []string{"good.example"}, Certificate: "ns/good", Cluster: "c1"},
+		{ServerNames: []string{"badcert.example"}, Certificate: "ns/bad", Cluster: "c1"},
+		{ServerNames: []string{"badca.example"}, Certificate: "ns/good", Cluster: "c2"},
+	}}
+	published := map[string]bool{"ns/good": true, "ns/ca:ca.crt": true}
+	got, err := x.Prune(func(n string) bool { return published[n] }, map[string]string{"c1": "ns/ca:ca.crt", "c2": "ns/badca:ca.crt"})
+	if len(got.Chains) != 1 || got.Chains[0].ServerNames[0] != "good.example" {
+		t.Errorf("Prune kept %v; want only good.example", got.Chains)
+	}
+	for _, want := range []string{"badcert.example: terminating secret ns/bad unavailable", "badca.example: originating secret ns/badca:ca.crt unavailable"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Prune error = %v; want one containing %q", err, want)
+		}
+	}
+	if len(x.Chains) != 3 {
+		t.Error("Prune modified its receiver's chains")
+	}
+}

@@ -32,10 +32,12 @@ import (
 	"time"
 
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/wardproxy/ward/conformance/stack"
+	"github.com/wardproxy/ward/flow"
 	"github.com/wardproxy/ward/internal/testenv"
 	"github.com/wardproxy/ward/policy"
 	"github.com/wardproxy/ward/secrets"
@@ -44,8 +46,9 @@ import (
 )
 
 const (
-	apiName   = "api.ward.test"   // the intercepted destination
-	otherName = "other.ward.test" // also in the interception certificate; the upstream's certificate does not name it
+	apiName    = "api.ward.test"    // the intercepted destination
+	otherName  = "other.ward.test"  // also in the interception certificate; the upstream's certificate does not name it
+	brokenName = "broken.ward.test" // its interception secret is broken
 )
 
 // pki is the certificate material of the scenario, made with openssl.
@@ -194,8 +197,13 @@ func resolve(t *testing.T) ([]*npds.NetworkPolicy, uint32, *policy.L7Selection) 
 }
 
 // ref turns a policy TLS context into a secrets reference.
-func ref(c *policy.TLSContext) secrets.Ref {
-	return secrets.Ref{Namespace: c.Secret.Namespace, Name: c.Secret.Name, Certificate: c.Certificate, PrivateKey: c.PrivateKey, TrustedCA: c.TrustedCA}
+func ref(t *testing.T, c *policy.TLSContext) secrets.Ref {
+	t.Helper()
+	r, ok := secrets.RefFor(c)
+	if !ok {
+		t.Fatalf("TLS context %+v names no secret", c)
+	}
+	return r
 }
 
 type scenario struct {
@@ -203,11 +211,12 @@ type scenario struct {
 	p                    *pki
 	src                  *secrets.Source
 	secretsDir           string
-	term, orig           secrets.Ref
+	term, orig, broken   secrets.Ref
 	good, rogue          *upstream
 	res                  xds.EnvoyResources
 	intercept, untrusted uint32 // listener ports
 	passthrough, any     uint32
+	flows                string // the ward.http access log (flow records)
 }
 
 func TestTLS(t *testing.T) {
@@ -215,13 +224,21 @@ func TestTLS(t *testing.T) {
 	testenv.RequireCommand(t, "curl")
 	p := newPKI(t)
 	ps, apiID, sel := resolve(t)
-	sc := &scenario{p: p, secretsDir: t.TempDir(), term: ref(sel.TerminatingTLS), orig: ref(sel.OriginatingTLS)}
+	sc := &scenario{p: p, secretsDir: t.TempDir(), term: ref(t, sel.TerminatingTLS), orig: ref(t, sel.OriginatingTLS)}
 	// The secrets directory as an operator fills it: the interception
 	// certificate and the bundle of CAs trusted toward upstreams.
 	if err := secrets.Write(sc.secretsDir, sc.term, map[string][]byte{"tls.crt": read(t, p.interceptCrt), "tls.key": read(t, p.interceptKey)}); err != nil {
 		t.Fatal(err)
 	}
 	if err := secrets.Write(sc.secretsDir, sc.orig, map[string][]byte{"ca.crt": read(t, p.publicCA)}); err != nil {
+		t.Fatal(err)
+	}
+	// A broken secret for a third name: its key does not match its
+	// certificate. Its rule must fail closed without taking the others
+	// down.
+	sc.broken = secrets.Ref{Namespace: sc.term.Namespace, Name: "broken-intercept"}
+	brokenCrt, _ := newLeaf(t, p.dir, "broken", p.internalCA, p.internalCAKey, brokenName)
+	if err := secrets.Write(sc.secretsDir, sc.broken, map[string][]byte{"tls.crt": read(t, brokenCrt), "tls.key": read(t, p.interceptKey)}); err != nil {
 		t.Fatal(err)
 	}
 	var err error
@@ -234,7 +251,8 @@ func TestTLS(t *testing.T) {
 
 	sc.s = stack.Start(t, stack.Options{})
 	s := sc.s
-	filterCfg, _ := json.Marshal(map[string]any{"xds_socket": s.Socket, "node": s.Node, "direction": "egress", "endpoint": "client", "port": 443, "remote_identity": apiID})
+	sc.flows = filepath.Join(s.Dir, "flows.jsonl")
+	filterCfg, _ := json.Marshal(map[string]any{"xds_socket": s.Socket, "node": s.Node, "direction": "egress", "endpoint": "client", "port": 443, "remote_identity": apiID, "access_log": sc.flows})
 	ward := []xds.ModuleFilter{{Name: "ward.http", Config: filterCfg}}
 	sc.intercept, sc.untrusted, sc.passthrough, sc.any = stack.FreePort(t), stack.FreePort(t), stack.FreePort(t), stack.FreePort(t)
 	build := func(l interface {
@@ -255,13 +273,28 @@ func TestTLS(t *testing.T) {
 		}
 		return c
 	}
+	// What the agent does with the secrets a policy references: publish
+	// those that validate, leave out the chains of those that do not.
+	published := map[string]bool{}
+	sec, err := sc.resolveSecrets()
+	if err == nil || !strings.Contains(err.Error(), "secret ward-secrets/broken-intercept (tls.crt, tls.key): certificate and key") {
+		t.Fatalf("Resolve error = %v; want one naming ward-secrets/broken-intercept", err)
+	}
+	for _, x := range sec {
+		published[x.GetName()] = true
+	}
+	intercept, err := xds.InterceptListener{Name: "intercept", Address: "127.0.0.1", Port: sc.intercept, Chains: []xds.InterceptChain{
+		{ServerNames: []string{apiName, otherName}, Certificate: sc.term.CertificateName(), Cluster: "api", Filters: ward},
+		{ServerNames: []string{brokenName}, Certificate: sc.broken.CertificateName(), Cluster: "api", Filters: ward},
+	}}.Prune(func(n string) bool { return published[n] }, map[string]string{"api": sc.orig.TrustedCAName()})
+	if err == nil || !strings.Contains(err.Error(), "terminating secret ward-secrets/broken-intercept unavailable") || len(intercept.Chains) != 1 {
+		t.Fatalf("Prune = %d chains, %v; want the broken chain left out", len(intercept.Chains), err)
+	}
 	// Two interception listeners use the same certificate and trust bundle:
 	// Envoy must hold one copy of each.
 	sc.res = xds.EnvoyResources{
 		Listeners: []types.Resource{
-			build(xds.InterceptListener{Name: "intercept", Address: "127.0.0.1", Port: sc.intercept, Chains: []xds.InterceptChain{{
-				ServerNames: []string{apiName, otherName}, Certificate: sc.term.CertificateName(), Cluster: "api", Filters: ward,
-			}}}),
+			build(intercept),
 			build(xds.InterceptListener{Name: "intercept-untrusted", Address: "127.0.0.1", Port: sc.untrusted, Chains: []xds.InterceptChain{{
 				Certificate: sc.term.CertificateName(), Cluster: "api-untrusted", Filters: ward,
 			}}}),
@@ -280,6 +313,15 @@ func TestTLS(t *testing.T) {
 	}
 	sc.pushSecrets(t)
 	s.PushPolicy(t, ps, nil)
+
+	t.Run("a broken secret fails its rule closed, others keep working", func(t *testing.T) {
+		if out, ok := sClient(t, sc.intercept, "-servername", brokenName); ok {
+			t.Errorf("openssl s_client -servername %s: handshake succeeded; want refused:\n%s", brokenName, out)
+		}
+		if got, want := sc.curl(t, sc.intercept, apiName, "--http1.1", "/public/ok"), "upstream /public/ok sni="+apiName+" 200"; got != want {
+			t.Errorf("curl %s = %q; want %q", apiName, got, want)
+		}
+	})
 
 	t.Run("intercepted request allowed", func(t *testing.T) {
 		for _, h := range []string{"--http1.1", "--http2"} {
@@ -300,6 +342,20 @@ func TestTLS(t *testing.T) {
 		}
 		if sc.good.hits.Load() != before {
 			t.Error("the denied request reached the upstream")
+		}
+	})
+	t.Run("flow records show the decrypted requests", func(t *testing.T) {
+		// Records are written by the filter asynchronously.
+		deadline := time.Now().Add(time.Minute)
+		for {
+			got := sc.flowRecords(t)
+			if got["allowed GET /public/x"] && got["denied GET /private"] {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("flow records %v; want allowed GET /public/x and denied GET /private", got)
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 	})
 	t.Run("untrusted upstream certificate fails", func(t *testing.T) {
@@ -387,9 +443,53 @@ func TestTLS(t *testing.T) {
 				t.Errorf("config_dump holds %d copies of secret %s; want 1 (all: %v)", count[n], n, count)
 			}
 		}
+		// Listeners hold references only, and Envoy redacts the key.
+		full, err := http.Get("http://" + s.Admin + "/config_dump")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer full.Body.Close()
+		b, _ := io.ReadAll(full.Body)
+		if strings.Contains(string(b), "PRIVATE KEY") {
+			t.Error("config_dump shows private key material")
+		}
+		if n := strings.Count(string(b), "BEGIN CERTIFICATE"); n != 0 {
+			// Secrets appear base64-encoded (inline_bytes), listeners and
+			// clusters not at all: a PEM header in clear means inline TLS
+			// material somewhere.
+			t.Errorf("config_dump holds %d PEM certificates in clear; want SDS references only", n)
+		}
 	})
 	t.Run("rotation via SDS keeps established connections", func(t *testing.T) {
 		sc.rotation(t)
+	})
+}
+
+// flowRecords reads the access log: "verdict METHOD path" of each egress
+// HTTP record toward the api's identity.
+func (sc *scenario) flowRecords(t *testing.T) map[string]bool {
+	t.Helper()
+	b, err := os.ReadFile(sc.flows)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, line := range strings.Split(string(b), "\n") {
+		var r flow.Record
+		if json.Unmarshal([]byte(line), &r) != nil || r.HTTP == nil || r.Direction != flow.Egress {
+			continue
+		}
+		out[fmt.Sprintf("%s %s %s", r.Verdict, r.HTTP.Method, r.HTTP.Path)] = true
+	}
+	return out
+}
+
+// resolveSecrets resolves every reference of the scenario's rules.
+func (sc *scenario) resolveSecrets() ([]*tlsv3.Secret, error) {
+	return sc.src.Resolve([]secrets.Request{
+		{Ref: sc.term, Use: secrets.UseCertificate},
+		{Ref: sc.orig, Use: secrets.UseTrustedCA},
+		{Ref: sc.broken, Use: secrets.UseCertificate},
 	})
 }
 
@@ -397,12 +497,11 @@ func TestTLS(t *testing.T) {
 // and publishes them with the listeners and clusters.
 func (sc *scenario) pushSecrets(t *testing.T) {
 	t.Helper()
-	sec, err := sc.src.Resolve([]secrets.Request{
-		{Ref: sc.term, Use: secrets.UseCertificate},
-		{Ref: sc.orig, Use: secrets.UseTrustedCA},
-	})
-	if err != nil {
-		t.Fatal(err)
+	sec, err := sc.resolveSecrets()
+	for _, line := range strings.Split(fmt.Sprint(err), "\n") {
+		if err != nil && !strings.Contains(line, sc.broken.String()) {
+			t.Fatalf("Resolve: %v", err)
+		}
 	}
 	res := sc.res
 	res.Secrets = nil
