@@ -37,6 +37,12 @@ const maxPending = 1024
 
 // Factory creates Kafka parsers; it implements proxylib.ParserFactory.
 type Factory struct {
+	// MaxFrame bounds request and response frames (without the size
+	// prefix); a larger frame closes the connection. Zero means
+	// MaxFrameSize (Kafka's default socket.request.max.bytes). Lower it to
+	// bound what one connection can make ward buffer. Set before use.
+	MaxFrame int
+
 	rules RuleSource
 	sink  flow.Sink // nil: records are not built
 	now   func() time.Time
@@ -88,6 +94,13 @@ func (t *topicIDs) learn(entries []topicEntry) {
 		}
 		t.m[e.id] = e.name
 	}
+}
+
+func (f *Factory) maxFrame() int {
+	if f.MaxFrame > 0 && f.MaxFrame < MaxFrameSize {
+		return f.MaxFrame
+	}
+	return MaxFrameSize
 }
 
 func (f *Factory) idsFor(dst string) *topicIDs {
@@ -185,7 +198,7 @@ func (p *parser) peekFrame(data [][]byte) (size, avail int, frame []byte, ok boo
 		}
 	}
 	size = int(int32(binary.BigEndian.Uint32(h[:])))
-	if size < 0 || size > MaxFrameSize || avail < 4+size {
+	if size < 0 || size > p.f.maxFrame() || avail < 4+size {
 		return size, avail, nil, true
 	}
 	if len(data[0]) >= 4+size {
@@ -211,9 +224,9 @@ func (p *parser) OnData(reply, endStream bool, data [][]byte) (proxylib.Op, int)
 	switch {
 	case !ok:
 		return proxylib.More, 4 - avail
-	case size < minSize || size > MaxFrameSize:
+	case size < minSize || size > p.f.maxFrame():
 		p.record(flow.Error, "invalid frame size "+strconv.Itoa(size), nil, 0)
-		if size > MaxFrameSize {
+		if size > p.f.maxFrame() {
 			return proxylib.Error, proxylib.ErrFrameTooLarge
 		}
 		return proxylib.Error, proxylib.ErrInvalidFrame

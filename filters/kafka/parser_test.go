@@ -380,3 +380,14 @@ func TestParserPolicyUpdateAndNoPolicy(t *testing.T) {
 		t.Fatalf("connection without policy: closed %q, records %+v; want closed with a denial record", o2.closed, sink.recs)
 	}
 }
+
+func TestParserMaxFrame(t *testing.T) {
+	f := NewParserFactory(staticRules(t), nil)
+	f.MaxFrame = 16
+	o := &out{}
+	s := proxylib.NewStream(f, o, &proxylib.ConnInfo{})
+	s.OnData(false, false, [][]byte{produceReq(1, "ok", 1)[:10]}) // a frame of about 40 bytes
+	if o.closed == "" {
+		t.Fatal("a frame over MaxFrame did not close the connection")
+	}
+}
