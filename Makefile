@@ -4,7 +4,7 @@ SHELL := /bin/bash
 GO ?= go
 export PATH := $(CURDIR)/build/bin:$(PATH)
 
-.PHONY: setup build test demo bench lint clean generate
+.PHONY: setup build build-cgocheck2 test demo bench lint clean generate
 
 setup:
 	bash scripts/setup.sh
@@ -16,12 +16,19 @@ build:
 	$(GO) build -o build/bin/wardd ./cmd/wardd
 	$(GO) build -o build/bin/ward ./cmd/ward
 
+# The same module with the strictest cgo pointer checks (cgocheck2).
+build-cgocheck2:
+	mkdir -p build/cgocheck2
+	GOEXPERIMENT=cgocheck2 CGO_ENABLED=1 $(GO) build -buildmode=c-shared -o build/cgocheck2/libward.so ./proxylib/module
+
 lint:
 	bash scripts/lint.sh
 
 # The whole suite, root/netns/Envoy/Kafka tests included (CI runs as root).
-test: setup build lint
+test: setup build build-cgocheck2 lint
 	CI=$${CI:-} $(GO) test -p 2 -timeout 28m ./...
+	# The Envoy end-to-end suites again, against the cgocheck2 module.
+	CI=$${CI:-} WARD_MODULE_DIR=$(CURDIR)/build/cgocheck2 $(GO) test -count=1 -p 2 -timeout 10m ./conformance/foundation ./conformance/envoyhttp
 
 demo: setup build
 	$(GO) run ./conformance/demo

@@ -59,7 +59,19 @@ type Stack struct {
 func Start(t testing.TB, o Options) *Stack {
 	t.Helper()
 	bin := testenv.EnvoyPath(t)
-	lib := testenv.File(t, "build/libward.so", "run `make build` (go build -buildmode=c-shared -o build/libward.so ./proxylib/module)")
+	rel := "build/libward.so"
+	if d := os.Getenv("WARD_MODULE_DIR"); d != "" {
+		// e.g. build/cgocheck2: the same module built with
+		// GOEXPERIMENT=cgocheck2, so the cgo pointer checks run at full
+		// strength under the real Envoy.
+		rel = filepath.Join(d, "libward.so")
+		if filepath.IsAbs(d) {
+			if r, err := filepath.Rel(testenv.Root(t), rel); err == nil {
+				rel = r
+			}
+		}
+	}
+	lib := testenv.File(t, rel, "run `make build` (go build -buildmode=c-shared -o build/libward.so ./proxylib/module)")
 	if o.Concurrency == 0 {
 		o.Concurrency = 1
 	}
