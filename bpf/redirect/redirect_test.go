@@ -705,3 +705,66 @@ func TestFragments(t *testing.T) {
 		t.Errorf("proxy received %d bytes of a fragmented datagram; want none", n)
 	}
 }
+
+// TestPolicyRewriteNoWindow: rewriting an endpoint's policy between two
+// forms that both allow the flow (and both deny xwing) never drops an
+// allowed connection nor lets a denied one through.
+func TestPolicyRewriteNoWindow(t *testing.T) {
+	e := deathstarEnv(t, redirect.Config{})
+	ds := e.pods["deathstar"]
+	specific := []redirect.PolicyEntry{
+		{PolicyKey: redirect.PolicyKey{Direction: redirect.Ingress, Identity: idTiefighter, Port: 80, Proto: redirect.ProtoTCP}, Verdict: redirect.Allow},
+	}
+	wildcard := []redirect.PolicyEntry{
+		{PolicyKey: redirect.PolicyKey{Direction: redirect.Ingress, Identity: idTiefighter, Proto: redirect.ProtoTCP}, Verdict: redirect.Allow},
+		{PolicyKey: redirect.PolicyKey{Direction: redirect.Ingress, Identity: idXwing}, Verdict: redirect.Deny},
+	}
+	if err := e.dp.SetPolicy(e.epIDs["deathstar"], specific); err != nil {
+		t.Fatal(err)
+	}
+	e.add(t, "deathstar", true, false)
+	e.add(t, "tiefighter", false, false)
+	e.add(t, "xwing", false, false)
+	c := ctx(t)
+
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			pol := specific
+			if i%2 == 1 {
+				pol = wildcard
+			}
+			if err := e.dp.SetPolicy(e.epIDs["deathstar"], pol); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	addr := net.JoinHostPort(ds.IP.String(), "80")
+	denied := count(t, e.dp, redirect.ReasonPolicyDenied)
+	for i := range 100 {
+		conn, err := e.pods["tiefighter"].Dial(c, "tcp4", addr)
+		if err != nil {
+			close(stop)
+			t.Fatalf("connection %d during policy rewrites: %v", i, err)
+		}
+		conn.Close()
+	}
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := count(t, e.dp, redirect.ReasonPolicyDenied); got != denied {
+		t.Errorf("policy-denied grew by %d during rewrites of equivalent policies", got-denied)
+	}
+	if out, err := curl(c, e.pods["xwing"], "http://"+addr+"/", "1"); err == nil {
+		t.Fatalf("xwing after rewrites = %q; want dropped", out)
+	}
+}
