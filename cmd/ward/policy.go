@@ -48,6 +48,7 @@ func runPolicyValidate(args []string, stdout, stderr io.Writer) int {
 	}
 	bad := false
 	n := 0
+	seen := map[policy.Key]string{}
 	for _, path := range args {
 		files, err := dirsource.Files(path)
 		if err != nil {
@@ -72,6 +73,13 @@ func runPolicyValidate(args []string, stdout, stderr io.Writer) int {
 				printErrors(stderr, err)
 				bad = true
 				continue
+			}
+			for _, p := range ps {
+				if prev, dup := seen[p.Key()]; dup {
+					fmt.Fprintf(stderr, "%s: %s: policy %s is already defined in %s\n", f, p.Metadata.Name, p.Key(), prev)
+					bad = true
+				}
+				seen[p.Key()] = f
 			}
 			n += len(ps)
 		}

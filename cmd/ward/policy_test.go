@@ -128,6 +128,17 @@ spec:
 	}
 }
 
+func TestValidateDuplicate(t *testing.T) {
+	dir := t.TempDir()
+	doc := "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: same}\nspec: {endpointSelector: {}, ingress: [{}]}\n"
+	writeFile(t, dir, "a.yaml", doc)
+	writeFile(t, dir, "b.yaml", doc)
+	var out, errOut bytes.Buffer
+	if code := run([]string{"policy", "validate", dir}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "already defined") {
+		t.Errorf("exit %d: %s", code, errOut.String())
+	}
+}
+
 func TestPolicyTestBadFlows(t *testing.T) {
 	dir := t.TempDir()
 	p := writeFile(t, dir, "p.yaml", `apiVersion: cilium.io/v2

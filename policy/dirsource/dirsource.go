@@ -265,6 +265,7 @@ func Files(path string) ([]string, error) {
 func Load(paths ...string) ([]*policy.Policy, error) {
 	var out []*policy.Policy
 	var errs []error
+	seen := map[policy.Key]string{}
 	for _, path := range paths {
 		files, err := Files(path)
 		if err != nil {
@@ -278,9 +279,18 @@ func Load(paths ...string) ([]*policy.Policy, error) {
 				continue
 			}
 			ps, err := policy.Parse(f, data)
+			for _, p := range ps {
+				if prev, dup := seen[p.Key()]; dup && err == nil {
+					err = &policy.FieldError{File: f, Policy: p.Metadata.Name,
+						Msg: fmt.Sprintf("policy %s is already defined in %s", p.Key(), prev)}
+				}
+			}
 			if err != nil {
 				errs = append(errs, err)
 				continue
+			}
+			for _, p := range ps {
+				seen[p.Key()] = f
 			}
 			out = append(out, ps...)
 		}

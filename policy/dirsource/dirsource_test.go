@@ -129,4 +129,8 @@ func TestFilesAndLoad(t *testing.T) {
 	if err == nil || len(ps) != 2 {
 		t.Errorf("load = %d policies, %v", len(ps), err)
 	}
+	write(t, filepath.Join(dir, "nested", "dup.yaml"), pol("a", "again"), time.Now())
+	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), "already defined") {
+		t.Errorf("duplicate: %v", err)
+	}
 }
