@@ -16,8 +16,9 @@ import (
 const policyUsage = `usage:
   ward policy validate FILE|DIR...
       Check CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy files
-      (*.yaml, *.yml, *.json; directories recursively, *.flows.json skipped).
-      Exit 0 when all are valid, 1 with the errors otherwise.
+      (*.yaml, *.yml, *.json; directories recursively, *.flows.json skipped;
+      each argument is one policy set, where a policy defined twice is an
+      error). Exit 0 when all are valid, 1 with the errors otherwise.
   ward policy test --policy FILE|DIR [--policy ...] --flows FLOWS.json [--mode default|always|never] [--audit]
       Evaluate the flows offline; print one JSON object per line:
       {"name":..., "verdict":"allowed"|"denied", "reason":...}
@@ -48,8 +49,10 @@ func runPolicyValidate(args []string, stdout, stderr io.Writer) int {
 	}
 	bad := false
 	n := 0
-	seen := map[policy.Key]string{}
 	for _, path := range args {
+		// Each argument is one policy set: a key defined twice in it is
+		// an error.
+		seen := map[policy.Key]string{}
 		files, err := dirsource.Files(path)
 		if err != nil {
 			fmt.Fprintf(stderr, "%v\n", err)

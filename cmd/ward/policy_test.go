@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -65,8 +66,24 @@ func TestExamples(t *testing.T) {
 }
 
 func TestValidateExamples(t *testing.T) {
+	// Each example directory is its own policy set.
+	var dirs []string
+	err := filepath.WalkDir(examplesDir(t), func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if ents, _ := os.ReadDir(p); slices.ContainsFunc(ents, func(e os.DirEntry) bool { return !e.IsDir() }) {
+				dirs = append(dirs, p)
+			}
+		}
+		return nil
+	})
+	if err != nil || len(dirs) < 10 {
+		t.Fatalf("%d dirs, %v", len(dirs), err)
+	}
 	var out, errOut bytes.Buffer
-	if code := run([]string{"policy", "validate", examplesDir(t)}, &out, &errOut); code != 0 {
+	if code := run(append([]string{"policy", "validate"}, dirs...), &out, &errOut); code != 0 {
 		t.Fatalf("exit %d\n%s", code, errOut.String())
 	}
 	if !strings.Contains(out.String(), "policies valid") {
