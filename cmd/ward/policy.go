@@ -154,6 +154,11 @@ func runPolicyTest(args []string, stdout, stderr io.Writer) int {
 		printErrors(stderr, err)
 		return 1
 	}
+	for _, p := range ps {
+		for _, w := range p.Warnings {
+			fmt.Fprintf(stderr, "warning: %s\n", withLine(w))
+		}
+	}
 	data, err := os.ReadFile(*flowsPath)
 	if err != nil {
 		fmt.Fprintf(stderr, "ward policy test: %v\n", err)
