@@ -74,8 +74,26 @@ func openssl(t *testing.T, dir string, args ...string) {
 // newCA makes a CA key and self-signed certificate (the seed's "Generate CA
 // private key" and "Generate CA certificate" steps, without a passphrase).
 func newCA(t *testing.T, dir, name string) (crt, key string) {
+	return newCAAlg(t, dir, name, "")
+}
+
+// genKey makes a private key: alg "" is the seed's `openssl genrsa` (RSA
+// 2048), "ec" an ECDSA P-256 key.
+func genKey(t *testing.T, dir, key, alg string) {
+	t.Helper()
+	switch alg {
+	case "":
+		openssl(t, dir, "genrsa", "-out", key, "2048")
+	case "ec":
+		openssl(t, dir, "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key)
+	default:
+		t.Fatalf("unknown key algorithm %q", alg)
+	}
+}
+
+func newCAAlg(t *testing.T, dir, name, alg string) (crt, key string) {
 	key, crt = name+".key", name+".crt"
-	openssl(t, dir, "genrsa", "-out", key, "2048")
+	genKey(t, dir, key, alg)
 	openssl(t, dir, "req", "-x509", "-new", "-nodes", "-key", key, "-sha256", "-days", "2", "-subj", "/CN="+name, "-out", crt)
 	return filepath.Join(dir, crt), filepath.Join(dir, key)
 }
@@ -84,8 +102,12 @@ func newCA(t *testing.T, dir, name string) (crt, key string) {
 // and a certificate signed by the CA (the seed's steps; the SAN extension
 // is added because clients check SANs, not the common name).
 func newLeaf(t *testing.T, dir, name, caCrt, caKey string, dnsNames ...string) (crt, key string) {
+	return newLeafAlg(t, dir, name, "", caCrt, caKey, dnsNames...)
+}
+
+func newLeafAlg(t *testing.T, dir, name, alg, caCrt, caKey string, dnsNames ...string) (crt, key string) {
 	key, csr, crt := name+".key", name+".csr", name+".crt"
-	openssl(t, dir, "genrsa", "-out", key, "2048")
+	genKey(t, dir, key, alg)
 	openssl(t, dir, "req", "-new", "-key", key, "-subj", "/CN="+dnsNames[0], "-out", csr)
 	ext := name + ".ext"
 	var sans []string
