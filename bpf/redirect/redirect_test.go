@@ -499,6 +499,8 @@ func TestIPCache(t *testing.T) {
 	mustUpsert("198.51.100.0/24", 16777217)
 	mustUpsert("198.51.100.7/32", 16777218)
 	mustUpsert("198.51.100.7/32", 16777219) // in place
+	mustUpsert("2001:db8::/32", 16777220)
+	mustUpsert("2001:db8::7/128", 16777221)
 	for _, tc := range []struct {
 		addr string
 		id   uint32
@@ -507,6 +509,10 @@ func TestIPCache(t *testing.T) {
 		{"198.51.100.7", 16777219, true},
 		{"198.51.100.8", 16777217, true},
 		{"203.0.113.1", redirect.IdentityWorld, false},
+		{"2001:db8::7", 16777221, true},
+		{"2001:db8::8", 16777220, true},
+		{"::ffff:198.51.100.8", 16777217, true}, // v4-mapped is v4
+		{"2001:db9::1", redirect.IdentityWorld, false},
 	} {
 		if id, ok := ipc.Lookup(netip.MustParseAddr(tc.addr)); id != tc.id || ok != tc.ok {
 			t.Errorf("Lookup(%s) = %d, %v; want %d, %v", tc.addr, id, ok, tc.id, tc.ok)

@@ -195,6 +195,19 @@ func testSocketLevel(t *testing.T, shortcut bool) {
 			t.Fatalf("curl %d from the workload cgroup = %q, %v; want %q", i, got, err, want)
 		}
 	}
+	// A wardd restart keeps the cgroup hooks attached and working.
+	if err := e.dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	dp, err := redirect.Load(redirect.Config{PinDir: e.pinDir, SockShortcut: shortcut})
+	if err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	e.dp = dp
+	t.Cleanup(func() { dp.Close() })
+	if got, err := run("curl", "-sS", "--max-time", "10", "http://"+ds.IP.String()+"/"); err != nil || got != want {
+		t.Fatalf("curl after restart = %q, %v; want %q", got, err, want)
+	}
 	got, err := run("curl", "-sS", "--max-time", "10", "http://"+ds.IP.String()+":8080/")
 	if err == nil {
 		t.Fatalf("curl :8080 = %q; want connect refused by policy", got)
