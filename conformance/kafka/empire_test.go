@@ -204,6 +204,12 @@ func TestEmpire(t *testing.T) {
 		if !isAuthError(r.Output()) || ctx.Err() != nil {
 			t.Fatalf("outpost-9999 produce %s: want an authorization error, got %v", announce, r)
 		}
+		// Without idempotence the producer gets as far as Produce (v13,
+		// topics by ID) and must see TOPIC_AUTHORIZATION_FAILED there.
+		r = console.Produce(ctx, e.addr(idOutpost9999), announce, "console: Vader Booed again\n", "enable.idempotence=false")
+		if !strings.Contains(r.Output(), "TopicAuthorizationException") || ctx.Err() != nil {
+			t.Fatalf("outpost-9999 produce %s without idempotence: want TopicAuthorizationException, got %v", announce, r)
+		}
 		// The console consumer reports the error and exits 0 ("Error
 		// processing message, terminating consumer process").
 		r = console.Consume(ctx, e.addr(idOutpost9999), plans, 1)
@@ -326,6 +332,13 @@ func TestEmpire(t *testing.T) {
 		})
 		if len(denied) == 0 {
 			t.Error("no denied Produce record for outpost-9999")
+		}
+		byID := false
+		for _, r := range denied {
+			byID = byID || r.Kafka.APIVersion >= 13 // Produce v13 names topics by ID (KIP-516)
+		}
+		if !byID {
+			t.Error("no Produce v13 (topic IDs) was denied; the Java producer should use it against Kafka 4.3")
 		}
 	})
 }
