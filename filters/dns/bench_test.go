@@ -77,3 +77,23 @@ func BenchmarkLearnRotating(b *testing.B) {
 		b.Errorf("UpdateTimeouts = %d", n)
 	}
 }
+
+// BenchmarkAllow100Patterns is the rule check of a port with 100
+// matchPattern rules, the matching one last.
+func BenchmarkAllow100Patterns(b *testing.B) {
+	var rs []policy.PortRuleDNS
+	for i := range 99 {
+		rs = append(rs, policy.PortRuleDNS{MatchPattern: "*.svc" + itoa(i) + ".example.test"})
+	}
+	rs = append(rs, policy.PortRuleDNS{MatchPattern: "*.github.test"})
+	m, err := Compile(rs)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if !m.Allow("api.github.test.") {
+			b.Fatal("not allowed")
+		}
+	}
+}

@@ -71,14 +71,24 @@ func startUpstream(t testing.TB) netip.AddrPort {
 		}
 		_ = w.WriteMsg(r)
 	})
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ap := addrPortOf(pc.LocalAddr())
-	l, err := net.Listen("tcp", ap.String())
-	if err != nil {
-		t.Fatal(err)
+	// UDP and TCP on one port: retry while the TCP side of a free UDP port
+	// is taken.
+	var pc net.PacketConn
+	var l net.Listener
+	var ap netip.AddrPort
+	for attempt := 0; ; attempt++ {
+		var err error
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		ap = addrPortOf(pc.LocalAddr())
+		if l, err = net.Listen("tcp", ap.String()); err == nil {
+			break
+		}
+		pc.Close()
+		if attempt == 20 {
+			t.Fatal(err)
+		}
 	}
 	for _, s := range []*mdns.Server{{PacketConn: pc, Handler: h}, {Listener: l, Handler: h}} {
 		started := make(chan struct{})

@@ -13,9 +13,15 @@ import (
 // endpoint and port: a query is allowed when its name matches any rule.
 // A Matcher is immutable and safe for concurrent use.
 type Matcher struct {
-	all      bool
-	names    map[string]struct{} // matchName values, lower case, no trailing dot
-	patterns []*matchpattern.Matcher
+	all   bool
+	names map[string]struct{} // matchName values, lower case, no trailing dot
+	// bySuffix indexes patterns by their literal suffix: the whole labels
+	// at their right end that hold no '*' ("*.svc.example.test" →
+	// "svc.example.test"). A name can only match a pattern whose literal
+	// suffix is one of the name's own label suffixes, so Allow looks up
+	// a handful of keys instead of trying every pattern.
+	bySuffix map[string][]*matchpattern.Matcher
+	other    []*matchpattern.Matcher // patterns with no literal suffix
 }
 
 // AllowAll is a Matcher allowing every name (the rule matchPattern "*").
@@ -28,7 +34,7 @@ var AllowAll = &Matcher{all: true}
 // caller does not redirect ports without DNS rules). Errors name the rule
 // index and are joined, so one call reports every bad rule.
 func Compile(rules []policy.PortRuleDNS) (*Matcher, error) {
-	m := &Matcher{names: make(map[string]struct{})}
+	m := &Matcher{names: make(map[string]struct{}), bySuffix: make(map[string][]*matchpattern.Matcher)}
 	var errs []error
 	for i, r := range rules {
 		if r.MatchName == "" && r.MatchPattern == "" {
@@ -52,7 +58,11 @@ func Compile(rules []policy.PortRuleDNS) (*Matcher, error) {
 			if p.String() == "*" {
 				m.all = true
 			}
-			m.patterns = append(m.patterns, p)
+			if suf := literalSuffix(p.String()); suf != "" {
+				m.bySuffix[suf] = append(m.bySuffix[suf], p)
+			} else {
+				m.other = append(m.other, p)
+			}
 		}
 	}
 	if len(errs) > 0 {
@@ -74,12 +84,41 @@ func (m *Matcher) Allow(qname string) bool {
 	if _, ok := m.names[n]; ok {
 		return true
 	}
-	for _, p := range m.patterns {
+	for _, p := range m.other {
 		if p.Match(n) {
 			return true
 		}
 	}
-	return false
+	if len(m.bySuffix) == 0 {
+		return false
+	}
+	// Every label suffix of n: "a.b.c", "b.c", "c".
+	for suf := n; ; {
+		for _, p := range m.bySuffix[suf] {
+			if p.Match(n) {
+				return true
+			}
+		}
+		i := strings.IndexByte(suf, '.')
+		if i < 0 {
+			return false
+		}
+		suf = suf[i+1:]
+	}
+}
+
+// literalSuffix returns the labels at the right end of a normalised
+// pattern that hold no '*', joined; "" when the last label has one.
+func literalSuffix(pattern string) string {
+	i := strings.LastIndexByte(pattern, '*')
+	if i < 0 {
+		return pattern
+	}
+	j := strings.IndexByte(pattern[i:], '.')
+	if j < 0 {
+		return ""
+	}
+	return pattern[i+j+1:]
 }
 
 // normaliseName validates a matchName and returns it in lower case without

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/wardproxy/ward/policy"
+	"github.com/wardproxy/ward/policy/matchpattern"
 )
 
 func TestCompileAllow(t *testing.T) {
@@ -36,6 +37,12 @@ func TestCompileAllow(t *testing.T) {
 			name:  "empty denies all",
 			rules: nil,
 			deny:  []string{"a.test."},
+		},
+		{
+			name:  "indexed patterns",
+			rules: []policy.PortRuleDNS{{MatchPattern: "*.svc.example.test"}, {MatchPattern: "api.*.test"}, {MatchPattern: "**.deep.test"}, {MatchPattern: "exact.test"}, {MatchPattern: "x*y.test"}},
+			allow: []string{"a.svc.example.test.", "api.github.test.", "a.b.deep.test", "EXACT.test.", "xzy.test"},
+			deny:  []string{"svc.example.test.", "a.b.svc.example.test", "deep.test.", "api.test.", "exact.test.x", "xz.test"},
 		},
 		{name: "empty rule", rules: []policy.PortRuleDNS{{}}, wantErr: true},
 		{name: "bad pattern", rules: []policy.PortRuleDNS{{MatchPattern: "a[.test"}}, wantErr: true},
@@ -75,4 +82,25 @@ func TestCompileReportsAll(t *testing.T) {
 			t.Errorf("Compile error %q does not mention %q", err, want)
 		}
 	}
+}
+
+// FuzzAllowIndex checks the suffix index against matching every pattern.
+func FuzzAllowIndex(f *testing.F) {
+	f.Add("*.svc.example.test", "a.svc.example.test.")
+	f.Add("**.deep.test", "a.b.deep.test")
+	f.Add("api.*.test", "api.x.test")
+	f.Add("x*y.test", "xzy.TEST")
+	f.Fuzz(func(t *testing.T, pattern, name string) {
+		p, err := matchpattern.Compile(pattern)
+		if err != nil {
+			return
+		}
+		m, err := Compile([]policy.PortRuleDNS{{MatchPattern: pattern}, {MatchPattern: "*.unrelated.test"}})
+		if err != nil {
+			t.Fatalf("Compile(%q) = %v; matchpattern accepted it", pattern, err)
+		}
+		if got, want := m.Allow(name), p.Match(name); got != want {
+			t.Fatalf("Allow(%q) with %q = %v; Match = %v", name, pattern, got, want)
+		}
+	})
 }
