@@ -79,10 +79,19 @@ type Identity struct {
 	// Prefix is the CIDR of a CIDR identity (labels cidr:<prefix>), the
 	// zero Prefix otherwise.
 	Prefix netip.Prefix
+	key    string // Labels.String()
+}
+
+// labelsKey returns Labels.String(), cached for allocated identities.
+func (i *Identity) labelsKey() string {
+	if i.key != "" {
+		return i.key
+	}
+	return i.Labels.String()
 }
 
 func newIdentity(id NumericIdentity, ls Labels) *Identity {
-	ident := &Identity{ID: id, Labels: ls}
+	ident := &Identity{ID: id, Labels: ls, key: ls.String()}
 	for _, l := range ls {
 		if l.Source == SourceCIDR {
 			if p, err := netip.ParsePrefix(l.Key); err == nil {
@@ -201,7 +210,7 @@ func (a *Allocator) Release(id NumericIdentity) bool {
 		return false
 	}
 	delete(a.byID, id)
-	delete(a.byKey, al.ident.Labels.String())
+	delete(a.byKey, al.ident.labelsKey())
 	a.version++
 	return true
 }

@@ -628,7 +628,7 @@ func (r *Repository) Snapshot() *Snapshot {
 		s.byLabels = make(map[string]*Identity, len(r.identities))
 		for id, ident := range r.identities {
 			s.identities[id] = ident
-			s.byLabels[ident.Labels.String()] = ident
+			s.byLabels[ident.labelsKey()] = ident
 			if ident.Prefix.IsValid() {
 				s.cidrs = append(s.cidrs, ident)
 			}
