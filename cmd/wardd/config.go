@@ -26,6 +26,7 @@ type nodeConfig struct {
 	PolicyDir string           `json:"policyDir"`
 	Mode      string           `json:"mode"` // enforcement: default, always, never
 	Endpoints []endpointConfig `json:"endpoints"`
+	Datapath  datapathConfig   `json:"datapath"`
 	// Policies and Hosts are resolved policies in their wire form, for
 	// setups without a policy directory.
 	Policies []json.RawMessage `json:"policies"` // npds.NetworkPolicy (protojson)
@@ -94,6 +95,9 @@ func (c *nodeConfig) validate() error {
 				errs = append(errs, fmt.Errorf("%s.upstream: %w", p, err))
 			}
 		}
+	}
+	if c.Datapath.Enabled && c.PolicyDir == "" {
+		errs = append(errs, errors.New("datapath.enabled needs policyDir (the datapath enforces resolved policy)"))
 	}
 	return errors.Join(errs...)
 }

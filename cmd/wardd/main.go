@@ -131,6 +131,19 @@ func run(ctx context.Context, f flags, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	var dp *datapath
+	if cfg.Datapath.Enabled {
+		if dp, err = openDatapath(cfg.Datapath, cfg.Endpoints, log); err != nil {
+			return err
+		}
+		defer dp.Close()
+		ls, cs, err := dp.listeners(socket, node)
+		if err != nil {
+			return err
+		}
+		res.Listeners = append(res.Listeners, ls...)
+		res.Clusters = append(res.Clusters, cs...)
+	}
 	if _, err := srv.SetEnvoyResources(ctx, node, res); err != nil {
 		return err
 	}
@@ -139,6 +152,7 @@ func run(ctx context.Context, f flags, log *slog.Logger) error {
 		if engine, err = newPolicyEngine(cfg, srv, log); err != nil {
 			return err
 		}
+		engine.dp = dp
 	} else {
 		ps, hs, err := cfg.policies()
 		if err != nil {

@@ -23,6 +23,9 @@ type endpointConfig struct {
 	// control): it gets an identity and its addresses are in the identity
 	// table, but no policy is enforced for it here.
 	Remote bool `json:"remote,omitempty"`
+	// Interface is the host-side interface of a local endpoint (its veth),
+	// where the datapath attaches; needed when the datapath is enabled.
+	Interface string `json:"interface,omitempty"`
 }
 
 // policyEngine turns the policy directory and the endpoints into the
@@ -33,6 +36,7 @@ type policyEngine struct {
 	ips  map[uint64][]netip.Addr
 	srv  *xds.Server
 	log  *slog.Logger
+	dp   *datapath // nil without the datapath
 }
 
 func newPolicyEngine(cfg *nodeConfig, srv *xds.Server, log *slog.Logger) (*policyEngine, error) {
@@ -71,6 +75,13 @@ func (e *policyEngine) publish() {
 		ws = append(ws, xds.Workload{Name: ep.Name, ID: ep.ID, IPs: e.ips[ep.ID], Remote: ep.Remote})
 	}
 	ps, hosts := xds.Resources(snap, ws)
+	// The datapath first: the proxy must know a policy before traffic is
+	// redirected to it for that policy; map writes are in place.
+	if e.dp != nil {
+		if err := e.dp.apply(snap, e.eps, e.ips); err != nil {
+			e.log.Error("datapath update", "error", err)
+		}
+	}
 	hv := e.srv.SetHosts(hosts)
 	pv := e.srv.SetPolicies(ps)
 	e.log.Info("policy published", "revision", snap.Revision, "endpoints", len(ps), "policy_version", pv, "hosts_version", hv)
