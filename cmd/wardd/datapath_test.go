@@ -67,7 +67,9 @@ func TestWarddDatapath(t *testing.T) {
 	os.WriteFile(f.config, cb, 0o600)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, f, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))) }()
+	go func() {
+		done <- run(ctx, f, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	}()
 	t.Cleanup(func() { cancel(); <-done })
 
 	c, stop := context.WithTimeout(context.Background(), 3*time.Minute)
