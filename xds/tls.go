@@ -14,9 +14,12 @@ package xds
 import (
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"time"
 
+	xdscore "github.com/cncf/xds/go/xds/core/v3"
+	matcherxds "github.com/cncf/xds/go/xds/type/matcher/v3"
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -29,6 +32,7 @@ import (
 	tlsinspector "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxy "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	netinput "github.com/envoyproxy/go-control-plane/envoy/extensions/matching/common_inputs/network/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
@@ -36,6 +40,8 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/wardproxy/ward/policy/matchpattern"
 )
 
 // Well-known filter state keys (Envoy "Well Known Filter State Objects"):
@@ -65,9 +71,13 @@ type SNIListener struct {
 
 // SNIRoute allows a set of server names to one cluster.
 type SNIRoute struct {
-	// ServerNames are exact names ("one.one.one.one") or Envoy wildcards
-	// ("*.cilium.io": any name ending in ".cilium.io", at any depth). A name
-	// may appear in one route only. Matching is case-insensitive.
+	// ServerNames are policy serverNames in the matchPattern language
+	// (package policy/matchpattern, Cilium's semantics): exact names
+	// ("one.one.one.one"), '*' within one label ("*.cilium.io" matches
+	// "docs.cilium.io", not "a.b.cilium.io"), a leading "**." for any depth,
+	// "*" alone for every name. Case-insensitive, trailing dot optional. A
+	// pattern may appear in one route only; when patterns of two routes
+	// overlap, the first route wins.
 	ServerNames []string
 	Cluster     string
 }
@@ -80,6 +90,7 @@ func (s SNIListener) Build() (*listener.Listener, error) {
 	if len(s.Routes) == 0 {
 		return nil, fmt.Errorf("xds: SNIListener %s: no routes (nothing would be allowed; do not build a listener)", s.Name)
 	}
+	var err error
 	prefix := s.StatPrefix
 	if prefix == "" {
 		prefix = s.Name
@@ -89,6 +100,7 @@ func (s SNIListener) Build() (*listener.Listener, error) {
 	if err := addTLSInspector(l); err != nil {
 		return nil, err
 	}
+	var sel []chainSelector
 	for i, r := range s.Routes {
 		if r.Cluster == "" {
 			return nil, fmt.Errorf("xds: SNIListener %s: routes[%d]: no Cluster", s.Name, i)
@@ -98,7 +110,7 @@ func (s SNIListener) Build() (*listener.Listener, error) {
 			// without SNI: the policy would no longer restrict anything.
 			return nil, fmt.Errorf("xds: SNIListener %s: routes[%d]: no ServerNames", s.Name, i)
 		}
-		names, err := serverNames(r.ServerNames, seen)
+		res, err := serverNameRegexes(r.ServerNames, seen)
 		if err != nil {
 			return nil, fmt.Errorf("xds: SNIListener %s: routes[%d]: %w", s.Name, i, err)
 		}
@@ -109,14 +121,18 @@ func (s SNIListener) Build() (*listener.Listener, error) {
 		if err != nil {
 			return nil, err
 		}
+		name := fmt.Sprintf("%s/%d", s.Name, i)
+		sel = append(sel, chainSelector{chain: name, regexes: res})
 		l.FilterChains = append(l.FilterChains, &listener.FilterChain{
-			Name:             fmt.Sprintf("%s/%d", s.Name, i),
-			FilterChainMatch: &listener.FilterChainMatch{ServerNames: names, TransportProtocol: "tls"},
+			Name: name,
 			Filters: []*listener.Filter{{
 				Name:       "envoy.filters.network.tcp_proxy",
 				ConfigType: &listener.Filter_TypedConfig{TypedConfig: tp},
 			}},
 		})
+	}
+	if l.FilterChainMatcher, err = chainMatcher(sel); err != nil {
+		return nil, err
 	}
 	return l, nil
 }
@@ -142,12 +158,11 @@ type InterceptListener struct {
 // InterceptChain is one certificate and its HTTP policy on an
 // InterceptListener.
 type InterceptChain struct {
-	// ServerNames select the chain by SNI (exact or "*.suffix"). At most one
-	// chain of a listener may leave it empty: it then takes every ClientHello
-	// no other chain names, including one without SNI (Envoy's
-	// DownstreamTlsContext.require_sni is not implemented); such a client
-	// completes the handshake but none of its requests reaches an upstream:
-	// with no SNI there is no name to verify the upstream against.
+	// ServerNames select the chain by SNI (matchPattern language, as
+	// SNIRoute.ServerNames). At most one chain of a listener may leave it
+	// empty: it then takes every ClientHello with an SNI no other chain
+	// names. A ClientHello without SNI matches no chain and is refused: there
+	// would be no name to verify the upstream against.
 	ServerNames []string
 	// Certificate is the SDS name of the tls_certificate secret presented to
 	// the client.
@@ -177,23 +192,25 @@ func (x InterceptListener) Build() (*listener.Listener, error) {
 		return nil, err
 	}
 	seen := map[string]bool{}
-	catchAll := false
+	catchAll := ""
+	var sel []chainSelector
 	for i, c := range x.Chains {
 		where := fmt.Sprintf("xds: InterceptListener %s: chains[%d]", x.Name, i)
 		if c.Certificate == "" || c.Cluster == "" {
 			return nil, fmt.Errorf("%s: needs Certificate and Cluster", where)
 		}
-		var names []string
+		name := fmt.Sprintf("%s/%d", x.Name, i)
 		if len(c.ServerNames) == 0 {
-			if catchAll {
+			if catchAll != "" {
 				return nil, fmt.Errorf("%s: a second chain without ServerNames", where)
 			}
-			catchAll = true
+			catchAll = name
 		} else {
-			var err error
-			if names, err = serverNames(c.ServerNames, seen); err != nil {
+			res, err := serverNameRegexes(c.ServerNames, seen)
+			if err != nil {
 				return nil, fmt.Errorf("%s: %w", where, err)
 			}
+			sel = append(sel, chainSelector{chain: name, regexes: res})
 		}
 		alpn := c.ALPN
 		if len(alpn) == 0 {
@@ -208,16 +225,23 @@ func (x InterceptListener) Build() (*listener.Listener, error) {
 		if err != nil {
 			return nil, err
 		}
-		m, err := interceptHCM(fmt.Sprintf("%s/%d", x.Name, i), prefix, c)
+		m, err := interceptHCM(name, prefix, c)
 		if err != nil {
 			return nil, err
 		}
 		l.FilterChains = append(l.FilterChains, &listener.FilterChain{
-			Name:             fmt.Sprintf("%s/%d", x.Name, i),
-			FilterChainMatch: &listener.FilterChainMatch{ServerNames: names, TransportProtocol: "tls"},
-			TransportSocket:  ts,
-			Filters:          []*listener.Filter{m},
+			Name:            name,
+			TransportSocket: ts,
+			Filters:         []*listener.Filter{m},
 		})
+	}
+	if catchAll != "" {
+		// Last: named chains win; a ClientHello without SNI matches nothing.
+		sel = append(sel, chainSelector{chain: catchAll, regexes: []string{".+"}})
+	}
+	var err error
+	if l.FilterChainMatcher, err = chainMatcher(sel); err != nil {
+		return nil, err
 	}
 	return l, nil
 }
@@ -457,38 +481,101 @@ func addTLSInspector(l *listener.Listener) error {
 	return nil
 }
 
-// serverNames validates and lower-cases names, recording them in seen: a
-// name in two filter chains is a configuration Envoy rejects.
-func serverNames(in []string, seen map[string]bool) ([]string, error) {
-	out := make([]string, 0, len(in))
-	for _, n := range in {
-		n = strings.ToLower(strings.TrimSuffix(n, "."))
-		if err := validServerName(n); err != nil {
+// chainSelector selects a filter chain by SNI regexes (RE2, full match).
+type chainSelector struct {
+	chain   string
+	regexes []string
+}
+
+// chainMatcher is the listener's filter_chain_matcher: the SNI (from the
+// TLS inspector) against each chain's regexes in order, the first match
+// names the chain; no SNI or no match selects no chain and Envoy closes the
+// connection. Filter chain matching by the unified matcher API is used
+// rather than filter_chain_match.server_names because Envoy's "*.x" there
+// matches names of any depth, while the policy's "*" stays within a label.
+func chainMatcher(sel []chainSelector) (*matcherxds.Matcher, error) {
+	input, err := anyOf(&netinput.ServerNameInput{})
+	if err != nil {
+		return nil, err
+	}
+	var fms []*matcherxds.Matcher_MatcherList_FieldMatcher
+	for _, c := range sel {
+		action, err := anyOf(wrapperspb.String(c.chain))
+		if err != nil {
 			return nil, err
 		}
-		if seen[n] {
-			return nil, fmt.Errorf("server name %q in two chains", n)
+		// One field matcher per pattern keeps each regex small (Envoy
+		// bounds RE2 program size).
+		for _, re := range c.regexes {
+			fms = append(fms, &matcherxds.Matcher_MatcherList_FieldMatcher{
+				Predicate: &matcherxds.Matcher_MatcherList_Predicate{MatchType: &matcherxds.Matcher_MatcherList_Predicate_SinglePredicate_{
+					SinglePredicate: &matcherxds.Matcher_MatcherList_Predicate_SinglePredicate{
+						Input: &xdscore.TypedExtensionConfig{Name: "envoy.matching.inputs.server_name", TypedConfig: input},
+						Matcher: &matcherxds.Matcher_MatcherList_Predicate_SinglePredicate_ValueMatch{ValueMatch: &matcherxds.StringMatcher{
+							MatchPattern: &matcherxds.StringMatcher_SafeRegex{SafeRegex: &matcherxds.RegexMatcher{
+								EngineType: &matcherxds.RegexMatcher_GoogleRe2{GoogleRe2: &matcherxds.RegexMatcher_GoogleRE2{}},
+								Regex:      re,
+							}},
+						}},
+					},
+				}},
+				OnMatch: &matcherxds.Matcher_OnMatch{OnMatch: &matcherxds.Matcher_OnMatch_Action{Action: &xdscore.TypedExtensionConfig{Name: c.chain, TypedConfig: action}}},
+			})
 		}
-		seen[n] = true
-		out = append(out, n)
+	}
+	return &matcherxds.Matcher{MatcherType: &matcherxds.Matcher_MatcherList_{MatcherList: &matcherxds.Matcher_MatcherList{Matchers: fms}}}, nil
+}
+
+// serverNameRegexes validates policy serverNames patterns and translates
+// each into an RE2 regex with the matchPattern semantics, recording the
+// normalised patterns in seen (a pattern in two chains is a mistake).
+func serverNameRegexes(in []string, seen map[string]bool) ([]string, error) {
+	out := make([]string, 0, len(in))
+	for _, n := range in {
+		m, err := matchpattern.Compile(n)
+		if err != nil {
+			return nil, fmt.Errorf("server name %q: %w", n, err)
+		}
+		p := m.String()
+		if seen[p] {
+			return nil, fmt.Errorf("server name %q in two chains", p)
+		}
+		seen[p] = true
+		out = append(out, SNIRegex(p))
 	}
 	return out, nil
 }
 
-func validServerName(n string) error {
-	host := strings.TrimPrefix(n, "*.")
-	if host == "" || len(n) > 253 {
-		return fmt.Errorf("invalid server name %q", n)
+// SNIRegex translates a valid, normalised matchPattern into an RE2 regex
+// matching the same names (case-insensitive, optional trailing dot; Envoy
+// matches regexes against the whole value).
+func SNIRegex(pattern string) string {
+	const label = `[-a-z0-9_]`
+	if strings.Trim(pattern, "*") == "" {
+		return ".+"
 	}
-	for _, label := range strings.Split(host, ".") {
-		if label == "" || len(label) > 63 {
-			return fmt.Errorf("invalid server name %q", n)
+	var b strings.Builder
+	b.WriteString("(?i)")
+	rest := pattern
+	if strings.HasPrefix(rest, "**.") {
+		b.WriteString(`(?:` + label + `+\.)+`)
+		rest = rest[3:]
+	}
+	for i, l := range strings.Split(rest, ".") {
+		if i > 0 {
+			b.WriteString(`\.`)
 		}
-		for _, r := range label {
-			if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
-				return fmt.Errorf("invalid server name %q: only an Envoy wildcard prefix \"*.\" may hold '*'", n)
+		if strings.Trim(l, "*") == "" {
+			b.WriteString(label + `+`) // a label is never empty
+			continue
+		}
+		for j, piece := range strings.Split(l, "*") {
+			if j > 0 {
+				b.WriteString(label + `*`)
 			}
+			b.WriteString(regexp.QuoteMeta(piece))
 		}
 	}
-	return nil
+	b.WriteString(`\.?`)
+	return b.String()
 }

@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"regexp"
 	"strings"
 	"testing"
 
@@ -11,6 +12,8 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/wardproxy/ward/policy/matchpattern"
 )
 
 func TestSNIListenerBuild(t *testing.T) {
@@ -27,9 +30,9 @@ func TestSNIListenerBuild(t *testing.T) {
 			{ServerNames: []string{"a.example"}, Cluster: "c"},
 			{ServerNames: []string{"A.example."}, Cluster: "d"},
 		}}, wantErr: `routes[1]: server name "a.example" in two chains`},
-		{name: "inner wildcard", l: SNIListener{Name: "l", Routes: []SNIRoute{{ServerNames: []string{"a.*.example"}, Cluster: "c"}}}, wantErr: "invalid server name"},
-		{name: "bare wildcard", l: SNIListener{Name: "l", Routes: []SNIRoute{{ServerNames: []string{"*"}, Cluster: "c"}}}, wantErr: "invalid server name"},
-		{name: "empty label", l: SNIListener{Name: "l", Routes: []SNIRoute{{ServerNames: []string{"a..example"}, Cluster: "c"}}}, wantErr: "invalid server name"},
+		{name: "inner double star", l: SNIListener{Name: "l", Routes: []SNIRoute{{ServerNames: []string{"a.**.example"}, Cluster: "c"}}}, wantErr: `server name "a.**.example"`},
+		{name: "bad character", l: SNIListener{Name: "l", Routes: []SNIRoute{{ServerNames: []string{"a b.example"}, Cluster: "c"}}}, wantErr: "not allowed"},
+		{name: "empty label", l: SNIListener{Name: "l", Routes: []SNIRoute{{ServerNames: []string{"a..example"}, Cluster: "c"}}}, wantErr: "empty label"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := tc.l.Build()
@@ -51,15 +54,59 @@ func TestSNIListenerBuild(t *testing.T) {
 	if len(l.GetFilterChains()) != 1 || l.GetDefaultFilterChain() != nil {
 		t.Fatalf("filter chains = %d, default %v; want 1 and no default (unmatched SNI is refused)", len(l.GetFilterChains()), l.GetDefaultFilterChain())
 	}
-	m := l.GetFilterChains()[0].GetFilterChainMatch()
-	if got := strings.Join(m.GetServerNames(), ","); got != "one.one.one.one,*.cilium.io" {
-		t.Errorf("server_names = %s; want lower-cased one.one.one.one,*.cilium.io", got)
-	}
-	if m.GetTransportProtocol() != "tls" {
-		t.Errorf("transport_protocol = %q; want tls", m.GetTransportProtocol())
+	if got := chainRegexes(t, l); got != "sni/0: (?i)one\\.one\\.one\\.one\\.? (?i)[-a-z0-9_]+\\.cilium\\.io\\.?" {
+		t.Errorf("chain matcher = %s", got)
 	}
 	if ts := l.GetFilterChains()[0].GetTransportSocket(); ts != nil {
 		t.Errorf("passthrough chain has a transport socket %v; want none (no termination)", ts)
+	}
+}
+
+// chainRegexes renders a listener's filter_chain_matcher as "chain: regex
+// regex, chain: ...".
+func chainRegexes(t *testing.T, l *listener.Listener) string {
+	t.Helper()
+	var parts []string
+	last := ""
+	for _, fm := range l.GetFilterChainMatcher().GetMatcherList().GetMatchers() {
+		sp := fm.GetPredicate().GetSinglePredicate()
+		if sp.GetInput().GetName() != "envoy.matching.inputs.server_name" {
+			t.Errorf("matcher input %s; want the server name", sp.GetInput().GetName())
+		}
+		chain := fm.GetOnMatch().GetAction().GetName()
+		re := sp.GetValueMatch().GetSafeRegex().GetRegex()
+		if chain != last {
+			parts = append(parts, chain+": "+re)
+			last = chain
+		} else {
+			parts[len(parts)-1] += " " + re
+		}
+	}
+	if l.GetFilterChainMatcher().GetOnNoMatch() != nil {
+		t.Error("chain matcher has on_no_match; want none (unmatched SNI refused)")
+	}
+	return strings.Join(parts, ", ")
+}
+
+// TestSNIRegex checks that the RE2 translation of each pattern accepts
+// exactly the names the policy's matchpattern accepts.
+func TestSNIRegex(t *testing.T) {
+	names := []string{
+		"cilium.io", "CILIUM.io", "cilium.io.", "sub.cilium.io", "a.b.cilium.io", "xcilium.io", "sub.cilium.io.x",
+		"one.one.one.one", "one-one.one.one", "api.ward.test", "a_b.cilium.io", "a.cilium.io.", ".cilium.io", "a..cilium.io",
+		"partial.com", "part-extra-ial.com", "part.ial.com", "", "a*b.cilium.io", "a\\.cilium.io", "x.y.z",
+	}
+	for _, p := range []string{"cilium.io", "*.cilium.io", "**.cilium.io", "part*ial.com", "*", "one.one.one.one", "*.*.io", "a*.cilium.io", "*cilium.io"} {
+		m, err := matchpattern.Compile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		re := regexp.MustCompile("^(?:" + SNIRegex(m.String()) + ")$")
+		for _, n := range names {
+			if got, want := re.MatchString(n), m.Match(n) && n != ""; got != want {
+				t.Errorf("SNIRegex(%q) = %s matches %q: %v; matchpattern says %v", p, re, n, got, want)
+			}
+		}
 	}
 }
 
@@ -78,6 +125,17 @@ func TestInterceptListenerBuild(t *testing.T) {
 		{Certificate: "ns/b", Cluster: "c"},
 	}}).Build(); err == nil || !strings.Contains(err.Error(), "second chain without ServerNames") {
 		t.Errorf("two catch-all chains: error %v; want one naming the second chain", err)
+	}
+	// The catch-all chain is matched last, and only when an SNI is present.
+	ca, err := (InterceptListener{Name: "l", Chains: []InterceptChain{
+		{Certificate: "ns/any", Cluster: "c"},
+		{ServerNames: []string{"a.example"}, Certificate: "ns/a", Cluster: "c"},
+	}}).Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := chainRegexes(t, ca); got != `l/1: (?i)a\.example\.?, l/0: .+` {
+		t.Errorf("chain matcher = %s; want the named chain first, the catch-all last", got)
 	}
 	if _, err := (InterceptListener{Name: "l", Chains: []InterceptChain{{ServerNames: []string{"a.example"}, Cluster: "c"}}}).Build(); err == nil {
 		t.Error("chain without Certificate built; want an error")
