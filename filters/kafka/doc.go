@@ -74,6 +74,15 @@
 // forever. A denied acks=0 Produce closes the connection once earlier
 // responses are delivered, as a broker does.
 //
+// # Policy updates
+//
+// The rules are looked up for every request, so a policy update applies to
+// open connections from their next request on. A connection that has used
+// Fetch v7+ may hold a fetch session (KIP-227), which keeps serving the
+// partitions it holds without naming them again; such a connection is
+// closed at its first request under new rules, and the client's next full
+// fetch is checked against them.
+//
 // # Invariants
 //
 // The codec never allocates from a length the peer sent without bounding it

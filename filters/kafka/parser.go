@@ -17,7 +17,9 @@ import (
 // covers the connection; the parser then closes it (fail closed).
 // Implementations must be safe for concurrent use and cheap: the parser
 // asks once per request, so a policy update applies to open connections
-// from their next request on.
+// from their next request on; it must return the same *Matcher until the
+// policy changes (a connection that may hold a Kafka fetch session is
+// closed when its rules change).
 type RuleSource interface {
 	Rules(ingress bool, port uint16, remote uint32) (m *Matcher, ok bool)
 }
@@ -172,7 +174,11 @@ type parser struct {
 
 	req, resp decoder
 	pending   []inflight
-	scratch   []byte
+	// rules is the rule set the last request was decided by; fetchSession
+	// is set once the client used Fetch v7+ (which may open a session).
+	rules        *Matcher
+	fetchSession bool
+	scratch      []byte
 	// dropping: a denied acks=0 produce is waiting for earlier responses;
 	// the connection closes after them, as a broker closes it, and every
 	// later request is dropped.
@@ -253,6 +259,21 @@ func (p *parser) onRequest(size int, frame []byte) (proxylib.Op, int) {
 	if !ok {
 		p.record(flow.Denied, "no kafka policy for the connection", d, 0)
 		return proxylib.Error, proxylib.ErrPolicyDenied
+	}
+	if m != p.rules {
+		if p.fetchSession && p.rules != nil {
+			// A fetch session (KIP-227, Fetch v7+) keeps returning data
+			// for the partitions it holds without naming them again, so a
+			// policy change could not take them away: restart the
+			// connection, and with it the session; the client's next full
+			// fetch names every topic again.
+			p.record(flow.Denied, "policy changed: restarting the connection's fetch session", d, 0)
+			return proxylib.Error, proxylib.ErrPolicyDenied
+		}
+		p.rules = m
+	}
+	if d.APIKey == keyFetch && d.APIVersion >= 7 {
+		p.fetchSession = true
 	}
 	if len(p.pending) >= maxPending {
 		p.record(flow.Error, "too many requests in flight", d, 0)

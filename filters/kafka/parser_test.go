@@ -366,12 +366,25 @@ func TestParserPolicyUpdateAndNoPolicy(t *testing.T) {
 	s, o, _ := newConn(t, rs)
 	s.OnData(false, false, [][]byte{fetchReq(1, "ok")})
 	s.OnData(true, false, [][]byte{brokerResp(1, "x")})
-	// A policy update applies to the open connection from its next request.
+	// A policy update applies to the open connection from its next request;
+	// a connection that fetched (v7+: maybe a fetch session, KIP-227) is
+	// restarted so its session cannot keep serving revoked topics.
 	cur.Store(deny)
 	o.toServer = nil
 	s.OnData(false, false, [][]byte{fetchReq(2, "ok")})
-	if len(o.toServer) != 0 || len(corrs(t, o.toClient)) != 2 {
-		t.Fatalf("after the update: server got %d bytes, client %v; want the request denied", len(o.toServer), corrs(t, o.toClient))
+	if len(o.toServer) != 0 || o.closed == "" {
+		t.Fatalf("after the update: server got %d bytes, closed %q; want the connection closed", len(o.toServer), o.closed)
+	}
+	// Without fetches, the next request is decided by the new rules.
+	cur.Store(allow)
+	s, o, _ = newConn(t, rs)
+	s.OnData(false, false, [][]byte{metadataReq(1, "ok")})
+	s.OnData(true, false, [][]byte{metadataResp(1, "ok", TopicID{9})})
+	cur.Store(deny)
+	o.toServer = nil
+	s.OnData(false, false, [][]byte{produceReq(2, "ok", 1)})
+	if len(o.toServer) != 0 || o.closed != "" || len(corrs(t, o.toClient)) != 2 {
+		t.Fatalf("after the update: server got %d bytes, closed %q, client %v; want a deny response", len(o.toServer), o.closed, corrs(t, o.toClient))
 	}
 	// No policy for a new connection: it is closed at once.
 	cur.Store(nil)
