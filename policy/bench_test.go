@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -100,10 +101,16 @@ func BenchmarkResolveFull(b *testing.B) {
 	eps := benchEndpointsList()
 	b.ReportAllocs()
 	var snap *Snapshot
+	cpu0 := cpuTime()
+	n := 0
 	for b.Loop() {
 		snap = buildRepo(b, ps, eps).Snapshot()
+		n++
 	}
 	b.StopTimer()
+	// CPU time (all threads, GC included) is steadier than wall time on a
+	// shared machine.
+	b.ReportMetric(float64(cpuTime()-cpu0)/float64(n)/1e6, "cpu-ms/op")
 	if n := len(snap.Endpoints()); n != benchEndpoints {
 		b.Fatalf("%d endpoints", n)
 	}
@@ -123,11 +130,22 @@ func BenchmarkIncrementalUpdate(b *testing.B) {
 	alt := [2]*Policy{benchPolicy(b, 42, 1), ps[42]}
 	b.ReportAllocs()
 	i := 0
+	cpu0 := cpuTime()
 	for b.Loop() {
 		r.Upsert(alt[i%2])
 		r.Snapshot()
 		i++
 	}
+	b.ReportMetric(float64(cpuTime()-cpu0)/float64(i)/1e6, "cpu-ms/op")
+}
+
+// cpuTime is the process's user+system CPU time in nanoseconds.
+func cpuTime() int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return ru.Utime.Nano() + ru.Stime.Nano()
 }
 
 // BenchmarkIncrementalEndpoint: one endpoint with a new identity appears.
