@@ -154,6 +154,9 @@ func startProxy(t testing.TB, upstream netip.AddrPort, o harnessOpts) *harness {
 	}
 	h := &harness{mem: &MemIPCache{}, flows: &flowLog{}}
 	h.ipc = o.ipc
+	if mem, ok := o.ipc.(*MemIPCache); ok {
+		h.mem = mem
+	}
 	if h.ipc == nil {
 		h.ipc = h.mem
 	}
@@ -486,12 +489,24 @@ func TestExpiryZombiesAndPersistence(t *testing.T) {
 	for i := range st.Entries {
 		st.Entries[i].Expires = time.Now().Add(-time.Second)
 	}
+	// An ipcache entry the previous run wrote for an IP no longer cached
+	// (BPF maps outlive the agent): the restart removes it.
+	stale := netip.MustParseAddr("198.51.100.99")
+	st.IPs = append(st.IPs, IPState{IP: stale, Identity: MinFQDNIdentity + 7, Selectors: []string{"matchName:gone.test"}})
 	if err := WriteState(state, st); err != nil {
+		t.Fatal(err)
+	}
+	mem := &MemIPCache{}
+	if err := mem.Upsert(netip.PrefixFrom(stale, 32), MinFQDNIdentity+7); err != nil {
 		t.Fatal(err)
 	}
 	h2 := startProxy(t, up, harnessOpts{
 		cfg:   Config{GCInterval: 20 * time.Millisecond, StateFile: state},
-		rules: mediabot, sels: mediabot, conns: conns,
+		rules: mediabot, sels: mediabot, conns: conns, ipc: mem,
+	})
+	waitFor(t, "stale ipcache entry removed", func() bool {
+		_, ok := h2.mem.Lookup(stale)
+		return !ok
 	})
 	// The IP a connection uses stays (a zombie); the others go at the
 	// first GC.

@@ -124,5 +124,19 @@ func (p *Proxy) restore() error {
 		return err
 	}
 	p.cache.Restore(st.Entries, time.Now())
+	// The ipcache may still hold what the previous run wrote (BPF maps
+	// outlive wardd): mark it as applied with an unknown selector set, so
+	// the first reconciliation rewrites or deletes every such IP.
+	p.upd.mu.Lock()
+	for _, s := range st.IPs {
+		if s.IP.IsValid() {
+			p.upd.applied[s.IP.Unmap()] = applied{key: staleKey, identity: s.Identity}
+		}
+	}
+	p.upd.mu.Unlock()
 	return nil
 }
+
+// staleKey marks an ipcache entry restored from the state file; it never
+// equals a real selector key.
+const staleKey = "\x00stale"
