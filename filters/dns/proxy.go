@@ -207,8 +207,6 @@ func (p *Proxy) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer p.Close()
 
 	if err := p.restore(); err != nil {
 		p.log.Warn("fqdn state not restored", "path", p.cfg.StateFile, "error", err)
@@ -218,13 +216,6 @@ func (p *Proxy) Run(ctx context.Context) error {
 	go func() {
 		defer close(updDone)
 		p.upd.run(updCtx, p.cfg.GCInterval, p.saveIfDirty)
-	}()
-	defer func() {
-		updCancel()
-		<-updDone
-		if err := p.save(); err != nil {
-			p.log.Warn("fqdn state not saved", "path", p.cfg.StateFile, "error", err)
-		}
 	}()
 	// Restored IPs go back into the ipcache before the first answer.
 	restored := updateReq{all: true, done: make(chan struct{})}
@@ -258,7 +249,16 @@ func (p *Proxy) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
+	// Stop serving, let in-flight queries finish (their upstream calls
+	// end with ctx), then stop the updater and save what they learnt.
 	cancel()
+	p.Close()
+	wg.Wait()
+	updCancel()
+	<-updDone
+	if serr := p.save(); serr != nil {
+		p.log.Warn("fqdn state not saved", "path", p.cfg.StateFile, "error", serr)
+	}
 	return err
 }
 
