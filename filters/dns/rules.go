@@ -24,15 +24,17 @@ type Matcher struct {
 	other    []*matchpattern.Matcher // patterns with no literal suffix
 }
 
-// AllowAll is a Matcher allowing every name (the rule matchPattern "*").
+// AllowAll is a Matcher allowing every name (no rules, or the rule
+// matchPattern "*").
 var AllowAll = &Matcher{all: true}
 
 // Compile compiles rules. A rule matches when its MatchName equals the query
 // name or its MatchPattern matches it (either, when both are set); a rule
-// with neither is an error. An empty list compiles into a Matcher that
-// allows nothing: a port with DNS rules allows only what they name (the
-// caller does not redirect ports without DNS rules). Errors name the rule
-// index and are joined, so one call reports every bad rule.
+// with neither is an error. An empty list allows every name, as in Cilium
+// (dnsproxy GeneratePattern: a selection without DNS rules on a DNS port,
+// e.g. a plain L4 allow to the server, matches all): the caller says "no
+// DNS allowed here" by returning ok=false from RuleSource.DNSRules. Errors
+// name the rule index and are joined, so one call reports every bad rule.
 func Compile(rules []policy.PortRuleDNS) (*Matcher, error) {
 	m := &Matcher{names: make(map[string]struct{}), bySuffix: make(map[string][]*matchpattern.Matcher)}
 	var errs []error
@@ -67,6 +69,9 @@ func Compile(rules []policy.PortRuleDNS) (*Matcher, error) {
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
+	}
+	if len(rules) == 0 {
+		m.all = true
 	}
 	return m, nil
 }

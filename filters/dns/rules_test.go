@@ -34,9 +34,9 @@ func TestCompileAllow(t *testing.T) {
 			allow: []string{"anything.example.", "."},
 		},
 		{
-			name:  "empty denies all",
+			name:  "no rules allow all, as in Cilium",
 			rules: nil,
-			deny:  []string{"a.test."},
+			allow: []string{"a.test.", "anything.example."},
 		},
 		{
 			name:  "indexed patterns",
