@@ -106,8 +106,8 @@ func (s SNIListener) Build() (*listener.Listener, error) {
 			return nil, fmt.Errorf("xds: SNIListener %s: routes[%d]: no Cluster", s.Name, i)
 		}
 		if len(r.ServerNames) == 0 {
-			// A chain without server_names would also match ClientHellos
-			// without SNI: the policy would no longer restrict anything.
+			// Say "*" to allow every SNI: an empty list is more likely a
+			// lost policy than a wish to allow everything.
 			return nil, fmt.Errorf("xds: SNIListener %s: routes[%d]: no ServerNames", s.Name, i)
 		}
 		res, err := serverNameRegexes(r.ServerNames, seen)
