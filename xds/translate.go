@@ -39,6 +39,9 @@ func ports(d *policy.DirectionPolicy) []*npds.PortNetworkPolicy {
 	}
 	var out []*npds.PortNetworkPolicy
 	for _, lp := range d.Proxy {
+		if lp.Parser == "dns" {
+			continue // DNS goes to the agent's DNS proxy, never to Envoy
+		}
 		pp := &npds.PortNetworkPolicy{Port: uint32(lp.Port), EndPort: uint32(lp.EndPort), Protocol: protocol(lp.Protocol)}
 		for _, s := range lp.Selections {
 			r := &npds.PortNetworkPolicyRule{ServerNames: s.ServerNames}

@@ -68,8 +68,9 @@ func Entries(dir policy.Direction, d *policy.DirectionPolicy, ports ProxyPorts) 
 		if l7 != nil && ports != nil {
 			port = ports(dir, l7)
 		}
-		if port == 0 {
-			// No proxy for it: deny rather than allow unchecked.
+		if port == 0 || (e.Protocol != policy.ProtocolTCP && e.Protocol != policy.ProtocolUDP) {
+			// No proxy for it (proxies take TCP and UDP only): deny rather
+			// than allow unchecked.
 			if err := add(e, redirect.Deny, 0); err != nil {
 				return nil, err
 			}

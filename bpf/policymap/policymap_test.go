@@ -16,11 +16,12 @@ func TestEntries(t *testing.T) {
 		Allow: []policy.L4Entry{
 			{Remote: 1002, Protocol: policy.ProtocolTCP, Port: 80, Redirect: true},
 			{Remote: 1003, Protocol: policy.ProtocolTCP, Port: 8000, EndPort: 8002},
-			{Remote: 0, Protocol: policy.ProtocolUDP, Port: 53, Redirect: true}, // no proxy: fails closed
+			{Remote: 0, Protocol: policy.ProtocolUDP, Port: 53, Redirect: true},  // no proxy: fails closed
+			{Remote: 5, Protocol: policy.ProtocolSCTP, Port: 80, Redirect: true}, // proxies take TCP/UDP only
 			{Remote: 0, Protocol: policy.ProtocolICMP, Port: 8},
 		},
 		Deny:  []policy.L4Entry{{Remote: 2, Protocol: policy.ProtocolAny}},
-		Proxy: []*policy.L7Port{l7, {Protocol: policy.ProtocolUDP, Port: 53, Parser: "dns"}},
+		Proxy: []*policy.L7Port{l7, {Protocol: policy.ProtocolUDP, Port: 53, Parser: "dns"}, {Protocol: policy.ProtocolSCTP, Port: 80, Parser: "http"}},
 	}
 	got, err := Entries(policy.Ingress, d, func(dir policy.Direction, p *policy.L7Port) uint16 {
 		if p.Parser == "http" {
@@ -41,6 +42,7 @@ func TestEntries(t *testing.T) {
 		{PolicyKey: k(1003, 8001, 6), Verdict: redirect.Allow},
 		{PolicyKey: k(1003, 8002, 6), Verdict: redirect.Allow},
 		{PolicyKey: k(0, 53, 17), Verdict: redirect.Deny},
+		{PolicyKey: k(5, 80, 132), Verdict: redirect.Deny},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("Entries mismatch (-want +got):\n%s", diff)

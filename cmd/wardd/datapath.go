@@ -31,7 +31,10 @@ type datapathConfig struct {
 	// listeners for ingress HTTP and Kafka (defaults 15001, 15003).
 	HTTPIngressPort  uint16 `json:"httpIngressPort"`
 	KafkaIngressPort uint16 `json:"kafkaIngressPort"`
-	AccessLog        string `json:"accessLog"`
+	// DNSPort is the transparent DNS proxy (UDP and TCP, default 15053);
+	// egress DNS rules redirect there.
+	DNSPort   uint16 `json:"dnsPort"`
+	AccessLog string `json:"accessLog"`
 }
 
 func (c *datapathConfig) defaults() {
@@ -43,6 +46,9 @@ func (c *datapathConfig) defaults() {
 	}
 	if c.KafkaIngressPort == 0 {
 		c.KafkaIngressPort = 15003
+	}
+	if c.DNSPort == 0 {
+		c.DNSPort = 15053
 	}
 }
 
@@ -114,9 +120,13 @@ func (d *datapath) listeners(socket, node string) ([]types.Resource, []types.Res
 	return []types.Resource{httpIn, kafkaIn}, clusters, nil
 }
 
-// proxyPort names the listener for a proxied port; 0 (no proxy yet: the
-// flow is dropped) for egress L7 and DNS until those proxies are wired.
+// proxyPort names the listener for a proxied port; 0 (no proxy: the flow
+// is dropped, never let through unchecked) for egress HTTP/Kafka, not
+// wired yet.
 func (d *datapath) proxyPort(dir policy.Direction, l7 *policy.L7Port) uint16 {
+	if l7.Parser == "dns" {
+		return d.cfg.DNSPort
+	}
 	if dir != policy.Ingress {
 		return 0
 	}

@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	bootstrap "github.com/wardproxy/ward/envoy-bootstrap"
+	"github.com/wardproxy/ward/filters/dns"
 	"github.com/wardproxy/ward/internal/envoyproc"
 	"github.com/wardproxy/ward/xds"
 	"github.com/wardproxy/ward/xds/npds"
@@ -162,6 +163,14 @@ func run(ctx context.Context, f flags, log *slog.Logger) error {
 		srv.SetPolicies(ps)
 	}
 
+	var px *dns.Proxy
+	if engine != nil && dp != nil {
+		if px, err = newDNSProxy(engine, dp.cfg.DNSPort, filepath.Join(f.stateDir, "fqdn-state.json"), log); err != nil {
+			return err
+		}
+		engine.dns = px
+	}
+
 	serving = true
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Run(ctx) })
@@ -169,6 +178,9 @@ func run(ctx context.Context, f flags, log *slog.Logger) error {
 		g.Go(func() error { return proc.Run(ctx) })
 	}
 	if engine != nil {
+		if px != nil {
+			g.Go(func() error { return px.Run(ctx) })
+		}
 		g.Go(func() error { return engine.run(ctx, cfg.PolicyDir) })
 	}
 	g.Go(func() error { return serveStatus(ctx, filepath.Join(f.stateDir, "wardd.sock"), srv, proc, log) })

@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/wardproxy/ward/policy"
@@ -37,6 +40,50 @@ type policyEngine struct {
 	srv  *xds.Server
 	log  *slog.Logger
 	dp   *datapath // nil without the datapath
+
+	pubMu sync.Mutex // one publish at a time (policy directory, DNS proxy)
+	last  atomic.Pointer[policy.Snapshot]
+
+	// dns, when set, learns the toFQDNs selectors of every snapshot.
+	dns interface {
+		SetSelectors([]policy.PortRuleDNS) error
+	}
+	selsMu  sync.Mutex
+	lastSel string
+}
+
+// syncSelectors gives the DNS proxy the snapshot's toFQDNs selectors when
+// they changed. It runs outside pubMu: relabelling cached IPs may allocate
+// identities and publish again.
+func (e *policyEngine) syncSelectors(snap *policy.Snapshot) {
+	if e.dns == nil {
+		return
+	}
+	var sels []policy.PortRuleDNS
+	var key strings.Builder
+	for _, m := range snap.FQDNSelectors() {
+		sels = append(sels, policy.PortRuleDNS{MatchName: m.Selector.MatchName, MatchPattern: m.Selector.MatchPattern})
+		key.WriteString(m.Selector.MatchName + "\x00" + m.Selector.MatchPattern + "\x00")
+	}
+	e.selsMu.Lock()
+	defer e.selsMu.Unlock()
+	if key.String() == e.lastSel {
+		return
+	}
+	if err := e.dns.SetSelectors(sels); err != nil {
+		e.log.Error("dns proxy selectors", "error", err)
+		return
+	}
+	e.lastSel = key.String()
+}
+
+// snapshot returns the last published snapshot (resolving one if none was
+// published yet).
+func (e *policyEngine) snapshot() *policy.Snapshot {
+	if s := e.last.Load(); s != nil {
+		return s
+	}
+	return e.repo.Snapshot()
 }
 
 func newPolicyEngine(cfg *nodeConfig, srv *xds.Server, log *slog.Logger) (*policyEngine, error) {
@@ -69,6 +116,13 @@ func newPolicyEngine(cfg *nodeConfig, srv *xds.Server, log *slog.Logger) (*polic
 
 // publish resolves every local endpoint and sends the resources.
 func (e *policyEngine) publish() {
+	snap := e.publishLocked()
+	e.syncSelectors(snap)
+}
+
+func (e *policyEngine) publishLocked() *policy.Snapshot {
+	e.pubMu.Lock()
+	defer e.pubMu.Unlock()
 	snap := e.repo.Snapshot()
 	ws := make([]xds.Workload, 0, len(e.eps))
 	for _, ep := range e.eps {
@@ -84,7 +138,9 @@ func (e *policyEngine) publish() {
 	}
 	hv := e.srv.SetHosts(hosts)
 	pv := e.srv.SetPolicies(ps)
+	e.last.Store(snap)
 	e.log.Info("policy published", "revision", snap.Revision, "endpoints", len(ps), "policy_version", pv, "hosts_version", hv)
+	return snap
 }
 
 // run watches the policy directory until ctx is done.
