@@ -25,6 +25,9 @@ type kafkaConfig struct {
 	cfg    Config
 	client *npdsclient.Client
 	flows  flow.Sink // nil: no records
+	// allowAll is the one matcher of ports whose rule has no Kafka part:
+	// the parser expects the same pointer until the policy changes.
+	allowAll *kafka.Matcher
 
 	mu        sync.Mutex
 	merged    map[mergeKey]*kafka.Matcher
@@ -49,7 +52,12 @@ func (e *Env) NewKafkaConfig(raw []byte) (proxylib.NetworkFilterConfig, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &kafkaConfig{cfg: cfg, client: e.Clients.Get(cfg.XDSSocket, cfg.Node, compiler(e.Logger), e.Logger), flows: sink, factories: map[connRules]*kafka.Factory{}}
+	all, err := kafka.Compile(nil)
+	if err != nil {
+		return nil, err
+	}
+	c := &kafkaConfig{cfg: cfg, client: e.Clients.Get(cfg.XDSSocket, cfg.Node, compiler(e.Logger), e.Logger), flows: sink,
+		factories: map[connRules]*kafka.Factory{}, allowAll: all}
 	return c, nil
 }
 
@@ -92,8 +100,7 @@ func (r connRules) Rules(ingress bool, port uint16, remote uint32) (*kafka.Match
 	v, rules := ep.Lookup(ingress, port, remote)
 	switch v {
 	case npdsclient.AllowAll:
-		m, _ := kafka.Compile(nil)
-		return m, true
+		return r.c.allowAll, true
 	case npdsclient.CheckL7:
 	default:
 		return nil, false
