@@ -23,10 +23,12 @@
 //     PinDir/links; Load reuses both, swapping the new programs into the
 //     existing links atomically (BPF_LINK_UPDATE), so restarting wardd
 //     neither detaches nor clears anything: no traffic disruption.
-//   - Map writes are per-entry updates in place, new entries before stale
-//     ones are deleted; a deny at any wildcard level wins in the datapath, so
-//     a rewrite never lets through what neither the old nor the new policy
-//     allows, and never drops what both allow.
+//   - A policy rewrite is a swap: each endpoint has two policy generations
+//     in the map; SetPolicy fills the idle one, then flips the endpoint's
+//     generation bit with one atomic endpoint-entry update, so a packet is
+//     decided entirely by the old or entirely by the new policy. The old
+//     generation is deleted after a grace period (policyGrace), so the map
+//     needs room for up to two generations of an endpoint being rewritten.
 //   - An endpoint whose policy does not fit (per-endpoint budget or map
 //     capacity) is put in lockdown (everything to and from it dropped) and
 //     the write returns ErrPolicyMapFull; it leaves lockdown when a later
@@ -102,7 +104,7 @@ type Datapath struct {
 	mu     sync.Mutex
 	eps    map[uint32]Endpoint
 	cgeps  map[uint32]cgroupState
-	pol    map[uint32]map[PolicyKey]policyVal
+	pol    map[uint32]*epPolicy
 	locked map[uint32]bool // endpoint id -> locked down for overflow
 	links  map[string]link.Link
 }
@@ -142,7 +144,7 @@ func Load(cfg Config) (*Datapath, error) {
 		log:    log,
 		eps:    map[uint32]Endpoint{},
 		cgeps:  map[uint32]cgroupState{},
-		pol:    map[uint32]map[PolicyKey]policyVal{},
+		pol:    map[uint32]*epPolicy{},
 		locked: map[uint32]bool{},
 		links:  map[string]link.Link{},
 	}
@@ -205,6 +207,7 @@ func loadError(err error, pinDir string) error {
 // restore rebuilds the in-memory mirrors from the pinned maps and swaps the
 // new programs into the pinned links.
 func (d *Datapath) restore() error {
+	gens := map[uint32]uint8{} // endpoint id -> live policy generation
 	var (
 		ek datapathEndpointKey
 		ev datapathEndpointInfo
@@ -216,25 +219,12 @@ func (d *Datapath) restore() error {
 		if ev.Flags&epLockdown != 0 {
 			d.locked[ep.ID] = true
 		}
+		if ev.Flags&epPolicyGen != 0 {
+			gens[ep.ID] = 1
+		}
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("restore endpoints: %w", err)
-	}
-	var (
-		pk datapathPolicyKey
-		pv datapathPolicyValue
-	)
-	pit := d.objs.WardPolicy.Iterate()
-	for pit.Next(&pk, &pv) {
-		m := d.pol[pk.EndpointId]
-		if m == nil {
-			m = map[PolicyKey]policyVal{}
-			d.pol[pk.EndpointId] = m
-		}
-		m[policyKeyFromMap(pk)] = policyVal{Verdict: Verdict(pv.Verdict), ProxyPort: pv.ProxyPort}
-	}
-	if err := pit.Err(); err != nil {
-		return fmt.Errorf("restore policy: %w", err)
 	}
 	var (
 		cgID uint64
@@ -249,9 +239,34 @@ func (d *Datapath) restore() error {
 		if cgv.Flags&epLockdown != 0 {
 			d.locked[cgv.EndpointId] = true
 		}
+		if cgv.Flags&epPolicyGen != 0 {
+			gens[cgv.EndpointId] = 1
+		}
 	}
 	if err := cit.Err(); err != nil {
 		return fmt.Errorf("restore cgroup endpoints: %w", err)
+	}
+	var (
+		pk datapathPolicyKey
+		pv datapathPolicyValue
+	)
+	pit := d.objs.WardPolicy.Iterate()
+	for pit.Next(&pk, &pv) {
+		p := d.pol[pk.EndpointId]
+		if p == nil {
+			p = &epPolicy{gen: gens[pk.EndpointId], live: map[PolicyKey]policyVal{}, stale: map[PolicyKey]policyVal{}}
+			d.pol[pk.EndpointId] = p
+		}
+		k, gen := policyKeyFromMap(pk)
+		v := policyVal{Verdict: Verdict(pv.Verdict), ProxyPort: pv.ProxyPort}
+		if gen == p.gen {
+			p.live[k] = v
+		} else {
+			p.stale[k] = v
+		}
+	}
+	if err := pit.Err(); err != nil {
+		return fmt.Errorf("restore policy: %w", err)
 	}
 	dir := filepath.Join(d.cfg.PinDir, "links")
 	ents, err := os.ReadDir(dir)

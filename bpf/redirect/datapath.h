@@ -32,6 +32,10 @@
 #define EP_ENFORCE_INGRESS 1
 #define EP_ENFORCE_EGRESS 2
 #define EP_LOCKDOWN 4
+// EP_POLICY_GEN selects which of the endpoint's two policy generations is
+// live: the writer fills the other generation, then flips this bit with one
+// atomic endpoint-entry update, so a lookup never sees half a rewrite.
+#define EP_POLICY_GEN 8
 
 // skb marks. MARK_TO_PROXY is set on redirected packets so that the host's
 // policy routing rule (fwmark -> table with "local 0.0.0.0/0 dev lo")
@@ -89,7 +93,7 @@ struct endpoint_info {
 	__u32 id;
 	__u32 ifindex;
 	__u32 identity;
-	__u32 flags;
+	__u32 flags; // EP_*
 };
 
 struct policy_key {
@@ -97,7 +101,7 @@ struct policy_key {
 	__u32 identity; // 0: any identity
 	__u16 dport;    // host order; 0: any port
 	__u8 proto;     // 0: any protocol (only with dport 0)
-	__u8 direction;
+	__u8 direction; // DIR_* | generation << 1 (see EP_POLICY_GEN)
 };
 
 struct policy_value {
@@ -181,6 +185,12 @@ static __always_inline __u32 identity_of(__u32 addr)
 // (identity, any), (any, port, proto), (any, any port, proto), (any, any)
 // decides, except that a deny at any level wins. Returns 0 when nothing
 // matches (default deny for an enforced direction).
+// policy_dir is the policy key's direction byte: direction | generation << 1.
+static __always_inline __u8 policy_dir(__u8 dir, __u32 ep_flags)
+{
+	return dir | ((ep_flags & EP_POLICY_GEN) ? 2 : 0);
+}
+
 static __always_inline int policy_lookup(__u32 ep, __u8 dir, __u32 remote, __u16 dport, __u8 proto,
 					 __u16 *proxy_port)
 {

@@ -2,7 +2,9 @@ package redirect_test
 
 import (
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,7 +21,7 @@ import (
 // mark on its upstream sockets, the way wardd will configure Envoy.
 const envoyConfig = `
 admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+  address: {socket_address: {address: 127.0.0.1, port_value: %d}}
 static_resources:
   listeners:
   - name: ingress_proxy
@@ -56,19 +58,14 @@ func TestRedirectToEnvoy(t *testing.T) {
 	e := deathstarEnv(t, redirect.Config{})
 	ds := e.pods["deathstar"]
 
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	port, adminPort := freePort(t), freePort(t)
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "envoy.yaml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(envoyConfig, port, redirect.MarkProxyIngress)), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(envoyConfig, adminPort, port, redirect.MarkProxyIngress)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	c := ctx(t)
-	cmd := exec.CommandContext(c, envoy, "-c", cfg, "--disable-hot-restart", "--concurrency", "1", "-l", "warning")
+	cmd := exec.CommandContext(c, envoy, "-c", cfg, "--disable-hot-restart", "--concurrency", "1", "-l", "warning", "--component-log-level", "upstream:debug,connection:debug,pool:debug,filter:debug")
 	var logs strings.Builder
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
@@ -81,15 +78,20 @@ func TestRedirectToEnvoy(t *testing.T) {
 			t.Logf("envoy log:\n%s", logs.String())
 		}
 	})
-	// Ready when the listener accepts.
+	// Ready when the admin endpoint says LIVE. (Never probe the
+	// transparent listener itself: its original destination would be
+	// the listener, and Envoy would proxy to itself in a loop.)
 	for deadline := time.Now().Add(30 * time.Second); ; {
-		conn, err := net.Dial("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/ready", adminPort))
 		if err == nil {
-			conn.Close()
-			break
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if strings.TrimSpace(string(body)) == "LIVE" {
+				break
+			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("envoy listener never came up: %v", err)
+			t.Fatalf("envoy never became ready: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -106,6 +108,8 @@ func TestRedirectToEnvoy(t *testing.T) {
 	for i := range 3 {
 		out, err := curl(c, e.pods["tiefighter"], "http://"+ds.IP.String()+"/v1/request-landing", "5")
 		if err != nil || !strings.Contains(out, "Ship landed at "+ds.IP.String()) {
+			cs, _ := e.dp.Counters()
+			t.Logf("counters: %+v", cs)
 			t.Fatalf("curl %d tiefighter -> deathstar:80 through envoy = %q, %v", i, out, err)
 		}
 	}
@@ -118,4 +122,14 @@ func TestRedirectToEnvoy(t *testing.T) {
 	if out, err := curl(c, e.pods["xwing"], "http://"+ds.IP.String()+"/", "1"); err == nil {
 		t.Fatalf("xwing -> deathstar:80 = %q; want dropped", out)
 	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
 }

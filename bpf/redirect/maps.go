@@ -23,6 +23,7 @@ const (
 	epEnforceIngress = 1
 	epEnforceEgress  = 2
 	epLockdown       = 4
+	epPolicyGen      = 8
 )
 
 // Marks the datapath and the proxies agree on (see redirect.c).
@@ -222,7 +223,7 @@ func (d *Datapath) Locked(id uint32) bool {
 func (d *Datapath) writeEndpoint(ep Endpoint) error {
 	fam, w := addrWords(ep.IP)
 	k := datapathEndpointKey{Family: fam, Addr: w}
-	v := datapathEndpointInfo{Id: ep.ID, Ifindex: uint32(ep.IfIndex), Identity: ep.Identity, Flags: ep.flags(d.locked[ep.ID])}
+	v := datapathEndpointInfo{Id: ep.ID, Ifindex: uint32(ep.IfIndex), Identity: ep.Identity, Flags: ep.flags(d.locked[ep.ID]) | d.genFlag(ep.ID)}
 	if err := d.objs.WardEndpoints.Update(&k, &v, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("endpoint map update %d: %w", ep.ID, err)
 	}

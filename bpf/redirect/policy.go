@@ -3,10 +3,13 @@ package redirect
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -71,12 +74,12 @@ type PolicyKey struct {
 	Proto     uint8
 }
 
-func (k PolicyKey) mapKey(ep uint32) datapathPolicyKey {
-	return datapathPolicyKey{EndpointId: ep, Identity: k.Identity, Dport: k.Port, Proto: k.Proto, Direction: uint8(k.Direction)}
+func (k PolicyKey) mapKey(ep uint32, gen uint8) datapathPolicyKey {
+	return datapathPolicyKey{EndpointId: ep, Identity: k.Identity, Dport: k.Port, Proto: k.Proto, Direction: uint8(k.Direction) | gen<<1}
 }
 
-func policyKeyFromMap(k datapathPolicyKey) PolicyKey {
-	return PolicyKey{Direction: Direction(k.Direction), Identity: k.Identity, Port: k.Dport, Proto: k.Proto}
+func policyKeyFromMap(k datapathPolicyKey) (PolicyKey, uint8) {
+	return PolicyKey{Direction: Direction(k.Direction & 1), Identity: k.Identity, Port: k.Dport, Proto: k.Proto}, k.Direction >> 1
 }
 
 // PolicyEntry is one policy map entry.
@@ -160,51 +163,134 @@ func (d *Datapath) SetPolicy(endpointID uint32, entries []PolicyEntry) error {
 		return errors.Join(fmt.Errorf("set policy %d: %d entries exceed the per-endpoint budget of %d: endpoint locked down: %w",
 			endpointID, len(want), d.cfg.MaxPolicyEntriesPerEndpoint, ErrPolicyMapFull), lerr)
 	}
-	cur := d.pol[endpointID]
-	if cur == nil {
-		cur = map[PolicyKey]policyVal{}
-		d.pol[endpointID] = cur
+	p := d.pol[endpointID]
+	if p == nil {
+		p = &epPolicy{}
+		d.pol[endpointID] = p
 	}
-	for k, v := range want {
-		if old, ok := cur[k]; ok && old == v {
-			continue
+	if maps.Equal(p.live, want) && !d.locked[endpointID] {
+		return nil
+	}
+	if err := d.gcStale(false); err != nil {
+		return fmt.Errorf("set policy %d: %w", endpointID, err)
+	}
+	// The other generation may still be read by a program that loaded the
+	// endpoint's flags just before the last flip: wait out the grace
+	// period, then clear it.
+	if err := d.clearStale(endpointID, p, true); err != nil {
+		return fmt.Errorf("set policy %d: %w", endpointID, err)
+	}
+	next := 1 - p.gen
+	written, err := d.writeGen(endpointID, next, want)
+	if errors.Is(err, errMapFull) {
+		// Room may be held by other endpoints' previous generations.
+		err = errors.Join(d.deleteGen(endpointID, next, written), d.gcStale(true))
+		if err == nil {
+			written, err = d.writeGen(endpointID, next, want)
 		}
-		mk := k.mapKey(endpointID)
+	}
+	if err != nil {
+		derr := d.deleteGen(endpointID, next, written) // never went live
+		if errors.Is(err, errMapFull) {
+			lerr := d.lockdown(endpointID, true)
+			return errors.Join(fmt.Errorf("set policy %d: policy map at capacity (%d entries): endpoint locked down: %w",
+				endpointID, d.objs.WardPolicy.MaxEntries(), ErrPolicyMapFull), lerr, derr)
+		}
+		return errors.Join(fmt.Errorf("set policy %d: %w", endpointID, err), derr)
+	}
+	// Flip: one atomic update of the endpoint entry.
+	old := p.live
+	p.gen, p.live, p.stale, p.flipped = next, want, old, time.Now()
+	delete(d.locked, endpointID)
+	if err := d.writeEndpointFlags(endpointID); err != nil {
+		return fmt.Errorf("set policy %d: flip generation: %w", endpointID, err)
+	}
+	return nil
+}
+
+// policyGrace bounds how long a datapath program can still be reading a
+// generation after the flip away from it (programs run to completion in
+// microseconds; the margin covers a descheduled vCPU).
+const policyGrace = 100 * time.Millisecond
+
+var errMapFull = errors.New("map full")
+
+// writeGen writes entries under a generation, returning the keys written.
+func (d *Datapath) writeGen(id uint32, gen uint8, entries map[PolicyKey]policyVal) ([]PolicyKey, error) {
+	written := make([]PolicyKey, 0, len(entries))
+	for k, v := range entries {
+		mk := k.mapKey(id, gen)
 		mv := datapathPolicyValue{Verdict: uint8(v.Verdict), ProxyPort: v.ProxyPort}
 		if err := d.objs.WardPolicy.Update(&mk, &mv, ebpf.UpdateAny); err != nil {
 			if errors.Is(err, unix.E2BIG) || errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.ENOMEM) {
-				lerr := d.lockdown(endpointID, true)
-				return errors.Join(fmt.Errorf("set policy %d: policy map at capacity (%d entries): endpoint locked down: %w",
-					endpointID, d.objs.WardPolicy.MaxEntries(), ErrPolicyMapFull), lerr)
+				return written, errMapFull
 			}
-			return fmt.Errorf("set policy %d: update %v: %w", endpointID, k, err)
+			return written, fmt.Errorf("update %v: %w", k, err)
 		}
-		cur[k] = v
+		written = append(written, k)
 	}
-	for k := range cur {
-		if _, ok := want[k]; ok {
-			continue
-		}
-		mk := k.mapKey(endpointID)
+	return written, nil
+}
+
+func (d *Datapath) deleteGen(id uint32, gen uint8, keys []PolicyKey) error {
+	for _, k := range keys {
+		mk := k.mapKey(id, gen)
 		if err := d.objs.WardPolicy.Delete(&mk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("set policy %d: delete %v: %w", endpointID, k, err)
-		}
-		delete(cur, k)
-	}
-	if d.locked[endpointID] {
-		if err := d.lockdown(endpointID, false); err != nil {
-			return fmt.Errorf("set policy %d: lift lockdown: %w", endpointID, err)
+			return fmt.Errorf("delete %v: %w", k, err)
 		}
 	}
 	return nil
+}
+
+// clearStale deletes an endpoint's previous generation once the grace
+// period since its flip has passed, waiting for it when wait is set.
+// Called with d.mu.
+func (d *Datapath) clearStale(id uint32, p *epPolicy, wait bool) error {
+	if len(p.stale) == 0 {
+		return nil
+	}
+	if left := policyGrace - time.Since(p.flipped); left > 0 {
+		if !wait {
+			return nil
+		}
+		time.Sleep(left)
+	}
+	if err := d.deleteGen(id, 1-p.gen, slices.Collect(maps.Keys(p.stale))); err != nil {
+		return fmt.Errorf("clear previous generation: %w", err)
+	}
+	p.stale = nil
+	return nil
+}
+
+// gcStale clears every endpoint's previous generation that is past the
+// grace period (all of them, waiting, when wait is set). Called with d.mu.
+func (d *Datapath) gcStale(wait bool) error {
+	var errs []error
+	for id, p := range d.pol {
+		errs = append(errs, d.clearStale(id, p, wait))
+	}
+	return errors.Join(errs...)
+}
+
+// epPolicy is one endpoint's policy in the map: the live generation's
+// entries and the other generation's leftovers.
+type epPolicy struct {
+	gen     uint8
+	live    map[PolicyKey]policyVal
+	stale   map[PolicyKey]policyVal
+	flipped time.Time // when gen went live
 }
 
 // Policy returns the endpoint's current entries.
 func (d *Datapath) Policy(endpointID uint32) []PolicyEntry {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := make([]PolicyEntry, 0, len(d.pol[endpointID]))
-	for k, v := range d.pol[endpointID] {
+	var live map[PolicyKey]policyVal
+	if p := d.pol[endpointID]; p != nil {
+		live = p.live
+	}
+	out := make([]PolicyEntry, 0, len(live))
+	for k, v := range live {
 		out = append(out, PolicyEntry{PolicyKey: k, Verdict: v.Verdict, ProxyPort: v.ProxyPort})
 	}
 	return out
@@ -219,6 +305,13 @@ func (d *Datapath) lockdown(id uint32, on bool) error {
 		delete(d.locked, id)
 		d.log.Info("endpoint lockdown lifted", "endpoint", id)
 	}
+	return d.writeEndpointFlags(id)
+}
+
+// writeEndpointFlags rewrites the endpoint's entry (veth or cgroup) with
+// its current flags: enforcement, lockdown, policy generation. Called
+// with d.mu.
+func (d *Datapath) writeEndpointFlags(id uint32) error {
 	if ep, ok := d.eps[id]; ok {
 		return d.writeEndpoint(ep)
 	}
@@ -226,6 +319,14 @@ func (d *Datapath) lockdown(id uint32, on bool) error {
 		return d.writeCgroupEndpoint(st)
 	}
 	return nil
+}
+
+// genFlag is the EP_POLICY_GEN bit for an endpoint. Called with d.mu.
+func (d *Datapath) genFlag(id uint32) uint32 {
+	if p := d.pol[id]; p != nil && p.gen == 1 {
+		return epPolicyGen
+	}
+	return 0
 }
 
 // Reason is why the datapath passed or dropped a packet.

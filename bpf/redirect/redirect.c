@@ -320,7 +320,7 @@ int from_pod(struct __sk_buff *skb)
 
 	if (flags & EP_ENFORCE_EGRESS) {
 		enforced = 1;
-		verdict = policy_lookup(ep_id, DIR_EGRESS, identity_of(p.t.daddr[0]), dport, p.t.proto, &proxy);
+		verdict = policy_lookup(ep_id, policy_dir(DIR_EGRESS, flags), identity_of(p.t.daddr[0]), dport, p.t.proto, &proxy);
 		if (verdict != VERDICT_ALLOW && verdict != VERDICT_REDIRECT)
 			return DROP(R_DROP_POLICY);
 	}
@@ -334,7 +334,7 @@ int from_pod(struct __sk_buff *skb)
 		if (dst->flags & EP_ENFORCE_INGRESS) {
 			__u16 iproxy = 0;
 			enforced = 1;
-			int iv = policy_lookup(dst->id, DIR_INGRESS, src_id, dport, p.t.proto, &iproxy);
+			int iv = policy_lookup(dst->id, policy_dir(DIR_INGRESS, dst->flags), src_id, dport, p.t.proto, &iproxy);
 			if (iv != VERDICT_ALLOW && iv != VERDICT_REDIRECT)
 				return count(skb, R_DROP_POLICY, DIR_INGRESS, TC_ACT_SHOT);
 			if (iv == VERDICT_REDIRECT && verdict != VERDICT_REDIRECT) {
@@ -396,7 +396,7 @@ int to_pod(struct __sk_buff *skb)
 		return PASS(R_PASS_NOT_ENFORCED);
 	}
 	__u16 proxy = 0;
-	int verdict = policy_lookup(ep->id, DIR_INGRESS, src_id, bpf_ntohs(p.t.dport), p.t.proto, &proxy);
+	int verdict = policy_lookup(ep->id, policy_dir(DIR_INGRESS, ep->flags), src_id, bpf_ntohs(p.t.dport), p.t.proto, &proxy);
 	if (verdict == VERDICT_REDIRECT)
 		// Only reachable for traffic that did not come from a local
 		// endpoint (those are redirected in from_pod); tc egress

@@ -110,7 +110,7 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 proto)
 	__u32 dst = ctx->user_ip4;
 	__u16 dport_n = (__u16)ctx->user_port;
 	__u16 proxy = 0;
-	int v = policy_lookup(ep->endpoint_id, DIR_EGRESS, identity_of(dst), bpf_ntohs(dport_n), proto, &proxy);
+	int v = policy_lookup(ep->endpoint_id, policy_dir(DIR_EGRESS, ep->flags), identity_of(dst), bpf_ntohs(dport_n), proto, &proxy);
 	if (v == VERDICT_ALLOW) {
 		SCOUNT(R_PASS_ALLOWED);
 		return 1;

@@ -128,6 +128,7 @@ func (d *Datapath) writeCgroupEndpoint(st cgroupState) error {
 	if d.locked[ep.ID] {
 		flags |= epLockdown
 	}
+	flags |= d.genFlag(ep.ID)
 	v := sockCgroupEp{EndpointId: ep.ID, Identity: ep.Identity, Flags: flags}
 	if err := d.sock.WardCgroups.Update(&cg, &v, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("cgroup map update %d: %w", ep.ID, err)
@@ -236,10 +237,16 @@ func (d *Datapath) detach(name string) error {
 // deletePolicy removes every policy entry of an endpoint. Called with d.mu.
 func (d *Datapath) deletePolicy(id uint32) error {
 	var errs []error
-	for pk := range d.pol[id] {
-		mk := pk.mapKey(id)
-		if err := d.objs.WardPolicy.Delete(&mk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, fmt.Errorf("policy delete: %w", err))
+	p := d.pol[id]
+	if p == nil {
+		return nil
+	}
+	for gen, set := range map[uint8]map[PolicyKey]policyVal{p.gen: p.live, 1 - p.gen: p.stale} {
+		for pk := range set {
+			mk := pk.mapKey(id, gen)
+			if err := d.objs.WardPolicy.Delete(&mk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				errs = append(errs, fmt.Errorf("policy delete: %w", err))
+			}
 		}
 	}
 	delete(d.pol, id)
