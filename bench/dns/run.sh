@@ -26,7 +26,7 @@ trap cleanup EXIT
 
 go build -o "$TMP/dnsbench" ./bench/dns/dnsbench
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+free_port() { "$TMP/dnsbench" -mode freeport; }
 
 wait_ready() { # port name
 	for _ in $(seq 100); do
@@ -102,7 +102,7 @@ start_bench() {
 stop_bench() {
 	kill -TERM "$BPID"
 	wait "$BPID" 2>/dev/null || true
-	grep -h ward-stats "$TMP/bench-$PORT.err" | sed 's/^ward-stats /    /' || true
+	grep -h ward-stats "$TMP/bench-$PORT.err" | sed "s/^ward-stats /  ${1:-ward}: /" || true
 }
 
 declare -A QPS LAT LOST
@@ -112,8 +112,8 @@ echo "dnsperf: ${DURATION}s, ${CLIENTS} clients, ${OUTSTANDING} outstanding, $(n
 row unbound "$(perf "$UB_PORT")"
 
 start_bench -mode forwarder -upstream "127.0.0.1:$UB_PORT"; row forwarder "$(perf "$PORT")"; stop_bench
-start_bench -mode ward -upstream "127.0.0.1:$UB_PORT"; row allowall "$(perf "$PORT")"; stop_bench >&2
-start_bench -mode ward -upstream "127.0.0.1:$UB_PORT" -patterns 100; row patterns "$(perf "$PORT")"; stop_bench >&2
+start_bench -mode ward -upstream "127.0.0.1:$UB_PORT"; row allowall "$(perf "$PORT")"; stop_bench allow-all >&2
+start_bench -mode ward -upstream "127.0.0.1:$UB_PORT" -patterns 100; row patterns "$(perf "$PORT")"; stop_bench 100-patterns >&2
 
 # Rotating IPs: a fresh IP in every answer.
 RPORT=$(free_port)
@@ -121,7 +121,9 @@ RPORT=$(free_port)
 PIDS+=($!)
 wait_ready "$RPORT" api.github.test
 start_bench -mode forwarder -upstream "127.0.0.1:$RPORT"; row rotfwd "$(perf "$PORT")"; stop_bench
-start_bench -mode ward -upstream "127.0.0.1:$RPORT" -selectors; row tofqdns "$(perf "$PORT")"; STATS=$(stop_bench)
+start_bench -mode ward -upstream "127.0.0.1:$RPORT" -selectors; row tofqdns "$(perf "$PORT")"
+stop_bench toFQDNs >"$TMP/tofqdns-stats" # not in $(…): wait needs the job in this shell
+STATS=$(cat "$TMP/tofqdns-stats")
 echo "$STATS" >&2
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }

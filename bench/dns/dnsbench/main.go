@@ -26,7 +26,7 @@ import (
 )
 
 func main() {
-	mode := flag.String("mode", "ward", "forwarder | ward | rotating")
+	mode := flag.String("mode", "ward", "forwarder | ward | rotating | freeport")
 	listen := flag.String("listen", "127.0.0.1:0", "address to serve on (UDP and TCP)")
 	upstream := flag.String("upstream", "", "upstream resolver (forwarder, ward)")
 	patterns := flag.Int("patterns", 0, "ward: number of matchPattern rules (0 = allow all with \"*\")")
@@ -42,6 +42,8 @@ func main() {
 		err = ward(ctx, *listen, *upstream, *patterns, *selectors)
 	case "rotating":
 		err = rotating(ctx, *listen)
+	case "freeport":
+		err = freePort()
 	default:
 		err = fmt.Errorf("unknown mode %q", *mode)
 	}
@@ -106,6 +108,26 @@ func rotating(ctx context.Context, listen string) error {
 		}
 		_ = w.WriteMsg(r)
 	}))
+}
+
+// freePort prints a loopback port free for both UDP and TCP a moment ago.
+func freePort() error {
+	for range 50 {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		port := pc.LocalAddr().(*net.UDPAddr).Port
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		pc.Close()
+		if err != nil {
+			continue
+		}
+		l.Close()
+		fmt.Println(port)
+		return nil
+	}
+	return fmt.Errorf("no free port")
 }
 
 type allEndpoints struct{}
