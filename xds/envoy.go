@@ -12,6 +12,7 @@ import (
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	dmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/dynamic_modules/v3"
 	dmhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/dynamic_modules/v3"
+	extauthz "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	rbachttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	origdst "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
@@ -50,6 +51,10 @@ type HTTPListener struct {
 	// RBAC, when set, is placed before the ward filters (benchmarks compare
 	// ward with Envoy's native RBAC).
 	RBAC *rbachttp.RBAC
+	// ExtAuthzCluster, when set, puts Envoy's ext_authz filter (gRPC, to
+	// that cluster) before the ward filters (benchmarks compare ward with
+	// an external authorization service).
+	ExtAuthzCluster string
 	// StatPrefix defaults to Name.
 	StatPrefix string
 }
@@ -103,6 +108,19 @@ func (h HTTPListener) Build() (*listener.Listener, error) {
 			return nil, err
 		}
 		filters = append(filters, &hcm.HttpFilter{Name: "envoy.filters.http.rbac", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: a}})
+	}
+	if h.ExtAuthzCluster != "" {
+		a, err := anyOf(&extauthz.ExtAuthz{
+			TransportApiVersion: core.ApiVersion_V3,
+			Services: &extauthz.ExtAuthz_GrpcService{GrpcService: &core.GrpcService{
+				TargetSpecifier: &core.GrpcService_EnvoyGrpc_{EnvoyGrpc: &core.GrpcService_EnvoyGrpc{ClusterName: h.ExtAuthzCluster}},
+				Timeout:         durationpb.New(5 * time.Second),
+			}},
+		})
+		if err != nil {
+			return nil, err
+		}
+		filters = append(filters, &hcm.HttpFilter{Name: "envoy.filters.http.ext_authz", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: a}})
 	}
 	for i, f := range h.Filters {
 		cfg, err := anyOf(wrapperspb.String(string(f.Config)))

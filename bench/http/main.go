@@ -2,7 +2,7 @@
 // to one worker thread and one CPU, with one listener per arm — router only,
 // router + ward's HTTP filter (libward.so) with N rules where the request
 // matches the last, router + Envoy's native RBAC filter with the equivalent
-// rules. Arms are interleaved round by round in the same run. Throughput
+// rules, router + ext_authz to a Go gRPC service doing the same match. Arms are interleaved round by round in the same run. Throughput
 // is wrk (closed loop, keep-alive); latency is an open-loop generator at a
 // fixed rate (latency counted from the scheduled send time, so queueing is
 // not hidden). It prints a markdown table with ratios to the router arm.
@@ -35,10 +35,21 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 
 	bootstrap "github.com/wardproxy/ward/envoy-bootstrap"
+	httpf "github.com/wardproxy/ward/filters/http"
 	"github.com/wardproxy/ward/internal/envoyproc"
+	"github.com/wardproxy/ward/policy"
 	"github.com/wardproxy/ward/xds"
 	"github.com/wardproxy/ward/xds/npds"
 )
+
+// filterRules converts the wire rules to the policy form the matcher takes.
+func filterRules(rs []*npds.HttpRule) []policy.PortRuleHTTP {
+	out := make([]policy.PortRuleHTTP, 0, len(rs))
+	for _, r := range rs {
+		out = append(out, policy.PortRuleHTTP{Method: r.Method, Path: r.Path})
+	}
+	return out
+}
 
 type arm struct {
 	name string
@@ -128,10 +139,21 @@ func run(rounds int, dur time.Duration, conns int, rulesFlag string, rateFrac fl
 		cfg := fmt.Sprintf(`{"xds_socket":%q,"node":%q,"endpoint":%q,"port":80}`, filepath.Join(dir, "xds.sock"), node, ep)
 		w := &arm{name: fmt.Sprintf("ward filter, %d rule(s)", n), port: freePort()}
 		r := &arm{name: fmt.Sprintf("native RBAC, %d rule(s)", n), port: freePort()}
-		arms = append(arms, w, r)
+		x := &arm{name: fmt.Sprintf("ext_authz (Go gRPC), %d rule(s)", n), port: freePort()}
+		arms = append(arms, w, r, x)
+		m, err := httpf.Compile(filterRules(ruleSet(n)), nil)
+		if err != nil {
+			return err
+		}
+		ap, err := serveAuthz(ctx, m)
+		if err != nil {
+			return err
+		}
+		res.Clusters = append(res.Clusters, xds.StaticCluster("authz"+f, "127.0.0.1", uint32(ap), true))
 		res.Listeners = append(res.Listeners,
 			must(xds.HTTPListener{Name: "ward" + f, Address: "127.0.0.1", Port: uint32(w.port), Cluster: "up", Filters: []xds.ModuleFilter{{Name: "ward.http", Config: []byte(cfg)}}}.Build()),
-			must(xds.HTTPListener{Name: "rbac" + f, Address: "127.0.0.1", Port: uint32(r.port), Cluster: "up", RBAC: rbacFor(n)}.Build()))
+			must(xds.HTTPListener{Name: "rbac" + f, Address: "127.0.0.1", Port: uint32(r.port), Cluster: "up", RBAC: rbacFor(n)}.Build()),
+			must(xds.HTTPListener{Name: "extauthz" + f, Address: "127.0.0.1", Port: uint32(x.port), Cluster: "up", ExtAuthzCluster: "authz" + f}.Build()))
 	}
 	if _, err := srv.SetEnvoyResources(ctx, node, res); err != nil {
 		return err
