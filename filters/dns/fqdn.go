@@ -109,6 +109,56 @@ func compileSelectors(sels []policy.PortRuleDNS) ([]selector, error) {
 	return out, errors.Join(errs...)
 }
 
+// selectorSet is the compiled toFQDNs selectors, indexed like Matcher (by
+// matchName, and by the literal suffix of matchPattern) so that relabelling
+// an IP costs a few map lookups per name, not one match per selector.
+type selectorSet struct {
+	list     []selector
+	byName   map[string][]int
+	bySuffix map[string][]int
+	other    []int
+}
+
+func newSelectorSet(list []selector) *selectorSet {
+	s := &selectorSet{list: list, byName: map[string][]int{}, bySuffix: map[string][]int{}}
+	for i, sel := range list {
+		if sel.name != "" {
+			s.byName[sel.name] = append(s.byName[sel.name], i)
+		}
+		if sel.pattern != nil {
+			if suf := literalSuffix(sel.pattern.String()); suf != "" {
+				s.bySuffix[suf] = append(s.bySuffix[suf], i)
+			} else {
+				s.other = append(s.other, i)
+			}
+		}
+	}
+	return s
+}
+
+// matching appends to labels (without duplicates) the labels of the
+// selectors matching name (lower case, no trailing dot).
+func (s *selectorSet) matching(name string, labels []string) []string {
+	add := func(idx []int) {
+		for _, i := range idx {
+			sel := &s.list[i]
+			if sel.match(name) && !slices.Contains(labels, sel.label) {
+				labels = append(labels, sel.label)
+			}
+		}
+	}
+	add(s.byName[name])
+	add(s.other)
+	for suf := name; ; {
+		add(s.bySuffix[suf])
+		i := strings.IndexByte(suf, '.')
+		if i < 0 {
+			return labels
+		}
+		suf = suf[i+1:]
+	}
+}
+
 // applied is what the updater last wrote to the ipcache for one IP.
 type applied struct {
 	key      string // joined selector labels
@@ -133,7 +183,7 @@ type updater struct {
 	log    *slog.Logger
 	stats  *Stats
 
-	selectors  atomic.Pointer[[]selector]
+	selectors  atomic.Pointer[selectorSet]
 	reqs       chan updateReq
 	resync     chan struct{} // wakes run: selectors changed
 	resyncWant atomic.Uint64 // selector generations set
@@ -158,8 +208,7 @@ func newUpdater(cache *Cache, ipc IPCache, alloc IdentityAllocator, pol PolicyUp
 		pending:  make(map[netip.Addr]int),
 		deferred: make(map[netip.Addr]struct{}),
 	}
-	empty := []selector{}
-	u.selectors.Store(&empty)
+	u.selectors.Store(newSelectorSet(nil))
 	return u
 }
 
@@ -171,7 +220,7 @@ func (u *updater) learn(ep uint64, name string, ips []netip.Addr, ttl time.Durat
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	changed = u.cache.Update(ep, name, ips, ttl, now)
-	if len(*u.selectors.Load()) == 0 && len(u.applied) == 0 {
+	if len(u.selectors.Load().list) == 0 && len(u.applied) == 0 {
 		// Nothing selects any name: no identity to write. A later
 		// SetSelectors relabels every cached IP.
 		return nil, u.resyncDone.Load() < u.resyncWant.Load()
@@ -311,17 +360,13 @@ func (u *updater) gc(ctx context.Context, now time.Time) {
 // reconcile writes the identity each IP in set should have: the one of the
 // set of selectors matching any name that maps to it, or none.
 func (u *updater) reconcile(ctx context.Context, set map[netip.Addr]struct{}) {
-	sels := *u.selectors.Load()
+	sels := u.selectors.Load()
 	var fresh []uint32
 	for ip := range set {
 		var labels []string
-		if len(sels) > 0 {
+		if len(sels.list) > 0 {
 			for _, name := range u.cache.NamesOf(ip) {
-				for i := range sels {
-					if sels[i].match(name) && !slices.Contains(labels, sels[i].label) {
-						labels = append(labels, sels[i].label)
-					}
-				}
+				labels = sels.matching(name, labels)
 			}
 		}
 		slices.Sort(labels)

@@ -167,7 +167,7 @@ func (p *Proxy) SetSelectors(sels []policy.PortRuleDNS) error {
 	if err != nil {
 		return err
 	}
-	p.upd.selectors.Store(&cs)
+	p.upd.selectors.Store(newSelectorSet(cs))
 	p.upd.resyncWant.Add(1)
 	select {
 	case p.upd.resync <- struct{}{}:

@@ -73,6 +73,12 @@ func setTransparent(c syscall.RawConn, network string, recvOrigDst bool) error {
 			if serr == nil && recvOrigDst {
 				serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_RECVORIGDSTADDR, 1)
 			}
+			// A dual-stack socket also receives IPv4: it needs the IPv4-level
+			// options too (best effort: a v6-only socket refuses them).
+			_ = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
+			if recvOrigDst {
+				_ = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_RECVORIGDSTADDR, 1)
+			}
 		} else {
 			serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
 			if serr == nil && recvOrigDst {

@@ -84,7 +84,7 @@ func WriteState(path string, st *State) error {
 // State returns a snapshot of the proxy's FQDN state.
 func (p *Proxy) State() *State {
 	st := &State{Version: StateVersion, Saved: time.Now().UTC(), Entries: p.cache.Entries()}
-	for _, s := range *p.upd.selectors.Load() {
+	for _, s := range p.upd.selectors.Load().list {
 		st.Selectors = append(st.Selectors, s.label)
 	}
 	p.upd.mu.Lock()
