@@ -468,6 +468,10 @@ func (p *Proxy) handle(ctx context.Context, pkt []byte, from, dst netip.AddrPort
 	upstream := dst
 	if p.cfg.Upstream.IsValid() {
 		upstream = p.cfg.Upstream
+	} else if p.isSelf(dst) {
+		// Sent to the proxy's own port, not redirected: forwarding it to
+		// its "original destination" would loop through the proxy.
+		return deny("query not redirected to the proxy", reject)
 	}
 	resp, err := p.forward(ctx, pkt, upstream, l4)
 	if err != nil {
@@ -504,6 +508,16 @@ func (p *Proxy) handle(ctx context.Context, pkt []byte, from, dst netip.AddrPort
 	binary.BigEndian.PutUint16(resp, q.Id) // the client's ID back
 	p.flows.Emit(rec)
 	return resp
+}
+
+// isSelf reports whether dst is one of the proxy's listening ports.
+func (p *Proxy) isSelf(dst netip.AddrPort) bool {
+	for _, l := range []netip.AddrPort{p.UDPAddr(), p.TCPAddr()} {
+		if l.IsValid() && l.Port() == dst.Port() && (l.Addr().IsUnspecified() || l.Addr() == dst.Addr()) {
+			return true
+		}
+	}
+	return false
 }
 
 // learn records an answer's IPs and waits, at most UpdateTimeout, until

@@ -1,6 +1,7 @@
 package dns
 
 import (
+	"context"
 	"encoding/binary"
 	"io"
 	"net"
@@ -11,6 +12,7 @@ import (
 
 	mdns "github.com/miekg/dns"
 
+	"github.com/wardproxy/ward/internal/testenv"
 	"github.com/wardproxy/ward/policy"
 )
 
@@ -195,5 +197,31 @@ func TestConcurrentClientsRace(t *testing.T) {
 	wg.Wait()
 	if n := h.p.Stats().UpdateTimeouts.Load(); n != 0 {
 		t.Errorf("UpdateTimeouts = %d", n)
+	}
+}
+
+func TestTransparentQueryToTheProxyItselfRefused(t *testing.T) {
+	testenv.RequireRoot(t) // IP_TRANSPARENT needs CAP_NET_ADMIN
+	m, err := Compile(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(Config{UDPAddr: "127.0.0.1:0", Transparent: true}, Deps{
+		Endpoints: testEndpoints{}, Rules: staticRules{m}, IPCache: &MemIPCache{}, Identities: &LocalAllocator{},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	q := new(mdns.Msg)
+	q.SetQuestion("api.github.test.", mdns.TypeA)
+	b, err := q.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp := p.handle(context.Background(), b, netip.MustParseAddrPort("127.0.0.1:5000"), p.UDPAddr(), "UDP")
+	var r mdns.Msg
+	if err := r.Unpack(resp); err != nil || r.Rcode != mdns.RcodeRefused {
+		t.Fatalf("answer %v, %v; want REFUSED instead of a forwarding loop", r.MsgHdr, err)
 	}
 }
