@@ -251,8 +251,17 @@ func (d *Datapath) AddEndpoint(ep Endpoint) error {
 	ep.IP = ep.IP.Unmap()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if old, ok := d.eps[ep.ID]; ok && old.IP != ep.IP {
+	old, exists := d.eps[ep.ID]
+	if exists && old.IP != ep.IP {
 		return fmt.Errorf("add endpoint %d: already registered with %s", ep.ID, old.IP)
+	}
+	if exists && old.IfIndex != ep.IfIndex {
+		// The endpoint's veth was replaced: drop the old links.
+		for _, ingress := range []bool{true, false} {
+			if err := d.detach(linkName(old.IfIndex, ingress)); err != nil {
+				return fmt.Errorf("add endpoint %d: detach old interface: %w", ep.ID, err)
+			}
+		}
 	}
 	if err := d.ipc.Upsert(netip.PrefixFrom(ep.IP, 32), ep.Identity); err != nil {
 		return fmt.Errorf("add endpoint %d: %w", ep.ID, err)
