@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Kafka producer benchmark: org.apache.kafka.tools.ProducerPerformance
 # (acks=1, 1 KB and 100 B records) straight to a real Kafka broker and
-# through ward's Kafka parser (proxylib.Stream + filters/kafka in a Go
+# through the official Envoy (tcp_proxy alone, and with libward.so's
+# ward.kafka filter with 10 and 100 topic rules) and through ward's Kafka
+# parser (proxylib.Stream + filters/kafka in a Go
 # proxy) with 10 and 100 topic rules, baselines in the same run. The table
 # goes to bench/results/kafka.md. Needs `make setup` (Kafka jars, java).
 #   WARD_KAFKA_PERF_RECORDS=N  records per run (default 100000)

@@ -2,7 +2,9 @@ package kafka
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -12,8 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wardproxy/ward/conformance/stack"
 	kfilter "github.com/wardproxy/ward/filters/kafka"
 	"github.com/wardproxy/ward/policy"
+	"github.com/wardproxy/ward/xds"
+	"github.com/wardproxy/ward/xds/npds"
 )
 
 // perfLine matches ProducerPerformance's summary line, e.g.
@@ -69,7 +74,8 @@ func (c Console) ConsumerPerf(ctx context.Context, addr, topic string, records i
 // TestProducerPerf compares producer throughput straight to the broker and
 // through ward's Kafka parser (in this package's Go proxy, with 10 and 100
 // topic rules). It is a benchmark, run by bench/kafka/run.sh with
-// WARD_KAFKA_PERF=1; the Envoy arms live with the Envoy binding.
+// WARD_KAFKA_PERF=1. The Envoy arms run the official Envoy (one worker):
+// tcp_proxy alone, and ward.kafka with 10 and 100 rules.
 func TestProducerPerf(t *testing.T) {
 	if os.Getenv("WARD_KAFKA_PERF") == "" {
 		t.Skip("set WARD_KAFKA_PERF=1 (bench/kafka/run.sh) to run the producer benchmark")
@@ -90,7 +96,47 @@ func TestProducerPerf(t *testing.T) {
 		proxies[a.name] = p
 		advertise[fmt.Sprintf("PERF%d", i)] = p.Addr()
 	}
+	// The Envoy arms: the official Envoy (one worker) with tcp_proxy only,
+	// and with libward.so's ward.kafka filter enforcing 10 and 100 rules.
+	envoyArms := []struct {
+		name, listener string
+		rules          int // 0: tcp_proxy only
+		port           uint32
+	}{{"envoy-tcp-proxy", "ENVOYTCP", 0, 0}, {"envoy-ward-10-rules", "ENVOY10", 10, 0}, {"envoy-ward-100-rules", "ENVOY100", 100, 0}}
+	for i := range envoyArms {
+		envoyArms[i].port = stack.FreePort(t)
+		advertise[envoyArms[i].listener] = fmt.Sprintf("127.0.0.1:%d", envoyArms[i].port)
+	}
 	b := StartBroker(t, BrokerConfig{Advertise: advertise, Topics: []string{topic}})
+	st := stack.Start(t, stack.Options{})
+	var res xds.EnvoyResources
+	var nps []*npds.NetworkPolicy
+	for _, a := range envoyArms {
+		host, port, _ := net.SplitHostPort(b.ListenerAddr(a.listener))
+		pn, _ := strconv.Atoi(port)
+		res.Clusters = append(res.Clusters, xds.StaticCluster(a.name, host, uint32(pn), false))
+		var filters []xds.ModuleFilter
+		if a.rules > 0 {
+			ep := fmt.Sprintf("broker-%d", a.rules)
+			cfg, _ := json.Marshal(map[string]any{"xds_socket": st.Socket, "node": st.Node, "endpoint": ep, "port": 9092, "remote_identity": 77})
+			filters = []xds.ModuleFilter{{Name: "ward.kafka", Config: cfg}}
+			var krs []*npds.KafkaRule
+			for j := range a.rules - 1 {
+				krs = append(krs, &npds.KafkaRule{Role: "produce", Topic: fmt.Sprintf("other-topic-%03d", j)})
+			}
+			krs = append(krs, &npds.KafkaRule{Role: "produce", Topic: topic}, &npds.KafkaRule{Role: "consume", Topic: topic})
+			nps = append(nps, &npds.NetworkPolicy{Name: ep, IngressPerPortPolicies: []*npds.PortNetworkPolicy{{Port: 9092, Rules: []*npds.PortNetworkPolicyRule{{
+				L7: &npds.PortNetworkPolicyRule_KafkaRules{KafkaRules: &npds.KafkaRules{KafkaRules: krs}},
+			}}}}})
+		}
+		l, err := xds.TCPListener{Name: a.name, Address: "127.0.0.1", Port: a.port, Cluster: a.name, Filters: filters}.Build()
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Listeners = append(res.Listeners, l)
+	}
+	st.PushEnvoy(t, res)
+	st.PushPolicy(t, nps, nil)
 	for i, a := range arms {
 		var rules []policy.PortRuleKafka
 		for j := range a.rules - 1 {
@@ -114,6 +160,9 @@ func TestProducerPerf(t *testing.T) {
 	}
 	type armAddr struct{ arm, addr string }
 	addrs := []armAddr{{"direct", b.Addr()}}
+	for _, a := range envoyArms {
+		addrs = append(addrs, armAddr{a.name, advertise[a.listener]})
+	}
 	for _, a := range arms {
 		addrs = append(addrs, armAddr{a.name, proxies[a.name].Addr()})
 	}
