@@ -212,27 +212,40 @@ func newUpdater(cache *Cache, ipc IPCache, alloc IdentityAllocator, pol PolicyUp
 	return u
 }
 
-// learn records an answer in the cache and reports which IPs need an
-// ipcache reconciliation before the answer may be released (changed), and
-// whether the answer must wait at all: also when an earlier answer's update
-// of one of these IPs, or a selector change, is still in flight.
-func (u *updater) learn(ep uint64, name string, ips []netip.Addr, ttl time.Duration, now time.Time) (changed []netip.Addr, wait bool) {
+// learn records an answer in the cache and reports whether the answer
+// must wait before its release, and for which IPs: when one of its IPs got
+// a new name (changed), when an earlier answer's update of one of them is
+// still queued, or when a selector change is pending. A waiting answer's
+// request carries all its IPs (and those the per-name cap dropped), so
+// whichever queued request runs first reconciles them from the cache as it
+// is then, which already holds every update that marked them pending.
+func (u *updater) learn(ep uint64, name string, ips []netip.Addr, ttl time.Duration, now time.Time) (reconcile []netip.Addr, wait bool) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	changed = u.cache.Update(ep, name, ips, ttl, now)
+	changed := u.cache.Update(ep, name, ips, ttl, now)
+	resyncing := u.resyncDone.Load() < u.resyncWant.Load()
 	if len(u.selectors.Load().list) == 0 && len(u.applied) == 0 {
 		// Nothing selects any name: no identity to write. A later
 		// SetSelectors relabels every cached IP.
-		return nil, u.resyncDone.Load() < u.resyncWant.Load()
+		return nil, resyncing
 	}
-	for _, ip := range changed {
-		u.pending[ip]++
-	}
-	wait = len(changed) > 0 || u.resyncDone.Load() < u.resyncWant.Load()
+	wait = len(changed) > 0 || resyncing
 	for i := 0; !wait && i < len(ips); i++ {
 		wait = u.pending[ips[i].Unmap()] > 0
 	}
-	return changed, wait
+	if !wait {
+		return nil, false
+	}
+	reconcile = changed
+	for _, ip := range ips {
+		if ip = ip.Unmap(); !slices.Contains(reconcile, ip) {
+			reconcile = append(reconcile, ip)
+		}
+	}
+	for _, ip := range reconcile {
+		u.pending[ip]++
+	}
+	return reconcile, true
 }
 
 // deferIPs takes IPs whose request was never queued (the answer timed out

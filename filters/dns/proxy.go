@@ -524,12 +524,12 @@ func (p *Proxy) isSelf(dst netip.AddrPort) bool {
 // the ipcache and policy reflect them: the answer is released after.
 func (p *Proxy) learn(ctx context.Context, ep uint64, name string, ips []netip.Addr, ttl uint32) {
 	start := time.Now()
-	changed, wait := p.upd.learn(ep, name, ips, time.Duration(ttl)*time.Second, start)
+	todo, wait := p.upd.learn(ep, name, ips, time.Duration(ttl)*time.Second, start)
 	if !wait {
 		p.stats.UpdateWait.Observe(0)
 		return
 	}
-	r := updateReq{ips: changed, done: make(chan struct{})}
+	r := updateReq{ips: todo, done: make(chan struct{})}
 	t := time.NewTimer(p.cfg.UpdateTimeout)
 	defer t.Stop()
 	timedOut := false
@@ -543,9 +543,9 @@ func (p *Proxy) learn(ctx context.Context, ep uint64, name string, ips []netip.A
 		}
 	case <-t.C:
 		timedOut = true
-		p.upd.deferIPs(changed) // never queued
+		p.upd.deferIPs(todo) // never queued
 	case <-ctx.Done():
-		p.upd.deferIPs(changed)
+		p.upd.deferIPs(todo)
 	}
 	p.stats.UpdateWait.Observe(time.Since(start))
 	if timedOut {

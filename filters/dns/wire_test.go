@@ -175,21 +175,38 @@ func TestTCPPipeliningAndBadFrames(t *testing.T) {
 	}
 }
 
-func TestConcurrentClientsRace(t *testing.T) {
-	up := startUpstream(t)
-	h := startProxy(t, up, harnessOpts{rules: mediabot, sels: mediabot})
+// TestConcurrentAnswersSeeTheirIPs: many clients resolve one name whose
+// answers cycle through a few IPs, so answers sharing an IP race each other
+// through the update; every client must find its IP in the (slow) ipcache
+// the moment it has the answer.
+func TestConcurrentAnswersSeeTheirIPs(t *testing.T) {
+	var mu sync.Mutex
+	n := 0
+	up := rawUpstream(t, func(q *mdns.Msg) []*mdns.Msg {
+		mu.Lock()
+		n++
+		ip := "192.0.2." + itoa(n%5+1)
+		mu.Unlock()
+		return []*mdns.Msg{aAnswer(q, ip)}
+	})
+	ipc := &slowIPCache{delay: 5 * time.Millisecond}
+	h := startProxy(t, up, harnessOpts{rules: mediabot, sels: mediabot, ipc: ipc})
 	var wg sync.WaitGroup
-	for i := range 8 {
+	for range 8 {
 		wg.Go(func() {
-			name := []string{"api.github.test.", "support.github.test.", "www.github.test."}[i%3]
-			c := &mdns.Client{Net: []string{"udp", "tcp"}[i%2], Timeout: 20 * time.Second}
+			c := &mdns.Client{Net: "udp", Timeout: 20 * time.Second} // the raw upstream is UDP only
 			for range 10 {
 				q := new(mdns.Msg)
-				q.SetQuestion(name, mdns.TypeA)
-				addr := h.p.UDPAddr()
-				if r, _, err := c.Exchange(q, addr.String()); err != nil || r.Rcode != mdns.RcodeSuccess {
-					t.Errorf("%s: %v %v", name, r, err)
+				q.SetQuestion("api.github.test.", mdns.TypeA)
+				r, _, err := c.Exchange(q, h.p.UDPAddr().String())
+				if err != nil || r.Rcode != mdns.RcodeSuccess {
+					t.Errorf("exchange: %v %v", r, err)
 					return
+				}
+				for _, s := range answerIPs(r) {
+					if _, ok := ipc.Lookup(netip.MustParseAddr(s)); !ok {
+						t.Errorf("%s not in the ipcache when its answer arrived", s)
+					}
 				}
 			}
 		})
