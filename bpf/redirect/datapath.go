@@ -34,8 +34,9 @@
 //     the write returns ErrPolicyMapFull; it leaves lockdown when a later
 //     SetPolicy fits. The datapath never silently allows.
 //   - An enforced direction without a matching entry drops (default deny).
-//   - IPv4 only for now: IPv6 packets other than neighbour discovery/MLD are
-//     dropped and counted (ReasonUnsupportedL3), not passed unchecked.
+//   - tc mode handles IPv4 and IPv6 (Endpoint.IPv6); IPv6 extension headers
+//     are not parsed, so such packets (fragments included) are dropped and
+//     counted, never passed unchecked. Socket-level mode is IPv4 only.
 //   - A redirect that cannot reach its proxy socket drops (ReasonNoProxySocket);
 //     it never falls back to delivering the flow around the proxy.
 //
@@ -214,7 +215,15 @@ func (d *Datapath) restore() error {
 	)
 	it := d.objs.WardEndpoints.Iterate()
 	for it.Next(&ek, &ev) {
-		ep := endpointFromMap(ek, ev)
+		ep, ok := d.eps[ev.Id]
+		if !ok {
+			ep = endpointFromMap(ek, ev)
+		}
+		if a := wordsAddr(ek.Family, ek.Addr); a.Is4() {
+			ep.IP = a
+		} else {
+			ep.IPv6 = a
+		}
 		d.eps[ep.ID] = ep
 		if ev.Flags&epLockdown != 0 {
 			d.locked[ep.ID] = true

@@ -165,26 +165,33 @@ static __always_inline void count_metric(__u32 idx, __u64 bytes)
 	}
 }
 
-static __always_inline struct endpoint_info *endpoint_of(__u32 addr)
+static __always_inline struct endpoint_info *endpoint_of6(__u8 family, const __u32 *addr)
 {
-	struct endpoint_key k = {.family = AF_INET4};
-	k.addr[0] = addr;
+	struct endpoint_key k = {.family = family};
+	k.addr[0] = addr[0];
+	k.addr[1] = addr[1];
+	k.addr[2] = addr[2];
+	k.addr[3] = addr[3];
 	return bpf_map_lookup_elem(&ward_endpoints, &k);
 }
 
-static __always_inline __u32 identity_of(__u32 addr)
+static __always_inline __u32 identity_of6(__u8 family, const __u32 *addr)
 {
-	struct ipcache_key k = {.prefixlen = 32 + 32, .family = AF_INET4};
-	k.addr[0] = addr;
+	struct ipcache_key k = {.prefixlen = 32 + (family == AF_INET6 ? 128 : 32), .family = family};
+	k.addr[0] = addr[0];
+	k.addr[1] = addr[1];
+	k.addr[2] = addr[2];
+	k.addr[3] = addr[3];
 	struct ipcache_value *v = bpf_map_lookup_elem(&ward_ipcache, &k);
 	return v ? v->identity : IDENTITY_WORLD;
 }
 
-// policy_lookup evaluates one endpoint's policy for a new flow: the most
-// specific of (identity, port, proto), (identity, any port, proto),
-// (identity, any), (any, port, proto), (any, any port, proto), (any, any)
-// decides, except that a deny at any level wins. Returns 0 when nothing
-// matches (default deny for an enforced direction).
+static __always_inline __u32 identity_of(__u32 addr)
+{
+	__u32 a[4] = {addr, 0, 0, 0};
+	return identity_of6(AF_INET4, a);
+}
+
 // policy_dir is the policy key's direction byte: direction | generation << 1.
 static __always_inline __u8 policy_dir(__u8 dir, __u32 ep_flags)
 {

@@ -167,6 +167,8 @@ type Endpoint struct {
 	ID uint32
 	// IP is the endpoint's IPv4 address.
 	IP netip.Addr
+	// IPv6 is the endpoint's IPv6 address, if it has one.
+	IPv6 netip.Addr
 	// IfIndex is the host-side veth's ifindex in wardd's namespace.
 	IfIndex int
 	// Identity is the endpoint's security identity.
@@ -193,7 +195,6 @@ func (ep Endpoint) flags(locked bool) uint32 {
 func endpointFromMap(k datapathEndpointKey, v datapathEndpointInfo) Endpoint {
 	return Endpoint{
 		ID:             v.Id,
-		IP:             wordsAddr(k.Family, k.Addr),
 		IfIndex:        int(v.Ifindex),
 		Identity:       v.Identity,
 		EnforceIngress: v.Flags&epEnforceIngress != 0,
@@ -220,12 +221,23 @@ func (d *Datapath) Locked(id uint32) bool {
 	return d.locked[id]
 }
 
+// addrs returns the endpoint's addresses with their host prefixes.
+func (ep Endpoint) addrs() []netip.Prefix {
+	out := []netip.Prefix{netip.PrefixFrom(ep.IP, 32)}
+	if ep.IPv6.IsValid() {
+		out = append(out, netip.PrefixFrom(ep.IPv6, 128))
+	}
+	return out
+}
+
 func (d *Datapath) writeEndpoint(ep Endpoint) error {
-	fam, w := addrWords(ep.IP)
-	k := datapathEndpointKey{Family: fam, Addr: w}
 	v := datapathEndpointInfo{Id: ep.ID, Ifindex: uint32(ep.IfIndex), Identity: ep.Identity, Flags: ep.flags(d.locked[ep.ID]) | d.genFlag(ep.ID)}
-	if err := d.objs.WardEndpoints.Update(&k, &v, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("endpoint map update %d: %w", ep.ID, err)
+	for _, a := range ep.addrs() {
+		fam, w := addrWords(a.Addr())
+		k := datapathEndpointKey{Family: fam, Addr: w}
+		if err := d.objs.WardEndpoints.Update(&k, &v, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("endpoint map update %d: %w", ep.ID, err)
+		}
 	}
 	return nil
 }
@@ -240,7 +252,7 @@ func (d *Datapath) AddEndpoint(ep Endpoint) error {
 		return errors.New("add endpoint: id 0 is reserved")
 	}
 	if !ep.IP.Unmap().Is4() {
-		return fmt.Errorf("add endpoint %d: only IPv4 endpoints are supported, got %v", ep.ID, ep.IP)
+		return fmt.Errorf("add endpoint %d: IP must be IPv4 (put an IPv6 address in IPv6), got %v", ep.ID, ep.IP)
 	}
 	if ep.IfIndex <= 0 {
 		return fmt.Errorf("add endpoint %d: invalid ifindex %d", ep.ID, ep.IfIndex)
@@ -249,6 +261,9 @@ func (d *Datapath) AddEndpoint(ep Endpoint) error {
 		return fmt.Errorf("add endpoint %d: identity 0 is not valid", ep.ID)
 	}
 	ep.IP = ep.IP.Unmap()
+	if ep.IPv6.IsValid() && !ep.IPv6.Is6() {
+		return fmt.Errorf("add endpoint %d: IPv6 %v is not an IPv6 address", ep.ID, ep.IPv6)
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	old, exists := d.eps[ep.ID]
@@ -263,8 +278,10 @@ func (d *Datapath) AddEndpoint(ep Endpoint) error {
 			}
 		}
 	}
-	if err := d.ipc.Upsert(netip.PrefixFrom(ep.IP, 32), ep.Identity); err != nil {
-		return fmt.Errorf("add endpoint %d: %w", ep.ID, err)
+	for _, a := range ep.addrs() {
+		if err := d.ipc.Upsert(a, ep.Identity); err != nil {
+			return fmt.Errorf("add endpoint %d: %w", ep.ID, err)
+		}
 	}
 	if err := d.writeEndpoint(ep); err != nil {
 		return fmt.Errorf("add endpoint: %w", err)
@@ -324,18 +341,20 @@ func (d *Datapath) RemoveEndpoint(id uint32) error {
 	for _, ingress := range []bool{true, false} {
 		errs = append(errs, d.detach(linkName(ep.IfIndex, ingress)))
 	}
-	fam, w := addrWords(ep.IP)
-	k := datapathEndpointKey{Family: fam, Addr: w}
-	if err := d.objs.WardEndpoints.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		errs = append(errs, fmt.Errorf("endpoint map delete: %w", err))
-	}
-	if err := d.ipc.Delete(netip.PrefixFrom(ep.IP, 32)); err != nil {
-		errs = append(errs, err)
+	for _, a := range ep.addrs() {
+		fam, w := addrWords(a.Addr())
+		k := datapathEndpointKey{Family: fam, Addr: w}
+		if err := d.objs.WardEndpoints.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("endpoint map delete: %w", err))
+		}
+		if err := d.ipc.Delete(a); err != nil {
+			errs = append(errs, err)
+		}
+		errs = append(errs, d.flushCT(a.Addr()))
 	}
 	errs = append(errs, d.deletePolicy(id))
 	delete(d.locked, id)
 	delete(d.eps, id)
-	errs = append(errs, d.flushCT(ep.IP))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("remove endpoint %d: %w", id, err)
 	}

@@ -53,14 +53,9 @@ func TestBadPackets(t *testing.T) {
 		{name: "not ipv4", pkt: func() []byte { p := tcp(); p[14] = 0x65; return p }, want: shot, reason: ReasonMalformed},
 		{name: "orphan fragment", pkt: func() []byte { p := tcp(); binary.BigEndian.PutUint16(p[20:], 100); return p }, want: shot, reason: ReasonFragment},
 		{name: "spoofed source", pkt: func() []byte { return tcpPacket(netip.MustParseAddr("10.99.0.9"), dst, 1, 80) }, want: shot, reason: ReasonSpoofed},
-		{name: "ipv6 tcp", pkt: func() []byte {
-			p := make([]byte, 14+40+20)
-			binary.BigEndian.PutUint16(p[12:], 0x86dd)
-			p[14] = 0x60
-			binary.BigEndian.PutUint16(p[18:], 20)
-			p[20] = unix.IPPROTO_TCP
-			return p
-		}, want: shot, reason: ReasonUnsupportedL3},
+		{name: "ipv6 from an unknown source", pkt: func() []byte { return ip6Packet(unix.IPPROTO_TCP) }, want: shot, reason: ReasonSpoofed},
+		{name: "ipv6 extension header", pkt: func() []byte { return ip6Packet(0) }, want: shot, reason: ReasonUnsupportedL3},
+		{name: "ipv6 fragment", pkt: func() []byte { return ip6Packet(44) }, want: shot, reason: ReasonFragment},
 		{name: "arp", pkt: func() []byte {
 			p := make([]byte, 14+28)
 			binary.BigEndian.PutUint16(p[12:], 0x0806)
@@ -89,4 +84,14 @@ func TestBadPackets(t *testing.T) {
 			}
 		})
 	}
+}
+
+func ip6Packet(nexthdr uint8) []byte {
+	p := make([]byte, 14+40+20)
+	binary.BigEndian.PutUint16(p[12:], 0x86dd)
+	p[14] = 0x60
+	binary.BigEndian.PutUint16(p[18:], 20)
+	p[20] = nexthdr
+	p[21] = 64
+	return p
 }

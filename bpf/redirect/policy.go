@@ -455,37 +455,54 @@ func (r Routing) withDefaults() Routing {
 	return r
 }
 
-func (r Routing) ruleArgs(op string) []string {
-	return []string{"-4", "rule", op, "fwmark", fmt.Sprintf("%#x/%#x", MarkToProxy, MarkMask),
+func (r Routing) ruleArgs(family, op string) []string {
+	return []string{family, "rule", op, "fwmark", fmt.Sprintf("%#x/%#x", MarkToProxy, MarkMask),
 		"lookup", strconv.Itoa(r.Table), "pref", strconv.Itoa(r.Priority)}
 }
 
-// InstallProxyRouting adds the rule and the local route (with the ip
-// command); undo removes both. Each call adds its own rule, so two callers
-// using distinct tables never undo each other.
-func InstallProxyRouting(r Routing) (undo func() error, err error) {
-	r = r.withDefaults()
-	table := strconv.Itoa(r.Table)
-	if err := runIP("-4", "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", table); err != nil {
-		return nil, fmt.Errorf("proxy routing: %w", err)
+func (r Routing) routeArgs(family, op string) []string {
+	dst := "0.0.0.0/0"
+	if family == "-6" {
+		dst = "::/0"
 	}
-	if err := runIP(r.ruleArgs("add")...); err != nil {
-		return nil, errors.Join(fmt.Errorf("proxy routing: %w", err),
-			runIP("-4", "route", "del", "local", "0.0.0.0/0", "dev", "lo", "table", table))
-	}
-	return func() error {
-		return errors.Join(runIP(r.ruleArgs("del")...),
-			runIP("-4", "route", "del", "local", "0.0.0.0/0", "dev", "lo", "table", table))
-	}, nil
+	return []string{family, "route", op, "local", dst, "dev", "lo", "table", strconv.Itoa(r.Table)}
 }
 
-// RemoveProxyRouting removes a rule and route InstallProxyRouting added in
+// InstallProxyRouting adds the rules and local routes (IPv4 and IPv6, with
+// the ip command); undo removes them. Each call adds its own rules, so two
+// callers using distinct tables never undo each other.
+func InstallProxyRouting(r Routing) (undo func() error, err error) {
+	r = r.withDefaults()
+	var done [][]string
+	undo = func() error {
+		var errs []error
+		for i := len(done) - 1; i >= 0; i-- {
+			errs = append(errs, runIP(done[i]...))
+		}
+		return errors.Join(errs...)
+	}
+	for _, fam := range []string{"-4", "-6"} {
+		if err := runIP(r.routeArgs(fam, "replace")...); err != nil {
+			return nil, errors.Join(fmt.Errorf("proxy routing: %w", err), undo())
+		}
+		done = append(done, r.routeArgs(fam, "del"))
+		if err := runIP(r.ruleArgs(fam, "add")...); err != nil {
+			return nil, errors.Join(fmt.Errorf("proxy routing: %w", err), undo())
+		}
+		done = append(done, r.ruleArgs(fam, "del"))
+	}
+	return undo, nil
+}
+
+// RemoveProxyRouting removes rules and routes InstallProxyRouting added in
 // an earlier process (for `ward bpf cleanup`); missing ones are ignored.
 func RemoveProxyRouting(r Routing) {
 	r = r.withDefaults()
-	for runIP(r.ruleArgs("del")...) == nil {
+	for _, fam := range []string{"-4", "-6"} {
+		for runIP(r.ruleArgs(fam, "del")...) == nil {
+		}
+		_ = runIP(r.routeArgs(fam, "del")...)
 	}
-	_ = runIP("-4", "route", "del", "local", "0.0.0.0/0", "dev", "lo", "table", strconv.Itoa(r.Table))
 }
 
 func runIP(args ...string) error {

@@ -93,18 +93,38 @@ static __always_inline int count(struct __sk_buff *skb, enum reason r, int dir, 
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 {
 	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr ip6;
-		__u8 icmp_type;
-		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)) < 0)
+		void *data = (void *)(long)skb->data;
+		void *end = (void *)(long)skb->data_end;
+		if (data + ETH_HLEN + sizeof(struct ipv6hdr) + 4 > end) {
+			__u32 want = ETH_HLEN + sizeof(struct ipv6hdr) + 4;
+			if (skb->len < want)
+				return R_DROP_MALFORMED;
+			bpf_skb_pull_data(skb, want);
+			data = (void *)(long)skb->data;
+			end = (void *)(long)skb->data_end;
+			if (data + ETH_HLEN + sizeof(struct ipv6hdr) + 4 > end)
+				return R_DROP_MALFORMED;
+		}
+		struct ipv6hdr *ip6 = data + ETH_HLEN;
+		if (ip6->version != 6)
 			return R_DROP_MALFORMED;
-		// Neighbour discovery and MLD keep the link working; IPv6
-		// policy is not implemented yet, so everything else is dropped
-		// rather than let through unchecked.
-		if (ip6.nexthdr == IPPROTO_ICMPV6 &&
-		    bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(ip6), &icmp_type, 1) == 0 &&
-		    icmp_type >= 130 && icmp_type <= 143)
-			return -1;
-		return R_DROP_UNSUPPORTED_L3;
+		__u8 *l4 = (void *)(ip6 + 1);
+		if (ip6->nexthdr == IPPROTO_ICMPV6 && l4[0] >= 130 && l4[0] <= 143)
+			return -1; // neighbour discovery and MLD keep the link up
+		// Extension headers (fragments included) are not parsed:
+		// dropped rather than let through unchecked.
+		if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP && ip6->nexthdr != IPPROTO_ICMPV6)
+			return ip6->nexthdr == 44 ? R_DROP_FRAGMENT : R_DROP_UNSUPPORTED_L3;
+		p->t.family = AF_INET6;
+		__builtin_memcpy(p->t.saddr, &ip6->saddr, 16);
+		__builtin_memcpy(p->t.daddr, &ip6->daddr, 16);
+		p->t.proto = ip6->nexthdr;
+		if (ip6->nexthdr != IPPROTO_ICMPV6) {
+			__u16 *ports = (void *)l4;
+			p->t.sport = ports[0];
+			p->t.dport = ports[1];
+		}
+		return R_MAX;
 	}
 	if (skb->protocol != bpf_htons(ETH_P_IP))
 		return -1;
@@ -175,20 +195,29 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 
 static __always_inline void ct_canon(struct pkt *p)
 {
-	__u64 a = ((__u64)bpf_ntohl(p->t.saddr[0]) << 16) | bpf_ntohs(p->t.sport);
-	__u64 b = ((__u64)bpf_ntohl(p->t.daddr[0]) << 16) | bpf_ntohs(p->t.dport);
+	// Any total order works as long as both directions agree: compare
+	// the address words, then the ports (IPv4 uses word 0 only).
+	int swap = 0, decided = 0;
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		if (!decided && p->t.saddr[i] != p->t.daddr[i]) {
+			swap = bpf_ntohl(p->t.saddr[i]) > bpf_ntohl(p->t.daddr[i]);
+			decided = 1;
+		}
+	}
+	if (!decided)
+		swap = bpf_ntohs(p->t.sport) > bpf_ntohs(p->t.dport);
 	p->ck.family = p->t.family;
 	p->ck.proto = p->t.proto;
-	if (a <= b) {
-		p->swapped = 0;
-		p->ck.saddr[0] = p->t.saddr[0];
-		p->ck.daddr[0] = p->t.daddr[0];
+	p->swapped = swap;
+	if (!swap) {
+		__builtin_memcpy(p->ck.saddr, p->t.saddr, 16);
+		__builtin_memcpy(p->ck.daddr, p->t.daddr, 16);
 		p->ck.sport = p->t.sport;
 		p->ck.dport = p->t.dport;
 	} else {
-		p->swapped = 1;
-		p->ck.saddr[0] = p->t.daddr[0];
-		p->ck.daddr[0] = p->t.saddr[0];
+		__builtin_memcpy(p->ck.saddr, p->t.daddr, 16);
+		__builtin_memcpy(p->ck.daddr, p->t.saddr, 16);
 		p->ck.sport = p->t.dport;
 		p->ck.dport = p->t.sport;
 	}
@@ -222,25 +251,52 @@ static __always_inline int assign(struct __sk_buff *skb, struct pkt *p, __u16 pr
 {
 	struct bpf_sock_tuple tup = {};
 	struct bpf_sock *sk = 0;
+	__u32 tlen;
 	long err;
 
-	tup.ipv4.saddr = p->t.saddr[0];
-	tup.ipv4.daddr = p->t.daddr[0];
-	tup.ipv4.sport = p->t.sport;
-	tup.ipv4.dport = p->t.dport;
+	if (p->t.family == AF_INET6) {
+		__builtin_memcpy(tup.ipv6.saddr, p->t.saddr, 16);
+		__builtin_memcpy(tup.ipv6.daddr, p->t.daddr, 16);
+		tup.ipv6.sport = p->t.sport;
+		tup.ipv6.dport = p->t.dport;
+		tlen = sizeof(tup.ipv6);
+	} else {
+		tup.ipv4.saddr = p->t.saddr[0];
+		tup.ipv4.daddr = p->t.daddr[0];
+		tup.ipv4.sport = p->t.sport;
+		tup.ipv4.dport = p->t.dport;
+		tlen = sizeof(tup.ipv4);
+	}
+
+#define SET_DPORT(v)                          \
+	do {                                  \
+		if (p->t.family == AF_INET6)  \
+			tup.ipv6.dport = (v); \
+		else                          \
+			tup.ipv4.dport = (v); \
+	} while (0)
+#define SET_LOOPBACK()                                                        \
+	do {                                                                  \
+		if (p->t.family == AF_INET6) {                                \
+			__builtin_memset(tup.ipv6.daddr, 0, 16);              \
+			tup.ipv6.daddr[3] = bpf_htonl(1);                     \
+		} else {                                                      \
+			tup.ipv4.daddr = bpf_htonl(0x7f000001);               \
+		}                                                             \
+	} while (0)
 
 	if (p->t.proto == IPPROTO_TCP) {
-		sk = bpf_skc_lookup_tcp(skb, &tup, sizeof(tup.ipv4), BPF_F_CURRENT_NETNS, 0);
+		sk = bpf_skc_lookup_tcp(skb, &tup, tlen, BPF_F_CURRENT_NETNS, 0);
 		if (sk) {
 			if (sk->state != BPF_TCP_LISTEN)
 				goto assign;
 			bpf_sk_release(sk);
 		}
-		tup.ipv4.dport = bpf_htons(proxy_port);
-		sk = bpf_skc_lookup_tcp(skb, &tup, sizeof(tup.ipv4), BPF_F_CURRENT_NETNS, 0);
+		SET_DPORT(bpf_htons(proxy_port));
+		sk = bpf_skc_lookup_tcp(skb, &tup, tlen, BPF_F_CURRENT_NETNS, 0);
 		if (!sk) {
-			tup.ipv4.daddr = bpf_htonl(0x7f000001);
-			sk = bpf_skc_lookup_tcp(skb, &tup, sizeof(tup.ipv4), BPF_F_CURRENT_NETNS, 0);
+			SET_LOOPBACK();
+			sk = bpf_skc_lookup_tcp(skb, &tup, tlen, BPF_F_CURRENT_NETNS, 0);
 		}
 		if (!sk)
 			return -1;
@@ -249,17 +305,19 @@ static __always_inline int assign(struct __sk_buff *skb, struct pkt *p, __u16 pr
 			return -1;
 		}
 	} else if (p->t.proto == IPPROTO_UDP) {
-		tup.ipv4.dport = bpf_htons(proxy_port);
-		sk = bpf_sk_lookup_udp(skb, &tup, sizeof(tup.ipv4), BPF_F_CURRENT_NETNS, 0);
+		SET_DPORT(bpf_htons(proxy_port));
+		sk = bpf_sk_lookup_udp(skb, &tup, tlen, BPF_F_CURRENT_NETNS, 0);
 		if (!sk) {
-			tup.ipv4.daddr = bpf_htonl(0x7f000001);
-			sk = bpf_sk_lookup_udp(skb, &tup, sizeof(tup.ipv4), BPF_F_CURRENT_NETNS, 0);
+			SET_LOOPBACK();
+			sk = bpf_sk_lookup_udp(skb, &tup, tlen, BPF_F_CURRENT_NETNS, 0);
 		}
 		if (!sk)
 			return -1;
 	} else {
 		return -1;
 	}
+#undef SET_DPORT
+#undef SET_LOOPBACK
 assign:
 	err = bpf_sk_assign(skb, sk, 0);
 	bpf_sk_release(sk);
@@ -274,7 +332,7 @@ static __always_inline int redirect(struct __sk_buff *skb, struct pkt *p, __u16 
 	// Fragments of a redirected flow would have to follow the first one
 	// into the proxy socket; rather than risk a half-redirected datagram,
 	// drop them (counted).
-	if (p->t.proto == IPPROTO_UDP) {
+	if (p->t.proto == IPPROTO_UDP && p->t.family == AF_INET4) {
 		struct iphdr ip;
 		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) == 0 &&
 		    (bpf_ntohs(ip.frag_off) & 0x3FFF))
@@ -296,7 +354,7 @@ int from_pod(struct __sk_buff *skb)
 	if (r != R_MAX)
 		return DROP(r);
 
-	struct endpoint_info *ep = endpoint_of(p.t.saddr[0]);
+	struct endpoint_info *ep = endpoint_of6(p.t.family, p.t.saddr);
 	if (!ep || ep->ifindex != skb->ifindex)
 		return DROP(R_DROP_SPOOFED);
 	if (ep->flags & EP_LOCKDOWN)
@@ -320,14 +378,14 @@ int from_pod(struct __sk_buff *skb)
 
 	if (flags & EP_ENFORCE_EGRESS) {
 		enforced = 1;
-		verdict = policy_lookup(ep_id, policy_dir(DIR_EGRESS, flags), identity_of(p.t.daddr[0]), dport, p.t.proto, &proxy);
+		verdict = policy_lookup(ep_id, policy_dir(DIR_EGRESS, flags), identity_of6(p.t.family, p.t.daddr), dport, p.t.proto, &proxy);
 		if (verdict != VERDICT_ALLOW && verdict != VERDICT_REDIRECT)
 			return DROP(R_DROP_POLICY);
 	}
 
 	// A local destination's ingress policy is applied here too, so that
 	// an ingress redirect can use bpf_sk_assign (tc ingress only).
-	struct endpoint_info *dst = endpoint_of(p.t.daddr[0]);
+	struct endpoint_info *dst = endpoint_of6(p.t.family, p.t.daddr);
 	if (dst) {
 		if (dst->flags & EP_LOCKDOWN)
 			return count(skb, R_DROP_LOCKDOWN, DIR_INGRESS, TC_ACT_SHOT);
@@ -361,7 +419,7 @@ int to_pod(struct __sk_buff *skb)
 	if (r != R_MAX)
 		return DROP(r);
 
-	struct endpoint_info *ep = endpoint_of(p.t.daddr[0]);
+	struct endpoint_info *ep = endpoint_of6(p.t.family, p.t.daddr);
 	if (!ep)
 		return DROP(R_DROP_UNKNOWN_ENDPOINT);
 	if (ep->flags & EP_LOCKDOWN)
@@ -383,7 +441,7 @@ int to_pod(struct __sk_buff *skb)
 	if ((mark & MARK_MAGIC_MASK) == MARK_PROXY_EGRESS)
 		src_id = (mark >> 16) | ((mark & 0xFF) << 16);
 	else
-		src_id = identity_of(p.t.saddr[0]);
+		src_id = identity_of6(p.t.family, p.t.saddr);
 
 	if (ct) {
 		if (ct->verdict == VERDICT_REDIRECT)

@@ -774,3 +774,88 @@ func TestPolicyRewriteNoWindow(t *testing.T) {
 		t.Fatalf("xwing after rewrites = %q; want dropped", out)
 	}
 }
+
+// TestIPv6Deathstar: the L3/L4 scenario and the redirect over IPv6.
+func TestIPv6Deathstar(t *testing.T) {
+	testenv.RequireCommand(t, "curl")
+	e := &env{topo: netns.New(t), pods: map[string]*netns.Pod{}, epIDs: map[string]uint32{},
+		ids: map[string]uint32{"deathstar": idDeathstar, "tiefighter": idTiefighter, "xwing": idXwing}}
+	e.pinDir = pinDir(t)
+	dp, err := redirect.Load(redirect.Config{PinDir: e.pinDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	e.dp = dp
+	undo, err := redirect.InstallProxyRouting(redirect.Routing{Table: 20000 + int(e.topo.Subnet.Addr().As4()[2]), Priority: 9000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { undo() })
+	for i, name := range []string{"deathstar", "tiefighter", "xwing"} {
+		e.pods[name] = e.topo.AddPod(t, netns.PodConfig{Name: name, IPv6: true})
+		e.epIDs[name] = uint32(i + 1)
+	}
+	ds := e.pods["deathstar"]
+	for _, port := range []string{"80", "8080"} {
+		ln, err := ds.Listen("tcp6", "[::]:"+port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "Ship landed") })}
+		go srv.Serve(ln)
+		t.Cleanup(func() { srv.Close() })
+	}
+	lc := net.ListenConfig{Control: transparent6}
+	pln, err := lc.Listen(context.Background(), "tcp6", "[::]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pln.Close() })
+	psrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "proxy saw %s", r.Context().Value(http.LocalAddrContextKey).(net.Addr))
+	})}
+	go psrv.Serve(pln)
+	t.Cleanup(func() { psrv.Close() })
+	proxyPort := uint16(pln.Addr().(*net.TCPAddr).Port)
+
+	if err := dp.SetPolicy(e.epIDs["deathstar"], []redirect.PolicyEntry{
+		{PolicyKey: redirect.PolicyKey{Direction: redirect.Ingress, Identity: idTiefighter, Port: 80, Proto: redirect.ProtoTCP}, Verdict: redirect.Allow},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"deathstar", "tiefighter", "xwing"} {
+		p := e.pods[name]
+		if err := dp.AddEndpoint(redirect.Endpoint{ID: e.epIDs[name], IP: p.IP, IPv6: p.IPv6, IfIndex: p.HostIfIndex, Identity: e.ids[name], EnforceIngress: name == "deathstar"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := ctx(t)
+	url := "http://[" + ds.IPv6.String() + "]"
+	if out, err := curl(c, e.pods["tiefighter"], url+"/", "5"); err != nil || out != "Ship landed" {
+		t.Fatalf("tiefighter -> deathstar:80 over IPv6 = %q, %v", out, err)
+	}
+	if out, err := curl(c, e.pods["xwing"], url+"/", "1"); err == nil {
+		t.Fatalf("xwing -> deathstar:80 over IPv6 = %q; want dropped", out)
+	}
+	if out, err := curl(c, e.pods["tiefighter"], url+":8080/", "1"); err == nil {
+		t.Fatalf("tiefighter -> deathstar:8080 over IPv6 = %q; want dropped", out)
+	}
+	if err := dp.SetPolicy(e.epIDs["deathstar"], []redirect.PolicyEntry{
+		{PolicyKey: redirect.PolicyKey{Direction: redirect.Ingress, Identity: idTiefighter, Port: 80, Proto: redirect.ProtoTCP}, Verdict: redirect.Redirect, ProxyPort: proxyPort},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := "proxy saw " + net.JoinHostPort(ds.IPv6.String(), "80")
+	if out, err := curl(c, e.pods["tiefighter"], url+"/", "5"); err != nil || out != want {
+		t.Fatalf("redirected over IPv6 = %q, %v; want %q", out, err, want)
+	}
+}
+
+func transparent6(network, address string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
+	})
+	return errors.Join(err, serr)
+}

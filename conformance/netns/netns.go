@@ -26,8 +26,9 @@
 //     /run/ward-netns, so topologies of tests running in parallel, in any
 //     process, never share addresses, namespaces or interface names.
 //   - Only the topology's own namespaces, veths (whose host sides carry the
-//     per-device sysctls the layout needs) and the /32 routes on them are
-//     created in the root namespace; global sysctls, the host's interfaces and
+//     per-device sysctls the layout needs: IPv4 forwarding, and IPv6
+//     force_forwarding, Linux 6.17+, for pods with PodConfig.IPv6) and the
+//     host routes on them are created in the root namespace; global sysctls, the host's interfaces and
 //     its routing rules are never touched. Pods route only 10.200.0.0/16 (and
 //     the extra prefixes a PodConfig names) to the host, so nothing leaks to
 //     the host's uplink by default.
@@ -71,8 +72,17 @@ import (
 // side of the veth answers for it through a static neighbour entry.
 var GatewayIP = netip.MustParseAddr("169.254.1.1")
 
-// PodCIDR is the range pods route to the host.
-var PodCIDR = netip.MustParsePrefix("10.200.0.0/16")
+// PodCIDR is the range pods route to the host; PodCIDR6 its IPv6
+// counterpart, GatewayIPv6 the host's link-local next hop.
+var (
+	PodCIDR     = netip.MustParsePrefix("10.200.0.0/16")
+	PodCIDR6    = netip.MustParsePrefix("fd00:200::/32")
+	GatewayIPv6 = netip.MustParseAddr("fe80::1")
+)
+
+func ip6(s, n int) netip.Addr {
+	return netip.AddrFrom16([16]byte{0xfd, 0x00, 0x02, 0x00, 0, byte(s), 14: byte(n >> 8), 15: byte(n)})
+}
 
 const lockDir = "/run/ward-netns"
 
@@ -84,6 +94,8 @@ type Topology struct {
 	// reach the host namespace there, and host-originated traffic to pods
 	// uses it as its source.
 	HostIP netip.Addr
+	// HostIPv6 is the same for IPv6 (fd00:200:S::fe).
+	HostIPv6 netip.Addr
 
 	index    int // S
 	lock     *os.File
@@ -210,6 +222,9 @@ type PodConfig struct {
 	// Routes are extra prefixes the pod routes to the host besides PodCIDR
 	// (for instance a TEST-NET range standing in for the internet).
 	Routes []netip.Prefix
+	// IPv6 also gives the pod fd00:200:S::N/128, routed like the IPv4
+	// address (fd00:200::/32 via the host's fe80::1).
+	IPv6 bool
 }
 
 // Pod is one network namespace with its veth.
@@ -217,6 +232,8 @@ type Pod struct {
 	Name   string
 	Labels map[string]string
 	IP     netip.Addr
+	// IPv6 is the pod's IPv6 address when PodConfig.IPv6 asked for one.
+	IPv6 netip.Addr
 	// NetNS is the namespace name (for `ip netns exec`); NetNSPath its
 	// bind-mount path.
 	NetNS     string
@@ -280,6 +297,7 @@ func newTopology() (*Topology, error) {
 		topo := &Topology{
 			Subnet:   netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 200, byte(s), 0}), 24),
 			HostIP:   netip.AddrFrom4([4]byte{10, 200, byte(s), 254}),
+			HostIPv6: ip6(s, 0xfe),
 			index:    s,
 			lock:     f,
 			nextHost: 1,
@@ -393,6 +411,9 @@ func (topo *Topology) Add(cfg PodConfig) (*Pod, error) {
 		topo:    topo,
 	}
 	p.NetNSPath = filepath.Join("/run/netns", p.NetNS)
+	if cfg.IPv6 {
+		p.IPv6 = ip6(topo.index, n)
+	}
 	if CgroupRoot() != "" {
 		cg, err := topo.newCgroup(cfg.Name)
 		if err != nil {
@@ -430,6 +451,18 @@ func (p *Pod) create(extra []netip.Prefix) error {
 	for _, r := range extra {
 		steps = append(steps, []string{"-n", p.NetNS, "route", "add", r.String(), "via", GatewayIP.String(), "dev", "eth0", "src", p.IP.String()})
 	}
+	if p.IPv6.IsValid() {
+		h6, gw6 := p.topo.HostIPv6.String(), GatewayIPv6.String()
+		steps = append(steps,
+			[]string{"-n", p.NetNS, "-6", "addr", "add", p.IPv6.String() + "/128", "dev", "eth0", "nodad"},
+			[]string{"-n", p.NetNS, "-6", "neigh", "replace", gw6, "lladdr", p.HostMAC.String(), "dev", "eth0", "nud", "permanent"},
+			[]string{"-n", p.NetNS, "-6", "route", "add", PodCIDR6.String(), "via", gw6, "dev", "eth0", "src", p.IPv6.String()},
+			[]string{"-6", "addr", "add", gw6 + "/64", "dev", p.HostIf, "nodad"},
+			[]string{"-6", "addr", "add", h6 + "/128", "dev", p.HostIf, "nodad"},
+			[]string{"-6", "route", "add", p.IPv6.String() + "/128", "dev", p.HostIf, "src", h6},
+			[]string{"-6", "neigh", "replace", p.IPv6.String(), "lladdr", p.PodMAC.String(), "dev", p.HostIf, "nud", "permanent"},
+		)
+	}
 	for _, s := range steps {
 		if err := ip(s...); err != nil {
 			return err
@@ -441,6 +474,13 @@ func (p *Pod) create(extra []netip.Prefix) error {
 	for k, v := range map[string]string{"forwarding": "1", "rp_filter": "0"} {
 		if err := os.WriteFile(filepath.Join("/proc/sys/net/ipv4/conf", p.HostIf, k), []byte(v), 0o644); err != nil {
 			return fmt.Errorf("sysctl %s.%s: %w", p.HostIf, k, err)
+		}
+	}
+	if p.IPv6.IsValid() {
+		// Per-device IPv6 forwarding (Linux 6.17+), the host's global
+		// forwarding setting stays as it is.
+		if err := os.WriteFile(filepath.Join("/proc/sys/net/ipv6/conf", p.HostIf, "force_forwarding"), []byte("1"), 0o644); err != nil {
+			return fmt.Errorf("sysctl %s.force_forwarding (needs Linux 6.17+ for per-device IPv6 forwarding): %w", p.HostIf, err)
 		}
 	}
 	ifc, err := net.InterfaceByName(p.HostIf)

@@ -139,3 +139,38 @@ func TestCgroups(t *testing.T) {
 		}
 	}
 }
+
+func TestIPv6(t *testing.T) {
+	topo := netns.New(t)
+	a := topo.AddPod(t, netns.PodConfig{Name: "a", IPv6: true})
+	b := topo.AddPod(t, netns.PodConfig{Name: "b", IPv6: true})
+	if !a.IPv6.Is6() || a.IPv6 == b.IPv6 {
+		t.Fatalf("IPv6 addresses %v %v", a.IPv6, b.IPv6)
+	}
+	ln, err := b.Listen("tcp6", "[::]:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprintf(c, "hi %s", c.RemoteAddr())
+			c.Close()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := a.Dial(ctx, "tcp6", net.JoinHostPort(b.IPv6.String(), "80"))
+	if err != nil {
+		t.Fatalf("dial over IPv6: %v", err)
+	}
+	body, _ := io.ReadAll(c)
+	c.Close()
+	if !strings.Contains(string(body), a.IPv6.String()) {
+		t.Fatalf("got %q; want the greeting to name %s", body, a.IPv6)
+	}
+}
