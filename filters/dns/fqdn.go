@@ -188,6 +188,7 @@ type updater struct {
 	resync     chan struct{} // wakes run: selectors changed
 	resyncWant atomic.Uint64 // selector generations set
 	resyncDone atomic.Uint64 // selector generation fully applied
+	dirty      atomic.Bool   // the ipcache view changed since the last save
 
 	// mu guards applied, ids and pending. Lock order: mu before the
 	// cache's lock, never the reverse.
@@ -401,6 +402,7 @@ func (u *updater) reconcile(ctx context.Context, set map[netip.Addr]struct{}) {
 			u.mu.Lock()
 			delete(u.applied, ip)
 			u.mu.Unlock()
+			u.dirty.Store(true)
 			continue
 		}
 		if !known {
@@ -425,6 +427,7 @@ func (u *updater) reconcile(ctx context.Context, set map[netip.Addr]struct{}) {
 		u.mu.Lock()
 		u.applied[ip] = applied{key: key, identity: id}
 		u.mu.Unlock()
+		u.dirty.Store(true)
 	}
 	if len(fresh) > 0 && u.policy != nil {
 		if err := u.policy.Apply(ctx, fresh); err != nil {

@@ -104,7 +104,9 @@ func (p *Proxy) save() error {
 }
 
 func (p *Proxy) saveIfDirty() {
-	if p.cfg.StateFile == "" || !p.cache.takeDirty() {
+	cacheDirty := p.cache.takeDirty()
+	ipcacheDirty := p.upd.dirty.Swap(false)
+	if p.cfg.StateFile == "" || !cacheDirty && !ipcacheDirty {
 		return
 	}
 	if err := p.save(); err != nil {
