@@ -42,7 +42,7 @@ func TestWrite(t *testing.T) {
 	b, _ := os.ReadFile(p)
 	// protojson randomizes whitespace: compare the parsed document.
 	var m struct {
-		Node struct{ ID string }
+		Node  struct{ ID string }
 		Admin struct {
 			Address struct{ SocketAddress struct{ Address string } }
 		}
@@ -54,7 +54,9 @@ func TestWrite(t *testing.T) {
 				LoadAssignment struct {
 					Endpoints []struct {
 						LbEndpoints []struct {
-							Endpoint struct{ Address struct{ Pipe struct{ Path string } } }
+							Endpoint struct {
+								Address struct{ Pipe struct{ Path string } }
+							}
 						}
 					}
 				}
