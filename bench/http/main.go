@@ -55,6 +55,7 @@ type arm struct {
 	name string
 	port int
 	rps  []float64
+	h2   []float64 // h2load req/s over h2c
 	p50  []time.Duration
 	p99  []time.Duration
 }
@@ -192,6 +193,15 @@ func run(rounds int, dur time.Duration, conns int, rulesFlag string, rateFrac fl
 			a.rps = append(a.rps, rps)
 		}
 	}
+	for r := 0; r < rounds; r++ {
+		for _, a := range arms {
+			rps, err := h2load(fmt.Sprintf("http://127.0.0.1:%d/public", a.port), dur, conns)
+			if err != nil {
+				return err
+			}
+			a.h2 = append(a.h2, rps)
+		}
+	}
 	rate := median(arms[0].rps) * rateFrac
 	for r := 0; r < rounds; r++ {
 		for _, a := range arms {
@@ -202,10 +212,11 @@ func run(rounds int, dur time.Duration, conns int, rulesFlag string, rateFrac fl
 	cpu := cpuModel()
 	fmt.Printf("\nHTTP/1.1, Envoy 1.40 with 1 worker pinned to CPU 0, wrk -t1 -c%d and the open-loop generator on CPU 1; %d rounds of %v per arm, interleaved; medians. %s, %s, %s.\n\n",
 		conns, rounds, dur, time.Now().UTC().Format("2006-01-02"), cpu, runtime.Version())
-	fmt.Printf("| arm | req/s (wrk) | vs router | p50 @ %.0f req/s | p99 @ %.0f req/s | p99 vs router |\n|---|---|---|---|---|---|\n", rate, rate)
-	base, baseP99 := median(arms[0].rps), medianD(arms[0].p99)
+	fmt.Printf("| arm | HTTP/1.1 req/s (wrk) | vs router | HTTP/2 req/s (h2load) | vs router | p50 @ %.0f req/s | p99 @ %.0f req/s | p99 vs router |\n|---|---|---|---|---|---|---|---|\n", rate, rate)
+	base, baseH2, baseP99 := median(arms[0].rps), median(arms[0].h2), medianD(arms[0].p99)
 	for _, a := range arms {
-		fmt.Printf("| %s | %.0f | %.3f | %v | %v | %.2f |\n", a.name, median(a.rps), median(a.rps)/base, medianD(a.p50).Round(time.Microsecond), medianD(a.p99).Round(time.Microsecond), float64(medianD(a.p99))/float64(baseP99))
+		fmt.Printf("| %s | %.0f | %.3f | %.0f | %.3f | %v | %v | %.2f |\n", a.name, median(a.rps), median(a.rps)/base, median(a.h2), median(a.h2)/baseH2,
+			medianD(a.p50).Round(time.Microsecond), medianD(a.p99).Round(time.Microsecond), float64(medianD(a.p99))/float64(baseP99))
 	}
 	return nil
 }
@@ -248,6 +259,26 @@ func wrk(url string, d time.Duration, c int) (float64, error) {
 	m := reqSec.FindSubmatch(out)
 	if m == nil {
 		return 0, fmt.Errorf("wrk output: %s", out)
+	}
+	return strconv.ParseFloat(string(m[1]), 64)
+}
+
+var h2Req = regexp.MustCompile(`finished in [^,]+, ([0-9.]+) req/s`)
+
+// h2load measures HTTP/2 (h2c, prior knowledge) throughput with
+// multiplexed streams.
+func h2load(url string, d time.Duration, c int) (float64, error) {
+	out, err := exec.Command("taskset", "-c", "1", "h2load", "-c", strconv.Itoa(max(c/8, 1)), "-m", "16",
+		"-D", strconv.Itoa(int(d.Seconds())), url).CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("h2load: %w: %s", err, out)
+	}
+	if !strings.Contains(string(out), "0 failed, 0 errored") {
+		return 0, fmt.Errorf("h2load saw failures on %s:\n%s", url, out)
+	}
+	m := h2Req.FindSubmatch(out)
+	if m == nil {
+		return 0, fmt.Errorf("h2load output: %s", out)
 	}
 	return strconv.ParseFloat(string(m[1]), 64)
 }
