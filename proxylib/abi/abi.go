@@ -21,6 +21,9 @@
 package abi
 
 /*
+// Envoy's callbacks resolve when Envoy dlopens libward.so; linking the
+// module as a plain executable (go build ./...) leaves them unresolved.
+#cgo LDFLAGS: -Wl,--unresolved-symbols=ignore-all
 #include "callbacks.h"
 */
 import "C"
