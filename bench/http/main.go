@@ -51,6 +51,9 @@ func filterRules(rs []*npds.HttpRule) []policy.PortRuleHTTP {
 	return out
 }
 
+// goEnvList is extra environment for Envoy (the Go runtime inside it).
+var goEnvList []string
+
 type arm struct {
 	name string
 	port int
@@ -66,7 +69,9 @@ func main() {
 	conns := flag.Int("c", 32, "wrk connections")
 	rules := flag.String("rules", "1", "comma-separated rule counts for the ward and RBAC arms")
 	rateFrac := flag.Float64("rate", 0.5, "open-loop rate as a fraction of the router arm's wrk req/s")
+	goEnv := flag.String("goenv", "", "extra environment for Envoy's Go runtime, e.g. GOMAXPROCS=1 (comma-separated)")
 	flag.Parse()
+	goEnvList = strings.Split(*goEnv, ",")
 	if err := run(*rounds, *dur, *conns, *rules, *rateFrac); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -172,6 +177,11 @@ func run(rounds int, dur time.Duration, conns int, rulesFlag string, rateFrac fl
 	}
 	cmd := exec.CommandContext(ctx, "taskset", "-c", "0", env, "-c", bpath, "--concurrency", "1", "-l", "warn", "--disable-hot-restart")
 	cmd.Env = append(os.Environ(), bc.Env()...)
+	for _, e := range goEnvList {
+		if e != "" {
+			cmd.Env = append(cmd.Env, e)
+		}
+	}
 	logf, _ := os.Create(filepath.Join(dir, "envoy.log"))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {

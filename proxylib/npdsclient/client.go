@@ -256,3 +256,28 @@ func (r *Clients) Get(socket, node string, compile Compiler, log proxylib.Logger
 	go c.Run(context.Background()) //nolint:errcheck // lives as long as the process
 	return c
 }
+
+// Apply compiles and publishes a complete set of policy resources without
+// a server, as an update from the agent would (tests, benchmarks, static
+// configurations). On error nothing changes.
+func (c *Client) Apply(_ context.Context, ps []*npds.NetworkPolicy, hs []*npds.NetworkPolicyHosts) error {
+	pm := make(map[string]*npds.NetworkPolicy, len(ps))
+	for _, p := range ps {
+		pm[p.GetName()] = p
+	}
+	hm := make(map[string]*npds.NetworkPolicyHosts, len(hs))
+	for _, h := range hs {
+		hm[h.GetName()] = h
+	}
+	byName, byIP, err := compilePolicies(pm, c.cfg.Compile)
+	if err != nil {
+		return err
+	}
+	exact, prefixes, err := compileHosts(hm)
+	if err != nil {
+		return err
+	}
+	s := &State{PolicyVersion: "static", HostsVersion: "static", byName: byName, byIP: byIP, hostsExact: exact, hostsPrefix: prefixes}
+	c.publish(s, func() { c.policies, c.hosts = pm, hm })
+	return nil
+}
