@@ -42,6 +42,7 @@ import (
 //   - passthrough: Envoy SNI passthrough (SNIListener, tcp_proxy)
 //   - static: Envoy terminate + originate, certificate and CA inline in the
 //     listener and cluster, no ward filter
+//   - sds: the ward arm without ward.http (SDS secrets, SNI forwarding)
 //   - ward: ward interception (InterceptListener, secrets by SDS, ward.http
 //     with the one-rule policy of testdata/intercept.yaml)
 //
@@ -91,8 +92,9 @@ func TestTLSBench(t *testing.T) {
 		if sfx == "" {
 			sfx = "rsa"
 		}
-		pp, sp, wp := stack.FreePort(t), stack.FreePort(t), stack.FreePort(t)
-		arms = append(arms, armPort{algName, "direct", up.port}, armPort{algName, "passthrough", pp}, armPort{algName, "static", sp}, armPort{algName, "ward", wp})
+		pp, sp, dp, wp := stack.FreePort(t), stack.FreePort(t), stack.FreePort(t), stack.FreePort(t)
+		arms = append(arms, armPort{algName, "direct", up.port}, armPort{algName, "passthrough", pp}, armPort{algName, "static", sp},
+			armPort{algName, "sds", dp}, armPort{algName, "ward", wp})
 
 		sni, err := xds.SNIListener{Name: "pass-" + sfx, Address: "127.0.0.1", Port: pp, Routes: []xds.SNIRoute{{ServerNames: []string{apiName}, Cluster: "pass-" + sfx}}}.Build()
 		if err != nil {
@@ -108,9 +110,17 @@ func TestTLSBench(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// The sds arm: the interception listener by SDS without ward.http,
+		// to tell the filter's cost from SDS and SNI forwarding.
+		dl, err := xds.InterceptListener{Name: "sds-" + sfx, Address: "127.0.0.1", Port: dp, Chains: []xds.InterceptChain{{
+			ServerNames: []string{apiName}, Certificate: term.CertificateName(), Cluster: "ward-" + sfx,
+		}}}.Build()
+		if err != nil {
+			t.Fatal(err)
+		}
 		sl := staticListener(t, "static-"+sfx, sp, "static-"+sfx, read(t, icrt), read(t, ikey))
 		sc := staticCluster(t, "static-"+sfx, up.port, read(t, pca))
-		res.Listeners = append(res.Listeners, sni, wl, sl)
+		res.Listeners = append(res.Listeners, sni, wl, sl, dl)
 		res.Clusters = append(res.Clusters, xds.PassthroughCluster("pass-"+sfx, "127.0.0.1", up.port), wc, sc)
 	}
 	src, err := secrets.New(secrets.Config{Dir: secretsDir})
