@@ -132,6 +132,16 @@ type Source struct {
 	log  *slog.Logger
 	snap atomic.Pointer[snapshot]
 	mu   sync.Mutex // serializes Reload
+
+	goodMu sync.Mutex
+	// good holds the last version of each SDS name that validated, with
+	// the expiry of its certificate (zero for CA bundles).
+	good map[string]goodSecret
+}
+
+type goodSecret struct {
+	secret   *tlsv3.Secret
+	notAfter time.Time
 }
 
 // snapshot is one load of the directory; never mutated after publish.
@@ -251,14 +261,29 @@ func (s *Source) stamp() (string, error) {
 
 // Run polls for changes every Interval until ctx is done, calling OnChange
 // after each reload that changed something.
+//
+// A change is picked up once the directory has been stable for one
+// interval, so that a rotation writing tls.crt then tls.key is read whole;
+// should a reload still catch one half-written, Resolve keeps serving the
+// last version that validated (see Resolve).
 func (s *Source) Run(ctx context.Context) error {
 	t := time.NewTicker(s.cfg.Interval)
 	defer t.Stop()
+	last := ""
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+		}
+		stamp, err := s.stamp()
+		if err != nil {
+			s.log.Warn("secrets reload failed", "error", err)
+			continue
+		}
+		if cur := s.snap.Load(); stamp == cur.stamp || stamp != last {
+			last = stamp // unchanged, or still changing
+			continue
 		}
 		changed, err := s.Reload()
 		if err != nil {
@@ -293,8 +318,15 @@ type Request struct {
 // (each name once, sorted by name) and one error per reference that failed,
 // naming the secret; the resources of the others are returned regardless,
 // so one bad secret does not stop other rules.
+//
+// When a secret that validated before no longer does (a rotation caught
+// half-written, a bad edit), Resolve returns the last version that
+// validated, as long as its certificate is still within its validity, and
+// says so in the error: the rule keeps working on the old material instead
+// of failing. A secret missing altogether is not replaced.
 func (s *Source) Resolve(reqs []Request) ([]*tlsv3.Secret, error) {
 	snap := s.snap.Load()
+	now := s.cfg.Now()
 	byName := map[string]*tlsv3.Secret{}
 	var errs []error
 	for _, q := range reqs {
@@ -317,10 +349,11 @@ func (s *Source) Resolve(reqs []Request) ([]*tlsv3.Secret, error) {
 			case key == nil:
 				errs = append(errs, fmt.Errorf("secret %s: key %s: %w", r, keyKey, ErrNotFound))
 			default:
-				if err := checkPair(crt, key, s.cfg.Now()); err != nil {
-					errs = append(errs, fmt.Errorf("secret %s (%s, %s): %w", r, crtKey, keyKey, err))
+				if notAfter, err := checkPair(crt, key, now); err != nil {
+					errs = append(errs, s.lastGood(byName, r.CertificateName(), now, fmt.Errorf("secret %s (%s, %s): %w", r, crtKey, keyKey, err)))
 				} else {
 					byName[r.CertificateName()] = xds.CertificateSecret(r.CertificateName(), crt, key)
+					s.remember(byName[r.CertificateName()], notAfter)
 				}
 			}
 		}
@@ -329,9 +362,10 @@ func (s *Source) Resolve(reqs []Request) ([]*tlsv3.Secret, error) {
 			if ca == nil {
 				errs = append(errs, fmt.Errorf("secret %s: key %s: %w", r, caKey, ErrNotFound))
 			} else if err := checkBundle(ca); err != nil {
-				errs = append(errs, fmt.Errorf("secret %s (%s): %w", r, caKey, err))
+				errs = append(errs, s.lastGood(byName, r.TrustedCAName(), now, fmt.Errorf("secret %s (%s): %w", r, caKey, err)))
 			} else {
 				byName[r.TrustedCAName()] = xds.ValidationSecret(r.TrustedCAName(), ca)
+				s.remember(byName[r.TrustedCAName()], time.Time{})
 			}
 		}
 	}
@@ -343,27 +377,51 @@ func (s *Source) Resolve(reqs []Request) ([]*tlsv3.Secret, error) {
 	return out, errors.Join(errs...)
 }
 
+// remember records sec as the last version of its name that validated.
+func (s *Source) remember(sec *tlsv3.Secret, notAfter time.Time) {
+	s.goodMu.Lock()
+	defer s.goodMu.Unlock()
+	if s.good == nil {
+		s.good = map[string]goodSecret{}
+	}
+	s.good[sec.GetName()] = goodSecret{secret: sec, notAfter: notAfter}
+}
+
+// lastGood puts the last valid version of name into byName when there is
+// one still valid at now, and returns err annotated accordingly.
+func (s *Source) lastGood(byName map[string]*tlsv3.Secret, name string, now time.Time, err error) error {
+	s.goodMu.Lock()
+	g, ok := s.good[name]
+	s.goodMu.Unlock()
+	if !ok || (!g.notAfter.IsZero() && now.After(g.notAfter)) {
+		return err
+	}
+	byName[name] = g.secret
+	return fmt.Errorf("%w (serving the last valid version)", err)
+}
+
 // checkPair verifies that key belongs to the first certificate of crt and
-// that the certificate is valid at now. Errors never quote key bytes.
-func checkPair(crt, key []byte, now time.Time) error {
+// that the certificate is valid at now, and returns its expiry. Errors
+// never quote key bytes.
+func checkPair(crt, key []byte, now time.Time) (time.Time, error) {
 	pair, err := tls.X509KeyPair(crt, key)
 	if err != nil {
 		// crypto/tls errors describe the mismatch, not the key.
-		return fmt.Errorf("certificate and key: %w", err)
+		return time.Time{}, fmt.Errorf("certificate and key: %w", err)
 	}
 	leaf := pair.Leaf
 	if leaf == nil {
 		if leaf, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
-			return fmt.Errorf("certificate: %w", err)
+			return time.Time{}, fmt.Errorf("certificate: %w", err)
 		}
 	}
 	if now.After(leaf.NotAfter) {
-		return fmt.Errorf("certificate %q expired at %s", leaf.Subject.CommonName, leaf.NotAfter.UTC().Format(time.RFC3339))
+		return time.Time{}, fmt.Errorf("certificate %q expired at %s", leaf.Subject.CommonName, leaf.NotAfter.UTC().Format(time.RFC3339))
 	}
 	if now.Before(leaf.NotBefore) {
-		return fmt.Errorf("certificate %q not valid before %s", leaf.Subject.CommonName, leaf.NotBefore.UTC().Format(time.RFC3339))
+		return time.Time{}, fmt.Errorf("certificate %q not valid before %s", leaf.Subject.CommonName, leaf.NotBefore.UTC().Format(time.RFC3339))
 	}
-	return nil
+	return leaf.NotAfter, nil
 }
 
 // checkBundle verifies that every PEM block of a CA bundle is a parsable

@@ -9,12 +9,15 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 
 	"github.com/wardproxy/ward/policy"
 )
@@ -203,5 +206,58 @@ func TestRefFor(t *testing.T) {
 	}
 	if _, ok := RefFor(nil); ok {
 		t.Error("RefFor(nil) ok; want false")
+	}
+}
+
+func TestResolveKeepsLastValidVersion(t *testing.T) {
+	now := time.Now()
+	a := issue(t, "a.example", now.Add(-time.Hour), now.Add(time.Hour))
+	b := issue(t, "b.example", now.Add(-time.Hour), now.Add(2*time.Hour))
+	dir := t.TempDir()
+	ref := Ref{Namespace: "ns", Name: "n"}
+	req := []Request{{Ref: ref, Use: UseCertificate}}
+	if err := Write(dir, ref, map[string][]byte{"tls.crt": a.crt, "tls.key": a.key}); err != nil {
+		t.Fatal(err)
+	}
+	clock := now
+	s, err := New(Config{Dir: dir, Now: func() time.Time { return clock }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := func(got []*tlsv3.Secret) string {
+		if len(got) != 1 {
+			return fmt.Sprintf("%d secrets", len(got))
+		}
+		return string(got[0].GetTlsCertificate().GetCertificateChain().GetInlineBytes())
+	}
+	if got, err := s.Resolve(req); err != nil || cert(got) != string(a.crt) {
+		t.Fatalf("Resolve = %v; want a's certificate", err)
+	}
+	// A rotation caught half-way: b's certificate, a's key.
+	if err := Write(dir, ref, map[string][]byte{"tls.crt": b.crt}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Resolve(req)
+	if err == nil || !strings.Contains(err.Error(), "serving the last valid version") || cert(got) != string(a.crt) {
+		t.Errorf("Resolve mid-rotation = %q, %v; want a's certificate and an error saying so", cert(got), err)
+	}
+	// Once a's certificate expired, it is not served any more.
+	clock = now.Add(90 * time.Minute)
+	if got, err := s.Resolve(req); err == nil || len(got) != 0 {
+		t.Errorf("Resolve with the last valid version expired = %d secrets, %v; want none and an error", len(got), err)
+	}
+	clock = now
+	// The rotation completes.
+	if err := Write(dir, ref, map[string][]byte{"tls.key": b.key}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Resolve(req); err != nil || cert(got) != string(b.crt) {
+		t.Errorf("Resolve after rotation = %v; want b's certificate", err)
 	}
 }
