@@ -130,9 +130,11 @@ func run(rounds int, dur time.Duration, conns int, rulesFlag string, rateFrac fl
 	go srv.Run(ctx) //nolint:errcheck
 	node := "bench"
 	res := xds.EnvoyResources{Clusters: []types.Resource{xds.StaticCluster("up", "127.0.0.1", uint32(up.Port), false)}}
-	arms := []*arm{{name: "router only", port: freePort()}}
+	arms := []*arm{{name: "router only", port: freePort()}, {name: "no-op Go filter (libward.so)", port: freePort()}}
 	var policies []*npds.NetworkPolicy
-	res.Listeners = append(res.Listeners, must(xds.HTTPListener{Name: "router", Address: "127.0.0.1", Port: uint32(arms[0].port), Cluster: "up"}.Build()))
+	res.Listeners = append(res.Listeners, must(xds.HTTPListener{Name: "router", Address: "127.0.0.1", Port: uint32(arms[0].port), Cluster: "up"}.Build()),
+		// The module boundary alone: a filter that reads one header and continues.
+		must(xds.HTTPListener{Name: "noop", Address: "127.0.0.1", Port: uint32(arms[1].port), Cluster: "up", Filters: []xds.ModuleFilter{{Name: "ward.test.panic", Config: []byte("{}")}}}.Build()))
 	for _, f := range strings.Split(rulesFlag, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || n < 1 {
