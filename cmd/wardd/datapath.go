@@ -33,8 +33,13 @@ type datapathConfig struct {
 	KafkaIngressPort uint16 `json:"kafkaIngressPort"`
 	// DNSPort is the transparent DNS proxy (UDP and TCP, default 15053);
 	// egress DNS rules redirect there.
-	DNSPort   uint16 `json:"dnsPort"`
-	AccessLog string `json:"accessLog"`
+	DNSPort uint16 `json:"dnsPort"`
+	// EgressHTTPBasePort is the first of the per-endpoint egress HTTP
+	// listeners (default 15100): the i-th local endpoint's egress HTTP goes
+	// to EgressHTTPBasePort+i, whose upstream sockets carry that endpoint's
+	// identity mark so the destination's ingress policy sees the source.
+	EgressHTTPBasePort uint16 `json:"egressHTTPBasePort"`
+	AccessLog          string `json:"accessLog"`
 }
 
 func (c *datapathConfig) defaults() {
@@ -50,6 +55,9 @@ func (c *datapathConfig) defaults() {
 	if c.DNSPort == 0 {
 		c.DNSPort = 15053
 	}
+	if c.EgressHTTPBasePort == 0 {
+		c.EgressHTTPBasePort = 15100
+	}
 }
 
 // datapath is the loaded datapath as wardd drives it.
@@ -58,16 +66,20 @@ type datapath struct {
 	dp     *redirect.Datapath
 	undo   func() error
 	log    *slog.Logger
-	ifaces map[uint64]int // endpoint id -> ifindex
+	ifaces map[uint64]int    // endpoint id -> ifindex
+	egress map[uint64]uint16 // endpoint id -> its egress HTTP listener port
 }
 
 func openDatapath(cfg datapathConfig, eps []endpointConfig, log *slog.Logger) (*datapath, error) {
 	cfg.defaults()
-	d := &datapath{cfg: cfg, log: log, ifaces: map[uint64]int{}}
+	d := &datapath{cfg: cfg, log: log, ifaces: map[uint64]int{}, egress: map[uint64]uint16{}}
+	n := 0
 	for i, ep := range eps {
 		if ep.Remote {
 			continue
 		}
+		d.egress[ep.ID] = cfg.EgressHTTPBasePort + uint16(n)
+		n++
 		if ep.Interface == "" {
 			return nil, fmt.Errorf("endpoints[%d].interface is required with the datapath enabled", i)
 		}
@@ -96,6 +108,34 @@ func (d *datapath) Close() error {
 	return errors.Join(d.undo(), d.dp.Close())
 }
 
+// egressListeners returns one transparent egress HTTP listener per local
+// endpoint; its upstream sockets carry the endpoint's identity
+// (redirect.ProxyEgressMark), so the destination's ingress policy in the
+// datapath sees the real source.
+func (d *datapath) egressListeners(socket, node string, eps []endpointConfig, identity func(uint64) (uint32, bool)) ([]types.Resource, []types.Resource, error) {
+	var ls, cs []types.Resource
+	for _, ep := range eps {
+		port, ok := d.egress[ep.ID]
+		if !ok {
+			continue
+		}
+		id, ok := identity(ep.ID)
+		if !ok {
+			continue
+		}
+		cfg, _ := json.Marshal(map[string]any{"xds_socket": socket, "node": node, "direction": "egress", "endpoint": ep.Name, "access_log": d.cfg.AccessLog})
+		cluster := fmt.Sprintf("ward-original-dst-egress-%d", ep.ID)
+		l, err := xds.HTTPListener{Name: fmt.Sprintf("ward-http-egress-%d", ep.ID), Address: "0.0.0.0", Port: uint32(port), Transparent: true,
+			Cluster: cluster, Filters: []xds.ModuleFilter{{Name: "ward.http", Config: cfg}}}.Build()
+		if err != nil {
+			return nil, nil, err
+		}
+		ls = append(ls, l)
+		cs = append(cs, xds.MarkUpstream(xds.OriginalDstCluster(cluster, false), redirect.ProxyEgressMark(id)))
+	}
+	return ls, cs, nil
+}
+
 // listeners returns Envoy's transparent listeners and clusters for the
 // proxied ports.
 func (d *datapath) listeners(socket, node string) ([]types.Resource, []types.Resource, error) {
@@ -120,14 +160,17 @@ func (d *datapath) listeners(socket, node string) ([]types.Resource, []types.Res
 	return []types.Resource{httpIn, kafkaIn}, clusters, nil
 }
 
-// proxyPort names the listener for a proxied port; 0 (no proxy: the flow
-// is dropped, never let through unchecked) for egress HTTP/Kafka, not
-// wired yet.
-func (d *datapath) proxyPort(dir policy.Direction, l7 *policy.L7Port) uint16 {
+// proxyPort names the listener for a proxied port of endpoint ep; 0 (no
+// proxy: the flow is dropped, never let through unchecked) for egress
+// Kafka, not wired yet.
+func (d *datapath) proxyPort(ep uint64, dir policy.Direction, l7 *policy.L7Port) uint16 {
 	if l7.Parser == "dns" {
 		return d.cfg.DNSPort
 	}
 	if dir != policy.Ingress {
+		if l7.Parser == "http" {
+			return d.egress[ep]
+		}
 		return 0
 	}
 	switch l7.Parser {
@@ -171,12 +214,13 @@ func (d *datapath) apply(snap *policy.Snapshot, eps []endpointConfig, ips map[ui
 		if !ok {
 			continue
 		}
-		in, err := policymap.Entries(policy.Ingress, pol.Ingress, d.proxyPort)
+		ports := func(dir policy.Direction, l7 *policy.L7Port) uint16 { return d.proxyPort(ep.ID, dir, l7) }
+		in, err := policymap.Entries(policy.Ingress, pol.Ingress, ports)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("endpoint %s: %w", ep.Name, err))
 			continue
 		}
-		out, err := policymap.Entries(policy.Egress, pol.Egress, d.proxyPort)
+		out, err := policymap.Entries(policy.Egress, pol.Egress, ports)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("endpoint %s: %w", ep.Name, err))
 			continue

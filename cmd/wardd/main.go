@@ -154,6 +154,26 @@ func run(ctx context.Context, f flags, log *slog.Logger) error {
 			return err
 		}
 		engine.dp = dp
+		if dp != nil {
+			// Egress listeners need the endpoints' identities, which the
+			// repository assigned from their labels.
+			snap := engine.repo.Snapshot()
+			ls, cs, err := dp.egressListeners(socket, node, cfg.Endpoints, func(id uint64) (uint32, bool) {
+				p, ok := snap.Endpoint(id)
+				if !ok {
+					return 0, false
+				}
+				return uint32(p.Identity), true
+			})
+			if err != nil {
+				return err
+			}
+			res.Listeners = append(res.Listeners, ls...)
+			res.Clusters = append(res.Clusters, cs...)
+			if _, err := srv.SetEnvoyResources(ctx, node, res); err != nil {
+				return err
+			}
+		}
 	} else {
 		ps, hs, err := cfg.policies()
 		if err != nil {
