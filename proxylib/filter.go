@@ -30,6 +30,9 @@ type HTTPStream interface {
 	SendLocalReply(status int, headers [][2]string, body []byte, details string)
 	// Conn describes the downstream connection.
 	Conn() ConnAddrs
+	// RequestedServerName is the SNI of the downstream TLS connection, ""
+	// without TLS.
+	RequestedServerName() string
 }
 
 // ConnAddrs are a connection's addresses as "ip:port" strings, plus its id.

@@ -371,11 +371,11 @@ func TestTLS(t *testing.T) {
 		deadline := time.Now().Add(time.Minute)
 		for {
 			got := sc.flowRecords(t)
-			if got["allowed GET /public/x"] && got["denied GET /private"] {
+			if got["allowed GET /public/x sni="+apiName] && got["denied GET /private sni="+apiName] {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("flow records %v; want allowed GET /public/x and denied GET /private", got)
+				t.Fatalf("flow records %v; want allowed GET /public/x and denied GET /private, intercepted, SNI %s", got, apiName)
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
@@ -504,6 +504,9 @@ func (sc *scenario) flowRecords(t *testing.T) map[string]bool {
 			continue
 		}
 		out[fmt.Sprintf("%s %s %s", r.Verdict, r.HTTP.Method, r.HTTP.Path)] = true
+		if r.TLS != nil && r.TLS.Intercepted {
+			out[fmt.Sprintf("%s %s %s sni=%s", r.Verdict, r.HTTP.Method, r.HTTP.Path, r.TLS.SNI)] = true
+		}
 	}
 	return out
 }

@@ -36,6 +36,7 @@ const (
 	attrSourceAddress      = 24
 	attrDestinationAddress = 26
 	attrConnectionID       = 28
+	attrRequestedSNI       = 30 // ConnectionRequestedServerName
 )
 
 // Headers status values.
@@ -147,6 +148,8 @@ func (s *httpStream) attrString(id int) string {
 	}
 	return string(view(out))
 }
+
+func (s *httpStream) RequestedServerName() string { return s.attrString(attrRequestedSNI) }
 
 func (s *httpStream) Conn() proxylib.ConnAddrs {
 	var id C.uint64_t

@@ -28,6 +28,7 @@ func (s *fakeStream) SetRequestHeader(n, v string)                    { s.h[n] =
 func (s *fakeStream) RemoveRequestHeader(n string)                    { delete(s.h, n) }
 func (s *fakeStream) AddRequestHeader(n, v string)                    { s.h[n] = v }
 func (s *fakeStream) SendLocalReply(int, [][2]string, []byte, string) { s.replied++ }
+func (s *fakeStream) RequestedServerName() string                     { return "" }
 func (s *fakeStream) Conn() proxylib.ConnAddrs {
 	return proxylib.ConnAddrs{Remote: "10.0.0.2:43210", Local: "10.0.0.1:80", ID: 7}
 }

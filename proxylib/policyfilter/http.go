@@ -113,6 +113,9 @@ func (f *httpFilter) OnRequestHeaders(s proxylib.HTTPStream, _ bool) proxylib.He
 	if t.ep == nil {
 		return f.deny(s, &t, &req, ct, t.reason)
 	}
+	if f.c.sink != nil {
+		t.sni = s.RequestedServerName()
+	}
 	verdict, rules := t.ep.Lookup(f.c.cfg.ingress(), t.port, t.remoteID)
 	switch verdict {
 	case npdsclient.AllowAll:
@@ -143,6 +146,9 @@ func (f *httpFilter) OnRequestHeaders(s proxylib.HTTPStream, _ bool) proxylib.He
 // deny answers 403 Access denied, or for gRPC a trailers-only response with
 // grpc-status 7 (Envoy's own local reply for gRPC would carry status 0).
 func (f *httpFilter) deny(s proxylib.HTTPStream, t *target, req *httpf.Request, ct, reason string) proxylib.HeadersStatus {
+	if f.c.sink != nil && t.sni == "" {
+		t.sni = s.RequestedServerName()
+	}
 	status, headers, body := httpf.DenyResponse(ct)
 	s.SendLocalReply(status, headers, body, "ward_access_denied")
 	f.record(t, req, ct, flow.Denied, reason, -1, status)
@@ -169,7 +175,12 @@ func (f *httpFilter) record(t *target, req *httpf.Request, ct string, v flow.Ver
 		src := flow.Endpoint{IP: t.remote.Addr().String(), Port: t.remote.Port(), Labels: local.Labels}
 		meta.Source, meta.Destination = src, peer
 	}
-	f.c.sink.Emit(httpf.NewRecord(&meta, req, v, reason, rule, status))
+	r := httpf.NewRecord(&meta, req, v, reason, rule, status)
+	if t.sni != "" {
+		// Decrypted traffic: the listener terminated the client's TLS.
+		r.TLS = &flow.TLS{SNI: t.sni, Intercepted: true}
+	}
+	f.c.sink.Emit(r)
 }
 
 func (f *httpFilter) OnResponseHeaders(proxylib.HTTPStream, bool) proxylib.HeadersStatus {
