@@ -20,6 +20,10 @@ type HTTPStream interface {
 	RequestHeader(name string) (string, bool)
 	// RequestHeaderValues returns every value of a request header.
 	RequestHeaderValues(name string) []string
+	// Header returns a request header's values joined with "," (how
+	// Envoy's header matchers see a repeated header), so a second copy
+	// cannot smuggle a value past an exact match.
+	Header(name string) (string, bool)
 	// SetRequestHeader replaces a request header; RemoveRequestHeader
 	// deletes it; AddRequestHeader appends a value.
 	SetRequestHeader(name, value string)

@@ -19,6 +19,7 @@ package abi
 import "C"
 
 import (
+	"strings"
 	"unsafe"
 
 	"github.com/wardproxy/ward/proxylib"
@@ -79,6 +80,24 @@ func (s *httpStream) header(typ int, name string, index int) (string, bool, int)
 func (s *httpStream) RequestHeader(name string) (string, bool) {
 	v, ok, _ := s.header(requestHeader, name, 0)
 	return v, ok
+}
+
+// Header returns a request header's values joined with "," (Envoy's view
+// for header matching) with one callback when the header occurs once.
+func (s *httpStream) Header(name string) (string, bool) {
+	v, ok, n := s.header(requestHeader, name, 0)
+	if !ok || n <= 1 {
+		return v, ok
+	}
+	var b strings.Builder
+	b.WriteString(v)
+	for i := 1; i < n; i++ {
+		if w, ok, _ := s.header(requestHeader, name, i); ok {
+			b.WriteByte(',')
+			b.WriteString(w)
+		}
+	}
+	return b.String(), true
 }
 
 func (s *httpStream) RequestHeaderValues(name string) []string {

@@ -221,30 +221,25 @@ func envoy_dynamic_module_on_network_filter_new_connection(p unsafe.Pointer, h C
 }
 
 //export envoy_dynamic_module_on_network_filter_read
-func envoy_dynamic_module_on_network_filter_read(p unsafe.Pointer, h C.uintptr_t, _ C.size_t, end C.bool) (st C.int) {
-	var f *networkFilter
-	defer func() {
-		if r := recover(); r != nil {
-			st = failNetwork(p, f, "network_filter_read", r)
-		}
-	}()
-	f, _ = fromHandle[*networkFilter](h)
-	if f == nil {
-		panic("unknown filter handle")
-	}
-	if f.closed {
-		return C.int(proxylib.NetworkStopIteration)
-	}
-	f.conn.p = p
-	return C.int(f.f.OnRead(&f.conn, f.buffer(false), bool(end)))
+func envoy_dynamic_module_on_network_filter_read(p unsafe.Pointer, h C.uintptr_t, _ C.size_t, end C.bool) C.int {
+	return onData(p, h, false, bool(end))
 }
 
 //export envoy_dynamic_module_on_network_filter_write
-func envoy_dynamic_module_on_network_filter_write(p unsafe.Pointer, h C.uintptr_t, _ C.size_t, end C.bool) (st C.int) {
+func envoy_dynamic_module_on_network_filter_write(p unsafe.Pointer, h C.uintptr_t, _ C.size_t, end C.bool) C.int {
+	return onData(p, h, true, bool(end))
+}
+
+// onData hands the read (client to server) or write buffer to the filter.
+func onData(p unsafe.Pointer, h C.uintptr_t, write, end bool) (st C.int) {
 	var f *networkFilter
 	defer func() {
 		if r := recover(); r != nil {
-			st = failNetwork(p, f, "network_filter_write", r)
+			where := "network_filter_read"
+			if write {
+				where = "network_filter_write"
+			}
+			st = failNetwork(p, f, where, r)
 		}
 	}()
 	f, _ = fromHandle[*networkFilter](h)
@@ -255,7 +250,10 @@ func envoy_dynamic_module_on_network_filter_write(p unsafe.Pointer, h C.uintptr_
 		return C.int(proxylib.NetworkStopIteration)
 	}
 	f.conn.p = p
-	return C.int(f.f.OnWrite(&f.conn, f.buffer(true), bool(end)))
+	if write {
+		return C.int(f.f.OnWrite(&f.conn, f.buffer(true), end))
+	}
+	return C.int(f.f.OnRead(&f.conn, f.buffer(false), end))
 }
 
 //export envoy_dynamic_module_on_network_filter_event

@@ -117,8 +117,9 @@ const (
 )
 
 // Lookup selects the rules of a direction and port for a remote identity.
-// For CheckL7 it returns the matching rules (each with a non-nil L7).
-func (e *Endpoint) Lookup(ingress bool, port uint16, remote uint32) (Verdict, []*Rule) {
+// For CheckL7 it returns the matching rules (each with a non-nil L7),
+// appended to buf[:0] so a caller on the request path can reuse one.
+func (e *Endpoint) Lookup(ingress bool, port uint16, remote uint32, buf []*Rule) (Verdict, []*Rule) {
 	if e == nil {
 		return NoPolicy, nil
 	}
@@ -126,7 +127,7 @@ func (e *Endpoint) Lookup(ingress bool, port uint16, remote uint32) (Verdict, []
 	if ingress {
 		ports = e.Ingress
 	}
-	var l7 []*Rule
+	l7 := buf[:0]
 	allowAll := false
 	for _, p := range ports {
 		if !p.contains(port) {

@@ -58,14 +58,14 @@ func TestLookup(t *testing.T) {
 		{name: "egress empty", ingress: false, port: 80, remote: 7, want: NoPolicy},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			v, rules := ep.Lookup(tc.ingress, tc.port, tc.remote)
+			v, rules := ep.Lookup(tc.ingress, tc.port, tc.remote, nil)
 			if v != tc.want || len(rules) != tc.rules {
 				t.Errorf("Lookup(%v, %d, %d) = %v, %d rules; want %v, %d", tc.ingress, tc.port, tc.remote, v, len(rules), tc.want, tc.rules)
 			}
 		})
 	}
 	var nilEP *Endpoint
-	if v, _ := nilEP.Lookup(true, 80, 7); v != NoPolicy {
+	if v, _ := nilEP.Lookup(true, 80, 7, nil); v != NoPolicy {
 		t.Errorf("nil endpoint: %v; want NoPolicy", v)
 	}
 }

@@ -18,6 +18,7 @@ type fakeStream struct {
 }
 
 func (s *fakeStream) RequestHeader(n string) (string, bool) { v, ok := s.h[n]; return v, ok }
+func (s *fakeStream) Header(n string) (string, bool)        { v, ok := s.h[n]; return v, ok }
 func (s *fakeStream) RequestHeaderValues(n string) []string {
 	if v, ok := s.h[n]; ok {
 		return []string{v}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 
 	httpf "github.com/wardproxy/ward/filters/http"
@@ -80,24 +79,8 @@ func (c *httpConfig) NewHTTPFilter() proxylib.HTTPFilter { return &httpFilter{c:
 func (c *httpConfig) Close()                             {}
 
 type httpFilter struct {
-	c *httpConfig
-}
-
-// streamHeaders adapts an HTTPStream to the matcher's HeaderReader. A
-// header's value is all its values joined with ",", as Envoy's header
-// matchers see it, so a second copy cannot smuggle a value past an exact
-// match.
-type streamHeaders struct{ s proxylib.HTTPStream }
-
-func (h streamHeaders) Header(name string) (string, bool) {
-	v, ok := h.s.RequestHeader(name)
-	if !ok {
-		return "", false
-	}
-	if vs := h.s.RequestHeaderValues(name); len(vs) > 1 {
-		return strings.Join(vs, ","), true
-	}
-	return v, true
+	c     *httpConfig
+	rules [4]*npdsclient.Rule // Lookup's buffer: no allocation per request
 }
 
 func (f *httpFilter) OnRequestHeaders(s proxylib.HTTPStream, _ bool) proxylib.HeadersStatus {
@@ -108,7 +91,7 @@ func (f *httpFilter) OnRequestHeaders(s proxylib.HTTPStream, _ bool) proxylib.He
 	req.Path, _ = s.RequestHeader(":path")
 	req.Host, _ = s.RequestHeader(":authority")
 	ct, _ := s.RequestHeader("content-type")
-	req.Headers = streamHeaders{s}
+	req.Headers = s // HTTPStream.Header joins repeated values
 
 	if t.ep == nil {
 		return f.deny(s, &t, &req, ct, t.reason)
@@ -116,7 +99,7 @@ func (f *httpFilter) OnRequestHeaders(s proxylib.HTTPStream, _ bool) proxylib.He
 	if f.c.sink != nil {
 		t.sni = s.RequestedServerName()
 	}
-	verdict, rules := t.ep.Lookup(f.c.cfg.ingress(), t.port, t.remoteID)
+	verdict, rules := t.ep.Lookup(f.c.cfg.ingress(), t.port, t.remoteID, f.rules[:0])
 	switch verdict {
 	case npdsclient.AllowAll:
 		f.record(&t, &req, ct, flow.Allowed, "l4 allow", -1, 0)

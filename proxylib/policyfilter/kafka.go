@@ -97,7 +97,7 @@ func (r connRules) Rules(ingress bool, port uint16, remote uint32) (*kafka.Match
 	if !ok {
 		return nil, false
 	}
-	v, rules := ep.Lookup(ingress, port, remote)
+	v, rules := ep.Lookup(ingress, port, remote, nil)
 	switch v {
 	case npdsclient.AllowAll:
 		return r.c.allowAll, true
