@@ -38,34 +38,24 @@ var (
 
 // Endpoint implements dns.EndpointLookup over the local endpoints.
 func (g *dnsGlue) Endpoint(src netip.Addr) (uint64, uint32, bool) {
-	src = src.Unmap()
-	snap := g.e.snapshot()
-	for _, ep := range g.e.eps {
-		if ep.Remote {
-			continue
-		}
-		for _, a := range g.e.ips[ep.ID] {
-			if a == src {
-				if p, ok := snap.Endpoint(ep.ID); ok {
-					return ep.ID, uint32(p.Identity), true
-				}
-			}
-		}
+	ep, ok := g.e.byIP[src.Unmap()]
+	if !ok || ep.Remote {
+		return 0, 0, false
 	}
-	return 0, 0, false
+	p, ok := g.e.snapshot().Endpoint(ep.ID)
+	if !ok {
+		return 0, 0, false
+	}
+	return ep.ID, uint32(p.Identity), true
 }
 
 // remoteIdentity is the identity of a destination address: a workload's,
 // else a CIDR identity, else world.
 func (g *dnsGlue) remoteIdentity(snap *policy.Snapshot, ip netip.Addr) policy.NumericIdentity {
 	ip = ip.Unmap()
-	for _, ep := range g.e.eps {
-		for _, a := range g.e.ips[ep.ID] {
-			if a == ip {
-				if p, ok := snap.Endpoint(ep.ID); ok {
-					return p.Identity
-				}
-			}
+	if ep, ok := g.e.byIP[ip]; ok {
+		if p, ok := snap.Endpoint(ep.ID); ok {
+			return p.Identity
 		}
 	}
 	return snap.IdentityForIP(ip)

@@ -138,15 +138,6 @@ func run(ctx context.Context, f flags, log *slog.Logger) error {
 			return err
 		}
 		defer dp.Close()
-		ls, cs, err := dp.listeners(socket, node)
-		if err != nil {
-			return err
-		}
-		res.Listeners = append(res.Listeners, ls...)
-		res.Clusters = append(res.Clusters, cs...)
-	}
-	if _, err := srv.SetEnvoyResources(ctx, node, res); err != nil {
-		return err
 	}
 	var engine *policyEngine
 	if cfg.PolicyDir != "" {
@@ -154,26 +145,6 @@ func run(ctx context.Context, f flags, log *slog.Logger) error {
 			return err
 		}
 		engine.dp = dp
-		if dp != nil {
-			// Egress listeners need the endpoints' identities, which the
-			// repository assigned from their labels.
-			snap := engine.repo.Snapshot()
-			ls, cs, err := dp.egressListeners(socket, node, cfg.Endpoints, func(id uint64) (uint32, bool) {
-				p, ok := snap.Endpoint(id)
-				if !ok {
-					return 0, false
-				}
-				return uint32(p.Identity), true
-			})
-			if err != nil {
-				return err
-			}
-			res.Listeners = append(res.Listeners, ls...)
-			res.Clusters = append(res.Clusters, cs...)
-			if _, err := srv.SetEnvoyResources(ctx, node, res); err != nil {
-				return err
-			}
-		}
 	} else {
 		ps, hs, err := cfg.policies()
 		if err != nil {
@@ -181,6 +152,29 @@ func run(ctx context.Context, f flags, log *slog.Logger) error {
 		}
 		srv.SetHosts(hs)
 		srv.SetPolicies(ps)
+	}
+	if dp != nil {
+		ls, cs, err := dp.listeners(socket, node)
+		if err != nil {
+			return err
+		}
+		// Egress listeners carry the endpoints' identities, which the
+		// repository assigned from their labels.
+		snap := engine.repo.Snapshot()
+		els, ecs, err := dp.egressListeners(socket, node, cfg.Endpoints, func(id uint64) (uint32, bool) {
+			if p, ok := snap.Endpoint(id); ok {
+				return uint32(p.Identity), true
+			}
+			return 0, false
+		})
+		if err != nil {
+			return err
+		}
+		res.Listeners = append(append(res.Listeners, ls...), els...)
+		res.Clusters = append(append(res.Clusters, cs...), ecs...)
+	}
+	if _, err := srv.SetEnvoyResources(ctx, node, res); err != nil {
+		return err
 	}
 
 	var px *dns.Proxy

@@ -37,6 +37,7 @@ type policyEngine struct {
 	repo *policy.Repository
 	eps  []endpointConfig
 	ips  map[uint64][]netip.Addr
+	byIP map[netip.Addr]endpointConfig // every workload address
 	srv  *xds.Server
 	log  *slog.Logger
 	dp   *datapath // nil without the datapath
@@ -91,7 +92,7 @@ func newPolicyEngine(cfg *nodeConfig, srv *xds.Server, log *slog.Logger) (*polic
 	if err := pc.Validate(); err != nil {
 		return nil, fmt.Errorf("config mode: %w", err)
 	}
-	e := &policyEngine{repo: policy.NewRepository(pc), eps: cfg.Endpoints, ips: map[uint64][]netip.Addr{}, srv: srv, log: log}
+	e := &policyEngine{repo: policy.NewRepository(pc), eps: cfg.Endpoints, ips: map[uint64][]netip.Addr{}, byIP: map[netip.Addr]endpointConfig{}, srv: srv, log: log}
 	for i, ep := range cfg.Endpoints {
 		if ep.ID == 0 {
 			return nil, fmt.Errorf("endpoints[%d].id is required", i)
@@ -101,7 +102,8 @@ func newPolicyEngine(cfg *nodeConfig, srv *xds.Server, log *slog.Logger) (*polic
 			if err != nil {
 				return nil, fmt.Errorf("endpoints[%d].ips[%d]: %w", i, j, err)
 			}
-			e.ips[ep.ID] = append(e.ips[ep.ID], ip)
+			e.ips[ep.ID] = append(e.ips[ep.ID], ip.Unmap())
+			e.byIP[ip.Unmap()] = ep
 		}
 		ns := ep.Namespace
 		if ns == "" {
