@@ -122,16 +122,31 @@ func (h HTTPListener) Build() (*listener.Listener, error) {
 		}
 		filters = append(filters, &hcm.HttpFilter{Name: "envoy.filters.http.ext_authz", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: a}})
 	}
-	for i, f := range h.Filters {
+	prefix := h.StatPrefix
+	if prefix == "" {
+		prefix = h.Name
+	}
+	f, err := httpConnectionManager(h.Name, prefix, h.Cluster, filters, h.Filters)
+	if err != nil {
+		return nil, err
+	}
+	l := listenerBase(h.Name, h.Address, h.Port, h.Transparent)
+	l.FilterChains = []*listener.FilterChain{{Filters: []*listener.Filter{f}}}
+	return l, nil
+}
+
+// httpConnectionManager is the HCM of every listener ward builds: the
+// filters before ward's (pre), ward's module filters, the router to one
+// cluster, and path normalization, so rules see the path the upstream
+// will see.
+func httpConnectionManager(name, prefix, cluster string, pre []*hcm.HttpFilter, ward []ModuleFilter) (*listener.Filter, error) {
+	filters := pre
+	for i, f := range ward {
 		cfg, err := anyOf(wrapperspb.String(string(f.Config)))
 		if err != nil {
 			return nil, err
 		}
-		a, err := anyOf(&dmhttp.DynamicModuleFilter{
-			DynamicModuleConfig: moduleConfig(),
-			FilterName:          f.Name,
-			FilterConfig:        cfg,
-		})
+		a, err := anyOf(&dmhttp.DynamicModuleFilter{DynamicModuleConfig: moduleConfig(), FilterName: f.Name, FilterConfig: cfg})
 		if err != nil {
 			return nil, err
 		}
@@ -142,44 +157,34 @@ func (h HTTPListener) Build() (*listener.Listener, error) {
 		return nil, err
 	}
 	filters = append(filters, &hcm.HttpFilter{Name: "envoy.filters.http.router", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: router}})
-	prefix := h.StatPrefix
-	if prefix == "" {
-		prefix = h.Name
-	}
-	m := &hcm.HttpConnectionManager{
+	a, err := anyOf(&hcm.HttpConnectionManager{
 		StatPrefix: prefix,
-		CodecType:  hcm.HttpConnectionManager_AUTO, // HTTP/1.1 and h2c (gRPC)
+		CodecType:  hcm.HttpConnectionManager_AUTO, // HTTP/1.1 and h2 (h2c, or ALPN under TLS)
 		RouteSpecifier: &hcm.HttpConnectionManager_RouteConfig{RouteConfig: &route.RouteConfiguration{
-			Name: h.Name,
+			Name: name,
 			VirtualHosts: []*route.VirtualHost{{
-				Name:    h.Name,
+				Name:    name,
 				Domains: []string{"*"},
 				Routes: []*route.Route{{
 					Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
 					Action: &route.Route_Route{Route: &route.RouteAction{
-						ClusterSpecifier: &route.RouteAction_Cluster{Cluster: h.Cluster},
+						ClusterSpecifier: &route.RouteAction_Cluster{Cluster: cluster},
 						Timeout:          durationpb.New(0), // streaming gRPC
 					}},
 				}},
 			}},
 		}},
 		HttpFilters: filters,
-		// Rules see the path the upstream will see: RFC 3986 normalized
-		// (no /../ escapes), merged slashes, escaped slashes decoded.
+		// RFC 3986 normalized (no /../ escapes), merged slashes, escaped
+		// slashes decoded.
 		NormalizePath:                wrapperspb.Bool(true),
 		MergeSlashes:                 true,
 		PathWithEscapedSlashesAction: hcm.HttpConnectionManager_UNESCAPE_AND_FORWARD,
-	}
-	a, err := anyOf(m)
+	})
 	if err != nil {
 		return nil, err
 	}
-	l := listenerBase(h.Name, h.Address, h.Port, h.Transparent)
-	l.FilterChains = []*listener.FilterChain{{Filters: []*listener.Filter{{
-		Name:       "envoy.filters.network.http_connection_manager",
-		ConfigType: &listener.Filter_TypedConfig{TypedConfig: a},
-	}}}}
-	return l, nil
+	return &listener.Filter{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listener.Filter_TypedConfig{TypedConfig: a}}, nil
 }
 
 // Build returns the Envoy listener.

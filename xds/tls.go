@@ -24,10 +24,7 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	sfscommon "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/set_filter_state/v3"
-	dmhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/dynamic_modules/v3"
-	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	sfshttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/set_filter_state/v3"
 	tlsinspector "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -294,46 +291,8 @@ func interceptHCM(name, prefix string, c InterceptChain) (*listener.Filter, erro
 	if err != nil {
 		return nil, err
 	}
-	filters := []*hcm.HttpFilter{{Name: "envoy.filters.http.set_filter_state", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: sfs}}}
-	for i, f := range c.Filters {
-		cfg, err := anyOf(wrapperspb.String(string(f.Config)))
-		if err != nil {
-			return nil, err
-		}
-		a, err := anyOf(&dmhttp.DynamicModuleFilter{DynamicModuleConfig: moduleConfig(), FilterName: f.Name, FilterConfig: cfg})
-		if err != nil {
-			return nil, err
-		}
-		filters = append(filters, &hcm.HttpFilter{Name: fmt.Sprintf("%s.%d", f.Name, i), ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: a}})
-	}
-	router, err := anyOf(&routerv3.Router{})
-	if err != nil {
-		return nil, err
-	}
-	filters = append(filters, &hcm.HttpFilter{Name: "envoy.filters.http.router", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: router}})
-	m, err := anyOf(&hcm.HttpConnectionManager{
-		StatPrefix: prefix,
-		CodecType:  hcm.HttpConnectionManager_AUTO, // HTTP/1.1 and h2 by ALPN
-		RouteSpecifier: &hcm.HttpConnectionManager_RouteConfig{RouteConfig: &route.RouteConfiguration{
-			Name: name,
-			VirtualHosts: []*route.VirtualHost{{
-				Name:    name,
-				Domains: []string{"*"},
-				Routes: []*route.Route{{
-					Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
-					Action: &route.Route_Route{Route: &route.RouteAction{
-						ClusterSpecifier: &route.RouteAction_Cluster{Cluster: c.Cluster},
-						Timeout:          durationpb.New(0), // streaming gRPC
-					}},
-				}},
-			}},
-		}},
-		HttpFilters: filters,
-	})
-	if err != nil {
-		return nil, err
-	}
-	return &listener.Filter{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listener.Filter_TypedConfig{TypedConfig: m}}, nil
+	pre := []*hcm.HttpFilter{{Name: "envoy.filters.http.set_filter_state", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: sfs}}}
+	return httpConnectionManager(name, prefix, c.Cluster, pre, c.Filters)
 }
 
 // OriginatingCluster is the upstream of an interception (originatingTLS): a

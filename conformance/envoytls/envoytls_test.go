@@ -362,6 +362,11 @@ func TestTLS(t *testing.T) {
 		if got, want := sc.curl(t, sc.intercept, apiName, "--http1.1", "/private"), "Access denied 403"; got != want {
 			t.Errorf("curl /private = %q; want %q", got, want)
 		}
+		// Decrypted paths are normalized before the rules see them: a
+		// /../ cannot walk out of the allowed prefix.
+		if got, want := sc.curl(t, sc.intercept, apiName, "--http1.1", "/public/../private", "--path-as-is"), "Access denied 403"; got != want {
+			t.Errorf("curl --path-as-is /public/../private = %q; want %q", got, want)
+		}
 		if sc.good.hits.Load() != before {
 			t.Error("the denied request reached the upstream")
 		}
