@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/wardproxy/ward/proxylib"
 	"github.com/wardproxy/ward/xds/npds"
@@ -163,61 +165,53 @@ func (c *Client) held(typeURL string) map[string]string {
 func (c *Client) apply(resp *discovery.DeltaDiscoveryResponse) error {
 	c.mu.Lock()
 	cur := c.state.Load()
+	policies, hosts := c.policies, c.hosts
+	c.mu.Unlock()
+	// Decode and compile outside the lock; only this goroutine writes.
+	s := *cur
 	switch resp.GetTypeUrl() {
 	case npds.NetworkPolicyType:
-		next := make(map[string]*npds.NetworkPolicy, len(c.policies)+len(resp.GetResources()))
-		for k, v := range c.policies {
-			next[k] = v
-		}
-		for _, n := range resp.GetRemovedResources() {
-			delete(next, n)
-		}
-		for _, r := range resp.GetResources() {
-			p := &npds.NetworkPolicy{}
-			if err := r.GetResource().UnmarshalTo(p); err != nil {
-				c.mu.Unlock()
-				return fmt.Errorf("resource %s: %w", r.GetName(), err)
-			}
-			next[r.GetName()] = p
-		}
-		c.mu.Unlock()
-		// Compile outside the lock; only this goroutine writes.
-		byName, byIP, err := compilePolicies(next, c.cfg.Compile)
+		next, err := merge(policies, resp, func() *npds.NetworkPolicy { return &npds.NetworkPolicy{} })
 		if err != nil {
 			return err
 		}
-		s := *cur
-		s.PolicyVersion, s.byName, s.byIP = resp.GetSystemVersionInfo(), byName, byIP
+		if s.byName, s.byIP, err = compilePolicies(next, c.cfg.Compile); err != nil {
+			return err
+		}
+		s.PolicyVersion = resp.GetSystemVersionInfo()
 		c.publish(&s, func() { c.policies = next })
 	case npds.NetworkPolicyHostsType:
-		next := make(map[string]*npds.NetworkPolicyHosts, len(c.hosts)+len(resp.GetResources()))
-		for k, v := range c.hosts {
-			next[k] = v
-		}
-		for _, n := range resp.GetRemovedResources() {
-			delete(next, n)
-		}
-		for _, r := range resp.GetResources() {
-			h := &npds.NetworkPolicyHosts{}
-			if err := r.GetResource().UnmarshalTo(h); err != nil {
-				c.mu.Unlock()
-				return fmt.Errorf("resource %s: %w", r.GetName(), err)
-			}
-			next[r.GetName()] = h
-		}
-		c.mu.Unlock()
-		exact, prefixes, err := compileHosts(next)
+		next, err := merge(hosts, resp, func() *npds.NetworkPolicyHosts { return &npds.NetworkPolicyHosts{} })
 		if err != nil {
 			return err
 		}
-		s := *cur
-		s.HostsVersion, s.hostsExact, s.hostsPrefix = resp.GetSystemVersionInfo(), exact, prefixes
+		if s.hostsExact, s.hostsPrefix, err = compileHosts(next); err != nil {
+			return err
+		}
+		s.HostsVersion = resp.GetSystemVersionInfo()
 		c.publish(&s, func() { c.hosts = next })
 	default:
-		c.mu.Unlock()
 		return fmt.Errorf("unexpected type %s", resp.GetTypeUrl())
 	}
 	return nil
+}
+
+// merge applies a delta response to the resources held: removals, then
+// added or updated resources decoded with newT.
+func merge[T proto.Message](held map[string]T, resp *discovery.DeltaDiscoveryResponse, newT func() T) (map[string]T, error) {
+	next := make(map[string]T, len(held)+len(resp.GetResources()))
+	maps.Copy(next, held)
+	for _, n := range resp.GetRemovedResources() {
+		delete(next, n)
+	}
+	for _, r := range resp.GetResources() {
+		m := newT()
+		if err := r.GetResource().UnmarshalTo(m); err != nil {
+			return nil, fmt.Errorf("resource %s: %w", r.GetName(), err)
+		}
+		next[r.GetName()] = m
+	}
+	return next, nil
 }
 
 func (c *Client) publish(s *State, commit func()) {

@@ -64,15 +64,26 @@ type httpConfig struct {
 
 // NewHTTPConfig is the proxylib.HTTPConfigFactory of ward.http.
 func (e *Env) NewHTTPConfig(raw []byte) (proxylib.HTTPFilterConfig, error) {
-	cfg, err := parseConfig(raw)
+	cfg, sink, client, err := e.setup(raw)
 	if err != nil {
 		return nil, err
+	}
+	return &httpConfig{cfg: cfg, client: client, sink: sink}, nil
+}
+
+// setup is what every policy filter's configuration starts with: the
+// parsed config, its access log (nil without one) and the shared policy
+// subscription of its agent.
+func (e *Env) setup(raw []byte) (Config, flow.Sink, *npdsclient.Client, error) {
+	cfg, err := parseConfig(raw)
+	if err != nil {
+		return cfg, nil, nil, err
 	}
 	sink, err := e.sink(cfg.AccessLog)
 	if err != nil {
-		return nil, err
+		return cfg, nil, nil, err
 	}
-	return &httpConfig{cfg: cfg, client: e.Clients.Get(cfg.XDSSocket, cfg.Node, compiler(e.Logger), e.Logger), sink: sink}, nil
+	return cfg, sink, e.Clients.Get(cfg.XDSSocket, cfg.Node, compiler(e.Logger), e.Logger), nil
 }
 
 func (c *httpConfig) NewHTTPFilter() proxylib.HTTPFilter { return &httpFilter{c: c} }

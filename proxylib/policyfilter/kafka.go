@@ -44,11 +44,7 @@ type mergeKey struct {
 
 // NewKafkaConfig is the proxylib.NetworkConfigFactory of ward.kafka.
 func (e *Env) NewKafkaConfig(raw []byte) (proxylib.NetworkFilterConfig, error) {
-	cfg, err := parseConfig(raw)
-	if err != nil {
-		return nil, err
-	}
-	sink, err := e.sink(cfg.AccessLog)
+	cfg, sink, client, err := e.setup(raw)
 	if err != nil {
 		return nil, err
 	}
@@ -56,9 +52,7 @@ func (e *Env) NewKafkaConfig(raw []byte) (proxylib.NetworkFilterConfig, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &kafkaConfig{cfg: cfg, client: e.Clients.Get(cfg.XDSSocket, cfg.Node, compiler(e.Logger), e.Logger), flows: sink,
-		factories: map[connRules]*kafka.Factory{}, allowAll: all}
-	return c, nil
+	return &kafkaConfig{cfg: cfg, client: client, flows: sink, factories: map[connRules]*kafka.Factory{}, allowAll: all}, nil
 }
 
 func (c *kafkaConfig) Close() {}
