@@ -304,27 +304,25 @@ func (s *Server) SetEnvoyResources(ctx context.Context, node string, r EnvoyReso
 // SetPolicies replaces the whole set of endpoint policies and returns the
 // new version (what Acked reports once the proxy applied it).
 func (s *Server) SetPolicies(ps []*npds.NetworkPolicy) string {
-	m := make(map[string]types.Resource, len(ps))
-	for _, p := range ps {
-		m[p.GetName()] = p
-	}
-	s.genMu.Lock()
-	defer s.genMu.Unlock()
-	// LinearCache bumps its version by one per SetResources: mirror it.
-	s.policies.SetResources(m)
-	s.polGen++
-	return "p" + strconv.FormatUint(s.polGen, 10)
+	return setAll(s, s.policies, &s.polGen, "p", ps)
 }
 
 // SetHosts replaces the identity table and returns the new version.
 func (s *Server) SetHosts(hs []*npds.NetworkPolicyHosts) string {
-	m := make(map[string]types.Resource, len(hs))
-	for _, h := range hs {
-		m[h.GetName()] = h
+	return setAll(s, s.hosts, &s.hostGen, "h", hs)
+}
+
+// setAll replaces a LinearCache's resources. LinearCache bumps its version
+// (prefix + counter) by one per SetResources and does not expose it, so gen
+// mirrors it under genMu to name the version the proxy will ack.
+func setAll[T types.ResourceWithName](s *Server, c *cache.LinearCache, gen *uint64, prefix string, rs []T) string {
+	m := make(map[string]types.Resource, len(rs))
+	for _, r := range rs {
+		m[r.GetName()] = r
 	}
 	s.genMu.Lock()
 	defer s.genMu.Unlock()
-	s.hosts.SetResources(m)
-	s.hostGen++
-	return "h" + strconv.FormatUint(s.hostGen, 10)
+	c.SetResources(m)
+	*gen++
+	return prefix + strconv.FormatUint(*gen, 10)
 }
