@@ -3,6 +3,10 @@
 # fresh Debian 12 machine, as root. It is idempotent: a second run installs
 # nothing and takes seconds. Each area of the project adds its own needs as a
 # fragment in scripts/setup.d/*.sh (sourced in name order, same shell).
+#
+# Under pipefail, never pipe a command into one that may exit before reading
+# all its input (`grep -q`, `head`): the writer gets SIGPIPE and the pipeline
+# fails with 141 at random. Capture the output and match it in bash instead.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -17,7 +21,11 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 apt_install() {
 	local missing=()
 	for p in "$@"; do
-		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+		# No `| grep -q` under pipefail: grep quitting early makes the
+		# writer die of SIGPIPE and the pipeline fail (exit 141) at random.
+		local status
+		status="$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)"
+		[[ $status == "install ok installed" ]] || missing+=("$p")
 	done
 	if ((${#missing[@]})); then
 		if [[ $(id -u) -ne 0 ]]; then
