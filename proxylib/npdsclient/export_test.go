@@ -1,0 +1,7 @@
+package npdsclient
+
+import discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+
+// ApplyDelta applies one delta response as the stream does (benchmarks and
+// tests in package npdsclient_test).
+func (c *Client) ApplyDelta(resp *discovery.DeltaDiscoveryResponse) error { return c.apply(resp) }
