@@ -1,6 +1,9 @@
 package proxylib
 
-import "fmt"
+import (
+	"fmt"
+	"sync/atomic"
+)
 
 // StreamOutput is where a Stream sends what its parser lets through. The
 // binding implements it on top of Envoy's network filter buffers.
@@ -8,6 +11,11 @@ type StreamOutput interface {
 	// Forward sends data on toward the server (reply false) or the client
 	// (reply true). data is only valid during the call.
 	Forward(reply bool, data []byte)
+	// End passes on the end of one direction (a half-close: the client
+	// shut down its writes, reply false; or the server, reply true) after
+	// everything forwarded in that direction. No Forward in that direction
+	// follows.
+	End(reply bool)
 	// Close closes the connection (both directions); reason is for logs
 	// and flow records. No Forward follows a Close.
 	Close(reason string)
@@ -17,6 +25,47 @@ type StreamOutput interface {
 // direction while its parser asks for more.
 const DefaultStreamLimit = 128 << 20
 
+// Budget bounds the bytes that the Streams sharing it keep buffered,
+// across connections: a per-process memory budget. A Stream that would
+// grow its buffers past the budget closes its connection instead, and the
+// budget counts it (Closed). The zero value is an unlimited budget that
+// still counts; it is safe for concurrent use.
+type Budget struct {
+	limit  atomic.Int64
+	used   atomic.Int64
+	closed atomic.Uint64
+}
+
+// SetLimit sets the budget in bytes; 0 or less means unlimited. Streams
+// already over a lowered limit are closed when they next grow.
+func (b *Budget) SetLimit(n int64) { b.limit.Store(max(n, 0)) }
+
+// Limit returns the budget in bytes (0: unlimited).
+func (b *Budget) Limit() int64 { return b.limit.Load() }
+
+// Used returns the bytes the Streams hold now.
+func (b *Budget) Used() int64 { return b.used.Load() }
+
+// Closed returns how many connections were closed for going over budget.
+func (b *Budget) Closed() uint64 { return b.closed.Load() }
+
+func (b *Budget) reserve(n int64) bool {
+	u := b.used.Add(n)
+	if lim := b.limit.Load(); lim > 0 && u > lim {
+		b.used.Add(-n)
+		b.closed.Add(1)
+		return false
+	}
+	return true
+}
+
+func (b *Budget) release(n int64) { b.used.Add(-n) }
+
+// shrinkAbove is the buffer capacity above which a Stream gives a buffer
+// back once most of it is unused, so a connection that carried one large
+// frame does not pin it.
+const shrinkAbove = 64 << 10
+
 // Stream drives one connection's Parser: it keeps the unconsumed bytes of
 // each direction (copied; the caller's slices are never retained), calls
 // the parser while it can decide, applies its operations (Pass forwards,
@@ -25,6 +74,15 @@ const DefaultStreamLimit = 128 << 20
 // Ordering: bytes a parser injects during an OnData call are forwarded
 // after the bytes that call's operation passes, and before anything a
 // later call passes.
+//
+// Memory: when a parser asked for more (More n) and the bytes arrive, the
+// stream hands the parser the bytes it asked for as one contiguous first
+// slice, so a parser never copies a frame itself. What it keeps is
+// bounded by Limit per direction and by Budget across streams; buffers
+// larger than 64 KiB are given back once mostly unused.
+//
+// Half-close: the end of a direction (endStream) is passed on (End) after
+// what the parser passed; bytes of an incomplete message are not.
 //
 // A Stream is used by one connection and is not safe for concurrent use:
 // the binding calls OnData from the connection's worker thread only, and
@@ -38,19 +96,24 @@ type Stream struct {
 	// Limit bounds the bytes buffered per direction; a parser that asks
 	// for more closes the connection. NewStream sets DefaultStreamLimit.
 	Limit int
+	// Budget, when set, is charged with the capacity of the stream's
+	// buffers; set before the first OnData.
+	Budget *Budget
 
 	closeAfter string // set by CloseAfter
 
 	dir    [2]streamDir
 	inject [2][]byte
 	segs   [][]byte // scratch view handed to the parser
+	held   int64    // bytes charged to Budget
 }
 
 type streamDir struct {
-	buf  []byte // unconsumed bytes kept between calls (owned)
-	need int    // the parser asked for at least this many bytes in total
-	pass int    // bytes still to pass from a Pass larger than the data
-	drop int    // bytes still to drop from a Drop larger than the data
+	buf   []byte // unconsumed bytes kept between calls (owned)
+	need  int    // the parser asked for at least this many bytes in total
+	pass  int    // bytes still to pass from a Pass larger than the data
+	drop  int    // bytes still to drop from a Drop larger than the data
+	ended bool   // End was passed on
 }
 
 var _ Connection = (*Stream)(nil)
@@ -88,6 +151,14 @@ func (s *Stream) CloseAfter(reason string) { s.closeAfter = reason }
 // Closed reports whether the stream has closed the connection.
 func (s *Stream) Closed() bool { return s.closed }
 
+// Release frees the stream's buffers and returns them to the Budget. The
+// binding calls it when the connection has closed, whichever side closed
+// it; the stream ignores data afterwards and does not call Close.
+func (s *Stream) Release() {
+	s.closed = true
+	s.free()
+}
+
 func idx(reply bool) int {
 	if reply {
 		return 1
@@ -95,14 +166,44 @@ func idx(reply bool) int {
 	return 0
 }
 
+func (s *Stream) free() {
+	s.inject = [2][]byte{}
+	s.dir = [2]streamDir{}
+	s.segs = nil
+	if s.Budget != nil && s.held != 0 {
+		s.Budget.release(s.held)
+	}
+	s.held = 0
+}
+
 func (s *Stream) close(reason string) {
 	if s.closed {
 		return
 	}
 	s.closed = true
-	s.inject = [2][]byte{}
-	s.dir = [2]streamDir{}
+	s.free()
 	s.out.Close(reason)
+}
+
+// account charges the budget with the capacity of the buffers; it closes
+// the connection and returns false when the budget refuses.
+func (s *Stream) account() bool {
+	if s.Budget == nil {
+		return true
+	}
+	total := int64(cap(s.dir[0].buf) + cap(s.dir[1].buf))
+	delta := total - s.held
+	switch {
+	case delta > 0:
+		if !s.Budget.reserve(delta) {
+			s.close(fmt.Sprintf("memory budget of %d bytes exceeded", s.Budget.Limit()))
+			return false
+		}
+	case delta < 0:
+		s.Budget.release(-delta)
+	}
+	s.held = total
+	return true
 }
 
 func (s *Stream) flushInjected() {
@@ -111,12 +212,16 @@ func (s *Stream) flushInjected() {
 			s.out.Forward(i == 1, s.inject[i])
 			s.inject[i] = s.inject[i][:0]
 		}
+		if cap(s.inject[i]) > shrinkAbove {
+			s.inject[i] = nil
+		}
 	}
 }
 
 // OnData hands the stream the bytes that arrived in one direction (reply
 // false: from the client; true: from the server). The slices are only read
-// during the call. endStream says the direction has ended.
+// during the call. endStream says the direction has ended: it is passed on
+// after the bytes the parser passes.
 func (s *Stream) OnData(reply, endStream bool, data [][]byte) {
 	if s.closed {
 		return
@@ -128,15 +233,41 @@ func (s *Stream) OnData(reply, endStream bool, data [][]byte) {
 		}
 	}()
 	d := &s.dir[idx(reply)]
+	if d.ended {
+		return
+	}
 
-	// The view: the kept tail first, then the new data.
+	// The view: the kept tail first, then the new data. When the parser
+	// asked for more than the tail holds, the tail is first topped up to
+	// what it asked for, so the parser sees it in one piece (those bytes
+	// would be copied into the tail anyway if they did not complete it).
 	segs := s.segs[:0]
 	avail := 0
+	first, off := 0, 0 // data[first][off:] is the first byte not yet in the view
 	if len(d.buf) > 0 {
+		if want := min(d.need, s.Limit); want > len(d.buf) {
+			if !s.grow(d, want) {
+				return
+			}
+			for first < len(data) && len(d.buf) < want {
+				b := data[first]
+				k := min(len(b), want-len(d.buf))
+				d.buf = append(d.buf, b[:k]...)
+				if k == len(b) {
+					first++
+				} else {
+					off = k
+				}
+			}
+		}
 		segs = append(segs, d.buf)
 		avail += len(d.buf)
 	}
-	for _, b := range data {
+	for i := first; i < len(data); i++ {
+		b := data[i]
+		if i == first {
+			b = b[off:]
+		}
 		if len(b) > 0 {
 			segs = append(segs, b)
 			avail += len(b)
@@ -207,6 +338,32 @@ func (s *Stream) OnData(reply, endStream bool, data [][]byte) {
 		return
 	}
 	s.keep(d, segs, avail)
+	if !s.account() {
+		return
+	}
+	if endStream {
+		// The peer will send nothing more in this direction: an incomplete
+		// message never completes. Pass the end on, as a proxy without a
+		// parser would, so the other side can finish and close.
+		d.ended = true
+		d.buf, d.need = nil, 0
+		s.account()
+		if !s.closed {
+			s.out.End(reply)
+		}
+	}
+}
+
+// grow makes room for want bytes in d.buf, charging the budget; it closes
+// the connection and returns false when the budget refuses.
+func (s *Stream) grow(d *streamDir, want int) bool {
+	if cap(d.buf) >= want {
+		return true
+	}
+	nb := make([]byte, len(d.buf), min(max(want, 2*cap(d.buf), 4096), max(want, d.need)))
+	copy(nb, d.buf)
+	d.buf = nb
+	return s.account()
 }
 
 // consume takes n bytes off the front of segs, forwarding them when pass.
@@ -228,18 +385,19 @@ func (s *Stream) consume(reply bool, segs [][]byte, n int, pass bool) [][]byte {
 }
 
 // keep stores the unconsumed view (avail bytes) as the direction's tail.
-// The first segment may alias d.buf; copy handles the overlap.
+// The first segment may alias d.buf; copy handles the overlap. A buffer
+// over 64 KiB that is mostly unused is replaced by a small one.
 func (s *Stream) keep(d *streamDir, segs [][]byte, avail int) {
 	if avail == 0 {
-		if cap(d.buf) > 64<<10 {
+		if cap(d.buf) > shrinkAbove {
 			d.buf = nil // do not pin a large buffer on an idle connection
 		} else {
 			d.buf = d.buf[:0]
 		}
 		return
 	}
-	if cap(d.buf) < avail {
-		nb := make([]byte, 0, max(avail, 2*cap(d.buf), 4096))
+	if cap(d.buf) < avail || (cap(d.buf) > shrinkAbove && cap(d.buf) >= 4*max(avail, d.need)) {
+		nb := make([]byte, 0, max(avail, min(2*cap(d.buf), max(avail, d.need)), 4096))
 		for _, b := range segs {
 			nb = append(nb, b...)
 		}

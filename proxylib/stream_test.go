@@ -13,11 +13,22 @@ import (
 type recorder struct {
 	toServer, toClient []byte
 	closed             string
+	ended              [2]bool // End(false), End(true)
+}
+
+func (r *recorder) End(reply bool) {
+	if r.ended[idx(reply)] {
+		panic("end passed twice")
+	}
+	r.ended[idx(reply)] = true
 }
 
 func (r *recorder) Forward(reply bool, data []byte) {
 	if r.closed != "" {
 		panic("forward after close")
+	}
+	if r.ended[idx(reply)] {
+		panic("forward after end")
 	}
 	if reply {
 		r.toClient = append(r.toClient, data...)
@@ -322,6 +333,7 @@ func BenchmarkStream(b *testing.B) {
 type discardOutput struct{}
 
 func (discardOutput) Forward(bool, []byte) {}
+func (discardOutput) End(bool)             {}
 func (discardOutput) Close(string)         {}
 
 func TestStreamCloseAfter(t *testing.T) {
@@ -337,5 +349,138 @@ func TestStreamCloseAfter(t *testing.T) {
 	s.OnData(true, false, [][]byte{[]byte("xy")})
 	if string(out.toClient) != "xbye" || out.closed != "done" {
 		t.Errorf("client got %q, closed %q; want \"xbye\", \"done\"", out.toClient, out.closed)
+	}
+}
+
+func TestStreamHalfClose(t *testing.T) {
+	tests := []struct {
+		name  string
+		reply bool
+		in    []byte
+		want  []byte
+	}{
+		{name: "client ends after a frame", in: fr('p', "last"), want: fr('p', "last")},
+		{name: "server ends after a frame", reply: true, in: fr('p', "last"), want: fr('p', "last")},
+		{name: "client ends inside a frame", in: cat(fr('p', "ok"), fr('i', "partial")[:4]), want: fr('p', "ok")},
+		{name: "end without data", in: nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out recorder
+			s := newTestStream(&out)
+			s.OnData(tt.reply, true, [][]byte{tt.in})
+			got := out.toServer
+			if tt.reply {
+				got = out.toClient
+			}
+			if !bytes.Equal(got, tt.want) || out.closed != "" {
+				t.Errorf("forwarded %q, closed %q; want %q, open", got, out.closed, tt.want)
+			}
+			if !out.ended[idx(tt.reply)] || out.ended[idx(!tt.reply)] {
+				t.Errorf("ended (client, server) = %v; want only the direction that ended", out.ended)
+			}
+			// The other direction still flows.
+			s.OnData(!tt.reply, false, [][]byte{fr('p', "more")})
+			if got := out.toServer; tt.reply && !bytes.Equal(got, fr('p', "more")) {
+				t.Errorf("after the server's end the client sent %q; want %q", got, fr('p', "more"))
+			}
+		})
+	}
+}
+
+// TestStreamContiguous checks that the bytes a parser asked for arrive as
+// one slice, however they were split, so the parser never copies them.
+func TestStreamContiguous(t *testing.T) {
+	const size = 1000
+	var seen []int
+	f := StreamFactoryFunc(func(Connection) Parser {
+		return parserFunc(func(reply, end bool, data [][]byte) (Op, int) {
+			n := 0
+			for _, b := range data {
+				n += len(b)
+			}
+			if n < size {
+				return More, size - n
+			}
+			seen = append(seen, len(data[0]))
+			return Pass, size
+		})
+	})
+	var out recorder
+	s := NewStream(f, &out, &ConnInfo{})
+	in := bytes.Repeat([]byte{'x'}, 2*size+10)
+	for len(in) > 0 {
+		k := min(len(in), 97)
+		s.OnData(false, false, [][]byte{in[:k/2], in[k/2 : k]})
+		in = in[k:]
+	}
+	if len(seen) != 2 || seen[0] < size || seen[1] < size || len(out.toServer) != 2*size {
+		t.Errorf("first slice lengths at decision %v, passed %d; want two decisions seeing >= %d bytes in one slice", seen, len(out.toServer), size)
+	}
+}
+
+func TestStreamBudget(t *testing.T) {
+	var b Budget
+	b.SetLimit(100 << 10)
+	newStream := func(out *recorder) *Stream {
+		s := NewStream(StreamFactoryFunc(func(Connection) Parser { return moreParser{} }), out, &ConnInfo{})
+		s.Budget = &b
+		return s
+	}
+	var o1, o2 recorder
+	s1, s2 := newStream(&o1), newStream(&o2)
+	s1.OnData(false, false, [][]byte{make([]byte, 60<<10)})
+	if o1.closed != "" || b.Used() < 60<<10 {
+		t.Fatalf("first stream: closed %q, budget used %d; want open, >= 60 KiB used", o1.closed, b.Used())
+	}
+	s2.OnData(false, false, [][]byte{make([]byte, 60<<10)})
+	if o2.closed == "" || b.Closed() != 1 {
+		t.Fatalf("second stream over budget: closed %q, budget closed %d; want closed, 1", o2.closed, b.Closed())
+	}
+	if o1.closed != "" {
+		t.Errorf("the stream within budget was closed: %s", o1.closed)
+	}
+	s1.Release()
+	if b.Used() != 0 {
+		t.Errorf("budget used after release: %d; want 0", b.Used())
+	}
+}
+
+// TestStreamShrinks checks a large frame's buffer is given back once the
+// frame is consumed.
+func TestStreamShrinks(t *testing.T) {
+	var b Budget
+	const size = 1 << 20
+	f := StreamFactoryFunc(func(Connection) Parser {
+		return parserFunc(func(reply, end bool, data [][]byte) (Op, int) {
+			n := 0
+			for _, d := range data {
+				n += len(d)
+			}
+			if n < size {
+				return More, size - n
+			}
+			return Pass, size
+		})
+	})
+	var out recorder
+	s := NewStream(f, &out, &ConnInfo{})
+	s.Budget = &b
+	in := make([]byte, size+10)
+	peak := int64(0)
+	for len(in) > 0 {
+		k := min(len(in), 16<<10)
+		s.OnData(false, false, [][]byte{in[:k]})
+		peak = max(peak, b.Used())
+		in = in[k:]
+	}
+	if len(out.toServer) != size {
+		t.Fatalf("passed %d bytes; want %d", len(out.toServer), size)
+	}
+	if peak > 2*size {
+		t.Errorf("peak buffered %d bytes for a %d-byte frame; want at most twice", peak, size)
+	}
+	if b.Used() > shrinkAbove {
+		t.Errorf("after the frame the stream holds %d bytes; want at most %d", b.Used(), shrinkAbove)
 	}
 }

@@ -19,7 +19,8 @@ import (
 // asks once per request, so a policy update applies to open connections
 // from their next request on; it must return the same *Matcher until the
 // policy changes (a connection that may hold a Kafka fetch session is
-// closed when its rules change).
+// closed when its rules change). Matchers are compared by content
+// (Matcher.Equal), so a source may recompile unchanged rules.
 type RuleSource interface {
 	Rules(ingress bool, port uint16, remote uint32) (m *Matcher, ok bool)
 }
@@ -39,10 +40,15 @@ const maxPending = 1024
 
 // Factory creates Kafka parsers; it implements proxylib.ParserFactory.
 type Factory struct {
-	// MaxFrame bounds request and response frames (without the size
-	// prefix); a larger frame closes the connection. Zero means
-	// MaxFrameSize (Kafka's default socket.request.max.bytes). Lower it to
-	// bound what one connection can make ward buffer. Set before use.
+	// MaxFrame bounds the frames the parser must hold whole (without the
+	// 4-byte size prefix): every request, and the responses it reads
+	// (Metadata, CreateTopics, DescribeTopicPartitions for topic IDs).
+	// A larger request closes the connection, as a broker does with a
+	// request over its socket.request.max.bytes; earlier requests are
+	// answered first. A larger response it would read is passed on
+	// unread. Other responses (Fetch) are streamed through whatever their
+	// size. Zero means DefaultMaxFrame; at most MaxFrameSize. Set before
+	// use.
 	MaxFrame int
 
 	rules RuleSource
@@ -98,11 +104,26 @@ func (t *topicIDs) learn(entries []topicEntry) {
 	}
 }
 
+// DefaultMaxFrame is the default Factory.MaxFrame: 4 MiB, four times the
+// largest request a client sends with Kafka's defaults (max.request.size
+// 1 MiB, matching the broker's message.max.bytes of 1 MiB + 12), so
+// producers that raised it a little still pass, while one connection
+// cannot make ward hold more than 4 MiB of a frame. The broker's own
+// bound, socket.request.max.bytes, is 100 MiB (MaxFrameSize); a cluster
+// that allows larger requests configures ward's max_frame to match.
+const DefaultMaxFrame = 4 << 20
+
+// scratchKeep is the scratch capacity a parser keeps between frames.
+const scratchKeep = 64 << 10
+
 func (f *Factory) maxFrame() int {
-	if f.MaxFrame > 0 && f.MaxFrame < MaxFrameSize {
-		return f.MaxFrame
+	switch {
+	case f.MaxFrame <= 0:
+		return DefaultMaxFrame
+	case f.MaxFrame > MaxFrameSize:
+		return MaxFrameSize
 	}
-	return MaxFrameSize
+	return f.MaxFrame
 }
 
 func (f *Factory) idsFor(dst string) *topicIDs {
@@ -179,15 +200,17 @@ type parser struct {
 	rules        *Matcher
 	fetchSession bool
 	scratch      []byte
-	// dropping: a denied acks=0 produce is waiting for earlier responses;
-	// the connection closes after them, as a broker closes it, and every
-	// later request is dropped.
-	dropping bool
+	// closing is why the connection closes once the responses still due
+	// have been delivered (a request it cannot serve, a denied acks=0
+	// produce); meanwhile every later request byte is dropped.
+	closing string
 }
 
 // peekFrame returns the size of the frame at the head of data, and the
-// frame (size prefix excluded) when all of it is there. Frames spanning
-// slices are copied into the parser's scratch buffer.
+// frame (size prefix excluded) when all of it is there and it is at most
+// the max frame. A frame spanning slices is copied into the parser's
+// scratch buffer (the Stream hands a frame it had to wait for as one
+// slice, so this is only a frame that arrived whole in several chunks).
 func (p *parser) peekFrame(data [][]byte) (size, avail int, frame []byte, ok bool) {
 	for _, b := range data {
 		avail += len(b)
@@ -222,53 +245,71 @@ func (p *parser) peekFrame(data [][]byte) (size, avail int, frame []byte, ok boo
 
 // OnData implements proxylib.Parser.
 func (p *parser) OnData(reply, endStream bool, data [][]byte) (proxylib.Op, int) {
-	size, avail, frame, ok := p.peekFrame(data)
-	minSize := 8 // a request header: key, version, correlation id
-	if reply {
-		minSize = 4 // a response header: correlation id
-	}
-	switch {
-	case !ok:
-		return proxylib.More, 4 - avail
-	case size < minSize || size > p.f.maxFrame():
-		p.record(flow.Error, "invalid frame size "+strconv.Itoa(size), nil, 0)
-		if size > p.f.maxFrame() {
-			return proxylib.Error, proxylib.ErrFrameTooLarge
+	defer func() {
+		if cap(p.scratch) > scratchKeep {
+			p.scratch = nil // do not pin a large frame's copy
 		}
-		return proxylib.Error, proxylib.ErrInvalidFrame
+	}()
+	size, avail, frame, ok := p.peekFrame(data)
+	if !reply && p.closing != "" {
+		return proxylib.Drop, avail
+	}
+	if !ok {
+		return proxylib.More, 4 - avail
 	}
 	if reply {
+		if size < 4 { // a response header: correlation id
+			p.record(flow.Error, "invalid response frame size "+strconv.Itoa(size), nil, 0)
+			return proxylib.Error, proxylib.ErrInvalidFrame
+		}
 		return p.onResponse(size, avail, frame, data)
 	}
-	if frame == nil {
+	switch {
+	case size > p.f.maxFrame():
+		p.record(flow.Error, "request frame of "+strconv.Itoa(size)+" bytes is over the max frame of "+strconv.Itoa(p.f.maxFrame()), nil, 0)
+		return p.fail("kafka: request frame too large", proxylib.ErrFrameTooLarge, avail)
+	case size < 8: // a request header: key, version, correlation id
+		p.record(flow.Error, "invalid request frame size "+strconv.Itoa(size), nil, 0)
+		return p.fail("kafka: invalid request frame size", proxylib.ErrInvalidFrame, avail)
+	case frame == nil:
 		return proxylib.More, 4 + size - avail
 	}
-	return p.onRequest(size, frame)
+	return p.onRequest(size, avail, frame)
 }
 
-func (p *parser) onRequest(size int, frame []byte) (proxylib.Op, int) {
-	if p.dropping {
-		return proxylib.Drop, 4 + size
+// fail ends the connection on a request it cannot serve. Requests already
+// sent to the broker are answered first, as a broker answers the requests
+// it read before a bad one: the connection closes once their responses
+// (and the deny responses queued behind them) are delivered, and every
+// later request byte is dropped (avail: the bytes at hand).
+func (p *parser) fail(reason string, code, avail int) (proxylib.Op, int) {
+	if len(p.pending) == 0 || p.closer == nil {
+		return proxylib.Error, code
 	}
+	p.closing = reason
+	return proxylib.Drop, avail
+}
+
+func (p *parser) onRequest(size, avail int, frame []byte) (proxylib.Op, int) {
 	d, err := p.req.decodeRequest(frame)
 	if err != nil {
 		p.record(flow.Error, "kafka request: "+err.Error(), nil, 0)
-		return proxylib.Error, proxylib.ErrInvalidFrame
+		return p.fail("kafka: malformed request", proxylib.ErrInvalidFrame, avail)
 	}
 	m, ok := p.f.rules.Rules(p.info.Ingress, p.info.DstPort, p.remote)
 	if !ok {
 		p.record(flow.Denied, "no kafka policy for the connection", d, 0)
-		return proxylib.Error, proxylib.ErrPolicyDenied
+		return p.fail("kafka: no policy", proxylib.ErrPolicyDenied, avail)
 	}
 	if m != p.rules {
-		if p.fetchSession && p.rules != nil {
+		if p.fetchSession && p.rules != nil && !m.Equal(p.rules) {
 			// A fetch session (KIP-227, Fetch v7+) keeps returning data
 			// for the partitions it holds without naming them again, so a
 			// policy change could not take them away: restart the
 			// connection, and with it the session; the client's next full
 			// fetch names every topic again.
 			p.record(flow.Denied, "policy changed: restarting the connection's fetch session", d, 0)
-			return proxylib.Error, proxylib.ErrPolicyDenied
+			return p.fail("kafka: policy changed under a fetch session", proxylib.ErrPolicyDenied, avail)
 		}
 		p.rules = m
 	}
@@ -277,7 +318,7 @@ func (p *parser) onRequest(size int, frame []byte) (proxylib.Op, int) {
 	}
 	if len(p.pending) >= maxPending {
 		p.record(flow.Error, "too many requests in flight", d, 0)
-		return proxylib.Error, proxylib.ErrInvalidFrame
+		return p.fail("kafka: too many requests in flight", proxylib.ErrInvalidFrame, avail)
 	}
 	allowed := d.unresolved == 0 && m.Allow(&d.Request)
 	noResponse := d.APIKey == keyProduce && d.acks == 0
@@ -297,11 +338,7 @@ func (p *parser) onRequest(size int, frame []byte) (proxylib.Op, int) {
 		// request failed (KafkaApis.handleProduceRequest): the client has
 		// no other way to learn. Earlier requests are answered first.
 		p.record(flow.Denied, reason+"; acks=0: closing the connection", d, errTopicAuthorization)
-		if len(p.pending) == 0 || p.closer == nil {
-			return proxylib.Error, proxylib.ErrPolicyDenied
-		}
-		p.dropping = true
-		return proxylib.Drop, 4 + size
+		return p.fail("kafka: denied acks=0 produce", proxylib.ErrPolicyDenied, avail)
 	}
 	if d.APIKey == keyMetadata {
 		if probe, err := metadataProbe(d); err == nil {
@@ -314,7 +351,7 @@ func (p *parser) onRequest(size int, frame []byte) (proxylib.Op, int) {
 	resp, err := denyResponse(d, nil)
 	if err != nil {
 		p.record(flow.Denied, reason+"; cannot answer: "+err.Error(), d, 0)
-		return proxylib.Error, proxylib.ErrPolicyDenied
+		return p.fail("kafka: denied request without a deny response", proxylib.ErrPolicyDenied, avail)
 	}
 	p.record(flow.Denied, reason, d, d.denyCode())
 	if len(p.pending) == 0 {
@@ -352,11 +389,16 @@ func (p *parser) onResponse(size, avail int, frame []byte, data [][]byte) (proxy
 		return proxylib.Error, proxylib.ErrInvalidFrame
 	}
 	op := proxylib.Pass
+	readable := size <= p.f.maxFrame() // else the frame is passed on unread
 	if head.probe != nil {
-		if frame == nil {
+		if frame == nil && readable {
 			return proxylib.More, 4 + size - avail
 		}
-		resp, err := spliceMetadataDeny(head.probe, frame)
+		var resp []byte
+		err := ErrTooLarge
+		if frame != nil {
+			resp, err = spliceMetadataDeny(head.probe, frame)
+		}
 		if err != nil {
 			if resp, err = denyResponse(head.probe, nil); err != nil {
 				p.record(flow.Error, "kafka metadata deny: "+err.Error(), head.probe, 0)
@@ -365,7 +407,7 @@ func (p *parser) onResponse(size, avail int, frame []byte, data [][]byte) (proxy
 		}
 		p.conn.Inject(true, resp)
 		op = proxylib.Drop
-	} else if learnsIDs(head.key) {
+	} else if learnsIDs(head.key) && readable {
 		if frame == nil {
 			return proxylib.More, 4 + size - avail
 		}
@@ -377,10 +419,8 @@ func (p *parser) onResponse(size, avail int, frame []byte, data [][]byte) (proxy
 		k++
 	}
 	p.pending = p.pending[:copy(p.pending, p.pending[k:])]
-	if len(p.pending) == 0 {
-		if p.dropping && p.closer != nil {
-			p.closer.CloseAfter("kafka: denied acks=0 produce")
-		}
+	if len(p.pending) == 0 && p.closing != "" {
+		p.closer.CloseAfter(p.closing)
 	}
 	return op, 4 + size
 }

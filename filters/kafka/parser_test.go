@@ -16,6 +16,15 @@ import (
 type out struct {
 	toServer, toClient []byte
 	closed             string
+	ended              [2]bool // client, server
+}
+
+func (o *out) End(reply bool) {
+	if reply {
+		o.ended[1] = true
+	} else {
+		o.ended[0] = true
+	}
 }
 
 func (o *out) Forward(reply bool, b []byte) {
@@ -319,6 +328,7 @@ func BenchmarkParserProduce(b *testing.B) {
 type discard struct{}
 
 func (discard) Forward(bool, []byte) {}
+func (discard) End(bool)             {}
 func (discard) Close(string)         {}
 
 func TestParserMetadataDenyProbe(t *testing.T) {
@@ -403,4 +413,149 @@ func TestParserMaxFrame(t *testing.T) {
 	if o.closed == "" {
 		t.Fatal("a frame over MaxFrame did not close the connection")
 	}
+}
+
+// TestParserPipelinedBadFrame checks that a valid request's answer is
+// delivered when a bad frame follows it in the same read: the broker
+// answers the first, then the connection closes, as a broker does.
+func TestParserPipelinedBadFrame(t *testing.T) {
+	tests := []struct {
+		name string
+		bad  []byte
+	}{
+		{name: "malformed", bad: sizePrefixed([]byte{0x7f, 0, 0, 0, 0, 0, 0, 1, 0, 0})},
+		{name: "short frame", bad: []byte{0, 0, 0, 2, 0, 0}},
+		{name: "too large", bad: []byte{0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0}},
+		{name: "garbage", bad: []byte("GET / HTTP/1.1\r\n\r\n")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, o, _ := newConn(t, staticRules(t, policy.PortRuleKafka{Role: "consume", Topic: "ok"}))
+			s.OnData(false, false, [][]byte{cat2(fetchReq(1, "ok"), produceReq(2, "ok", 1), tt.bad, fetchReq(3, "ok"))})
+			if !bytes.Equal(o.toServer, fetchReq(1, "ok")) || o.closed != "" {
+				t.Fatalf("server got %d bytes, closed %q; want the first fetch only, still open", len(o.toServer), o.closed)
+			}
+			s.OnData(false, false, [][]byte{fetchReq(4, "ok")}) // after the bad frame: dropped
+			s.OnData(true, false, [][]byte{brokerResp(1, "fetched")})
+			if got := corrs(t, o.toClient); len(got) != 2 || got[0] != 1 || got[1] != 2 {
+				t.Errorf("client got correlation ids %v; want [1 2] (the answer, then the queued deny)", got)
+			}
+			if o.closed == "" || !bytes.Equal(o.toServer, fetchReq(1, "ok")) {
+				t.Errorf("closed %q, server got %d bytes; want closed after the answers, nothing more forwarded", o.closed, len(o.toServer))
+			}
+		})
+	}
+}
+
+// TestParserPolicyUpdateSameRules checks that a policy update that leaves a
+// connection's rules as they were (recompiled: another *Matcher) does not
+// restart its fetch session; a real change does.
+func TestParserPolicyUpdateSameRules(t *testing.T) {
+	compile := func(topic string) *Matcher {
+		m, err := Compile([]policy.PortRuleKafka{{Role: "consume", Topic: topic}, {APIKey: "metadata"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	var cur atomic.Pointer[Matcher]
+	cur.Store(compile("ok"))
+	rs := RuleSourceFunc(func(bool, uint16, uint32) (*Matcher, bool) { return cur.Load(), true })
+	s, o, _ := newConn(t, rs)
+	s.OnData(false, false, [][]byte{fetchReq(1, "ok")})
+	s.OnData(true, false, [][]byte{brokerResp(1, "x")})
+	cur.Store(compile("ok")) // an unrelated policy update: same rules, new matcher
+	s.OnData(false, false, [][]byte{fetchReq(2, "ok")})
+	if o.closed != "" || !bytes.Equal(o.toServer, cat2(fetchReq(1, "ok"), fetchReq(2, "ok"))) {
+		t.Fatalf("after an update with the same rules: closed %q, server got %d bytes; want open, both fetches", o.closed, len(o.toServer))
+	}
+	s.OnData(true, false, [][]byte{brokerResp(2, "x")})
+	cur.Store(compile("other"))
+	s.OnData(false, false, [][]byte{fetchReq(3, "ok")})
+	if o.closed == "" {
+		t.Fatal("after a real rule change the fetch session's connection is still open")
+	}
+}
+
+func TestMatcherEqual(t *testing.T) {
+	rs := []policy.PortRuleKafka{{Role: "produce", Topic: "a"}, {APIKey: "metadata", APIVersion: "12"}, {ClientID: "c"}}
+	a, _ := Compile(rs)
+	b, _ := Compile(rs)
+	if !a.Equal(b) {
+		t.Error("two compilations of the same rules differ")
+	}
+	for i, other := range [][]policy.PortRuleKafka{
+		{{Role: "produce", Topic: "b"}, {APIKey: "metadata", APIVersion: "12"}, {ClientID: "c"}},
+		{{Role: "consume", Topic: "a"}, {APIKey: "metadata", APIVersion: "12"}, {ClientID: "c"}},
+		{{Role: "produce", Topic: "a"}, {APIKey: "metadata", APIVersion: "11"}, {ClientID: "c"}},
+		{{Role: "produce", Topic: "a"}, {APIKey: "metadata", APIVersion: "12"}, {ClientID: "d"}},
+		{{Role: "produce", Topic: "a"}, {APIKey: "metadata", APIVersion: "12"}},
+		nil,
+	} {
+		o, _ := Compile(other)
+		if a.Equal(o) || o.Equal(a) {
+			t.Errorf("rules %d compare equal to different rules", i)
+		}
+	}
+}
+
+// TestParserFrameBounds checks the default max frame, that responses the
+// parser need not read are streamed whatever their size, and that a large
+// frame's copy is not kept.
+func TestParserFrameBounds(t *testing.T) {
+	s, o, _ := newConn(t, staticRules(t))
+	big := binary.BigEndian.AppendUint32(nil, DefaultMaxFrame+1)
+	s.OnData(false, false, [][]byte{cat2(big, make([]byte, 100))})
+	if o.closed == "" || len(o.toServer) != 0 {
+		t.Fatalf("request over DefaultMaxFrame: closed %q, server got %d bytes; want closed, nothing sent", o.closed, len(o.toServer))
+	}
+
+	// A fetch answer larger than the max frame is streamed through.
+	f := NewParserFactory(staticRules(t), nil)
+	f.MaxFrame = 1 << 10
+	o = &out{}
+	s = proxylib.NewStream(f, o, &proxylib.ConnInfo{DstAddr: "x:1"})
+	s.OnData(false, false, [][]byte{fetchReq(7, "t")})
+	resp := brokerResp(7, string(make([]byte, 64<<10)))
+	for b := resp; len(b) > 0; {
+		k := min(len(b), 1000)
+		s.OnData(true, false, [][]byte{b[:k]})
+		b = b[k:]
+	}
+	if o.closed != "" || !bytes.Equal(o.toClient, resp) {
+		t.Fatalf("large fetch response: closed %q, client got %d of %d bytes", o.closed, len(o.toClient), len(resp))
+	}
+
+	// A frame whole in several chunks of one read is copied, then let go.
+	f = NewParserFactory(staticRules(t), nil)
+	p := f.Create(&fakeConn{info: &proxylib.ConnInfo{DstAddr: "x:1"}}).(*parser)
+	large := produceLarge(t, 1<<20)
+	chunks := [][]byte{large[:len(large)/2], large[len(large)/2:]}
+	if op, n := p.OnData(false, false, chunks); op != proxylib.Pass || n != len(large) {
+		t.Fatalf("OnData = %v, %d; want Pass, %d", op, n, len(large))
+	}
+	if cap(p.scratch) > scratchKeep {
+		t.Errorf("parser keeps a %d-byte scratch buffer after a large frame; want at most %d", cap(p.scratch), scratchKeep)
+	}
+}
+
+type fakeConn struct{ info *proxylib.ConnInfo }
+
+func (c *fakeConn) Inject(bool, []byte)      {}
+func (c *fakeConn) Info() *proxylib.ConnInfo { return c.info }
+func (c *fakeConn) CloseAfter(reason string) {}
+
+// produceLarge is a Produce request of about size bytes of records.
+func produceLarge(t *testing.T, size int) []byte {
+	t.Helper()
+	r := kmsg.NewPtrProduceRequest()
+	r.SetVersion(9)
+	r.Acks = 1
+	tp := kmsg.NewProduceRequestTopic()
+	tp.Topic = "t"
+	p := kmsg.NewProduceRequestTopicPartition()
+	p.Records = make([]byte, size)
+	tp.Partitions = append(tp.Partitions, p)
+	r.Topics = append(r.Topics, tp)
+	return sizePrefixed(frame(r, 1, "cli"))
 }

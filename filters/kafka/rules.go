@@ -173,6 +173,40 @@ func validTopic(t string) error {
 	return nil
 }
 
+// Equal reports whether m and o hold the same rules in the same order, so
+// that a policy update that recompiles unchanged rules is not a change
+// (a parser restarts a fetch session only when its rules changed).
+func (m *Matcher) Equal(o *Matcher) bool {
+	if m == o {
+		return true
+	}
+	if m == nil || o == nil || m.n != o.n || len(m.byTopic) != len(o.byTopic) || !rulesEqual(m.anyTopic, o.anyTopic) {
+		return false
+	}
+	for t, rs := range m.byTopic {
+		if !rulesEqual(rs, o.byTopic[t]) {
+			return false
+		}
+	}
+	return true
+}
+
+func rulesEqual(a, b []*rule) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		x, y := a[i], b[i]
+		if (x.keys == nil) != (y.keys == nil) || (x.keys != nil && *x.keys != *y.keys) {
+			return false
+		}
+		if x.version != y.version || x.clientID != y.clientID || x.topic != y.topic || x.noTxnKey != y.noTxnKey {
+			return false
+		}
+	}
+	return true
+}
+
 // Allow reports whether the rules allow req.
 func (m *Matcher) Allow(req *Request) bool {
 	if m.n == 0 {

@@ -40,6 +40,8 @@ type Config struct {
 	RemoteIdentity uint32 `json:"remote_identity,omitempty"`
 	// AccessLog, when set, receives one JSON flow record per decision.
 	AccessLog string `json:"access_log,omitempty"`
+	// Kafka holds ward.kafka's memory bounds (kafka.go).
+	Kafka KafkaOptions `json:"kafka,omitzero"`
 }
 
 func parseConfig(b []byte) (Config, error) {

@@ -24,6 +24,8 @@ type Env struct {
 
 	mu   sync.Mutex
 	logs map[string]*flow.Writer
+
+	kafkaBudget proxylib.Budget // every ward.kafka connection's buffers (kafka.go)
 }
 
 // RegisterAll registers ward's policy filters in proxylib's registry.

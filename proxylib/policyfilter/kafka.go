@@ -1,7 +1,10 @@
 package policyfilter
 
 import (
+	"errors"
+	"fmt"
 	"net/netip"
+	"strings"
 	"sync"
 
 	"github.com/wardproxy/ward/filters/kafka"
@@ -14,6 +17,49 @@ import (
 // KafkaName is the filter_name of ward's Kafka network filter.
 const KafkaName = "ward.kafka"
 
+// KafkaOptions are ward.kafka's memory bounds, the "kafka" object of its
+// filter_config.
+type KafkaOptions struct {
+	// MaxFrame bounds a request frame in bytes (the size prefix
+	// excluded); a larger request closes the connection as a broker does
+	// over its socket.request.max.bytes. 0 means kafka.DefaultMaxFrame
+	// (4 MiB); at most kafka.MaxFrameSize (100 MiB).
+	MaxFrame int `json:"max_frame,omitempty"`
+	// MemoryBudget bounds the bytes every ward.kafka connection of the
+	// process buffers together (frames waiting to be complete). A
+	// connection whose buffer would take the process over the budget is
+	// closed and counted. 0 means DefaultKafkaBudget; -1 no bound. Envoy
+	// has one budget: the configuration created last sets it.
+	MemoryBudget int64 `json:"memory_budget,omitempty"`
+}
+
+// DefaultKafkaBudget is the default KafkaOptions.MemoryBudget: 128 MiB,
+// 32 connections each holding a whole default max frame. Go's heap may
+// take up to twice what is live (GOGC=100), so this keeps ward.kafka's
+// share of Envoy's memory near a quarter GiB whatever clients send.
+const DefaultKafkaBudget = 128 << 20
+
+func (o KafkaOptions) validate() error {
+	var errs []error
+	if o.MaxFrame < 0 || o.MaxFrame > kafka.MaxFrameSize {
+		errs = append(errs, fmt.Errorf("filter_config.kafka.max_frame %d: want 0..%d", o.MaxFrame, kafka.MaxFrameSize))
+	}
+	if o.MemoryBudget < -1 {
+		errs = append(errs, fmt.Errorf("filter_config.kafka.memory_budget %d: want -1 (no bound), 0 (default) or a size in bytes", o.MemoryBudget))
+	}
+	return errors.Join(errs...)
+}
+
+func (o KafkaOptions) budget() int64 {
+	switch o.MemoryBudget {
+	case 0:
+		return DefaultKafkaBudget
+	case -1:
+		return 0 // unlimited
+	}
+	return o.MemoryBudget
+}
+
 // kafkaL7 is what Compile keeps for a Kafka rule: the compiled matcher and
 // its source, so several rules selecting one remote can be merged.
 type kafkaL7 struct {
@@ -25,6 +71,8 @@ type kafkaConfig struct {
 	cfg    Config
 	client *npdsclient.Client
 	flows  flow.Sink // nil: no records
+	budget *proxylib.Budget
+	logger proxylib.Logger
 	// allowAll is the one matcher of ports whose rule has no Kafka part:
 	// the parser expects the same pointer until the policy changes.
 	allowAll *kafka.Matcher
@@ -48,11 +96,16 @@ func (e *Env) NewKafkaConfig(raw []byte) (proxylib.NetworkFilterConfig, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := cfg.Kafka.validate(); err != nil {
+		return nil, err
+	}
 	all, err := kafka.Compile(nil)
 	if err != nil {
 		return nil, err
 	}
-	return &kafkaConfig{cfg: cfg, client: client, flows: sink, factories: map[connRules]*kafka.Factory{}, allowAll: all}, nil
+	e.kafkaBudget.SetLimit(cfg.Kafka.budget())
+	return &kafkaConfig{cfg: cfg, client: client, flows: sink, budget: &e.kafkaBudget, logger: e.Logger,
+		factories: map[connRules]*kafka.Factory{}, allowAll: all}, nil
 }
 
 func (c *kafkaConfig) Close() {}
@@ -63,6 +116,7 @@ func (c *kafkaConfig) factory(rs connRules) *kafka.Factory {
 	f, ok := c.factories[rs]
 	if !ok {
 		f = kafka.NewParserFactory(rs, c.flows)
+		f.MaxFrame = c.cfg.Kafka.MaxFrame
 		c.factories[rs] = f
 	}
 	return f
@@ -150,6 +204,7 @@ type streamFilter struct {
 type streamOut struct {
 	conn   proxylib.NetworkConn
 	closed bool
+	c      *kafkaConfig
 }
 
 func (o *streamOut) Forward(reply bool, data []byte) {
@@ -160,8 +215,22 @@ func (o *streamOut) Forward(reply bool, data []byte) {
 	}
 }
 
+// End passes a half-close on: tcp_proxy shuts down the upstream's writes
+// when the client ended (and the client's when the broker did), so a
+// closed client does not leave its broker connection open.
+func (o *streamOut) End(reply bool) {
+	if reply {
+		o.conn.InjectWrite(nil, true)
+	} else {
+		o.conn.InjectRead(nil, true)
+	}
+}
+
 func (o *streamOut) Close(reason string) {
 	o.closed = true
+	if strings.HasPrefix(reason, "memory budget") && o.c.logger != nil {
+		o.c.logger.Log(proxylib.LogWarn, fmt.Sprintf("ward.kafka: connection closed: %s (%d connections closed over budget so far)", reason, o.c.budget.Closed()))
+	}
 	o.conn.Close(true, reason)
 }
 
@@ -184,8 +253,9 @@ func (f *streamFilter) OnNewConnection(c proxylib.NetworkConn) proxylib.NetworkS
 		info.DstIdentity = cfg.identity(st, local.Addr())
 	}
 	info.PolicyName = cfg.Endpoint
-	f.out.conn = c
+	f.out.conn, f.out.c = c, f.c
 	f.stream = proxylib.NewStream(f.c.factory(rs), &f.out, info)
+	f.stream.Budget = f.c.budget
 	return proxylib.NetworkContinue
 }
 
@@ -221,4 +291,10 @@ func (f *streamFilter) OnWrite(c proxylib.NetworkConn, data [][]byte, end bool) 
 	return f.on(c, true, data, end)
 }
 
-func (f *streamFilter) OnClose(bool) {}
+// OnClose returns the stream's buffers to the budget, whichever side
+// closed the connection.
+func (f *streamFilter) OnClose(bool) {
+	if f.stream != nil {
+		f.stream.Release()
+	}
+}
