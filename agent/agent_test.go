@@ -1,4 +1,4 @@
-package main
+package agent_test
 
 import (
 	"context"
@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wardproxy/ward/agent"
+	"github.com/wardproxy/ward/agent/api"
 	"github.com/wardproxy/ward/internal/testenv"
 	"github.com/wardproxy/ward/xds"
 )
@@ -29,12 +31,12 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// setup writes a node config with one HTTP listener using filter, in front
-// of a real upstream, and returns the flags and the listener's URL.
-func setup(t *testing.T, filter string) (flags, string) {
+// setup returns a node config with one HTTP listener using filter, in
+// front of a real upstream, and the listener's URL.
+func setup(t *testing.T, filter string) (agent.Config, string) {
 	t.Helper()
 	bin := testenv.EnvoyPath(t)
-	lib := testenv.File(t, "build/libward.so", "run `make build`")
+	lib := testModule(t)
 	up := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "upstream") })}
 	ul, _ := net.Listen("tcp", "127.0.0.1:0")
 	go up.Serve(ul)
@@ -42,21 +44,35 @@ func setup(t *testing.T, filter string) (flags, string) {
 	dir, _ := os.MkdirTemp("", "wardd-")
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	port := freePort(t)
-	cfg := map[string]any{
-		"node": "wardd-test",
-		"listeners": []map[string]any{{"name": "h", "kind": "http", "address": "127.0.0.1", "port": port,
-			"upstream": ul.Addr().String(), "filters": []string{filter}}},
+	cfg := agent.Config{
+		Node: "wardd-test",
+		Listeners: []agent.Listener{{Name: "h", Kind: "http", Address: "127.0.0.1", Port: uint32(port),
+			Upstream: ul.Addr().String(), Filters: []string{filter}}},
+		StateDir: dir,
+		Envoy:    agent.EnvoyConfig{Binary: bin, ModuleDir: filepath.Dir(lib), Admin: fmt.Sprintf("127.0.0.1:%d", freePort(t)), Concurrency: 1},
 	}
-	b, _ := json.Marshal(cfg)
-	os.WriteFile(filepath.Join(dir, "wardd.json"), b, 0o600)
-	return flags{stateDir: dir, config: filepath.Join(dir, "wardd.json"), envoy: bin, moduleDir: filepath.Dir(lib),
-		admin: fmt.Sprintf("127.0.0.1:%d", freePort(t)), concurrency: 1}, fmt.Sprintf("http://127.0.0.1:%d/", port)
+	return cfg, fmt.Sprintf("http://127.0.0.1:%d/", port)
 }
 
-func start(t *testing.T, f flags) (context.CancelFunc, chan error) {
+// testModule is the libward.so with the test filters (ward.test.*).
+func testModule(t *testing.T) string {
+	t.Helper()
+	return testenv.File(t, "build/libward.so", "run `make build`")
+}
+
+// run builds the agent from cfg and runs it until ctx is done.
+func run(ctx context.Context, cfg agent.Config, log *slog.Logger) error {
+	a, err := agent.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}
+
+func start(t *testing.T, cfg agent.Config) (context.CancelFunc, chan error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, f, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	go func() { done <- run(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -68,17 +84,17 @@ func start(t *testing.T, f flags) (context.CancelFunc, chan error) {
 	return cancel, done
 }
 
-func getStatus(t *testing.T, dir string) status {
+func getStatus(t *testing.T, dir string) api.Status {
 	t.Helper()
 	cl := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(dir, "wardd.sock"))
+		return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(dir, api.Socket))
 	}}}
-	resp, err := cl.Get("http://wardd/status")
+	resp, err := cl.Get("http://wardd" + api.StatusPath)
 	if err != nil {
-		return status{}
+		return api.Status{}
 	}
 	defer resp.Body.Close()
-	var st status
+	var st api.Status
 	json.NewDecoder(resp.Body).Decode(&st)
 	return st
 }
@@ -109,18 +125,18 @@ func TestSupervisesEnvoy(t *testing.T) {
 	f, url := setup(t, "ward.test.inspect")
 	cancel, done := start(t, f)
 	eventually(t, "the listener to answer", func() bool { return answers(url) })
-	st := getStatus(t, f.stateDir)
+	st := getStatus(t, f.StateDir)
 	if st.Envoy == nil || st.Envoy.Starts != 1 || st.Envoy.PID == 0 {
 		t.Fatalf("status = %+v; want envoy started once", st)
 	}
 	pid := st.Envoy.PID
 	syscall.Kill(pid, syscall.SIGKILL)
 	eventually(t, "envoy to be restarted", func() bool {
-		s := getStatus(t, f.stateDir)
+		s := getStatus(t, f.StateDir)
 		return s.Envoy != nil && s.Envoy.Starts == 2 && s.Envoy.PID != 0 && s.Envoy.PID != pid
 	})
 	eventually(t, "the listener to answer again", func() bool { return answers(url) })
-	newPID := getStatus(t, f.stateDir).Envoy.PID
+	newPID := getStatus(t, f.StateDir).Envoy.PID
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("run returned %v on shutdown; want nil", err)
@@ -138,7 +154,7 @@ func TestTwiceOnOneSocket(t *testing.T) {
 	start(t, f)
 	eventually(t, "the listener to answer", func() bool { return answers(url) })
 	f2 := f
-	f2.admin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	f2.Envoy.Admin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	err := run(context.Background(), f2, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if !errors.Is(err, xds.ErrSocketInUse) || !strings.Contains(err.Error(), "another wardd") {
 		t.Fatalf("second wardd: %v; want ErrSocketInUse naming another wardd", err)
@@ -155,7 +171,7 @@ func TestModuleErrorReported(t *testing.T) {
 	start(t, f)
 	var msg string
 	eventually(t, "the rejection to be reported", func() bool {
-		for _, n := range getStatus(t, f.stateDir).NACKs {
+		for _, n := range getStatus(t, f.StateDir).NACKs {
 			msg = n.Message
 			return true
 		}
@@ -171,14 +187,14 @@ func TestModuleErrorReported(t *testing.T) {
 // the fix.
 func TestWrongEnvoy(t *testing.T) {
 	f, _ := setup(t, "ward.test.inspect")
-	fake := filepath.Join(f.stateDir, "envoy")
+	fake := filepath.Join(f.StateDir, "envoy")
 	os.WriteFile(fake, []byte("#!/bin/sh\necho 'envoy  version: 0123abcd/1.39.1/Clean/RELEASE/BoringSSL'\n"), 0o755)
-	f.envoy = fake
+	f.Envoy.Binary = fake
 	err := run(context.Background(), f, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err == nil || !strings.Contains(err.Error(), "1.39.1") || !strings.Contains(err.Error(), "make setup") {
 		t.Fatalf("run with envoy 1.39.1: %v; want an error naming the version and the fix", err)
 	}
-	f.envoy = filepath.Join(f.stateDir, "missing-envoy")
+	f.Envoy.Binary = filepath.Join(f.StateDir, "missing-envoy")
 	if err := run(context.Background(), f, slog.New(slog.NewTextHandler(io.Discard, nil))); err == nil || !strings.Contains(err.Error(), "make setup") {
 		t.Fatalf("run with a missing envoy: %v; want the fix", err)
 	}

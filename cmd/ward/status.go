@@ -10,7 +10,10 @@ import (
 	"net/http"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
+
+	"github.com/wardproxy/ward/agent/api"
 )
 
 // runStatus asks wardd (over its status socket) what it serves and what
@@ -23,13 +26,13 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	sock := filepath.Join(*stateDir, "wardd.sock")
+	sock := filepath.Join(*stateDir, api.Socket)
 	cl := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
 		},
 	}}
-	resp, err := cl.Get("http://wardd/status")
+	resp, err := cl.Get("http://wardd" + api.StatusPath)
 	if err != nil {
 		fmt.Fprintf(stderr, "ward status: wardd is not answering on %s: %v (is wardd running with --state-dir %s?)\n", sock, err, *stateDir)
 		return 1
@@ -44,17 +47,7 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 		stdout.Write(body)
 		return 0
 	}
-	var st struct {
-		Streams int64             `json:"xdsStreams"`
-		Acked   map[string]string `json:"acked"`
-		NACKs   []struct {
-			TypeURL, Version, Message string
-		} `json:"nacks"`
-		Envoy *struct {
-			PID, Starts int
-			LastError   string
-		} `json:"envoy"`
-	}
+	var st api.Status
 	if err := json.Unmarshal(body, &st); err != nil {
 		fmt.Fprintf(stderr, "ward status: bad answer: %v\n", err)
 		return 1
@@ -78,6 +71,19 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	}
 	for _, n := range st.NACKs {
 		fmt.Fprintf(stdout, "rejected %s (still running %q): %s\n", n.TypeURL, n.Version, n.Message)
+	}
+	if p := st.Policy; p != nil {
+		fmt.Fprintf(stdout, "policy: %s, revision %d\n", p.Dir, p.Revision)
+		for _, e := range p.Errors {
+			fmt.Fprintf(stdout, "policy file not loaded (its last good version stays in force): %s: %s\n", e.File, e.Error)
+		}
+	}
+	for _, e := range st.Endpoints {
+		fmt.Fprintf(stdout, "endpoint %s (id %d, identity %d, %s): %s", e.Name, e.ID, e.Identity, strings.Join(e.IPs, ","), e.State)
+		if e.Error != "" {
+			fmt.Fprintf(stdout, ": %s", e.Error)
+		}
+		fmt.Fprintln(stdout)
 	}
 	return 0
 }

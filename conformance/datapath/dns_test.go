@@ -1,4 +1,4 @@
-package main
+package datapath
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"time"
 
 	cdns "github.com/wardproxy/ward/conformance/dns"
+	"github.com/wardproxy/ward/conformance/node"
 	"github.com/wardproxy/ward/internal/testenv"
 )
 
@@ -40,14 +41,14 @@ spec:
 // port 80 (and not on 8080, and not before resolution).
 func TestWarddDNSAndFQDN(t *testing.T) {
 	testenv.RequireCommand(t, "dig")
-	n := newNode(t,
-		podSpec{name: "kube-dns", labels: map[string]string{"k8s-app": "kube-dns"}},
-		podSpec{name: "mediabot", labels: map[string]string{"class": "mediabot", "org": "empire"}},
+	n := node.New(t,
+		node.PodSpec{Name: "kube-dns", Labels: map[string]string{"k8s-app": "kube-dns"}},
+		node.PodSpec{Name: "mediabot", Labels: map[string]string{"class": "mediabot", "org": "empire"}},
 		// outside the cluster: only DNS gives its address an identity
-		podSpec{name: "github", labels: map[string]string{"app": "github"}, unmanaged: true})
-	pods := n.pods
+		node.PodSpec{Name: "github", Labels: map[string]string{"app": "github"}, Unmanaged: true})
+	pods := n.Pods
 	gh := pods["github"]
-	n.serve(t, "github", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("github")) }), ":80", ":8080")
+	n.Serve(t, "github", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("github")) }), ":80", ":8080")
 	zone := cdns.Zone{Origin: "github.test.", Body: `@ IN SOA ns.github.test. admin.github.test. 1 3600 600 86400 60
 @ IN NS ns.github.test.
 @ IN A ` + gh.IP.String() + `
@@ -57,17 +58,17 @@ support IN A 192.0.2.10
 `}
 	kd := pods["kube-dns"]
 	cdns.StartUnbound(t, zone, cdns.UnboundConfig{Addr: netip.AddrPortFrom(kd.IP, 53), Wrap: []string{"ip", "netns", "exec", kd.NetNS}})
-	n.writePolicy(t, "fqdn.yaml", mediabotPolicy)
-	n.start(t, 23000, 9003)
+	n.WritePolicy(t, "fqdn.yaml", mediabotPolicy)
+	n.Start(t, 23000, 9003)
 
 	mb := []string{"ip", "netns", "exec", pods["mediabot"].NetNS}
 	server := netip.AddrPortFrom(kd.IP, 53)
 	c, stop := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer stop()
-	curl := func(port string) string { return n.curl(c, "mediabot", "http://"+gh.IP.String()+port+"/") }
+	curl := func(port string) string { return n.Curl(c, "mediabot", "http://"+gh.IP.String()+port+"/") }
 	// Wait until the policy is in force: a name outside the pattern is
 	// refused by the proxy.
-	eventually(t, "the DNS proxy to refuse github.test", func() bool {
+	node.Eventually(t, "the DNS proxy to refuse github.test", func() bool {
 		out, _ := pods["mediabot"].Run(c, "dig", "@"+kd.IP.String(), "+tries=1", "+time=2", "github.test.")
 		return cdns.ParseDig(out).Status == "REFUSED"
 	})

@@ -1,10 +1,11 @@
-package main
+package datapath
 
 import (
 	"context"
 	"testing"
 	"time"
 
+	"github.com/wardproxy/ward/conformance/node"
 	"github.com/wardproxy/ward/conformance/servers/deathstar"
 )
 
@@ -32,19 +33,19 @@ spec:
 // (marked with the tiefighter's identity) reaches the Death Star; other
 // ports are dropped by the egress default deny.
 func TestWarddEgressHTTP(t *testing.T) {
-	n := newNode(t,
-		podSpec{name: "deathstar", labels: map[string]string{"org": "empire", "class": "deathstar"}},
-		podSpec{name: "tiefighter", labels: map[string]string{"org": "empire", "class": "tiefighter"}})
-	n.serve(t, "deathstar", deathstar.New(), ":80", ":8080")
-	n.writePolicy(t, "egress.yaml", tiefighterEgress)
-	n.start(t, 24000, 9004)
+	n := node.New(t,
+		node.PodSpec{Name: "deathstar", Labels: map[string]string{"org": "empire", "class": "deathstar"}},
+		node.PodSpec{Name: "tiefighter", Labels: map[string]string{"org": "empire", "class": "tiefighter"}})
+	n.Serve(t, "deathstar", deathstar.New(), ":80", ":8080")
+	n.WritePolicy(t, "egress.yaml", tiefighterEgress)
+	n.Start(t, 24000, 9004)
 
 	c, stop := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer stop()
 	curl := func(method, port, path string) string {
-		return n.curl(c, "tiefighter", "-X", method, "-w", " %{http_code}", "http://"+n.pods["deathstar"].IP.String()+port+path)
+		return n.Curl(c, "tiefighter", "-X", method, "-w", " %{http_code}", "http://"+n.Pods["deathstar"].IP.String()+port+path)
 	}
-	eventually(t, "Envoy to deny the tiefighter's PUT on its egress listener", func() bool {
+	node.Eventually(t, "Envoy to deny the tiefighter's PUT on its egress listener", func() bool {
 		return curl("PUT", "", "/v1/exhaust-port") == "Access denied 403"
 	})
 	if got := curl("POST", "", "/v1/request-landing"); got != "Ship landed 200" {

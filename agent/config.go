@@ -1,0 +1,270 @@
+package agent
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"sigs.k8s.io/yaml"
+
+	"github.com/wardproxy/ward/bpf/redirect"
+	"github.com/wardproxy/ward/policy"
+	"github.com/wardproxy/ward/xds/npds"
+)
+
+// Config is the node configuration: the file `wardd --config` reads
+// (YAML or JSON; docs/node-config.md is its reference) plus the settings
+// wardd takes from flags (the fields without a JSON name). The zero value
+// is a node that serves xDS and supervises Envoy with no listeners.
+type Config struct {
+	// Node is Envoy's node id; default the host name.
+	Node string `json:"node,omitempty"`
+	// PolicyDir holds CiliumNetworkPolicy files (watched); relative to the
+	// config file. With it, Endpoints are the local workloads.
+	PolicyDir string `json:"policyDir,omitempty"`
+	// Mode is the enforcement mode: default, always or never (Cilium's
+	// enable-policy); default "default".
+	Mode string `json:"mode,omitempty"`
+	// Endpoints are the workloads the node knows: local ones (their policy
+	// is enforced here) and remote ones (Remote: only their addresses and
+	// identities matter).
+	Endpoints []Endpoint `json:"endpoints,omitempty"`
+	// Datapath turns on the eBPF datapath.
+	Datapath DatapathConfig `json:"datapath,omitempty"`
+	// Listeners are static Envoy listeners (without the datapath: clients
+	// talk to them directly).
+	Listeners []Listener `json:"listeners,omitempty"`
+	// Policies and Hosts are resolved policies in their wire form
+	// (npds.NetworkPolicy and npds.NetworkPolicyHosts in protojson), for
+	// setups without a policy directory.
+	Policies []json.RawMessage `json:"policies,omitempty"`
+	Hosts    []json.RawMessage `json:"hosts,omitempty"`
+
+	// StateDir holds the xDS socket, the status socket, Envoy's bootstrap
+	// and log, the FQDN state and the last good policy; default
+	// /var/run/ward.
+	StateDir string `json:"-"`
+	// Envoy says how wardd runs Envoy.
+	Envoy EnvoyConfig `json:"-"`
+}
+
+// EnvoyConfig says how the agent runs Envoy.
+type EnvoyConfig struct {
+	// Disabled: serve xDS only; Envoy runs elsewhere.
+	Disabled bool
+	// Binary is the envoy executable; default build/envoy or
+	// .venv/bin/envoy of the working directory, then $PATH.
+	Binary string
+	// ModuleDir holds libward.so; default build/ of the working directory.
+	ModuleDir string
+	// Admin is Envoy's admin address (loopback only); default
+	// 127.0.0.1:9901.
+	Admin string
+	// Concurrency is Envoy's worker count; 0: one per core.
+	Concurrency int
+	// BaseID keeps several Envoys on one machine apart (tests).
+	BaseID int
+	// ExtraArgs are appended to Envoy's command line.
+	ExtraArgs []string
+}
+
+// Endpoint is a workload in embedded mode (no Kubernetes).
+type Endpoint struct {
+	Name string `json:"name"`
+	// ID is the endpoint's number (not its security identity, which the
+	// agent derives from its labels); unique per node, not 0.
+	ID        uint64            `json:"id"`
+	IPs       []string          `json:"ips"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Namespace string            `json:"namespace,omitempty"` // default "default"
+	// Remote marks a workload of another node (or a client outside ward's
+	// control): it gets an identity and its addresses are in the identity
+	// table, but no policy is enforced for it here.
+	Remote bool `json:"remote,omitempty"`
+	// Interface is the host-side interface of a local endpoint (its veth),
+	// where the datapath attaches; needed when the datapath is enabled.
+	Interface string `json:"interface,omitempty"`
+}
+
+// Listener is a static Envoy listener.
+type Listener struct {
+	Name     string `json:"name"`
+	Kind     string `json:"kind"` // "http" or "tcp"
+	Address  string `json:"address"`
+	Port     uint32 `json:"port"`
+	Upstream string `json:"upstream,omitempty"` // "ip:port"; empty with transparent
+	// Transparent listeners accept redirected traffic for any destination.
+	Transparent bool     `json:"transparent,omitempty"`
+	Filters     []string `json:"filters,omitempty"` // ward filters; default per kind
+	Endpoint    string   `json:"endpoint,omitempty"`
+	Direction   string   `json:"direction,omitempty"`
+	PolicyPort  uint16   `json:"policyPort,omitempty"`
+	AccessLog   string   `json:"accessLog,omitempty"`
+	HTTP2       bool     `json:"http2Upstream,omitempty"`
+}
+
+// DatapathConfig turns on the eBPF datapath: the agent loads the programs,
+// attaches them to each local endpoint's host-side interface, writes the
+// resolved policy into the BPF maps and gives Envoy transparent listeners
+// for the proxied ports.
+type DatapathConfig struct {
+	Enabled bool   `json:"enabled,omitempty"`
+	PinDir  string `json:"pinDir,omitempty"` // default /sys/fs/bpf/ward
+	// RoutingTable and RoutingPriority place the rule that delivers
+	// redirected packets to the proxies' sockets (defaults 2004, 9000).
+	RoutingTable    int `json:"routingTable,omitempty"`
+	RoutingPriority int `json:"routingPriority,omitempty"`
+	// HTTPIngressPort and KafkaIngressPort are Envoy's transparent
+	// listeners for ingress HTTP and Kafka (defaults 15001, 15003).
+	HTTPIngressPort  uint16 `json:"httpIngressPort,omitempty"`
+	KafkaIngressPort uint16 `json:"kafkaIngressPort,omitempty"`
+	// DNSPort is the transparent DNS proxy (UDP and TCP, default 15053);
+	// egress DNS rules redirect there.
+	DNSPort uint16 `json:"dnsPort,omitempty"`
+	// EgressHTTPBasePort is the first of the per-endpoint egress HTTP
+	// listeners (default 15100): the i-th local endpoint's egress HTTP goes
+	// to EgressHTTPBasePort+i, whose upstream sockets carry that endpoint's
+	// identity mark so the destination's ingress policy sees the source.
+	EgressHTTPBasePort uint16 `json:"egressHTTPBasePort,omitempty"`
+	AccessLog          string `json:"accessLog,omitempty"`
+}
+
+func (c DatapathConfig) withDefaults() DatapathConfig {
+	if c.PinDir == "" {
+		c.PinDir = redirect.DefaultPinDir
+	}
+	if c.HTTPIngressPort == 0 {
+		c.HTTPIngressPort = 15001
+	}
+	if c.KafkaIngressPort == 0 {
+		c.KafkaIngressPort = 15003
+	}
+	if c.DNSPort == 0 {
+		c.DNSPort = 15053
+	}
+	if c.EgressHTTPBasePort == 0 {
+		c.EgressHTTPBasePort = 15100
+	}
+	return c
+}
+
+// LoadConfig reads a node configuration file (YAML or JSON; unknown fields
+// are errors) and validates it. A relative PolicyDir is taken relative to
+// the file.
+func LoadConfig(path string) (Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	js, err := yaml.YAMLToJSON(b)
+	if err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	var c Config
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	if c.PolicyDir != "" && !filepath.IsAbs(c.PolicyDir) {
+		c.PolicyDir = filepath.Join(filepath.Dir(path), c.PolicyDir)
+	}
+	if err := c.Validate(); err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Validate reports every problem of the configuration, each naming its
+// field path.
+func (c *Config) Validate() error {
+	var errs []error
+	names := map[string]bool{}
+	for i, l := range c.Listeners {
+		p := fmt.Sprintf("listeners[%d]", i)
+		if l.Name == "" {
+			errs = append(errs, fmt.Errorf("%s.name is required", p))
+		} else if names[l.Name] {
+			errs = append(errs, fmt.Errorf("%s.name %q is used twice", p, l.Name))
+		}
+		names[l.Name] = true
+		if l.Kind != "http" && l.Kind != "tcp" {
+			errs = append(errs, fmt.Errorf("%s.kind %q: want http or tcp", p, l.Kind))
+		}
+		if _, err := netip.ParseAddr(l.Address); err != nil {
+			errs = append(errs, fmt.Errorf("%s.address: %w", p, err))
+		}
+		if l.Port == 0 || l.Port > 65535 {
+			errs = append(errs, fmt.Errorf("%s.port %d out of range", p, l.Port))
+		}
+		if !l.Transparent {
+			if _, err := netip.ParseAddrPort(l.Upstream); err != nil {
+				errs = append(errs, fmt.Errorf("%s.upstream: %w", p, err))
+			}
+		}
+	}
+	if err := (&policy.Config{Mode: policy.EnforcementMode(c.Mode)}).Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("mode: %w", err))
+	}
+	ids := map[uint64]bool{}
+	for i, ep := range c.Endpoints {
+		p := fmt.Sprintf("endpoints[%d]", i)
+		if ep.ID == 0 {
+			errs = append(errs, fmt.Errorf("%s.id is required", p))
+		} else if ids[ep.ID] {
+			errs = append(errs, fmt.Errorf("%s.id %d is used twice", p, ep.ID))
+		}
+		ids[ep.ID] = true
+		for j, s := range ep.IPs {
+			if _, err := netip.ParseAddr(s); err != nil {
+				errs = append(errs, fmt.Errorf("%s.ips[%d]: %w", p, j, err))
+			}
+		}
+		if c.Datapath.Enabled && !ep.Remote && ep.Interface == "" {
+			errs = append(errs, fmt.Errorf("%s.interface is required with the datapath enabled", p))
+		}
+	}
+	if c.Datapath.Enabled && c.PolicyDir == "" {
+		errs = append(errs, errors.New("datapath.enabled needs policyDir (the datapath enforces resolved policy)"))
+	}
+	if c.PolicyDir != "" && (len(c.Policies) > 0 || len(c.Hosts) > 0) {
+		errs = append(errs, errors.New("policies/hosts (wire form) and policyDir are exclusive"))
+	}
+	for i, raw := range c.Policies {
+		if err := protojson.Unmarshal(raw, &npds.NetworkPolicy{}); err != nil {
+			errs = append(errs, fmt.Errorf("policies[%d]: %w", i, err))
+		}
+	}
+	for i, raw := range c.Hosts {
+		if err := protojson.Unmarshal(raw, &npds.NetworkPolicyHosts{}); err != nil {
+			errs = append(errs, fmt.Errorf("hosts[%d]: %w", i, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// wirePolicies decodes the wire-form policies (validated already).
+func (c *Config) wirePolicies() ([]*npds.NetworkPolicy, []*npds.NetworkPolicyHosts, error) {
+	var ps []*npds.NetworkPolicy
+	var hs []*npds.NetworkPolicyHosts
+	for i, raw := range c.Policies {
+		p := &npds.NetworkPolicy{}
+		if err := protojson.Unmarshal(raw, p); err != nil {
+			return nil, nil, fmt.Errorf("policies[%d]: %w", i, err)
+		}
+		ps = append(ps, p)
+	}
+	for i, raw := range c.Hosts {
+		h := &npds.NetworkPolicyHosts{}
+		if err := protojson.Unmarshal(raw, h); err != nil {
+			return nil, nil, fmt.Errorf("hosts[%d]: %w", i, err)
+		}
+		hs = append(hs, h)
+	}
+	return ps, hs, nil
+}

@@ -1,0 +1,172 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+
+	"github.com/wardproxy/ward/bpf/policymap"
+	"github.com/wardproxy/ward/bpf/redirect"
+	"github.com/wardproxy/ward/policy"
+)
+
+// datapath is the Consumer that writes each state into the eBPF datapath:
+// identities of every workload address and CIDR into the ipcache, then each
+// local endpoint's policy, then the endpoint itself (programs attached on
+// first sight).
+type datapath struct {
+	cfg    DatapathConfig
+	dp     *redirect.Datapath
+	undo   func() error
+	log    *slog.Logger
+	ifaces map[uint64]int    // endpoint id -> ifindex
+	egress map[uint64]uint16 // endpoint id -> its egress HTTP listener port
+
+	mu     sync.Mutex
+	epErrs map[uint64]error // per local endpoint, from the last Apply
+}
+
+var _ Consumer = (*datapath)(nil)
+
+// openDatapath loads the programs and installs the proxy routing. The
+// endpoints' interfaces must exist.
+func openDatapath(cfg DatapathConfig, eps []Endpoint, log *slog.Logger) (*datapath, error) {
+	d := &datapath{cfg: cfg, log: log, ifaces: map[uint64]int{}, egress: map[uint64]uint16{}, epErrs: map[uint64]error{}}
+	n := 0
+	for i, ep := range eps {
+		if ep.Remote {
+			continue
+		}
+		d.egress[ep.ID] = cfg.EgressHTTPBasePort + uint16(n)
+		n++
+		ifc, err := net.InterfaceByName(ep.Interface)
+		if err != nil {
+			return nil, fmt.Errorf("endpoints[%d].interface %q: %w", i, ep.Interface, err)
+		}
+		d.ifaces[ep.ID] = ifc.Index
+	}
+	dp, err := redirect.Load(redirect.Config{PinDir: cfg.PinDir, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("datapath: %w (wardd does not claim enforcement without it)", err)
+	}
+	undo, err := redirect.InstallProxyRouting(redirect.Routing{Table: cfg.RoutingTable, Priority: cfg.RoutingPriority})
+	if err != nil {
+		dp.Close()
+		return nil, err
+	}
+	d.dp, d.undo = dp, undo
+	return d, nil
+}
+
+// Close detaches nothing (pinned programs keep enforcing across a wardd
+// restart); it removes the proxy routing rule and closes the handles.
+func (d *datapath) Close() error {
+	return errors.Join(d.undo(), d.dp.Close())
+}
+
+// egressPort is the egress HTTP listener port of a local endpoint.
+func (d *datapath) egressPort(ep uint64) (uint16, bool) {
+	if d == nil {
+		return 0, false
+	}
+	p, ok := d.egress[ep]
+	return p, ok
+}
+
+// proxyPort names the listener for a proxied port of endpoint ep; 0 (no
+// proxy: the flow is dropped, never let through unchecked) for egress
+// Kafka, not wired yet.
+func (d *datapath) proxyPort(ep uint64, dir policy.Direction, l7 *policy.L7Port) uint16 {
+	if l7.Parser == "dns" {
+		return d.cfg.DNSPort
+	}
+	if dir != policy.Ingress {
+		if l7.Parser == "http" {
+			return d.egress[ep]
+		}
+		return 0
+	}
+	switch l7.Parser {
+	case "http":
+		return d.cfg.HTTPIngressPort
+	case "kafka":
+		return d.cfg.KafkaIngressPort
+	}
+	return 0
+}
+
+// endpointError is the datapath error of a local endpoint after the last
+// Apply (nil when its policy is in force).
+func (d *datapath) endpointError(id uint64) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.epErrs[id]
+}
+
+// Apply implements Consumer.
+func (d *datapath) Apply(_ context.Context, st *State) error {
+	var errs []error
+	ipc := d.dp.IPCache()
+	snap := st.Policy
+	for _, w := range st.Workloads {
+		pol, ok := snap.Endpoint(w.ID)
+		if !ok {
+			continue
+		}
+		for _, a := range w.Addrs {
+			if err := ipc.Upsert(netip.PrefixFrom(a, a.BitLen()), uint32(pol.Identity)); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	for _, c := range snap.CIDRIdentities() {
+		if c.Prefix.IsValid() {
+			if err := ipc.Upsert(c.Prefix, uint32(c.ID)); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	epErrs := map[uint64]error{}
+	for _, w := range st.Workloads {
+		if w.Remote {
+			continue
+		}
+		if err := d.applyEndpoint(snap, w); err != nil {
+			err = fmt.Errorf("endpoint %s: %w", w.Name, err)
+			epErrs[w.ID] = err
+			errs = append(errs, err)
+		}
+	}
+	d.mu.Lock()
+	d.epErrs = epErrs
+	d.mu.Unlock()
+	return errors.Join(errs...)
+}
+
+func (d *datapath) applyEndpoint(snap *policy.Snapshot, w Workload) error {
+	pol, ok := snap.Endpoint(w.ID)
+	if !ok {
+		return nil
+	}
+	ports := func(dir policy.Direction, l7 *policy.L7Port) uint16 { return d.proxyPort(w.ID, dir, l7) }
+	in, err := policymap.Entries(policy.Ingress, pol.Ingress, ports)
+	if err != nil {
+		return err
+	}
+	out, err := policymap.Entries(policy.Egress, pol.Egress, ports)
+	if err != nil {
+		return err
+	}
+	if err := d.dp.SetPolicy(uint32(w.ID), append(in, out...)); err != nil {
+		return err
+	}
+	if len(w.Addrs) == 0 {
+		return nil
+	}
+	return d.dp.AddEndpoint(redirect.Endpoint{ID: uint32(w.ID), IP: w.Addrs[0], IfIndex: d.ifaces[w.ID], Identity: uint32(pol.Identity),
+		EnforceIngress: pol.Ingress != nil && pol.Ingress.Enforced, EnforceEgress: pol.Egress != nil && pol.Egress.Enforced})
+}

@@ -1,0 +1,185 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync"
+
+	"github.com/wardproxy/ward/filters/dns"
+	"github.com/wardproxy/ward/policy"
+)
+
+// dnsGlue connects the DNS proxy to the agent: local endpoints by source
+// address, DNS rules from the current resolved state, FQDN identities
+// from the policy repository, and a re-publish (ipcache, policy maps, proxy
+// resources) that completes before the proxy releases an answer.
+type dnsGlue struct {
+	e   *engine
+	log *slog.Logger
+
+	mu    sync.Mutex
+	snap  *policy.Snapshot
+	rules map[dnsKey]*dns.Matcher // compiled per snapshot
+
+	selsMu  sync.Mutex
+	lastSel string
+	sink    interface {
+		SetSelectors([]policy.PortRuleDNS) error
+	}
+}
+
+type dnsKey struct {
+	ep     uint64
+	port   uint16
+	remote policy.NumericIdentity
+}
+
+var (
+	_ dns.EndpointLookup    = (*dnsGlue)(nil)
+	_ dns.RuleSource        = (*dnsGlue)(nil)
+	_ dns.IdentityAllocator = (*dnsGlue)(nil)
+	_ dns.PolicyUpdater     = (*dnsGlue)(nil)
+)
+
+// Endpoint implements dns.EndpointLookup over the local endpoints.
+func (g *dnsGlue) Endpoint(src netip.Addr) (uint64, uint32, bool) {
+	w, ok := g.e.workload(src)
+	if !ok || w.Remote {
+		return 0, 0, false
+	}
+	p, ok := g.e.state().Policy.Endpoint(w.ID)
+	if !ok {
+		return 0, 0, false
+	}
+	return w.ID, uint32(p.Identity), true
+}
+
+// remoteIdentity is the identity of a destination address: a workload's,
+// else a CIDR identity, else world.
+func (g *dnsGlue) remoteIdentity(snap *policy.Snapshot, ip netip.Addr) policy.NumericIdentity {
+	if w, ok := g.e.workload(ip); ok {
+		if p, ok := snap.Endpoint(w.ID); ok {
+			return p.Identity
+		}
+	}
+	return snap.IdentityForIP(ip.Unmap())
+}
+
+// DNSRules implements dns.RuleSource: the union of the DNS rules of the
+// endpoint's egress selections on the query's port that select the
+// server's identity. A selection without DNS rules (plain L4 allow to the
+// server) allows every name.
+func (g *dnsGlue) DNSRules(endpoint uint64, dst netip.AddrPort) (*dns.Matcher, bool) {
+	snap := g.e.state().Policy
+	remote := g.remoteIdentity(snap, dst.Addr())
+	k := dnsKey{ep: endpoint, port: dst.Port(), remote: remote}
+	g.mu.Lock()
+	if g.snap != snap {
+		g.snap, g.rules = snap, map[dnsKey]*dns.Matcher{}
+	}
+	if m, ok := g.rules[k]; ok {
+		g.mu.Unlock()
+		return m, m != nil
+	}
+	g.mu.Unlock()
+	var m *dns.Matcher
+	if p, ok := snap.Endpoint(endpoint); ok && p.Egress != nil {
+		var rules []policy.PortRuleDNS
+		found, allowAll := false, false
+		for _, lp := range p.Egress.Proxy {
+			if lp.Parser != "dns" || !covers(lp, dst.Port()) {
+				continue
+			}
+			for _, s := range lp.Selections {
+				if !s.Selects(remote) {
+					continue
+				}
+				found = true
+				if s.AllowAll {
+					allowAll = true
+				}
+				rules = append(rules, s.Rules.DNS...)
+			}
+		}
+		if found {
+			if allowAll {
+				rules = nil // an empty rule list allows every name
+			}
+			var err error
+			if m, err = dns.Compile(rules); err != nil {
+				g.log.Error("dns rules", "endpoint", endpoint, "error", err)
+				m = nil
+			}
+		}
+	}
+	g.mu.Lock()
+	g.rules[k] = m
+	g.mu.Unlock()
+	return m, m != nil
+}
+
+func covers(lp *policy.L7Port, port uint16) bool {
+	end := lp.EndPort
+	if end < lp.Port {
+		end = lp.Port
+	}
+	return lp.Port == 0 || port >= lp.Port && port <= end
+}
+
+// AllocateFQDN implements dns.IdentityAllocator with the repository, so
+// toFQDNs selections pick the identity up at the next resolution.
+func (g *dnsGlue) AllocateFQDN(selectors []string) (uint32, error) {
+	return g.e.repo.AllocateFQDN(selectors)
+}
+
+// Apply implements dns.PolicyUpdater: it re-resolves and writes the maps
+// and proxy resources before returning, so the answer that taught the IP is
+// released only once a connection to it is allowed.
+func (g *dnsGlue) Apply(ctx context.Context, _ []uint32) error {
+	done := make(chan struct{})
+	go func() { g.e.publish(context.WithoutCancel(ctx)); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// syncSelectors gives the DNS proxy the state's toFQDNs selectors when
+// they changed.
+func (g *dnsGlue) syncSelectors(st *State) {
+	var sels []policy.PortRuleDNS
+	var key strings.Builder
+	for _, m := range st.Policy.FQDNSelectors() {
+		sels = append(sels, policy.PortRuleDNS{MatchName: m.Selector.MatchName, MatchPattern: m.Selector.MatchPattern})
+		key.WriteString(m.Selector.MatchName + "\x00" + m.Selector.MatchPattern + "\x00")
+	}
+	g.selsMu.Lock()
+	defer g.selsMu.Unlock()
+	if g.sink == nil || key.String() == g.lastSel {
+		return
+	}
+	if err := g.sink.SetSelectors(sels); err != nil {
+		g.log.Error("dns proxy selectors", "error", err)
+		return
+	}
+	g.lastSel = key.String()
+}
+
+// newDNSProxy builds the transparent DNS proxy of the datapath mode.
+func newDNSProxy(g *dnsGlue, ipc dns.IPCache, port uint16, stateFile string, log *slog.Logger) (*dns.Proxy, error) {
+	addr := fmt.Sprintf("0.0.0.0:%d", port)
+	px, err := dns.New(dns.Config{UDPAddr: addr, TCPAddr: addr, Transparent: true, StateFile: stateFile},
+		dns.Deps{Endpoints: g, Rules: g, IPCache: ipc, Identities: g, Policy: g, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	g.selsMu.Lock()
+	g.sink = px
+	g.selsMu.Unlock()
+	return px, nil
+}

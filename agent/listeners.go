@@ -1,0 +1,101 @@
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+
+	"github.com/wardproxy/ward/bpf/redirect"
+	"github.com/wardproxy/ward/proxylib/policyfilter"
+	"github.com/wardproxy/ward/xds"
+)
+
+// filterConfig is the filter_config of ward's policy filters on this node.
+func (a *Agent) filterConfig(c policyfilter.Config) []byte {
+	c.XDSSocket, c.Node = a.xdsSocket(), a.node
+	b, err := json.Marshal(c)
+	if err != nil {
+		panic(err) // a struct of strings and numbers always marshals
+	}
+	return b
+}
+
+// staticResources builds the configured static listeners and clusters.
+func (a *Agent) staticResources() (xds.EnvoyResources, error) {
+	var r xds.EnvoyResources
+	for _, l := range a.cfg.Listeners {
+		cluster := l.Name + "-upstream"
+		if l.Transparent {
+			r.Clusters = append(r.Clusters, xds.OriginalDstCluster(cluster, l.HTTP2))
+		} else {
+			ap := netip.MustParseAddrPort(l.Upstream) // Validate checked it
+			r.Clusters = append(r.Clusters, xds.StaticCluster(cluster, ap.Addr().String(), uint32(ap.Port()), l.HTTP2))
+		}
+		filters := l.Filters
+		if filters == nil && l.Kind == "http" {
+			filters = []string{"ward.http"}
+		}
+		fcfg := a.filterConfig(policyfilter.Config{Endpoint: l.Endpoint, Direction: l.Direction, Port: l.PolicyPort, AccessLog: l.AccessLog})
+		var mf []xds.ModuleFilter
+		for _, f := range filters {
+			mf = append(mf, xds.ModuleFilter{Name: f, Config: fcfg})
+		}
+		var lis types.Resource
+		var err error
+		if l.Kind == "http" {
+			lis, err = xds.HTTPListener{Name: l.Name, Address: l.Address, Port: l.Port, Transparent: l.Transparent, Cluster: cluster, Filters: mf}.Build()
+		} else {
+			lis, err = xds.TCPListener{Name: l.Name, Address: l.Address, Port: l.Port, Transparent: l.Transparent, Cluster: cluster, Filters: mf}.Build()
+		}
+		if err != nil {
+			return r, fmt.Errorf("listener %s: %w", l.Name, err)
+		}
+		r.Listeners = append(r.Listeners, lis)
+	}
+	return r, nil
+}
+
+// datapathResources returns Envoy's transparent listeners and clusters for
+// the proxied ports: ingress HTTP and Kafka, shared by every local
+// endpoint, and one egress HTTP listener per local endpoint whose upstream
+// sockets carry the endpoint's identity (redirect.ProxyEgressMark), so the
+// destination's ingress policy in the datapath sees the real source.
+func (a *Agent) datapathResources(identity func(uint64) (uint32, bool)) (xds.EnvoyResources, error) {
+	var r xds.EnvoyResources
+	dc := a.cfg.Datapath
+	httpIn, err := xds.HTTPListener{Name: "ward-http-ingress", Address: "0.0.0.0", Port: uint32(dc.HTTPIngressPort), Transparent: true,
+		Cluster: "ward-original-dst-ingress", Filters: []xds.ModuleFilter{{Name: "ward.http", Config: a.filterConfig(policyfilter.Config{Direction: "ingress", AccessLog: dc.AccessLog})}}}.Build()
+	if err != nil {
+		return r, err
+	}
+	kafkaIn, err := xds.TCPListener{Name: "ward-kafka-ingress", Address: "0.0.0.0", Port: uint32(dc.KafkaIngressPort), Transparent: true,
+		Cluster: "ward-original-dst-ingress-tcp", Filters: []xds.ModuleFilter{{Name: "ward.kafka", Config: a.filterConfig(policyfilter.Config{Direction: "ingress", AccessLog: dc.AccessLog})}}}.Build()
+	if err != nil {
+		return r, err
+	}
+	r.Listeners = append(r.Listeners, httpIn, kafkaIn)
+	r.Clusters = append(r.Clusters,
+		xds.MarkUpstream(xds.OriginalDstCluster("ward-original-dst-ingress", false), redirect.MarkProxyIngress),
+		xds.MarkUpstream(xds.OriginalDstCluster("ward-original-dst-ingress-tcp", false), redirect.MarkProxyIngress))
+	for _, ep := range a.cfg.Endpoints {
+		port, ok := a.dp.egressPort(ep.ID)
+		if !ok {
+			continue
+		}
+		id, ok := identity(ep.ID)
+		if !ok {
+			continue
+		}
+		cluster := fmt.Sprintf("ward-original-dst-egress-%d", ep.ID)
+		l, err := xds.HTTPListener{Name: fmt.Sprintf("ward-http-egress-%d", ep.ID), Address: "0.0.0.0", Port: uint32(port), Transparent: true,
+			Cluster: cluster, Filters: []xds.ModuleFilter{{Name: "ward.http", Config: a.filterConfig(policyfilter.Config{Direction: "egress", Endpoint: ep.Name, AccessLog: dc.AccessLog})}}}.Build()
+		if err != nil {
+			return r, err
+		}
+		r.Listeners = append(r.Listeners, l)
+		r.Clusters = append(r.Clusters, xds.MarkUpstream(xds.OriginalDstCluster(cluster, false), redirect.ProxyEgressMark(id)))
+	}
+	return r, nil
+}

@@ -1,0 +1,126 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
+	"github.com/wardproxy/ward/agent/api"
+	"github.com/wardproxy/ward/xds/npds"
+)
+
+// watchedTypes are the resource types whose acks and rejections the
+// status shows.
+var watchedTypes = []string{resource.ListenerType, resource.ClusterType, npds.NetworkPolicyType, npds.NetworkPolicyHostsType}
+
+// Status is what `ward status` shows.
+func (a *Agent) Status() api.Status {
+	st := api.Status{Node: a.node, Streams: a.srv.Streams(), Acked: map[string]string{}}
+	for _, typ := range watchedTypes {
+		if v := a.srv.Acked(typ); v != "" {
+			st.Acked[typ] = v
+		}
+		if n, ok := a.srv.LastNACK(typ); ok {
+			st.NACKs = append(st.NACKs, api.NACK{TypeURL: n.TypeURL, Version: n.Version, Message: n.Message})
+		}
+	}
+	if a.proc != nil {
+		st.Envoy = &api.Envoy{PID: a.proc.PID(), Starts: a.proc.Starts(), LastError: a.proc.LastError()}
+	}
+	if a.eng != nil {
+		s := a.eng.last.Load()
+		p := &api.Policy{Dir: a.cfg.PolicyDir}
+		if s != nil {
+			p.Revision = s.Policy.Revision
+		}
+		if a.src != nil {
+			for _, f := range a.src.Status() {
+				if f.Err != nil {
+					p.Errors = append(p.Errors, api.FileError{File: f.Path, Error: f.Err.Error()})
+				}
+			}
+		}
+		st.Policy = p
+		for _, w := range a.eng.workloads {
+			if w.Remote {
+				continue
+			}
+			e := api.Endpoint{Name: w.Name, ID: w.ID, State: "waiting"}
+			for _, ip := range w.Addrs {
+				e.IPs = append(e.IPs, ip.String())
+			}
+			if s != nil {
+				if p, ok := s.Policy.Endpoint(w.ID); ok {
+					e.Identity = uint32(p.Identity)
+				}
+				e.State = "ready"
+				if a.dp != nil {
+					if err := a.dp.endpointError(w.ID); err != nil {
+						e.State, e.Error = "locked-down", err.Error()
+					}
+				}
+			}
+			st.Endpoints = append(st.Endpoints, e)
+		}
+	}
+	return st
+}
+
+// watchNACKs reports Envoy's rejections of updates (for example a module
+// that fails to load) with Envoy's own error text.
+func (a *Agent) watchNACKs(ctx context.Context) error {
+	seen := map[string]string{}
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		for _, typ := range watchedTypes {
+			if n, ok := a.srv.LastNACK(typ); ok && seen[typ] != n.Nonce {
+				seen[typ] = n.Nonce
+				attrs := []any{"type", typ, "error", n.Message}
+				if a.proc != nil && a.proc.LastError() != "" {
+					attrs = append(attrs, "envoy_log", a.proc.LastError())
+				}
+				a.log.Error("configuration rejected", attrs...)
+			}
+		}
+	}
+}
+
+// serveStatus serves the status document on the status socket until ctx is
+// done.
+func (a *Agent) serveStatus(ctx context.Context) error {
+	path := filepath.Join(a.cfg.StateDir, api.Socket)
+	_ = os.Remove(path)
+	lis, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("status socket: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+api.StatusPath, func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("content-type", "application/json")
+		if err := json.NewEncoder(w).Encode(a.Status()); err != nil {
+			a.log.Debug("status write", "error", err)
+		}
+	})
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	stop := context.AfterFunc(ctx, func() { _ = hs.Close() })
+	defer stop()
+	if err := hs.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("status server: %w", err)
+	}
+	_ = os.Remove(path)
+	return nil
+}
