@@ -9,17 +9,20 @@ export PATH := $(CURDIR)/build/bin:$(PATH)
 setup:
 	bash scripts/setup.sh
 
-# libward.so (every ward filter, loaded by Envoy), wardd and ward.
+# libward.so (every ward filter, loaded by Envoy), wardd and ward; and the
+# test module build/test/libward.so (-tags wardtest: also the ward.test.*
+# filters the Envoy test suites use; the production module has none).
 build:
-	mkdir -p build/bin
+	mkdir -p build/bin build/test
 	CGO_ENABLED=1 $(GO) build -buildmode=c-shared -o build/libward.so ./proxylib/module
+	CGO_ENABLED=1 $(GO) build -tags wardtest -buildmode=c-shared -o build/test/libward.so ./proxylib/module
 	$(GO) build -o build/bin/wardd ./cmd/wardd
 	$(GO) build -o build/bin/ward ./cmd/ward
 
-# The same module with the strictest cgo pointer checks (cgocheck2).
+# The test module with the strictest cgo pointer checks (cgocheck2).
 build-cgocheck2:
 	mkdir -p build/cgocheck2
-	GOEXPERIMENT=cgocheck2 CGO_ENABLED=1 $(GO) build -buildmode=c-shared -o build/cgocheck2/libward.so ./proxylib/module
+	GOEXPERIMENT=cgocheck2 CGO_ENABLED=1 $(GO) build -tags wardtest -buildmode=c-shared -o build/cgocheck2/libward.so ./proxylib/module
 
 lint:
 	bash scripts/lint.sh

@@ -168,7 +168,7 @@ func run(rounds int, dur time.Duration, conns int, rulesFlag string, rateFrac fl
 	}
 	srv.SetPolicies(policies)
 	admin := fmt.Sprintf("127.0.0.1:%d", freePort())
-	bc := bootstrap.Config{NodeID: node, XDSSocket: filepath.Join(dir, "xds.sock"), AdminAddress: admin, ModuleDir: filepath.Join(root, "build")}
+	bc := bootstrap.Config{NodeID: node, XDSSocket: filepath.Join(dir, "xds.sock"), AdminAddress: admin, ModuleDir: filepath.Join(root, "build", "test")} // the test module: the no-op arm is ward.test.panic
 	bpath := filepath.Join(dir, "bootstrap.json")
 	if err := bc.Write(bpath); err != nil {
 		return err

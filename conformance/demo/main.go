@@ -75,7 +75,7 @@ func freePort() int {
 
 func run() error {
 	root, _ := os.Getwd()
-	for _, f := range []string{"build/bin/wardd", "build/libward.so", "build/envoy"} {
+	for _, f := range []string{"build/bin/wardd", "build/test/libward.so", "build/envoy"} {
 		if _, err := os.Stat(filepath.Join(root, f)); err != nil {
 			return fmt.Errorf("%s missing: run `make demo` from the repository root", f)
 		}
@@ -126,8 +126,10 @@ func run() error {
 	os.WriteFile(cfgPath, b, 0o644)
 
 	fmt.Printf("ward demo: wardd + Envoy %s + libward.so in front of the Death Star\n", envoyVersion(root))
+	// The test module (build/test): the TCP echo listener uses
+	// ward.test.passthrough, which the production libward.so does not have.
 	wardd := exec.Command(filepath.Join(root, "build/bin/wardd"), "--state-dir", filepath.Join(dir, "state"), "--config", cfgPath,
-		"--module-dir", filepath.Join(root, "build"), "--envoy", filepath.Join(root, "build/envoy"),
+		"--module-dir", filepath.Join(root, "build", "test"), "--envoy", filepath.Join(root, "build/envoy"),
 		"--envoy-admin", fmt.Sprintf("127.0.0.1:%d", admin), "--concurrency", "1", "--log-level", "warn")
 	wardd.Stdout, wardd.Stderr = os.Stdout, os.Stderr
 	wardd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}

@@ -4,9 +4,10 @@
 // push Envoy resources and policy resources and wait until Envoy and the
 // Go filters inside it have applied them, then drive real clients.
 //
-// It needs the pinned Envoy (.venv, `make setup`) and build/libward.so
-// (`make build`); without them a test skips, except under CI where it
-// fails.
+// It needs the pinned Envoy (.venv, `make setup`) and the test module
+// build/test/libward.so (`make build`; the suites use the ward.test.*
+// filters, which the production module does not have); without them a test
+// skips, except under CI where it fails.
 package stack
 
 import (
@@ -59,19 +60,7 @@ type Stack struct {
 func Start(t testing.TB, o Options) *Stack {
 	t.Helper()
 	bin := testenv.EnvoyPath(t)
-	rel := "build/libward.so"
-	if d := os.Getenv("WARD_MODULE_DIR"); d != "" {
-		// e.g. build/cgocheck2: the same module built with
-		// GOEXPERIMENT=cgocheck2, so the cgo pointer checks run at full
-		// strength under the real Envoy.
-		rel = filepath.Join(d, "libward.so")
-		if filepath.IsAbs(d) {
-			if r, err := filepath.Rel(testenv.Root(t), rel); err == nil {
-				rel = r
-			}
-		}
-	}
-	lib := testenv.File(t, rel, "run `make build` (go build -buildmode=c-shared -o build/libward.so ./proxylib/module)")
+	lib := testenv.Module(t) // the test module: the suites use ward.test.* filters
 	if o.Concurrency == 0 {
 		o.Concurrency = 1
 	}

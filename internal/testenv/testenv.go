@@ -75,3 +75,25 @@ func File(t testing.TB, rel, hint string) string {
 	}
 	return p
 }
+
+// TestModuleDir is where `make build` puts the test module: libward.so
+// built with -tags wardtest, ward's filters plus proxylib/testfilters
+// (ward.test.*). The production build/libward.so has no test filter.
+const TestModuleDir = "build/test"
+
+// Module returns the libward.so the Envoy test suites load: the test
+// module (TestModuleDir), or $WARD_MODULE_DIR/libward.so when set (e.g.
+// build/cgocheck2, the test module built with GOEXPERIMENT=cgocheck2).
+func Module(t testing.TB) string {
+	t.Helper()
+	rel := filepath.Join(TestModuleDir, "libward.so")
+	if d := os.Getenv("WARD_MODULE_DIR"); d != "" {
+		rel = filepath.Join(d, "libward.so")
+		if filepath.IsAbs(rel) {
+			if r, err := filepath.Rel(Root(t), rel); err == nil {
+				rel = r
+			}
+		}
+	}
+	return File(t, rel, "run `make build` (builds the test module: go build -tags wardtest -buildmode=c-shared -o build/test/libward.so ./proxylib/module)")
+}
