@@ -2,7 +2,17 @@
 // (policy.DirectionPolicy) into the datapath's policy-map entries
 // (redirect.PolicyEntry): allow, deny, and redirect-to-proxy-port for the
 // (remote identity, port, protocol) tuples whose traffic must go through a
-// proxy. It is pure: wardd writes the result with redirect.SetPolicy.
+// proxy. It is pure: the agent writes the result with redirect.SetPolicy.
+//
+// A port range becomes its power-of-two aligned blocks (redirect.PortBlocks:
+// at most 30 entries for any range, 1-65535 included), never one entry per
+// port. ICMP and ICMPv6 entries are keyed by the ICMP type (L4Entry.Port;
+// Port 0 is every type, as in the model).
+//
+// Fail closed: Entries returns an error only for input the model never
+// produces (a port without a protocol). The agent must then lock the
+// endpoint down (redirect.Datapath.Lockdown) instead of skipping it or
+// keeping its previous entries.
 package policymap
 
 import (
@@ -12,17 +22,14 @@ import (
 	"github.com/wardproxy/ward/policy"
 )
 
-// MaxRangeExpansion bounds how many single-port entries one port range may
-// become (the datapath keys single ports).
-const MaxRangeExpansion = 4096
-
 // ProxyPorts names the transparent listener for a proxied port: it returns
 // the listener port for an L7Port (Envoy's for HTTP/Kafka, the DNS proxy's
 // for DNS), or 0 when there is none (the traffic is then dropped: a
 // redirect without a proxy fails closed).
 type ProxyPorts func(dir policy.Direction, l7 *policy.L7Port) uint16
 
-// Entries translates one direction of an endpoint's resolved policy.
+// Entries translates one direction of an endpoint's resolved policy. On an
+// error the caller must lock the endpoint down (see the package doc).
 func Entries(dir policy.Direction, d *policy.DirectionPolicy, ports ProxyPorts) ([]redirect.PolicyEntry, error) {
 	if d == nil {
 		return nil, nil
@@ -33,21 +40,26 @@ func Entries(dir policy.Direction, d *policy.DirectionPolicy, ports ProxyPorts) 
 	}
 	var out []redirect.PolicyEntry
 	add := func(e policy.L4Entry, v redirect.Verdict, proxy uint16) error {
-		if e.Protocol == policy.ProtocolICMP || e.Protocol == policy.ProtocolICMPv6 {
-			return nil // ICMP types are not keyed by the datapath yet: no entry, so default deny
+		key := redirect.PolicyKey{Direction: rdir, Identity: uint32(e.Remote), Proto: uint8(e.Protocol)}
+		if e.Protocol == policy.ProtocolAny {
+			if e.Port != 0 {
+				return fmt.Errorf("%s: port %d without a protocol", e.Origin, e.Port)
+			}
+			out = append(out, redirect.PolicyEntry{PolicyKey: key, Verdict: v, ProxyPort: proxy})
+			return nil
 		}
-		lo, hi := e.Port, e.EndPort
-		if hi < lo {
-			hi = lo
+		if e.Port == 0 { // every port (every ICMP type)
+			out = append(out, redirect.PolicyEntry{PolicyKey: key, Verdict: v, ProxyPort: proxy})
+			return nil
 		}
-		if int(hi)-int(lo)+1 > MaxRangeExpansion {
-			return fmt.Errorf("port range %d-%d of %s is wider than %d ports", lo, hi, e.Origin, MaxRangeExpansion)
+		hi := e.EndPort
+		if hi < e.Port {
+			hi = e.Port
 		}
-		for p := int(lo); p <= int(hi); p++ {
-			out = append(out, redirect.PolicyEntry{
-				PolicyKey: redirect.PolicyKey{Direction: rdir, Identity: uint32(e.Remote), Port: uint16(p), Proto: uint8(e.Protocol)},
-				Verdict:   v, ProxyPort: proxy,
-			})
+		for _, b := range redirect.PortBlocks(e.Port, hi) {
+			k := key
+			k.Port, k.PortWild = b.Port, b.Wild
+			out = append(out, redirect.PolicyEntry{PolicyKey: k, Verdict: v, ProxyPort: proxy})
 		}
 		return nil
 	}

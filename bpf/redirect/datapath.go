@@ -399,7 +399,7 @@ func Cleanup(pinDir string) error {
 	}
 	for _, name := range []string{
 		datapathMapWardCt, datapathMapWardEndpoints, datapathMapWardFrag,
-		datapathMapWardIpcache, datapathMapWardMetrics, datapathMapWardPolicy,
+		datapathMapWardIpcache, datapathMapWardMetrics, datapathMapWardPolicy, datapathMapWardPolicyRev,
 		sockMapWardCgroups, sockMapWardSockOrig, sockMapWardOrigdst, sockMapWardSockhash,
 	} {
 		if err := os.Remove(filepath.Join(pinDir, name)); err != nil && !os.IsNotExist(err) {

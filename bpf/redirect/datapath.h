@@ -68,6 +68,10 @@ enum reason {
 	R_DROP_REDIRECT_UNSUPPORTED = 14,
 	R_DROP_UNKNOWN_ENDPOINT = 15,
 	R_SHORTCUT = 16, // socket-level: sk_msg moved data to the peer socket (not a drop)
+	R_DROP_UNKNOWN_L3 = 17, // from/to a pod: not IPv4, IPv6 or ARP (Cilium's DROP_UNKNOWN_L3)
+	R_DROP_VLAN = 18,       // VLAN-tagged (skb->vlan_present or a VLAN ethertype)
+	R_PASS_ND = 19,         // ICMPv6 neighbour discovery, hop limit 255, link-local scope
+	R_DROP_NO_ENDPOINT = 20, // socket-level: a registered cgroup's descendant without an entry
 	R_MAX = 32,
 };
 
@@ -96,13 +100,24 @@ struct endpoint_info {
 	__u32 flags; // EP_*
 };
 
+// The policy map is an LPM trie. The endpoint id, remote identity and
+// direction byte are always matched in full; the protocol is matched
+// (prefix POLICY_PREFIX_PROTO) or not (POLICY_PREFIX_FIXED, any protocol);
+// the destination port (the ICMP type for ICMP/ICMPv6) is matched on its
+// leading bits, so a port range is a few power-of-two aligned blocks
+// (Cilium's port prefix lengths), never one entry per port.
 struct policy_key {
+	__u32 prefixlen;
 	__u32 endpoint_id;
 	__u32 identity; // 0: any identity
-	__u16 dport;    // host order; 0: any port
-	__u8 proto;     // 0: any protocol (only with dport 0)
 	__u8 direction; // DIR_* | generation << 1 (see EP_POLICY_GEN)
+	__u8 proto;
+	__u16 dport; // network order (the LPM trie matches leading bits)
 };
+
+#define POLICY_PREFIX_FIXED 72 // endpoint_id, identity, direction
+#define POLICY_PREFIX_PROTO 80
+#define POLICY_PREFIX_FULL 96
 
 struct policy_value {
 	__u8 verdict;
@@ -138,7 +153,7 @@ struct {
 } ward_endpoints SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__type(key, struct policy_key);
 	__type(value, struct policy_value);
 	__uint(max_entries, 131072);
@@ -186,49 +201,41 @@ static __always_inline __u32 identity_of6(__u8 family, const __u32 *addr)
 	return v ? v->identity : IDENTITY_WORLD;
 }
 
-static __always_inline __u32 identity_of(__u32 addr)
-{
-	__u32 a[4] = {addr, 0, 0, 0};
-	return identity_of6(AF_INET4, a);
-}
-
 // policy_dir is the policy key's direction byte: direction | generation << 1.
 static __always_inline __u8 policy_dir(__u8 dir, __u32 ep_flags)
 {
 	return dir | ((ep_flags & EP_POLICY_GEN) ? 2 : 0);
 }
 
+// policy_lookup decides a new flow: the longest entry for the remote
+// identity and the longest for any identity; a deny in either wins, else
+// the identity's own entry decides, else the any-identity one. (Inside one
+// identity a longer allow never hides a shorter deny: the writer turns
+// every entry under a deny into a deny.) 0 means no entry (default deny).
 static __always_inline int policy_lookup(__u32 ep, __u8 dir, __u32 remote, __u16 dport, __u8 proto,
 					 __u16 *proxy_port)
 {
-	struct policy_key k = {.endpoint_id = ep, .direction = dir};
-	struct policy_value *v;
-	int verdict = 0;
-	__u16 port = 0;
-
-#define TRY(id, dp, pr)                                                \
-	k.identity = (id);                                             \
-	k.dport = (dp);                                                \
-	k.proto = (pr);                                                \
-	v = bpf_map_lookup_elem(&ward_policy, &k);                     \
-	if (v) {                                                       \
-		if (v->verdict == VERDICT_DENY)                        \
-			return VERDICT_DENY;                           \
-		if (!verdict) {                                        \
-			verdict = v->verdict;                          \
-			port = v->proxy_port;                          \
-		}                                                      \
-	}
-
-	TRY(remote, dport, proto)
-	TRY(remote, 0, proto)
-	TRY(remote, 0, 0)
-	TRY(0, dport, proto)
-	TRY(0, 0, proto)
-	TRY(0, 0, 0)
-#undef TRY
-	*proxy_port = port;
-	return verdict;
+	struct policy_key k = {
+		.prefixlen = POLICY_PREFIX_FULL,
+		.endpoint_id = ep,
+		.identity = remote,
+		.direction = dir,
+		.proto = proto,
+		.dport = bpf_htons(dport),
+	};
+	struct policy_value *v = bpf_map_lookup_elem(&ward_policy, &k);
+	if (v && v->verdict == VERDICT_DENY)
+		return VERDICT_DENY;
+	k.identity = 0;
+	struct policy_value *any = bpf_map_lookup_elem(&ward_policy, &k);
+	if (any && any->verdict == VERDICT_DENY)
+		return VERDICT_DENY;
+	if (!v)
+		v = any;
+	if (!v)
+		return 0;
+	*proxy_port = v->proxy_port;
+	return v->verdict;
 }
 
 #endif

@@ -31,6 +31,8 @@ type datapathCtValue struct {
 	ProxyPort   uint16
 	Verdict     uint8
 	Flags       uint8
+	PolicyRev   uint32
+	Pad         uint32
 }
 
 type datapathEndpointInfo struct {
@@ -58,9 +60,12 @@ type datapathFragKey struct {
 }
 
 type datapathFragValue struct {
-	_     structs.HostLayout
-	Sport uint16
-	Dport uint16
+	_        structs.HostLayout
+	Sport    uint16
+	Dport    uint16
+	IcmpType uint8
+	NoCt     uint8
+	Pad      uint16
 }
 
 type datapathIpcacheKey struct {
@@ -85,11 +90,12 @@ type datapathMetricsValue struct {
 
 type datapathPolicyKey struct {
 	_          structs.HostLayout
+	Prefixlen  uint32
 	EndpointId uint32
 	Identity   uint32
-	Dport      uint16
-	Proto      uint8
 	Direction  uint8
+	Proto      uint8
+	Dport      uint16
 }
 
 type datapathPolicyValue struct {
@@ -110,6 +116,7 @@ const (
 	datapathMapWardIpcache   = "ward_ipcache"
 	datapathMapWardMetrics   = "ward_metrics"
 	datapathMapWardPolicy    = "ward_policy"
+	datapathMapWardPolicyRev = "ward_policy_rev"
 	datapathProgFromPod      = "from_pod"
 	datapathProgToPod        = "to_pod"
 )
@@ -170,6 +177,7 @@ type datapathMapSpecs struct {
 	WardIpcache   *ebpf.MapSpec `ebpf:"ward_ipcache"`
 	WardMetrics   *ebpf.MapSpec `ebpf:"ward_metrics"`
 	WardPolicy    *ebpf.MapSpec `ebpf:"ward_policy"`
+	WardPolicyRev *ebpf.MapSpec `ebpf:"ward_policy_rev"`
 }
 
 // datapathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -204,6 +212,7 @@ type datapathMaps struct {
 	WardIpcache   *ebpf.Map `ebpf:"ward_ipcache"`
 	WardMetrics   *ebpf.Map `ebpf:"ward_metrics"`
 	WardPolicy    *ebpf.Map `ebpf:"ward_policy"`
+	WardPolicyRev *ebpf.Map `ebpf:"ward_policy_rev"`
 }
 
 func (m *datapathMaps) Close() error {
@@ -214,6 +223,7 @@ func (m *datapathMaps) Close() error {
 		m.WardIpcache,
 		m.WardMetrics,
 		m.WardPolicy,
+		m.WardPolicyRev,
 	)
 }
 

@@ -286,6 +286,13 @@ func (d *Datapath) AddEndpoint(ep Endpoint) error {
 	if err := d.writeEndpoint(ep); err != nil {
 		return fmt.Errorf("add endpoint: %w", err)
 	}
+	if !exists || old.EnforceIngress != ep.EnforceIngress || old.EnforceEgress != ep.EnforceEgress {
+		// Flows admitted while a direction was not enforced are
+		// decided again.
+		if err := d.bumpPolicyRev(); err != nil {
+			return fmt.Errorf("add endpoint %d: %w", ep.ID, err)
+		}
+	}
 	d.eps[ep.ID] = ep
 	for _, ingress := range []bool{true, false} {
 		if err := d.attach(ep.IfIndex, ingress); err != nil {

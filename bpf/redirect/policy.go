@@ -62,24 +62,117 @@ const (
 )
 
 // PolicyKey selects traffic of one endpoint. Zero fields are wildcards:
-// Identity 0 is any remote identity, Port 0 any port, Proto 0 any protocol
-// (only with Port 0). For a new flow the datapath consults, most specific
-// first, (identity, port, proto), (identity, *, proto), (identity, *, *),
-// (*, port, proto), (*, *, proto), (*, *, *): the first entry found
-// decides, except that a Deny anywhere in that list wins.
+// Identity 0 is any remote identity, Proto 0 any protocol (only with Port
+// 0), Port 0 (with PortWild 0) any port. For ICMP and ICMPv6, Port is the
+// ICMP type.
+//
+// A key covers a power-of-two aligned block of ports: the PortWild low
+// bits of Port are ignored, so Port 8000 with PortWild 3 covers 8000-8007
+// (Port must have those bits clear). PortBlocks splits any range into
+// such blocks (at most 30 for 1-65535), which is how a range is written
+// without one entry per port.
+//
+// The policy map is an LPM trie: for a new flow the datapath takes the
+// longest (most specific) entry for the remote identity and the longest
+// for any identity. A Deny in either wins; otherwise the remote identity's
+// entry decides, else the any-identity one; none is a drop when the
+// direction is enforced. Within one identity a Deny also wins over the
+// more specific entries it covers (SetPolicy turns those into Deny).
 type PolicyKey struct {
 	Direction Direction
 	Identity  uint32
 	Port      uint16
+	PortWild  uint8
 	Proto     uint8
 }
 
+// anyPort reports whether the key covers every port.
+func (k PolicyKey) anyPort() bool { return (k.Port == 0 && k.PortWild == 0) || k.PortWild >= 16 }
+
+// normalized returns the key's canonical form (every any-port key is
+// Port 0, PortWild 0; any protocol has no port).
+func (k PolicyKey) normalized() PolicyKey {
+	if k.anyPort() {
+		k.Port, k.PortWild = 0, 0
+	}
+	return k
+}
+
+// Mirrors of POLICY_PREFIX_* in datapath.h.
+const (
+	policyPrefixFixed = 72
+	policyPrefixProto = 80
+)
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 } // bpfel only
+
 func (k PolicyKey) mapKey(ep uint32, gen uint8) datapathPolicyKey {
-	return datapathPolicyKey{EndpointId: ep, Identity: k.Identity, Dport: k.Port, Proto: k.Proto, Direction: uint8(k.Direction) | gen<<1}
+	k = k.normalized()
+	plen := uint32(policyPrefixFixed)
+	if k.Proto != ProtoAny {
+		plen = policyPrefixProto
+		if !k.anyPort() {
+			plen += 16 - uint32(k.PortWild)
+		}
+	}
+	return datapathPolicyKey{Prefixlen: plen, EndpointId: ep, Identity: k.Identity, Direction: uint8(k.Direction) | gen<<1, Proto: k.Proto, Dport: htons(k.Port)}
 }
 
 func policyKeyFromMap(k datapathPolicyKey) (PolicyKey, uint8) {
-	return PolicyKey{Direction: Direction(k.Direction & 1), Identity: k.Identity, Port: k.Dport, Proto: k.Proto}, k.Direction >> 1
+	pk := PolicyKey{Direction: Direction(k.Direction & 1), Identity: k.Identity}
+	if k.Prefixlen > policyPrefixFixed {
+		pk.Proto = k.Proto
+	}
+	if k.Prefixlen > policyPrefixProto {
+		pk.Port, pk.PortWild = htons(k.Dport), uint8(16-(k.Prefixlen-policyPrefixProto))
+	}
+	return pk, k.Direction >> 1
+}
+
+// covering returns the shorter keys of the same direction and identity
+// that cover k (its LPM ancestors), most specific first.
+func (k PolicyKey) covering() []PolicyKey {
+	k = k.normalized()
+	if k.Proto == ProtoAny {
+		return nil
+	}
+	var out []PolicyKey
+	if !k.anyPort() {
+		for w := k.PortWild + 1; w < 16; w++ {
+			out = append(out, PolicyKey{Direction: k.Direction, Identity: k.Identity, Proto: k.Proto, Port: k.Port &^ (1<<w - 1), PortWild: w})
+		}
+		out = append(out, PolicyKey{Direction: k.Direction, Identity: k.Identity, Proto: k.Proto})
+	}
+	return append(out, PolicyKey{Direction: k.Direction, Identity: k.Identity})
+}
+
+// PortBlock is one power-of-two aligned block of ports: Port..Port+2^Wild-1.
+type PortBlock struct {
+	Port uint16
+	Wild uint8
+}
+
+// PortBlocks splits lo..hi into the fewest aligned blocks (the prefix
+// decomposition an LPM key needs). lo 0 with hi 65535 is one block, Wild 16.
+func PortBlocks(lo, hi uint16) []PortBlock {
+	if hi < lo {
+		return nil
+	}
+	var out []PortBlock
+	cur := uint32(lo)
+	for cur <= uint32(hi) {
+		w := uint8(0)
+		for w < 16 {
+			size := uint32(1) << (w + 1)
+			if cur&(size-1) != 0 || cur+size-1 > uint32(hi) {
+				break
+			}
+			w++
+		}
+		out = append(out, PortBlock{Port: uint16(cur), Wild: w})
+		cur += uint32(1) << w
+	}
+	return out
 }
 
 // PolicyEntry is one policy map entry.
@@ -116,15 +209,24 @@ func (e PolicyEntry) validate() error {
 	if e.Direction != Ingress && e.Direction != Egress {
 		return fmt.Errorf("%v: unknown direction %d", e.PolicyKey, e.Direction)
 	}
-	if e.Proto == ProtoAny && e.Port != 0 {
+	if e.Proto == ProtoAny && (e.Port != 0 || e.PortWild != 0) {
 		return fmt.Errorf("%v: a port needs a protocol", e.PolicyKey)
+	}
+	if e.PortWild > 16 {
+		return fmt.Errorf("%v: port wildcard of %d bits (at most 16)", e.PolicyKey, e.PortWild)
+	}
+	if e.PortWild < 16 && e.Port&(1<<e.PortWild-1) != 0 {
+		return fmt.Errorf("%v: port %d is not aligned to its %d-bit wildcard", e.PolicyKey, e.Port, e.PortWild)
 	}
 	return nil
 }
 
-// SetPolicy makes the endpoint's policy map entries exactly entries:
-// changed and new entries are written in place first, then stale ones are
-// deleted. Entries with the same key merge, Deny winning. When the entries
+// SetPolicy makes the endpoint's policy map entries exactly entries,
+// written as a new generation that goes live atomically (see the package
+// doc). Entries with the same key merge, Deny winning; an entry covered by
+// a Deny of the same identity (a shorter key) becomes a Deny. A change
+// bumps the policy revision, so every tracked flow is decided again under
+// the new policy by its next packet. When the entries
 // do not fit (the per-endpoint budget or the map's capacity), the endpoint
 // is locked down (all its traffic dropped) and the error wraps
 // ErrPolicyMapFull; a later SetPolicy that fits lifts the lockdown.
@@ -140,20 +242,34 @@ func (d *Datapath) SetPolicy(endpointID uint32, entries []PolicyEntry) error {
 			continue
 		}
 		nv := policyVal{e.Verdict, e.ProxyPort}
-		if old, ok := want[e.PolicyKey]; ok {
+		k := e.PolicyKey.normalized()
+		if old, ok := want[k]; ok {
 			switch {
 			case old.Verdict == Deny:
 			case e.Verdict == Deny:
-				want[e.PolicyKey] = nv
+				want[k] = nv
 			case old != nv:
-				errs = append(errs, fmt.Errorf("%v: conflicting entries %v/%d and %v/%d", e.PolicyKey, old.Verdict, old.ProxyPort, e.Verdict, e.ProxyPort))
+				errs = append(errs, fmt.Errorf("%v: conflicting entries %v/%d and %v/%d", k, old.Verdict, old.ProxyPort, e.Verdict, e.ProxyPort))
 			}
 			continue
 		}
-		want[e.PolicyKey] = nv
+		want[k] = nv
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("set policy %d: %w", endpointID, err)
+	}
+	// A longest-prefix lookup would let a more specific allow hide a
+	// shorter deny of the same identity: deny wins.
+	for k, v := range want {
+		if v.Verdict == Deny {
+			continue
+		}
+		for _, c := range k.covering() {
+			if cv, ok := want[c]; ok && cv.Verdict == Deny {
+				want[k] = policyVal{Verdict: Deny}
+				break
+			}
+		}
 	}
 
 	d.mu.Lock()
@@ -205,7 +321,40 @@ func (d *Datapath) SetPolicy(endpointID uint32, entries []PolicyEntry) error {
 	if err := d.writeEndpointFlags(endpointID); err != nil {
 		return fmt.Errorf("set policy %d: flip generation: %w", endpointID, err)
 	}
+	if err := d.bumpPolicyRev(); err != nil {
+		return fmt.Errorf("set policy %d: %w", endpointID, err)
+	}
 	return nil
+}
+
+// bumpPolicyRev makes every conntrack entry stale: the next packet of
+// each flow's opening direction is decided again. Called with d.mu.
+func (d *Datapath) bumpPolicyRev() error {
+	var zero, rev uint32
+	if err := d.objs.WardPolicyRev.Lookup(&zero, &rev); err != nil {
+		return fmt.Errorf("read policy revision: %w", err)
+	}
+	rev++
+	if err := d.objs.WardPolicyRev.Update(&zero, &rev, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("bump policy revision: %w", err)
+	}
+	return nil
+}
+
+// Lockdown drops all traffic to and from the endpoint (veth or cgroup)
+// until a later SetPolicy for it succeeds. The agent calls it when it
+// cannot produce the endpoint's entries (policymap.Entries failed) or
+// SetPolicy failed for a reason other than ErrPolicyMapFull (which locks
+// down by itself), so a policy that could not be written never leaves the
+// previous one, or none, in force. An endpoint not added yet is locked
+// down when it is added.
+func (d *Datapath) Lockdown(endpointID uint32) error {
+	if endpointID == 0 {
+		return errors.New("lockdown: endpoint id 0 is reserved")
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.lockdown(endpointID, true)
 }
 
 // policyGrace bounds how long a datapath program can still be reading a
@@ -300,7 +449,7 @@ func (d *Datapath) Policy(endpointID uint32) []PolicyEntry {
 func (d *Datapath) lockdown(id uint32, on bool) error {
 	if on {
 		d.locked[id] = true
-		d.log.Warn("endpoint locked down: policy map overflow", "endpoint", id)
+		d.log.Warn("endpoint locked down: its policy could not be written", "endpoint", id)
 	} else {
 		delete(d.locked, id)
 		d.log.Info("endpoint lockdown lifted", "endpoint", id)
@@ -351,6 +500,10 @@ const (
 	ReasonRedirectUnsupported Reason = 14
 	ReasonUnknownEndpoint     Reason = 15
 	ReasonSockShortcut        Reason = 16 // sk_msg moved payload socket to socket (bytes = payload)
+	ReasonUnknownL3           Reason = 17 // not IPv4, IPv6 or ARP (to or from a pod)
+	ReasonVLAN                Reason = 18 // VLAN-tagged frame
+	ReasonNeighbourDiscovery  Reason = 19 // ICMPv6 ND, hop limit 255, link scope: passed
+	ReasonNoCgroupEndpoint    Reason = 20 // socket level: no registered cgroup at or above the task's
 
 	numReasons        = 32 // R_MAX
 	metricsDirections = 2
@@ -361,6 +514,7 @@ var reasonNames = [...]string{
 	"allowed", "established", "reply", "not-enforced", "non-ip", "redirected", "proxy-upstream",
 	"policy-denied", "lockdown", "no-proxy-socket", "fragment", "malformed", "spoofed-source",
 	"unsupported-l3", "redirect-unsupported", "unknown-endpoint", "sock-shortcut",
+	"unknown-l3", "vlan", "neighbour-discovery", "no-cgroup-endpoint",
 }
 
 func (r Reason) String() string {
@@ -371,7 +525,9 @@ func (r Reason) String() string {
 }
 
 // Drop reports whether packets counted under r were dropped.
-func (r Reason) Drop() bool { return r >= firstDrop && r != ReasonSockShortcut }
+func (r Reason) Drop() bool {
+	return r >= firstDrop && r != ReasonSockShortcut && r != ReasonNeighbourDiscovery
+}
 
 // Counter is one (reason, direction) verdict counter summed over CPUs.
 type Counter struct {
@@ -469,8 +625,11 @@ func (r Routing) routeArgs(family, op string) []string {
 }
 
 // InstallProxyRouting adds the rules and local routes (IPv4 and IPv6, with
-// the ip command); undo removes them. Each call adds its own rules, so two
-// callers using distinct tables never undo each other.
+// the ip command); undo removes them. It is idempotent: a rule identical to
+// the one it would add (left by a previous process killed before its
+// undo, say) is adopted, not an error, and the routes are replaced. undo
+// removes adopted rules too. Two callers using distinct tables never undo
+// each other.
 func InstallProxyRouting(r Routing) (undo func() error, err error) {
 	r = r.withDefaults()
 	var done [][]string
@@ -486,12 +645,32 @@ func InstallProxyRouting(r Routing) (undo func() error, err error) {
 			return nil, errors.Join(fmt.Errorf("proxy routing: %w", err), undo())
 		}
 		done = append(done, r.routeArgs(fam, "del"))
-		if err := runIP(r.ruleArgs(fam, "add")...); err != nil {
+		have, err := r.ruleInstalled(fam)
+		if err != nil {
 			return nil, errors.Join(fmt.Errorf("proxy routing: %w", err), undo())
+		}
+		if !have {
+			if err := runIP(r.ruleArgs(fam, "add")...); err != nil {
+				// Lost a race with another installer of the same rule?
+				if have, lerr := r.ruleInstalled(fam); lerr != nil || !have {
+					return nil, errors.Join(fmt.Errorf("proxy routing: %w", err), undo())
+				}
+			}
 		}
 		done = append(done, r.ruleArgs(fam, "del"))
 	}
 	return undo, nil
+}
+
+// ruleInstalled reports whether the exact rule InstallProxyRouting adds
+// is present.
+func (r Routing) ruleInstalled(family string) (bool, error) {
+	args := r.ruleArgs(family, "list")
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		return false, fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return strings.TrimSpace(string(out)) != "", nil
 }
 
 // RemoveProxyRouting removes rules and routes InstallProxyRouting added in

@@ -22,19 +22,21 @@
 struct ct_key {
 	__u32 saddr[4];
 	__u32 daddr[4];
-	__u16 sport; // network order
-	__u16 dport; // network order
+	__u16 sport; // network order (ICMP echo: the identifier)
+	__u16 dport; // network order (ICMP echo: the identifier)
 	__u8 proto;
 	__u8 family;
 	__u16 pad;
 };
 
 struct ct_value {
-	__u64 last_seen; // bpf_ktime_get_ns at creation (refreshed coarsely)
+	__u64 last_seen; // bpf_ktime_get_ns of the last packet (refreshed every CT_TOUCH_NS)
 	__u32 src_identity;
 	__u16 proxy_port;
 	__u8 verdict;
-	__u8 flags;
+	__u8 flags;      // CT_*
+	__u32 policy_rev; // ward_policy_rev when the verdict was decided
+	__u32 pad;
 };
 
 struct frag_key {
@@ -48,6 +50,9 @@ struct frag_key {
 struct frag_value {
 	__u16 sport;
 	__u16 dport;
+	__u8 icmp_type;
+	__u8 no_ct;
+	__u16 pad;
 };
 
 struct {
@@ -66,17 +71,51 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ward_frag SEC(".maps");
 
+// ward_policy_rev[0] is bumped by every policy change (SetPolicy): a CT
+// entry decided under an older revision is decided again, against the new
+// policy, by the next packet of its opening direction.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ward_policy_rev SEC(".maps");
 
 // CT entries are keyed by the canonical tuple (lower (addr, port) end
 // first), so one lookup serves both directions; flags say which end
-// opened the flow.
+// opened the flow and how far it got.
 #define CT_ORIG_SWAPPED 1
+#define CT_SEEN_REPLY 2 // a packet went the other way
+#define CT_CLOSING 4    // TCP FIN or RST seen
+
+// Conntrack lifetimes since the last packet, Cilium's defaults
+// (bpf/lib/conntrack.h; --bpf-ct-timeout-regular-{tcp,tcp-syn,tcp-fin,any}):
+// an established TCP flow 6 h, a TCP flow not yet answered 60 s, a closing
+// one 10 s, anything else 60 s. Expired entries are ignored (the packet is
+// a new flow) and removed by Datapath.GC.
+#define NSEC 1000000000ULL
+#define CT_LIFETIME_TCP (21600 * NSEC)
+#define CT_LIFETIME_SYN (60 * NSEC)
+#define CT_LIFETIME_CLOSE (10 * NSEC)
+#define CT_LIFETIME_ANY (60 * NSEC)
+#define CT_TOUCH_NS NSEC // last_seen is refreshed at most once a second
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
 
 struct pkt {
 	struct ct_key t;  // the packet's own tuple
 	struct ct_key ck; // canonical tuple (the CT key)
 	int swapped;      // t is ck with its ends swapped
 	__u32 l4off;
+	__u16 pol_port;   // host order: the port or ICMP type policy is keyed by
+	__u8 tcp_flags;
+	__u8 no_ct;       // ICMP other than echo: decided per packet, never tracked
+	__u8 nd;          // ICMPv6 neighbour discovery that may pass (see nd_ok)
+	__u8 nd_src_ll;   // ... from a link-local or unspecified source
 };
 
 static __always_inline int count(struct __sk_buff *skb, enum reason r, int dir, int act)
@@ -88,11 +127,99 @@ static __always_inline int count(struct __sk_buff *skb, enum reason r, int dir, 
 #define PASS(r) count(skb, (r), dir, TC_ACT_OK)
 #define DROP(r) count(skb, (r), dir, TC_ACT_SHOT)
 
-// parse fills p from an IPv4 packet. Returns -1 (pass: not IPv4 and
-// harmless), or a reason to drop, or R_MAX when parsed.
+#define ICMP_ECHO_REPLY 0
+#define ICMP_ECHO 8
+#define ICMPV6_ECHO_REQUEST 128
+#define ICMPV6_ECHO_REPLY 129
+
+// icmp fills the policy port (the type) and the tuple: an echo request or
+// reply is tracked by its identifier (both "ports"), so the reply matches
+// the request's entry; every other type is decided per packet.
+static __always_inline int icmp(struct __sk_buff *skb, struct pkt *p)
+{
+	__u8 h[8];
+	if (bpf_skb_load_bytes(skb, p->l4off, h, sizeof(h)) < 0)
+		return R_DROP_MALFORMED;
+	__u8 type = h[0];
+	p->pol_port = type;
+	int echo = p->t.proto == IPPROTO_ICMP ? (type == ICMP_ECHO || type == ICMP_ECHO_REPLY)
+					      : (type == ICMPV6_ECHO_REQUEST || type == ICMPV6_ECHO_REPLY);
+	if (echo) {
+		__u16 id;
+		__builtin_memcpy(&id, &h[4], 2);
+		p->t.sport = id;
+		p->t.dport = id;
+	} else {
+		p->no_ct = 1;
+	}
+	return R_MAX;
+}
+
+static __always_inline int tcp_flags(struct __sk_buff *skb, struct pkt *p, void *data, void *end)
+{
+	__u32 off = p->l4off & 0xFF;
+	__u8 *fl = data + off + 13;
+	if ((void *)(fl + 1) <= end) {
+		p->tcp_flags = *fl;
+		return R_MAX;
+	}
+	if (bpf_skb_load_bytes(skb, p->l4off + 13, &p->tcp_flags, 1) < 0)
+		return R_DROP_MALFORMED;
+	return R_MAX;
+}
+
+static __always_inline int ip6_link_scope_dst(const struct ipv6hdr *ip6)
+{
+	__u8 b0 = ip6->daddr.in6_u.u6_addr8[0], b1 = ip6->daddr.in6_u.u6_addr8[1];
+	return (b0 == 0xfe && (b1 & 0xc0) == 0x80) || (b0 == 0xff && (b1 & 0x0f) == 0x02);
+}
+
+static __always_inline int ip6_link_local_or_unspec_src(const struct ipv6hdr *ip6)
+{
+	const __u32 *w = ip6->saddr.in6_u.u6_addr32;
+	if (!(w[0] | w[1] | w[2] | w[3]))
+		return 1;
+	__u8 b0 = ip6->saddr.in6_u.u6_addr8[0], b1 = ip6->saddr.in6_u.u6_addr8[1];
+	return b0 == 0xfe && (b1 & 0xc0) == 0x80;
+}
+
+// parse fills p from an IPv4 or IPv6 packet. Returns -1 (pass: ARP), a
+// reason to drop, or R_MAX when parsed. Anything else is dropped (default
+// deny of unknown L3, as Cilium's DROP_UNKNOWN_L3): VLAN-tagged frames
+// included — the kernel strips one tag before tc (skb->vlan_present), so a
+// double-tagged frame would otherwise reach the stack untagged after tc.
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 {
-	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+	if (skb->vlan_present)
+		return R_DROP_VLAN;
+	__u16 proto = skb->protocol;
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD) || proto == bpf_htons(0x9100))
+		return R_DROP_VLAN;
+	if (proto != bpf_htons(ETH_P_IP) && proto != bpf_htons(ETH_P_IPV6) && proto != bpf_htons(ETH_P_ARP))
+		return R_DROP_UNKNOWN_L3;
+	{
+		// The frame's own ethertype must be the one the kernel
+		// classified it by.
+		void *data = (void *)(long)skb->data;
+		void *end = (void *)(long)skb->data_end;
+		struct ethhdr *eth = data;
+		if ((void *)(eth + 1) > end) {
+			if (skb->len < ETH_HLEN)
+				return R_DROP_MALFORMED;
+			bpf_skb_pull_data(skb, ETH_HLEN);
+			data = (void *)(long)skb->data;
+			end = (void *)(long)skb->data_end;
+			eth = data;
+			if ((void *)(eth + 1) > end)
+				return R_DROP_MALFORMED;
+		}
+		if (eth->h_proto != proto)
+			return R_DROP_UNKNOWN_L3;
+	}
+	if (proto == bpf_htons(ETH_P_ARP))
+		return -1;
+
+	if (proto == bpf_htons(ETH_P_IPV6)) {
 		void *data = (void *)(long)skb->data;
 		void *end = (void *)(long)skb->data_end;
 		if (data + ETH_HLEN + sizeof(struct ipv6hdr) + 4 > end) {
@@ -108,9 +235,6 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		struct ipv6hdr *ip6 = data + ETH_HLEN;
 		if (ip6->version != 6)
 			return R_DROP_MALFORMED;
-		__u8 *l4 = (void *)(ip6 + 1);
-		if (ip6->nexthdr == IPPROTO_ICMPV6 && l4[0] >= 130 && l4[0] <= 143)
-			return -1; // neighbour discovery and MLD keep the link up
 		// Extension headers (fragments included) are not parsed:
 		// dropped rather than let through unchecked.
 		if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP && ip6->nexthdr != IPPROTO_ICMPV6)
@@ -119,15 +243,34 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		__builtin_memcpy(p->t.saddr, &ip6->saddr, 16);
 		__builtin_memcpy(p->t.daddr, &ip6->daddr, 16);
 		p->t.proto = ip6->nexthdr;
-		if (ip6->nexthdr != IPPROTO_ICMPV6) {
-			__u16 *ports = (void *)l4;
-			p->t.sport = ports[0];
-			p->t.dport = ports[1];
+		p->l4off = ETH_HLEN + sizeof(struct ipv6hdr);
+		if (ip6->nexthdr == IPPROTO_ICMPV6) {
+			__u8 hop = ip6->hop_limit;
+			int link_dst = ip6_link_scope_dst(ip6), ll_src = ip6_link_local_or_unspec_src(ip6);
+			int r = icmp(skb, p);
+			if (r != R_MAX)
+				return r;
+			// Neighbour discovery (RS, RA, NS, NA, redirect) keeps
+			// the link up. It may pass unchecked only as the RFC
+			// 4861 link-scope message it claims to be: hop limit
+			// 255, link-scope destination. The caller still checks
+			// the source (link-local/unspecified, or the endpoint's
+			// own address). Every other ICMPv6 type, MLD and node
+			// information included, goes through policy.
+			if (p->pol_port >= 133 && p->pol_port <= 137 && hop == 255 && link_dst) {
+				p->nd = 1;
+				p->nd_src_ll = ll_src;
+			}
+			return R_MAX;
 		}
+		__u16 *ports = (void *)(ip6 + 1);
+		p->t.sport = ports[0];
+		p->t.dport = ports[1];
+		p->pol_port = bpf_ntohs(ports[1]);
+		if (ip6->nexthdr == IPPROTO_TCP)
+			return tcp_flags(skb, p, data, end);
 		return R_MAX;
 	}
-	if (skb->protocol != bpf_htons(ETH_P_IP))
-		return -1;
 
 	// Direct packet access; pull the headers into the linear area when
 	// they are not (bpf_skb_pull_data invalidates the pointers).
@@ -170,6 +313,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 				return R_DROP_FRAGMENT;
 			p->t.sport = fv->sport;
 			p->t.dport = fv->dport;
+			p->no_ct = fv->no_ct;
+			p->pol_port = p->t.proto == IPPROTO_ICMP ? fv->icmp_type : bpf_ntohs(fv->dport);
 			return R_MAX;
 		}
 		first_frag = 1;
@@ -185,9 +330,21 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 			p->t.sport = ports[0];
 			p->t.dport = ports[1];
 		}
+		p->pol_port = bpf_ntohs(p->t.dport);
+		if (p->t.proto == IPPROTO_TCP && !first_frag) {
+			int r = tcp_flags(skb, p, data, end);
+			if (r != R_MAX)
+				return r;
+		}
+	} else if (p->t.proto == IPPROTO_ICMP) {
+		int r = icmp(skb, p);
+		if (r != R_MAX)
+			return r;
 	}
 	if (first_frag) {
-		struct frag_value fv = {.sport = p->t.sport, .dport = p->t.dport};
+		struct frag_value fv = {
+			.sport = p->t.sport, .dport = p->t.dport, .icmp_type = (__u8)p->pol_port, .no_ct = p->no_ct,
+		};
 		bpf_map_update_elem(&ward_frag, &fk, &fv, BPF_ANY);
 	}
 	return R_MAX;
@@ -230,16 +387,74 @@ static __always_inline int ct_is_reply(const struct pkt *p, const struct ct_valu
 	return ((ct->flags & CT_ORIG_SWAPPED) != 0) != (p->swapped != 0);
 }
 
-static __always_inline void ct_create(const struct pkt *p, int verdict, __u16 proxy_port, __u32 src_id)
+static __always_inline __u32 policy_rev(void)
 {
+	__u32 zero = 0;
+	__u32 *rev = bpf_map_lookup_elem(&ward_policy_rev, &zero);
+	return rev ? *rev : 0;
+}
+
+static __always_inline __u64 ct_lifetime(const struct ct_value *ct, __u8 proto)
+{
+	if (proto != IPPROTO_TCP)
+		return CT_LIFETIME_ANY;
+	if (ct->flags & CT_CLOSING)
+		return CT_LIFETIME_CLOSE;
+	if (!(ct->flags & CT_SEEN_REPLY))
+		return CT_LIFETIME_SYN;
+	return CT_LIFETIME_TCP;
+}
+
+// ct_lookup returns the packet's live CT entry, refreshing it; NULL for an
+// untracked packet, a missing or expired entry, or a TCP SYN opening a new
+// connection over a closing one (a reused tuple is a new flow).
+static __always_inline struct ct_value *ct_lookup(struct pkt *p, __u64 now)
+{
+	if (p->no_ct)
+		return 0;
+	struct ct_value *ct = bpf_map_lookup_elem(&ward_ct, &p->ck);
+	if (!ct)
+		return 0;
+	if (now - ct->last_seen > ct_lifetime(ct, p->t.proto))
+		return 0;
+	int reply = ct_is_reply(p, ct);
+	if (p->t.proto == IPPROTO_TCP && !reply && (ct->flags & CT_CLOSING) &&
+	    (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)
+		return 0;
+	__u8 add = reply ? CT_SEEN_REPLY : 0;
+	if (p->t.proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST)))
+		add |= CT_CLOSING;
+	if ((ct->flags & add) != add)
+		ct->flags |= add;
+	if (now - ct->last_seen > CT_TOUCH_NS)
+		ct->last_seen = now;
+	return ct;
+}
+
+static __always_inline void ct_create(const struct pkt *p, int verdict, __u16 proxy_port, __u32 src_id, __u32 rev, __u64 now)
+{
+	if (p->no_ct)
+		return;
 	struct ct_value v = {
-		.last_seen = bpf_ktime_get_ns(),
+		.last_seen = now,
 		.src_identity = src_id,
 		.proxy_port = proxy_port,
 		.verdict = verdict,
 		.flags = p->swapped ? CT_ORIG_SWAPPED : 0,
+		.policy_rev = rev,
 	};
+	if (p->t.proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST)))
+		v.flags |= CT_CLOSING;
 	bpf_map_update_elem(&ward_ct, &p->ck, &v, BPF_ANY);
+}
+
+// ct_redecide records a new verdict for a flow decided again after a
+// policy change, keeping its state.
+static __always_inline void ct_redecide(struct ct_value *ct, int verdict, __u16 proxy_port, __u32 rev)
+{
+	ct->verdict = verdict;
+	ct->proxy_port = proxy_port;
+	ct->policy_rev = rev;
 }
 
 // assign hands the packet to the transparent proxy listening on
@@ -343,6 +558,13 @@ static __always_inline int redirect(struct __sk_buff *skb, struct pkt *p, __u16 
 	return PASS(R_REDIRECT);
 }
 
+// nd_ok reports whether a neighbour-discovery packet passes unchecked
+// given the (endpoint) source check's outcome.
+static __always_inline int nd_ok(const struct pkt *p, int own_src)
+{
+	return p->nd && (p->nd_src_ll || own_src);
+}
+
 SEC("tc")
 int from_pod(struct __sk_buff *skb)
 {
@@ -354,24 +576,35 @@ int from_pod(struct __sk_buff *skb)
 	if (r != R_MAX)
 		return DROP(r);
 
+	// A link-local source cannot be checked against the endpoint map;
+	// such ND never leaves the link (the stack does not forward it).
+	if (nd_ok(&p, 0))
+		return PASS(R_PASS_ND);
 	struct endpoint_info *ep = endpoint_of6(p.t.family, p.t.saddr);
 	if (!ep || ep->ifindex != skb->ifindex)
 		return DROP(R_DROP_SPOOFED);
 	if (ep->flags & EP_LOCKDOWN)
 		return DROP(R_DROP_LOCKDOWN);
+	if (nd_ok(&p, 1))
+		return PASS(R_PASS_ND);
 
 	ct_canon(&p);
-	struct ct_value *ct = bpf_map_lookup_elem(&ward_ct, &p.ck);
+	__u64 now = bpf_ktime_get_ns();
+	__u32 rev = policy_rev();
+	struct ct_value *ct = ct_lookup(&p, now);
 	if (ct) {
 		if (ct_is_reply(&p, ct))
 			return PASS(R_PASS_REPLY);
-		if (ct->verdict == VERDICT_REDIRECT)
-			return redirect(skb, &p, ct->proxy_port, dir);
-		return PASS(R_PASS_ESTABLISHED);
+		if (ct->policy_rev == rev) {
+			if (ct->verdict == VERDICT_REDIRECT)
+				return redirect(skb, &p, ct->proxy_port, dir);
+			return PASS(R_PASS_ESTABLISHED);
+		}
+		// Decided under an older policy: decide again below.
 	}
 
 	__u32 ep_id = ep->id, src_id = ep->identity, flags = ep->flags;
-	__u16 dport = bpf_ntohs(p.t.dport);
+	__u16 dport = p.pol_port;
 	__u16 proxy = 0;
 	int verdict = VERDICT_ALLOW;
 	int enforced = 0;
@@ -379,8 +612,11 @@ int from_pod(struct __sk_buff *skb)
 	if (flags & EP_ENFORCE_EGRESS) {
 		enforced = 1;
 		verdict = policy_lookup(ep_id, policy_dir(DIR_EGRESS, flags), identity_of6(p.t.family, p.t.daddr), dport, p.t.proto, &proxy);
-		if (verdict != VERDICT_ALLOW && verdict != VERDICT_REDIRECT)
+		if (verdict != VERDICT_ALLOW && verdict != VERDICT_REDIRECT) {
+			if (ct)
+				bpf_map_delete_elem(&ward_ct, &p.ck);
 			return DROP(R_DROP_POLICY);
+		}
 	}
 
 	// A local destination's ingress policy is applied here too, so that
@@ -393,8 +629,11 @@ int from_pod(struct __sk_buff *skb)
 			__u16 iproxy = 0;
 			enforced = 1;
 			int iv = policy_lookup(dst->id, policy_dir(DIR_INGRESS, dst->flags), src_id, dport, p.t.proto, &iproxy);
-			if (iv != VERDICT_ALLOW && iv != VERDICT_REDIRECT)
+			if (iv != VERDICT_ALLOW && iv != VERDICT_REDIRECT) {
+				if (ct)
+					bpf_map_delete_elem(&ward_ct, &p.ck);
 				return count(skb, R_DROP_POLICY, DIR_INGRESS, TC_ACT_SHOT);
+			}
 			if (iv == VERDICT_REDIRECT && verdict != VERDICT_REDIRECT) {
 				verdict = VERDICT_REDIRECT;
 				proxy = iproxy;
@@ -402,7 +641,10 @@ int from_pod(struct __sk_buff *skb)
 		}
 	}
 
-	ct_create(&p, verdict, proxy, src_id);
+	if (ct)
+		ct_redecide(ct, verdict, proxy, rev);
+	else
+		ct_create(&p, verdict, proxy, src_id, rev, now);
 	if (verdict == VERDICT_REDIRECT)
 		return redirect(skb, &p, proxy, dir);
 	return PASS(enforced ? R_PASS_ALLOWED : R_PASS_NOT_ENFORCED);
@@ -418,6 +660,9 @@ int to_pod(struct __sk_buff *skb)
 		return PASS(R_PASS_NON_IP);
 	if (r != R_MAX)
 		return DROP(r);
+	// Only the host is on the other end of the veth.
+	if (nd_ok(&p, 0))
+		return PASS(R_PASS_ND);
 
 	struct endpoint_info *ep = endpoint_of6(p.t.family, p.t.daddr);
 	if (!ep)
@@ -426,7 +671,9 @@ int to_pod(struct __sk_buff *skb)
 		return DROP(R_DROP_LOCKDOWN);
 
 	ct_canon(&p);
-	struct ct_value *ct = bpf_map_lookup_elem(&ward_ct, &p.ck);
+	__u64 now = bpf_ktime_get_ns();
+	__u32 rev = policy_rev();
+	struct ct_value *ct = ct_lookup(&p, now);
 	if (ct && ct_is_reply(&p, ct))
 		return PASS(R_PASS_REPLY);
 
@@ -435,7 +682,7 @@ int to_pod(struct __sk_buff *skb)
 	if ((mark & MARK_MAGIC_MASK) == MARK_PROXY_INGRESS) {
 		// The ingress proxy already applied this endpoint's policy.
 		if (!ct)
-			ct_create(&p, VERDICT_ALLOW, 0, 0);
+			ct_create(&p, VERDICT_ALLOW, 0, 0, rev, now);
 		return PASS(R_PASS_PROXY);
 	}
 	if ((mark & MARK_MAGIC_MASK) == MARK_PROXY_EGRESS)
@@ -443,27 +690,40 @@ int to_pod(struct __sk_buff *skb)
 	else
 		src_id = identity_of6(p.t.family, p.t.saddr);
 
-	if (ct) {
+	if (ct && ct->policy_rev == rev) {
 		if (ct->verdict == VERDICT_REDIRECT)
 			return DROP(R_DROP_REDIRECT_UNSUPPORTED);
 		return PASS(R_PASS_ESTABLISHED);
 	}
 
-	if (!(ep->flags & EP_ENFORCE_INGRESS)) {
-		ct_create(&p, VERDICT_ALLOW, 0, src_id);
-		return PASS(R_PASS_NOT_ENFORCED);
-	}
+	int verdict = VERDICT_ALLOW;
 	__u16 proxy = 0;
-	int verdict = policy_lookup(ep->id, policy_dir(DIR_INGRESS, ep->flags), src_id, bpf_ntohs(p.t.dport), p.t.proto, &proxy);
-	if (verdict == VERDICT_REDIRECT)
-		// Only reachable for traffic that did not come from a local
-		// endpoint (those are redirected in from_pod); tc egress
-		// cannot bpf_sk_assign, so fail closed.
-		return DROP(R_DROP_REDIRECT_UNSUPPORTED);
-	if (verdict != VERDICT_ALLOW)
-		return DROP(R_DROP_POLICY);
-	ct_create(&p, VERDICT_ALLOW, 0, src_id);
-	return PASS(R_PASS_ALLOWED);
+	if (ep->flags & EP_ENFORCE_INGRESS) {
+		verdict = policy_lookup(ep->id, policy_dir(DIR_INGRESS, ep->flags), src_id, p.pol_port, p.t.proto, &proxy);
+		if (verdict == VERDICT_REDIRECT && !ct)
+			// Only reachable for traffic that did not come from a
+			// local endpoint (those are redirected in from_pod); tc
+			// egress cannot bpf_sk_assign, so fail closed.
+			return DROP(R_DROP_REDIRECT_UNSUPPORTED);
+		if (verdict != VERDICT_ALLOW && verdict != VERDICT_REDIRECT) {
+			if (ct)
+				bpf_map_delete_elem(&ward_ct, &p.ck);
+			return DROP(R_DROP_POLICY);
+		}
+	}
+	if (ct) {
+		// Re-decided after a policy change. A flow from a local
+		// endpoint was decided (and redirected) by its from_pod; keep
+		// a redirect verdict from there.
+		if (ct->verdict == VERDICT_REDIRECT)
+			return DROP(R_DROP_REDIRECT_UNSUPPORTED);
+		if (verdict == VERDICT_REDIRECT)
+			return DROP(R_DROP_REDIRECT_UNSUPPORTED);
+		ct_redecide(ct, VERDICT_ALLOW, 0, rev);
+		return PASS(R_PASS_ESTABLISHED);
+	}
+	ct_create(&p, VERDICT_ALLOW, 0, src_id, rev, now);
+	return PASS((ep->flags & EP_ENFORCE_INGRESS) ? R_PASS_ALLOWED : R_PASS_NOT_ENFORCED);
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";

@@ -11,11 +11,11 @@
 // cgroup returns for SO_ORIGINAL_DST, so Envoy's stock original_dst
 // machinery works unchanged.
 //
-//   sock_connect4      cgroup/connect4 (TCP, connected UDP) on the workload cgroup
-//   sock_sendmsg4      cgroup/sendmsg4 (unconnected UDP)
-//   sock_recvmsg4      cgroup/recvmsg4: replies from the proxy appear to come
-//                      from the original destination
-//   sock_getpeername4  cgroup/getpeername4: same for getpeername
+//   sock_connect4/6      cgroup/connect4/6 (TCP, connected UDP) on the workload cgroup
+//   sock_sendmsg4/6      cgroup/sendmsg4/6 (unconnected UDP)
+//   sock_recvmsg4/6      cgroup/recvmsg4/6: replies from the proxy appear to come
+//                        from the original destination
+//   sock_getpeername4/6  cgroup/getpeername4/6: same for getpeername
 //   sock_ops           sockops: original-destination record at TCP connect
 //   sock_getsockopt    cgroup/getsockopt on the proxy's cgroup: SO_ORIGINAL_DST
 
@@ -93,39 +93,115 @@ struct {
 
 #define SCOUNT(r) count_metric((__u32)(r) * 2 + DIR_EGRESS, 0)
 
-static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 proto)
+// CGROUP_MAX_LEVEL is the deepest cgroup level (the root is 0) whose
+// ancestors are searched for a registered workload cgroup.
+#define CGROUP_MAX_LEVEL 16
+
+// cgroup_endpoint finds the workload the current task belongs to: the
+// entry of its own cgroup or of its nearest registered ancestor (the
+// hooks are attached to a registered cgroup and run for every
+// descendant, so a process in a child cgroup is the workload's too).
+static __always_inline struct cgroup_ep *cgroup_endpoint(void)
 {
 	__u64 cg = bpf_get_current_cgroup_id();
 	struct cgroup_ep *ep = bpf_map_lookup_elem(&ward_cgroups, &cg);
-	if (!ep)
-		return 1;
+	if (ep)
+		return ep;
+	for (int level = CGROUP_MAX_LEVEL; level >= 0; level--) {
+		__u64 id = bpf_get_current_ancestor_cgroup_id(level);
+		if (!id)
+			continue;
+		ep = bpf_map_lookup_elem(&ward_cgroups, &id);
+		if (ep)
+			return ep;
+	}
+	return 0;
+}
+
+#define OPT_ALLOW 1
+#define OPT_DENY 0
+
+// decide applies the workload's egress policy to a connect/sendmsg to
+// (family, addr, dport_n). *redirect_to gets the proxy port for a
+// redirect (the caller rewrites the address), 0 otherwise. The hooks run
+// only in registered cgroups and their descendants: a task there without
+// a (nearest ancestor's) entry is denied.
+static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 proto, __u8 family, const __u32 *addr,
+				  __u16 dport_n, __u16 *redirect_to)
+{
+	*redirect_to = 0;
+	struct cgroup_ep *ep = cgroup_endpoint();
+	if (!ep) {
+		SCOUNT(R_DROP_NO_ENDPOINT);
+		return OPT_DENY;
+	}
 	if (ep->flags & EP_LOCKDOWN) {
 		SCOUNT(R_DROP_LOCKDOWN);
-		return 0;
+		return OPT_DENY;
 	}
 	if (!(ep->flags & EP_ENFORCE_EGRESS)) {
 		SCOUNT(R_PASS_NOT_ENFORCED);
-		return 1;
+		return OPT_ALLOW;
 	}
-	__u32 dst = ctx->user_ip4;
-	__u16 dport_n = (__u16)ctx->user_port;
 	__u16 proxy = 0;
-	int v = policy_lookup(ep->endpoint_id, policy_dir(DIR_EGRESS, ep->flags), identity_of(dst), bpf_ntohs(dport_n), proto, &proxy);
+	int v = policy_lookup(ep->endpoint_id, policy_dir(DIR_EGRESS, ep->flags), identity_of6(family, addr),
+			      bpf_ntohs(dport_n), proto, &proxy);
 	if (v == VERDICT_ALLOW) {
 		SCOUNT(R_PASS_ALLOWED);
-		return 1;
+		return OPT_ALLOW;
 	}
 	if (v != VERDICT_REDIRECT) {
 		SCOUNT(R_DROP_POLICY);
-		return 0; // EPERM to the application
+		return OPT_DENY; // EPERM to the application
+	}
+	if (family != AF_INET4) {
+		// The proxy's original-destination plumbing is IPv4 only.
+		SCOUNT(R_DROP_REDIRECT_UNSUPPORTED);
+		return OPT_DENY;
 	}
 	__u64 cookie = bpf_get_socket_cookie(ctx);
-	struct sock_orig o = {.ip = dst, .port = dport_n, .proxy_port = proxy};
+	struct sock_orig o = {.ip = addr[0], .port = dport_n, .proxy_port = proxy};
 	bpf_map_update_elem(&ward_sock_orig, &cookie, &o, BPF_ANY);
-	ctx->user_ip4 = bpf_htonl(LOCALHOST);
-	ctx->user_port = bpf_htons(proxy);
 	SCOUNT(R_REDIRECT);
-	return 1;
+	*redirect_to = proxy;
+	return OPT_ALLOW;
+}
+
+static __always_inline int decide4(struct bpf_sock_addr *ctx, __u8 proto)
+{
+	__u32 a[4] = {ctx->user_ip4, 0, 0, 0};
+	__u16 proxy;
+	if (decide(ctx, proto, AF_INET4, a, (__u16)ctx->user_port, &proxy) == OPT_DENY)
+		return OPT_DENY;
+	if (proxy) {
+		ctx->user_ip4 = bpf_htonl(LOCALHOST);
+		ctx->user_port = bpf_htons(proxy);
+	}
+	return OPT_ALLOW;
+}
+
+static __always_inline int is_v4mapped(__u32 w0, __u32 w1, __u32 w2)
+{
+	return w0 == 0 && w1 == 0 && w2 == bpf_htonl(0xffff);
+}
+
+// decide6: an IPv4-mapped destination (::ffff:a.b.c.d, a dual-stack
+// socket reaching an IPv4 peer) is decided as that IPv4 address.
+static __always_inline int decide6(struct bpf_sock_addr *ctx, __u8 proto)
+{
+	__u32 a[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
+	__u16 proxy;
+	if (is_v4mapped(a[0], a[1], a[2])) {
+		__u32 v4[4] = {a[3], 0, 0, 0};
+		if (decide(ctx, proto, AF_INET4, v4, (__u16)ctx->user_port, &proxy) == OPT_DENY)
+			return OPT_DENY;
+		if (proxy) {
+			ctx->user_ip6[3] = bpf_htonl(LOCALHOST);
+			ctx->user_port = bpf_htons(proxy);
+		}
+		return OPT_ALLOW;
+	}
+	return decide(ctx, proto, AF_INET6, a, (__u16)ctx->user_port, &proxy);
 }
 
 SEC("cgroup/connect4")
@@ -133,24 +209,58 @@ int sock_connect4(struct bpf_sock_addr *ctx)
 {
 	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
 		return 1;
-	return decide(ctx, ctx->protocol);
+	return decide4(ctx, ctx->protocol);
 }
 
 SEC("cgroup/sendmsg4")
 int sock_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	return decide(ctx, IPPROTO_UDP);
+	return decide4(ctx, IPPROTO_UDP);
 }
 
-static __always_inline int rev(struct bpf_sock_addr *ctx)
+SEC("cgroup/connect6")
+int sock_connect6(struct bpf_sock_addr *ctx)
 {
-	if (ctx->user_ip4 != bpf_htonl(LOCALHOST))
+	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
 		return 1;
+	return decide6(ctx, ctx->protocol);
+}
+
+SEC("cgroup/sendmsg6")
+int sock_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return decide6(ctx, IPPROTO_UDP);
+}
+
+static __always_inline struct sock_orig *orig_of(struct bpf_sock_addr *ctx)
+{
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	struct sock_orig *o = bpf_map_lookup_elem(&ward_sock_orig, &cookie);
 	if (!o || (__u16)ctx->user_port != bpf_htons(o->proxy_port))
+		return 0;
+	return o;
+}
+
+static __always_inline int rev4(struct bpf_sock_addr *ctx)
+{
+	if (ctx->user_ip4 != bpf_htonl(LOCALHOST))
+		return 1;
+	struct sock_orig *o = orig_of(ctx);
+	if (!o)
 		return 1;
 	ctx->user_ip4 = o->ip;
+	ctx->user_port = o->port;
+	return 1;
+}
+
+static __always_inline int rev6(struct bpf_sock_addr *ctx)
+{
+	if (!is_v4mapped(ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2]) || ctx->user_ip6[3] != bpf_htonl(LOCALHOST))
+		return 1;
+	struct sock_orig *o = orig_of(ctx);
+	if (!o)
+		return 1;
+	ctx->user_ip6[3] = o->ip;
 	ctx->user_port = o->port;
 	return 1;
 }
@@ -158,19 +268,34 @@ static __always_inline int rev(struct bpf_sock_addr *ctx)
 SEC("cgroup/recvmsg4")
 int sock_recvmsg4(struct bpf_sock_addr *ctx)
 {
-	return rev(ctx);
+	return rev4(ctx);
 }
 
 SEC("cgroup/getpeername4")
 int sock_getpeername4(struct bpf_sock_addr *ctx)
 {
-	return rev(ctx);
+	return rev4(ctx);
+}
+
+SEC("cgroup/recvmsg6")
+int sock_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	return rev6(ctx);
+}
+
+SEC("cgroup/getpeername6")
+int sock_getpeername6(struct bpf_sock_addr *ctx)
+{
+	return rev6(ctx);
 }
 
 SEC("sockops")
 int sock_ops(struct bpf_sock_ops *skops)
 {
-	if (skops->family != 2)
+	// IPv4, or a dual-stack socket connected to an IPv4-mapped address
+	// (its local_ip4/remote_ip4 are the IPv4 ends).
+	int mapped = skops->family == 10 && is_v4mapped(skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2]);
+	if (skops->family != 2 && !mapped)
 		return 1;
 	switch (skops->op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB: {
@@ -209,7 +334,7 @@ int sock_ops(struct bpf_sock_ops *skops)
 	default:
 		return 1;
 	}
-	if (!shortcut_enabled)
+	if (!shortcut_enabled || mapped)
 		return 1;
 	struct sock_key sk = {
 		.sip = skops->local_ip4,

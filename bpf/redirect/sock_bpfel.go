@@ -66,11 +66,12 @@ type sockOrigdstKey struct {
 
 type sockPolicyKey struct {
 	_          structs.HostLayout
+	Prefixlen  uint32
 	EndpointId uint32
 	Identity   uint32
-	Dport      uint16
-	Proto      uint8
 	Direction  uint8
+	Proto      uint8
+	Dport      uint16
 }
 
 type sockPolicyValue struct {
@@ -109,12 +110,16 @@ const (
 	sockMapWardSockOrig      = "ward_sock_orig"
 	sockMapWardSockhash      = "ward_sockhash"
 	sockProgSockConnect4     = "sock_connect4"
+	sockProgSockConnect6     = "sock_connect6"
 	sockProgSockGetpeername4 = "sock_getpeername4"
+	sockProgSockGetpeername6 = "sock_getpeername6"
 	sockProgSockGetsockopt   = "sock_getsockopt"
 	sockProgSockMsg          = "sock_msg"
 	sockProgSockOps          = "sock_ops"
 	sockProgSockRecvmsg4     = "sock_recvmsg4"
+	sockProgSockRecvmsg6     = "sock_recvmsg6"
 	sockProgSockSendmsg4     = "sock_sendmsg4"
+	sockProgSockSendmsg6     = "sock_sendmsg6"
 	sockVarShortcutEnabled   = "shortcut_enabled"
 )
 
@@ -161,12 +166,16 @@ type sockSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockProgramSpecs struct {
 	SockConnect4     *ebpf.ProgramSpec `ebpf:"sock_connect4"`
+	SockConnect6     *ebpf.ProgramSpec `ebpf:"sock_connect6"`
 	SockGetpeername4 *ebpf.ProgramSpec `ebpf:"sock_getpeername4"`
+	SockGetpeername6 *ebpf.ProgramSpec `ebpf:"sock_getpeername6"`
 	SockGetsockopt   *ebpf.ProgramSpec `ebpf:"sock_getsockopt"`
 	SockMsg          *ebpf.ProgramSpec `ebpf:"sock_msg"`
 	SockOps          *ebpf.ProgramSpec `ebpf:"sock_ops"`
 	SockRecvmsg4     *ebpf.ProgramSpec `ebpf:"sock_recvmsg4"`
+	SockRecvmsg6     *ebpf.ProgramSpec `ebpf:"sock_recvmsg6"`
 	SockSendmsg4     *ebpf.ProgramSpec `ebpf:"sock_sendmsg4"`
+	SockSendmsg6     *ebpf.ProgramSpec `ebpf:"sock_sendmsg6"`
 }
 
 // sockMapSpecs contains maps before they are loaded into the kernel.
@@ -245,23 +254,31 @@ type sockVariables struct {
 // It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockPrograms struct {
 	SockConnect4     *ebpf.Program `ebpf:"sock_connect4"`
+	SockConnect6     *ebpf.Program `ebpf:"sock_connect6"`
 	SockGetpeername4 *ebpf.Program `ebpf:"sock_getpeername4"`
+	SockGetpeername6 *ebpf.Program `ebpf:"sock_getpeername6"`
 	SockGetsockopt   *ebpf.Program `ebpf:"sock_getsockopt"`
 	SockMsg          *ebpf.Program `ebpf:"sock_msg"`
 	SockOps          *ebpf.Program `ebpf:"sock_ops"`
 	SockRecvmsg4     *ebpf.Program `ebpf:"sock_recvmsg4"`
+	SockRecvmsg6     *ebpf.Program `ebpf:"sock_recvmsg6"`
 	SockSendmsg4     *ebpf.Program `ebpf:"sock_sendmsg4"`
+	SockSendmsg6     *ebpf.Program `ebpf:"sock_sendmsg6"`
 }
 
 func (p *sockPrograms) Close() error {
 	return _SockClose(
 		p.SockConnect4,
+		p.SockConnect6,
 		p.SockGetpeername4,
+		p.SockGetpeername6,
 		p.SockGetsockopt,
 		p.SockMsg,
 		p.SockOps,
 		p.SockRecvmsg4,
+		p.SockRecvmsg6,
 		p.SockSendmsg4,
+		p.SockSendmsg6,
 	)
 }
 

@@ -15,14 +15,26 @@ import (
 
 // Socket-level mode: for workloads in a cgroup whose packets never cross
 // a veth the node controls (host-network processes), the egress policy is
-// applied when a socket connects or sends (cgroup connect4/sendmsg4),
+// applied when a socket connects or sends (cgroup connect4/6, sendmsg4/6),
 // denied connects fail with EPERM, and redirected sockets are pointed at
 // the proxy on 127.0.0.1:<proxy port>. The proxy reads the original
 // destination with getsockopt(SOL_IP, SO_ORIGINAL_DST) on the accepted
 // socket, answered by a getsockopt hook on the proxy's cgroup (see
 // AttachProxyCgroup) from a record the sock_ops program made at connect.
 // UDP replies from the proxy appear to come from the original destination
-// (recvmsg4/getpeername4). Ingress policy is not enforced in this mode.
+// (recvmsg4/6, getpeername4/6). Ingress policy is not enforced in this mode.
+//
+// Which sockets are subject: every task in a registered cgroup
+// (AddCgroupEndpoint) or in any cgroup below it. Such a task is governed
+// by the nearest registered cgroup at or above its own (searched up to
+// cgroup level 16, the root being 0); a task below a registered cgroup
+// with no registered cgroup found (deeper than level 16, or its entry
+// removed while a hook is still attached) is denied (EPERM, counted
+// ReasonNoCgroupEndpoint). IPv6 sockets are checked like IPv4 ones; a
+// destination ::ffff:a.b.c.d (IPv4-mapped) is decided, and redirected,
+// as the IPv4 address a.b.c.d; a redirect of a native IPv6 destination is
+// denied (ReasonRedirectUnsupported: the proxy's original-destination
+// plumbing is IPv4 only).
 
 // CgroupEndpoint is a workload identified by its cgroup (v2).
 type CgroupEndpoint struct {
@@ -48,6 +60,11 @@ var workloadHooks = []cgroupHook{
 	{"sendmsg4", ebpf.AttachCGroupUDP4Sendmsg, func(p *sockPrograms) *ebpf.Program { return p.SockSendmsg4 }},
 	{"recvmsg4", ebpf.AttachCGroupUDP4Recvmsg, func(p *sockPrograms) *ebpf.Program { return p.SockRecvmsg4 }},
 	{"getpeername4", ebpf.AttachCgroupInet4GetPeername, func(p *sockPrograms) *ebpf.Program { return p.SockGetpeername4 }},
+	{"connect6", ebpf.AttachCGroupInet6Connect, func(p *sockPrograms) *ebpf.Program { return p.SockConnect6 }},
+	{"sendmsg6", ebpf.AttachCGroupUDP6Sendmsg, func(p *sockPrograms) *ebpf.Program { return p.SockSendmsg6 }},
+	{"recvmsg6", ebpf.AttachCGroupUDP6Recvmsg, func(p *sockPrograms) *ebpf.Program { return p.SockRecvmsg6 }},
+	{"getpeername6", ebpf.AttachCgroupInet6GetPeername, func(p *sockPrograms) *ebpf.Program { return p.SockGetpeername6 }},
+	// sockops stays last (proxyHooks).
 	{"sockops", ebpf.AttachCGroupSockOps, func(p *sockPrograms) *ebpf.Program { return p.SockOps }},
 }
 
