@@ -4,7 +4,7 @@ SHELL := /bin/bash
 GO ?= go
 export PATH := $(CURDIR)/build/bin:$(PATH)
 
-.PHONY: setup build build-cgocheck2 test demo bench lint clean generate
+.PHONY: setup build build-cgocheck2 test demo bench lint clean generate generate-check
 
 setup:
 	bash scripts/setup.sh
@@ -28,7 +28,7 @@ lint:
 	bash scripts/lint.sh
 
 # The whole suite, root/netns/Envoy/Kafka tests included (CI runs as root).
-test: setup build build-cgocheck2 lint
+test: setup generate-check build build-cgocheck2 lint
 	CI=$${CI:-} $(GO) test -p 2 -timeout 28m ./...
 	# The Envoy end-to-end suites again, against the cgocheck2 module.
 	CI=$${CI:-} WARD_MODULE_DIR=$(CURDIR)/build/cgocheck2 $(GO) test -count=1 -p 2 -timeout 10m ./conformance/foundation ./conformance/envoyhttp
@@ -39,8 +39,14 @@ demo: setup build
 bench: setup build
 	bash bench/run.sh
 
+# Regenerate every committed generated file (protobuf stubs, BPF objects and
+# their bindings) with the pinned generators.
 generate:
-	$(GO) generate ./...
+	bash scripts/generate.sh
+
+# What CI checks: regenerating changes nothing (scripts/generate.sh --check).
+generate-check:
+	bash scripts/generate.sh --check
 
 clean:
 	rm -rf build
