@@ -12,6 +12,7 @@ import (
 	"github.com/wardproxy/ward/bpf/policymap"
 	"github.com/wardproxy/ward/bpf/redirect"
 	"github.com/wardproxy/ward/policy"
+	l7kind "github.com/wardproxy/ward/policy/l7"
 )
 
 // datapath is the Consumer that writes each state into the eBPF datapath:
@@ -81,19 +82,19 @@ func (d *datapath) egressPort(ep uint64) (uint16, bool) {
 // proxy: the flow is dropped, never let through unchecked) for egress
 // Kafka, not wired yet.
 func (d *datapath) proxyPort(ep uint64, dir policy.Direction, l7 *policy.L7Port) uint16 {
-	if l7.Parser == "dns" {
+	if l7.Kind == l7kind.KindDNS {
 		return d.cfg.DNSPort
 	}
 	if dir != policy.Ingress {
-		if l7.Parser == "http" {
+		if l7.Kind == l7kind.KindHTTP {
 			return d.egress[ep]
 		}
 		return 0
 	}
-	switch l7.Parser {
-	case "http":
+	switch l7.Kind {
+	case l7kind.KindHTTP:
 		return d.cfg.HTTPIngressPort
-	case "kafka":
+	case l7kind.KindKafka:
 		return d.cfg.KafkaIngressPort
 	}
 	return 0

@@ -87,28 +87,8 @@ func (g *dnsGlue) DNSRules(endpoint uint64, dst netip.AddrPort) (*dns.Matcher, b
 	g.mu.Unlock()
 	var m *dns.Matcher
 	if p, ok := snap.Endpoint(endpoint); ok && p.Egress != nil {
-		var rules []policy.PortRuleDNS
-		found, allowAll := false, false
-		for _, lp := range p.Egress.Proxy {
-			if lp.Parser != "dns" || !covers(lp, dst.Port()) {
-				continue
-			}
-			for _, s := range lp.Selections {
-				if !s.Selects(remote) {
-					continue
-				}
-				found = true
-				if s.AllowAll {
-					allowAll = true
-				}
-				rules = append(rules, s.Rules.DNS...)
-			}
-		}
-		if found {
-			if allowAll {
-				rules = nil // an empty rule list allows every name
-			}
-			var err error
+		if rules, found := p.Egress.DNSRules(remote, dst.Port()); found {
+			var err error // nil rules: an empty rule list allows every name
 			if m, err = dns.Compile(rules); err != nil {
 				g.log.Error("dns rules", "endpoint", endpoint, "error", err)
 				m = nil
@@ -119,14 +99,6 @@ func (g *dnsGlue) DNSRules(endpoint uint64, dst netip.AddrPort) (*dns.Matcher, b
 	g.rules[k] = m
 	g.mu.Unlock()
 	return m, m != nil
-}
-
-func covers(lp *policy.L7Port, port uint16) bool {
-	end := lp.EndPort
-	if end < lp.Port {
-		end = lp.Port
-	}
-	return lp.Port == 0 || port >= lp.Port && port <= end
 }
 
 // AllocateFQDN implements dns.IdentityAllocator with the repository, so

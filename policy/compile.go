@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/wardproxy/ward/policy/l7"
 )
 
 // peer selects remote identities.
@@ -117,7 +119,7 @@ type portSpec struct {
 type portRule struct {
 	ports       []portSpec
 	l7          *L7Rules
-	parser      string // "" when no proxy is needed
+	kind        l7.Kind // KindNone when no proxy is needed
 	serverNames []string
 	termTLS     *TLSContext
 	origTLS     *TLSContext
@@ -386,19 +388,17 @@ func compilePortRules(prs []PortRule, icmps []ICMPRule, ns string) []portRule {
 	for _, pr := range prs {
 		rule := portRule{l7: pr.Rules, serverNames: pr.ServerNames,
 			termTLS: tlsWithNamespace(pr.TerminatingTLS, ns), origTLS: tlsWithNamespace(pr.OriginatingTLS, ns)}
-		switch {
-		case pr.Rules != nil && pr.Rules.HTTP != nil:
-			rule.parser = "http"
-		case pr.Rules != nil && pr.Rules.Kafka != nil:
-			rule.parser = "kafka"
-		case pr.Rules != nil && pr.Rules.DNS != nil:
-			rule.parser = "dns"
+		switch k := pr.Rules.Kind(); {
+		case k != l7.KindNone:
+			rule.kind = k
 		case pr.Rules != nil && pr.Rules.L7Proto != "":
-			rule.parser = pr.Rules.L7Proto
+			// Validation refuses l7proto (no parser exists for it); a
+			// policy that skipped validation gets no allow from it.
+			continue
 		case pr.Rules != nil || len(pr.ServerNames) > 0 || pr.TerminatingTLS != nil || pr.OriginatingTLS != nil:
-			rule.parser = "tls"
+			rule.kind = l7.KindTLS
 			if pr.Rules != nil && pr.TerminatingTLS != nil {
-				rule.parser = "http"
+				rule.kind = l7.KindHTTP
 			}
 		}
 		if len(pr.Ports) == 0 {

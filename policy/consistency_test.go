@@ -45,7 +45,7 @@ func dump(t *testing.T, r *Repository) string {
 						rs = append(rs, name(id))
 					}
 					sort.Strings(rs)
-					lines = append(lines, fmt.Sprintf("  proxy %s/%d %s wildcard=%v all=%v remotes=%v rules=%d", lp.Protocol, lp.Port, lp.Parser, s.Wildcard, s.AllowAll, rs, len(s.Rules.HTTP)+len(s.Rules.Kafka)+len(s.Rules.DNS)))
+					lines = append(lines, fmt.Sprintf("  proxy %s/%d %s wildcard=%v all=%v remotes=%v rules=%d", lp.Protocol, lp.Port, lp.Kind, s.Wildcard, s.AllowAll, rs, len(s.Rules.HTTP)+len(s.Rules.Kafka)+len(s.Rules.DNS)))
 				}
 			}
 			sort.Strings(lines)

@@ -40,7 +40,7 @@ spec:
 	}
 	for _, lp := range ep.Ingress.Proxy {
 		for _, s := range lp.Selections {
-			fmt.Printf("proxy %s/%d %s remotes=%v rules=%d\n", lp.Protocol, lp.Port, lp.Parser, s.Remotes, len(s.Rules.HTTP))
+			fmt.Printf("proxy %s/%d %s remotes=%v rules=%d\n", lp.Protocol, lp.Port, lp.Kind, s.Remotes, len(s.Rules.HTTP))
 		}
 	}
 	// Output:

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+
+	"github.com/wardproxy/ward/policy/l7"
 )
 
 // Protocol is an IP protocol number in policy entries; ProtocolAny (0)
@@ -243,9 +245,9 @@ func (e L4Entry) String() string {
 type L7Port struct {
 	Protocol      Protocol
 	Port, EndPort uint16
-	// Parser is "http", "kafka", "dns", the l7proto name, or "tls" when
-	// only serverNames / TLS interception apply.
-	Parser     string
+	// Kind is the protocol whose filter enforces the rules (KindTLS when
+	// only serverNames / TLS interception apply).
+	Kind       l7.Kind
 	Selections []*L7Selection
 }
 
@@ -257,7 +259,7 @@ type L7Selection struct {
 	// AllowAll: every request is allowed (no L7 rules, or a plain L4 allow
 	// covered this remote).
 	AllowAll bool
-	// Rules are the merged rules (only the Parser's field is set); a
+	// Rules are the merged rules (only the Kind's field is set); a
 	// request must match one of them.
 	Rules       L7Rules
 	ServerNames []string
@@ -299,10 +301,62 @@ type Decision struct {
 	Verdict Verdict
 	Reason  string
 	Origin  *Origin
-	// L7 and Selections are set for VerdictRedirect: the port's L7
-	// policy and the selections that apply to the remote identity.
+	// For VerdictRedirect: the first proxied port covering the flow (nil
+	// when none does), and what DirectionPolicy.L7 found.
 	L7         *L7Port
+	Kind       l7.Kind
+	Outcome    l7.Outcome
 	Selections []*L7Selection
+}
+
+// L7 answers which L7 rules apply to traffic from remote with protocol
+// proto to port in this direction, with l7.Select (the one definition the
+// in-Envoy policy client and the DNS proxy use too): the kind of the first
+// proxied port covering the flow (KindNone when none does), and over every
+// covering port of that kind, l7.AllowAll when a selection of the remote
+// allows every request unconditionally, else l7.MatchRules with the
+// selections of the remote (their rules, server names and AllowAll flags
+// decide), else l7.NoRule. buf is reused for the result.
+func (d *DirectionPolicy) L7(remote NumericIdentity, proto Protocol, port uint16, buf []*L7Selection) (l7.Kind, l7.Outcome, []*L7Selection) {
+	if d == nil {
+		return l7.KindNone, l7.NoRule, buf[:0]
+	}
+	kind := l7.KindNone
+	for _, lp := range d.Proxy {
+		if lp.l7Range().Contains(uint8(proto), port) {
+			kind = lp.Kind
+			break
+		}
+	}
+	if kind == l7.KindNone {
+		return kind, l7.NoRule, buf[:0]
+	}
+	out, sels := l7.Select(d.Proxy, uint8(proto), port, uint32(remote),
+		func(lp *L7Port) (l7.Range, []*L7Selection) {
+			if lp.Kind != kind {
+				return lp.l7Range(), nil // another protocol's port: no rules of it count
+			}
+			return lp.l7Range(), lp.Selections
+		}, selectionScope, buf)
+	return kind, out, sels
+}
+
+// l7Range is the port range of lp in l7's terms.
+func (lp *L7Port) l7Range() l7.Range {
+	return l7.Range{Proto: uint8(lp.Protocol), Port: lp.Port, End: lp.EndPort}
+}
+
+// selectionScope is how a selection relates to a remote: a selection with
+// server names allows nothing unconditionally (the SNI decides), so it is
+// returned for the caller to check even when it allows every request.
+func selectionScope(s *L7Selection, remote uint32) l7.Scope {
+	switch {
+	case !s.Selects(NumericIdentity(remote)):
+		return l7.ScopeNone
+	case s.AllowAll && len(s.ServerNames) == 0:
+		return l7.ScopeAll
+	}
+	return l7.ScopeRules
 }
 
 // Lookup decides traffic with remote identity, protocol and destination
@@ -334,20 +388,41 @@ func (d *DirectionPolicy) Lookup(remote NumericIdentity, proto Protocol, port ui
 		e := redirects[0]
 		dec := Decision{Verdict: VerdictRedirect, Reason: "L7 policy applies (" + e.Origin.String() + ")", Origin: e.Origin}
 		for _, lp := range d.Proxy {
-			if (lp.Protocol == ProtocolAny || lp.Protocol == proto) && port >= lp.Port && port <= lp.EndPort {
+			if lp.l7Range().Contains(uint8(proto), port) {
 				dec.L7 = lp
-				for _, s := range lp.Selections {
-					if s.Selects(remote) {
-						dec.Selections = append(dec.Selections, s)
-					}
-				}
 				break
 			}
 		}
+		dec.Kind, dec.Outcome, dec.Selections = d.L7(remote, proto, port, nil)
 		return dec
 	}
 	if !d.Enforced {
 		return Decision{Verdict: VerdictAllowed, Reason: "no default-deny policy in this direction"}
 	}
 	return deny("denied by default: no rule allows it", nil)
+}
+
+// DNSRules is the DNS policy of a query from this direction's endpoint to a
+// server with identity remote on port (either protocol), by L7: ok is
+// false when no DNS rule applies (the query is refused); rules is nil when
+// every name is allowed, else the union of the rules of every selection of
+// the remote.
+func (d *DirectionPolicy) DNSRules(remote NumericIdentity, port uint16) (rules []PortRuleDNS, ok bool) {
+	kind, out, sels := d.L7(remote, ProtocolAny, port, nil)
+	if kind != l7.KindDNS {
+		return nil, false
+	}
+	switch out {
+	case l7.AllowAll:
+		return nil, true
+	case l7.MatchRules:
+		for _, s := range sels {
+			if s.AllowAll {
+				return nil, true
+			}
+			rules = append(rules, s.Rules.DNS...)
+		}
+		return rules, true
+	}
+	return nil, false
 }

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"sort"
 	"strings"
+
+	"github.com/wardproxy/ward/policy/l7"
 )
 
 type entryKey struct {
@@ -97,7 +99,7 @@ func (r *Repository) addSection(b *dirBuilder, ip *identityPolicy, s *section, r
 		sel := r.selectionFor(p)
 		ip.uses[p.key()] = true
 		for _, pr := range rules {
-			if !sel.wildcard && len(sel.ids) == 0 && (pr.parser == "" || s.deny) {
+			if !sel.wildcard && len(sel.ids) == 0 && (pr.kind == l7.KindNone || s.deny) {
 				continue // nothing selected; L7 ports are still set up
 			}
 			for _, ps := range pr.ports {
@@ -129,7 +131,7 @@ func expandPort(ps portSpec, np map[string][]NamedPort, ip *identityPolicy) []po
 }
 
 func (r *Repository) addEntries(b *dirBuilder, s *section, sel *selection, pr portRule, ps portSpec) {
-	redirect := pr.parser != "" && !s.deny
+	redirect := pr.kind != l7.KindNone && !s.deny
 	add := func(remote NumericIdentity) {
 		k := entryKey{remote: remote, proto: ps.proto, port: ps.port, endPort: ps.endPort}
 		m := b.allow
@@ -160,13 +162,13 @@ func (r *Repository) addEntries(b *dirBuilder, s *section, sel *selection, pr po
 	lk := l7Key{proto: ps.proto, port: ps.port, endPort: ps.endPort}
 	lp, ok := b.l7[lk]
 	if !ok {
-		lp = &L7Port{Protocol: ps.proto, Port: ps.port, EndPort: ps.endPort, Parser: pr.parser}
+		lp = &L7Port{Protocol: ps.proto, Port: ps.port, EndPort: ps.endPort, Kind: pr.kind}
 		b.l7[lk] = lp
 		b.l7sel[lk] = map[string]*L7Selection{}
 	}
-	if lp.Parser != pr.parser {
+	if lp.Kind != pr.kind {
 		b.errors = append(b.errors, fmt.Sprintf("%s/%d: %s rules of %s conflict with %s rules on the same port; skipped",
-			ps.proto, ps.port, pr.parser, s.origin, lp.Parser))
+			ps.proto, ps.port, pr.kind, s.origin, lp.Kind))
 		return
 	}
 	key := sel.p.key() + "|" + strings.Join(pr.serverNames, ",") + "|" + tlsKey(pr.termTLS) + "|" + tlsKey(pr.origTLS)
@@ -180,7 +182,7 @@ func (r *Repository) addEntries(b *dirBuilder, s *section, sel *selection, pr po
 	if !slices.Contains(ls.Origins, s.origin) {
 		ls.Origins = append(ls.Origins, s.origin)
 	}
-	if pr.l7 == nil || l7Empty(pr.l7) {
+	if pr.l7.Empty() {
 		ls.AllowAll = true
 		return
 	}
@@ -189,10 +191,6 @@ func (r *Repository) addEntries(b *dirBuilder, s *section, sel *selection, pr po
 	ls.Rules.DNS = append(ls.Rules.DNS, pr.l7.DNS...)
 	ls.Rules.L7Proto = pr.l7.L7Proto
 	ls.Rules.L7 = append(ls.Rules.L7, pr.l7.L7...)
-}
-
-func l7Empty(r *L7Rules) bool {
-	return len(r.HTTP) == 0 && len(r.Kafka) == 0 && len(r.DNS) == 0 && len(r.L7) == 0
 }
 
 func tlsKey(t *TLSContext) string {

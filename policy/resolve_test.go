@@ -154,7 +154,7 @@ func TestDeathstar(t *testing.T) {
 		t.Fatalf("proxy ports = %v", p.Ingress.Proxy)
 	}
 	lp := p.Ingress.Proxy[0]
-	if lp.Parser != "http" || lp.Port != 80 || lp.Protocol != ProtocolTCP || len(lp.Selections) != 1 {
+	if lp.Kind.String() != "http" || lp.Port != 80 || lp.Protocol != ProtocolTCP || len(lp.Selections) != 1 {
 		t.Fatalf("L7 port = %+v", lp)
 	}
 	sel := lp.Selections[0]

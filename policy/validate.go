@@ -3,11 +3,11 @@ package policy
 import (
 	"fmt"
 	"net/netip"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 
+	"github.com/wardproxy/ward/policy/l7"
 	"github.com/wardproxy/ward/policy/matchpattern"
 )
 
@@ -570,33 +570,22 @@ func validateTLS(t *TLSContext, path string, l *errList) {
 	}
 }
 
-// httpMethodRE and others are validated as Go (RE2) regular expressions,
-// anchored as a full match by the filters.
-func validateRegex(s, path, what string, l *errList) {
-	if _, err := regexp.Compile("^(?:" + s + ")$"); err != nil {
-		l.add(path, s, fmt.Sprintf("invalid %s regex %q: %s", what, s, strings.TrimPrefix(err.Error(), "error parsing regexp: ")))
-	}
-}
-
 func validateL7(r *L7Rules, path string, ingress, hasPorts bool, l *errList) {
-	var types []string
-	if r.HTTP != nil {
-		types = append(types, "http")
-	}
-	if r.Kafka != nil {
-		types = append(types, "kafka")
-	}
-	if r.DNS != nil {
-		types = append(types, "dns")
-	}
-	if r.L7Proto != "" {
-		types = append(types, "l7proto "+r.L7Proto)
-	}
-	if len(types) > 1 {
-		l.add(path, "", fmt.Sprintf("only one L7 protocol per port: found %s", strings.Join(types, " and ")))
-	}
-	if r.L7 != nil && r.L7Proto == "" {
-		l.add(path+".l7", "", "l7 needs l7proto")
+	// Everything the filters would refuse is refused here, with the same
+	// checks (package l7), so a validated policy always compiles in Envoy
+	// and in the DNS proxy.
+	for _, p := range l7.Check(r) {
+		fp := path
+		if p.Path != "" {
+			fp += "." + p.Path
+		}
+		msg := p.Msg
+		if strings.HasSuffix(p.Path, ".apiKey") {
+			if dm := didYouMean(p.Value, l7.KafkaAPINames()); dm != "" {
+				msg += fmt.Sprintf(" (did you mean %q?)", dm)
+			}
+		}
+		l.add(fp, p.Value, msg)
 	}
 	if r.DNS != nil {
 		if ingress {
@@ -606,90 +595,16 @@ func validateL7(r *L7Rules, path string, ingress, hasPorts bool, l *errList) {
 			l.add(path+".dns", "", "DNS rules need an explicit port (53)")
 		}
 	}
-	for i, h := range r.HTTP {
-		hp := fmt.Sprintf("%s.http[%d]", path, i)
-		if h.Path != "" {
-			if !strings.HasPrefix(strings.TrimPrefix(h.Path, "^"), "/") {
-				l.add(hp+".path", h.Path, fmt.Sprintf("path %q must begin with /", h.Path))
-			}
-			validateRegex(h.Path, hp+".path", "path", l)
-		}
-		if h.Method != "" {
-			validateRegex(h.Method, hp+".method", "method", l)
-		}
-		if h.Host != "" {
-			validateRegex(h.Host, hp+".host", "host", l)
-		}
-		for j, hd := range h.Headers {
-			if strings.TrimSpace(hd) == "" {
-				l.add(fmt.Sprintf("%s.headers[%d]", hp, j), "", "empty header")
-			}
-		}
-		for j, hm := range h.HeaderMatches {
-			mp := fmt.Sprintf("%s.headerMatches[%d]", hp, j)
-			if hm == nil {
-				l.add(mp, "", "must be an object, got null")
-				continue
-			}
-			if hm.Name == "" {
-				l.add(mp+".name", "", "missing")
-			}
-			switch hm.Mismatch {
-			case "", MismatchLog, MismatchAdd, MismatchDelete, MismatchReplace:
-			default:
-				l.add(mp+".mismatch", string(hm.Mismatch), fmt.Sprintf("unknown mismatch action %q (want LOG, ADD, DELETE or REPLACE)", hm.Mismatch))
-			}
-			if hm.Secret != nil && hm.Secret.Name == "" {
-				l.add(mp+".secret.name", "", "missing")
-			}
-		}
-	}
-	for i, k := range r.Kafka {
-		kp := fmt.Sprintf("%s.kafka[%d]", path, i)
-		if k.Role != "" && k.APIKey != "" {
-			l.add(kp, "", "role and apiKey are mutually exclusive")
-		}
-		if k.Role != "" && !strings.EqualFold(k.Role, "produce") && !strings.EqualFold(k.Role, "consume") {
-			l.add(kp+".role", k.Role, fmt.Sprintf("unknown role %q (want produce or consume)", k.Role))
-		}
-		if k.APIKey != "" {
-			if _, ok := kafkaAPIKeys[strings.ToLower(k.APIKey)]; !ok {
-				msg := fmt.Sprintf("unknown Kafka apiKey %q", k.APIKey)
-				names := make([]string, 0, len(kafkaAPIKeys))
-				for n := range kafkaAPIKeys {
-					names = append(names, n)
-				}
-				slices.Sort(names)
-				if dm := didYouMean(k.APIKey, names); dm != "" {
-					msg += fmt.Sprintf(" (did you mean %q?)", dm)
-				}
-				l.add(kp+".apiKey", k.APIKey, msg)
-			}
-		}
-		if k.APIVersion != "" {
-			if n, err := strconv.Atoi(k.APIVersion); err != nil || n < 0 || n > 32767 {
-				l.add(kp+".apiVersion", k.APIVersion, fmt.Sprintf("apiVersion %q must be a non-negative integer", k.APIVersion))
-			}
-		}
-		if k.Topic != "" {
-			if len(k.Topic) > 249 {
-				l.add(kp+".topic", k.Topic, fmt.Sprintf("topic is %d characters long, the maximum is 249", len(k.Topic)))
-			} else if c, bad := badTopicChar(k.Topic); bad {
-				l.add(kp+".topic", k.Topic, fmt.Sprintf("topic %q has invalid character %q (allowed: a-z A-Z 0-9 . _ -)", k.Topic, c))
-			}
-		}
-	}
 	for i, d := range r.DNS {
 		validateDNSRule(d, fmt.Sprintf("%s.dns[%d]", path, i), l)
 	}
 }
 
+// validateDNSRule checks a DNS rule's name or pattern (l7.Check reports a
+// rule with neither or both).
 func validateDNSRule(d PortRuleDNS, path string, l *errList) {
 	switch {
-	case d.MatchName == "" && d.MatchPattern == "":
-		l.add(path, "", "needs matchName or matchPattern")
-	case d.MatchName != "" && d.MatchPattern != "":
-		l.add(path, "", "matchName and matchPattern are mutually exclusive")
+	case d.MatchName != "" && d.MatchPattern != "", d.MatchName == "" && d.MatchPattern == "":
 	case d.MatchName != "":
 		if err := validateDNSName(d.MatchName); err != nil {
 			l.add(path+".matchName", d.MatchName, err.Error())
@@ -699,37 +614,6 @@ func validateDNSRule(d PortRuleDNS, path string, l *errList) {
 			l.add(path+".matchPattern", d.MatchPattern, fmt.Sprintf("invalid pattern %q: %v", d.MatchPattern, err))
 		}
 	}
-}
-
-func badTopicChar(t string) (rune, bool) {
-	for _, c := range t {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return c, true
-		}
-	}
-	return 0, false
-}
-
-// kafkaAPIKeys maps the lower-case API key names a Kafka rule may use (the
-// names of the Kafka protocol, as Cilium accepts them) to their numbers.
-var kafkaAPIKeys = map[string]int16{
-	"produce": 0, "fetch": 1, "offsets": 2, "listoffsets": 2, "metadata": 3,
-	"leaderandisr": 4, "stopreplica": 5, "updatemetadata": 6, "controlledshutdown": 7,
-	"offsetcommit": 8, "offsetfetch": 9, "findcoordinator": 10, "groupcoordinator": 10,
-	"joingroup": 11, "heartbeat": 12, "leavegroup": 13, "syncgroup": 14,
-	"describegroups": 15, "listgroups": 16, "saslhandshake": 17, "apiversions": 18,
-	"createtopics": 19, "createtopic": 19, "deletetopics": 20, "deletetopic": 20,
-	"deleterecords": 21, "initproducerid": 22, "offsetforleaderepoch": 23,
-	"addpartitionstotxn": 24, "addoffsetstotxn": 25, "endtxn": 26,
-	"writetxnmarkers": 27, "txnoffsetcommit": 28, "describeacls": 29,
-	"createacls": 30, "deleteacls": 31, "describeconfigs": 32, "alterconfigs": 33,
-	"alterreplicalogdirs": 34, "describelogdirs": 35, "saslauthenticate": 36,
-	"createpartitions": 37, "createdelegationtoken": 38, "renewdelegationtoken": 39,
-	"expiredelegationtoken": 40, "describedelegationtoken": 41, "deletegroups": 42,
-	"electleaders": 43, "incrementalalterconfigs": 44, "alterpartitionreassignments": 45,
-	"listpartitionreassignments": 46, "offsetdelete": 47, "describeclientquotas": 48,
-	"alterclientquotas": 49, "describeuserscramcredentials": 50,
-	"alteruserscramcredentials": 51,
 }
 
 // ICMPType resolves an ICMP type given as a number (0-255) or a CamelCase

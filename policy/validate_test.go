@@ -158,8 +158,8 @@ func TestValidationErrors(t *testing.T) {
   ingress:
   - toPorts:
     - ports: [{port: "9092", protocol: TCP}]
-      rules: {kafka: [{topic: ` + strings.Repeat("a", 250) + `}]}
-`, "spec.ingress[0].toPorts[0].rules.kafka[0].topic", "topic is 250 characters long, the maximum is 249"},
+      rules: {kafka: [{topic: ` + strings.Repeat("a", 256) + `}]}
+`, "spec.ingress[0].toPorts[0].rules.kafka[0].topic", "topic is 256 characters long, the maximum is 255"},
 		{"kafka topic chars", header + `spec:
   endpointSelector: {}
   ingress:

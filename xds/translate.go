@@ -5,6 +5,7 @@ import (
 	"sort"
 
 	"github.com/wardproxy/ward/policy"
+	"github.com/wardproxy/ward/policy/l7"
 	"github.com/wardproxy/ward/xds/npds"
 )
 
@@ -39,7 +40,7 @@ func ports(d *policy.DirectionPolicy) []*npds.PortNetworkPolicy {
 	}
 	var out []*npds.PortNetworkPolicy
 	for _, lp := range d.Proxy {
-		if lp.Parser == "dns" {
+		if !lp.Kind.InEnvoy() {
 			continue // DNS goes to the agent's DNS proxy, never to Envoy
 		}
 		pp := &npds.PortNetworkPolicy{Port: uint32(lp.Port), EndPort: uint32(lp.EndPort), Protocol: protocol(lp.Protocol)}
@@ -57,53 +58,16 @@ func ports(d *policy.DirectionPolicy) []*npds.PortNetworkPolicy {
 			if len(s.Origins) > 0 {
 				r.Name = s.Origins[0].String()
 			}
-			if !s.AllowAll {
-				setL7(r, lp.Parser, &s.Rules)
+			if !s.AllowAll && lp.Kind != l7.KindTLS {
+				// The rules cross to Envoy in their own encoding: no
+				// copy into a second set of types and back.
+				r.L7 = npds.NewL7(&s.Rules)
 			}
 			pp.Rules = append(pp.Rules, r)
 		}
 		out = append(out, pp)
 	}
 	return out
-}
-
-func setL7(r *npds.PortNetworkPolicyRule, parser string, rules *policy.L7Rules) {
-	switch parser {
-	case "http":
-		h := &npds.HttpRules{}
-		for _, hr := range rules.HTTP {
-			w := &npds.HttpRule{Path: hr.Path, Method: hr.Method, Host: hr.Host, Headers: hr.Headers}
-			for _, m := range hr.HeaderMatches {
-				hm := &npds.HeaderMatch{Name: m.Name, Value: m.Value, Mismatch: string(m.Mismatch)}
-				if m.Secret != nil {
-					hm.Secret = m.Secret.Namespace + "/" + m.Secret.Name
-				}
-				w.HeaderMatches = append(w.HeaderMatches, hm)
-			}
-			h.HttpRules = append(h.HttpRules, w)
-		}
-		r.L7 = &npds.PortNetworkPolicyRule_HttpRules{HttpRules: h}
-	case "kafka":
-		k := &npds.KafkaRules{}
-		for _, kr := range rules.Kafka {
-			k.KafkaRules = append(k.KafkaRules, &npds.KafkaRule{Role: kr.Role, ApiKey: kr.APIKey, ApiVersion: kr.APIVersion, ClientId: kr.ClientID, Topic: kr.Topic})
-		}
-		r.L7 = &npds.PortNetworkPolicyRule_KafkaRules{KafkaRules: k}
-	case "dns":
-		d := &npds.DnsRules{}
-		for _, dr := range rules.DNS {
-			d.DnsRules = append(d.DnsRules, &npds.DnsRule{MatchName: dr.MatchName, MatchPattern: dr.MatchPattern})
-		}
-		r.L7 = &npds.PortNetworkPolicyRule_DnsRules{DnsRules: d}
-	case "tls", "":
-		// serverNames / TLS only: no request-level rules.
-	default:
-		g := &npds.GenericL7Rules{L7Proto: parser}
-		for _, l := range rules.L7 {
-			g.Rules = append(g.Rules, &npds.L7Rule{Rule: l})
-		}
-		r.L7 = &npds.PortNetworkPolicyRule_L7Rules{L7Rules: g}
-	}
 }
 
 func protocol(p policy.Protocol) npds.Protocol {

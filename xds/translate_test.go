@@ -5,9 +5,9 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-	"google.golang.org/protobuf/testing/protocmp"
 
 	"github.com/wardproxy/ward/policy"
+	"github.com/wardproxy/ward/policy/l7"
 	"github.com/wardproxy/ward/xds/npds"
 )
 
@@ -75,8 +75,12 @@ func TestResourcesDeathstar(t *testing.T) {
 	if !remotes[ids[2]] || remotes[ids[3]] {
 		t.Errorf("remote identities %v; want tiefighter's %d and not xwing's %d", rules[0].GetRemoteIdentities(), ids[2], ids[3])
 	}
-	want := &npds.HttpRules{HttpRules: []*npds.HttpRule{{Method: "POST", Path: "/v1/request-landing"}}}
-	if diff := cmp.Diff(want, rules[0].GetHttpRules(), protocmp.Transform()); diff != "" {
+	got, err := rules[0].GetL7().Decode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &l7.Rules{HTTP: []l7.HTTPRule{{Method: "POST", Path: "/v1/request-landing"}}}
+	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("http rules (-want +got):\n%s", diff)
 	}
 	byID := map[uint32][]string{}

@@ -37,19 +37,10 @@ import (
 	bootstrap "github.com/wardproxy/ward/envoy-bootstrap"
 	httpf "github.com/wardproxy/ward/filters/http"
 	"github.com/wardproxy/ward/internal/envoyproc"
-	"github.com/wardproxy/ward/policy"
+	"github.com/wardproxy/ward/policy/l7"
 	"github.com/wardproxy/ward/xds"
 	"github.com/wardproxy/ward/xds/npds"
 )
-
-// filterRules converts the wire rules to the policy form the matcher takes.
-func filterRules(rs []*npds.HttpRule) []policy.PortRuleHTTP {
-	out := make([]policy.PortRuleHTTP, 0, len(rs))
-	for _, r := range rs {
-		out = append(out, policy.PortRuleHTTP{Method: r.Method, Path: r.Path})
-	}
-	return out
-}
 
 // goEnvList is extra environment for Envoy (the Go runtime inside it).
 var goEnvList []string
@@ -85,12 +76,12 @@ func freePort() int {
 }
 
 // ruleSet returns n HTTP rules; the benchmark request matches only the last.
-func ruleSet(n int) []*npds.HttpRule {
-	var rs []*npds.HttpRule
+func ruleSet(n int) []l7.HTTPRule {
+	var rs []l7.HTTPRule
 	for i := 0; i < n-1; i++ {
-		rs = append(rs, &npds.HttpRule{Method: "GET", Path: fmt.Sprintf("/api/v%d/items/[0-9]+", i)})
+		rs = append(rs, l7.HTTPRule{Method: "GET", Path: fmt.Sprintf("/api/v%d/items/[0-9]+", i)})
 	}
-	return append(rs, &npds.HttpRule{Method: "GET", Path: "/public"})
+	return append(rs, l7.HTTPRule{Method: "GET", Path: "/public"})
 }
 
 func rbacFor(n int) *rbachttp.RBAC {
@@ -142,14 +133,14 @@ func run(rounds int, dur time.Duration, conns int, rulesFlag string, rateFrac fl
 		}
 		ep := fmt.Sprintf("ep%d", n)
 		policies = append(policies, &npds.NetworkPolicy{Name: ep, IngressPerPortPolicies: []*npds.PortNetworkPolicy{{Port: 80, Rules: []*npds.PortNetworkPolicyRule{{
-			L7: &npds.PortNetworkPolicyRule_HttpRules{HttpRules: &npds.HttpRules{HttpRules: ruleSet(n)}},
+			L7: npds.HTTP(ruleSet(n)...),
 		}}}}})
 		cfg := fmt.Sprintf(`{"xds_socket":%q,"node":%q,"endpoint":%q,"port":80}`, filepath.Join(dir, "xds.sock"), node, ep)
 		w := &arm{name: fmt.Sprintf("ward filter, %d rule(s)", n), port: freePort()}
 		r := &arm{name: fmt.Sprintf("native RBAC, %d rule(s)", n), port: freePort()}
 		x := &arm{name: fmt.Sprintf("ext_authz (Go gRPC), %d rule(s)", n), port: freePort()}
 		arms = append(arms, w, r, x)
-		m, err := httpf.Compile(filterRules(ruleSet(n)), nil)
+		m, err := httpf.Compile(ruleSet(n), nil)
 		if err != nil {
 			return err
 		}

@@ -7,10 +7,11 @@ import (
 
 	"github.com/wardproxy/ward/bpf/redirect"
 	"github.com/wardproxy/ward/policy"
+	l7kind "github.com/wardproxy/ward/policy/l7"
 )
 
 func TestEntries(t *testing.T) {
-	l7 := &policy.L7Port{Protocol: policy.ProtocolTCP, Port: 80, Parser: "http"}
+	l7 := &policy.L7Port{Protocol: policy.ProtocolTCP, Port: 80, Kind: l7kind.KindHTTP}
 	d := &policy.DirectionPolicy{
 		Enforced: true,
 		Allow: []policy.L4Entry{
@@ -21,10 +22,10 @@ func TestEntries(t *testing.T) {
 			{Remote: 0, Protocol: policy.ProtocolICMP, Port: 8},
 		},
 		Deny:  []policy.L4Entry{{Remote: 2, Protocol: policy.ProtocolAny}},
-		Proxy: []*policy.L7Port{l7, {Protocol: policy.ProtocolUDP, Port: 53, Parser: "dns"}, {Protocol: policy.ProtocolSCTP, Port: 80, Parser: "http"}},
+		Proxy: []*policy.L7Port{l7, {Protocol: policy.ProtocolUDP, Port: 53, Kind: l7kind.KindDNS}, {Protocol: policy.ProtocolSCTP, Port: 80, Kind: l7kind.KindHTTP}},
 	}
 	got, err := Entries(policy.Ingress, d, func(dir policy.Direction, p *policy.L7Port) uint16 {
-		if p.Parser == "http" {
+		if p.Kind == l7kind.KindHTTP {
 			return 15001
 		}
 		return 0

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/wardproxy/ward/conformance/stack"
+	"github.com/wardproxy/ward/policy/l7"
 	"github.com/wardproxy/ward/xds/npds"
 )
 
@@ -35,7 +36,7 @@ func TestBadInput(t *testing.T) {
 	s.PushEnvoy(t, res)
 	s.PushPolicy(t, []*npds.NetworkPolicy{{Name: "ep", IngressPerPortPolicies: []*npds.PortNetworkPolicy{{Port: 80, Rules: []*npds.PortNetworkPolicyRule{{
 		RemoteIdentities: []uint32{7},
-		L7:               &npds.PortNetworkPolicyRule_HttpRules{HttpRules: &npds.HttpRules{HttpRules: []*npds.HttpRule{{Path: "/public.*"}}}},
+		L7:               npds.HTTP(l7.HTTPRule{Path: "/public.*"}),
 	}}}}}}, nil)
 	addr := "127.0.0.1:" + itoa(ports["c"])
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/wardproxy/ward/conformance/servers/deathstar"
 	"github.com/wardproxy/ward/conformance/stack"
+	"github.com/wardproxy/ward/policy/l7"
 	"github.com/wardproxy/ward/xds/npds"
 )
 
@@ -21,21 +22,21 @@ import (
 func TestRuleShapes(t *testing.T) {
 	s := stack.Start(t, stack.Options{})
 	up := serve(t, func(ctx context.Context, l net.Listener) { deathstar.Serve(ctx, l, deathstar.NewEcho()) })
-	rules := []*npds.HttpRule{
+	rules := []l7.HTTPRule{
 		{Method: "PUT", Path: "^/troop_logs/log/.*$"},
 		{Method: "GET", Path: "^/(troop_logs|spaceship_diagnostics)/_search/??.*$"},
 		{Method: "GET", Path: "/public/.*"},
 		{Method: "GET", Path: "/admin", Headers: []string{"X-Role: admin"}},
 		{Method: "GET", Path: "/flag", Headers: []string{"X-Flag"}},
-		{Method: "GET", Path: "/token", HeaderMatches: []*npds.HeaderMatch{{Name: "X-Token", Value: "s3cr3t", Mismatch: "REPLACE"}}},
-		{Method: "GET", Path: "/strict", HeaderMatches: []*npds.HeaderMatch{{Name: "X-Token", Value: "s3cr3t"}}},
+		{Method: "GET", Path: "/token", HeaderMatches: []*l7.HeaderMatch{{Name: "X-Token", Value: "s3cr3t", Mismatch: "REPLACE"}}},
+		{Method: "GET", Path: "/strict", HeaderMatches: []*l7.HeaderMatch{{Name: "X-Token", Value: "s3cr3t"}}},
 	}
 	ids := map[string]uint32{"client": 4242}
 	res, ports := front(t, s, "es", 9200, up, false, ids, "client")
 	s.PushEnvoy(t, res)
 	s.PushPolicy(t, []*npds.NetworkPolicy{{Name: "es", IngressPerPortPolicies: []*npds.PortNetworkPolicy{{Port: 9200, Rules: []*npds.PortNetworkPolicyRule{{
 		RemoteIdentities: []uint32{4242},
-		L7:               &npds.PortNetworkPolicyRule_HttpRules{HttpRules: &npds.HttpRules{HttpRules: rules}},
+		L7:               npds.HTTP(rules...),
 	}}}}}}, nil)
 	base := "http://127.0.0.1:" + itoa(ports["client"])
 	code := func(args ...string) string {

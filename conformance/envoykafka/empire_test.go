@@ -19,6 +19,7 @@ import (
 
 	"github.com/wardproxy/ward/conformance/kafka"
 	"github.com/wardproxy/ward/conformance/stack"
+	"github.com/wardproxy/ward/policy/l7"
 	"github.com/wardproxy/ward/xds"
 	"github.com/wardproxy/ward/xds/npds"
 )
@@ -34,8 +35,8 @@ type client struct {
 	port uint32
 }
 
-func rule(ids []uint32, rules ...*npds.KafkaRule) *npds.PortNetworkPolicyRule {
-	return &npds.PortNetworkPolicyRule{RemoteIdentities: ids, L7: &npds.PortNetworkPolicyRule_KafkaRules{KafkaRules: &npds.KafkaRules{KafkaRules: rules}}}
+func rule(ids []uint32, rules ...l7.KafkaRule) *npds.PortNetworkPolicyRule {
+	return &npds.PortNetworkPolicyRule{RemoteIdentities: ids, L7: npds.Kafka(rules...)}
 }
 
 func TestEmpireThroughEnvoy(t *testing.T) {
@@ -58,10 +59,10 @@ func TestEmpireThroughEnvoy(t *testing.T) {
 	// The tutorial's policy, resolved (kafka-sw-security-policy.yaml), plus
 	// an apiKey rule for the admin client.
 	policy := &npds.NetworkPolicy{Name: "kafka-broker", IngressPerPortPolicies: []*npds.PortNetworkPolicy{{Port: 9092, Rules: []*npds.PortNetworkPolicyRule{
-		rule([]uint32{1001}, &npds.KafkaRule{Role: "produce", Topic: announce}, &npds.KafkaRule{Role: "produce", Topic: plans}),
-		rule([]uint32{1002}, &npds.KafkaRule{Role: "consume", Topic: plans}),
-		rule([]uint32{1003}, &npds.KafkaRule{Role: "consume", Topic: announce}),
-		rule([]uint32{1004}, &npds.KafkaRule{ApiKey: "apiversions"}, &npds.KafkaRule{ApiKey: "metadata"}, &npds.KafkaRule{ApiKey: "createtopics"}),
+		rule([]uint32{1001}, l7.KafkaRule{Role: "produce", Topic: announce}, l7.KafkaRule{Role: "produce", Topic: plans}),
+		rule([]uint32{1002}, l7.KafkaRule{Role: "consume", Topic: plans}),
+		rule([]uint32{1003}, l7.KafkaRule{Role: "consume", Topic: announce}),
+		rule([]uint32{1004}, l7.KafkaRule{APIKey: "apiversions"}, l7.KafkaRule{APIKey: "metadata"}, l7.KafkaRule{APIKey: "createtopics"}),
 	}}}}
 	var res xds.EnvoyResources
 	for name, c := range clients {

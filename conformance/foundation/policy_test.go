@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/wardproxy/ward/conformance/stack"
+	"github.com/wardproxy/ward/policy/l7"
 	"github.com/wardproxy/ward/xds"
 	"github.com/wardproxy/ward/xds/npds"
 )
@@ -64,9 +65,9 @@ func curl(t *testing.T, args ...string) string {
 }
 
 func firstRulePolicy(paths ...string) []*npds.NetworkPolicy {
-	var rules []*npds.HttpRule
+	var rules []l7.HTTPRule
 	for _, p := range paths {
-		rules = append(rules, &npds.HttpRule{Method: "GET", Path: p})
+		rules = append(rules, l7.HTTPRule{Method: "GET", Path: p})
 	}
 	return []*npds.NetworkPolicy{{
 		Name:        "deathstar",
@@ -75,7 +76,7 @@ func firstRulePolicy(paths ...string) []*npds.NetworkPolicy {
 			Port: 80,
 			Rules: []*npds.PortNetworkPolicyRule{{
 				RemoteIdentities: []uint32{1000},
-				L7:               &npds.PortNetworkPolicyRule_HttpRules{HttpRules: &npds.HttpRules{HttpRules: rules}},
+				L7:               npds.HTTP(rules...),
 			}},
 		}},
 	}}

@@ -17,6 +17,7 @@ import (
 	"github.com/wardproxy/ward/conformance/stack"
 	kfilter "github.com/wardproxy/ward/filters/kafka"
 	"github.com/wardproxy/ward/policy"
+	"github.com/wardproxy/ward/policy/l7"
 	"github.com/wardproxy/ward/xds"
 	"github.com/wardproxy/ward/xds/npds"
 )
@@ -120,13 +121,13 @@ func TestProducerPerf(t *testing.T) {
 			ep := fmt.Sprintf("broker-%d", a.rules)
 			cfg, _ := json.Marshal(map[string]any{"xds_socket": st.Socket, "node": st.Node, "endpoint": ep, "port": 9092, "remote_identity": 77})
 			filters = []xds.ModuleFilter{{Name: "ward.kafka", Config: cfg}}
-			var krs []*npds.KafkaRule
+			var krs []l7.KafkaRule
 			for j := range a.rules - 1 {
-				krs = append(krs, &npds.KafkaRule{Role: "produce", Topic: fmt.Sprintf("other-topic-%03d", j)})
+				krs = append(krs, l7.KafkaRule{Role: "produce", Topic: fmt.Sprintf("other-topic-%03d", j)})
 			}
-			krs = append(krs, &npds.KafkaRule{Role: "produce", Topic: topic}, &npds.KafkaRule{Role: "consume", Topic: topic})
+			krs = append(krs, l7.KafkaRule{Role: "produce", Topic: topic}, l7.KafkaRule{Role: "consume", Topic: topic})
 			nps = append(nps, &npds.NetworkPolicy{Name: ep, IngressPerPortPolicies: []*npds.PortNetworkPolicy{{Port: 9092, Rules: []*npds.PortNetworkPolicyRule{{
-				L7: &npds.PortNetworkPolicyRule_KafkaRules{KafkaRules: &npds.KafkaRules{KafkaRules: krs}},
+				L7: npds.Kafka(krs...),
 			}}}}})
 		}
 		l, err := xds.TCPListener{Name: a.name, Address: "127.0.0.1", Port: a.port, Cluster: a.name, Filters: filters}.Build()

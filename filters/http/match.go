@@ -8,15 +8,16 @@ import (
 	"regexp/syntax"
 	"strings"
 
-	"github.com/wardproxy/ward/policy"
+	"github.com/wardproxy/ward/policy/l7"
 )
 
 // MaxRegexLen is the longest path, method or host expression Compile
-// accepts. Envoy's default RE2 program-size limit (100) rejects ordinary
-// long path alternations and, in Cilium, the whole policy update with them
-// (cilium#41314); ward takes anything up to this size and reports a longer
-// one as an error of that rule only.
-const MaxRegexLen = 32 << 10
+// accepts (l7.MaxRegexLen: validation refuses longer ones). Envoy's default
+// RE2 program-size limit (100) rejects ordinary long path alternations
+// and, in Cilium, the whole policy update with them (cilium#41314); ward
+// takes anything up to this size and reports a longer one as an error of
+// that rule only.
+const MaxRegexLen = l7.MaxRegexLen
 
 // maxLiteralSet bounds how many strings a finite expression (GET|POST,
 // /a/(b|c)) may expand to before it is matched as a regex instead.
@@ -126,7 +127,7 @@ func (e HeaderEdit) String() string {
 type HeaderNote struct {
 	Rule   int
 	Name   string
-	Action policy.MismatchAction
+	Action l7.MismatchAction
 }
 
 // Result is the decision on one request.
@@ -172,7 +173,7 @@ func (e *CompileError) Unwrap() error { return e.Err }
 // and the returned error lists each such rule as a *CompileError (joined
 // with errors.Join); callers should keep the Matcher and report the error,
 // so that one bad rule does not take the others down.
-func Compile(rules []policy.PortRuleHTTP, secrets SecretSource) (*Matcher, error) {
+func Compile(rules []l7.HTTPRule, secrets SecretSource) (*Matcher, error) {
 	m := &Matcher{rules: make([]rule, len(rules)), emptyIdx: -1}
 	if len(rules) == 0 {
 		m.allowAll = true
@@ -265,7 +266,7 @@ type rule struct {
 	covered [nFields]bool // the field's automaton decides it
 }
 
-func compileRule(i int, p *policy.PortRuleHTTP, secrets SecretSource) (rule, []error) {
+func compileRule(i int, p *l7.HTTPRule, secrets SecretSource) (rule, []error) {
 	r := rule{idx: i}
 	var errs []error
 	fail := func(fieldName string, err error) {
@@ -386,12 +387,12 @@ func (r *rule) applyEffects(req *Request, res *Result) bool {
 			continue
 		}
 		switch c.action {
-		case policy.MismatchLog:
-		case policy.MismatchAdd:
+		case l7.MismatchLog:
+		case l7.MismatchAdd:
 			res.Edits = append(res.Edits, HeaderEdit{Op: EditAdd, Name: c.name, Value: c.value, Secret: c.secret, Rule: r.idx})
-		case policy.MismatchReplace:
+		case l7.MismatchReplace:
 			res.Edits = append(res.Edits, HeaderEdit{Op: EditSet, Name: c.name, Value: c.value, Secret: c.secret, Rule: r.idx})
-		case policy.MismatchDelete:
+		case l7.MismatchDelete:
 			if c.value == "" || !present {
 				continue // nothing wrong to remove
 			}
@@ -440,27 +441,24 @@ func (c *headerCond) match(h HeaderReader) bool {
 // parseHeader parses a headers entry: "Name" or "Name: value" (Cilium
 // splits at the first space and trims ':' from the end of the name).
 func parseHeader(s string) (headerCond, error) {
-	name, value, hasValue := strings.Cut(s, " ")
-	name = strings.TrimRight(name, ":")
-	if name == "" {
-		return headerCond{}, fmt.Errorf("empty header name in %q", s)
+	name, value, hasValue, err := l7.ParseHeader(s)
+	if err != nil {
+		return headerCond{}, err
 	}
-	return headerCond{name: strings.ToLower(name), value: value, present: !hasValue}, nil
+	return headerCond{name: name, value: value, present: !hasValue}, nil
 }
 
-// headerMatch is a compiled policy.HeaderMatch.
+// headerMatch is a compiled l7.HeaderMatch.
 type headerMatch struct {
 	name   string
 	value  string // "" = presence match
 	secret bool
 	never  bool
-	action policy.MismatchAction
+	action l7.MismatchAction
 }
 
-func compileHeaderMatch(hm *policy.HeaderMatch, secrets SecretSource) (headerMatch, error) {
-	switch hm.Mismatch {
-	case "", policy.MismatchLog, policy.MismatchAdd, policy.MismatchDelete, policy.MismatchReplace:
-	default:
+func compileHeaderMatch(hm *l7.HeaderMatch, secrets SecretSource) (headerMatch, error) {
+	if !hm.Mismatch.Known() {
 		return headerMatch{}, fmt.Errorf("unknown mismatch action %q", hm.Mismatch)
 	}
 	if hm.Name == "" {
@@ -521,22 +519,9 @@ func compileField(expr string) (field, error) {
 	if expr == "" {
 		return field{}, nil
 	}
-	if len(expr) > MaxRegexLen {
-		return field{}, fmt.Errorf("regex is %d bytes long, more than the %d allowed", len(expr), MaxRegexLen)
-	}
-	tree, err := syntax.Parse(expr, syntax.Perl)
+	re, tree, err := l7.Regex(expr)
 	if err != nil {
-		return field{}, fmt.Errorf("invalid regex %q: %w", short(expr), err)
-	}
-	// A well-formed expression cannot escape the group it is wrapped in,
-	// except through an unterminated \Q; the parsed form has none.
-	inner := expr
-	if strings.Contains(expr, `\Q`) {
-		inner = tree.String()
-	}
-	re, err := regexp.Compile(`^(?:` + inner + `)$`)
-	if err != nil {
-		return field{}, fmt.Errorf("invalid regex %q: %w", short(expr), err)
+		return field{}, err
 	}
 	f := field{set: true, re: re, tree: tree.Simplify()}
 	core := stripAnchors(f.tree)
@@ -551,13 +536,6 @@ func compileField(expr string) (field, error) {
 		f.must = requiredLiteral(core)
 	}
 	return f, nil
-}
-
-func short(s string) string {
-	if len(s) > 64 {
-		return s[:64] + "…"
-	}
-	return s
 }
 
 // stripAnchors removes a leading ^ and a trailing $ of the top-level

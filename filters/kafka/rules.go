@@ -3,10 +3,9 @@ package kafka
 import (
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 
-	"github.com/wardproxy/ward/policy"
+	"github.com/wardproxy/ward/policy/l7"
 )
 
 // Request is what the rules see of one Kafka request.
@@ -55,9 +54,8 @@ func RoleKeys(role string) []int16 {
 	return nil
 }
 
-// MaxTopicLen is the longest topic a rule may name. Kafka's own limit is
-// 249; Cilium enforces 255, and so do we so that Cilium policies load.
-const MaxTopicLen = 255
+// MaxTopicLen is the longest topic a rule may name (l7.MaxTopicLen).
+const MaxTopicLen = l7.MaxTopicLen
 
 type rule struct {
 	keys     *[128]bool // nil: every key
@@ -98,7 +96,7 @@ type Matcher struct {
 // request naming none is allowed when some rule matches its other fields.
 // An empty rule matches everything; so does an empty list (no Kafka rules on
 // the port means no L7 restriction, as in Cilium).
-func Compile(rules []policy.PortRuleKafka) (*Matcher, error) {
+func Compile(rules []l7.KafkaRule) (*Matcher, error) {
 	m := &Matcher{byTopic: map[string][]*rule{}, n: len(rules)}
 	var errs []error
 	for i, pr := range rules {
@@ -119,14 +117,14 @@ func Compile(rules []policy.PortRuleKafka) (*Matcher, error) {
 	return m, nil
 }
 
-func compileRule(pr policy.PortRuleKafka) (*rule, error) {
+func compileRule(pr l7.KafkaRule) (*rule, error) {
 	r := &rule{version: -1, clientID: pr.ClientID, topic: pr.Topic, noTxnKey: -1}
 	if pr.Role != "" && pr.APIKey != "" {
 		return nil, fmt.Errorf("role %q and apiKey %q are mutually exclusive", pr.Role, pr.APIKey)
 	}
 	if pr.Role != "" {
 		keys := RoleKeys(pr.Role)
-		if keys == nil {
+		if keys == nil || !l7.KafkaRole(pr.Role) {
 			return nil, fmt.Errorf("role: unknown role %q (want produce or consume)", pr.Role)
 		}
 		r.keys = new([128]bool)
@@ -146,11 +144,11 @@ func compileRule(pr policy.PortRuleKafka) (*rule, error) {
 		r.keys[k] = true
 	}
 	if pr.APIVersion != "" {
-		v, err := strconv.ParseInt(pr.APIVersion, 10, 16)
-		if err != nil || v < 0 {
-			return nil, fmt.Errorf("apiVersion: %q is not an integer in 0..32767", pr.APIVersion)
+		v, err := l7.KafkaAPIVersion(pr.APIVersion)
+		if err != nil {
+			return nil, err
 		}
-		r.version = int16(v)
+		r.version = v
 	}
 	if pr.Topic != "" {
 		if err := validTopic(pr.Topic); err != nil {
@@ -160,18 +158,7 @@ func compileRule(pr policy.PortRuleKafka) (*rule, error) {
 	return r, nil
 }
 
-func validTopic(t string) error {
-	if len(t) > MaxTopicLen {
-		return fmt.Errorf("%d characters is longer than %d", len(t), MaxTopicLen)
-	}
-	for i := 0; i < len(t); i++ {
-		c := t[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return fmt.Errorf("%q: character %q is not one of [a-zA-Z0-9._-]", t, c)
-		}
-	}
-	return nil
-}
+func validTopic(t string) error { return l7.KafkaTopic(t) }
 
 // Equal reports whether m and o hold the same rules in the same order, so
 // that a policy update that recompiles unchanged rules is not a change

@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/wardproxy/ward/policy"
+	"github.com/wardproxy/ward/policy/l7"
 	"github.com/wardproxy/ward/policy/matchpattern"
 )
 
@@ -306,12 +307,16 @@ func (e *evaluator) flow(f Flow, src, dst policy.NumericIdentity, srcEP, dstEP *
 	return Result{Name: f.Name, Verdict: VerdictAllowed, Reason: strings.Join(notes, "; ")}
 }
 
-// l7 decides a redirected flow with the L7 selections that apply.
+// l7 decides a redirected flow with the L7 selections that apply
+// (policy.DirectionPolicy.L7, the definition the proxies use).
 func (e *evaluator) l7(f Flow, dec policy.Decision) (bool, string, error) {
-	if dec.L7 == nil || len(dec.Selections) == 0 {
+	switch dec.Outcome {
+	case l7.AllowAll:
+		return true, fmt.Sprintf("allowed by %s L7 policy (all requests) of %s", dec.Kind, origins(dec.Selections[0])), nil
+	case l7.NoRule:
 		return false, "redirected to the proxy but no L7 policy applies to this peer", nil
 	}
-	parser := dec.L7.Parser
+	kind := dec.Kind
 	var errs []string
 	for _, s := range dec.Selections {
 		if len(s.ServerNames) > 0 {
@@ -324,10 +329,10 @@ func (e *evaluator) l7(f Flow, dec policy.Decision) (bool, string, error) {
 				continue
 			}
 		}
-		if s.AllowAll || parser == "tls" {
-			return true, fmt.Sprintf("allowed by %s L7 policy (all requests) of %s", parser, origins(s)), nil
+		if s.AllowAll || kind == l7.KindTLS {
+			return true, fmt.Sprintf("allowed by %s L7 policy (all requests) of %s", kind, origins(s)), nil
 		}
-		ok, reason, err := e.match(parser, f, s)
+		ok, reason, err := e.match(kind, f, s)
 		if err != nil {
 			return false, "", err
 		}
@@ -369,30 +374,25 @@ func origins(s *policy.L7Selection) string {
 	return strings.Join(o, ", ")
 }
 
-func (e *evaluator) match(parser string, f Flow, s *policy.L7Selection) (bool, string, error) {
-	switch parser {
-	case "http":
+func (e *evaluator) match(kind l7.Kind, f Flow, s *policy.L7Selection) (bool, string, error) {
+	switch kind {
+	case l7.KindHTTP:
 		if f.HTTP == nil {
 			return false, "L7 http rules apply; the flow has no http request", nil
 		}
-		for _, r := range s.Rules.HTTP {
-			if r.Path == "" && r.Method == "" && r.Host == "" && len(r.Headers) == 0 && len(r.HeaderMatches) == 0 {
-				return true, "http request allowed (an empty rule matches every request)", nil
-			}
-		}
 		return e.matchHTTP(f.HTTP, s)
-	case "kafka":
+	case l7.KindKafka:
 		if f.Kafka == nil {
 			return false, "L7 kafka rules apply; the flow has no kafka request", nil
 		}
 		return e.matchKafka(f.Kafka, s)
-	case "dns":
+	case l7.KindDNS:
 		if f.DNS == nil {
 			return false, "L7 dns rules apply; the flow has no dns query", nil
 		}
 		return e.matchDNS(f.DNS, s)
 	}
-	return false, "", fmt.Errorf("L7 protocol %q is not available in ward policy test", parser)
+	return false, "", fmt.Errorf("L7 protocol %q is not available in ward policy test", kind)
 }
 
 func sniMatches(names []string, sni string) bool {

@@ -12,11 +12,11 @@ import (
 )
 
 func httpRule(ids ...uint32) *npds.PortNetworkPolicyRule {
-	return &npds.PortNetworkPolicyRule{RemoteIdentities: ids, L7: &npds.PortNetworkPolicyRule_HttpRules{HttpRules: &npds.HttpRules{}}}
+	return &npds.PortNetworkPolicyRule{RemoteIdentities: ids, L7: npds.HTTP()}
 }
 
 func compileMark(r *npds.PortNetworkPolicyRule) (any, error) {
-	if r.GetHttpRules() != nil {
+	if rs, err := r.GetL7().Decode(); err == nil && rs.HTTP != nil {
 		return "l7", nil
 	}
 	return nil, errors.New("unsupported")
@@ -78,8 +78,8 @@ func TestCompileErrors(t *testing.T) {
 	}{
 		{"bad ip", &npds.NetworkPolicy{EndpointIps: []string{"x"}}, "endpoint_ips[0]"},
 		{"bad range", &npds.NetworkPolicy{IngressPerPortPolicies: []*npds.PortNetworkPolicy{{Port: 90, EndPort: 80}}}, "ingress[0]: bad port range"},
-		{"deny with l7", &npds.NetworkPolicy{EgressPerPortPolicies: []*npds.PortNetworkPolicy{{Port: 80, Rules: []*npds.PortNetworkPolicyRule{{Deny: true, L7: &npds.PortNetworkPolicyRule_HttpRules{HttpRules: &npds.HttpRules{}}}}}}}, "egress[0].rules[0]: deny rules cannot carry L7"},
-		{"compiler error", &npds.NetworkPolicy{IngressPerPortPolicies: []*npds.PortNetworkPolicy{{Port: 80, Rules: []*npds.PortNetworkPolicyRule{{L7: &npds.PortNetworkPolicyRule_KafkaRules{KafkaRules: &npds.KafkaRules{}}}}}}}, "ingress[0].rules[0]: unsupported"},
+		{"deny with l7", &npds.NetworkPolicy{EgressPerPortPolicies: []*npds.PortNetworkPolicy{{Port: 80, Rules: []*npds.PortNetworkPolicyRule{{Deny: true, L7: npds.HTTP()}}}}}, "egress[0].rules[0]: deny rules cannot carry L7"},
+		{"compiler error", &npds.NetworkPolicy{IngressPerPortPolicies: []*npds.PortNetworkPolicy{{Port: 80, Rules: []*npds.PortNetworkPolicyRule{{L7: npds.Kafka()}}}}}, "ingress[0].rules[0]: unsupported"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, _, err := compilePolicies(map[string]*npds.NetworkPolicy{"p": tc.p}, compileMark)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/wardproxy/ward/policy/l7"
 	"github.com/wardproxy/ward/proxylib"
 	"github.com/wardproxy/ward/proxylib/npdsclient"
 	"github.com/wardproxy/ward/xds/npds"
@@ -37,15 +38,15 @@ func (s *fakeStream) Conn() proxylib.ConnAddrs {
 // newBenchFilter builds ward.http over a policy of n rules, the request
 // matching the last, without a running subscription.
 func newBenchFilter(b *testing.B, n int) *httpFilter {
-	var rules []*npds.HttpRule
+	var rules []l7.HTTPRule
 	for i := 0; i < n-1; i++ {
-		rules = append(rules, &npds.HttpRule{Method: "GET", Path: fmt.Sprintf("/api/v%d/items/[0-9]+", i)})
+		rules = append(rules, l7.HTTPRule{Method: "GET", Path: fmt.Sprintf("/api/v%d/items/[0-9]+", i)})
 	}
-	rules = append(rules, &npds.HttpRule{Method: "GET", Path: "/public"})
+	rules = append(rules, l7.HTTPRule{Method: "GET", Path: "/public"})
 	c := npdsclient.New(npdsclient.Config{Compile: Compile})
 	if err := c.Apply(context.Background(), []*npds.NetworkPolicy{{Name: "ep", EndpointIps: []string{"10.0.0.1"},
 		IngressPerPortPolicies: []*npds.PortNetworkPolicy{{Port: 80, Rules: []*npds.PortNetworkPolicyRule{{
-			L7: &npds.PortNetworkPolicyRule_HttpRules{HttpRules: &npds.HttpRules{HttpRules: rules}},
+			L7: npds.HTTP(rules...),
 		}}}}}}, []*npds.NetworkPolicyHosts{{Identity: 1000, HostAddresses: []string{"10.0.0.2"}}}); err != nil {
 		b.Fatal(err)
 	}

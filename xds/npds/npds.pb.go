@@ -239,15 +239,9 @@ type PortNetworkPolicyRule struct {
 	Deny             bool                   `protobuf:"varint,2,opt,name=deny,proto3" json:"deny,omitempty"`
 	ServerNames      []string               `protobuf:"bytes,3,rep,name=server_names,json=serverNames,proto3" json:"server_names,omitempty"`
 	Name             string                 `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"` // for flow records: "policy-name/ingress[0]"
-	// Types that are valid to be assigned to L7:
-	//
-	//	*PortNetworkPolicyRule_HttpRules
-	//	*PortNetworkPolicyRule_KafkaRules
-	//	*PortNetworkPolicyRule_DnsRules
-	//	*PortNetworkPolicyRule_L7Rules
-	L7            isPortNetworkPolicyRule_L7 `protobuf_oneof:"l7"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	L7               *L7Rules               `protobuf:"bytes,14,opt,name=l7,proto3" json:"l7,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *PortNetworkPolicyRule) Reset() {
@@ -308,98 +302,39 @@ func (x *PortNetworkPolicyRule) GetName() string {
 	return ""
 }
 
-func (x *PortNetworkPolicyRule) GetL7() isPortNetworkPolicyRule_L7 {
+func (x *PortNetworkPolicyRule) GetL7() *L7Rules {
 	if x != nil {
 		return x.L7
 	}
 	return nil
 }
 
-func (x *PortNetworkPolicyRule) GetHttpRules() *HttpRules {
-	if x != nil {
-		if x, ok := x.L7.(*PortNetworkPolicyRule_HttpRules); ok {
-			return x.HttpRules
-		}
-	}
-	return nil
-}
-
-func (x *PortNetworkPolicyRule) GetKafkaRules() *KafkaRules {
-	if x != nil {
-		if x, ok := x.L7.(*PortNetworkPolicyRule_KafkaRules); ok {
-			return x.KafkaRules
-		}
-	}
-	return nil
-}
-
-func (x *PortNetworkPolicyRule) GetDnsRules() *DnsRules {
-	if x != nil {
-		if x, ok := x.L7.(*PortNetworkPolicyRule_DnsRules); ok {
-			return x.DnsRules
-		}
-	}
-	return nil
-}
-
-func (x *PortNetworkPolicyRule) GetL7Rules() *GenericL7Rules {
-	if x != nil {
-		if x, ok := x.L7.(*PortNetworkPolicyRule_L7Rules); ok {
-			return x.L7Rules
-		}
-	}
-	return nil
-}
-
-type isPortNetworkPolicyRule_L7 interface {
-	isPortNetworkPolicyRule_L7()
-}
-
-type PortNetworkPolicyRule_HttpRules struct {
-	HttpRules *HttpRules `protobuf:"bytes,10,opt,name=http_rules,json=httpRules,proto3,oneof"`
-}
-
-type PortNetworkPolicyRule_KafkaRules struct {
-	KafkaRules *KafkaRules `protobuf:"bytes,11,opt,name=kafka_rules,json=kafkaRules,proto3,oneof"`
-}
-
-type PortNetworkPolicyRule_DnsRules struct {
-	DnsRules *DnsRules `protobuf:"bytes,12,opt,name=dns_rules,json=dnsRules,proto3,oneof"`
-}
-
-type PortNetworkPolicyRule_L7Rules struct {
-	L7Rules *GenericL7Rules `protobuf:"bytes,13,opt,name=l7_rules,json=l7Rules,proto3,oneof"`
-}
-
-func (*PortNetworkPolicyRule_HttpRules) isPortNetworkPolicyRule_L7() {}
-
-func (*PortNetworkPolicyRule_KafkaRules) isPortNetworkPolicyRule_L7() {}
-
-func (*PortNetworkPolicyRule_DnsRules) isPortNetworkPolicyRule_L7() {}
-
-func (*PortNetworkPolicyRule_L7Rules) isPortNetworkPolicyRule_L7() {}
-
-type HttpRules struct {
+// L7Rules are a rule's request-level rules: one toPorts[].rules block (its
+// HTTP, Kafka or DNS rules) in the JSON encoding of package policy/l7
+// (l7.Encode/l7.Decode, Cilium's field names). The rule types are defined
+// once, in Go, for the agent and the filters alike; a filter refuses a
+// field it does not know (the update is NACKed, the previous policy stays).
+type L7Rules struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	HttpRules     []*HttpRule            `protobuf:"bytes,1,rep,name=http_rules,json=httpRules,proto3" json:"http_rules,omitempty"`
+	Rules         string                 `protobuf:"bytes,1,opt,name=rules,proto3" json:"rules,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *HttpRules) Reset() {
-	*x = HttpRules{}
+func (x *L7Rules) Reset() {
+	*x = L7Rules{}
 	mi := &file_npds_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *HttpRules) String() string {
+func (x *L7Rules) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*HttpRules) ProtoMessage() {}
+func (*L7Rules) ProtoMessage() {}
 
-func (x *HttpRules) ProtoReflect() protoreflect.Message {
+func (x *L7Rules) ProtoReflect() protoreflect.Message {
 	mi := &file_npds_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -411,474 +346,16 @@ func (x *HttpRules) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use HttpRules.ProtoReflect.Descriptor instead.
-func (*HttpRules) Descriptor() ([]byte, []int) {
+// Deprecated: Use L7Rules.ProtoReflect.Descriptor instead.
+func (*L7Rules) Descriptor() ([]byte, []int) {
 	return file_npds_proto_rawDescGZIP(), []int{3}
 }
 
-func (x *HttpRules) GetHttpRules() []*HttpRule {
-	if x != nil {
-		return x.HttpRules
-	}
-	return nil
-}
-
-type HttpRule struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
-	Method        string                 `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`
-	Host          string                 `protobuf:"bytes,3,opt,name=host,proto3" json:"host,omitempty"`
-	Headers       []string               `protobuf:"bytes,4,rep,name=headers,proto3" json:"headers,omitempty"`
-	HeaderMatches []*HeaderMatch         `protobuf:"bytes,5,rep,name=header_matches,json=headerMatches,proto3" json:"header_matches,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *HttpRule) Reset() {
-	*x = HttpRule{}
-	mi := &file_npds_proto_msgTypes[4]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *HttpRule) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*HttpRule) ProtoMessage() {}
-
-func (x *HttpRule) ProtoReflect() protoreflect.Message {
-	mi := &file_npds_proto_msgTypes[4]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use HttpRule.ProtoReflect.Descriptor instead.
-func (*HttpRule) Descriptor() ([]byte, []int) {
-	return file_npds_proto_rawDescGZIP(), []int{4}
-}
-
-func (x *HttpRule) GetPath() string {
-	if x != nil {
-		return x.Path
-	}
-	return ""
-}
-
-func (x *HttpRule) GetMethod() string {
-	if x != nil {
-		return x.Method
-	}
-	return ""
-}
-
-func (x *HttpRule) GetHost() string {
-	if x != nil {
-		return x.Host
-	}
-	return ""
-}
-
-func (x *HttpRule) GetHeaders() []string {
-	if x != nil {
-		return x.Headers
-	}
-	return nil
-}
-
-func (x *HttpRule) GetHeaderMatches() []*HeaderMatch {
-	if x != nil {
-		return x.HeaderMatches
-	}
-	return nil
-}
-
-type HeaderMatch struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Value string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
-	// secret references "namespace/name"; its value is delivered out of band
-	// (SDS generic secret), never in this resource.
-	Secret        string `protobuf:"bytes,3,opt,name=secret,proto3" json:"secret,omitempty"`
-	Mismatch      string `protobuf:"bytes,4,opt,name=mismatch,proto3" json:"mismatch,omitempty"` // "", LOG, ADD, DELETE, REPLACE
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *HeaderMatch) Reset() {
-	*x = HeaderMatch{}
-	mi := &file_npds_proto_msgTypes[5]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *HeaderMatch) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*HeaderMatch) ProtoMessage() {}
-
-func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_npds_proto_msgTypes[5]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use HeaderMatch.ProtoReflect.Descriptor instead.
-func (*HeaderMatch) Descriptor() ([]byte, []int) {
-	return file_npds_proto_rawDescGZIP(), []int{5}
-}
-
-func (x *HeaderMatch) GetName() string {
-	if x != nil {
-		return x.Name
-	}
-	return ""
-}
-
-func (x *HeaderMatch) GetValue() string {
-	if x != nil {
-		return x.Value
-	}
-	return ""
-}
-
-func (x *HeaderMatch) GetSecret() string {
-	if x != nil {
-		return x.Secret
-	}
-	return ""
-}
-
-func (x *HeaderMatch) GetMismatch() string {
-	if x != nil {
-		return x.Mismatch
-	}
-	return ""
-}
-
-type KafkaRules struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	KafkaRules    []*KafkaRule           `protobuf:"bytes,1,rep,name=kafka_rules,json=kafkaRules,proto3" json:"kafka_rules,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *KafkaRules) Reset() {
-	*x = KafkaRules{}
-	mi := &file_npds_proto_msgTypes[6]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *KafkaRules) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*KafkaRules) ProtoMessage() {}
-
-func (x *KafkaRules) ProtoReflect() protoreflect.Message {
-	mi := &file_npds_proto_msgTypes[6]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use KafkaRules.ProtoReflect.Descriptor instead.
-func (*KafkaRules) Descriptor() ([]byte, []int) {
-	return file_npds_proto_rawDescGZIP(), []int{6}
-}
-
-func (x *KafkaRules) GetKafkaRules() []*KafkaRule {
-	if x != nil {
-		return x.KafkaRules
-	}
-	return nil
-}
-
-type KafkaRule struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Role          string                 `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
-	ApiKey        string                 `protobuf:"bytes,2,opt,name=api_key,json=apiKey,proto3" json:"api_key,omitempty"`
-	ApiVersion    string                 `protobuf:"bytes,3,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
-	ClientId      string                 `protobuf:"bytes,4,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
-	Topic         string                 `protobuf:"bytes,5,opt,name=topic,proto3" json:"topic,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *KafkaRule) Reset() {
-	*x = KafkaRule{}
-	mi := &file_npds_proto_msgTypes[7]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *KafkaRule) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*KafkaRule) ProtoMessage() {}
-
-func (x *KafkaRule) ProtoReflect() protoreflect.Message {
-	mi := &file_npds_proto_msgTypes[7]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use KafkaRule.ProtoReflect.Descriptor instead.
-func (*KafkaRule) Descriptor() ([]byte, []int) {
-	return file_npds_proto_rawDescGZIP(), []int{7}
-}
-
-func (x *KafkaRule) GetRole() string {
-	if x != nil {
-		return x.Role
-	}
-	return ""
-}
-
-func (x *KafkaRule) GetApiKey() string {
-	if x != nil {
-		return x.ApiKey
-	}
-	return ""
-}
-
-func (x *KafkaRule) GetApiVersion() string {
-	if x != nil {
-		return x.ApiVersion
-	}
-	return ""
-}
-
-func (x *KafkaRule) GetClientId() string {
-	if x != nil {
-		return x.ClientId
-	}
-	return ""
-}
-
-func (x *KafkaRule) GetTopic() string {
-	if x != nil {
-		return x.Topic
-	}
-	return ""
-}
-
-type DnsRules struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	DnsRules      []*DnsRule             `protobuf:"bytes,1,rep,name=dns_rules,json=dnsRules,proto3" json:"dns_rules,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *DnsRules) Reset() {
-	*x = DnsRules{}
-	mi := &file_npds_proto_msgTypes[8]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *DnsRules) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*DnsRules) ProtoMessage() {}
-
-func (x *DnsRules) ProtoReflect() protoreflect.Message {
-	mi := &file_npds_proto_msgTypes[8]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use DnsRules.ProtoReflect.Descriptor instead.
-func (*DnsRules) Descriptor() ([]byte, []int) {
-	return file_npds_proto_rawDescGZIP(), []int{8}
-}
-
-func (x *DnsRules) GetDnsRules() []*DnsRule {
-	if x != nil {
-		return x.DnsRules
-	}
-	return nil
-}
-
-type DnsRule struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	MatchName     string                 `protobuf:"bytes,1,opt,name=match_name,json=matchName,proto3" json:"match_name,omitempty"`
-	MatchPattern  string                 `protobuf:"bytes,2,opt,name=match_pattern,json=matchPattern,proto3" json:"match_pattern,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *DnsRule) Reset() {
-	*x = DnsRule{}
-	mi := &file_npds_proto_msgTypes[9]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *DnsRule) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*DnsRule) ProtoMessage() {}
-
-func (x *DnsRule) ProtoReflect() protoreflect.Message {
-	mi := &file_npds_proto_msgTypes[9]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use DnsRule.ProtoReflect.Descriptor instead.
-func (*DnsRule) Descriptor() ([]byte, []int) {
-	return file_npds_proto_rawDescGZIP(), []int{9}
-}
-
-func (x *DnsRule) GetMatchName() string {
-	if x != nil {
-		return x.MatchName
-	}
-	return ""
-}
-
-func (x *DnsRule) GetMatchPattern() string {
-	if x != nil {
-		return x.MatchPattern
-	}
-	return ""
-}
-
-type GenericL7Rules struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	L7Proto       string                 `protobuf:"bytes,1,opt,name=l7_proto,json=l7Proto,proto3" json:"l7_proto,omitempty"`
-	Rules         []*L7Rule              `protobuf:"bytes,2,rep,name=rules,proto3" json:"rules,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *GenericL7Rules) Reset() {
-	*x = GenericL7Rules{}
-	mi := &file_npds_proto_msgTypes[10]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *GenericL7Rules) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*GenericL7Rules) ProtoMessage() {}
-
-func (x *GenericL7Rules) ProtoReflect() protoreflect.Message {
-	mi := &file_npds_proto_msgTypes[10]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use GenericL7Rules.ProtoReflect.Descriptor instead.
-func (*GenericL7Rules) Descriptor() ([]byte, []int) {
-	return file_npds_proto_rawDescGZIP(), []int{10}
-}
-
-func (x *GenericL7Rules) GetL7Proto() string {
-	if x != nil {
-		return x.L7Proto
-	}
-	return ""
-}
-
-func (x *GenericL7Rules) GetRules() []*L7Rule {
+func (x *L7Rules) GetRules() string {
 	if x != nil {
 		return x.Rules
 	}
-	return nil
-}
-
-type L7Rule struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Rule          map[string]string      `protobuf:"bytes,1,rep,name=rule,proto3" json:"rule,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *L7Rule) Reset() {
-	*x = L7Rule{}
-	mi := &file_npds_proto_msgTypes[11]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *L7Rule) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*L7Rule) ProtoMessage() {}
-
-func (x *L7Rule) ProtoReflect() protoreflect.Message {
-	mi := &file_npds_proto_msgTypes[11]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use L7Rule.ProtoReflect.Descriptor instead.
-func (*L7Rule) Descriptor() ([]byte, []int) {
-	return file_npds_proto_rawDescGZIP(), []int{11}
-}
-
-func (x *L7Rule) GetRule() map[string]string {
-	if x != nil {
-		return x.Rule
-	}
-	return nil
+	return ""
 }
 
 // NetworkPolicyHosts maps addresses to one numeric security identity. The
@@ -894,7 +371,7 @@ type NetworkPolicyHosts struct {
 
 func (x *NetworkPolicyHosts) Reset() {
 	*x = NetworkPolicyHosts{}
-	mi := &file_npds_proto_msgTypes[12]
+	mi := &file_npds_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -906,7 +383,7 @@ func (x *NetworkPolicyHosts) String() string {
 func (*NetworkPolicyHosts) ProtoMessage() {}
 
 func (x *NetworkPolicyHosts) ProtoReflect() protoreflect.Message {
-	mi := &file_npds_proto_msgTypes[12]
+	mi := &file_npds_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -919,7 +396,7 @@ func (x *NetworkPolicyHosts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkPolicyHosts.ProtoReflect.Descriptor instead.
 func (*NetworkPolicyHosts) Descriptor() ([]byte, []int) {
-	return file_npds_proto_rawDescGZIP(), []int{12}
+	return file_npds_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *NetworkPolicyHosts) GetIdentity() uint32 {
@@ -953,59 +430,16 @@ const file_npds_proto_rawDesc = "" +
 	"\x04port\x18\x01 \x01(\rR\x04port\x12\x19\n" +
 	"\bend_port\x18\x02 \x01(\rR\aendPort\x122\n" +
 	"\bprotocol\x18\x03 \x01(\x0e2\x16.ward.npds.v1.ProtocolR\bprotocol\x129\n" +
-	"\x05rules\x18\x04 \x03(\v2#.ward.npds.v1.PortNetworkPolicyRuleR\x05rules\"\xfe\x02\n" +
+	"\x05rules\x18\x04 \x03(\v2#.ward.npds.v1.PortNetworkPolicyRuleR\x05rules\"\xbc\x01\n" +
 	"\x15PortNetworkPolicyRule\x12+\n" +
 	"\x11remote_identities\x18\x01 \x03(\rR\x10remoteIdentities\x12\x12\n" +
 	"\x04deny\x18\x02 \x01(\bR\x04deny\x12!\n" +
 	"\fserver_names\x18\x03 \x03(\tR\vserverNames\x12\x12\n" +
-	"\x04name\x18\x04 \x01(\tR\x04name\x128\n" +
-	"\n" +
-	"http_rules\x18\n" +
-	" \x01(\v2\x17.ward.npds.v1.HttpRulesH\x00R\thttpRules\x12;\n" +
-	"\vkafka_rules\x18\v \x01(\v2\x18.ward.npds.v1.KafkaRulesH\x00R\n" +
-	"kafkaRules\x125\n" +
-	"\tdns_rules\x18\f \x01(\v2\x16.ward.npds.v1.DnsRulesH\x00R\bdnsRules\x129\n" +
-	"\bl7_rules\x18\r \x01(\v2\x1c.ward.npds.v1.GenericL7RulesH\x00R\al7RulesB\x04\n" +
-	"\x02l7\"B\n" +
-	"\tHttpRules\x125\n" +
-	"\n" +
-	"http_rules\x18\x01 \x03(\v2\x16.ward.npds.v1.HttpRuleR\thttpRules\"\xa6\x01\n" +
-	"\bHttpRule\x12\x12\n" +
-	"\x04path\x18\x01 \x01(\tR\x04path\x12\x16\n" +
-	"\x06method\x18\x02 \x01(\tR\x06method\x12\x12\n" +
-	"\x04host\x18\x03 \x01(\tR\x04host\x12\x18\n" +
-	"\aheaders\x18\x04 \x03(\tR\aheaders\x12@\n" +
-	"\x0eheader_matches\x18\x05 \x03(\v2\x19.ward.npds.v1.HeaderMatchR\rheaderMatches\"k\n" +
-	"\vHeaderMatch\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\x12\x16\n" +
-	"\x06secret\x18\x03 \x01(\tR\x06secret\x12\x1a\n" +
-	"\bmismatch\x18\x04 \x01(\tR\bmismatch\"F\n" +
-	"\n" +
-	"KafkaRules\x128\n" +
-	"\vkafka_rules\x18\x01 \x03(\v2\x17.ward.npds.v1.KafkaRuleR\n" +
-	"kafkaRules\"\x8c\x01\n" +
-	"\tKafkaRule\x12\x12\n" +
-	"\x04role\x18\x01 \x01(\tR\x04role\x12\x17\n" +
-	"\aapi_key\x18\x02 \x01(\tR\x06apiKey\x12\x1f\n" +
-	"\vapi_version\x18\x03 \x01(\tR\n" +
-	"apiVersion\x12\x1b\n" +
-	"\tclient_id\x18\x04 \x01(\tR\bclientId\x12\x14\n" +
-	"\x05topic\x18\x05 \x01(\tR\x05topic\">\n" +
-	"\bDnsRules\x122\n" +
-	"\tdns_rules\x18\x01 \x03(\v2\x15.ward.npds.v1.DnsRuleR\bdnsRules\"M\n" +
-	"\aDnsRule\x12\x1d\n" +
-	"\n" +
-	"match_name\x18\x01 \x01(\tR\tmatchName\x12#\n" +
-	"\rmatch_pattern\x18\x02 \x01(\tR\fmatchPattern\"W\n" +
-	"\x0eGenericL7Rules\x12\x19\n" +
-	"\bl7_proto\x18\x01 \x01(\tR\al7Proto\x12*\n" +
-	"\x05rules\x18\x02 \x03(\v2\x14.ward.npds.v1.L7RuleR\x05rules\"u\n" +
-	"\x06L7Rule\x122\n" +
-	"\x04rule\x18\x01 \x03(\v2\x1e.ward.npds.v1.L7Rule.RuleEntryR\x04rule\x1a7\n" +
-	"\tRuleEntry\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"W\n" +
+	"\x04name\x18\x04 \x01(\tR\x04name\x12%\n" +
+	"\x02l7\x18\x0e \x01(\v2\x15.ward.npds.v1.L7RulesR\x02l7J\x04\b\n" +
+	"\x10\x0e\"\x1f\n" +
+	"\aL7Rules\x12\x14\n" +
+	"\x05rules\x18\x01 \x01(\tR\x05rules\"W\n" +
 	"\x12NetworkPolicyHosts\x12\x1a\n" +
 	"\bidentity\x18\x01 \x01(\rR\bidentity\x12%\n" +
 	"\x0ehost_addresses\x18\x02 \x03(\tR\rhostAddresses*/\n" +
@@ -1028,44 +462,26 @@ func file_npds_proto_rawDescGZIP() []byte {
 }
 
 var file_npds_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_npds_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_npds_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_npds_proto_goTypes = []any{
 	(Protocol)(0),                 // 0: ward.npds.v1.Protocol
 	(*NetworkPolicy)(nil),         // 1: ward.npds.v1.NetworkPolicy
 	(*PortNetworkPolicy)(nil),     // 2: ward.npds.v1.PortNetworkPolicy
 	(*PortNetworkPolicyRule)(nil), // 3: ward.npds.v1.PortNetworkPolicyRule
-	(*HttpRules)(nil),             // 4: ward.npds.v1.HttpRules
-	(*HttpRule)(nil),              // 5: ward.npds.v1.HttpRule
-	(*HeaderMatch)(nil),           // 6: ward.npds.v1.HeaderMatch
-	(*KafkaRules)(nil),            // 7: ward.npds.v1.KafkaRules
-	(*KafkaRule)(nil),             // 8: ward.npds.v1.KafkaRule
-	(*DnsRules)(nil),              // 9: ward.npds.v1.DnsRules
-	(*DnsRule)(nil),               // 10: ward.npds.v1.DnsRule
-	(*GenericL7Rules)(nil),        // 11: ward.npds.v1.GenericL7Rules
-	(*L7Rule)(nil),                // 12: ward.npds.v1.L7Rule
-	(*NetworkPolicyHosts)(nil),    // 13: ward.npds.v1.NetworkPolicyHosts
-	nil,                           // 14: ward.npds.v1.L7Rule.RuleEntry
+	(*L7Rules)(nil),               // 4: ward.npds.v1.L7Rules
+	(*NetworkPolicyHosts)(nil),    // 5: ward.npds.v1.NetworkPolicyHosts
 }
 var file_npds_proto_depIdxs = []int32{
-	2,  // 0: ward.npds.v1.NetworkPolicy.ingress_per_port_policies:type_name -> ward.npds.v1.PortNetworkPolicy
-	2,  // 1: ward.npds.v1.NetworkPolicy.egress_per_port_policies:type_name -> ward.npds.v1.PortNetworkPolicy
-	0,  // 2: ward.npds.v1.PortNetworkPolicy.protocol:type_name -> ward.npds.v1.Protocol
-	3,  // 3: ward.npds.v1.PortNetworkPolicy.rules:type_name -> ward.npds.v1.PortNetworkPolicyRule
-	4,  // 4: ward.npds.v1.PortNetworkPolicyRule.http_rules:type_name -> ward.npds.v1.HttpRules
-	7,  // 5: ward.npds.v1.PortNetworkPolicyRule.kafka_rules:type_name -> ward.npds.v1.KafkaRules
-	9,  // 6: ward.npds.v1.PortNetworkPolicyRule.dns_rules:type_name -> ward.npds.v1.DnsRules
-	11, // 7: ward.npds.v1.PortNetworkPolicyRule.l7_rules:type_name -> ward.npds.v1.GenericL7Rules
-	5,  // 8: ward.npds.v1.HttpRules.http_rules:type_name -> ward.npds.v1.HttpRule
-	6,  // 9: ward.npds.v1.HttpRule.header_matches:type_name -> ward.npds.v1.HeaderMatch
-	8,  // 10: ward.npds.v1.KafkaRules.kafka_rules:type_name -> ward.npds.v1.KafkaRule
-	10, // 11: ward.npds.v1.DnsRules.dns_rules:type_name -> ward.npds.v1.DnsRule
-	12, // 12: ward.npds.v1.GenericL7Rules.rules:type_name -> ward.npds.v1.L7Rule
-	14, // 13: ward.npds.v1.L7Rule.rule:type_name -> ward.npds.v1.L7Rule.RuleEntry
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	2, // 0: ward.npds.v1.NetworkPolicy.ingress_per_port_policies:type_name -> ward.npds.v1.PortNetworkPolicy
+	2, // 1: ward.npds.v1.NetworkPolicy.egress_per_port_policies:type_name -> ward.npds.v1.PortNetworkPolicy
+	0, // 2: ward.npds.v1.PortNetworkPolicy.protocol:type_name -> ward.npds.v1.Protocol
+	3, // 3: ward.npds.v1.PortNetworkPolicy.rules:type_name -> ward.npds.v1.PortNetworkPolicyRule
+	4, // 4: ward.npds.v1.PortNetworkPolicyRule.l7:type_name -> ward.npds.v1.L7Rules
+	5, // [5:5] is the sub-list for method output_type
+	5, // [5:5] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_npds_proto_init() }
@@ -1073,19 +489,13 @@ func file_npds_proto_init() {
 	if File_npds_proto != nil {
 		return
 	}
-	file_npds_proto_msgTypes[2].OneofWrappers = []any{
-		(*PortNetworkPolicyRule_HttpRules)(nil),
-		(*PortNetworkPolicyRule_KafkaRules)(nil),
-		(*PortNetworkPolicyRule_DnsRules)(nil),
-		(*PortNetworkPolicyRule_L7Rules)(nil),
-	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_npds_proto_rawDesc), len(file_npds_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
