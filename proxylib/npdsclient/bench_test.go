@@ -9,7 +9,6 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
-	"github.com/wardproxy/ward/policy/l7"
 	"github.com/wardproxy/ward/proxylib/npdsclient"
 	"github.com/wardproxy/ward/xds/npds"
 )
@@ -22,14 +21,9 @@ func benchEndpoint(i int, variant string) *npds.NetworkPolicy {
 		EndpointId:  uint64(i + 1),
 		EndpointIps: []string{fmt.Sprintf("10.%d.%d.%d", i>>16&0xff, i>>8&0xff, i&0xff)},
 		IngressPerPortPolicies: []*npds.PortNetworkPolicy{
-			{Port: 80, Rules: []*npds.PortNetworkPolicyRule{{
-				RemoteIdentities: []uint32{1000, 1001},
-				L7: npds.HTTP(
-					l7.HTTPRule{Method: "GET", Path: "/public/" + variant + "/.*"},
-					l7.HTTPRule{Method: "POST", Path: "/v1/request-landing", Headers: []string{"X-Has-Force: true"}},
-					l7.HTTPRule{Method: "GET|HEAD", Path: "/items/[0-9]+"},
-				),
-			}}},
+			{Port: 80, Rules: []*npds.PortNetworkPolicyRule{npdsclient.WithHTTP(
+				&npds.PortNetworkPolicyRule{RemoteIdentities: []uint32{1000, 1001}},
+				"/public/"+variant+"/.*", "/v1/request-landing", "/items/[0-9]+")}},
 			{Port: 8080, EndPort: 8090, Rules: []*npds.PortNetworkPolicyRule{{RemoteIdentities: []uint32{1002}}}},
 		},
 		EgressPerPortPolicies: []*npds.PortNetworkPolicy{
@@ -58,22 +52,17 @@ func hostsName(h *npds.NetworkPolicyHosts) string { return h.GetName() }
 const benchEndpoints = 5000
 
 // compileRegexps stands in for ward's filters' compiler (which this
-// package cannot import): it compiles each HTTP rule's method and path
-// as anchored regexps, the dominant cost of the real one.
+// package cannot import): it compiles each HTTP rule's path as an
+// anchored regexp, the dominant cost of the real one.
 func compileRegexps(r *npds.PortNetworkPolicyRule) (any, error) {
-	var out []*regexp.Regexp
-	rules, err := r.GetL7().Decode()
-	if err != nil {
-		return nil, err
-	}
-	for _, h := range rules.HTTP {
-		for _, e := range []string{h.Method, h.Path} {
-			re, err := regexp.Compile("^(?:" + e + ")$")
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, re)
+	paths, _ := npdsclient.HTTPPaths(r)
+	out := make([]*regexp.Regexp, 0, len(paths))
+	for _, p := range paths {
+		re, err := regexp.Compile("^(?:" + p + ")$")
+		if err != nil {
+			return nil, err
 		}
+		out = append(out, re)
 	}
 	return out, nil
 }
@@ -113,7 +102,7 @@ func BenchmarkHostsOneIdentityChange(b *testing.B) {
 	c := npdsclient.New(npdsclient.Config{Compile: compileRegexps})
 	host := func(i int, last byte) *npds.NetworkPolicyHosts {
 		return &npds.NetworkPolicyHosts{Identity: uint32(1000 + i), HostAddresses: []string{
-			fmt.Sprintf("10.%d.%d.%d", i>>16&0xff, i>>8&0xff, i&0xff), fmt.Sprintf("192.168.%d.%d/32", i%200, last),
+			fmt.Sprintf("10.%d.%d.%d", i>>16&0xff, i>>8&0xff, i&0xff), fmt.Sprintf("172.%d.%d.%d/32", 16+int(last), i>>8&0xff, i&0xff),
 		}}
 	}
 	all := make([]*npds.NetworkPolicyHosts, benchEndpoints)
