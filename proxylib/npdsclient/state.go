@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"sort"
 
+	"github.com/wardproxy/ward/policy/l7"
 	"github.com/wardproxy/ward/xds/npds"
 )
 
@@ -99,26 +100,28 @@ func (s *State) Identity(ip netip.Addr) (uint32, bool) {
 	return 0, false
 }
 
-// Verdict is the outcome of looking up a connection's rules.
-type Verdict int
+// Verdict is the outcome of looking up a connection's rules: l7.Outcome,
+// the one definition of which L7 rules apply (l7.Select).
+type Verdict = l7.Outcome
 
 // Verdicts of Lookup.
 const (
 	// NoPolicy: no rule of the port selects the remote: deny.
-	NoPolicy Verdict = iota
+	NoPolicy = l7.NoRule
 	// Denied: a deny rule selects the remote.
-	Denied
+	Denied = l7.Deny
 	// AllowAll: a rule without L7 part selects the remote (L7 rules on the
 	// same port are moot).
-	AllowAll
+	AllowAll = l7.AllowAll
 	// CheckL7: only rules with L7 parts select the remote; the request is
 	// allowed when one of Matchers allows it.
-	CheckL7
+	CheckL7 = l7.MatchRules
 )
 
-// Lookup selects the rules of a direction and port for a remote identity.
-// For CheckL7 it returns the matching rules (each with a non-nil L7),
-// appended to buf[:0] so a caller on the request path can reuse one.
+// Lookup selects the rules of a direction and port for a remote identity
+// with l7.Select. For CheckL7 it returns the matching rules (each with a
+// non-nil L7), appended to buf[:0] so a caller on the request path can
+// reuse one.
 func (e *Endpoint) Lookup(ingress bool, port uint16, remote uint32, buf []*Rule) (Verdict, []*Rule) {
 	if e == nil {
 		return NoPolicy, nil
@@ -127,45 +130,30 @@ func (e *Endpoint) Lookup(ingress bool, port uint16, remote uint32, buf []*Rule)
 	if ingress {
 		ports = e.Ingress
 	}
-	l7 := buf[:0]
-	allowAll := false
-	for _, p := range ports {
-		if !p.contains(port) {
-			continue
-		}
-		for _, r := range p.Rules {
-			if r.Remotes != nil {
-				if _, ok := r.Remotes[remote]; !ok {
-					continue
-				}
-			}
-			switch {
-			case r.Deny:
-				return Denied, nil
-			case r.L7 == nil:
-				allowAll = true
-			default:
-				l7 = append(l7, r)
-			}
+	v, rules := l7.Select(ports, 0, port, remote, portRules, ruleScope, buf)
+	if v != CheckL7 {
+		return v, nil
+	}
+	return v, rules
+}
+
+func portRules(p *Port) (l7.Range, []*Rule) {
+	return l7.Range{Port: p.Port, End: p.EndPort}, p.Rules
+}
+
+func ruleScope(r *Rule, remote uint32) l7.Scope {
+	if r.Remotes != nil {
+		if _, ok := r.Remotes[remote]; !ok {
+			return l7.ScopeNone
 		}
 	}
 	switch {
-	case allowAll:
-		return AllowAll, nil
-	case len(l7) > 0:
-		return CheckL7, l7
+	case r.Deny:
+		return l7.ScopeDeny
+	case r.L7 == nil:
+		return l7.ScopeAll
 	}
-	return NoPolicy, nil
-}
-
-func (p *Port) contains(port uint16) bool {
-	if p.Port == 0 {
-		return true
-	}
-	if p.EndPort == 0 {
-		return port == p.Port
-	}
-	return port >= p.Port && port <= p.EndPort
+	return l7.ScopeRules
 }
 
 // compilePolicies builds the endpoint part of a State.
