@@ -47,7 +47,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		cfg.StateDir = "/var/run/ward"
 	}
 	if cfg.Envoy.Admin == "" {
-		cfg.Envoy.Admin = "127.0.0.1:9901"
+		cfg.Envoy.Admin = filepath.Join(cfg.StateDir, "envoy-admin.sock")
 	}
 	cfg.Datapath = cfg.Datapath.withDefaults()
 	a := &Agent{cfg: cfg, log: log, node: cfg.Node, ready: make(chan struct{})}
@@ -233,8 +233,9 @@ func (a *Agent) newEnvoy(ctx context.Context) (*envoyproc.Proc, error) {
 	}
 	a.log.Info("starting envoy", "binary", bin, "version", v, "bootstrap", bpath, "admin", ec.Admin)
 	return envoyproc.New(envoyproc.Config{
-		Binary: bin, Bootstrap: bpath, AdminURL: "http://" + ec.Admin, Env: bc.Env(),
-		Concurrency: ec.Concurrency, LogPath: filepath.Join(a.cfg.StateDir, "envoy.log"), Logger: a.log, Restart: true,
+		Binary: bin, Bootstrap: bpath, Admin: ec.Admin, Env: bc.Env(),
+		Concurrency: ec.Concurrency, LogLevel: ec.LogLevel, LogPath: filepath.Join(a.cfg.StateDir, "envoy.log"), Logger: a.log, Restart: true,
+		PIDFile: filepath.Join(a.cfg.StateDir, "envoy.pid"), KeepRunning: ec.KeepRunning,
 		BaseID: ec.BaseID, ExtraArgs: ec.ExtraArgs,
 	}), nil
 }

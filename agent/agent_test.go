@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/wardproxy/ward/agent"
 	"github.com/wardproxy/ward/agent/api"
+	"github.com/wardproxy/ward/internal/envoyproc"
 	"github.com/wardproxy/ward/internal/testenv"
 	"github.com/wardproxy/ward/xds"
 )
@@ -197,5 +199,100 @@ func TestWrongEnvoy(t *testing.T) {
 	f.Envoy.Binary = filepath.Join(f.StateDir, "missing-envoy")
 	if err := run(context.Background(), f, slog.New(slog.NewTextHandler(io.Discard, nil))); err == nil || !strings.Contains(err.Error(), "make setup") {
 		t.Fatalf("run with a missing envoy: %v; want the fix", err)
+	}
+}
+
+// TestEnvoyOutlivesWardd: wardd killed with SIGKILL leaves Envoy serving;
+// the next wardd on the same state directory adopts that Envoy (no second
+// Envoy, no restart) and finds its proxy routing and sockets reusable;
+// a graceful stop then stops Envoy.
+func TestEnvoyOutlivesWardd(t *testing.T) {
+	wardd := testenv.File(t, "build/bin/wardd", "run `make build`")
+	f, url := setup(t, "ward.test.inspect")
+	cfgPath := filepath.Join(f.StateDir, "node.json")
+	b, _ := json.Marshal(agent.Config{Node: f.Node, Listeners: f.Listeners})
+	os.WriteFile(cfgPath, b, 0o600)
+	startWardd := func() *exec.Cmd {
+		cmd := exec.Command(wardd, "--state-dir", f.StateDir, "--config", cfgPath, "--envoy", f.Envoy.Binary, "--module-dir", f.Envoy.ModuleDir,
+			"--envoy-admin", f.Envoy.Admin, "--concurrency", "1", "--log-level", "warn")
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		return cmd
+	}
+	first := startWardd()
+	eventually(t, "the listener to answer", func() bool { return answers(url) })
+	st := getStatus(t, f.StateDir)
+	if st.Envoy == nil || st.Envoy.PID == 0 || st.Envoy.Starts != 1 {
+		t.Fatalf("status = %+v; want envoy started once", st.Envoy)
+	}
+	pid := st.Envoy.PID
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	first.Process.Kill()
+	first.Wait()
+	time.Sleep(200 * time.Millisecond)
+	if err := syscall.Kill(pid, 0); err != nil {
+		t.Fatalf("envoy %d died with wardd: %v", pid, err)
+	}
+	if !answers(url) {
+		t.Fatal("the listener stopped answering when wardd was killed")
+	}
+	second := startWardd()
+	eventually(t, "the second wardd to adopt envoy", func() bool {
+		s := getStatus(t, f.StateDir)
+		return s.Envoy != nil && s.Envoy.Adopted == 1
+	})
+	if s := getStatus(t, f.StateDir); s.Envoy.PID != pid || s.Envoy.Starts != 0 {
+		t.Fatalf("after restart: envoy %+v; want pid %d adopted, none started", s.Envoy, pid)
+	}
+	eventually(t, "the listener to answer through the adopted envoy", func() bool { return answers(url) })
+	second.Process.Signal(syscall.SIGTERM)
+	if err := second.Wait(); err != nil {
+		t.Fatalf("wardd on SIGTERM: %v", err)
+	}
+	eventually(t, "the adopted envoy to stop with a graceful wardd stop", func() bool { return syscall.Kill(pid, 0) != nil })
+}
+
+// TestAdminOnUnixSocket: by default Envoy's admin interface is a unix
+// socket of mode 0600 in the state directory, not a TCP port any local
+// process (or hostNetwork pod) can reach.
+func TestAdminOnUnixSocket(t *testing.T) {
+	f, url := setup(t, "ward.test.inspect")
+	f.Envoy.Admin = ""
+	start(t, f)
+	eventually(t, "the listener to answer", func() bool { return answers(url) })
+	sock := filepath.Join(f.StateDir, "envoy-admin.sock")
+	st, err := os.Stat(sock)
+	if err != nil {
+		t.Fatalf("admin socket: %v", err)
+	}
+	if st.Mode()&os.ModeSocket == 0 || st.Mode().Perm() != 0o600 {
+		t.Errorf("admin socket mode = %v; want a socket with 0600", st.Mode())
+	}
+	if st, err := os.Stat(f.StateDir); err != nil || st.Mode().Perm()&0o007 != 0 {
+		t.Errorf("state dir mode = %v, %v; want no access for others", st.Mode(), err)
+	}
+	cl, base := envoyproc.AdminClient(sock)
+	resp, err := cl.Get(base + "/ready")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("admin over the unix socket: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	b, _ := os.ReadFile(filepath.Join(f.StateDir, "envoy-bootstrap.json"))
+	var boot struct {
+		Admin struct {
+			Address struct {
+				Pipe          *struct{ Path string } `json:"pipe"`
+				SocketAddress any                    `json:"socketAddress"`
+			} `json:"address"`
+		} `json:"admin"`
+	}
+	if err := json.Unmarshal(b, &boot); err != nil {
+		t.Fatal(err)
+	}
+	if a := boot.Admin.Address; a.Pipe == nil || a.Pipe.Path != sock || a.SocketAddress != nil {
+		t.Errorf("bootstrap admin address = %+v; want only the pipe %s", a, sock)
 	}
 }

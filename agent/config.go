@@ -62,11 +62,19 @@ type EnvoyConfig struct {
 	Binary string
 	// ModuleDir holds libward.so; default build/ of the working directory.
 	ModuleDir string
-	// Admin is Envoy's admin address (loopback only); default
-	// 127.0.0.1:9901.
+	// Admin is Envoy's admin address: a unix socket path (default
+	// StateDir/envoy-admin.sock, mode 0600 in the 0750 state directory) or
+	// a loopback "127.0.0.1:PORT" (reachable by every local process).
 	Admin string
+	// KeepRunning leaves Envoy running when the agent stops (a rolling
+	// restart); the next agent on the same state directory adopts it.
+	// Whatever this says, an agent that dies (SIGKILL) leaves Envoy
+	// enforcing, and its successor adopts it.
+	KeepRunning bool
 	// Concurrency is Envoy's worker count; 0: one per core.
 	Concurrency int
+	// LogLevel is Envoy's log level; default info.
+	LogLevel string
 	// BaseID keeps several Envoys on one machine apart (tests).
 	BaseID int
 	// ExtraArgs are appended to Envoy's command line.

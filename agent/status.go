@@ -33,7 +33,7 @@ func (a *Agent) Status() api.Status {
 		}
 	}
 	if a.proc != nil {
-		st.Envoy = &api.Envoy{PID: a.proc.PID(), Starts: a.proc.Starts(), LastError: a.proc.LastError()}
+		st.Envoy = &api.Envoy{PID: a.proc.PID(), Starts: a.proc.Starts(), Adopted: a.proc.Adopted(), LastError: a.proc.LastError()}
 	}
 	if a.eng != nil {
 		s := a.eng.last.Load()

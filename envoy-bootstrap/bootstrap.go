@@ -32,8 +32,11 @@ type Config struct {
 	NodeID    string // Envoy's node id; wardd serves resources for it
 	Cluster   string // node cluster name; defaults to "ward"
 	XDSSocket string // wardd's unix socket
-	// AdminAddress is the admin listener, "127.0.0.1:PORT". It must be a
-	// loopback address: the admin interface can stop Envoy.
+	// AdminAddress is the admin listener: an absolute unix socket path
+	// (created mode 0600; the default of wardd, in its 0750 state
+	// directory) or "127.0.0.1:PORT". A TCP address must be loopback, and
+	// even then every local process can reach it: the admin interface can
+	// stop Envoy and turn on logging of headers.
 	AdminAddress string
 	// ModuleDir holds libward.so.
 	ModuleDir string
@@ -47,6 +50,9 @@ func (c Config) Validate() error {
 	}
 	if c.XDSSocket == "" {
 		errs = append(errs, errors.New("bootstrap: XDSSocket is required"))
+	}
+	if filepath.IsAbs(c.AdminAddress) {
+		return errors.Join(errs...)
 	}
 	ap, err := netip.ParseAddrPort(c.AdminAddress)
 	if err != nil {
@@ -62,7 +68,13 @@ func (c Config) Build() (*bootstrapv3.Bootstrap, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
-	ap := netip.MustParseAddrPort(c.AdminAddress)
+	admin := &core.Address{Address: &core.Address_Pipe{Pipe: &core.Pipe{Path: c.AdminAddress, Mode: 0o600}}}
+	if !filepath.IsAbs(c.AdminAddress) {
+		ap := netip.MustParseAddrPort(c.AdminAddress)
+		admin = &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
+			Address: ap.Addr().String(), PortSpecifier: &core.SocketAddress_PortValue{PortValue: uint32(ap.Port())},
+		}}}
+	}
 	clusterName := c.Cluster
 	if clusterName == "" {
 		clusterName = "ward"
@@ -85,9 +97,7 @@ func (c Config) Build() (*bootstrapv3.Bootstrap, error) {
 	}
 	return &bootstrapv3.Bootstrap{
 		Node: &core.Node{Id: c.NodeID, Cluster: clusterName},
-		Admin: &bootstrapv3.Admin{Address: &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
-			Address: ap.Addr().String(), PortSpecifier: &core.SocketAddress_PortValue{PortValue: uint32(ap.Port())},
-		}}}},
+		Admin: &bootstrapv3.Admin{Address: admin},
 		DynamicResources: &bootstrapv3.Bootstrap_DynamicResources{
 			AdsConfig: &core.ApiConfigSource{
 				ApiType:             core.ApiConfigSource_GRPC,

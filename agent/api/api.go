@@ -31,8 +31,11 @@ type NACK struct {
 
 // Envoy is the supervised Envoy process.
 type Envoy struct {
-	PID       int    `json:"pid"`
-	Starts    int    `json:"starts"`
+	PID    int `json:"pid"`
+	Starts int `json:"starts"`
+	// Adopted counts the running Envoys this agent took over from its
+	// predecessor (a restart of wardd does not restart Envoy).
+	Adopted   int    `json:"adopted,omitempty"`
 	LastError string `json:"lastError,omitempty"`
 }
 

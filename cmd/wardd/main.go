@@ -42,7 +42,8 @@ func parseFlags(args []string) (agent.Config, slog.Level, error) {
 	config := fs.String("config", "", "node configuration file in YAML or JSON (docs/node-config.md)")
 	envoy := fs.String("envoy", "", "envoy binary (default: build/envoy or .venv/bin/envoy, then PATH)")
 	moduleDir := fs.String("module-dir", "", "directory holding libward.so (default: build/ of the working directory)")
-	admin := fs.String("envoy-admin", "127.0.0.1:9901", "Envoy admin address (loopback only)")
+	admin := fs.String("envoy-admin", "", "Envoy admin address: a unix socket path (default <state-dir>/envoy-admin.sock) or a loopback ip:port")
+	keep := fs.Bool("envoy-keep-running", false, "leave Envoy running when wardd stops (the next wardd adopts it)")
 	noEnvoy := fs.Bool("no-envoy", false, "serve xDS only; do not start Envoy")
 	concurrency := fs.Int("concurrency", 0, "Envoy worker threads (0: one per core)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
@@ -61,6 +62,6 @@ func parseFlags(args []string) (agent.Config, slog.Level, error) {
 		}
 	}
 	cfg.StateDir = *stateDir
-	cfg.Envoy = agent.EnvoyConfig{Disabled: *noEnvoy, Binary: *envoy, ModuleDir: *moduleDir, Admin: *admin, Concurrency: *concurrency}
+	cfg.Envoy = agent.EnvoyConfig{Disabled: *noEnvoy, Binary: *envoy, ModuleDir: *moduleDir, Admin: *admin, Concurrency: *concurrency, KeepRunning: *keep}
 	return cfg, lvl, nil
 }

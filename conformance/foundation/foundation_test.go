@@ -202,8 +202,13 @@ func TestHTTPCallbacks(t *testing.T) {
 	if n := s.Proc.Starts(); n != 1 {
 		t.Fatalf("envoy was started %d times; want 1 (a panic must not crash it)", n)
 	}
-	if !strings.Contains(s.LogTail(), "panic in http_filter_request_headers") {
-		t.Errorf("envoy log lacks the recovered panic report")
+	// Envoy flushes its log file every 100 ms.
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(s.LogTail(), "panic in http_filter_request_headers") {
+		if time.Now().After(deadline) {
+			t.Fatalf("envoy log lacks the recovered panic report")
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

@@ -1,8 +1,11 @@
-// Package stack starts ward's proxy stack for end-to-end tests: an xDS
-// server (package xds) on a unix socket in a temporary directory and the
-// official Envoy binary with libward.so, bootstrapped against it. Tests
-// push Envoy resources and policy resources and wait until Envoy and the
-// Go filters inside it have applied them, then drive real clients.
+// Package stack starts ward's proxy stack for end-to-end tests of the
+// Envoy builders and filters: a node agent (package agent — the code
+// wardd runs) with no policy source of its own, serving xDS on a unix
+// socket in a temporary directory and supervising the official Envoy with
+// libward.so. Tests push Envoy resources and policy resources through the
+// agent's xDS server and wait until Envoy and the Go filters inside it
+// have applied them, then drive real clients. Whole-node tests use
+// conformance/node instead.
 //
 // It needs the pinned Envoy (.venv, `make setup`) and the test module
 // build/test/libward.so (`make build`; the suites use the ward.test.*
@@ -23,13 +26,15 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 
-	bootstrap "github.com/wardproxy/ward/envoy-bootstrap"
+	"github.com/wardproxy/ward/agent"
+	"github.com/wardproxy/ward/conformance/node"
 	"github.com/wardproxy/ward/internal/envoyproc"
 	"github.com/wardproxy/ward/internal/testenv"
 	"github.com/wardproxy/ward/xds"
@@ -42,8 +47,10 @@ type Options struct {
 	LogLevel    string // default "info"
 }
 
-// Stack is a running xDS server and Envoy.
+// Stack is a running node agent (package agent, with no policy source of
+// its own) and its Envoy; tests publish through XDS.
 type Stack struct {
+	Agent   *agent.Agent
 	XDS     *xds.Server
 	Node    string
 	Socket  string
@@ -60,7 +67,7 @@ type Stack struct {
 func Start(t testing.TB, o Options) *Stack {
 	t.Helper()
 	bin := testenv.EnvoyPath(t)
-	lib := testenv.Module(t) // the test module: the suites use ward.test.* filters
+	lib := node.Module(t)
 	if o.Concurrency == 0 {
 		o.Concurrency = 1
 	}
@@ -70,49 +77,37 @@ func Start(t testing.TB, o Options) *Stack {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	s := &Stack{Node: "ward-test", Socket: filepath.Join(dir, "xds.sock"), Dir: dir, LogPath: filepath.Join(dir, "envoy.log")}
-	s.XDS, err = xds.New(xds.Config{Socket: s.Socket, Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.XDS.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	// An initial (empty) snapshot: without one Envoy waits out its initial
-	// fetch timeouts (15 s for CDS, then 15 s for LDS) before it is ready.
-	if _, err := s.XDS.SetEnvoyResources(context.Background(), s.Node, xds.EnvoyResources{}); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	xdsCtx, xdsCancel := context.WithCancel(ctx)
-	xdsDone := make(chan error, 1)
-	go func() { xdsDone <- s.XDS.Run(xdsCtx) }()
-	var xdsOnce sync.Once
-	xdsErr := make(chan error, 1)
-	stopX := func() { xdsOnce.Do(func() { xdsCancel(); xdsErr <- <-xdsDone }) }
-	s.stopXDS = stopX
-
+	s := &Stack{Node: "ward-test", Dir: dir, LogPath: filepath.Join(dir, "envoy.log")}
 	s.Admin = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
-	bc := bootstrap.Config{NodeID: s.Node, XDSSocket: s.Socket, AdminAddress: s.Admin, ModuleDir: filepath.Dir(lib)}
-	bpath := filepath.Join(dir, "bootstrap.json")
-	if err := bc.Write(bpath); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	s.Proc = envoyproc.New(envoyproc.Config{
-		Binary: bin, Bootstrap: bpath, AdminURL: "http://" + s.Admin, Env: bc.Env(),
-		Concurrency: o.Concurrency, LogLevel: o.LogLevel, LogPath: s.LogPath,
-		BaseID: int(time.Now().UnixNano() % 100000), Restart: true,
+	// KeepRunning: StopXDS stops the agent and leaves Envoy enforcing
+	// what it has, as when wardd goes away.
+	a, err := agent.New(agent.Config{Node: s.Node, StateDir: dir, Envoy: agent.EnvoyConfig{
+		Binary: bin, ModuleDir: filepath.Dir(lib), Admin: s.Admin, Concurrency: o.Concurrency, LogLevel: o.LogLevel,
+		BaseID: int(time.Now().UnixNano() % 100000), KeepRunning: true,
 		// Listener updates drain the old listener for drain-time-s; tests
 		// need the new one at once.
 		ExtraArgs: []string{"--drain-time-s", "1"},
-	})
-	procDone := make(chan error, 1)
-	go func() { procDone <- s.Proc.Run(ctx) }()
+	}}, slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Agent, s.XDS, s.Socket = a, a.XDS(), a.XDSSocket()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	var once sync.Once
+	var runErr error
+	s.stopXDS = func() { once.Do(func() { cancel(); runErr = <-done }) }
 	t.Cleanup(func() {
-		cancel()
-		<-procDone
-		stopX()
+		pid := 0
+		if s.Proc != nil {
+			pid = s.Proc.PID()
+		}
+		s.stopXDS()
+		if runErr != nil {
+			t.Errorf("agent: %v", runErr)
+		}
+		stopEnvoy(pid, filepath.Join(dir, "envoy.pid"))
 		if t.Failed() {
 			if b, err := os.ReadFile(s.LogPath); err == nil {
 				t.Logf("envoy log (tail):\n%s", tail(string(b), 60))
@@ -120,13 +115,32 @@ func Start(t testing.TB, o Options) *Stack {
 		}
 	})
 	select {
-	case <-s.Proc.Ready():
-	case err := <-procDone:
-		t.Fatalf("envoy exited before ready: %v", err)
+	case <-a.Ready():
+	case err := <-done:
+		done <- err
+		t.Fatalf("agent stopped before ready: %v; envoy log:\n%s", err, s.LogTail())
 	case <-time.After(60 * time.Second):
 		t.Fatalf("envoy not ready after 60s; log:\n%s", s.LogTail())
 	}
+	s.Proc = a.Envoy()
 	return s
+}
+
+// stopEnvoy stops the Envoy the agent left running (KeepRunning).
+func stopEnvoy(pid int, pidFile string) {
+	if pid == 0 {
+		if b, err := os.ReadFile(pidFile); err == nil {
+			fmt.Sscanf(string(b), "%d", &pid)
+		}
+	}
+	if pid <= 0 {
+		return
+	}
+	_ = syscall.Kill(pid, syscall.SIGTERM)
+	for i := 0; i < 100 && syscall.Kill(pid, 0) == nil; i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
 }
 
 // LogTail returns the end of Envoy's log.
