@@ -22,8 +22,8 @@
 struct ct_key {
 	__u32 saddr[4];
 	__u32 daddr[4];
-	__u16 sport; // network order (ICMP echo: the identifier)
-	__u16 dport; // network order (ICMP echo: the identifier)
+	__u16 sport; // network order (ICMP echo request: the identifier)
+	__u16 dport; // network order (ICMP echo reply: the identifier)
 	__u8 proto;
 	__u8 family;
 	__u16 pad;
@@ -133,8 +133,8 @@ static __always_inline int count(struct __sk_buff *skb, enum reason r, int dir, 
 #define ICMPV6_ECHO_REPLY 129
 
 // icmp fills the policy port (the type) and the tuple: an echo request or
-// reply is tracked by its identifier (both "ports"), so the reply matches
-// the request's entry; every other type is decided per packet.
+// reply is tracked by its identifier, so the reply matches the request's
+// entry; every other type is decided per packet.
 static __always_inline int icmp(struct __sk_buff *skb, struct pkt *p)
 {
 	__u8 h[8];
@@ -142,16 +142,18 @@ static __always_inline int icmp(struct __sk_buff *skb, struct pkt *p)
 		return R_DROP_MALFORMED;
 	__u8 type = h[0];
 	p->pol_port = type;
-	int echo = p->t.proto == IPPROTO_ICMP ? (type == ICMP_ECHO || type == ICMP_ECHO_REPLY)
-					      : (type == ICMPV6_ECHO_REQUEST || type == ICMPV6_ECHO_REPLY);
-	if (echo) {
-		__u16 id;
-		__builtin_memcpy(&id, &h[4], 2);
+	int req = p->t.proto == IPPROTO_ICMP ? type == ICMP_ECHO : type == ICMPV6_ECHO_REQUEST;
+	int rep = p->t.proto == IPPROTO_ICMP ? type == ICMP_ECHO_REPLY : type == ICMPV6_ECHO_REPLY;
+	__u16 id;
+	__builtin_memcpy(&id, &h[4], 2);
+	// A request is (id, 0), a reply (0, id): the reply's tuple is the
+	// request's reversed, and a request from the peer is not a reply.
+	if (req)
 		p->t.sport = id;
+	else if (rep)
 		p->t.dport = id;
-	} else {
+	else
 		p->no_ct = 1;
-	}
 	return R_MAX;
 }
 
