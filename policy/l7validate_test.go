@@ -1,0 +1,66 @@
+package policy
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/wardproxy/ward/policy/l7"
+)
+
+func l7Doc(rules string) string {
+	return header + `spec:
+  endpointSelector: {}
+  ingress:
+  - toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules: ` + rules + "\n"
+}
+
+// TestValidationRefusesWhatEnvoyWould covers the rules validation used to
+// accept while the in-Envoy compiler refused them (or denied every request
+// with them): each is now a FieldError naming the field.
+func TestValidationRefusesWhatEnvoyWould(t *testing.T) {
+	long := "/" + strings.Repeat("a", l7.MaxRegexLen)
+	for _, tt := range []struct {
+		name, rules, path, msg string
+	}{
+		{"unknown l7proto", `{l7proto: cassandra, l7: [{query_action: select}]}`, "spec.ingress[0].toPorts[0].rules.l7proto", `unknown l7proto "cassandra"`},
+		{"l7proto without rules", `{l7proto: envoy.foo}`, "spec.ingress[0].toPorts[0].rules.l7proto", "no parser for generic L7 protocols"},
+		{"headerMatches secret", `{http: [{headerMatches: [{name: X-Token, secret: {namespace: ns, name: tok}}]}]}`, "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].secret", "secrets in headerMatches are not supported yet"},
+		{"over-long path regex", `{http: [{path: "` + long + `"}]}`, "spec.ingress[0].toPorts[0].rules.http[0].path", "more than the 32768 allowed"},
+		{"over-long host regex", `{http: [{host: "` + strings.Repeat("h", l7.MaxRegexLen+1) + `"}]}`, "spec.ingress[0].toPorts[0].rules.http[0].host", "more than the 32768 allowed"},
+		{"header without name", `{http: [{headers: [": x"]}]}`, "spec.ingress[0].toPorts[0].rules.http[0].headers[0]", "empty header name"},
+		{"header with leading space", `{http: [{headers: [" X-Foo"]}]}`, "spec.ingress[0].toPorts[0].rules.http[0].headers[0]", "empty header name"},
+		{"kafka apiVersion out of range", `{kafka: [{apiVersion: "40000"}]}`, "spec.ingress[0].toPorts[0].rules.kafka[0].apiVersion", "must be a non-negative integer"},
+		{"kafka unknown apiKey hint", `{kafka: [{apiKey: describeclustr}]}`, "spec.ingress[0].toPorts[0].rules.kafka[0].apiKey", `did you mean "describecluster"?`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			err := parseErr(t, l7Doc(tt.rules))
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, fe := range FieldErrors(err) {
+				if fe.Path == tt.path && strings.Contains(fe.Msg, tt.msg) {
+					return
+				}
+			}
+			t.Errorf("no error at %q containing %q in:\n%v", tt.path, tt.msg, err)
+		})
+	}
+}
+
+// TestValidationAcceptsWhatEnvoyDoes covers rules the filters accept that
+// validation used to refuse.
+func TestValidationAcceptsWhatEnvoyDoes(t *testing.T) {
+	for _, rules := range []string{
+		`{kafka: [{apiKey: describecluster}]}`,
+		`{kafka: [{apiKey: CREATE_TOPICS}]}`,
+		`{kafka: [{apiKey: ConsumerGroupHeartbeat}]}`,
+		`{kafka: [{apiKey: createtopic}, {apiKey: offsets}, {apiKey: groupcoordinator}]}`,
+		`{kafka: [{topic: ` + strings.Repeat("t", l7.MaxTopicLen) + `}]}`,
+	} {
+		if err := parseErr(t, l7Doc(rules)); err != nil {
+			t.Errorf("Parse(%s) = %v; want no error", rules, err)
+		}
+	}
+}
