@@ -54,6 +54,11 @@ type BrokerConfig struct {
 	Advertise map[string]string
 	// Topics are created (1 partition) before StartBroker returns.
 	Topics []string
+	// Authorizer turns on KRaft's StandardAuthorizer with
+	// allow.everyone.if.no.acl.found: a resource without ACLs is open to
+	// everyone (every client is User:ANONYMOUS on PLAINTEXT), DenyACLs
+	// close some.
+	Authorizer bool
 }
 
 // Broker is a running single-node KRaft broker.
@@ -144,6 +149,9 @@ func StartBroker(t testing.TB, cfg BrokerConfig) *Broker {
 		"group.initial.rebalance.delay.ms=0",
 		"",
 	}, "\n")
+	if cfg.Authorizer {
+		props += "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer\nallow.everyone.if.no.acl.found=true\n"
+	}
 	propsPath := filepath.Join(dir, "server.properties")
 	if err := os.WriteFile(propsPath, []byte(props), 0o644); err != nil {
 		t.Fatal(err)
@@ -285,4 +293,45 @@ func (b *Broker) CreateTopics(topics ...string) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// ACL resource types (org.apache.kafka.common.resource.ResourceType).
+const (
+	ACLTopic           int8 = 2
+	ACLGroup           int8 = 3
+	ACLTransactionalID int8 = 5
+)
+
+// DenyACLs denies User:ANONYMOUS every operation on the named resources of
+// a broker started with Authorizer.
+func (b *Broker) DenyACLs(resourceType int8, names ...string) error {
+	cl, err := b.client()
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	req := kmsg.NewPtrCreateACLsRequest()
+	for _, n := range names {
+		c := kmsg.NewCreateACLsRequestCreation()
+		c.ResourceType = kmsg.ACLResourceType(resourceType)
+		c.ResourceName = n
+		c.ResourcePatternType = kmsg.ACLResourcePatternTypeLiteral
+		c.Principal = "User:ANONYMOUS"
+		c.Host = "*"
+		c.Operation = kmsg.ACLOperationAll
+		c.PermissionType = kmsg.ACLPermissionTypeDeny
+		req.Creations = append(req.Creations, c)
+	}
+	resp, err := req.RequestWith(ctx, cl)
+	if err != nil {
+		return fmt.Errorf("create acls: %w", err)
+	}
+	for _, r := range resp.Results {
+		if r.ErrorCode != 0 {
+			return fmt.Errorf("create acl: error code %d", r.ErrorCode)
+		}
+	}
+	return nil
 }

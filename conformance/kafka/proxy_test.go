@@ -94,6 +94,14 @@ func (o *connOutput) Forward(reply bool, data []byte) {
 	_, _ = dst.Write(data) // a write error shows up as a read error on the same socket
 }
 
+func (o *connOutput) End(reply bool) {
+	dst := o.server
+	if reply {
+		dst = o.client
+	}
+	_ = dst.(*net.TCPConn).CloseWrite() // an error shows up on the same socket
+}
+
 func (o *connOutput) Close(string) {
 	o.once.Do(func() {
 		close(o.closed)

@@ -30,6 +30,23 @@ func (d *decoded) denyCode() int16 {
 	return errClusterAuthorization
 }
 
+// errorMessage is the default message of an authorization error
+// (org.apache.kafka.common.protocol.Errors), as brokers send it where a
+// response carries one.
+func errorMessage(code int16) string {
+	switch code {
+	case errTopicAuthorization:
+		return "Topic authorization failed."
+	case errGroupAuthorization:
+		return "Group authorization failed."
+	case errClusterAuthorization:
+		return "Cluster authorization failed."
+	case errTransactionalAuthorization:
+		return "Transactional Id authorization failed."
+	}
+	return ""
+}
+
 // writer appends a Kafka message.
 type writer struct{ b []byte }
 
@@ -195,11 +212,30 @@ func (r *responder) errorCode(lv level) int16 {
 	return 0
 }
 
+// invalidOnError lists the fields a broker sets to -1 (Kafka's "invalid"
+// offset, node, port or epoch) in a struct it answers with an error,
+// where the schema's default is 0: ProduceResponse BaseOffset,
+// FetchResponse HighWatermark, OffsetFetchResponse CommittedOffset,
+// FindCoordinatorResponse NodeId and Port, InitProducerIdResponse
+// ProducerEpoch (checked against a Kafka 4.3 broker's answers by
+// conformance/kafka TestDenyResponsesMatchBroker).
+func invalidOnError(name string) bool {
+	switch name {
+	case "BaseOffset", "HighWatermark", "CommittedOffset", "NodeId", "Port", "ProducerEpoch":
+		return true
+	}
+	return false
+}
+
 func (r *responder) fields(fs []field, lv level) {
 	w := &r.w
 	for i := range fs {
 		f := &fs[i]
 		if !f.ver.has(r.v) || (r.flex && f.tagged.has(r.v)) {
+			continue
+		}
+		if f.typ.fixedSize() > 1 && f.typ.fixedSize() <= 8 && invalidOnError(f.name) && r.errorCode(lv) != 0 {
+			w.fixed(f.typ, -1)
 			continue
 		}
 		switch f.typ {
@@ -238,8 +274,12 @@ func (r *responder) fields(fs []field, lv level) {
 				}
 			case lv.kind == lvGroup && (f.entity == eGroup || f.name == "Key"):
 				s, null = r.d.groups[lv.group].id, false
-			case f.name == "ErrorMessage" && r.errorCode(lv) != 0 && f.null.has(r.v):
-				s, null = "denied by ward policy", false
+			case r.d.APIKey == keyJoinGroup && f.name == "ProtocolName" && f.null.has(r.v):
+				null = true // the broker's JoinGroup error response (KafkaApis)
+			case r.d.APIKey == keyFindCoordinator && lv.kind == lvTop && f.name == "ErrorMessage" && r.errorCode(lv) != 0:
+				// FindCoordinator v1-3 carries the error's message
+				// (Errors.message()); v4+ coordinators carry none.
+				s, null = errorMessage(r.errorCode(lv)), false
 			}
 			if null {
 				w.length(r.flex, true, -1)
@@ -247,7 +287,12 @@ func (r *responder) fields(fs []field, lv level) {
 				w.length(r.flex, true, len(s))
 				w.b = append(w.b, s...)
 			}
-		case tBytes, tRecords:
+		case tRecords:
+			// A broker answers a partition it refuses with an empty record
+			// set (MemoryRecords.EMPTY), never a null one: clients before
+			// nullable records (sarama before Fetch v12) cannot read null.
+			w.length(r.flex, false, 0)
+		case tBytes:
 			if f.null.has(r.v) {
 				w.length(r.flex, false, -1)
 			} else {

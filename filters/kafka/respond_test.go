@@ -255,3 +255,36 @@ func TestConfigResourcesAreTopics(t *testing.T) {
 		t.Fatalf("CreateAcls on a topic: AllTopics = %v, %v; want true", d.AllTopics, err)
 	}
 }
+
+// TestDenyFetchLikeBroker checks the Fetch deny of every version before
+// flexible encoding ends with an empty record set (length 0, not null:
+// sarama before v12 cannot read a null one) and reports the broker's
+// invalid high watermark (-1), as a Kafka 4.3 broker answers
+// (conformance/kafka TestDenyResponsesMatchBroker compares every byte).
+func TestDenyFetchLikeBroker(t *testing.T) {
+	for v := int16(4); v <= 11; v++ {
+		var dc decoder
+		r := kmsg.NewPtrFetchRequest()
+		r.SetVersion(v)
+		tp := kmsg.NewFetchRequestTopic()
+		tp.Topic = "t"
+		tp.Partitions = append(tp.Partitions, kmsg.NewFetchRequestTopicPartition())
+		r.Topics = append(r.Topics, tp)
+		d, err := dc.decodeRequest(frame(r, 3, "c"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := denyResponse(d, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// One topic, one partition: the records length is the last field.
+		if n := int32(binary.BigEndian.Uint32(resp[len(resp)-4:])); n != 0 {
+			t.Errorf("v%d: records length %d; want 0 (empty)", v, n)
+		}
+		fr := parseDeny(t, d, resp).(*kmsg.FetchResponse)
+		if p := fr.Topics[0].Partitions[0]; p.ErrorCode != errTopicAuthorization || p.HighWatermark != -1 {
+			t.Errorf("v%d: partition error %d, high watermark %d; want 29, -1", v, p.ErrorCode, p.HighWatermark)
+		}
+	}
+}
