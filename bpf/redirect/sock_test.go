@@ -10,7 +10,9 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -23,6 +25,10 @@ import (
 func TestMain(m *testing.M) {
 	if os.Getenv("WARD_TEST_SOCKPROXY") == "1" {
 		sockProxy()
+		return
+	}
+	if spec := os.Getenv("WARD_TEST_DIAL"); spec != "" {
+		dialOnce(spec)
 		return
 	}
 	if dir := os.Getenv("WARD_TEST_LOAD_PINDIR"); dir != "" {
@@ -81,6 +87,32 @@ func sockProxy() {
 			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
 		}()
 	}
+}
+
+// dialOnce is the child process of TestSocketLevelIPv6AndChildCgroups:
+// it connects an AF_INET ("tcp4") or AF_INET6 ("tcp6", IPv4-mapped
+// addresses included) socket to the address and prints "ok" or the error.
+func dialOnce(spec string) {
+	network, addr, _ := strings.Cut(spec, " ")
+	ap := netip.MustParseAddrPort(addr)
+	fam := unix.AF_INET6
+	var sa unix.Sockaddr = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+	if network == "tcp4" {
+		fam = unix.AF_INET
+		sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().Unmap().As4()}
+	}
+	fd, err := unix.Socket(fam, unix.SOCK_STREAM, 0)
+	if err == nil {
+		tv := unix.Timeval{Sec: 5}
+		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
+		err = unix.Connect(fd, sa)
+		unix.Close(fd)
+	}
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println("ok")
 }
 
 // TestSocketLevel: a host-network workload (its own cgroup) is redirected
@@ -195,6 +227,11 @@ func testSocketLevel(t *testing.T, shortcut bool) {
 			t.Fatalf("curl %d from the workload cgroup = %q, %v; want %q", i, got, err, want)
 		}
 	}
+	// A dual-stack socket to the IPv4-mapped address is redirected the
+	// same way (connect6, sock_ops of a mapped socket).
+	if got, err := run("curl", "-gsS", "--max-time", "10", "http://[::ffff:"+ds.IP.String()+"]/"); err != nil || got != want {
+		t.Fatalf("curl to the v4-mapped address = %q, %v; want %q", got, err, want)
+	}
 	// A wardd restart keeps the cgroup hooks attached and working.
 	if err := e.dp.Close(); err != nil {
 		t.Fatal(err)
@@ -266,5 +303,146 @@ func TestLoadWithoutCapabilities(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "needs CAP_BPF") {
 		t.Errorf("error %q does not name the missing capability", out)
+	}
+}
+
+// TestSocketLevelIPv6AndChildCgroups: in socket-level mode IPv6 sockets
+// are checked (IPv4-mapped destinations as IPv4), and so are processes in
+// child cgroups of the registered cgroup (issue 12, item 5). Real
+// connect() calls from real cgroups.
+func TestSocketLevelIPv6AndChildCgroups(t *testing.T) {
+	testenv.RequireRoot(t)
+	if netns.CgroupRoot() == "" {
+		t.Skip("no cgroup v2 hierarchy mounted")
+	}
+	e := newEnv(t, redirect.Config{}, map[string]uint32{"deathstar": idDeathstar})
+	ds := e.pods["deathstar"]
+	if err := e.dp.IPCache().Upsert(netip.PrefixFrom(ds.IP, 32), idDeathstar); err != nil {
+		t.Fatal(err)
+	}
+	for _, port := range []string{"80", "8080"} {
+		ln, err := ds.Listen("tcp4", ":"+port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
+	}
+	wl, err := e.topo.AddCgroup("workload6")
+	if err != nil {
+		t.Fatal(err)
+	}
+	child := filepath.Join(wl.Path, "child", "grandchild")
+	if err := os.MkdirAll(child, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		os.Remove(child)
+		os.Remove(filepath.Dir(child))
+	})
+	const wlID = 200
+	if err := e.dp.SetPolicy(wlID, []redirect.PolicyEntry{
+		{PolicyKey: redirect.PolicyKey{Direction: redirect.Egress, Identity: idDeathstar, Port: 80, Proto: redirect.ProtoTCP}, Verdict: redirect.Allow},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.dp.AddCgroupEndpoint(redirect.CgroupEndpoint{ID: wlID, CgroupPath: wl.Path, Identity: 2001, EnforceEgress: true}); err != nil {
+		t.Fatal(err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := ctx(t)
+	dial := func(cgroup, network, addr string) string {
+		t.Helper()
+		dir, err := os.Open(cgroup)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dir.Close()
+		cmd := exec.CommandContext(c, self)
+		cmd.Env = append(os.Environ(), "WARD_TEST_DIAL="+network+" "+addr)
+		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(dir.Fd())}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("dial child: %v: %s", err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	allowed := netip.AddrPortFrom(ds.IP, 80).String()
+	denied := netip.AddrPortFrom(ds.IP, 8080).String()
+	mapped := func(port uint16) string {
+		return netip.AddrPortFrom(netip.AddrFrom16(ds.IP.As16()), port).String()
+	}
+	for _, tc := range []struct {
+		name, cgroup, network, addr string
+		ok                          bool
+	}{
+		{"ipv4 allowed", wl.Path, "tcp4", allowed, true},
+		{"ipv4 denied", wl.Path, "tcp4", denied, false},
+		{"v4-mapped allowed", wl.Path, "tcp6", mapped(80), true},
+		{"v4-mapped denied", wl.Path, "tcp6", mapped(8080), false},
+		{"native ipv6 denied", wl.Path, "tcp6", "[fd00:dead::1]:80", false},
+		{"child cgroup allowed", filepath.Dir(child), "tcp4", allowed, true},
+		{"child cgroup denied", filepath.Dir(child), "tcp4", denied, false},
+		{"grandchild v4-mapped denied", child, "tcp6", mapped(8080), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := dial(tc.cgroup, tc.network, tc.addr)
+			if tc.ok && got != "ok" {
+				t.Errorf("dial %s %s = %q; want ok", tc.network, tc.addr, got)
+			}
+			if !tc.ok && !strings.Contains(got, "operation not permitted") {
+				t.Errorf("dial %s %s = %q; want EPERM from policy", tc.network, tc.addr, got)
+			}
+		})
+	}
+	// A registered cgroup deeper than the ancestor search reaches (level
+	// 16) with no registered ancestor: its own tasks are found, its
+	// descendants' are not, and those are denied rather than allowed.
+	deeproot, err := e.topo.AddCgroup("deep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deep := deeproot.Path + strings.Repeat("/d", 17)
+	if err := os.MkdirAll(deep+"/child", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for p := deep + "/child"; p != deeproot.Path; p = filepath.Dir(p) {
+			os.Remove(p)
+		}
+	})
+	if err := e.dp.SetPolicy(wlID+1, []redirect.PolicyEntry{
+		{PolicyKey: redirect.PolicyKey{Direction: redirect.Egress, Identity: idDeathstar, Port: 80, Proto: redirect.ProtoTCP}, Verdict: redirect.Allow},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.dp.AddCgroupEndpoint(redirect.CgroupEndpoint{ID: wlID + 1, CgroupPath: deep, Identity: 2002, EnforceEgress: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got := dial(deep, "tcp4", allowed); got != "ok" {
+		t.Errorf("dial from the deep registered cgroup = %q; want ok", got)
+	}
+	before := count(t, e.dp, redirect.ReasonNoCgroupEndpoint)
+	if got := dial(deep+"/child", "tcp4", allowed); !strings.Contains(got, "operation not permitted") {
+		t.Errorf("dial from below the deep cgroup = %q; want EPERM (no endpoint found)", got)
+	}
+	if n := count(t, e.dp, redirect.ReasonNoCgroupEndpoint); n != before+1 {
+		t.Errorf("no-cgroup-endpoint counter %d -> %d; want +1", before, n)
+	}
+
+	// Outside the registered cgroup nothing is checked.
+	if got := dial(netns.CgroupRoot(), "tcp4", denied); got != "ok" {
+		t.Errorf("dial from the root cgroup = %q; want ok (not a workload)", got)
 	}
 }

@@ -25,12 +25,12 @@ import (
 // (recvmsg4/6, getpeername4/6). Ingress policy is not enforced in this mode.
 //
 // Which sockets are subject: every task in a registered cgroup
-// (AddCgroupEndpoint) or in any cgroup below it. Such a task is governed
-// by the nearest registered cgroup at or above its own (searched up to
-// cgroup level 16, the root being 0); a task below a registered cgroup
-// with no registered cgroup found (deeper than level 16, or its entry
-// removed while a hook is still attached) is denied (EPERM, counted
-// ReasonNoCgroupEndpoint). IPv6 sockets are checked like IPv4 ones; a
+// (AddCgroupEndpoint) or in any cgroup below it (the hooks are attached to
+// the registered cgroup and run for its whole subtree). Such a task is
+// governed by its own cgroup's entry, else by the nearest registered
+// ancestor at cgroup level 16 or above (the root is level 0). A task in
+// the subtree for which neither is found (its registered ancestor is
+// deeper than level 16) is denied: EPERM, counted ReasonNoCgroupEndpoint. IPv6 sockets are checked like IPv4 ones; a
 // destination ::ffff:a.b.c.d (IPv4-mapped) is decided, and redirected,
 // as the IPv4 address a.b.c.d; a redirect of a native IPv6 destination is
 // denied (ReasonRedirectUnsupported: the proxy's original-destination
