@@ -184,7 +184,7 @@ func TestExtractIPs(t *testing.T) {
 
 func TestCacheCapsAndTTL(t *testing.T) {
 	now := time.Unix(1000, 0)
-	c := NewCache(5*time.Second, 3, 2)
+	c := NewCache(Config{MinTTL: 5 * time.Second, MaxIPsPerName: 3, MaxZombies: 2})
 	ip := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}) }
 	for i := 1; i <= 5; i++ {
 		c.Update(1, "s3.test.", []netip.Addr{ip(i)}, time.Second, now.Add(time.Duration(i)*time.Second))
@@ -269,7 +269,7 @@ func FuzzCheckAnswer(f *testing.F) {
 			return
 		}
 		ips, _ := extractIPs(m, q.Name)
-		c := NewCache(0, 0, 0)
+		c := NewCache(Config{})
 		c.Update(1, q.Name, ips, time.Minute, time.Now())
 		for _, ip := range ips {
 			if !ip.IsValid() {

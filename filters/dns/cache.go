@@ -1,6 +1,7 @@
 package dns
 
 import (
+	"container/list"
 	"net/netip"
 	"slices"
 	"sort"
@@ -14,15 +15,27 @@ import (
 // endpoint still uses it; zombies are capped. The cache also keeps the
 // global IP → names index the toFQDNs identities are computed from.
 //
+// The cache is bounded: IPs per name and endpoint (the oldest by last
+// lookup become zombies), names with live IPs per endpoint and on the node
+// (the least recently looked-up name is evicted: its IPs become zombies),
+// TTLs between MinTTL and MaxTTL, and zombies (MaxZombies, enforced at each
+// collection). Evictions are counted in Stats.
+//
 // Cache is safe for concurrent use; its lock is never held across calls out
 // of the package.
 type Cache struct {
 	minTTL        time.Duration
+	maxTTL        time.Duration
 	maxIPsPerName int
 	maxZombies    int
+	maxNamesPerEP int
+	maxNames      int
+	stats         *Stats // eviction counters
 
 	mu      sync.Mutex
 	eps     map[uint64]map[string]*nameEntry
+	lru     *list.List                    // names with live IPs, most recently looked up first
+	epLRU   map[uint64]*list.List         // the same per endpoint
 	ipNames map[netip.Addr]map[string]int // holders of (name, ip) over endpoints
 	zombies int
 	dirty   bool
@@ -34,9 +47,12 @@ type Cache struct {
 // oldest in amortised constant time: items are checked lazily against the
 // entry's current sequence number and dropped when stale.
 type nameEntry struct {
+	ep         uint64
+	name       string
 	ips        map[netip.Addr]*entry
 	live, dead []qitem
 	nLive      int
+	gel, eel   *list.Element // in Cache.lru and Cache.epLRU[ep] while nLive > 0
 }
 
 type qitem struct {
@@ -87,9 +103,91 @@ func (c *Cache) nextSeq() uint64 {
 func (c *Cache) kill(n *nameEntry, ip netip.Addr, e *entry, now time.Time) {
 	e.zombie, e.died, e.seq = true, now, c.nextSeq()
 	n.nLive--
+	if n.nLive == 0 {
+		c.unlink(n)
+	}
 	c.zombies++
 	c.dirty = true
 	n.push(&n.dead, qitem{ip, e.seq}, true)
+}
+
+// touch moves n (which has live IPs) to the front of the name LRUs.
+func (c *Cache) touch(n *nameEntry) {
+	if n.gel != nil {
+		c.lru.MoveToFront(n.gel)
+		c.epLRU[n.ep].MoveToFront(n.eel)
+		return
+	}
+	n.gel = c.lru.PushFront(n)
+	l := c.epLRU[n.ep]
+	if l == nil {
+		l = list.New()
+		c.epLRU[n.ep] = l
+	}
+	n.eel = l.PushFront(n)
+}
+
+// unlink takes n (no live IP left, or deleted) out of the name LRUs.
+func (c *Cache) unlink(n *nameEntry) {
+	if n.gel == nil {
+		return
+	}
+	c.lru.Remove(n.gel)
+	l := c.epLRU[n.ep]
+	l.Remove(n.eel)
+	if l.Len() == 0 {
+		delete(c.epLRU, n.ep)
+	}
+	n.gel, n.eel = nil, nil
+}
+
+// capNames evicts the least recently looked-up names beyond the
+// per-endpoint and node caps (never keep, the name just looked up): their
+// live IPs become zombies, so connections using them survive until the
+// collection finds them unused. The global name set does not change.
+func (c *Cache) capNames(ep uint64, keep *nameEntry, now time.Time) {
+	evict := func(l *list.List, limit int) {
+		for l != nil && l.Len() > limit {
+			n := l.Back().Value.(*nameEntry)
+			if n == keep {
+				return
+			}
+			for ip, e := range n.ips {
+				if !e.zombie {
+					c.kill(n, ip, e, now) // the last kill unlinks n
+				}
+			}
+			c.stats.NameEvictions.Add(1)
+		}
+	}
+	evict(c.epLRU[ep], c.maxNamesPerEP)
+	evict(c.lru, c.maxNames)
+}
+
+// capIPs applies the per-name cap to endpoint ep's name n: the oldest live
+// IPs (by last lookup) become zombies, and the oldest zombies beyond the
+// cap go. It returns the IPs whose global name set changed.
+func (c *Cache) capIPs(ep uint64, name string, n *nameEntry, now time.Time) []netip.Addr {
+	var changed []netip.Addr
+	for n.nLive > c.maxIPsPerName {
+		ip, ok := n.popOldest(&n.live, false)
+		if !ok {
+			break
+		}
+		c.kill(n, ip, n.ips[ip], now)
+		c.stats.IPEvictions.Add(1)
+	}
+	for len(n.ips)-n.nLive > c.maxIPsPerName {
+		ip, ok := n.popOldest(&n.dead, true)
+		if !ok {
+			break
+		}
+		if c.remove(ep, name, ip) {
+			changed = append(changed, ip)
+		}
+		c.stats.ZombieEvictions.Add(1)
+	}
+	return changed
 }
 
 // CacheEntry is one endpoint's view of one name and IP, as listed by
@@ -109,23 +207,28 @@ type ZombieRef struct {
 	IP       netip.Addr
 }
 
-// NewCache returns an empty cache. minTTL raises short TTLs; maxIPsPerName
-// and maxZombies are the caps (0 means the package default).
-func NewCache(minTTL time.Duration, maxIPsPerName, maxZombies int) *Cache {
-	if maxIPsPerName <= 0 {
-		maxIPsPerName = DefaultMaxIPsPerName
-	}
-	if maxZombies <= 0 {
-		maxZombies = DefaultMaxZombies
-	}
+// NewCache returns an empty cache with cfg's TTL bounds and caps (MinTTL,
+// MaxTTL, MaxIPsPerName, MaxZombies, MaxNamesPerEndpoint, MaxNames; zero
+// means the default). Its eviction counters are in Stats.
+func NewCache(cfg Config) *Cache {
+	cfg = cfg.withDefaults()
 	return &Cache{
-		minTTL:        minTTL,
-		maxIPsPerName: maxIPsPerName,
-		maxZombies:    maxZombies,
+		minTTL:        cfg.MinTTL,
+		maxTTL:        max(cfg.MaxTTL, cfg.MinTTL),
+		maxIPsPerName: max(cfg.MaxIPsPerName, 1),
+		maxZombies:    max(cfg.MaxZombies, 0),
+		maxNamesPerEP: max(cfg.MaxNamesPerEndpoint, 1),
+		maxNames:      max(cfg.MaxNames, 1),
+		stats:         new(Stats),
 		eps:           make(map[uint64]map[string]*nameEntry),
+		lru:           list.New(),
+		epLRU:         make(map[uint64]*list.List),
 		ipNames:       make(map[netip.Addr]map[string]int),
 	}
 }
+
+// Stats returns the cache's counters (the proxy's, for a proxy's cache).
+func (c *Cache) Stats() *Stats { return c.stats }
 
 // nameEntry returns (creating) endpoint ep's entry for name.
 func (c *Cache) nameEntry(ep uint64, name string) *nameEntry {
@@ -136,24 +239,22 @@ func (c *Cache) nameEntry(ep uint64, name string) *nameEntry {
 	}
 	n := names[name]
 	if n == nil {
-		n = &nameEntry{ips: make(map[netip.Addr]*entry)}
+		n = &nameEntry{ep: ep, name: name, ips: make(map[netip.Addr]*entry)}
 		names[name] = n
 	}
 	return n
 }
 
-// Update records that endpoint ep resolved name to ips with ttl at now. It
-// returns the IPs whose global name set changed (new name-IP pairs, and
-// pairs dropped by the per-name cap), the only ones whose identity may
-// change.
+// Update records that endpoint ep resolved name to ips with ttl (held
+// between MinTTL and MaxTTL) at now. It returns the IPs whose global name
+// set changed (new name-IP pairs, and pairs dropped by the per-name cap),
+// the only ones whose identity may change.
 func (c *Cache) Update(ep uint64, name string, ips []netip.Addr, ttl time.Duration, now time.Time) []netip.Addr {
 	if len(ips) == 0 {
 		return nil
 	}
 	name = lowerName(name)
-	if ttl < c.minTTL {
-		ttl = c.minTTL
-	}
+	ttl = c.clampTTL(ttl)
 	expires := now.Add(ttl)
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -178,25 +279,15 @@ func (c *Cache) Update(ep uint64, name string, ips []netip.Addr, ttl time.Durati
 		e.expires, e.seen, e.seq = expires, now, c.nextSeq()
 		n.push(&n.live, qitem{ip, e.seq}, false)
 	}
-	// The per-name cap: the oldest live IPs (by last lookup) become
-	// zombies, and the oldest zombies beyond the cap go.
-	for n.nLive > c.maxIPsPerName {
-		ip, ok := n.popOldest(&n.live, false)
-		if !ok {
-			break
-		}
-		c.kill(n, ip, n.ips[ip], now)
-	}
-	for len(n.ips)-n.nLive > c.maxIPsPerName {
-		ip, ok := n.popOldest(&n.dead, true)
-		if !ok {
-			break
-		}
-		if c.remove(ep, name, ip) {
-			changed = append(changed, ip)
-		}
-	}
+	c.touch(n)
+	changed = append(changed, c.capIPs(ep, name, n, now)...)
+	c.capNames(ep, n, now)
 	return changed
+}
+
+// clampTTL holds ttl between MinTTL and MaxTTL.
+func (c *Cache) clampTTL(ttl time.Duration) time.Duration {
+	return min(max(ttl, c.minTTL), c.maxTTL)
 }
 
 // hold adds a holder of (name, ip) and reports whether the pair is new.
@@ -223,8 +314,8 @@ func (c *Cache) remove(ep uint64, name string, ip netip.Addr) bool {
 	}
 	if e.zombie {
 		c.zombies--
-	} else {
-		n.nLive--
+	} else if n.nLive--; n.nLive == 0 {
+		c.unlink(n)
 	}
 	delete(n.ips, ip)
 	if len(n.ips) == 0 {
@@ -304,6 +395,7 @@ func (c *Cache) Reap(alive map[ZombieRef]bool) []netip.Addr {
 				changed[k.ip] = true
 			}
 		}
+		c.stats.ZombieEvictions.Add(uint64(n))
 	}
 	out := make([]netip.Addr, 0, len(changed))
 	for ip := range changed {
@@ -385,10 +477,11 @@ func (c *Cache) Entries() []CacheEntry {
 	return out
 }
 
-// Restore adds persisted entries. Entries keep their expiry; those that
-// expired while the proxy was down come back as zombies, so they survive
-// until a connection check has seen them (connections established before
-// the restart keep working).
+// Restore adds persisted entries. Entries keep their expiry (cut to
+// MaxTTL from now); those that expired while the proxy was down come back
+// as zombies, so they survive until a connection check has seen them
+// (connections established before the restart keep working). The caps
+// hold for restored entries too, whatever the file holds.
 func (c *Cache) Restore(entries []CacheEntry, now time.Time) {
 	// Oldest lookups first, so the per-name order survives the restart.
 	entries = slices.Clone(entries)
@@ -404,14 +497,21 @@ func (c *Cache) Restore(entries []CacheEntry, now time.Time) {
 		if _, ok := n.ips[ip]; ok {
 			continue
 		}
-		e := &entry{expires: ce.Expires, seen: ce.Seen, seq: c.nextSeq()}
+		expires := ce.Expires
+		if limit := now.Add(c.maxTTL); expires.After(limit) {
+			expires = limit
+		}
+		e := &entry{expires: expires, seen: ce.Seen, seq: c.nextSeq()}
 		n.ips[ip] = e
 		n.nLive++
 		n.push(&n.live, qitem{ip, e.seq}, false)
+		c.touch(n)
 		if ce.Zombie || !ce.Expires.After(now) {
 			c.kill(n, ip, e, now)
 		}
 		c.hold(name, ip)
+		c.capIPs(ce.Endpoint, name, n, now)
+		c.capNames(ce.Endpoint, n, now)
 	}
 }
 

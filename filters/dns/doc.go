@@ -13,5 +13,13 @@
 //   - an answer that does not parse, does not match its question or comes
 //     from another address than the one the query went to is never cached
 //     and never forwarded to the client as is (SERVFAIL instead);
+//   - the FQDN cache is bounded (IPs per name, names per endpoint and per
+//     node, TTLs between Config.MinTTL and Config.MaxTTL, zombies), and so
+//     is the state file; evictions turn IPs into zombies, kept while a
+//     connection uses them, and are counted; an answer released to the
+//     client carries no TTL above Config.MaxTTL;
+//   - the proxy writes the ipcache only through its IPCache, which in
+//     wardd is the FQDN owner of agent/ipcache: it never changes an entry
+//     an endpoint or a CIDR rule owns;
 //   - nothing here panics on input.
 package dns

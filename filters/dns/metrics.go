@@ -16,6 +16,12 @@ type Stats struct {
 	UpdateTimeouts atomic.Uint64 // answers released before their ipcache/policy update finished
 	IPCacheUpserts atomic.Uint64 // ipcache entries written
 	IPCacheErrors  atomic.Uint64 // ipcache, allocator or policy update failures
+	TTLCapped      atomic.Uint64 // answers whose TTLs were cut to MaxTTL
+
+	// The FQDN cache's evictions (Config's caps).
+	NameEvictions   atomic.Uint64 // names evicted by MaxNamesPerEndpoint or MaxNames (their IPs became zombies)
+	IPEvictions     atomic.Uint64 // IPs made zombies by MaxIPsPerName
+	ZombieEvictions atomic.Uint64 // zombies dropped by MaxZombies or MaxIPsPerName while connections may use them
 
 	// UpdateWait is the distribution of the time answers waited for their
 	// ipcache and policy updates.

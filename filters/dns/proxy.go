@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/netip"
 	"slices"
@@ -84,7 +85,7 @@ func New(cfg Config, deps Deps) (*Proxy, error) {
 		deps:  deps,
 		log:   deps.Logger,
 		flows: deps.Flows,
-		cache: NewCache(cfg.MinTTL, cfg.MaxIPsPerName, cfg.MaxZombies),
+		cache: NewCache(cfg),
 		sem:   make(chan struct{}, cfg.MaxInFlight),
 		conns: make(map[net.Conn]struct{}),
 	}
@@ -94,6 +95,7 @@ func New(cfg Config, deps Deps) (*Proxy, error) {
 	if p.flows == nil {
 		p.flows = flow.Discard
 	}
+	p.cache.stats = &p.stats
 	p.bufs.New = func() any { b := make([]byte, 65535); return &b }
 	p.upd = newUpdater(p.cache, deps.IPCache, deps.Identities, deps.Policy, deps.Conns, p.log, &p.stats)
 	// When both listeners share an address with port 0, TCP takes the
@@ -505,9 +507,41 @@ func (p *Proxy) handle(ctx context.Context, pkt []byte, from, dst netip.AddrPort
 			p.learn(ctx, ep, qq.Name, ips, ttl)
 		}
 	}
+	// The client must not cache the answer longer than the cache keeps
+	// its IPs: TTLs above MaxTTL are cut in the answer too.
+	if maxTTL := uint32(min(p.cfg.MaxTTL/time.Second, math.MaxUint32)); capTTLs(r, maxTTL) {
+		r.Compress = true
+		out, err := r.Pack()
+		if err != nil {
+			p.stats.UpstreamErrors.Add(1)
+			rec.Verdict, rec.Reason, rec.DNS.RCode = flow.Error, "repack answer: "+err.Error(), "SERVFAIL"
+			p.flows.Emit(rec)
+			return p.reply(&q, mdns.RcodeServerFailure)
+		}
+		resp = out
+		p.stats.TTLCapped.Add(1)
+		rec.DNS.TTL = min(rec.DNS.TTL, maxTTL)
+	}
 	binary.BigEndian.PutUint16(resp, q.Id) // the client's ID back
 	p.flows.Emit(rec)
 	return resp
+}
+
+// capTTLs cuts the TTLs of r's records to limit and reports whether any
+// was above it. The OPT pseudo-record's TTL field holds EDNS flags, not a
+// TTL (RFC 6891), and is left alone.
+func capTTLs(r *mdns.Msg, limit uint32) bool {
+	capped := false
+	for _, sec := range [][]mdns.RR{r.Answer, r.Ns, r.Extra} {
+		for _, rr := range sec {
+			h := rr.Header()
+			if h.Rrtype != mdns.TypeOPT && h.Ttl > limit {
+				h.Ttl = limit
+				capped = true
+			}
+		}
+	}
+	return capped
 }
 
 // isSelf reports whether dst is one of the proxy's listening ports.
