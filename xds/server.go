@@ -62,8 +62,8 @@ type Server struct {
 	cfg      Config
 	log      *slog.Logger
 	snap     cache.SnapshotCache
-	policies *cache.LinearCache
-	hosts    *cache.LinearCache
+	policies *resyncCache
+	hosts    *resyncCache
 	mux      *cache.MuxCache
 
 	mu      sync.Mutex
@@ -73,10 +73,9 @@ type Server struct {
 	version atomic.Uint64
 	lis     net.Listener
 	grpcSrv *grpc.Server
-	nonces  map[string]string // delta response nonce -> version
-	genMu   sync.Mutex        // orders Set* calls with their versions; never taken with mu
-	polGen  uint64
-	hostGen uint64
+	sent    map[streamNonce]sentResponse // delta responses awaiting their ACK/NACK
+	proxy   map[string]*proxyState       // by type URL: what the policy client holds
+	resync  map[*discovery.DeltaDiscoveryRequest]uint64
 }
 
 // New returns a server; call Listen then Serve (or Run).
@@ -92,12 +91,15 @@ func New(cfg Config) (*Server, error) {
 		cfg:      cfg,
 		log:      lg,
 		snap:     cache.NewSnapshotCache(true, cache.IDHash{}, nil),
-		policies: cache.NewLinearCache(npds.NetworkPolicyType, cache.WithVersionPrefix("p")),
-		hosts:    cache.NewLinearCache(npds.NetworkPolicyHostsType, cache.WithVersionPrefix("h")),
+		policies: newResyncCache(npds.NetworkPolicyType, "p"),
+		hosts:    newResyncCache(npds.NetworkPolicyHostsType, "h"),
 		nacks:    map[string]NACK{},
 		acked:    map[string]string{},
-		nonces:   map[string]string{},
+		sent:     map[streamNonce]sentResponse{},
+		proxy:    map[string]*proxyState{npds.NetworkPolicyType: newProxyState(), npds.NetworkPolicyHostsType: newProxyState()},
+		resync:   map[*discovery.DeltaDiscoveryRequest]uint64{},
 	}
+	s.policies.pending, s.hosts.pending = s.takeResync, s.takeResync
 	s.mux = &cache.MuxCache{
 		Classify: func(r *cache.Request) string { return classify(r.GetTypeUrl()) },
 		ClassifyDelta: func(r *cache.DeltaRequest) string {
@@ -188,16 +190,11 @@ func (s *Server) Run(ctx context.Context) error {
 			return nil
 		},
 		DeltaStreamClosedFunc: func(int64, *core.Node) { s.streams.Add(-1) },
-		StreamDeltaResponseFunc: func(_ int64, _ *discovery.DeltaDiscoveryRequest, r *discovery.DeltaDiscoveryResponse) {
-			s.mu.Lock()
-			if len(s.nonces) > 4096 {
-				clear(s.nonces)
-			}
-			s.nonces[r.GetNonce()] = r.GetSystemVersionInfo()
-			s.mu.Unlock()
+		StreamDeltaResponseFunc: func(id int64, _ *discovery.DeltaDiscoveryRequest, r *discovery.DeltaDiscoveryResponse) {
+			s.sentDelta(id, r)
 		},
-		StreamDeltaRequestFunc: func(_ int64, r *discovery.DeltaDiscoveryRequest) error {
-			s.observeDelta(r)
+		StreamDeltaRequestFunc: func(id int64, r *discovery.DeltaDiscoveryRequest) error {
+			s.observeDelta(id, r)
 			return nil
 		},
 	}
@@ -238,21 +235,41 @@ func (s *Server) observe(r *discovery.DiscoveryRequest) {
 }
 
 // observeDelta records ACKs and NACKs of delta streams (the in-Envoy
-// policy client); the version comes from the nonce of the response.
-func (s *Server) observeDelta(r *discovery.DeltaDiscoveryRequest) {
+// policy client): the version comes from the response the nonce names, the
+// rejected resources from the NACK (see proxyState.observe).
+func (s *Server) observeDelta(stream int64, r *discovery.DeltaDiscoveryRequest) {
 	if r.GetResponseNonce() == "" {
 		return
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	v := s.nonces[r.GetResponseNonce()]
-	delete(s.nonces, r.GetResponseNonce())
+	k := streamNonce{stream, r.GetResponseNonce()}
+	sent, ok := s.sent[k]
+	delete(s.sent, k)
+	if ps := s.proxy[r.GetTypeUrl()]; ps != nil && ok {
+		rejected := rejectedResources(r.GetErrorDetail())
+		ps.observe(sent, rejected)
+		if len(rejected) > 0 {
+			s.resync[r] = sent.gen
+		}
+	}
 	if d := r.GetErrorDetail(); d != nil {
-		s.nacks[r.GetTypeUrl()] = NACK{TypeURL: r.GetTypeUrl(), Node: r.GetNode().GetId(), Version: v, Nonce: r.GetResponseNonce(), Message: d.GetMessage(), Time: time.Now()}
-		s.log.Warn("policy update rejected by proxy", "type", r.GetTypeUrl(), "version", v, "error", d.GetMessage())
+		s.nacks[r.GetTypeUrl()] = NACK{TypeURL: r.GetTypeUrl(), Node: r.GetNode().GetId(), Version: sent.version, Nonce: r.GetResponseNonce(), Message: d.GetMessage(), Time: time.Now()}
+		s.log.Warn("policy update rejected by proxy", "type", r.GetTypeUrl(), "version", sent.version, "error", d.GetMessage())
 		return
 	}
-	s.acked[r.GetTypeUrl()] = v
+	s.acked[r.GetTypeUrl()] = sent.version
+}
+
+// takeResync returns (and forgets) the generation of the response that r
+// NACKs with named resources; the delta server hands the same request to
+// the cache right after the request callback.
+func (s *Server) takeResync(r *discovery.DeltaDiscoveryRequest) (uint64, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	gen, ok := s.resync[r]
+	delete(s.resync, r)
+	return gen, ok
 }
 
 // LastNACK returns the last rejection of a type, if any.
@@ -263,7 +280,9 @@ func (s *Server) LastNACK(typeURL string) (NACK, bool) {
 	return n, ok
 }
 
-// Acked returns the last version a client acknowledged for a type.
+// Acked returns the last version a client acknowledged for a type. For the
+// policy types that is the last version the proxy applied whole: while a
+// resource stays rejected, later versions are NACKed (see Resources).
 func (s *Server) Acked(typeURL string) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -302,27 +321,16 @@ func (s *Server) SetEnvoyResources(ctx context.Context, node string, r EnvoyReso
 }
 
 // SetPolicies replaces the whole set of endpoint policies and returns the
-// new version (what Acked reports once the proxy applied it).
+// new version (what Acked reports once the proxy applied it). Only the
+// resources that differ from the previous set are sent to the proxy; a set
+// equal to the previous one changes nothing and returns the current
+// version.
 func (s *Server) SetPolicies(ps []*npds.NetworkPolicy) string {
-	return setAll(s, s.policies, &s.polGen, "p", ps)
+	return setAll(s, s.policies, ps)
 }
 
-// SetHosts replaces the identity table and returns the new version.
+// SetHosts replaces the identity table and returns the new version, as
+// SetPolicies.
 func (s *Server) SetHosts(hs []*npds.NetworkPolicyHosts) string {
-	return setAll(s, s.hosts, &s.hostGen, "h", hs)
-}
-
-// setAll replaces a LinearCache's resources. LinearCache bumps its version
-// (prefix + counter) by one per SetResources and does not expose it, so gen
-// mirrors it under genMu to name the version the proxy will ack.
-func setAll[T types.ResourceWithName](s *Server, c *cache.LinearCache, gen *uint64, prefix string, rs []T) string {
-	m := make(map[string]types.Resource, len(rs))
-	for _, r := range rs {
-		m[r.GetName()] = r
-	}
-	s.genMu.Lock()
-	defer s.genMu.Unlock()
-	c.SetResources(m)
-	*gen++
-	return prefix + strconv.FormatUint(*gen, 10)
+	return setAll(s, s.hosts, hs)
 }

@@ -6,17 +6,22 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"runtime/debug"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/wardproxy/ward/proxylib"
 	"github.com/wardproxy/ward/xds/npds"
@@ -37,10 +42,15 @@ type Client struct {
 	cfg   Config
 	state atomic.Pointer[State]
 
-	mu       sync.Mutex // guards the fields below; never held across I/O
-	policies map[string]*npds.NetworkPolicy
-	hosts    map[string]*npds.NetworkPolicyHosts
-	updates  chan struct{} // closed and replaced on every publish
+	mu      sync.Mutex    // guards updates; never held across I/O
+	updates chan struct{} // closed and replaced on every publish
+
+	// applyMu serializes appliers (the stream, Apply) and guards the
+	// fields below; never held across I/O.
+	applyMu  sync.Mutex
+	held     map[string]map[string]string // type URL -> resource -> version in force
+	rejected map[string]map[string]string // type URL -> resource -> why its last version was rejected
+	hostsRes map[string]*hostsRes         // the compiled hosts resources in force
 }
 
 // New returns a client; Run starts it.
@@ -53,11 +63,12 @@ func New(cfg Config) *Client {
 	}
 	c := &Client{
 		cfg:      cfg,
-		policies: map[string]*npds.NetworkPolicy{},
-		hosts:    map[string]*npds.NetworkPolicyHosts{},
 		updates:  make(chan struct{}),
+		held:     map[string]map[string]string{npds.NetworkPolicyType: {}, npds.NetworkPolicyHostsType: {}},
+		rejected: map[string]map[string]string{npds.NetworkPolicyType: {}, npds.NetworkPolicyHostsType: {}},
+		hostsRes: map[string]*hostsRes{},
 	}
-	c.state.Store(&State{byName: map[string]*Endpoint{}, byIP: nil})
+	c.state.Store(&State{byName: map[string]*Endpoint{}})
 	return c
 }
 
@@ -71,6 +82,15 @@ func (c *Client) Updated() <-chan struct{} {
 	return c.updates
 }
 
+// Rejected returns the resources of a type whose last version was
+// rejected, with the reason; each keeps its previous version (or is absent
+// if it never compiled).
+func (c *Client) Rejected(typeURL string) map[string]string {
+	c.applyMu.Lock()
+	defer c.applyMu.Unlock()
+	return maps.Clone(c.rejected[typeURL])
+}
+
 func (c *Client) logf(level proxylib.LogLevel, format string, args ...any) {
 	if c.cfg.Logger != nil {
 		c.cfg.Logger.Log(level, fmt.Sprintf(format, args...))
@@ -78,12 +98,13 @@ func (c *Client) logf(level proxylib.LogLevel, format string, args ...any) {
 }
 
 // Run keeps a stream to the agent until ctx is done, reconnecting with
-// backoff. It returns ctx's error.
+// backoff. It returns ctx's error. A panic inside a stream ends that
+// stream only: the last State stays in force and Run reconnects.
 func (c *Client) Run(ctx context.Context) error {
 	backoff := c.cfg.MinBackoff
 	for {
 		start := time.Now()
-		err := c.stream(ctx)
+		err := c.guardedStream(ctx)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -98,6 +119,17 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 		backoff = min(2*backoff, c.cfg.MaxBackoff)
 	}
+}
+
+// guardedStream is stream with a recover: this goroutine runs inside
+// Envoy, where an unrecovered panic kills the proxy.
+func (c *Client) guardedStream(ctx context.Context) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("panic in the policy stream: %v\n%s", p, debug.Stack())
+		}
+	}()
+	return c.stream(ctx)
 }
 
 func (c *Client) stream(ctx context.Context) error {
@@ -116,9 +148,10 @@ func (c *Client) stream(ctx context.Context) error {
 	}
 	node := &core.Node{Id: c.cfg.NodeID, Cluster: "ward-proxylib"}
 	for _, t := range []string{npds.NetworkPolicyType, npds.NetworkPolicyHostsType} {
-		// Wildcard subscription; on a reconnect, say what we hold so the
-		// server sends only what changed.
-		req := &discovery.DeltaDiscoveryRequest{Node: node, TypeUrl: t, InitialResourceVersions: c.held(t)}
+		// Wildcard subscription; say which versions we hold so a server
+		// (a restarted one too: versions are content hashes) sends only
+		// what differs.
+		req := &discovery.DeltaDiscoveryRequest{Node: node, TypeUrl: t, InitialResourceVersions: c.heldVersions(t)}
 		if err := st.Send(req); err != nil {
 			return fmt.Errorf("subscribe %s: %w", t, err)
 		}
@@ -133,90 +166,180 @@ func (c *Client) stream(ctx context.Context) error {
 		}
 		ack := &discovery.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()}
 		if err := c.apply(resp); err != nil {
-			c.logf(proxylib.LogError, "ward: rejected policy update %s (keeping the previous policy): %v", resp.GetSystemVersionInfo(), err)
-			ack.ErrorDetail = &statuspb.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
+			c.logf(proxylib.LogError, "ward: policy update %s: rejected (the rest applies; rejected resources keep their previous version): %v", resp.GetSystemVersionInfo(), err)
 		}
+		ack.ErrorDetail = c.errorDetail(resp.GetTypeUrl())
 		if err := st.Send(ack); err != nil {
 			return fmt.Errorf("ack: %w", err)
 		}
 	}
 }
 
-// held returns the versions of what the client holds of a type.
-func (c *Client) held(typeURL string) map[string]string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	out := map[string]string{}
-	switch typeURL {
-	case npds.NetworkPolicyType:
-		for n := range c.policies {
-			out[n] = ""
+// heldVersions returns the versions of what the client holds of a type.
+func (c *Client) heldVersions(typeURL string) map[string]string {
+	c.applyMu.Lock()
+	defer c.applyMu.Unlock()
+	return maps.Clone(c.held[typeURL])
+}
+
+// errorDetail is the NACK of a response of typeURL: nil when every
+// resource of the type is in force, otherwise every resource currently
+// rejected — not only those of the last response — each as a
+// google.rpc.BadRequest field violation (field: the resource name).
+func (c *Client) errorDetail(typeURL string) *statuspb.Status {
+	rej, known := c.Rejected(typeURL), c.knownType(typeURL)
+	if known && len(rej) == 0 {
+		return nil
+	}
+	if !known {
+		return &statuspb.Status{Code: int32(codes.InvalidArgument), Message: "unexpected type " + typeURL}
+	}
+	br := &errdetails.BadRequest{}
+	msgs := make([]string, 0, len(rej))
+	for _, n := range slices.Sorted(maps.Keys(rej)) {
+		br.FieldViolations = append(br.FieldViolations, &errdetails.BadRequest_FieldViolation{Field: n, Description: rej[n]})
+		msgs = append(msgs, rej[n])
+	}
+	st := &statuspb.Status{Code: int32(codes.InvalidArgument), Message: fmt.Sprintf("%d rejected: %s", len(rej), strings.Join(msgs, "; "))}
+	if d, err := anypb.New(br); err == nil {
+		st.Details = []*anypb.Any{d}
+	}
+	return st
+}
+
+func (c *Client) knownType(typeURL string) bool {
+	return typeURL == npds.NetworkPolicyType || typeURL == npds.NetworkPolicyHostsType
+}
+
+// update is one resource of a delta, decoded (or not).
+type update[T any] struct {
+	name, version string
+	msg           T
+	err           error // decoding failed
+}
+
+func decode[T proto.Message](resp *discovery.DeltaDiscoveryResponse, newT func() T) []update[T] {
+	out := make([]update[T], 0, len(resp.GetResources()))
+	for _, r := range resp.GetResources() {
+		m := newT()
+		u := update[T]{name: r.GetName(), version: r.GetVersion(), msg: m}
+		if err := r.GetResource().UnmarshalTo(m); err != nil {
+			u.err = fmt.Errorf("resource %s: decode: %w", r.GetName(), err)
 		}
-	case npds.NetworkPolicyHostsType:
-		for n := range c.hosts {
-			out[n] = ""
-		}
+		out = append(out, u)
 	}
 	return out
 }
 
-// apply decodes and compiles one delta response and publishes the new
-// State; on error nothing changes.
+// apply applies one delta response resource by resource and publishes the
+// new State. It returns the rejections of this response, joined.
 func (c *Client) apply(resp *discovery.DeltaDiscoveryResponse) error {
-	c.mu.Lock()
-	cur := c.state.Load()
-	policies, hosts := c.policies, c.hosts
-	c.mu.Unlock()
-	// Decode and compile outside the lock; only this goroutine writes.
-	s := *cur
 	switch resp.GetTypeUrl() {
 	case npds.NetworkPolicyType:
-		next, err := merge(policies, resp, func() *npds.NetworkPolicy { return &npds.NetworkPolicy{} })
-		if err != nil {
-			return err
-		}
-		if s.byName, s.byIP, err = compilePolicies(next, c.cfg.Compile); err != nil {
-			return err
-		}
-		s.PolicyVersion = resp.GetSystemVersionInfo()
-		c.publish(&s, func() { c.policies = next })
+		return c.applyPolicies(resp.GetSystemVersionInfo(), resp.GetRemovedResources(),
+			decode(resp, func() *npds.NetworkPolicy { return &npds.NetworkPolicy{} }))
 	case npds.NetworkPolicyHostsType:
-		next, err := merge(hosts, resp, func() *npds.NetworkPolicyHosts { return &npds.NetworkPolicyHosts{} })
+		return c.applyHosts(resp.GetSystemVersionInfo(), resp.GetRemovedResources(),
+			decode(resp, func() *npds.NetworkPolicyHosts { return &npds.NetworkPolicyHosts{} }))
+	}
+	return fmt.Errorf("unexpected type %s", resp.GetTypeUrl())
+}
+
+func (c *Client) applyPolicies(version string, removed []string, ups []update[*npds.NetworkPolicy]) error {
+	c.applyMu.Lock()
+	defer c.applyMu.Unlock()
+	rej := map[string]error{}
+	changes := make(map[string]*Endpoint, len(removed)+len(ups))
+	for _, n := range removed {
+		changes[n] = nil
+	}
+	versions := make(map[string]string, len(ups))
+	for _, u := range ups {
+		if u.err != nil {
+			rej[u.name] = u.err
+			continue
+		}
+		e, err := compileEndpoint(u.name, u.msg, c.cfg.Compile)
 		if err != nil {
-			return err
+			rej[u.name] = err
+			continue
 		}
-		if s.hostsExact, s.hostsPrefix, err = compileHosts(next); err != nil {
-			return err
-		}
-		s.HostsVersion = resp.GetSystemVersionInfo()
-		c.publish(&s, func() { c.hosts = next })
-	default:
-		return fmt.Errorf("unexpected type %s", resp.GetTypeUrl())
+		changes[u.name], versions[u.name] = e, u.version
 	}
-	return nil
+	cur := c.state.Load()
+	s := *cur
+	s.byName, s.byIP = indexEndpoints(cur.byName, cur.byIP, changes, rej)
+	s.PolicyVersion = version
+	record(c, npds.NetworkPolicyType, changes, versions, rej)
+	c.publish(&s)
+	return joinRejections(rej)
 }
 
-// merge applies a delta response to the resources held: removals, then
-// added or updated resources decoded with newT.
-func merge[T proto.Message](held map[string]T, resp *discovery.DeltaDiscoveryResponse, newT func() T) (map[string]T, error) {
-	next := make(map[string]T, len(held)+len(resp.GetResources()))
-	maps.Copy(next, held)
-	for _, n := range resp.GetRemovedResources() {
-		delete(next, n)
+func (c *Client) applyHosts(version string, removed []string, ups []update[*npds.NetworkPolicyHosts]) error {
+	c.applyMu.Lock()
+	defer c.applyMu.Unlock()
+	rej := map[string]error{}
+	changes := make(map[string]*hostsRes, len(removed)+len(ups))
+	for _, n := range removed {
+		changes[n] = nil
 	}
-	for _, r := range resp.GetResources() {
-		m := newT()
-		if err := r.GetResource().UnmarshalTo(m); err != nil {
-			return nil, fmt.Errorf("resource %s: %w", r.GetName(), err)
+	versions := make(map[string]string, len(ups))
+	for _, u := range ups {
+		if u.err != nil {
+			rej[u.name] = u.err
+			continue
 		}
-		next[r.GetName()] = m
+		h, err := compileHostsRes(u.name, u.msg)
+		if err != nil {
+			rej[u.name] = err
+			continue
+		}
+		changes[u.name], versions[u.name] = h, u.version
 	}
-	return next, nil
+	cur := c.state.Load()
+	s := *cur
+	s.hosts = indexHosts(cur.hosts, c.hostsRes, changes, rej)
+	s.HostsVersion = version
+	for n, h := range changes {
+		if h == nil {
+			delete(c.hostsRes, n)
+		} else {
+			c.hostsRes[n] = h
+		}
+	}
+	record(c, npds.NetworkPolicyHostsType, changes, versions, rej)
+	c.publish(&s)
+	return joinRejections(rej)
 }
 
-func (c *Client) publish(s *State, commit func()) {
+// record notes what is in force after a delta: changes (nil: removed)
+// applied at versions, rej rejected. applyMu must be held.
+func record[T any](c *Client, typeURL string, changes map[string]*T, versions map[string]string, rej map[string]error) {
+	held, rejected := c.held[typeURL], c.rejected[typeURL]
+	for n, v := range changes {
+		if v == nil {
+			delete(held, n)
+		} else {
+			held[n] = versions[n]
+		}
+		delete(rejected, n)
+	}
+	for n, err := range rej {
+		rejected[n] = err.Error()
+		c.logf(proxylib.LogError, "ward: rejected policy resource %s (it keeps its previous version): %v", n, err)
+	}
+}
+
+func joinRejections(rej map[string]error) error {
+	errs := make([]error, 0, len(rej))
+	for _, n := range slices.Sorted(maps.Keys(rej)) {
+		errs = append(errs, rej[n])
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Client) publish(s *State) {
 	c.mu.Lock()
-	commit()
 	c.state.Store(s)
 	close(c.updates)
 	c.updates = make(chan struct{})
@@ -253,25 +376,40 @@ func (r *Clients) Get(socket, node string, compile Compiler, log proxylib.Logger
 
 // Apply compiles and publishes a complete set of policy resources without
 // a server, as an update from the agent would (tests, benchmarks, static
-// configurations). On error nothing changes.
+// configurations): what is held and not in the sets is removed. Rejected
+// resources keep their previous version; the error joins their reasons.
 func (c *Client) Apply(_ context.Context, ps []*npds.NetworkPolicy, hs []*npds.NetworkPolicyHosts) error {
-	pm := make(map[string]*npds.NetworkPolicy, len(ps))
+	pu := make([]update[*npds.NetworkPolicy], 0, len(ps))
 	for _, p := range ps {
-		pm[p.GetName()] = p
+		pu = append(pu, update[*npds.NetworkPolicy]{name: p.GetName(), version: "static", msg: p})
 	}
-	hm := make(map[string]*npds.NetworkPolicyHosts, len(hs))
+	hu := make([]update[*npds.NetworkPolicyHosts], 0, len(hs))
 	for _, h := range hs {
-		hm[h.GetName()] = h
+		hu = append(hu, update[*npds.NetworkPolicyHosts]{name: h.GetName(), version: "static", msg: h})
 	}
-	byName, byIP, err := compilePolicies(pm, c.cfg.Compile)
-	if err != nil {
-		return err
+	return errors.Join(
+		c.applyHosts("static", absent(c, npds.NetworkPolicyHostsType, hu), hu),
+		c.applyPolicies("static", absent(c, npds.NetworkPolicyType, pu), pu))
+}
+
+// absent returns the names held of a type that ups does not carry.
+func absent[T any](c *Client, typeURL string, ups []update[T]) []string {
+	c.applyMu.Lock()
+	defer c.applyMu.Unlock()
+	keep := make(map[string]bool, len(ups))
+	for _, u := range ups {
+		keep[u.name] = true
 	}
-	exact, prefixes, err := compileHosts(hm)
-	if err != nil {
-		return err
+	var out []string
+	for n := range c.held[typeURL] {
+		if !keep[n] {
+			out = append(out, n)
+		}
 	}
-	s := &State{PolicyVersion: "static", HostsVersion: "static", byName: byName, byIP: byIP, hostsExact: exact, hostsPrefix: prefixes}
-	c.publish(s, func() { c.policies, c.hosts = pm, hm })
-	return nil
+	for n := range c.rejected[typeURL] {
+		if !keep[n] {
+			out = append(out, n)
+		}
+	}
+	return out
 }

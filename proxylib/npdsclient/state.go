@@ -5,15 +5,21 @@
 // Load the State once per request or connection; nothing mutates a State
 // after it is published.
 //
-// A resource set that does not compile is NACKed with the reason and the
-// previous State stays in force. When wardd goes away, the last State stays
-// in force and the client reconnects with backoff.
+// Resources are compiled and applied one by one: a delta recompiles only
+// the resources it carries. A resource that does not compile (or claims an
+// address another one owns) is rejected on its own — it keeps its previous
+// version, or stays absent if it is new — while the rest of the delta
+// applies; the response is NACKed naming every resource currently rejected
+// (a google.rpc.BadRequest field violation per resource), so the server
+// knows exactly what is in force and can resend them. When wardd goes
+// away, the last State stays in force and the client reconnects with
+// backoff, telling the new server the versions it holds. A panic in the
+// compiler rejects the resource; a panic anywhere else in the stream ends
+// that stream (the last State stays) and the client reconnects.
 package npdsclient
 
 import (
-	"fmt"
 	"net/netip"
-	"sort"
 
 	"github.com/wardproxy/ward/policy/l7"
 	"github.com/wardproxy/ward/xds/npds"
@@ -21,7 +27,8 @@ import (
 
 // Compiler turns one rule's L7 part into the matcher its filter uses. It is
 // called when an update arrives (never per request); an error rejects the
-// whole update. A nil result with a nil error means "no L7 rules".
+// rule's resource (one endpoint's policy). A nil result with a nil error
+// means "no L7 rules".
 type Compiler func(rule *npds.PortNetworkPolicyRule) (any, error)
 
 // Rule is one compiled rule of a port.
@@ -55,13 +62,7 @@ type State struct {
 	HostsVersion  string
 	byName        map[string]*Endpoint
 	byIP          map[netip.Addr]*Endpoint
-	hostsExact    map[netip.Addr]uint32
-	hostsPrefix   []hostPrefix // longest first
-}
-
-type hostPrefix struct {
-	p  netip.Prefix
-	id uint32
+	hosts         hostsIndex
 }
 
 // Endpoint returns the endpoint policy by name.
@@ -82,17 +83,21 @@ func (s *State) EndpointByIP(ip netip.Addr) (*Endpoint, bool) {
 	return e, ok
 }
 
-// Identity returns the security identity of ip from the identity table
-// (exact addresses first, then the longest matching prefix).
+// Identity returns the security identity of ip from the identity table:
+// an endpoint address first, then a single-address CIDR identity, then
+// the longest matching prefix.
 func (s *State) Identity(ip netip.Addr) (uint32, bool) {
 	if s == nil {
 		return 0, false
 	}
 	ip = ip.Unmap()
-	if id, ok := s.hostsExact[ip]; ok {
-		return id, true
+	if h, ok := s.hosts.exact[ip]; ok {
+		return h.id, true
 	}
-	for _, h := range s.hostsPrefix {
+	if h, ok := s.hosts.single[ip]; ok {
+		return h.id, true
+	}
+	for _, h := range s.hosts.prefixes {
 		if h.p.Contains(ip) {
 			return h.id, true
 		}
@@ -154,101 +159,4 @@ func ruleScope(r *Rule, remote uint32) l7.Scope {
 		return l7.ScopeAll
 	}
 	return l7.ScopeRules
-}
-
-// compilePolicies builds the endpoint part of a State.
-func compilePolicies(res map[string]*npds.NetworkPolicy, compile Compiler) (map[string]*Endpoint, map[netip.Addr]*Endpoint, error) {
-	byName := make(map[string]*Endpoint, len(res))
-	byIP := make(map[netip.Addr]*Endpoint, len(res))
-	names := make([]string, 0, len(res))
-	for n := range res {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, name := range names {
-		p := res[name]
-		e := &Endpoint{Name: name, ID: p.GetEndpointId()}
-		for i, s := range p.GetEndpointIps() {
-			ip, err := netip.ParseAddr(s)
-			if err != nil {
-				return nil, nil, fmt.Errorf("policy %s: endpoint_ips[%d]: %w", name, i, err)
-			}
-			ip = ip.Unmap()
-			if other, dup := byIP[ip]; dup {
-				return nil, nil, fmt.Errorf("policy %s: endpoint_ips[%d]: %s already belongs to %s", name, i, ip, other.Name)
-			}
-			e.IPs = append(e.IPs, ip)
-			byIP[ip] = e
-		}
-		var err error
-		if e.Ingress, err = compilePorts(name, "ingress", p.GetIngressPerPortPolicies(), compile); err != nil {
-			return nil, nil, err
-		}
-		if e.Egress, err = compilePorts(name, "egress", p.GetEgressPerPortPolicies(), compile); err != nil {
-			return nil, nil, err
-		}
-		byName[name] = e
-	}
-	return byName, byIP, nil
-}
-
-func compilePorts(name, dir string, ps []*npds.PortNetworkPolicy, compile Compiler) ([]*Port, error) {
-	out := make([]*Port, 0, len(ps))
-	for i, pp := range ps {
-		if pp.GetPort() > 65535 || pp.GetEndPort() > 65535 || (pp.GetEndPort() != 0 && pp.GetEndPort() < pp.GetPort()) {
-			return nil, fmt.Errorf("policy %s: %s[%d]: bad port range %d-%d", name, dir, i, pp.GetPort(), pp.GetEndPort())
-		}
-		port := &Port{Port: uint16(pp.GetPort()), EndPort: uint16(pp.GetEndPort()), Protocol: pp.GetProtocol()}
-		for j, r := range pp.GetRules() {
-			cr := &Rule{Name: r.GetName(), Deny: r.GetDeny(), ServerNames: r.GetServerNames()}
-			if ids := r.GetRemoteIdentities(); len(ids) > 0 {
-				cr.Remotes = make(map[uint32]struct{}, len(ids))
-				for _, id := range ids {
-					cr.Remotes[id] = struct{}{}
-				}
-			}
-			if r.GetL7() != nil {
-				if r.GetDeny() {
-					return nil, fmt.Errorf("policy %s: %s[%d].rules[%d]: deny rules cannot carry L7 rules", name, dir, i, j)
-				}
-				if compile == nil {
-					return nil, fmt.Errorf("policy %s: %s[%d].rules[%d]: no L7 compiler", name, dir, i, j)
-				}
-				l7, err := compile(r)
-				if err != nil {
-					return nil, fmt.Errorf("policy %s: %s[%d].rules[%d]: %w", name, dir, i, j, err)
-				}
-				cr.L7 = l7
-			}
-			port.Rules = append(port.Rules, cr)
-		}
-		out = append(out, port)
-	}
-	return out, nil
-}
-
-// compileHosts builds the identity table of a State.
-func compileHosts(res map[string]*npds.NetworkPolicyHosts) (map[netip.Addr]uint32, []hostPrefix, error) {
-	exact := map[netip.Addr]uint32{}
-	var prefixes []hostPrefix
-	for name, h := range res {
-		for i, a := range h.GetHostAddresses() {
-			if ip, err := netip.ParseAddr(a); err == nil {
-				exact[ip.Unmap()] = h.GetIdentity()
-				continue
-			}
-			p, err := netip.ParsePrefix(a)
-			if err != nil {
-				return nil, nil, fmt.Errorf("hosts %s: host_addresses[%d]: %q is neither an IP nor a prefix", name, i, a)
-			}
-			p = p.Masked()
-			if p.IsSingleIP() {
-				exact[p.Addr().Unmap()] = h.GetIdentity()
-				continue
-			}
-			prefixes = append(prefixes, hostPrefix{p: p, id: h.GetIdentity()})
-		}
-	}
-	sort.Slice(prefixes, func(i, j int) bool { return prefixes[i].p.Bits() > prefixes[j].p.Bits() })
-	return exact, prefixes, nil
 }

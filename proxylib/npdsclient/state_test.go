@@ -1,6 +1,7 @@
 package npdsclient
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 	"strings"
@@ -12,14 +13,27 @@ import (
 )
 
 func httpRule(ids ...uint32) *npds.PortNetworkPolicyRule {
-	return &npds.PortNetworkPolicyRule{RemoteIdentities: ids, L7: npds.HTTP()}
+	return withHTTP(&npds.PortNetworkPolicyRule{RemoteIdentities: ids})
 }
 
 func compileMark(r *npds.PortNetworkPolicyRule) (any, error) {
-	if rs, err := r.GetL7().Decode(); err == nil && rs.HTTP != nil {
+	if _, ok := httpPaths(r); ok {
 		return "l7", nil
 	}
 	return nil, errors.New("unsupported")
+}
+
+// compileAll applies res as a complete set to a new client.
+func compileAll(res map[string]*npds.NetworkPolicy, hosts []*npds.NetworkPolicyHosts, compile Compiler) (*State, error) {
+	c := New(Config{Compile: compile})
+	ps := make([]*npds.NetworkPolicy, 0, len(res))
+	for n, p := range res {
+		p = proto.Clone(p).(*npds.NetworkPolicy)
+		p.Name = n
+		ps = append(ps, p)
+	}
+	err := c.Apply(context.Background(), ps, hosts)
+	return c.State(), err
 }
 
 func TestLookup(t *testing.T) {
@@ -32,12 +46,12 @@ func TestLookup(t *testing.T) {
 			{Port: 443, Rules: []*npds.PortNetworkPolicyRule{{RemoteIdentities: []uint32{7}, Deny: true}, httpRule(7)}},
 		},
 	}}
-	byName, byIP, err := compilePolicies(res, compileMark)
+	st, err := compileAll(res, nil, compileMark)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ep := byName["ep"]
-	if byIP[netip.MustParseAddr("10.0.0.1")] != ep {
+	ep := st.byName["ep"]
+	if e, _ := st.EndpointByIP(netip.MustParseAddr("10.0.0.1")); e != ep || ep == nil {
 		t.Fatal("endpoint not indexed by IP")
 	}
 	for _, tc := range []struct {
@@ -78,40 +92,39 @@ func TestCompileErrors(t *testing.T) {
 	}{
 		{"bad ip", &npds.NetworkPolicy{EndpointIps: []string{"x"}}, "endpoint_ips[0]"},
 		{"bad range", &npds.NetworkPolicy{IngressPerPortPolicies: []*npds.PortNetworkPolicy{{Port: 90, EndPort: 80}}}, "ingress[0]: bad port range"},
-		{"deny with l7", &npds.NetworkPolicy{EgressPerPortPolicies: []*npds.PortNetworkPolicy{{Port: 80, Rules: []*npds.PortNetworkPolicyRule{{Deny: true, L7: npds.HTTP()}}}}}, "egress[0].rules[0]: deny rules cannot carry L7"},
-		{"compiler error", &npds.NetworkPolicy{IngressPerPortPolicies: []*npds.PortNetworkPolicy{{Port: 80, Rules: []*npds.PortNetworkPolicyRule{{L7: npds.Kafka()}}}}}, "ingress[0].rules[0]: unsupported"},
+		{"deny with l7", &npds.NetworkPolicy{EgressPerPortPolicies: []*npds.PortNetworkPolicy{{Port: 80, Rules: []*npds.PortNetworkPolicyRule{withHTTP(&npds.PortNetworkPolicyRule{Deny: true})}}}}, "egress[0].rules[0]: deny rules cannot carry L7"},
+		{"compiler error", &npds.NetworkPolicy{IngressPerPortPolicies: []*npds.PortNetworkPolicy{{Port: 80, Rules: []*npds.PortNetworkPolicyRule{withOtherL7(&npds.PortNetworkPolicyRule{})}}}}, "ingress[0].rules[0]: unsupported"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, _, err := compilePolicies(map[string]*npds.NetworkPolicy{"p": tc.p}, compileMark)
+			_, err := compileAll(map[string]*npds.NetworkPolicy{"p": tc.p}, nil, compileMark)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("compile = %v; want an error containing %q", err, tc.want)
 			}
 		})
 	}
-	_, _, err := compilePolicies(map[string]*npds.NetworkPolicy{
+	_, err := compileAll(map[string]*npds.NetworkPolicy{
 		"a": {EndpointIps: []string{"10.0.0.1"}}, "b": {EndpointIps: []string{"10.0.0.1"}},
-	}, compileMark)
+	}, nil, compileMark)
 	if err == nil || !strings.Contains(err.Error(), "already belongs to a") {
 		t.Errorf("duplicate IP: %v; want an error", err)
 	}
 }
 
 func TestIdentityTable(t *testing.T) {
-	exact, prefixes, err := compileHosts(map[string]*npds.NetworkPolicyHosts{
-		"5":  {Identity: 5, HostAddresses: []string{"10.0.0.5", "10.0.1.0/24"}},
-		"6":  {Identity: 6, HostAddresses: []string{"10.0.0.0/16", "10.0.0.6/32"}},
-		"16": {Identity: 16777217, HostAddresses: []string{"0.0.0.0/0"}},
-	})
+	s, err := compileAll(nil, []*npds.NetworkPolicyHosts{
+		{Identity: 5, HostAddresses: []string{"10.0.0.5", "10.0.1.0/24"}},
+		{Identity: 6, HostAddresses: []string{"10.0.0.0/16", "10.0.0.6/32"}},
+		{Identity: 16777217, HostAddresses: []string{"0.0.0.0/0"}},
+	}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &State{hostsExact: exact, hostsPrefix: prefixes}
 	for ip, want := range map[string]uint32{"10.0.0.5": 5, "10.0.0.6": 6, "10.0.1.9": 5, "10.0.7.7": 6, "8.8.8.8": 16777217, "::ffff:10.0.0.5": 5} {
 		if got, ok := s.Identity(netip.MustParseAddr(ip)); !ok || got != want {
 			t.Errorf("Identity(%s) = %d, %v; want %d", ip, got, ok, want)
 		}
 	}
-	if _, _, err := compileHosts(map[string]*npds.NetworkPolicyHosts{"1": {Identity: 1, HostAddresses: []string{"nope"}}}); err == nil {
+	if _, err := compileAll(nil, []*npds.NetworkPolicyHosts{{Identity: 1, HostAddresses: []string{"nope"}}}, nil); err == nil {
 		t.Error("bad address accepted")
 	}
 }
@@ -127,10 +140,104 @@ func FuzzCompile(f *testing.F) {
 		if err := proto.Unmarshal(b, p); err != nil {
 			return
 		}
-		compilePolicies(map[string]*npds.NetworkPolicy{"p": p}, compileMark)
+		compileEndpoint("p", p, compileMark)
 		h := &npds.NetworkPolicyHosts{}
 		if proto.Unmarshal(b, h) == nil {
-			compileHosts(map[string]*npds.NetworkPolicyHosts{"h": h})
+			compileHostsRes("h", h)
 		}
 	})
+}
+
+// TestDeltaRecompilesOnlyItsResources: a delta compiles the resources it
+// carries and nothing else (the other endpoints keep their compiled
+// values); addresses may move between endpoints within one delta; an
+// endpoint claiming an address another one keeps is rejected alone.
+func TestDeltaRecompilesOnlyItsResources(t *testing.T) {
+	calls := 0
+	c := New(Config{Compile: func(r *npds.PortNetworkPolicyRule) (any, error) { calls++; return compileMark(r) }})
+	ep := func(name, ip string) update[*npds.NetworkPolicy] {
+		return update[*npds.NetworkPolicy]{name: name, version: ip, msg: &npds.NetworkPolicy{Name: name, EndpointIps: []string{ip},
+			IngressPerPortPolicies: []*npds.PortNetworkPolicy{{Port: 80, Rules: []*npds.PortNetworkPolicyRule{httpRule(7)}}}}}
+	}
+	if err := c.applyPolicies("v1", nil, []update[*npds.NetworkPolicy]{ep("a", "10.0.0.1"), ep("b", "10.0.0.2"), ep("c", "10.0.0.3")}); err != nil {
+		t.Fatal(err)
+	}
+	before := c.State()
+	calls = 0
+	// a and b swap addresses.
+	if err := c.applyPolicies("v2", nil, []update[*npds.NetworkPolicy]{ep("a", "10.0.0.2"), ep("b", "10.0.0.1")}); err != nil {
+		t.Fatalf("swap: %v", err)
+	}
+	st := c.State()
+	if calls != 2 {
+		t.Errorf("compiler called %d times for a 2-resource delta; want 2", calls)
+	}
+	if st.byName["c"] != before.byName["c"] {
+		t.Error("c was recompiled by a delta that does not carry it")
+	}
+	for ip, want := range map[string]string{"10.0.0.1": "b", "10.0.0.2": "a", "10.0.0.3": "c"} {
+		if e, _ := st.EndpointByIP(netip.MustParseAddr(ip)); e == nil || e.Name != want {
+			t.Errorf("after the swap %s = %v; want %s", ip, e, want)
+		}
+	}
+	// d claims c's address: d alone is rejected, e in the same delta
+	// applies.
+	err := c.applyPolicies("v3", nil, []update[*npds.NetworkPolicy]{ep("d", "10.0.0.3"), ep("e", "10.0.0.5")})
+	if err == nil || !strings.Contains(err.Error(), "policy d: endpoint_ips[0]: 10.0.0.3 already belongs to c") {
+		t.Errorf("conflict: %v; want d rejected", err)
+	}
+	st = c.State()
+	if _, ok := st.Endpoint("d"); ok {
+		t.Error("rejected d is in force")
+	}
+	if _, ok := st.Endpoint("e"); !ok {
+		t.Error("e, in the same delta as the rejected d, is not in force")
+	}
+	if got := c.Rejected(npds.NetworkPolicyType); len(got) != 1 || got["d"] == "" {
+		t.Errorf("Rejected = %v; want d", got)
+	}
+	if got := c.heldVersions(npds.NetworkPolicyType); got["e"] != "10.0.0.5" || got["d"] != "" {
+		t.Errorf("held versions = %v; want e at its version and no d", got)
+	}
+	// Removing c frees the address; d (resent by the server) applies.
+	if err := c.applyPolicies("v4", []string{"c"}, []update[*npds.NetworkPolicy]{ep("d", "10.0.0.3")}); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := c.State().EndpointByIP(netip.MustParseAddr("10.0.0.3")); e == nil || e.Name != "d" {
+		t.Errorf("10.0.0.3 = %v; want d", e)
+	}
+	if got := c.Rejected(npds.NetworkPolicyType); len(got) != 0 {
+		t.Errorf("Rejected = %v; want none", got)
+	}
+}
+
+// TestHostsDelta: identities change one by one; an address claimed by two
+// identities is rejected for the later claim only; an endpoint address
+// wins over a single-address CIDR identity.
+func TestHostsDelta(t *testing.T) {
+	c := New(Config{})
+	h := func(id uint32, addrs ...string) update[*npds.NetworkPolicyHosts] {
+		m := &npds.NetworkPolicyHosts{Identity: id, HostAddresses: addrs}
+		return update[*npds.NetworkPolicyHosts]{name: m.GetName(), msg: m}
+	}
+	if err := c.applyHosts("h1", nil, []update[*npds.NetworkPolicyHosts]{h(5, "10.0.0.5"), h(6, "10.0.0.6", "10.1.0.0/16"), h(16777217, "10.0.0.5/32")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.applyHosts("h2", nil, []update[*npds.NetworkPolicyHosts]{h(7, "10.0.0.6"), h(8, "10.1.2.0/24")}); err == nil || !strings.Contains(err.Error(), "hosts 7: 10.0.0.6 already belongs to identity 6") {
+		t.Errorf("conflict: %v; want hosts 7 rejected", err)
+	}
+	if err := c.applyHosts("h3", []string{"6"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	st := c.State()
+	for ip, want := range map[string]uint32{"10.0.0.5": 5, "10.1.2.3": 8} {
+		if got, ok := st.Identity(netip.MustParseAddr(ip)); !ok || got != want {
+			t.Errorf("Identity(%s) = %d, %v; want %d", ip, got, ok, want)
+		}
+	}
+	for _, ip := range []string{"10.0.0.6", "10.1.0.1"} {
+		if got, ok := st.Identity(netip.MustParseAddr(ip)); ok {
+			t.Errorf("Identity(%s) = %d after its identity was removed; want none", ip, got)
+		}
+	}
 }
