@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/wardproxy/ward/policy"
+	"github.com/wardproxy/ward/policy/l7"
 )
 
 // benchRules returns n rules of the shape services write (method + path
@@ -99,7 +100,9 @@ func (s *staticStream) AddRequestHeader(string, string)     {}
 
 type oneRule struct{ m *Matcher }
 
-func (o oneRule) Rules(bool, uint16, uint32) (*Matcher, bool) { return o.m, true }
+func (o oneRule) Rules(_ *Conn, buf []RuleSet) (l7.Outcome, []RuleSet) {
+	return l7.MatchRules, append(buf[:0], RuleSet{Name: "rule", Matcher: o.m})
+}
 
 func BenchmarkFilter(b *testing.B) {
 	rules, req := benchRules(100, "grpc")

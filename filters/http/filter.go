@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/wardproxy/ward/flow"
+	"github.com/wardproxy/ward/policy/l7"
 )
 
 // HeaderAccess is what the filter needs of a request inside Envoy: read
@@ -20,17 +21,34 @@ type HeaderAccess interface {
 	RequestHeaderValues(name string) []string
 }
 
-// RuleSource finds the compiled rules of a (direction, port, remote
-// identity) in the current policy. ok is false when the policy has no
-// rules for them; the filter then denies (a redirected port without rules
-// fails closed). A nil *Matcher with ok true also denies. Implementations
-// must be safe for concurrent use and should read one immutable policy
-// snapshot per call.
-type RuleSource interface {
-	Rules(ingress bool, port uint16, remoteIdentity uint32) (m *Matcher, ok bool)
+// RuleSet is the compiled HTTP rules of one policy rule that applies to a
+// request, and the rule's name for flow records.
+type RuleSet struct {
+	Name    string
+	Matcher *Matcher // nil: allows nothing
 }
 
-// Conn is what the binding knows of the connection a request came on.
+// RuleSource finds the rules that apply to a request arriving on c, as
+// l7.Select decides them: l7.Deny and l7.NoRule deny; l7.AllowAll allows
+// every request (the first returned RuleSet, when there is one, names the
+// rule); l7.MatchRules returns the rule sets of the remote, and a request
+// is allowed when one of them allows it. Rule sets are appended to
+// buf[:0]. Implementations must be safe for concurrent use and should read
+// one immutable policy snapshot per call.
+type RuleSource interface {
+	Rules(c *Conn, buf []RuleSet) (l7.Outcome, []RuleSet)
+}
+
+// Describer adds what a flow record needs of the connection beyond Conn
+// (source and destination, TLS), only when a record is emitted, so a
+// binding does not format addresses per request. It is called during
+// OnRequestHeaders only.
+type Describer interface {
+	Describe(r *flow.Record)
+}
+
+// Conn is what the binding knows of the connection a request came on. A
+// binding keeps one per stream (it holds the rule buffer).
 type Conn struct {
 	Ingress        bool
 	Port           uint16 // the destination port the policy is keyed by
@@ -41,6 +59,14 @@ type Conn struct {
 	// Audit is policy audit mode for the endpoint: a request that would be
 	// denied goes through and is recorded as flow.Audited.
 	Audit bool
+	// NoPolicy, when set, says why no policy applies to the connection
+	// (no endpoint owns its address): every request is denied with it as
+	// the reason, without asking the RuleSource.
+	NoPolicy string
+	// Describe, when set, completes each record (see Describer).
+	Describe Describer
+
+	buf [4]RuleSet
 }
 
 // Action is the filter's decision. When Deny is set the binding answers
@@ -51,13 +77,14 @@ type Action struct {
 	Status  int
 	Headers [][2]string // shared: do not modify
 	Body    []byte      // shared: do not modify
-	Rule    int         // the matching rule, -1 when none
+	Rule    int         // the matching rule of its rule set, -1 when none
 	Reason  string
 }
 
-// Filter enforces HTTP rules on requests. The zero value denies every
-// request (no rules). A Filter is safe for concurrent use when its
-// RuleSource and Sink are.
+// Filter enforces HTTP rules on requests. It is ward.http's logic: the
+// binding in proxylib/policyfilter only resolves the connection and
+// answers as Action says. The zero value denies every request (no rules).
+// A Filter is safe for concurrent use when its RuleSource and Sink are.
 type Filter struct {
 	Rules RuleSource
 	// Sink receives one record per decision; nil means none.
@@ -89,32 +116,54 @@ func (f *Filter) OnRequestHeaders(c *Conn, h HeaderAccess) (act Action) {
 		req.Headers = accessHeaders{h}
 	}
 
+	if c.NoPolicy != "" {
+		return f.deny(c, &req, grpc, -1, c.NoPolicy)
+	}
 	if f.Rules == nil {
 		return f.deny(c, &req, grpc, -1, "no policy")
 	}
-	m, ok := f.Rules.Rules(c.Ingress, c.Port, c.RemoteIdentity)
-	if !ok || m == nil {
+	out, sets := f.Rules.Rules(c, c.buf[:0])
+	switch out {
+	case l7.AllowAll:
+		reason := "l4 allow"
+		if len(sets) > 0 && sets[0].Name != "" {
+			reason = sets[0].Name
+		}
+		f.emit(c, &req, grpc, flow.Allowed, reason, -1, 0)
+		return Action{Rule: -1, Reason: reason}
+	case l7.Deny:
+		return f.deny(c, &req, grpc, -1, "deny rule")
+	case l7.MatchRules:
+	default:
 		return f.deny(c, &req, grpc, -1, "no rules for identity "+strconv.FormatUint(uint64(c.RemoteIdentity), 10)+" on port "+strconv.Itoa(int(c.Port)))
 	}
-	res := m.Match(&req)
-	if !res.Allowed {
-		return f.deny(c, &req, grpc, -1, "no http rule matched")
+	for i := range sets {
+		res := sets[i].Matcher.Match(&req)
+		if !res.Allowed {
+			continue
+		}
+		for _, e := range res.Edits {
+			e.Apply(h)
+		}
+		reason := sets[i].Name
+		if len(res.Notes) > 0 {
+			reason = notesReason(reason, res.Notes)
+		}
+		f.emit(c, &req, grpc, flow.Allowed, reason, res.Rule, 0)
+		return Action{Rule: res.Rule, Reason: reason}
 	}
-	for _, e := range res.Edits {
-		e.Apply(h)
-	}
-	reason := ""
-	if len(res.Notes) > 0 {
-		reason = notesReason(res.Notes)
-	}
-	f.emit(c, &req, grpc, flow.Allowed, reason, res.Rule, 0)
-	return Action{Rule: res.Rule, Reason: reason}
+	return f.deny(c, &req, grpc, -1, "no http rule matched")
 }
 
 // notesReason describes headerMatch mismatches that did not deny, by
-// header name and action only (values may be secrets).
-func notesReason(notes []HeaderNote) string {
+// header name and action only (values may be secrets), after the rule's
+// name.
+func notesReason(name string, notes []HeaderNote) string {
 	var b strings.Builder
+	if name != "" {
+		b.WriteString(name)
+		b.WriteString(": ")
+	}
 	b.WriteString("header mismatch:")
 	for i, n := range notes {
 		if i > 0 {
@@ -158,7 +207,11 @@ func (f *Filter) emit(c *Conn, req *Request, grpc bool, v flow.Verdict, reason s
 	if grpc {
 		meta.Protocol = ProtoGRPC
 	}
-	f.Sink.Emit(NewRecord(&meta, req, v, reason, rule, status))
+	r := NewRecord(&meta, req, v, reason, rule, status)
+	if c.Describe != nil {
+		c.Describe.Describe(r)
+	}
+	f.Sink.Emit(r)
 }
 
 // accessHeaders reads a header's values joined with "," as Envoy's

@@ -9,6 +9,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/wardproxy/ward/flow"
 	"github.com/wardproxy/ward/policy"
+	"github.com/wardproxy/ward/policy/l7"
 )
 
 // fakeStream is a HeaderAccess over a multi-valued header map.
@@ -53,14 +54,17 @@ type ruleKey struct {
 
 type fakeRules map[ruleKey]*Matcher
 
-func (r fakeRules) Rules(ingress bool, port uint16, id uint32) (*Matcher, bool) {
-	m, ok := r[ruleKey{ingress, port, id}]
-	return m, ok
+func (r fakeRules) Rules(c *Conn, buf []RuleSet) (l7.Outcome, []RuleSet) {
+	m, ok := r[ruleKey{c.Ingress, c.Port, c.RemoteIdentity}]
+	if !ok {
+		return l7.NoRule, buf[:0]
+	}
+	return l7.MatchRules, append(buf[:0], RuleSet{Matcher: m})
 }
 
 type panicRules struct{}
 
-func (panicRules) Rules(bool, uint16, uint32) (*Matcher, bool) { panic("boom") }
+func (panicRules) Rules(*Conn, []RuleSet) (l7.Outcome, []RuleSet) { panic("boom") }
 
 type records struct{ r []*flow.Record }
 
@@ -222,5 +226,68 @@ func TestFilterAuditAndNotes(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{"v"}, s.h["x-other"]); diff != "" {
 		t.Errorf("x-other after ADD (-want +got):\n%s", diff)
+	}
+}
+
+// outcomeRules answers every request with one outcome and rule sets.
+type outcomeRules struct {
+	out  l7.Outcome
+	sets []RuleSet
+}
+
+func (o outcomeRules) Rules(_ *Conn, buf []RuleSet) (l7.Outcome, []RuleSet) {
+	return o.out, append(buf[:0], o.sets...)
+}
+
+type describer struct{ sni string }
+
+func (d describer) Describe(r *flow.Record) { r.TLS = &flow.TLS{SNI: d.sni, Intercepted: true} }
+
+// TestFilterOutcomes covers what ward.http's binding hands the filter:
+// every l7.Select outcome, several rule sets, a connection without policy,
+// and the Describer that completes records.
+func TestFilterOutcomes(t *testing.T) {
+	deathstar := mustCompile(t, deathstarRules, nil)
+	public := mustCompile(t, []policy.PortRuleHTTP{{Path: "/public"}}, nil)
+	for _, tt := range []struct {
+		name   string
+		src    RuleSource
+		conn   Conn
+		path   string
+		deny   bool
+		reason string
+	}{
+		{name: "allow all", src: outcomeRules{out: l7.AllowAll}, path: "/x", reason: "l4 allow"},
+		{name: "allow all names its rule", src: outcomeRules{out: l7.AllowAll, sets: []RuleSet{{Name: "p ingress[0]"}}}, path: "/x", reason: "p ingress[0]"},
+		{name: "deny rule", src: outcomeRules{out: l7.Deny}, path: "/public", deny: true, reason: "deny rule"},
+		{name: "no rule", src: outcomeRules{out: l7.NoRule}, conn: Conn{Port: 80, RemoteIdentity: 7}, path: "/public", deny: true, reason: "no rules for identity 7 on port 80"},
+		{name: "second rule set allows", src: outcomeRules{out: l7.MatchRules, sets: []RuleSet{{Name: "a", Matcher: deathstar}, {Name: "b", Matcher: public}}}, path: "/public", reason: "b"},
+		{name: "no rule set allows", src: outcomeRules{out: l7.MatchRules, sets: []RuleSet{{Name: "a", Matcher: deathstar}, {Name: "b", Matcher: public}}}, path: "/private", deny: true, reason: "no http rule matched"},
+		{name: "nil matcher allows nothing", src: outcomeRules{out: l7.MatchRules, sets: []RuleSet{{Name: "a"}}}, path: "/public", deny: true, reason: "no http rule matched"},
+		{name: "no policy for the endpoint", src: outcomeRules{out: l7.AllowAll}, conn: Conn{NoPolicy: "no policy for the endpoint"}, path: "/public", deny: true, reason: "no policy for the endpoint"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var recs records
+			f := &Filter{Rules: tt.src, Sink: &recs}
+			c := tt.conn
+			c.Describe = describer{sni: "deathstar.empire"}
+			act := f.OnRequestHeaders(&c, newStream(":method", "GET", ":path", tt.path))
+			if act.Deny != tt.deny || act.Reason != tt.reason {
+				t.Errorf("OnRequestHeaders = deny %v reason %q; want %v %q", act.Deny, act.Reason, tt.deny, tt.reason)
+			}
+			if len(recs.r) != 1 || recs.r[0].Reason != tt.reason || recs.r[0].TLS == nil || recs.r[0].TLS.SNI != "deathstar.empire" {
+				t.Errorf("records = %+v; want one with reason %q and the described TLS", recs.r, tt.reason)
+			}
+		})
+	}
+}
+
+func TestFilterZeroAllocs(t *testing.T) {
+	rules, req := benchRules(100, "grpc")
+	f := &Filter{Rules: oneRule{mustCompile(t, rules, nil)}}
+	s := &staticStream{method: req.Method, path: req.Path, host: req.Host}
+	c := &Conn{Ingress: true, Port: 50051, RemoteIdentity: 1}
+	if n := testing.AllocsPerRun(100, func() { f.OnRequestHeaders(c, s) }); n != 0 {
+		t.Errorf("OnRequestHeaders allocates %v times per request", n)
 	}
 }

@@ -50,7 +50,7 @@ func newBenchFilter(b *testing.B, n int) *httpFilter {
 		}}}}}}, []*npds.NetworkPolicyHosts{{Identity: 1000, HostAddresses: []string{"10.0.0.2"}}}); err != nil {
 		b.Fatal(err)
 	}
-	return &httpFilter{c: &httpConfig{cfg: Config{XDSSocket: "x", Node: "n"}, client: c}}
+	return (&httpConfig{cfg: Config{XDSSocket: "x", Node: "n"}, client: c}).NewHTTPFilter().(*httpFilter)
 }
 
 // BenchmarkHTTPFilter is the Go side of one request through ward.http:

@@ -82,7 +82,6 @@ type target struct {
 	local    netip.AddrPort
 	remote   netip.AddrPort
 	reason   string // why ep is nil
-	sni      string // the downstream TLS SNI, read only when recording
 }
 
 func (c Config) resolve(st *npdsclient.State, a proxylib.ConnAddrs) target {

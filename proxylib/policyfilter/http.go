@@ -4,11 +4,11 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"strconv"
 	"sync"
 
 	httpf "github.com/wardproxy/ward/filters/http"
 	"github.com/wardproxy/ward/flow"
+	"github.com/wardproxy/ward/policy/l7"
 	"github.com/wardproxy/ward/proxylib"
 	"github.com/wardproxy/ward/proxylib/npdsclient"
 )
@@ -88,95 +88,90 @@ func (e *Env) setup(raw []byte) (Config, flow.Sink, *npdsclient.Client, error) {
 	return cfg, sink, e.Clients.Get(cfg.XDSSocket, cfg.Node, compiler(e.Logger), e.Logger), nil
 }
 
-func (c *httpConfig) NewHTTPFilter() proxylib.HTTPFilter { return &httpFilter{c: c} }
-func (c *httpConfig) Close()                             {}
-
-type httpFilter struct {
-	c     *httpConfig
-	rules [4]*npdsclient.Rule // Lookup's buffer: no allocation per request
+func (c *httpConfig) NewHTTPFilter() proxylib.HTTPFilter {
+	f := &httpFilter{c: c}
+	f.filter = httpf.Filter{Rules: f, Sink: c.sink, Now: proxylib.Now}
+	return f
 }
+
+func (c *httpConfig) Close() {}
+
+// httpFilter is ward.http on one stream: it resolves the connection (the
+// endpoint whose policy applies, the remote identity, the port) and hands
+// the request to filters/http's Filter, which decides, edits headers and
+// records; it answers as the Filter's Action says. Everything is held per
+// stream so a request allocates nothing.
+type httpFilter struct {
+	c      *httpConfig
+	filter httpf.Filter
+	conn   httpf.Conn
+	t      target
+	s      proxylib.HTTPStream // during OnRequestHeaders only
+	rules  [4]*npdsclient.Rule // Lookup's buffer
+}
+
+var (
+	_ httpf.RuleSource = (*httpFilter)(nil)
+	_ httpf.Describer  = (*httpFilter)(nil)
+)
 
 func (f *httpFilter) OnRequestHeaders(s proxylib.HTTPStream, _ bool) proxylib.HeadersStatus {
-	st := f.c.client.State()
-	t := f.c.cfg.resolve(st, s.Conn())
-	var req httpf.Request
-	req.Method, _ = s.RequestHeader(":method")
-	req.Path, _ = s.RequestHeader(":path")
-	req.Host, _ = s.RequestHeader(":authority")
-	ct, _ := s.RequestHeader("content-type")
-	req.Headers = s // HTTPStream.Header joins repeated values
+	f.t = f.c.cfg.resolve(f.c.client.State(), s.Conn())
+	f.s = s
+	f.conn.Ingress = f.c.cfg.ingress()
+	f.conn.Port = f.t.port
+	f.conn.RemoteIdentity = f.t.remoteID
+	f.conn.Protocol = httpf.ProtoHTTP1
+	f.conn.NoPolicy = ""
+	if f.t.ep == nil {
+		f.conn.NoPolicy = f.t.reason
+	}
+	f.conn.Describe = f
+	act := f.filter.OnRequestHeaders(&f.conn, s)
+	f.s = nil
+	if act.Deny {
+		s.SendLocalReply(act.Status, act.Headers, act.Body, "ward_access_denied")
+		return proxylib.HeadersStopIteration
+	}
+	return proxylib.HeadersContinue
+}
 
-	if t.ep == nil {
-		return f.deny(s, &t, &req, ct, t.reason)
-	}
-	if f.c.sink != nil {
-		t.sni = s.RequestedServerName()
-	}
-	verdict, rules := t.ep.Lookup(f.c.cfg.ingress(), t.port, t.remoteID, f.rules[:0])
-	switch verdict {
-	case npdsclient.AllowAll:
-		f.record(&t, &req, ct, flow.Allowed, "l4 allow", -1, 0)
-		return proxylib.HeadersContinue
-	case npdsclient.Denied:
-		return f.deny(s, &t, &req, ct, "deny rule")
-	case npdsclient.NoPolicy:
-		return f.deny(s, &t, &req, ct, "no rule for identity "+strconv.FormatUint(uint64(t.remoteID), 10)+" on port "+strconv.Itoa(int(t.port)))
-	}
+// Rules is the httpf.RuleSource over the current policy State: the rules
+// of the connection's endpoint that l7.Select picks (npdsclient Lookup),
+// each rule's HTTP matcher. A non-HTTP rule on an HTTP listener allows
+// nothing.
+func (f *httpFilter) Rules(c *httpf.Conn, buf []httpf.RuleSet) (l7.Outcome, []httpf.RuleSet) {
+	out, rules := f.t.ep.Lookup(c.Ingress, c.Port, c.RemoteIdentity, f.rules[:0])
+	sets := buf[:0]
 	for _, r := range rules {
-		m, ok := r.L7.(*httpf.Matcher)
-		if !ok {
-			continue // a non-HTTP rule on an HTTP listener allows nothing
-		}
-		res := m.Match(&req)
-		if res.Allowed {
-			for _, e := range res.Edits {
-				e.Apply(s)
-			}
-			f.record(&t, &req, ct, flow.Allowed, r.Name, res.Rule, 0)
-			return proxylib.HeadersContinue
+		if m, ok := r.L7.(*httpf.Matcher); ok {
+			sets = append(sets, httpf.RuleSet{Name: r.Name, Matcher: m})
 		}
 	}
-	return f.deny(s, &t, &req, ct, "no http rule matched")
+	return out, sets
 }
 
-// deny answers 403 Access denied, or for gRPC a trailers-only response with
-// grpc-status 7 (Envoy's own local reply for gRPC would carry status 0).
-func (f *httpFilter) deny(s proxylib.HTTPStream, t *target, req *httpf.Request, ct, reason string) proxylib.HeadersStatus {
-	if f.c.sink != nil && t.sni == "" {
-		t.sni = s.RequestedServerName()
-	}
-	status, headers, body := httpf.DenyResponse(ct)
-	s.SendLocalReply(status, headers, body, "ward_access_denied")
-	f.record(t, req, ct, flow.Denied, reason, -1, status)
-	return proxylib.HeadersStopIteration
-}
-
-func (f *httpFilter) record(t *target, req *httpf.Request, ct string, v flow.Verdict, reason string, rule, status int) {
-	if f.c.sink == nil {
-		return
-	}
-	meta := httpf.RecordMeta{Time: proxylib.Now(), Direction: flow.Ingress, Protocol: httpf.ProtoHTTP1}
-	if httpf.IsGRPC(ct) {
-		meta.Protocol = httpf.ProtoGRPC
-	}
+// Describe completes a flow record with the connection's addresses, the
+// endpoint and, on decrypted traffic, the client's SNI.
+func (f *httpFilter) Describe(r *flow.Record) {
+	t := &f.t
 	peer := flow.Endpoint{Identity: t.remoteID, IP: t.remote.Addr().String(), Port: t.remote.Port()}
 	local := flow.Endpoint{IP: t.local.Addr().String(), Port: t.port}
 	if t.ep != nil {
 		local.Labels = []string{"endpoint:" + t.ep.Name}
 	}
-	meta.Source, meta.Destination = peer, local
-	if !f.c.cfg.ingress() {
-		meta.Direction = flow.Egress
+	r.Source, r.Destination = peer, local
+	if !f.conn.Ingress {
 		peer.IP, peer.Port = t.local.Addr().String(), t.port
 		src := flow.Endpoint{IP: t.remote.Addr().String(), Port: t.remote.Port(), Labels: local.Labels}
-		meta.Source, meta.Destination = src, peer
+		r.Source, r.Destination = src, peer
 	}
-	r := httpf.NewRecord(&meta, req, v, reason, rule, status)
-	if t.sni != "" {
-		// Decrypted traffic: the listener terminated the client's TLS.
-		r.TLS = &flow.TLS{SNI: t.sni, Intercepted: true}
+	if f.s != nil {
+		if sni := f.s.RequestedServerName(); sni != "" {
+			// Decrypted traffic: the listener terminated the client's TLS.
+			r.TLS = &flow.TLS{SNI: sni, Intercepted: true}
+		}
 	}
-	f.c.sink.Emit(r)
 }
 
 func (f *httpFilter) OnResponseHeaders(proxylib.HTTPStream, bool) proxylib.HeadersStatus {
