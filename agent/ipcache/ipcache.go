@@ -49,6 +49,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 )
 
@@ -399,6 +400,25 @@ func (t *Table) Lookup(addr netip.Addr) (Entry, bool) {
 		}
 	}
 	return Entry{}, false
+}
+
+// Entries returns every claimed prefix's effective claim, sorted by prefix
+// (for `ward status` and debugging).
+func (t *Table) Entries() []Entry {
+	t.mu.Lock()
+	out := make([]Entry, 0, len(t.claims))
+	for p, c := range t.claims {
+		id, o := c.effective()
+		out = append(out, Entry{Prefix: p, Identity: id, Owner: o})
+	}
+	t.mu.Unlock()
+	slices.SortFunc(out, func(a, b Entry) int {
+		if c := a.Prefix.Addr().Compare(b.Prefix.Addr()); c != 0 {
+			return c
+		}
+		return a.Prefix.Bits() - b.Prefix.Bits()
+	})
+	return out
 }
 
 // Len returns the number of claimed prefixes.

@@ -342,6 +342,10 @@ func TestLookupLongestPrefix(t *testing.T) {
 	if err := tab.Owner(FQDN).Upsert(cidr32, fqdnID); err != nil {
 		t.Fatal(err)
 	}
+	wantEntries := []Entry{{Prefix: cidr, Identity: cidrID, Owner: CIDR}, {Prefix: cidr32, Identity: fqdnID, Owner: FQDN}}
+	if diff := cmp.Diff(wantEntries, tab.Entries(), cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
+		t.Errorf("Entries (-want +got):\n%s", diff)
+	}
 	for _, tc := range []struct {
 		addr string
 		want Entry
