@@ -370,8 +370,28 @@ func (r *Clients) Get(socket, node string, compile Compiler, log proxylib.Logger
 	}
 	c := New(Config{Socket: socket, NodeID: node, Compile: compile, Logger: log})
 	r.m[k] = c
-	go c.Run(context.Background()) //nolint:errcheck // lives as long as the process
+	go c.runForever()
 	return c
+}
+
+// runForever runs the client for the life of the process (inside Envoy).
+// Run recovers panics of each stream; this recover is the last line: a
+// panic outside a stream ends the subscription, logged, and the last
+// State stays in force — it does not take Envoy down.
+func (c *Client) runForever() {
+	defer func() {
+		if p := recover(); p != nil {
+			c.logRecovered(fmt.Sprintf("ward: policy subscription stopped by a panic (keeping the last policy): %v\n%s", p, debug.Stack()))
+		}
+	}()
+	c.Run(context.Background()) //nolint:errcheck // lives as long as the process
+}
+
+// logRecovered logs from a deferred recover, where a second panic (from
+// the logger itself) must not escape either.
+func (c *Client) logRecovered(msg string) {
+	defer func() { _ = recover() }()
+	c.logf(proxylib.LogCritical, "%s", msg)
 }
 
 // Apply compiles and publishes a complete set of policy resources without

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -265,5 +266,45 @@ func TestStreamPanicKeepsPolicyAndReconnects(t *testing.T) {
 	waitFor(t, "v2 acked", func() bool { return srv.Acked(npds.NetworkPolicyType) == v2 })
 	if got := verdict(c, "a"); got != npdsclient.NoPolicy {
 		t.Errorf("a = %v; want revoked", got)
+	}
+}
+
+// warnPanics panics at every warning and records critical messages.
+type warnPanics struct {
+	mu       sync.Mutex
+	critical []string
+}
+
+func (l *warnPanics) Log(level proxylib.LogLevel, msg string) {
+	switch level {
+	case proxylib.LogWarn:
+		panic("logger bug")
+	case proxylib.LogCritical:
+		l.mu.Lock()
+		l.critical = append(l.critical, msg)
+		l.mu.Unlock()
+	}
+}
+
+// TestSubscriptionGoroutineRecovers: the goroutine Clients starts inside
+// Envoy survives a panic outside any stream (here: the logger, when the
+// stream to an absent agent ends): it is logged and the process goes on.
+func TestSubscriptionGoroutineRecovers(t *testing.T) {
+	l := &warnPanics{}
+	var cs npdsclient.Clients
+	c := cs.Get(filepath.Join(t.TempDir(), "absent.sock"), "n", compileRegexps, l)
+	waitFor(t, "the recovered panic to be logged", func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return len(l.critical) > 0
+	})
+	l.mu.Lock()
+	msg := l.critical[0]
+	l.mu.Unlock()
+	if !strings.Contains(msg, "policy subscription stopped by a panic (keeping the last policy): logger bug") {
+		t.Errorf("logged %q; want the recovered panic", msg)
+	}
+	if c.State() == nil {
+		t.Error("no State after the panic")
 	}
 }
