@@ -172,6 +172,33 @@ type SecretSource interface {
 // the sender's egress policy and the receiver's ingress policy both allow
 // it, L7 included. Peers that are not endpoints have no policy of their own.
 func Evaluate(policies []*policy.Policy, flows []Flow, opts Options) ([]Result, error) {
+	snap, peers, err := Resolve(policies, flows, opts)
+	if err != nil {
+		return nil, err
+	}
+	e := &evaluator{snap: snap, opts: opts, cache: map[*policy.L7Selection]any{}}
+	out := make([]Result, 0, len(flows))
+	for i, f := range flows {
+		p := peers[i]
+		out = append(out, e.flow(f, p.Src, p.Dst, p.SrcEP, p.DstEP))
+	}
+	return out, nil
+}
+
+// Peers are the two sides of one flow as Evaluate resolves them: their
+// identities, and the resolved policy of each side that is a ward
+// endpoint (nil otherwise).
+type Peers struct {
+	Src, Dst     policy.NumericIdentity
+	SrcEP, DstEP *policy.EndpointPolicy
+}
+
+// Resolve is the resolution Evaluate decides on: the policies in a
+// repository, one endpoint per distinct labels and namespace, FQDN
+// identities as the DNS proxy would allocate them, and the sides of every
+// flow. Other paths to a verdict (the in-Envoy filters, in the round-trip
+// test) start from it.
+func Resolve(policies []*policy.Policy, flows []Flow, opts Options) (*policy.Snapshot, []Peers, error) {
 	repo := policy.NewRepository(policy.Config{Mode: opts.Mode, Audit: opts.Audit})
 	for _, p := range policies {
 		repo.Upsert(p)
@@ -193,7 +220,7 @@ func Evaluate(policies []*policy.Policy, flows []Flow, opts Options) ([]Result, 
 		for _, p := range []Peer{f.From, f.To} {
 			if p.isEndpoint() {
 				if _, err := epOf(p); err != nil {
-					return nil, err
+					return nil, nil, err
 				}
 			}
 		}
@@ -215,14 +242,13 @@ func Evaluate(policies []*policy.Policy, flows []Flow, opts Options) ([]Result, 
 		}
 		ident, _, err := repo.Allocator().Allocate(ls)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		repo.UpsertIdentity(ident)
 		fqdnID[f.To.FQDN] = ident.ID
 	}
 	snap = repo.Snapshot()
-	e := &evaluator{snap: snap, opts: opts, cache: map[*policy.L7Selection]any{}}
-	out := make([]Result, 0, len(flows))
+	out := make([]Peers, 0, len(flows))
 	for _, f := range flows {
 		peerID := func(p Peer) (policy.NumericIdentity, *policy.EndpointPolicy, error) {
 			switch {
@@ -251,15 +277,15 @@ func Evaluate(policies []*policy.Policy, flows []Flow, opts Options) ([]Result, 
 		}
 		src, srcEP, err := peerID(f.From)
 		if err != nil {
-			return nil, fmt.Errorf("flow %q: from: %w", f.Name, err)
+			return nil, nil, fmt.Errorf("flow %q: from: %w", f.Name, err)
 		}
 		dst, dstEP, err := peerID(f.To)
 		if err != nil {
-			return nil, fmt.Errorf("flow %q: to: %w", f.Name, err)
+			return nil, nil, fmt.Errorf("flow %q: to: %w", f.Name, err)
 		}
-		out = append(out, e.flow(f, src, dst, srcEP, dstEP))
+		out = append(out, Peers{Src: src, Dst: dst, SrcEP: srcEP, DstEP: dstEP})
 	}
-	return out, nil
+	return snap, out, nil
 }
 
 type evaluator struct {
