@@ -250,6 +250,9 @@ func (s *Server) observeDelta(stream int64, r *discovery.DeltaDiscoveryRequest) 
 		rejected := rejectedResources(r.GetErrorDetail())
 		ps.observe(sent, rejected)
 		if len(rejected) > 0 {
+			if len(s.resync) > 1024 { // requests whose watch was never created (closed streams)
+				clear(s.resync)
+			}
 			s.resync[r] = sent.gen
 		}
 	}
@@ -258,7 +261,9 @@ func (s *Server) observeDelta(stream int64, r *discovery.DeltaDiscoveryRequest) 
 		s.log.Warn("policy update rejected by proxy", "type", r.GetTypeUrl(), "version", sent.version, "error", d.GetMessage())
 		return
 	}
-	s.acked[r.GetTypeUrl()] = sent.version
+	if ok { // an ACK of a response we no longer know names no version
+		s.acked[r.GetTypeUrl()] = sent.version
+	}
 }
 
 // takeResync returns (and forgets) the generation of the response that r

@@ -1,0 +1,175 @@
+package xds
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	statuspb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/wardproxy/ward/xds/npds"
+)
+
+// deltaClient is a bare delta-xDS client of the policy type: the test
+// decides every ACK and NACK.
+type deltaClient struct {
+	t  *testing.T
+	st discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
+}
+
+func startDelta(t *testing.T) (*Server, *deltaClient) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "xds-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	srv, err := New(Config{Socket: filepath.Join(dir, "x.sock")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	conn, err := grpc.NewClient("unix://"+srv.cfg.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := discovery.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); conn.Close(); <-done })
+	c := &deltaClient{t: t, st: st}
+	c.send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: "n"}, TypeUrl: npds.NetworkPolicyType})
+	c.ack(c.recv()) // the initial (empty) response
+	return srv, c
+}
+
+func (c *deltaClient) send(r *discovery.DeltaDiscoveryRequest) {
+	c.t.Helper()
+	if err := c.st.Send(r); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *deltaClient) recv() *discovery.DeltaDiscoveryResponse {
+	c.t.Helper()
+	r, err := c.st.Recv()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return r
+}
+
+func (c *deltaClient) ack(r *discovery.DeltaDiscoveryResponse) {
+	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: r.GetTypeUrl(), ResponseNonce: r.GetNonce()})
+}
+
+// nack rejects the named resources (as npdsclient does).
+func (c *deltaClient) nack(r *discovery.DeltaDiscoveryResponse, rejected ...string) {
+	br := &errdetails.BadRequest{}
+	for _, n := range rejected {
+		br.FieldViolations = append(br.FieldViolations, &errdetails.BadRequest_FieldViolation{Field: n, Description: "bad " + n})
+	}
+	d, err := anypb.New(br)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: r.GetTypeUrl(), ResponseNonce: r.GetNonce(),
+		ErrorDetail: &statuspb.Status{Code: 3, Message: "rejected", Details: []*anypb.Any{d}}})
+}
+
+func names(r *discovery.DeltaDiscoveryResponse) []string {
+	var out []string
+	for _, res := range r.GetResources() {
+		out = append(out, res.GetName())
+	}
+	slices.Sort(out)
+	return out
+}
+
+func pol(name, ip string) *npds.NetworkPolicy {
+	return &npds.NetworkPolicy{Name: name, EndpointIps: []string{ip}}
+}
+
+// TestResyncAfterNACK: resources a NACK names are sent again with the next
+// change of the type, although they did not change; the status follows
+// what the client applied and rejected.
+func TestResyncAfterNACK(t *testing.T) {
+	srv, c := startDelta(t)
+	v1 := srv.SetPolicies([]*npds.NetworkPolicy{pol("a", "10.0.0.1"), pol("b", "10.0.0.2"), pol("c", "10.0.0.3")})
+	r1 := c.recv()
+	if got := names(r1); !slices.Equal(got, []string{"a", "b", "c"}) {
+		t.Fatalf("first response carries %v; want a b c", got)
+	}
+	c.nack(r1, "a")
+
+	v2 := srv.SetPolicies([]*npds.NetworkPolicy{pol("a", "10.0.0.1"), pol("b", "10.0.0.9"), pol("c", "10.0.0.3")})
+	r2 := c.recv()
+	if got := names(r2); !slices.Equal(got, []string{"a", "b"}) {
+		t.Errorf("response after the NACK carries %v; want a (resent) and b (changed), not c", got)
+	}
+	if r2.GetSystemVersionInfo() != v2 {
+		t.Errorf("response version %s; want %s", r2.GetSystemVersionInfo(), v2)
+	}
+	st := map[string]ResourceStatus{}
+	for _, r := range srv.Resources(npds.NetworkPolicyType) {
+		st[r.Name] = r
+	}
+	if a := st["a"]; a.Acked || a.Error != "bad a" || a.Version == "" {
+		t.Errorf("status of a = %+v; want rejected with its error", a)
+	}
+	if b := st["b"]; b.Acked || b.Error != "" {
+		t.Errorf("status of b = %+v; want not acked yet (its new version is in flight)", b)
+	}
+	if c := st["c"]; !c.Acked || c.Error != "" {
+		t.Errorf("status of c = %+v; want acked", c)
+	}
+	if got := srv.Acked(npds.NetworkPolicyType); got == v1 {
+		t.Errorf("acked = %s, the NACKed version", got)
+	}
+
+	c.ack(r2)
+	if v := srv.SetPolicies([]*npds.NetworkPolicy{pol("a", "10.0.0.1"), pol("b", "10.0.0.9"), pol("c", "10.0.0.3")}); v != v2 {
+		t.Errorf("an unchanged set got version %s; want the current %s", v, v2)
+	}
+	v3 := srv.SetPolicies([]*npds.NetworkPolicy{pol("a", "10.0.0.1"), pol("b", "10.0.0.9")})
+	r3 := c.recv()
+	if len(r3.GetResources()) != 0 || !slices.Equal(r3.GetRemovedResources(), []string{"c"}) {
+		t.Errorf("response carries %v, removes %v; want only c removed (nothing resent after an ACK)", names(r3), r3.GetRemovedResources())
+	}
+	c.ack(r3)
+	// A response to a change comes from the watch the previous ACK opened:
+	// once it arrives, that ACK was observed.
+	v4 := srv.SetPolicies([]*npds.NetworkPolicy{pol("a", "10.0.0.1"), pol("b", "10.0.0.8")})
+	r4 := c.recv()
+	if got := names(r4); !slices.Equal(got, []string{"b"}) {
+		t.Errorf("response carries %v; want b", got)
+	}
+	if got := srv.Acked(npds.NetworkPolicyType); got != v3 {
+		t.Errorf("acked = %s; want %s", got, v3)
+	}
+	c.ack(r4)
+	srv.SetPolicies([]*npds.NetworkPolicy{pol("a", "10.0.0.1"), pol("b", "10.0.0.8"), pol("d", "10.0.0.4")})
+	c.recv()
+	if got := srv.Acked(npds.NetworkPolicyType); got != v4 {
+		t.Errorf("acked = %s; want %s", got, v4)
+	}
+	for _, r := range srv.Resources(npds.NetworkPolicyType) {
+		if want := r.Name != "d"; r.Acked != want || r.Error != "" {
+			t.Errorf("status of %s = %+v; want acked %v, no error", r.Name, r, want)
+		}
+	}
+}
