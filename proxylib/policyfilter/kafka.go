@@ -9,7 +9,7 @@ import (
 
 	"github.com/wardproxy/ward/filters/kafka"
 	"github.com/wardproxy/ward/flow"
-	"github.com/wardproxy/ward/policy"
+	"github.com/wardproxy/ward/policy/l7"
 	"github.com/wardproxy/ward/proxylib"
 	"github.com/wardproxy/ward/proxylib/npdsclient"
 )
@@ -64,7 +64,7 @@ func (o KafkaOptions) budget() int64 {
 // its source, so several rules selecting one remote can be merged.
 type kafkaL7 struct {
 	m     *kafka.Matcher
-	rules []policy.PortRuleKafka
+	rules []l7.KafkaRule
 }
 
 type kafkaConfig struct {
@@ -177,7 +177,7 @@ func (c *kafkaConfig) merge(st *npdsclient.State, k mergeKey, ls []*kafkaL7) *ka
 	if m, ok := c.merged[k]; ok {
 		return m
 	}
-	var all []policy.PortRuleKafka
+	var all []l7.KafkaRule
 	for _, l := range ls {
 		all = append(all, l.rules...)
 	}
