@@ -165,8 +165,8 @@ func (c *Client) stream(ctx context.Context) error {
 			return err
 		}
 		ack := &discovery.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()}
-		if err := c.apply(resp); err != nil {
-			c.logf(proxylib.LogError, "ward: policy update %s: rejected (the rest applies; rejected resources keep their previous version): %v", resp.GetSystemVersionInfo(), err)
+		if err := c.apply(resp); err != nil && !knownType(resp.GetTypeUrl()) {
+			c.logf(proxylib.LogError, "ward: policy update %s: %v", resp.GetSystemVersionInfo(), err)
 		}
 		ack.ErrorDetail = c.errorDetail(resp.GetTypeUrl())
 		if err := st.Send(ack); err != nil {
@@ -187,7 +187,7 @@ func (c *Client) heldVersions(typeURL string) map[string]string {
 // rejected — not only those of the last response — each as a
 // google.rpc.BadRequest field violation (field: the resource name).
 func (c *Client) errorDetail(typeURL string) *statuspb.Status {
-	rej, known := c.Rejected(typeURL), c.knownType(typeURL)
+	rej, known := c.Rejected(typeURL), knownType(typeURL)
 	if known && len(rej) == 0 {
 		return nil
 	}
@@ -207,7 +207,7 @@ func (c *Client) errorDetail(typeURL string) *statuspb.Status {
 	return st
 }
 
-func (c *Client) knownType(typeURL string) bool {
+func knownType(typeURL string) bool {
 	return typeURL == npds.NetworkPolicyType || typeURL == npds.NetworkPolicyHostsType
 }
 
@@ -245,9 +245,10 @@ func (c *Client) apply(resp *discovery.DeltaDiscoveryResponse) error {
 	return fmt.Errorf("unexpected type %s", resp.GetTypeUrl())
 }
 
+// applyPolicies compiles the updated endpoints (no lock: compiling may
+// call into Envoy, to log), then folds them into a new State under
+// applyMu, and logs after.
 func (c *Client) applyPolicies(version string, removed []string, ups []update[*npds.NetworkPolicy]) error {
-	c.applyMu.Lock()
-	defer c.applyMu.Unlock()
 	rej := map[string]error{}
 	changes := make(map[string]*Endpoint, len(removed)+len(ups))
 	for _, n := range removed {
@@ -266,18 +267,23 @@ func (c *Client) applyPolicies(version string, removed []string, ups []update[*n
 		}
 		changes[u.name], versions[u.name] = e, u.version
 	}
-	cur := c.state.Load()
-	s := *cur
-	s.byName, s.byIP = indexEndpoints(cur.byName, cur.byIP, changes, rej)
-	s.PolicyVersion = version
-	record(c, npds.NetworkPolicyType, changes, versions, rej)
-	c.publish(&s)
+	s := func() *State {
+		c.applyMu.Lock()
+		defer c.applyMu.Unlock()
+		cur := c.state.Load()
+		s := *cur
+		s.byName, s.byIP = indexEndpoints(cur.byName, cur.byIP, changes, rej)
+		s.PolicyVersion = version
+		record(c, npds.NetworkPolicyType, changes, versions, rej)
+		c.publish(&s)
+		return &s
+	}()
+	c.logApplied(s, rej)
 	return joinRejections(rej)
 }
 
+// applyHosts is applyPolicies for the identity table.
 func (c *Client) applyHosts(version string, removed []string, ups []update[*npds.NetworkPolicyHosts]) error {
-	c.applyMu.Lock()
-	defer c.applyMu.Unlock()
 	rej := map[string]error{}
 	changes := make(map[string]*hostsRes, len(removed)+len(ups))
 	for _, n := range removed {
@@ -296,19 +302,25 @@ func (c *Client) applyHosts(version string, removed []string, ups []update[*npds
 		}
 		changes[u.name], versions[u.name] = h, u.version
 	}
-	cur := c.state.Load()
-	s := *cur
-	s.hosts = indexHosts(cur.hosts, c.hostsRes, changes, rej)
-	s.HostsVersion = version
-	for n, h := range changes {
-		if h == nil {
-			delete(c.hostsRes, n)
-		} else {
-			c.hostsRes[n] = h
+	s := func() *State {
+		c.applyMu.Lock()
+		defer c.applyMu.Unlock()
+		cur := c.state.Load()
+		s := *cur
+		s.hosts = indexHosts(cur.hosts, c.hostsRes, changes, rej)
+		s.HostsVersion = version
+		for n, h := range changes {
+			if h == nil {
+				delete(c.hostsRes, n)
+			} else {
+				c.hostsRes[n] = h
+			}
 		}
-	}
-	record(c, npds.NetworkPolicyHostsType, changes, versions, rej)
-	c.publish(&s)
+		record(c, npds.NetworkPolicyHostsType, changes, versions, rej)
+		c.publish(&s)
+		return &s
+	}()
+	c.logApplied(s, rej)
 	return joinRejections(rej)
 }
 
@@ -326,8 +338,14 @@ func record[T any](c *Client, typeURL string, changes map[string]*T, versions ma
 	}
 	for n, err := range rej {
 		rejected[n] = err.Error()
-		c.logf(proxylib.LogError, "ward: rejected policy resource %s (it keeps its previous version): %v", n, err)
 	}
+}
+
+func (c *Client) logApplied(s *State, rej map[string]error) {
+	for _, n := range slices.Sorted(maps.Keys(rej)) {
+		c.logf(proxylib.LogError, "ward: rejected policy resource %s (it keeps its previous version): %v", n, rej[n])
+	}
+	c.logf(proxylib.LogInfo, "ward: policy %s / hosts %s in force (%d endpoints)", s.PolicyVersion, s.HostsVersion, len(s.byName))
 }
 
 func joinRejections(rej map[string]error) error {
@@ -338,13 +356,14 @@ func joinRejections(rej map[string]error) error {
 	return errors.Join(errs...)
 }
 
+// publish stores s and wakes Updated's waiters; applyMu must be held
+// (so States are published in the order they were built).
 func (c *Client) publish(s *State) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.state.Store(s)
 	close(c.updates)
 	c.updates = make(chan struct{})
-	c.mu.Unlock()
-	c.logf(proxylib.LogInfo, "ward: policy %s / hosts %s in force (%d endpoints)", s.PolicyVersion, s.HostsVersion, len(s.byName))
 }
 
 // Clients shares one Client per (socket, node) in a process: every filter
