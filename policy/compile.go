@@ -204,44 +204,44 @@ func (r *Repository) compilePolicy(p *Policy) *compiledPolicy {
 			cr.defaultDeny[d] = n > 0
 		}
 		if v := rule.EnableDefaultDeny.Ingress; v != nil {
-			cr.defaultDeny[Ingress] = *v
+			cr.defaultDeny[dirIn] = *v
 		}
 		if v := rule.EnableDefaultDeny.Egress; v != nil {
-			cr.defaultDeny[Egress] = *v
+			cr.defaultDeny[dirOut] = *v
 		}
 		for j := range rule.Ingress {
 			in := &rule.Ingress[j]
 			o := &Origin{Policy: p.Key(), Path: fmt.Sprintf("%s.ingress[%d]", rp, j)}
 			for k := range in.FromRequires {
-				cr.requires[Ingress] = append(cr.requires[Ingress], peerSelector(&in.FromRequires[k], ns))
+				cr.requires[dirIn] = append(cr.requires[dirIn], peerSelector(&in.FromRequires[k], ns))
 			}
 			s := r.compileSection(cp, o, ns, false, in.FromEndpoints, in.FromCIDR, in.FromCIDRSet, in.FromEntities, in.FromNodes, nil, nil, len(in.FromRequires) > 0)
 			s.rules = compilePortRules(in.ToPorts, in.ICMPs, ns)
-			cr.sections[Ingress] = append(cr.sections[Ingress], s)
+			cr.sections[dirIn] = append(cr.sections[dirIn], s)
 		}
 		for j := range rule.IngressDeny {
 			in := &rule.IngressDeny[j]
 			o := &Origin{Policy: p.Key(), Path: fmt.Sprintf("%s.ingressDeny[%d]", rp, j)}
 			s := r.compileSection(cp, o, ns, true, in.FromEndpoints, in.FromCIDR, in.FromCIDRSet, in.FromEntities, in.FromNodes, nil, nil, len(in.FromRequires) > 0)
 			s.rules = compilePortRules(in.ToPorts, in.ICMPs, ns)
-			cr.sections[Ingress] = append(cr.sections[Ingress], s)
+			cr.sections[dirIn] = append(cr.sections[dirIn], s)
 		}
 		for j := range rule.Egress {
 			e := &rule.Egress[j]
 			o := &Origin{Policy: p.Key(), Path: fmt.Sprintf("%s.egress[%d]", rp, j)}
 			for k := range e.ToRequires {
-				cr.requires[Egress] = append(cr.requires[Egress], peerSelector(&e.ToRequires[k], ns))
+				cr.requires[dirOut] = append(cr.requires[dirOut], peerSelector(&e.ToRequires[k], ns))
 			}
 			s := r.compileSection(cp, o, ns, false, e.ToEndpoints, e.ToCIDR, e.ToCIDRSet, e.ToEntities, e.ToNodes, e.ToServices, e.ToFQDNs, len(e.ToRequires) > 0)
 			s.rules = compilePortRules(e.ToPorts, e.ICMPs, ns)
-			cr.sections[Egress] = append(cr.sections[Egress], s)
+			cr.sections[dirOut] = append(cr.sections[dirOut], s)
 		}
 		for j := range rule.EgressDeny {
 			e := &rule.EgressDeny[j]
 			o := &Origin{Policy: p.Key(), Path: fmt.Sprintf("%s.egressDeny[%d]", rp, j)}
 			s := r.compileSection(cp, o, ns, true, e.ToEndpoints, e.ToCIDR, e.ToCIDRSet, e.ToEntities, e.ToNodes, e.ToServices, nil, len(e.ToRequires) > 0)
 			s.rules = compilePortRules(e.ToPorts, e.ICMPs, ns)
-			cr.sections[Egress] = append(cr.sections[Egress], s)
+			cr.sections[dirOut] = append(cr.sections[dirOut], s)
 		}
 		cp.rules = append(cp.rules, cr)
 	}

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 
+	"github.com/wardproxy/ward/flow"
 	"github.com/wardproxy/ward/policy/l7"
 )
 
@@ -60,21 +61,21 @@ func (p Protocol) String() string {
 	return strconv.Itoa(int(p))
 }
 
-// Direction of traffic relative to an endpoint.
-type Direction uint8
+// Direction of traffic relative to an endpoint: flow.Direction, the one
+// definition (flow records carry the same values).
+type Direction = flow.Direction
 
 // Directions.
 const (
-	Ingress Direction = iota
-	Egress
+	Ingress = flow.Ingress
+	Egress  = flow.Egress
 )
 
-func (d Direction) String() string {
-	if d == Ingress {
-		return "ingress"
-	}
-	return "egress"
-}
+// dirIn and dirOut index the per-direction arrays of the resolution.
+const (
+	dirIn  = 0
+	dirOut = 1
+)
 
 // EnforcementMode is the agent-wide policy enforcement mode.
 type EnforcementMode string
@@ -279,22 +280,21 @@ func (s *L7Selection) Selects(remote NumericIdentity) bool {
 	return ok
 }
 
-// Verdict is the outcome of a Lookup.
-type Verdict uint8
+// Verdict is the outcome of a Lookup: flow.Verdict, the one definition
+// (flow records carry the same values).
+type Verdict = flow.Verdict
 
 // Verdicts.
 const (
-	VerdictDenied Verdict = iota
-	VerdictAllowed
+	VerdictDenied  = flow.Denied
+	VerdictAllowed = flow.Allowed
 	// VerdictAudited: denied by policy but passed because of audit mode.
-	VerdictAudited
-	// VerdictRedirect: allowed at L3/L4 provided the proxy allows it at L7.
-	VerdictRedirect
+	VerdictAudited = flow.Audited
+	// VerdictRedirect: allowed at L3/L4 provided the proxy allows it at
+	// L7. It is a step of a decision, never the verdict of a record: the
+	// proxy's verdict replaces it.
+	VerdictRedirect flow.Verdict = "redirect"
 )
-
-func (v Verdict) String() string {
-	return [...]string{"denied", "allowed", "audited", "redirect"}[v]
-}
 
 // Decision is the result of DirectionPolicy.Lookup.
 type Decision struct {

@@ -640,15 +640,15 @@ func (r *Repository) Snapshot() *Snapshot {
 		ip := r.policyOf[e.ident.ID]
 		audit := r.cfg.Audit || e.ep.Audit
 		if prev != nil {
-			if old, ok := prev.endpoints[eid]; ok && old.Ingress == ip.dirs[Ingress] &&
-				old.Egress == ip.dirs[Egress] && old.Audit == audit && old.Identity == e.ident.ID {
+			if old, ok := prev.endpoints[eid]; ok && old.Ingress == ip.dirs[dirIn] &&
+				old.Egress == ip.dirs[dirOut] && old.Audit == audit && old.Identity == e.ident.ID {
 				s.endpoints[eid] = old
 				continue
 			}
 		}
 		s.endpoints[eid] = &EndpointPolicy{
 			EndpointID: eid, Identity: e.ident.ID, Labels: e.ep.Labels, Audit: audit,
-			Ingress: ip.dirs[Ingress], Egress: ip.dirs[Egress],
+			Ingress: ip.dirs[dirIn], Egress: ip.dirs[dirOut],
 		}
 	}
 	seen := map[string]bool{}

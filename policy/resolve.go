@@ -34,7 +34,7 @@ type dirBuilder struct {
 // rules that select it (in policy order).
 func (r *Repository) resolveIdentity(id NumericIdentity, rules []*compiledRule, named map[NumericIdentity]map[string][]NamedPort) *identityPolicy {
 	ip := &identityPolicy{uses: map[string]bool{}}
-	for _, d := range []Direction{Ingress, Egress} {
+	for di, d := range []Direction{Ingress, Egress} {
 		b := &dirBuilder{
 			allow: map[entryKey]*L4Entry{}, deny: map[entryKey]*L4Entry{},
 			l7: map[l7Key]*L7Port{}, l7sel: map[l7Key]map[string]*L7Selection{},
@@ -43,15 +43,15 @@ func (r *Repository) resolveIdentity(id NumericIdentity, rules []*compiledRule, 
 		case ModeAlways:
 			b.enforced = true
 		case ModeNever:
-			ip.dirs[d] = &DirectionPolicy{}
+			ip.dirs[di] = &DirectionPolicy{}
 			continue
 		}
 		var req *labelSelector
 		for _, cr := range rules {
-			if cr.defaultDeny[d] {
+			if cr.defaultDeny[di] {
 				b.enforced = true
 			}
-			for _, rq := range cr.requires[d] {
+			for _, rq := range cr.requires[di] {
 				if req == nil {
 					req = rq
 				} else {
@@ -66,11 +66,11 @@ func (r *Repository) resolveIdentity(id NumericIdentity, rules []*compiledRule, 
 			np = named[id]
 		}
 		for _, cr := range rules {
-			for _, s := range cr.sections[d] {
+			for _, s := range cr.sections[di] {
 				r.addSection(b, ip, s, req, np)
 			}
 		}
-		ip.dirs[d] = b.finish()
+		ip.dirs[di] = b.finish()
 	}
 	return ip
 }

@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/wardproxy/ward/flow"
 	"github.com/wardproxy/ward/policy"
 	"github.com/wardproxy/ward/policy/l7"
 	"github.com/wardproxy/ward/policy/matchpattern"
@@ -69,17 +70,18 @@ type DNS struct {
 
 // Result is the verdict on one flow.
 type Result struct {
-	Name    string `json:"name"`
-	Verdict string `json:"verdict"` // VerdictAllowed, VerdictDenied or VerdictError
-	Reason  string `json:"reason"`
+	Name    string       `json:"name"`
+	Verdict flow.Verdict `json:"verdict"` // VerdictAllowed, VerdictDenied or VerdictError
+	Reason  string       `json:"reason"`
 }
 
-// Result verdicts. VerdictError means the flow could not be decided (an
-// L7 protocol whose matcher is not available).
+// Result verdicts (flow.Verdict, the one definition). VerdictError means
+// the flow could not be decided (an L7 protocol whose matcher is not
+// available).
 const (
-	VerdictAllowed = "allowed"
-	VerdictDenied  = "denied"
-	VerdictError   = "error"
+	VerdictAllowed = flow.Allowed
+	VerdictDenied  = flow.Denied
+	VerdictError   = flow.Error
 )
 
 // ParseFlows decodes a flows file: a JSON array of Flow. Unknown fields
@@ -308,7 +310,7 @@ func (e *evaluator) flow(f Flow, src, dst policy.NumericIdentity, srcEP, dstEP *
 		}
 		dp := side.ep.Direction(side.d)
 		dec := dp.Lookup(side.remote, proto, port, side.ep.Audit)
-		where := side.d.String() + " of " + endpointName(side.ep.Labels)
+		where := string(side.d) + " of " + endpointName(side.ep.Labels)
 		switch dec.Verdict {
 		case policy.VerdictDenied:
 			return Result{Name: f.Name, Verdict: VerdictDenied, Reason: where + ": " + dec.Reason}

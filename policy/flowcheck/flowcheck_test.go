@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/wardproxy/ward/flow"
 	"github.com/wardproxy/ward/policy"
 )
 
@@ -47,7 +48,7 @@ func TestEvaluate(t *testing.T) {
  {"name":"fqdn ok","from":{"labels":{"app":"web"}},"to":{"fqdn":"API.example.com."},"port":443},
  {"name":"fqdn other","from":{"labels":{"app":"web"}},"to":{"fqdn":"other.example.com"},"port":443}
 ]`)
-	want := []string{"allowed", "denied", "denied", "denied", "allowed", "denied"}
+	want := []flow.Verdict{"allowed", "denied", "denied", "denied", "allowed", "denied"}
 	for i, r := range res {
 		if r.Verdict != want[i] {
 			t.Errorf("%s: %s (%s), want %s", r.Name, r.Verdict, r.Reason, want[i])

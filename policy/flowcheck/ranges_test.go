@@ -3,6 +3,7 @@ package flowcheck
 import (
 	"testing"
 
+	"github.com/wardproxy/ward/flow"
 	"github.com/wardproxy/ward/policy"
 )
 
@@ -44,7 +45,7 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]string{"a 80 /a": VerdictAllowed, "b 80 /b": VerdictAllowed, "b 85 /b": VerdictAllowed, "a 85 /a": VerdictDenied, "b 80 /a": VerdictDenied}
+	want := map[string]flow.Verdict{"a 80 /a": VerdictAllowed, "b 80 /b": VerdictAllowed, "b 85 /b": VerdictAllowed, "a 85 /a": VerdictDenied, "b 80 /a": VerdictDenied}
 	for _, r := range res {
 		if r.Verdict != want[r.Name] {
 			t.Errorf("%s: %s (%s); want %s", r.Name, r.Verdict, r.Reason, want[r.Name])

@@ -15,6 +15,7 @@ import (
 
 	"github.com/wardproxy/ward/filters/dns"
 	"github.com/wardproxy/ward/filters/kafka"
+	"github.com/wardproxy/ward/flow"
 	"github.com/wardproxy/ward/policy"
 	"github.com/wardproxy/ward/policy/dirsource"
 	"github.com/wardproxy/ward/policy/flowcheck"
@@ -90,7 +91,7 @@ func newEnvoyPath(t *testing.T, snap *policy.Snapshot, peers []flowcheck.Peers) 
 // hold it), and a redirected flow is decided by its proxy. ok is false
 // when the proxies cannot decide the flow here (it depends on the TLS SNI,
 // which Envoy matches in its filter chains, not in the Go filters).
-func (e *envoyPath) verdict(f flowcheck.Flow, p flowcheck.Peers) (verdict string, ok bool) {
+func (e *envoyPath) verdict(f flowcheck.Flow, p flowcheck.Peers) (verdict flow.Verdict, ok bool) {
 	proto, err := policy.ParseProtocol(cmp(f.Protocol, "TCP"))
 	if err != nil {
 		e.t.Fatal(err)
@@ -230,7 +231,7 @@ func cmp(a, b string) string {
 
 // roundTrip checks every flow: the proxies' verdict equals flowcheck's.
 // It returns the proxies' verdicts by flow name.
-func roundTrip(t *testing.T, ps []*policy.Policy, flows []flowcheck.Flow) (*envoyPath, map[string]string) {
+func roundTrip(t *testing.T, ps []*policy.Policy, flows []flowcheck.Flow) (*envoyPath, map[string]flow.Verdict) {
 	t.Helper()
 	want, err := flowcheck.Evaluate(ps, flows, flowcheck.Options{})
 	if err != nil {
@@ -241,7 +242,7 @@ func roundTrip(t *testing.T, ps []*policy.Policy, flows []flowcheck.Flow) (*envo
 		t.Fatal(err)
 	}
 	e := newEnvoyPath(t, snap, peers)
-	got := map[string]string{}
+	got := map[string]flow.Verdict{}
 	for i, f := range flows {
 		if want[i].Verdict == flowcheck.VerdictError {
 			continue
@@ -325,7 +326,7 @@ type genFlow struct {
 	http  *flowcheck.HTTP
 	kafka *flowcheck.Kafka
 	dns   string
-	want  string
+	want  flow.Verdict
 	// after: request headers ward.http must have set (mismatch actions).
 	after map[string]string
 	// gone: request headers ward.http must have removed.
