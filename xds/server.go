@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"strconv"
@@ -239,6 +240,15 @@ func (s *Server) observe(r *discovery.DiscoveryRequest) {
 // rejected resources from the NACK (see proxyState.observe).
 func (s *Server) observeDelta(stream int64, r *discovery.DeltaDiscoveryRequest) {
 	if r.GetResponseNonce() == "" {
+		if iv := r.GetInitialResourceVersions(); iv != nil {
+			// A (re)connecting proxy says what it holds; the server
+			// sends only what differs, so this is what it has in force.
+			s.mu.Lock()
+			if ps := s.proxy[r.GetTypeUrl()]; ps != nil {
+				ps.applied = maps.Clone(iv)
+			}
+			s.mu.Unlock()
+		}
 		return
 	}
 	s.mu.Lock()

@@ -308,3 +308,43 @@ func TestSubscriptionGoroutineRecovers(t *testing.T) {
 		t.Error("no State after the panic")
 	}
 }
+
+// TestReconnectSendsOnlyWhatDiffers: after the agent restarts, the client
+// announces the versions it holds (content hashes) and the new server
+// sends only the resources that differ: one recompiled endpoint, not all.
+func TestReconnectSendsOnlyWhatDiffers(t *testing.T) {
+	dir, err := os.MkdirTemp("", "npds-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	socket := filepath.Join(dir, "xds.sock")
+	var compiled atomic.Int64
+	count := func(r *npds.PortNetworkPolicyRule) (any, error) { compiled.Add(1); return compileRegexps(r) }
+	c := npdsclient.New(npdsclient.Config{Socket: socket, NodeID: "n", Compile: count, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
+	srv1, stop1 := startServer(t, socket)
+	v1 := srv1.SetPolicies([]*npds.NetworkPolicy{l7Allow("a", "10.0.0.1", "/a"), l7Allow("b", "10.0.0.2", "/b"), l7Allow("c", "10.0.0.3", "/c")})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { c.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitFor(t, "v1 acked", func() bool { return srv1.Acked(npds.NetworkPolicyType) == v1 })
+	stop1()
+
+	compiled.Store(0)
+	srv2, stop2 := startServer(t, socket)
+	t.Cleanup(stop2)
+	v := srv2.SetPolicies([]*npds.NetworkPolicy{l7Allow("a", "10.0.0.1", "/a"), l7Allow("b", "10.0.0.2", "/b2"), l7Allow("c", "10.0.0.3", "/c")})
+	waitFor(t, "the new server's version acked", func() bool { return srv2.Acked(npds.NetworkPolicyType) == v })
+	if n := compiled.Load(); n != 1 {
+		t.Errorf("compiled %d rules after the reconnect; want 1 (only b changed)", n)
+	}
+	if e, _ := c.State().Endpoint("a"); e == nil {
+		t.Error("a lost over the reconnect")
+	}
+	for _, r := range srv2.Resources(npds.NetworkPolicyType) {
+		if !r.Acked {
+			t.Errorf("status of %s on the new server = %+v; want acked", r.Name, r)
+		}
+	}
+}
