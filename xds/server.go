@@ -6,8 +6,11 @@
 // Listeners, clusters and secrets live in one SnapshotCache snapshot per
 // node; the policy resources live in their own LinearCaches, so a policy
 // change sends only policy resources and never touches a listener (an LDS
-// update would drain connections). Every update is a new version; the last
-// NACK per type is kept for `ward status`.
+// update would drain connections), and only the resources that changed.
+// Every update is a new version; the last NACK per type is kept for `ward
+// status`, and for the policy types what the proxy applied or rejected,
+// resource by resource (Resources; resources.go says how delivery stays
+// lossless when the proxy rejects some).
 package xds
 
 import (
