@@ -12,15 +12,19 @@
 // and they did not while each held its own copy. Package policy needs the
 // types with Cilium's JSON names to parse policies; the filters need them
 // without linking the policy engine into libward.so (this package imports
-// only the standard library and policy/matchpattern). Rules cross the
-// process boundary in their own JSON encoding (Encode/Decode, carried as
-// one string in the NPDS resource): adding a field here carries it to the
-// filters with no hand-written copy to forget, and Decode refuses fields it
-// does not know, so a filter older than its agent NACKs the update (the
-// previous policy stays in force) instead of silently ignoring a
-// constraint. Check is what validation runs and exactly what the filters'
-// compilers would reject, so a validated policy never fails to compile
-// inside Envoy.
+// only the standard library), and kafka.Compile keeps its signature.
+//
+// Rules cross the process boundary in their own JSON encoding
+// (Encode/Decode, carried as one string in the NPDS resource) instead of
+// per-protocol proto messages copied field by field: adding a field here
+// carries it to the filters with no copy code to forget, and Decode
+// refuses fields it does not know, so a filter older than its agent NACKs
+// the update (the previous policy stays in force) instead of silently
+// ignoring a constraint. Check is what validation runs and exactly what
+// the filters' compilers would reject, so a validated policy never fails
+// to compile inside Envoy. Select is the one definition of which rules
+// apply, used by the policy model (ward policy test, the DNS proxy glue)
+// and by the in-Envoy policy client alike.
 //
 // Invariants: values of these types are plain data; nothing here keeps
 // state; nothing panics on input.
