@@ -99,4 +99,3 @@ func names(r *discovery.DeltaDiscoveryResponse) []string {
 	slices.Sort(out)
 	return out
 }
-
