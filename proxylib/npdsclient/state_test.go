@@ -3,6 +3,7 @@ package npdsclient
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -240,4 +241,70 @@ func TestHostsDelta(t *testing.T) {
 			t.Errorf("Identity(%s) = %d after its identity was removed; want none", ip, got)
 		}
 	}
+}
+
+// FuzzDeltas applies sequences of policy deltas over a few names and
+// addresses (updates moving addresses, removals, conflicts) and checks
+// after each that the indexes agree: every endpoint in force owns its
+// addresses, every address points at an endpoint in force, and the
+// versions held are exactly the endpoints in force.
+func FuzzDeltas(f *testing.F) {
+	f.Add([]byte{0x01, 0x13, 0x22, 0x31, 0x12, 0x81, 0x20})
+	f.Add([]byte{0x03, 0x13, 0x02, 0x11, 0x8f, 0x30, 0x0c})
+	ips := []string{"10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"}
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		c := New(Config{Compile: compileMark})
+		for len(ops) > 0 {
+			// One delta: up to 4 ops until a byte with the high bit set.
+			var removed []string
+			var ups []update[*npds.NetworkPolicy]
+			seen := map[string]bool{}
+			for n := 0; n < 4 && len(ops) > 0; n++ {
+				op := ops[0]
+				ops = ops[1:]
+				name := string(rune('a' + op>>4&0x3))
+				if seen[name] {
+					continue
+				}
+				seen[name] = true
+				if op&0x40 != 0 {
+					removed = append(removed, name)
+				} else {
+					p := &npds.NetworkPolicy{Name: name}
+					for i, ip := range ips {
+						if op&(1<<i) != 0 {
+							p.EndpointIps = append(p.EndpointIps, ip)
+						}
+					}
+					ups = append(ups, update[*npds.NetworkPolicy]{name: name, version: fmt.Sprint(op), msg: p})
+				}
+				if op&0x80 != 0 {
+					break
+				}
+			}
+			c.applyPolicies("v", removed, ups) // rejections are expected
+			st := c.State()
+			for n, e := range st.byName {
+				for _, ip := range e.IPs {
+					if st.byIP[ip] != e {
+						t.Fatalf("%s owns %s but byIP says %v", n, ip, st.byIP[ip])
+					}
+				}
+			}
+			for ip, e := range st.byIP {
+				if st.byName[e.Name] != e {
+					t.Fatalf("byIP[%s] = %s, not in force", ip, e.Name)
+				}
+			}
+			held := c.heldVersions(npds.NetworkPolicyType)
+			if len(held) != len(st.byName) {
+				t.Fatalf("held %v; in force %d endpoints", held, len(st.byName))
+			}
+			for n := range held {
+				if _, ok := st.byName[n]; !ok {
+					t.Fatalf("held %s is not in force", n)
+				}
+			}
+		}
+	})
 }
