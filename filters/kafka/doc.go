@@ -67,7 +67,14 @@
 // correlation id, TOPIC_AUTHORIZATION_FAILED (29) on every topic and
 // partition it names, else GROUP_ (30), TRANSACTIONAL_ID_ (53) or
 // CLUSTER_AUTHORIZATION_FAILED (31) at the top, in request order behind the
-// responses still due from the broker. A denied Metadata request is answered
+// responses still due from the broker. The bytes are the broker's own:
+// conformance/kafka TestDenyResponsesMatchBroker sends the same requests
+// to a Kafka 4.3 broker whose StandardAuthorizer refuses them and compares
+// every byte, for Produce, Fetch, ListOffsets, Metadata, OffsetCommit,
+// OffsetFetch, FindCoordinator, JoinGroup, Heartbeat, SyncGroup,
+// LeaveGroup, DescribeGroups, DeleteGroups and InitProducerId at every
+// version both speak (an empty, not null, record set; -1 for the offsets,
+// node, port and epoch of a refused entry; the schema's default messages). A denied Metadata request is answered
 // with the broker's own broker list (the parser sends the broker the
 // request without topics and splices the denied topics into its answer):
 // clients ignore a metadata response without brokers and would retry it
@@ -80,14 +87,34 @@
 // open connections from their next request on. A connection that has used
 // Fetch v7+ may hold a fetch session (KIP-227), which keeps serving the
 // partitions it holds without naming them again; such a connection is
-// closed at its first request under new rules, and the client's next full
-// fetch is checked against them.
+// closed at its first request under rules whose content changed (an update
+// elsewhere that recompiles the same rules leaves it alone: Matcher.Equal),
+// and the client's next full fetch is checked against them.
+//
+// # Memory
+//
+// A request is held whole until it is decided, so its size is bounded:
+// Factory.MaxFrame, by default DefaultMaxFrame (4 MiB, four times a
+// default client's max.request.size); a larger request closes the
+// connection, as a broker does past its socket.request.max.bytes. The
+// Stream hands the parser a frame it waited for as one slice (no second
+// copy), gives large buffers back once the frame is through, and charges
+// what it holds to a per-process budget (proxylib.Budget, ward.kafka's
+// memory_budget, 128 MiB by default) that closes the connections going
+// over it. Responses are streamed through, whatever their size, except
+// the few the parser reads (Metadata, CreateTopics,
+// DescribeTopicPartitions for topic IDs; a denied Metadata's probe),
+// which are read only up to the max frame.
 //
 // # Invariants
 //
 // The codec never allocates from a length the peer sent without bounding it
-// by the bytes actually present and by MaxFrameSize. A request the codec
-// cannot read (unknown key or version, malformed, SASL v0 raw tokens) closes
-// the connection with a flow record; so does a connection no policy covers,
-// and a response the parser cannot match to a request.
+// by the bytes actually present and by the max frame. A request the codec
+// cannot read (unknown key or version, malformed, SASL v0 raw tokens) ends
+// the connection with a flow record, after the answers to the requests
+// before it (as a broker answers what it read, then closes); so does a
+// connection no policy covers. A response the parser cannot match to a
+// request closes the connection at once. A half-close (the client's or
+// the broker's end of stream) is passed on, so a closed client never leaves
+// its broker connection open.
 package kafka
