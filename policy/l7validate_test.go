@@ -32,10 +32,16 @@ func TestValidationRefusesWhatEnvoyWould(t *testing.T) {
 		{"header without name", `{http: [{headers: [": x"]}]}`, "spec.ingress[0].toPorts[0].rules.http[0].headers[0]", "empty header name"},
 		{"header with leading space", `{http: [{headers: [" X-Foo"]}]}`, "spec.ingress[0].toPorts[0].rules.http[0].headers[0]", "empty header name"},
 		{"kafka apiVersion out of range", `{kafka: [{apiVersion: "40000"}]}`, "spec.ingress[0].toPorts[0].rules.kafka[0].apiVersion", "must be a non-negative integer"},
+		{"dns empty label", `{dns: [{matchName: "a..example.com"}]}`, "spec.egress[0].toPorts[0].rules.dns[0].matchName", "empty label"},
+		{"dns long label", `{dns: [{matchName: "` + strings.Repeat("a", 64) + `.com"}]}`, "spec.egress[0].toPorts[0].rules.dns[0].matchName", "longer than 63"},
 		{"kafka unknown apiKey hint", `{kafka: [{apiKey: describeclustr}]}`, "spec.ingress[0].toPorts[0].rules.kafka[0].apiKey", `did you mean "describecluster"?`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			err := parseErr(t, l7Doc(tt.rules))
+			doc := l7Doc(tt.rules)
+			if strings.HasPrefix(tt.rules, "{dns") {
+				doc = strings.Replace(strings.Replace(doc, "ingress:", "egress:", 1), `port: "80", protocol: TCP`, `port: "53", protocol: UDP`, 1)
+			}
+			err := parseErr(t, doc)
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -63,4 +69,17 @@ func TestValidationAcceptsWhatEnvoyDoes(t *testing.T) {
 			t.Errorf("Parse(%s) = %v; want no error", rules, err)
 		}
 	}
+}
+
+// TestFQDNNameLikeDNSProxy: a toFQDNs matchName the DNS proxy's compiler
+// would refuse is refused at validation.
+func TestFQDNNameLikeDNSProxy(t *testing.T) {
+	doc := header + "spec:\n  endpointSelector: {}\n  egress:\n  - toFQDNs: [{matchName: \"a..example.com\"}]\n"
+	err := parseErr(t, doc)
+	for _, fe := range FieldErrors(err) {
+		if fe.Path == "spec.egress[0].toFQDNs[0].matchName" && strings.Contains(fe.Msg, "empty label") {
+			return
+		}
+	}
+	t.Errorf("Parse = %v; want an empty-label error at spec.egress[0].toFQDNs[0].matchName", err)
 }

@@ -300,14 +300,8 @@ func validateFQDN(q FQDNSelector, path string, l *errList) {
 }
 
 func validateDNSName(n string) error {
-	s := strings.TrimSuffix(n, ".")
-	if s == "" || len(s) > 253 {
-		return fmt.Errorf("invalid DNS name %q", n)
-	}
-	for _, c := range s {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_') {
-			return fmt.Errorf("invalid DNS name %q: character %q is not allowed (use matchPattern for wildcards)", n, c)
-		}
+	if _, err := l7.DNSName(n); err != nil {
+		return fmt.Errorf("invalid DNS name: %w", err)
 	}
 	return nil
 }

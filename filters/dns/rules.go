@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/wardproxy/ward/policy"
+	"github.com/wardproxy/ward/policy/l7"
 	"github.com/wardproxy/ward/policy/matchpattern"
 )
 
@@ -128,27 +129,7 @@ func literalSuffix(pattern string) string {
 
 // normaliseName validates a matchName and returns it in lower case without
 // its trailing dot.
-func normaliseName(s string) (string, error) {
-	n := lowerName(strings.TrimSpace(s))
-	if n == "" {
-		return "", errors.New("empty name")
-	}
-	if len(n) > 253 {
-		return "", fmt.Errorf("name %q longer than 253 characters", s)
-	}
-	for _, l := range strings.Split(n, ".") {
-		if l == "" || len(l) > 63 {
-			return "", fmt.Errorf("name %q: empty label or label longer than 63 characters", s)
-		}
-		for i := 0; i < len(l); i++ {
-			c := l[i]
-			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-				return "", fmt.Errorf("name %q: character %q not allowed", s, c)
-			}
-		}
-	}
-	return n, nil
-}
+func normaliseName(s string) (string, error) { return l7.DNSName(strings.TrimSpace(s)) }
 
 // lowerName lower-cases ASCII letters (RFC 4343) and strips one trailing
 // dot, allocating only when the name has upper-case letters.
