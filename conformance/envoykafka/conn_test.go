@@ -217,7 +217,7 @@ func TestMemoryBoundThroughEnvoy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.Write([]byte{0, 0x50, 0, 0}) // 5 MiB
+	c.Write([]byte{0, 0x50, 0, 0, 0, 1, 0, 12}) // 5 MiB, a Fetch v12
 	c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	if n, err := c.Read(make([]byte, 1)); err == nil || isTimeout(err) {
 		t.Errorf("a frame over the max frame: read %d bytes, %v; want the connection closed", n, err)

@@ -52,9 +52,12 @@ type decoded struct {
 	txnSeen     bool
 	groupSeen   bool
 	unresolved  int // topic IDs the decoder could not name
-	entries     []topicEntry
-	groups      []groupEntry
-	parts       []int32
+	// topicCount is the length of the request's top-level topic array as
+	// the request declares it (before its entries are read).
+	topicCount int
+	entries    []topicEntry
+	groups     []groupEntry
+	parts      []int32
 	// opaque: the body was not walked (ApiVersions at a version newer than
 	// the schemas); no deny response can be built for it.
 	opaque bool
@@ -269,6 +272,30 @@ func (dc *decoder) decodeRequest(frame []byte) (*decoded, error) {
 	return d, nil
 }
 
+// decodePrefix reads the beginning of a request frame whose rest has not
+// arrived (prefix: the frame without its size, cut anywhere). It returns
+// what the walk read before running out of bytes, topic IDs of the entries
+// it reached resolved, and false when the prefix is malformed rather than
+// cut short.
+func (dc *decoder) decodePrefix(prefix []byte) (*decoded, bool) {
+	d, err := dc.decodeRequest(prefix)
+	switch {
+	case err == nil:
+		return d, true
+	case !errors.Is(err, ErrTruncated):
+		return nil, false
+	}
+	d = &dc.d
+	for i := range d.entries {
+		if e := &d.entries[i]; e.name == "" && e.id != (TopicID{}) {
+			if name, ok := dc.resolve(e.id); ok {
+				dc.setName(i, name)
+			}
+		}
+	}
+	return d, true
+}
+
 func isPartitionField(name string) bool {
 	switch name {
 	case "PartitionIndex", "Partition", "Index", "PartitionId":
@@ -431,6 +458,9 @@ func (dc *decoder) array(r *reader, f *field, v int16, flex bool, depth int) {
 		}
 		isGroupArray := depth == 0 && f.groupVers.has(v)
 		isTopicArray := f.topicVers.has(v) && !dc.forgetting
+		if isTopicArray && depth == 0 {
+			dc.d.topicCount = n
+		}
 		for j := 0; j < n && r.err == nil; j++ {
 			saveCur, saveGrp := dc.cur, dc.curGrp
 			if isGroupArray {

@@ -96,7 +96,11 @@
 // A request is held whole until it is decided, so its size is bounded:
 // Factory.MaxFrame, by default DefaultMaxFrame (4 MiB, four times a
 // default client's max.request.size); a larger request closes the
-// connection, as a broker does past its socket.request.max.bytes. The
+// connection, as a broker does past its socket.request.max.bytes. A
+// Produce over 64 KiB that names one topic (what a producer sends a
+// partition leader for one topic) is decided from its first 64 KiB and,
+// allowed, streamed through as it arrives: its record batches are never
+// held, up to the broker's own 100 MiB bound. The
 // Stream hands the parser a frame it waited for as one slice (no second
 // copy), gives large buffers back once the frame is through, and charges
 // what it holds to a per-process budget (proxylib.Budget, ward.kafka's

@@ -265,16 +265,74 @@ func (p *parser) OnData(reply, endStream bool, data [][]byte) (proxylib.Op, int)
 		return p.onResponse(size, avail, frame, data)
 	}
 	switch {
-	case size > p.f.maxFrame():
-		p.record(flow.Error, "request frame of "+strconv.Itoa(size)+" bytes is over the max frame of "+strconv.Itoa(p.f.maxFrame()), nil, 0)
-		return p.fail("kafka: request frame too large", proxylib.ErrFrameTooLarge, avail)
 	case size < 8: // a request header: key, version, correlation id
 		p.record(flow.Error, "invalid request frame size "+strconv.Itoa(size), nil, 0)
 		return p.fail("kafka: invalid request frame size", proxylib.ErrInvalidFrame, avail)
-	case frame == nil:
-		return proxylib.More, 4 + size - avail
+	case frame != nil:
+		return p.onRequest(size, avail, frame)
+	case size > streamAbove && size <= MaxFrameSize:
+		if op, n, ok := p.streamProduce(size, avail, data); ok {
+			return op, n
+		}
 	}
-	return p.onRequest(size, avail, frame)
+	if size > p.f.maxFrame() {
+		p.record(flow.Error, "request frame of "+strconv.Itoa(size)+" bytes is over the max frame of "+strconv.Itoa(p.f.maxFrame()), nil, 0)
+		return p.fail("kafka: request frame too large", proxylib.ErrFrameTooLarge, avail)
+	}
+	return proxylib.More, 4 + size - avail
+}
+
+// streamAbove is the request size above which an allowed Produce naming
+// one topic is streamed through rather than held whole; its first
+// streamAbove bytes are enough to decide it (the header, a transactional
+// id and the topic come before the record batches).
+const streamAbove = 64 << 10
+
+// streamProduce decides a large Produce request from its beginning, before
+// its record batches have arrived, when that beginning already holds every
+// topic the request names (it declares one): allowed, the request is
+// passed through as it arrives (Pass beyond the bytes at hand), so its
+// records are never held, whatever their size up to MaxFrameSize. ok is
+// false when the request is not such a Produce, or is not allowed (a deny
+// answers every partition, so it needs the whole request, within the max
+// frame); it may ask for the first bytes first (More).
+func (p *parser) streamProduce(size, avail int, data [][]byte) (op proxylib.Op, n int, ok bool) {
+	if avail < 6 {
+		return proxylib.More, 6 - avail, true // the API key
+	}
+	if key := p.gather(data, 6)[4:6]; int16(binary.BigEndian.Uint16(key)) != keyProduce {
+		return 0, 0, false
+	}
+	want := 4 + streamAbove
+	if avail < want {
+		return proxylib.More, want - avail, true
+	}
+	d, ok := p.req.decodePrefix(p.gather(data, want)[4:])
+	if !ok || d.APIKey != keyProduce || d.topicCount != 1 || len(d.entries) != 1 || d.entries[0].name == "" {
+		return 0, 0, false
+	}
+	m, ok := p.f.rules.Rules(p.info.Ingress, p.info.DstPort, p.remote)
+	if !ok || !m.Allow(&d.Request) {
+		return 0, 0, false
+	}
+	op, n = p.decide(d, size, avail)
+	return op, n, true
+}
+
+// gather returns the first n bytes of data (n <= the bytes there) in one
+// slice, copying into the scratch buffer when they span slices.
+func (p *parser) gather(data [][]byte, n int) []byte {
+	if len(data[0]) >= n {
+		return data[0][:n]
+	}
+	p.scratch = p.scratch[:0]
+	for _, b := range data {
+		p.scratch = append(p.scratch, b[:min(len(b), n-len(p.scratch))]...)
+		if len(p.scratch) == n {
+			break
+		}
+	}
+	return p.scratch
 }
 
 // fail ends the connection on a request it cannot serve. Requests already
@@ -296,6 +354,12 @@ func (p *parser) onRequest(size, avail int, frame []byte) (proxylib.Op, int) {
 		p.record(flow.Error, "kafka request: "+err.Error(), nil, 0)
 		return p.fail("kafka: malformed request", proxylib.ErrInvalidFrame, avail)
 	}
+	return p.decide(d, size, avail)
+}
+
+// decide applies the rules to the decoded request of a frame of size
+// bytes (avail: the bytes at hand) and returns the operation on it.
+func (p *parser) decide(d *decoded, size, avail int) (proxylib.Op, int) {
 	m, ok := p.f.rules.Rules(p.info.Ingress, p.info.DstPort, p.remote)
 	if !ok {
 		p.record(flow.Denied, "no kafka policy for the connection", d, 0)

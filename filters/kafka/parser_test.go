@@ -505,6 +505,7 @@ func TestMatcherEqual(t *testing.T) {
 func TestParserFrameBounds(t *testing.T) {
 	s, o, _ := newConn(t, staticRules(t))
 	big := binary.BigEndian.AppendUint32(nil, DefaultMaxFrame+1)
+	big = append(big, 0, byte(keyFetch))
 	s.OnData(false, false, [][]byte{cat2(big, make([]byte, 100))})
 	if o.closed == "" || len(o.toServer) != 0 {
 		t.Fatalf("request over DefaultMaxFrame: closed %q, server got %d bytes; want closed, nothing sent", o.closed, len(o.toServer))
@@ -545,17 +546,75 @@ func (c *fakeConn) Inject(bool, []byte)      {}
 func (c *fakeConn) Info() *proxylib.ConnInfo { return c.info }
 func (c *fakeConn) CloseAfter(reason string) {}
 
+// TestParserStreamsLargeProduce checks an allowed Produce naming one topic
+// is passed through as it arrives, beyond the max frame, holding only its
+// beginning; a denied one or one naming several topics is held whole
+// (within the max frame) or refused.
+func TestParserStreamsLargeProduce(t *testing.T) {
+	const size = 3 << 20
+	tests := []struct {
+		name     string
+		req      []byte
+		rules    []policy.PortRuleKafka
+		streamed bool
+	}{
+		{name: "allowed one topic", req: produceLarge(t, size, "t"), rules: []policy.PortRuleKafka{{Role: "produce", Topic: "t"}}, streamed: true},
+		{name: "denied one topic", req: produceLarge(t, size, "t"), rules: []policy.PortRuleKafka{{Role: "produce", Topic: "other"}}},
+		{name: "two topics", req: produceLarge(t, size, "t", "u"), rules: []policy.PortRuleKafka{{Role: "produce", Topic: "t"}, {Role: "produce", Topic: "u"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := NewParserFactory(staticRules(t, tt.rules...), nil)
+			f.MaxFrame = 1 << 20 // below the request
+			o := &out{}
+			s := proxylib.NewStream(f, o, &proxylib.ConnInfo{DstAddr: "x:1"})
+			var b proxylib.Budget
+			s.Budget = &b
+			peak := int64(0)
+			for r := tt.req; len(r) > 0 && o.closed == ""; {
+				k := min(len(r), 16<<10)
+				s.OnData(false, false, [][]byte{r[:k]})
+				peak = max(peak, b.Used())
+				r = r[k:]
+			}
+			if !tt.streamed {
+				if o.closed == "" || len(o.toServer) != 0 {
+					t.Fatalf("closed %q, server got %d bytes; want closed (over the max frame), nothing sent", o.closed, len(o.toServer))
+				}
+				return
+			}
+			if o.closed != "" || !bytes.Equal(o.toServer, tt.req) {
+				t.Fatalf("closed %q, server got %d of %d bytes; want the request streamed through", o.closed, len(o.toServer), len(tt.req))
+			}
+			if peak > 2*streamAbove {
+				t.Errorf("held up to %d bytes of a streamed %d-byte request; want at most %d", peak, len(tt.req), 2*streamAbove)
+			}
+			// The answer is matched to it; the next request is parsed.
+			s.OnData(true, false, [][]byte{brokerResp(1, "ok")})
+			s.OnData(false, false, [][]byte{produceReq(2, "t", 1)})
+			if got := corrs(t, o.toClient); o.closed != "" || len(got) != 1 || got[0] != 1 || !bytes.HasSuffix(o.toServer, produceReq(2, "t", 1)) {
+				t.Errorf("after the streamed request: closed %q, client got %v; want open, [1], the next request passed", o.closed, got)
+			}
+		})
+	}
+}
+
 // produceLarge is a Produce request of about size bytes of records.
-func produceLarge(t *testing.T, size int) []byte {
+func produceLarge(t *testing.T, size int, topics ...string) []byte {
 	t.Helper()
+	if len(topics) == 0 {
+		topics = []string{"t"}
+	}
 	r := kmsg.NewPtrProduceRequest()
 	r.SetVersion(9)
 	r.Acks = 1
-	tp := kmsg.NewProduceRequestTopic()
-	tp.Topic = "t"
-	p := kmsg.NewProduceRequestTopicPartition()
-	p.Records = make([]byte, size)
-	tp.Partitions = append(tp.Partitions, p)
-	r.Topics = append(r.Topics, tp)
+	for _, n := range topics {
+		tp := kmsg.NewProduceRequestTopic()
+		tp.Topic = n
+		p := kmsg.NewProduceRequestTopicPartition()
+		p.Records = make([]byte, size/len(topics))
+		tp.Partitions = append(tp.Partitions, p)
+		r.Topics = append(r.Topics, tp)
+	}
 	return sizePrefixed(frame(r, 1, "cli"))
 }
