@@ -380,3 +380,55 @@ func show(req kmsg.Request, frame []byte) string {
 	}
 	return fmt.Sprintf("%+v", resp)
 }
+
+// writeReadAll writes b on a new connection to addr and reads until the peer
+// closes it.
+func writeReadAll(addr string, b []byte) ([]byte, error) {
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second)) // a bound on a hang
+	if _, err := c.Write(b); err != nil {
+		return nil, err
+	}
+	return io.ReadAll(c)
+}
+
+// TestPipelinedBadFrameLikeBroker sends a valid request and a malformed
+// frame behind it in one write, to a broker and through ward: both answer
+// the valid request, then close the connection.
+func TestPipelinedBadFrameLikeBroker(t *testing.T) {
+	b := StartBroker(t, BrokerConfig{})
+	all, _ := kfilter.Compile(nil)
+	p := listenProxy(t, idHQ)
+	p.serve(b.Addr(), kfilter.NewParserFactory(kfilter.RuleSourceFunc(func(bool, uint16, uint32) (*kfilter.Matcher, bool) { return all, true }), nil))
+
+	req := kmsg.NewPtrApiVersionsRequest()
+	req.SetVersion(3)
+	req.ClientSoftwareName, req.ClientSoftwareVersion = "ward", "1"
+	body := binary.BigEndian.AppendUint16(nil, uint16(req.Key()))
+	body = binary.BigEndian.AppendUint16(body, 3)
+	body = binary.BigEndian.AppendUint32(body, 7)
+	body = binary.BigEndian.AppendUint16(body, 1)
+	body = append(body, 'c', 0)
+	body = req.AppendTo(body)
+	in := append(binary.BigEndian.AppendUint32(nil, uint32(len(body))), body...)
+	in = append(in, 0, 0, 0, 10, 0x7f, 0x7f, 0, 0, 0, 1, 0xff, 0xff, 0, 0) // key 32639: no such API
+
+	want, err := writeReadAll(b.Addr(), in)
+	if err != nil {
+		t.Fatalf("broker: %v", err)
+	}
+	got, err := writeReadAll(p.Addr(), in)
+	if err != nil {
+		t.Fatalf("ward: %v", err)
+	}
+	if len(want) < 8 || int32(binary.BigEndian.Uint32(want[4:])) != 7 {
+		t.Fatalf("the broker did not answer the valid request: %x", want)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("through ward: %d bytes %x; the broker: %d bytes %x", len(got), got, len(want), want)
+	}
+}
