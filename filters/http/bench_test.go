@@ -92,11 +92,10 @@ func (s *staticStream) RequestHeader(n string) (string, bool) {
 	}
 	return "", false
 }
-func (s *staticStream) RequestHeaderValues(string) []string { return nil }
-func (s *staticStream) Header(n string) (string, bool)      { return s.RequestHeader(n) }
-func (s *staticStream) SetRequestHeader(string, string)     {}
-func (s *staticStream) RemoveRequestHeader(string)          {}
-func (s *staticStream) AddRequestHeader(string, string)     {}
+func (s *staticStream) Header(n string) (string, bool)  { return s.RequestHeader(n) }
+func (s *staticStream) SetRequestHeader(string, string) {}
+func (s *staticStream) RemoveRequestHeader(string)      {}
+func (s *staticStream) AddRequestHeader(string, string) {}
 
 type oneRule struct{ m *Matcher }
 

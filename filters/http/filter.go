@@ -11,14 +11,15 @@ import (
 
 // HeaderAccess is what the filter needs of a request inside Envoy: read
 // and change its headers (names lower case; ":method", ":path",
-// ":authority" work). proxylib.HTTPStream implements it. It is used only
-// during OnRequestHeaders. An implementation that is also a HeaderReader
-// (Header returns all values joined with ",") saves the one allocation of
-// the adapter over RequestHeaderValues.
+// ":authority" work). RequestHeader returns a header's first value, Header
+// (HeaderReader) all its values joined with "," as Envoy's header matchers
+// see them, so a duplicated header cannot smuggle a second value past an
+// exact match. proxylib.HTTPStream implements it. It is used only during
+// OnRequestHeaders.
 type HeaderAccess interface {
 	HeaderWriter
+	HeaderReader
 	RequestHeader(name string) (string, bool)
-	RequestHeaderValues(name string) []string
 }
 
 // RuleSet is the compiled HTTP rules of one policy rule that applies to a
@@ -110,11 +111,7 @@ func (f *Filter) OnRequestHeaders(c *Conn, h HeaderAccess) (act Action) {
 	req.Host, _ = h.RequestHeader(":authority")
 	ct, _ := h.RequestHeader("content-type")
 	grpc = IsGRPC(ct)
-	if hr, ok := h.(HeaderReader); ok {
-		req.Headers = hr // no adapter to allocate
-	} else {
-		req.Headers = accessHeaders{h}
-	}
+	req.Headers = h
 
 	if c.NoPolicy != "" {
 		return f.deny(c, &req, grpc, -1, c.NoPolicy)
@@ -212,20 +209,4 @@ func (f *Filter) emit(c *Conn, req *Request, grpc bool, v flow.Verdict, reason s
 		c.Describe.Describe(r)
 	}
 	f.Sink.Emit(r)
-}
-
-// accessHeaders reads a header's values joined with "," as Envoy's
-// header matchers do, so a duplicated header cannot smuggle a second
-// value past an exact match.
-type accessHeaders struct{ h HeaderAccess }
-
-func (a accessHeaders) Header(name string) (string, bool) {
-	vs := a.h.RequestHeaderValues(name)
-	switch len(vs) {
-	case 0:
-		return "", false
-	case 1:
-		return vs[0], true
-	}
-	return strings.Join(vs, ","), true
 }

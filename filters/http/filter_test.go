@@ -32,7 +32,12 @@ func (s *fakeStream) RequestHeader(n string) (string, bool) {
 	}
 	return "", false
 }
-func (s *fakeStream) RequestHeaderValues(n string) []string { return s.h[n] }
+func (s *fakeStream) Header(n string) (string, bool) {
+	if v := s.h[n]; len(v) > 0 {
+		return strings.Join(v, ","), true
+	}
+	return "", false
+}
 func (s *fakeStream) SetRequestHeader(n, v string) {
 	s.h[n] = []string{v}
 	s.edits = append(s.edits, "set "+n)
