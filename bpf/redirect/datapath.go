@@ -4,13 +4,17 @@
 // listeners, the DNS proxy) with bpf_sk_assign, so the proxy sees the
 // original destination as its socket's local address (TPROXY semantics).
 //
-// wardd's calls, in order:
+// The agent's calls, in order:
 //
 //	d, err := redirect.Load(redirect.Config{PinDir: redirect.DefaultPinDir})
-//	undo, err := redirect.InstallProxyRouting(redirect.Routing{})  // once per node
+//	undo, err := redirect.InstallProxyRouting(redirect.Routing{})  // once per node; adopts the rules a killed wardd left
 //	d.IPCache().Upsert(prefix, identity)         // also filters/dns through the IPCache interface
-//	d.SetPolicy(epID, entries)                   // before enforcing
+//	entries, err := policymap.Entries(dir, pol, ports) // per direction
+//	  // on an error: d.Lockdown(epID), never skip the endpoint or keep its old entries
+//	d.SetPolicy(epID, entries)                   // before enforcing; on an error other than ErrPolicyMapFull
+//	  // (which locks down by itself): d.Lockdown(epID)
 //	d.AddEndpoint(redirect.Endpoint{ID, IP, IfIndex, Identity, EnforceIngress, EnforceEgress})
+//	d.GC()                                       // every CTGCInterval: frees expired conntrack entries
 //	d.RemoveEndpoint(epID)
 //	d.AddCgroupEndpoint(redirect.CgroupEndpoint{ID, CgroupPath, Identity, EnforceEgress}) // socket-level mode
 //	d.AttachProxyCgroup(envoyCgroup)             // SO_ORIGINAL_DST for socket-level redirects
@@ -29,14 +33,34 @@
 //     decided entirely by the old or entirely by the new policy. The old
 //     generation is deleted after a grace period (policyGrace), so the map
 //     needs room for up to two generations of an endpoint being rewritten.
+//   - Every policy change (SetPolicy, or AddEndpoint changing what is
+//     enforced) bumps a node-wide policy revision; a conntrack entry
+//     decided under an older revision is decided again, against the new
+//     policy, by its flow's next packet in the opening direction: a
+//     revoked flow, or a new connection reusing its 5-tuple, is dropped,
+//     and a newly added redirect applies to it.
+//   - Conntrack entries expire (Cilium's lifetimes: established TCP 6 h,
+//     unanswered TCP 60 s, TCP after FIN/RST 10 s, other 60 s); expired
+//     entries are ignored by the datapath and removed by GC.
 //   - An endpoint whose policy does not fit (per-endpoint budget or map
 //     capacity) is put in lockdown (everything to and from it dropped) and
-//     the write returns ErrPolicyMapFull; it leaves lockdown when a later
-//     SetPolicy fits. The datapath never silently allows.
+//     the write returns ErrPolicyMapFull; Lockdown does the same on the
+//     agent's request. It leaves lockdown when a later SetPolicy succeeds.
+//     The datapath never silently allows.
 //   - An enforced direction without a matching entry drops (default deny).
+//     Port ranges are aligned port blocks in an LPM trie (PortBlocks), so
+//     any range is a few entries; ICMP/ICMPv6 is keyed by type.
+//   - From and to a pod only IPv4, IPv6 and ARP pass the parser; VLAN-tagged
+//     frames (skb->vlan_present or a VLAN ethertype) and other ethertypes
+//     are dropped (Cilium's DROP_UNKNOWN_L3). ICMPv6 neighbour discovery
+//     (133-137) passes unchecked only with hop limit 255, a link-scope
+//     destination and a link-local, unspecified or (from a pod) the pod's
+//     own source; every other ICMPv6 type goes through the source check and
+//     policy.
 //   - tc mode handles IPv4 and IPv6 (Endpoint.IPv6); IPv6 extension headers
 //     are not parsed, so such packets (fragments included) are dropped and
-//     counted, never passed unchecked. Socket-level mode is IPv4 only.
+//     counted, never passed unchecked. Socket-level mode checks IPv4 and
+//     IPv6 sockets (see AddCgroupEndpoint for which cgroups are subject).
 //   - A redirect that cannot reach its proxy socket drops (ReasonNoProxySocket);
 //     it never falls back to delivering the flow around the proxy.
 //

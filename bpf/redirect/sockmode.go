@@ -23,18 +23,6 @@ import (
 // AttachProxyCgroup) from a record the sock_ops program made at connect.
 // UDP replies from the proxy appear to come from the original destination
 // (recvmsg4/6, getpeername4/6). Ingress policy is not enforced in this mode.
-//
-// Which sockets are subject: every task in a registered cgroup
-// (AddCgroupEndpoint) or in any cgroup below it (the hooks are attached to
-// the registered cgroup and run for its whole subtree). Such a task is
-// governed by its own cgroup's entry, else by the nearest registered
-// ancestor at cgroup level 16 or above (the root is level 0). A task in
-// the subtree for which neither is found (its registered ancestor is
-// deeper than level 16) is denied: EPERM, counted ReasonNoCgroupEndpoint. IPv6 sockets are checked like IPv4 ones; a
-// destination ::ffff:a.b.c.d (IPv4-mapped) is decided, and redirected,
-// as the IPv4 address a.b.c.d; a redirect of a native IPv6 destination is
-// denied (ReasonRedirectUnsupported: the proxy's original-destination
-// plumbing is IPv4 only).
 
 // CgroupEndpoint is a workload identified by its cgroup (v2).
 type CgroupEndpoint struct {
@@ -107,6 +95,17 @@ func cgroupID(path string) (uint64, error) {
 // AddCgroupEndpoint registers a socket-level workload and attaches the
 // workload hooks to its cgroup (links pinned, re-attached on restart).
 // Write its policy with SetPolicy(ep.ID, …) first.
+// Which sockets are subject: every task in a registered cgroup
+// (AddCgroupEndpoint) or in any cgroup below it (the hooks are attached to
+// the registered cgroup and run for its whole subtree). Such a task is
+// governed by its own cgroup's entry, else by the nearest registered
+// ancestor at cgroup level 16 or above (the root is level 0). A task in
+// the subtree for which neither is found (its registered ancestor is
+// deeper than level 16) is denied: EPERM, counted ReasonNoCgroupEndpoint. IPv6 sockets are checked like IPv4 ones; a
+// destination ::ffff:a.b.c.d (IPv4-mapped) is decided, and redirected,
+// as the IPv4 address a.b.c.d; a redirect of a native IPv6 destination is
+// denied (ReasonRedirectUnsupported: the proxy's original-destination
+// plumbing is IPv4 only).
 func (d *Datapath) AddCgroupEndpoint(ep CgroupEndpoint) error {
 	if ep.ID == 0 || ep.Identity == 0 {
 		return errors.New("add cgroup endpoint: id and identity must be non-zero")
