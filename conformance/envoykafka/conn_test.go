@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -269,6 +271,66 @@ func TestMemoryBoundThroughEnvoy(t *testing.T) {
 	t.Logf("Envoy RSS %d KiB before, grew by %d KiB after %d MiB sent; %d connections held, %d refused", before, grew, conns*sent>>20, held, refused)
 	if grew > 64<<10 {
 		t.Errorf("Envoy's RSS grew by %d KiB holding partial frames; want under 64 MiB (budget %d MiB)", grew, budget>>20)
+	}
+}
+
+// TestGarbageRoundsThroughEnvoy sends rounds of connections full of
+// garbage through ward.kafka (a 900 KiB frame of random bytes, then more):
+// each is closed at its first bad frame, and Envoy's memory does not grow
+// with the rounds.
+func TestGarbageRoundsThroughEnvoy(t *testing.T) {
+	s := stack.Start(t, stack.Options{})
+	up, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	go func() {
+		for {
+			c, err := up.Accept()
+			if err != nil {
+				return
+			}
+			go func() { _, _ = io.Copy(io.Discard, c); c.Close() }()
+		}
+	}()
+	addr := kafkaListener(t, s, up.Addr().String(), 1001, nil, l7.KafkaRule{})
+	pid := s.Proc.PID()
+	rng := rand.New(rand.NewPCG(1, 2))
+	garbage := make([]byte, 1<<20)
+	for i := range garbage {
+		garbage[i] = byte(rng.Uint32())
+	}
+	// Frames of a plausible size with garbage inside: held until whole,
+	// then refused.
+	binary.BigEndian.PutUint32(garbage, 900<<10)
+	round := func() {
+		var wg sync.WaitGroup
+		for range 20 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c, err := net.Dial("tcp", addr)
+				if err != nil {
+					return
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(30 * time.Second))
+				_, _ = c.Write(garbage) // refused part-way: a write error is expected
+				_, _ = io.Copy(io.Discard, c)
+			}()
+		}
+		wg.Wait()
+	}
+	round()
+	before := rssKiB(t, pid)
+	for range 10 {
+		round()
+	}
+	grew := rssKiB(t, pid) - before
+	t.Logf("Envoy RSS %d KiB after the first round, grew by %d KiB over 10 more rounds of 20 MiB of garbage", before, grew)
+	if grew > 64<<10 {
+		t.Errorf("Envoy's RSS grew by %d KiB over rounds of garbage; want under 64 MiB", grew)
 	}
 }
 
