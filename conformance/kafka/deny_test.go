@@ -8,6 +8,8 @@ import (
 	"hash/crc32"
 	"io"
 	"net"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -80,7 +82,8 @@ func recordBatch(value string) []byte {
 }
 
 const (
-	deniedTopic = "denied-topic"
+	deniedTopic2 = "denied-topic-2"
+	deniedTopic  = "denied-topic"
 	deniedGroup = "denied-group"
 	deniedTxn   = "denied-txn"
 	openGroup   = "open-group"
@@ -92,11 +95,18 @@ const (
 // (CreateTopics, DeleteTopics, OffsetForLeaderEpoch) are not here: every
 // client is User:ANONYMOUS on PLAINTEXT, and the broker itself needs the
 // cluster rights as that principal.
-var deniedTopicID [16]byte // set by TestDenyResponsesMatchBroker before the cases run
+var (
+	deniedTopicID [16]byte    // set by TestDenyResponsesMatchBroker before the cases run
+	deniedIDs     [2][16]byte // the IDs of deniedTopic and deniedTopic2
+)
 
 var denyCases = []struct {
 	name  string
 	build func(v int16) kmsg.Request
+	// unordered: the broker answers in an order of its own (Produce: a
+	// Java HashMap's iteration order), so the answers are compared with
+	// their topics and partitions sorted; every byte else is compared.
+	unordered bool
 }{
 	{name: "Produce", build: func(v int16) kmsg.Request {
 		r := kmsg.NewPtrProduceRequest()
@@ -195,6 +205,76 @@ var denyCases = []struct {
 		r.Members = append(r.Members, m)
 		return r
 	}},
+	// Two topics (and two partitions of one): the broker answers in
+	// request order.
+	{name: "Produce2", unordered: true, build: func(v int16) kmsg.Request {
+		r := kmsg.NewPtrProduceRequest()
+		r.Acks, r.TimeoutMillis = 1, 5000
+		for i, n := range []string{deniedTopic, deniedTopic2} {
+			tp := kmsg.NewProduceRequestTopic()
+			tp.Topic, tp.TopicID = n, deniedIDs[i]
+			for part := range int32(2) {
+				p := kmsg.NewProduceRequestTopicPartition()
+				p.Partition, p.Records = part, recordBatch("x")
+				tp.Partitions = append(tp.Partitions, p)
+			}
+			r.Topics = append(r.Topics, tp)
+		}
+		return r
+	}},
+	{name: "Fetch2", build: func(v int16) kmsg.Request {
+		r := kmsg.NewPtrFetchRequest()
+		r.MaxWaitMillis, r.MinBytes, r.MaxBytes, r.SessionEpoch = 0, 1, 1<<20, -1
+		for i, n := range []string{deniedTopic, deniedTopic2} {
+			tp := kmsg.NewFetchRequestTopic()
+			tp.Topic, tp.TopicID = n, deniedIDs[i]
+			for part := range int32(2) {
+				p := kmsg.NewFetchRequestTopicPartition()
+				p.Partition, p.PartitionMaxBytes = part, 1<<20
+				tp.Partitions = append(tp.Partitions, p)
+			}
+			r.Topics = append(r.Topics, tp)
+		}
+		return r
+	}},
+	{name: "Metadata2", build: func(v int16) kmsg.Request {
+		r := kmsg.NewPtrMetadataRequest()
+		for _, n := range []string{deniedTopic, deniedTopic2} {
+			tp := kmsg.NewMetadataRequestTopic()
+			tp.Topic = kmsg.StringPtr(n)
+			r.Topics = append(r.Topics, tp)
+		}
+		return r
+	}},
+	{name: "ListOffsets2", build: func(v int16) kmsg.Request {
+		r := kmsg.NewPtrListOffsetsRequest()
+		for _, n := range []string{deniedTopic, deniedTopic2} {
+			tp := kmsg.NewListOffsetsRequestTopic()
+			tp.Topic = n
+			for part := range int32(2) {
+				p := kmsg.NewListOffsetsRequestTopicPartition()
+				p.Partition, p.Timestamp = part, -1
+				tp.Partitions = append(tp.Partitions, p)
+			}
+			r.Topics = append(r.Topics, tp)
+		}
+		return r
+	}},
+	{name: "OffsetCommit2", build: func(v int16) kmsg.Request {
+		r := kmsg.NewPtrOffsetCommitRequest()
+		r.Group = openGroup
+		for i, n := range []string{deniedTopic, deniedTopic2} {
+			tp := kmsg.NewOffsetCommitRequestTopic()
+			tp.Topic, tp.TopicID = n, deniedIDs[i]
+			for part := range int32(2) {
+				p := kmsg.NewOffsetCommitRequestTopicPartition()
+				p.Partition = part
+				tp.Partitions = append(tp.Partitions, p)
+			}
+			r.Topics = append(r.Topics, tp)
+		}
+		return r
+	}},
 	{name: "DescribeGroups", build: func(v int16) kmsg.Request {
 		r := kmsg.NewPtrDescribeGroupsRequest()
 		r.Groups = []string{deniedGroup}
@@ -219,7 +299,7 @@ var denyCases = []struct {
 // whose StandardAuthorizer denies the topic, group or transactional id,
 // and through ward's parser with rules denying it.
 func TestDenyResponsesMatchBroker(t *testing.T) {
-	b := StartBroker(t, BrokerConfig{Authorizer: true, Topics: []string{deniedTopic}})
+	b := StartBroker(t, BrokerConfig{Authorizer: true, Topics: []string{deniedTopic, deniedTopic2}})
 	// Before the ACLs: the topic's ID (requests from Fetch v13,
 	// OffsetCommit and OffsetFetch v10 name it), learnt by ward too from a
 	// Metadata answer it passes; and the group coordinator loaded, so
@@ -231,19 +311,28 @@ func TestDenyResponsesMatchBroker(t *testing.T) {
 	p.serve(b.Addr(), kfilter.NewParserFactory(kfilter.RuleSourceFunc(func(bool, uint16, uint32) (*kfilter.Matcher, bool) { return cur.Load(), true }), nil))
 	md := kmsg.NewPtrMetadataRequest()
 	md.SetVersion(12)
-	mdt := kmsg.NewMetadataRequestTopic()
-	mdt.Topic = kmsg.StringPtr(deniedTopic)
-	md.Topics = append(md.Topics, mdt)
+	for _, n := range []string{deniedTopic, deniedTopic2} {
+		mdt := kmsg.NewMetadataRequestTopic()
+		mdt.Topic = kmsg.StringPtr(n)
+		md.Topics = append(md.Topics, mdt)
+	}
 	raw, err := rawRoundTrip(p.Addr(), md, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	mdr := kmsg.NewPtrMetadataResponse()
 	mdr.SetVersion(12)
-	if err := mdr.ReadFrom(raw[5:]); err != nil || len(mdr.Topics) != 1 || mdr.Topics[0].TopicID == ([16]byte{}) {
-		t.Fatalf("metadata of %s: %v %+v", deniedTopic, err, mdr)
+	if err := mdr.ReadFrom(raw[5:]); err != nil || len(mdr.Topics) != 2 {
+		t.Fatalf("metadata of %s, %s: %v %+v", deniedTopic, deniedTopic2, err, mdr)
 	}
-	deniedTopicID = mdr.Topics[0].TopicID
+	for _, tp := range mdr.Topics {
+		i := 0
+		if *tp.Topic == deniedTopic2 {
+			i = 1
+		}
+		deniedIDs[i] = tp.TopicID
+	}
+	deniedTopicID = deniedIDs[0]
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	for {
@@ -270,7 +359,7 @@ func TestDenyResponsesMatchBroker(t *testing.T) {
 	for _, acl := range []struct {
 		typ  int8
 		name string
-	}{{ACLTopic, deniedTopic}, {ACLGroup, deniedGroup}, {ACLTransactionalID, deniedTxn}} {
+	}{{ACLTopic, deniedTopic}, {ACLTopic, deniedTopic2}, {ACLGroup, deniedGroup}, {ACLTransactionalID, deniedTxn}} {
 		if err := b.DenyACLs(acl.typ, acl.name); err != nil {
 			t.Fatal(err)
 		}
@@ -348,6 +437,9 @@ func TestDenyResponsesMatchBroker(t *testing.T) {
 					t.Fatalf("ward: %v", werr)
 				}
 				compared++
+				if c.unordered {
+					got, want = sortedProduce(t, v, got), sortedProduce(t, v, want)
+				}
 				if !bytes.Equal(got, want) {
 					t.Errorf("ward's deny differs from the broker's at byte %d of %d/%d\nward:   %x\nbroker: %x\nward:   %s\nbroker: %s",
 						firstDiff(got, want), len(got), len(want), got, want, show(req, got), show(req, want))
@@ -356,6 +448,31 @@ func TestDenyResponsesMatchBroker(t *testing.T) {
 		}
 	}
 	t.Logf("compared %d deny responses with the broker's", compared)
+}
+
+// sortedProduce re-encodes a Produce response frame with its topics and
+// partitions sorted.
+func sortedProduce(t *testing.T, v int16, frame []byte) []byte {
+	t.Helper()
+	resp := kmsg.NewPtrProduceResponse()
+	resp.SetVersion(v)
+	hdr := 4
+	if resp.IsFlexible() {
+		hdr = 5
+	}
+	if err := resp.ReadFrom(frame[hdr:]); err != nil {
+		t.Fatalf("read produce response: %v", err)
+	}
+	slices.SortFunc(resp.Topics, func(a, b kmsg.ProduceResponseTopic) int {
+		if c := strings.Compare(a.Topic, b.Topic); c != 0 {
+			return c
+		}
+		return bytes.Compare(a.TopicID[:], b.TopicID[:]) // v13+: by ID
+	})
+	for i := range resp.Topics {
+		slices.SortFunc(resp.Topics[i].Partitions, func(a, b kmsg.ProduceResponseTopicPartition) int { return int(a.Partition - b.Partition) })
+	}
+	return resp.AppendTo(append([]byte(nil), frame[:hdr]...))
 }
 
 func firstDiff(a, b []byte) int {
