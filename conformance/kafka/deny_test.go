@@ -84,9 +84,9 @@ func recordBatch(value string) []byte {
 const (
 	deniedTopic2 = "denied-topic-2"
 	deniedTopic  = "denied-topic"
-	deniedGroup = "denied-group"
-	deniedTxn   = "denied-txn"
-	openGroup   = "open-group"
+	deniedGroup  = "denied-group"
+	deniedTxn    = "denied-txn"
+	openGroup    = "open-group"
 )
 
 // denyCases build, for a version, a request a broker's authorizer refuses
