@@ -73,8 +73,11 @@
 // every byte, for Produce, Fetch, ListOffsets, Metadata, OffsetCommit,
 // OffsetFetch, FindCoordinator, JoinGroup, Heartbeat, SyncGroup,
 // LeaveGroup, DescribeGroups, DeleteGroups and InitProducerId at every
-// version both speak (an empty, not null, record set; -1 for the offsets,
-// node, port and epoch of a refused entry; the schema's default messages). A denied Metadata request is answered
+// version both speak, with one and with two topics of two partitions (an
+// empty, not null, record set; -1 for the offsets, node, port and epoch of
+// a refused entry; the schema's default messages). One difference is
+// left: ward answers a Produce's partitions in request order, the broker
+// in its HashMap's order; clients match them by topic and partition. A denied Metadata request is answered
 // with the broker's own broker list (the parser sends the broker the
 // request without topics and splices the denied topics into its answer):
 // clients ignore a metadata response without brokers and would retry it
