@@ -63,6 +63,8 @@ func CheckKernel() error {
 	check("helper bpf_sk_assign (Linux 5.7+)", features.HaveProgramHelper(ebpf.SchedCLS, asm.FnSkAssign))
 	check("helper bpf_skc_lookup_tcp", features.HaveProgramHelper(ebpf.SchedCLS, asm.FnSkcLookupTcp))
 	check("helper bpf_sk_lookup_udp", features.HaveProgramHelper(ebpf.SchedCLS, asm.FnSkLookupUdp))
+	check("helper bpf_ktime_get_coarse_ns (Linux 5.11+)", features.HaveProgramHelper(ebpf.SchedCLS, asm.FnKtimeGetCoarseNs))
+	check("helper bpf_get_current_ancestor_cgroup_id", features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnGetCurrentAncestorCgroupId))
 	if err := errors.Join(errs...); err != nil {
 		if errors.Is(err, unix.EPERM) {
 			return fmt.Errorf("kernel check: permission denied: needs CAP_BPF and CAP_NET_ADMIN (run as root): %w", err)

@@ -30,7 +30,7 @@ struct ct_key {
 };
 
 struct ct_value {
-	__u64 last_seen; // bpf_ktime_get_ns of the last packet (refreshed every CT_TOUCH_NS)
+	__u64 last_seen; // bpf_ktime_get_coarse_ns (CLOCK_MONOTONIC_COARSE) of the last packet, refreshed every CT_TOUCH_NS
 	__u32 src_identity;
 	__u16 proxy_port;
 	__u8 verdict;
@@ -591,7 +591,7 @@ int from_pod(struct __sk_buff *skb)
 		return PASS(R_PASS_ND);
 
 	ct_canon(&p);
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = bpf_ktime_get_coarse_ns();
 	__u32 rev = policy_rev();
 	struct ct_value *ct = ct_lookup(&p, now);
 	if (ct) {
@@ -673,7 +673,7 @@ int to_pod(struct __sk_buff *skb)
 		return DROP(R_DROP_LOCKDOWN);
 
 	ct_canon(&p);
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = bpf_ktime_get_coarse_ns();
 	__u32 rev = policy_rev();
 	struct ct_value *ct = ct_lookup(&p, now);
 	if (ct && ct_is_reply(&p, ct))
