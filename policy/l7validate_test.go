@@ -83,3 +83,39 @@ func TestFQDNNameLikeDNSProxy(t *testing.T) {
 	}
 	t.Errorf("Parse = %v; want an empty-label error at spec.egress[0].toFQDNs[0].matchName", err)
 }
+
+// TestDNSRulesOnlyDNSPorts: the DNS proxy's rules of a query come from the
+// DNS ports alone, even when another protocol's L7 port covers 53 too.
+func TestDNSRulesOnlyDNSPorts(t *testing.T) {
+	doc := header + `spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: dns}}]
+    toPorts:
+    - ports: [{port: "53", protocol: TCP}]
+      rules: {http: [{path: /}]}
+    - ports: [{port: "53", protocol: UDP}]
+      rules: {dns: [{matchName: a.example.com}]}
+`
+	ps, err := Parse("t.yaml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewRepository(Config{})
+	for _, p := range ps {
+		r.Upsert(p)
+	}
+	if _, err := r.UpsertEndpoint(Endpoint{ID: 1, Labels: K8sLabels(map[string]string{"app": "client"}, "default")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.UpsertEndpoint(Endpoint{ID: 2, Labels: K8sLabels(map[string]string{"app": "dns"}, "default")}); err != nil {
+		t.Fatal(err)
+	}
+	snap := r.Snapshot()
+	client, _ := snap.Endpoint(1)
+	server, _ := snap.Endpoint(2)
+	rules, ok := client.Egress.DNSRules(server.Identity, 53)
+	if !ok || len(rules) != 1 || rules[0].MatchName != "a.example.com" {
+		t.Errorf("DNSRules = %v, %v; want the one DNS rule", rules, ok)
+	}
+}

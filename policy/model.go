@@ -331,14 +331,19 @@ func (d *DirectionPolicy) L7(remote NumericIdentity, proto Protocol, port uint16
 	if kind == l7.KindNone {
 		return kind, l7.NoRule, buf[:0]
 	}
-	out, sels := l7.Select(d.Proxy, uint8(proto), port, uint32(remote),
+	out, sels := d.selectKind(kind, remote, proto, port, buf)
+	return kind, out, sels
+}
+
+// selectKind is l7.Select over the proxied ports of kind.
+func (d *DirectionPolicy) selectKind(kind l7.Kind, remote NumericIdentity, proto Protocol, port uint16, buf []*L7Selection) (l7.Outcome, []*L7Selection) {
+	return l7.Select(d.Proxy, uint8(proto), port, uint32(remote),
 		func(lp *L7Port) (l7.Range, []*L7Selection) {
 			if lp.Kind != kind {
 				return lp.l7Range(), nil // another protocol's port: no rules of it count
 			}
 			return lp.l7Range(), lp.Selections
 		}, selectionScope, buf)
-	return kind, out, sels
 }
 
 // l7Range is the port range of lp in l7's terms.
@@ -403,15 +408,16 @@ func (d *DirectionPolicy) Lookup(remote NumericIdentity, proto Protocol, port ui
 }
 
 // DNSRules is the DNS policy of a query from this direction's endpoint to a
-// server with identity remote on port (either protocol), by L7: ok is
+// server with identity remote on port (either protocol; only DNS ports
+// count, with l7.Select), by L7: ok is
 // false when no DNS rule applies (the query is refused); rules is nil when
 // every name is allowed, else the union of the rules of every selection of
 // the remote.
 func (d *DirectionPolicy) DNSRules(remote NumericIdentity, port uint16) (rules []PortRuleDNS, ok bool) {
-	kind, out, sels := d.L7(remote, ProtocolAny, port, nil)
-	if kind != l7.KindDNS {
+	if d == nil {
 		return nil, false
 	}
+	out, sels := d.selectKind(l7.KindDNS, remote, ProtocolAny, port, nil)
 	switch out {
 	case l7.AllowAll:
 		return nil, true
