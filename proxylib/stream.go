@@ -338,7 +338,7 @@ func (s *Stream) OnData(reply, endStream bool, data [][]byte) {
 		return
 	}
 	s.keep(d, segs, avail)
-	if !s.account() {
+	if s.Budget != nil && !s.account() {
 		return
 	}
 	if endStream {

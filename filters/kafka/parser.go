@@ -113,8 +113,8 @@ func (t *topicIDs) learn(entries []topicEntry) {
 // that allows larger requests configures ward's max_frame to match.
 const DefaultMaxFrame = 4 << 20
 
-// scratchKeep is the scratch capacity a parser keeps between frames.
-const scratchKeep = 64 << 10
+// scratchKeep bounds the scratch buffer a parser keeps between frames.
+const scratchKeep = 128 << 10
 
 func (f *Factory) maxFrame() int {
 	switch {
@@ -233,23 +233,11 @@ func (p *parser) peekFrame(data [][]byte) (size, avail int, frame []byte, ok boo
 	if len(data[0]) >= 4+size {
 		return size, avail, data[0][4 : 4+size], true
 	}
-	p.scratch = p.scratch[:0]
-	for _, b := range data {
-		p.scratch = append(p.scratch, b...)
-		if len(p.scratch) >= 4+size {
-			break
-		}
-	}
-	return size, avail, p.scratch[4 : 4+size], true
+	return size, avail, p.gather(data, 4+size)[4:], true
 }
 
 // OnData implements proxylib.Parser.
 func (p *parser) OnData(reply, endStream bool, data [][]byte) (proxylib.Op, int) {
-	defer func() {
-		if cap(p.scratch) > scratchKeep {
-			p.scratch = nil // do not pin a large frame's copy
-		}
-	}()
 	size, avail, frame, ok := p.peekFrame(data)
 	if !reply && p.closing != "" {
 		return proxylib.Drop, avail
@@ -320,19 +308,27 @@ func (p *parser) streamProduce(size, avail int, data [][]byte) (op proxylib.Op, 
 }
 
 // gather returns the first n bytes of data (n <= the bytes there) in one
-// slice, copying into the scratch buffer when they span slices.
+// slice, copying them when they span slices: into the scratch buffer up
+// to scratchKeep bytes, else into a buffer of their own that is not kept
+// (a large frame's copy is not pinned by the connection).
 func (p *parser) gather(data [][]byte, n int) []byte {
 	if len(data[0]) >= n {
 		return data[0][:n]
 	}
-	p.scratch = p.scratch[:0]
+	buf := p.scratch[:0]
+	if n > scratchKeep {
+		buf = make([]byte, 0, n)
+	}
 	for _, b := range data {
-		p.scratch = append(p.scratch, b[:min(len(b), n-len(p.scratch))]...)
-		if len(p.scratch) == n {
+		buf = append(buf, b[:min(len(b), n-len(buf))]...)
+		if len(buf) == n {
 			break
 		}
 	}
-	return p.scratch
+	if n <= scratchKeep {
+		p.scratch = buf
+	}
+	return buf
 }
 
 // fail ends the connection on a request it cannot serve. Requests already
