@@ -89,34 +89,61 @@ func fuzzSeeds() [][]byte {
 	return out
 }
 
-// FuzzParse runs the real from_pod program (BPF_PROG_TEST_RUN) on random
-// and mutated frames from the client endpoint, with both directions
-// enforced and nothing allowed: every frame must be dropped except ARP and
-// link-scope neighbour discovery (issue 12: nothing but IPv4, IPv6 and ARP
-// may pass unchecked, and IPv4/IPv6 only through policy).
+// l3Passable reports whether a frame's ethertype may pass at all: IPv4,
+// IPv6 or ARP (never a VLAN tag, never anything else).
+func l3Passable(frame []byte) bool {
+	switch binary.BigEndian.Uint16(frame[12:]) {
+	case 0x0800, 0x86dd, 0x0806:
+		return true
+	}
+	return false
+}
+
+// FuzzParse runs the real programs (BPF_PROG_TEST_RUN) on random and
+// mutated frames from the client endpoint (issue 12: nothing but IPv4,
+// IPv6 and ARP may pass, and IPv4/IPv6 only through policy):
+//   - from_pod and to_pod with both directions enforced and nothing
+//     allowed drop every frame except ARP and link-scope neighbour
+//     discovery;
+//   - from_pod with everything allowed passes only IPv4, IPv6 and ARP.
 func FuzzParse(f *testing.F) {
 	for _, s := range fuzzSeeds() {
 		f.Add(s)
 	}
-	d := testDatapath(f, true, true)
-	f.Fuzz(func(t *testing.T, frame []byte) {
-		if len(frame) < 14 || len(frame) > 4096 {
-			return // BPF_PROG_TEST_RUN needs an Ethernet header
-		}
-		ret, err := d.objs.FromPod.Run(&ebpf.RunOptions{Data: frame})
+	deny := testDatapath(f, true, true)
+	open := testDatapath(f, true, true)
+	if err := open.SetPolicy(tClientEP, []PolicyEntry{
+		{PolicyKey: PolicyKey{Direction: Egress}, Verdict: Allow},
+		{PolicyKey: PolicyKey{Direction: Ingress}, Verdict: Allow},
+	}); err != nil {
+		f.Fatal(err)
+	}
+	run := func(t *testing.T, prog *ebpf.Program, frame []byte) (uint32, bool) {
+		ret, err := prog.Run(&ebpf.RunOptions{Data: frame})
 		if errors.Is(err, unix.EINVAL) {
 			// The kernel refuses to build an skb from it (an IPv4 or
 			// IPv6 ethertype without a full L3 header).
-			return
+			return 0, false
 		}
 		if err != nil {
 			t.Fatalf("run % x: %v", frame, err)
 		}
-		if ret == tcPass && !passesUnchecked(frame) {
-			t.Fatalf("from_pod passed % x", frame)
-		}
 		if ret != tcPass && ret != tcShot {
-			t.Fatalf("from_pod returned %d", ret)
+			t.Fatalf("returned %d for % x", ret, frame)
+		}
+		return ret, true
+	}
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		if len(frame) < 14 || len(frame) > 4096 {
+			return // BPF_PROG_TEST_RUN needs an Ethernet header
+		}
+		for _, prog := range []*ebpf.Program{deny.objs.FromPod, deny.objs.ToPod} {
+			if ret, ok := run(t, prog, frame); ok && ret == tcPass && !passesUnchecked(frame) {
+				t.Fatalf("%v passed with nothing allowed: % x", prog, frame)
+			}
+		}
+		if ret, ok := run(t, open.objs.FromPod, frame); ok && ret == tcPass && !l3Passable(frame) {
+			t.Fatalf("from_pod passed a frame that is not IPv4, IPv6 or ARP: % x", frame)
 		}
 	})
 }
