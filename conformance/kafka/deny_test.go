@@ -86,6 +86,7 @@ const (
 	deniedTopic  = "denied-topic"
 	deniedGroup  = "denied-group"
 	deniedTxn    = "denied-txn"
+	openTxn      = "open-txn"
 	openGroup    = "open-group"
 )
 
@@ -282,6 +283,87 @@ var denyCases = []struct {
 	}},
 	{name: "DeleteGroups", build: func(v int16) kmsg.Request {
 		r := kmsg.NewPtrDeleteGroupsRequest()
+		r.Groups = []string{deniedGroup}
+		return r
+	}},
+	{name: "DescribeConfigs", build: func(v int16) kmsg.Request {
+		r := kmsg.NewPtrDescribeConfigsRequest()
+		rs := kmsg.NewDescribeConfigsRequestResource()
+		rs.ResourceType, rs.ResourceName = kmsg.ConfigResourceTypeTopic, deniedTopic
+		r.Resources = append(r.Resources, rs)
+		return r
+	}},
+	{name: "AlterConfigs", build: func(v int16) kmsg.Request {
+		r := kmsg.NewPtrAlterConfigsRequest()
+		rs := kmsg.NewAlterConfigsRequestResource()
+		rs.ResourceType, rs.ResourceName = kmsg.ConfigResourceTypeTopic, deniedTopic
+		r.Resources = append(r.Resources, rs)
+		return r
+	}},
+	{name: "IncrementalAlterConfigs", build: func(v int16) kmsg.Request {
+		r := kmsg.NewPtrIncrementalAlterConfigsRequest()
+		rs := kmsg.NewIncrementalAlterConfigsRequestResource()
+		rs.ResourceType, rs.ResourceName = kmsg.ConfigResourceTypeTopic, deniedTopic
+		r.Resources = append(r.Resources, rs)
+		return r
+	}},
+	{name: "DeleteRecords", build: func(v int16) kmsg.Request {
+		r := kmsg.NewPtrDeleteRecordsRequest()
+		r.TimeoutMillis = 5000
+		tp := kmsg.NewDeleteRecordsRequestTopic()
+		tp.Topic = deniedTopic
+		p := kmsg.NewDeleteRecordsRequestTopicPartition()
+		tp.Partitions = append(tp.Partitions, p)
+		r.Topics = append(r.Topics, tp)
+		return r
+	}},
+	{name: "DescribeProducers", build: func(v int16) kmsg.Request {
+		r := kmsg.NewPtrDescribeProducersRequest()
+		tp := kmsg.NewDescribeProducersRequestTopic()
+		tp.Topic, tp.Partitions = deniedTopic, []int32{0}
+		r.Topics = append(r.Topics, tp)
+		return r
+	}},
+	{name: "DescribeTopicPartitions", build: func(v int16) kmsg.Request {
+		r := kmsg.NewPtrDescribeTopicPartitionsRequest()
+		r.ResponsePartitionLimit = 100
+		tp := kmsg.NewDescribeTopicPartitionsRequestTopic()
+		tp.Topic = deniedTopic
+		r.Topics = append(r.Topics, tp)
+		return r
+	}},
+	{name: "AddOffsetsToTxn", build: func(v int16) kmsg.Request {
+		r := kmsg.NewPtrAddOffsetsToTxnRequest()
+		r.TransactionalID, r.Group = deniedTxn, openGroup
+		return r
+	}},
+	{name: "EndTxn", build: func(v int16) kmsg.Request {
+		r := kmsg.NewPtrEndTxnRequest()
+		r.TransactionalID = deniedTxn
+		return r
+	}},
+	{name: "TxnOffsetCommit", build: func(v int16) kmsg.Request {
+		r := kmsg.NewPtrTxnOffsetCommitRequest()
+		r.TransactionalID, r.Group = openTxn, openGroup // the topic is refused
+		tp := kmsg.NewTxnOffsetCommitRequestTopic()
+		tp.Topic = deniedTopic
+		tp.Partitions = append(tp.Partitions, kmsg.NewTxnOffsetCommitRequestTopicPartition())
+		r.Topics = append(r.Topics, tp)
+		return r
+	}},
+	{name: "DescribeTransactions", build: func(v int16) kmsg.Request {
+		r := kmsg.NewPtrDescribeTransactionsRequest()
+		r.TransactionalIDs = []string{deniedTxn}
+		return r
+	}},
+	{name: "ConsumerGroupHeartbeat", build: func(v int16) kmsg.Request {
+		r := kmsg.NewPtrConsumerGroupHeartbeatRequest()
+		r.Group, r.MemberID, r.MemberEpoch, r.RebalanceTimeoutMillis = deniedGroup, "m0000000000000000000000", 0, 10000
+		r.SubscribedTopicNames = []string{deniedTopic}
+		return r
+	}},
+	{name: "ConsumerGroupDescribe", build: func(v int16) kmsg.Request {
+		r := kmsg.NewPtrConsumerGroupDescribeRequest()
 		r.Groups = []string{deniedGroup}
 		return r
 	}},

@@ -504,6 +504,13 @@ func (dc *decoder) array(r *reader, f *field, v int16, flex bool, depth int) {
 				if depth == 0 {
 					dc.d.groups = append(dc.d.groups, groupEntry{id: dc.str(b)})
 				}
+			case eTxn:
+				// DescribeTransactions: each id is answered in its own
+				// entry, as a group of a batched group request is.
+				dc.d.txnSeen = true
+				if depth == 0 {
+					dc.d.groups = append(dc.d.groups, groupEntry{id: dc.str(b)})
+				}
 			default:
 				if f.flags&flRegex != 0 && len(b) > 0 {
 					dc.d.AllTopics = true // KIP-1071 streams groups: see SubscribedTopicRegex

@@ -72,8 +72,12 @@
 // to a Kafka 4.3 broker whose StandardAuthorizer refuses them and compares
 // every byte, for Produce, Fetch, ListOffsets, Metadata, OffsetCommit,
 // OffsetFetch, FindCoordinator, JoinGroup, Heartbeat, SyncGroup,
-// LeaveGroup, DescribeGroups, DeleteGroups and InitProducerId at every
-// version both speak, with one and with two topics of two partitions (an
+// LeaveGroup, DescribeGroups, DeleteGroups, DescribeConfigs, AlterConfigs,
+// IncrementalAlterConfigs, DeleteRecords, DescribeProducers,
+// DescribeTopicPartitions, AddOffsetsToTxn, EndTxn, TxnOffsetCommit,
+// DescribeTransactions, ConsumerGroupHeartbeat, ConsumerGroupDescribe and
+// InitProducerId at every version both speak (216 answers), with one and
+// with two topics of two partitions (an
 // empty, not null, record set; -1 for the offsets, node, port and epoch of
 // a refused entry; the schema's default messages). One difference is
 // left: ward answers a Produce's partitions in request order, the broker

@@ -5,6 +5,16 @@ import (
 	"fmt"
 )
 
+// API keys whose deny responses have broker-specific fields (the
+// well-known keys are in apikeys.go).
+const (
+	keyDeleteRecords           int16 = 21
+	keyDescribeConfigs         int16 = 32
+	keyAlterConfigs            int16 = 33
+	keyIncrementalAlterConfigs int16 = 44
+	keyDescribeProducers       int16 = 61
+)
+
 // Kafka error codes used by deny responses (org.apache.kafka.common.protocol.Errors).
 const (
 	errTopicAuthorization         int16 = 29 // TOPIC_AUTHORIZATION_FAILED
@@ -159,7 +169,7 @@ func mirrorsTopics(fs []field, v int16, top bool) bool {
 func isGroupElem(fs []field, v int16) bool {
 	for i := range fs {
 		f := &fs[i]
-		if f.ver.has(v) && f.typ == tString && (f.entity == eGroup || f.name == "Key") {
+		if f.ver.has(v) && f.typ == tString && (f.entity == eGroup || f.entity == eTxn || f.name == "Key") {
 			return true
 		}
 	}
@@ -212,16 +222,40 @@ func (r *responder) errorCode(lv level) int16 {
 	return 0
 }
 
-// invalidOnError lists the fields a broker sets to -1 (Kafka's "invalid"
-// offset, node, port or epoch) in a struct it answers with an error,
-// where the schema's default is 0: ProduceResponse BaseOffset,
-// FetchResponse HighWatermark, OffsetFetchResponse CommittedOffset,
-// FindCoordinatorResponse NodeId and Port, InitProducerIdResponse
-// ProducerEpoch (checked against a Kafka 4.3 broker's answers by
+// invalidOnError reports whether a broker sets field name of a response
+// of key to -1 (Kafka's "invalid" offset, node, port or epoch) in a
+// struct it answers with an error, where the schema's default is 0:
+// ProduceResponse BaseOffset, FetchResponse HighWatermark,
+// OffsetFetchResponse CommittedOffset, FindCoordinatorResponse NodeId and
+// Port, InitProducerIdResponse ProducerEpoch, DeleteRecordsResponse
+// LowWatermark (checked against a Kafka 4.3 broker's answers by
 // conformance/kafka TestDenyResponsesMatchBroker).
-func invalidOnError(name string) bool {
-	switch name {
-	case "BaseOffset", "HighWatermark", "CommittedOffset", "NodeId", "Port", "ProducerEpoch":
+func invalidOnError(key int16, name string) bool {
+	switch key {
+	case keyProduce:
+		return name == "BaseOffset"
+	case keyFetch:
+		return name == "HighWatermark"
+	case keyOffsetFetch:
+		return name == "CommittedOffset"
+	case keyFindCoordinator:
+		return name == "NodeId" || name == "Port"
+	case keyInitProducerID:
+		return name == "ProducerEpoch"
+	case keyDeleteRecords:
+		return name == "LowWatermark"
+	}
+	return false
+}
+
+// messageOnError reports whether a broker fills the ErrorMessage of a
+// refused struct of a response of key (at level lv) with the error's
+// default message; elsewhere it leaves the schema's default (null or "").
+func messageOnError(key int16, lv level) bool {
+	switch key {
+	case keyFindCoordinator:
+		return lv.kind == lvTop // v1-3; v4+ coordinators carry none
+	case keyDescribeConfigs, keyAlterConfigs, keyIncrementalAlterConfigs, keyDescribeProducers:
 		return true
 	}
 	return false
@@ -234,7 +268,7 @@ func (r *responder) fields(fs []field, lv level) {
 		if !f.ver.has(r.v) || (r.flex && f.tagged.has(r.v)) {
 			continue
 		}
-		if f.typ.fixedSize() > 1 && f.typ.fixedSize() <= 8 && invalidOnError(f.name) && r.errorCode(lv) != 0 {
+		if f.typ.fixedSize() > 1 && f.typ.fixedSize() <= 8 && invalidOnError(r.d.APIKey, f.name) && r.errorCode(lv) != 0 {
 			w.fixed(f.typ, -1)
 			continue
 		}
@@ -272,13 +306,11 @@ func (r *responder) fields(fs []field, lv level) {
 				if s == "" && f.null.has(r.v) {
 					null = true // named by ID only
 				}
-			case lv.kind == lvGroup && (f.entity == eGroup || f.name == "Key"):
+			case lv.kind == lvGroup && (f.entity == eGroup || f.entity == eTxn || f.name == "Key"):
 				s, null = r.d.groups[lv.group].id, false
 			case r.d.APIKey == keyJoinGroup && f.name == "ProtocolName" && f.null.has(r.v):
 				null = true // the broker's JoinGroup error response (KafkaApis)
-			case r.d.APIKey == keyFindCoordinator && lv.kind == lvTop && f.name == "ErrorMessage" && r.errorCode(lv) != 0:
-				// FindCoordinator v1-3 carries the error's message
-				// (Errors.message()); v4+ coordinators carry none.
+			case f.name == "ErrorMessage" && r.errorCode(lv) != 0 && messageOnError(r.d.APIKey, lv):
 				s, null = errorMessage(r.errorCode(lv)), false
 			}
 			if null {
