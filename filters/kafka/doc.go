@@ -123,9 +123,10 @@
 // by the bytes actually present and by the max frame. A request the codec
 // cannot read (unknown key or version, malformed, SASL v0 raw tokens) ends
 // the connection with a flow record, after the answers to the requests
-// before it (as a broker answers what it read, then closes); so does a
-// connection no policy covers. A response the parser cannot match to a
-// request closes the connection at once. A half-close (the client's or
+// before it (as a broker answers what it read, then closes). A connection
+// no policy covers any more, a fetch session whose rules changed, and a
+// response the parser cannot match to a request close the connection at
+// once, answers in flight included. A half-close (the client's or
 // the broker's end of stream) is passed on, so a closed client never leaves
 // its broker connection open.
 package kafka

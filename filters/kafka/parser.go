@@ -358,8 +358,11 @@ func (p *parser) onRequest(size, avail int, frame []byte) (proxylib.Op, int) {
 func (p *parser) decide(d *decoded, size, avail int) (proxylib.Op, int) {
 	m, ok := p.f.rules.Rules(p.info.Ingress, p.info.DstPort, p.remote)
 	if !ok {
+		// The policy is gone: nothing more reaches the client, not even
+		// the answers in flight (unlike a bad frame, which the broker
+		// would have answered up to).
 		p.record(flow.Denied, "no kafka policy for the connection", d, 0)
-		return p.fail("kafka: no policy", proxylib.ErrPolicyDenied, avail)
+		return proxylib.Error, proxylib.ErrPolicyDenied
 	}
 	if m != p.rules {
 		if p.fetchSession && p.rules != nil && !m.Equal(p.rules) {
@@ -368,8 +371,10 @@ func (p *parser) decide(d *decoded, size, avail int) (proxylib.Op, int) {
 			// policy change could not take them away: restart the
 			// connection, and with it the session; the client's next full
 			// fetch names every topic again.
+			// At once: a fetch in flight could still return a revoked
+			// partition's records.
 			p.record(flow.Denied, "policy changed: restarting the connection's fetch session", d, 0)
-			return p.fail("kafka: policy changed under a fetch session", proxylib.ErrPolicyDenied, avail)
+			return proxylib.Error, proxylib.ErrPolicyDenied
 		}
 		p.rules = m
 	}

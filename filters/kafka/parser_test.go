@@ -469,11 +469,16 @@ func TestParserPolicyUpdateSameRules(t *testing.T) {
 	if o.closed != "" || !bytes.Equal(o.toServer, cat2(fetchReq(1, "ok"), fetchReq(2, "ok"))) {
 		t.Fatalf("after an update with the same rules: closed %q, server got %d bytes; want open, both fetches", o.closed, len(o.toServer))
 	}
-	s.OnData(true, false, [][]byte{brokerResp(2, "x")})
 	cur.Store(compile("other"))
 	s.OnData(false, false, [][]byte{fetchReq(3, "ok")})
 	if o.closed == "" {
 		t.Fatal("after a real rule change the fetch session's connection is still open")
+	}
+	// At once, with fetch 2 still in flight: its answer could carry a
+	// revoked partition's records.
+	s.OnData(true, false, [][]byte{brokerResp(2, "x")})
+	if got := corrs(t, o.toClient); len(got) != 1 {
+		t.Errorf("client got answers %v after the rules changed; want only [1]", got)
 	}
 }
 
