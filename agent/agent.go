@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,6 +14,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/wardproxy/ward/agent/ipcache"
 	bootstrap "github.com/wardproxy/ward/envoy-bootstrap"
 	"github.com/wardproxy/ward/filters/dns"
 	"github.com/wardproxy/ward/internal/envoyproc"
@@ -126,7 +129,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		a.eng.consumers = append(a.eng.consumers, &policyResources{srv: a.srv, log: a.log})
 		a.src = &dirsource.Source{Dir: a.cfg.PolicyDir, Sink: a.eng.repo, Logger: a.log, Interval: 500 * time.Millisecond,
-			OnChange: func() { a.eng.publish(ctx) }}
+			OnChange: func() { a.eng.publish(ctx); a.saveGood() }}
 		if a.dp != nil {
 			// Egress listeners carry the endpoints' identities, which the
 			// repository assigned from their labels.
@@ -138,7 +141,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			res.Clusters = append(res.Clusters, dr.Clusters...)
 			a.glue = &dnsGlue{e: a.eng, log: a.log}
 			a.eng.afterPublish = a.glue.syncSelectors
-			if px, err = newDNSProxy(a.glue, a.dp.dp.IPCache(), a.cfg.Datapath.DNSPort, filepath.Join(a.cfg.StateDir, "fqdn-state.json"), a.log); err != nil {
+			if px, err = newDNSProxy(a.glue, a.dp.ipc.Owner(ipcache.FQDN), a.cfg.Datapath.DNSPort, filepath.Join(a.cfg.StateDir, "fqdn-state.json"), a.log); err != nil {
 				return err
 			}
 		}
@@ -165,6 +168,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if px != nil {
 		g.Go(func() error { return px.Run(ctx) })
+	}
+	if a.dp != nil {
+		g.Go(func() error { return a.dp.runGC(ctx, 10*time.Second) })
 	}
 	if a.eng != nil {
 		g.Go(func() error { return a.runPolicy(ctx) })
@@ -195,16 +201,70 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 // runPolicy loads the policy directory, publishes, and watches it until
-// ctx is done.
+// ctx is done. The policy files of the last complete, valid scan are kept
+// in the state directory and restored at start: a file that fails to load
+// then keeps its last good version, and a missing or unreadable directory
+// keeps them all (both shown in Status), so a restart never publishes an
+// incomplete policy over the pinned maps.
 func (a *Agent) runPolicy(ctx context.Context) error {
+	if files, err := a.loadGood(); err != nil {
+		a.log.Warn("last good policy not restored", "error", err)
+	} else if files != nil {
+		if err := a.src.Restore(files); err != nil {
+			a.log.Warn("last good policy partly restored", "error", err)
+		}
+	}
 	if err := a.src.Sync(); err != nil {
 		a.log.Warn("policy directory", "dir", a.cfg.PolicyDir, "error", err)
 	}
 	a.eng.publish(ctx)
+	a.saveGood()
 	if err := a.src.Run(ctx); err != nil && ctx.Err() == nil {
 		return err
 	}
 	return nil
+}
+
+func (a *Agent) goodPath() string { return filepath.Join(a.cfg.StateDir, "policy-last-good.json") }
+
+func (a *Agent) loadGood() (map[string][]byte, error) {
+	b, err := os.ReadFile(a.goodPath())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var files map[string][]byte
+	if err := json.Unmarshal(b, &files); err != nil {
+		return nil, fmt.Errorf("%s: %w", a.goodPath(), err)
+	}
+	return files, nil
+}
+
+// saveGood keeps the policy files when the last scan was complete and
+// valid (atomically, 0600).
+func (a *Agent) saveGood() {
+	files, ok := a.src.Good()
+	if !ok {
+		return
+	}
+	b, err := json.Marshal(files)
+	if err != nil {
+		a.log.Error("last good policy", "error", err)
+		return
+	}
+	if old, err := os.ReadFile(a.goodPath()); err == nil && bytes.Equal(old, b) {
+		return
+	}
+	tmp := a.goodPath() + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		a.log.Error("last good policy", "error", err)
+		return
+	}
+	if err := os.Rename(tmp, a.goodPath()); err != nil {
+		a.log.Error("last good policy", "error", err)
+	}
 }
 
 // newEnvoy checks the Envoy binary and libward.so, writes the bootstrap

@@ -59,7 +59,7 @@ func setup(t *testing.T, filter string) (agent.Config, string) {
 // testModule is the libward.so with the test filters (ward.test.*).
 func testModule(t *testing.T) string {
 	t.Helper()
-	return testenv.File(t, "build/libward.so", "run `make build`")
+	return testenv.Module(t)
 }
 
 // run builds the agent from cfg and runs it until ctx is done.

@@ -8,7 +8,9 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"time"
 
+	"github.com/wardproxy/ward/agent/ipcache"
 	"github.com/wardproxy/ward/bpf/policymap"
 	"github.com/wardproxy/ward/bpf/redirect"
 	"github.com/wardproxy/ward/policy"
@@ -24,6 +26,7 @@ type datapath struct {
 	dp     *redirect.Datapath
 	undo   func() error
 	log    *slog.Logger
+	ipc    *ipcache.Table    // the one writer of the BPF ipcache
 	ifaces map[uint64]int    // endpoint id -> ifindex
 	egress map[uint64]uint16 // endpoint id -> its egress HTTP listener port
 
@@ -60,6 +63,14 @@ func openDatapath(cfg DatapathConfig, eps []Endpoint, log *slog.Logger) (*datapa
 		return nil, err
 	}
 	d.dp, d.undo = dp, undo
+	// Over pinned maps, what the previous run wrote is adopted so that it
+	// can be pruned once every owner has claimed its prefixes again.
+	d.ipc = ipcache.New(dp.IPCache())
+	if old, err := dp.IPCache().Entries(); err != nil {
+		log.Warn("ipcache adopt", "error", err)
+	} else if err := d.ipc.Adopt(old); err != nil {
+		log.Warn("ipcache adopt", "error", err)
+	}
 	return d, nil
 }
 
@@ -108,27 +119,35 @@ func (d *datapath) endpointError(id uint64) error {
 	return d.epErrs[id]
 }
 
-// Apply implements Consumer.
+// Apply implements Consumer: the endpoint and CIDR claims of the ipcache
+// are reconciled with the state (a prefix no rule names any more is
+// deleted), then every local endpoint's policy is written. An endpoint
+// whose policy cannot be produced or written is locked down (all its
+// traffic dropped) until a later Apply succeeds for it: never left with a
+// stale policy, never skipped.
 func (d *datapath) Apply(_ context.Context, st *State) error {
 	var errs []error
-	ipc := d.dp.IPCache()
 	snap := st.Policy
+	eps := map[netip.Prefix]uint32{}
 	for _, w := range st.Workloads {
 		pol, ok := snap.Endpoint(w.ID)
 		if !ok {
 			continue
 		}
 		for _, a := range w.Addrs {
-			if err := ipc.Upsert(netip.PrefixFrom(a, a.BitLen()), uint32(pol.Identity)); err != nil {
-				errs = append(errs, err)
-			}
+			eps[netip.PrefixFrom(a, a.BitLen())] = uint32(pol.Identity)
 		}
 	}
+	cidrs := map[netip.Prefix]uint32{}
 	for _, c := range snap.CIDRIdentities() {
 		if c.Prefix.IsValid() {
-			if err := ipc.Upsert(c.Prefix, uint32(c.ID)); err != nil {
-				errs = append(errs, err)
-			}
+			cidrs[c.Prefix] = uint32(c.ID)
+		}
+	}
+	if err := errors.Join(d.ipc.Owner(ipcache.Endpoint).Sync(eps), d.ipc.Owner(ipcache.CIDR).Sync(cidrs)); err != nil {
+		errs = append(errs, fmt.Errorf("ipcache: %w", err))
+		if err := d.ipc.Resync(); err != nil {
+			errs = append(errs, fmt.Errorf("ipcache resync: %w", err))
 		}
 	}
 	epErrs := map[uint64]error{}
@@ -138,6 +157,9 @@ func (d *datapath) Apply(_ context.Context, st *State) error {
 		}
 		if err := d.applyEndpoint(snap, w); err != nil {
 			err = fmt.Errorf("endpoint %s: %w", w.Name, err)
+			if lerr := d.dp.Lockdown(uint32(w.ID)); lerr != nil {
+				err = errors.Join(err, fmt.Errorf("lockdown: %w", lerr))
+			}
 			epErrs[w.ID] = err
 			errs = append(errs, err)
 		}
@@ -146,6 +168,25 @@ func (d *datapath) Apply(_ context.Context, st *State) error {
 	d.epErrs = epErrs
 	d.mu.Unlock()
 	return errors.Join(errs...)
+}
+
+// runGC expires conntrack entries (per-protocol lifetimes) until ctx is
+// done.
+func (d *datapath) runGC(ctx context.Context, every time.Duration) error {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if n, err := d.dp.GC(); err != nil {
+			d.log.Warn("conntrack gc", "error", err)
+		} else if n > 0 {
+			d.log.Debug("conntrack gc", "expired", n)
+		}
+	}
 }
 
 func (d *datapath) applyEndpoint(snap *policy.Snapshot, w Workload) error {

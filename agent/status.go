@@ -42,6 +42,9 @@ func (a *Agent) Status() api.Status {
 			p.Revision = s.Policy.Revision
 		}
 		if a.src != nil {
+			if err := a.src.Err(); err != nil {
+				p.Error = err.Error()
+			}
 			for _, f := range a.src.Status() {
 				if f.Err != nil {
 					p.Errors = append(p.Errors, api.FileError{File: f.Path, Error: f.Err.Error()})

@@ -96,7 +96,7 @@ func (c Config) Build() (*bootstrapv3.Bootstrap, error) {
 		ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}},
 	}
 	return &bootstrapv3.Bootstrap{
-		Node: &core.Node{Id: c.NodeID, Cluster: clusterName},
+		Node:  &core.Node{Id: c.NodeID, Cluster: clusterName},
 		Admin: &bootstrapv3.Admin{Address: admin},
 		DynamicResources: &bootstrapv3.Bootstrap_DynamicResources{
 			AdsConfig: &core.ApiConfigSource{

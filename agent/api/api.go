@@ -44,6 +44,9 @@ type Policy struct {
 	Dir string `json:"dir,omitempty"`
 	// Revision is the repository revision last published.
 	Revision uint64 `json:"revision"`
+	// Error is the last scan's error (a missing or unreadable directory,
+	// or the files below); empty when every file is in force as is.
+	Error string `json:"error,omitempty"`
 	// Errors are the files that failed to load, with their error; their
 	// last good content (if any) stays enforced.
 	Errors []FileError `json:"errors,omitempty"`

@@ -74,6 +74,9 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	}
 	if p := st.Policy; p != nil {
 		fmt.Fprintf(stdout, "policy: %s, revision %d\n", p.Dir, p.Revision)
+		if p.Error != "" && len(p.Errors) == 0 {
+			fmt.Fprintf(stdout, "policy directory: %s\n", p.Error)
+		}
 		for _, e := range p.Errors {
 			fmt.Fprintf(stdout, "policy file not loaded (its last good version stays in force): %s: %s\n", e.File, e.Error)
 		}

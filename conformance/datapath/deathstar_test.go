@@ -85,7 +85,65 @@ func TestDeathstar(t *testing.T) {
 	// Envoy both change).
 	i := strings.LastIndex(string(b), "org: empire")
 	n.WritePolicy(t, "policy.yaml", string(b[:i])+"org: alliance"+string(b[i+len("org: empire"):]))
+	last := ""
 	node.Eventually(t, "xwing to land after the policy edit", func() bool {
-		return curl("xwing", "POST", "/v1/request-landing") == "Ship landed 200"
+		last = curl("xwing", "POST", "/v1/request-landing")
+		if last != "Ship landed 200" {
+			t.Logf("xwing POST = %q; status %+v", last, n.Agent.Status().Endpoints)
+		}
+		return last == "Ship landed 200"
 	})
+}
+
+// TestRestartKeepsLastGoodPolicy: wardd restarted over its pinned maps
+// while the policy file is invalid (a half-written edit) or the policy
+// directory is gone enforces the last good policy — it never publishes an
+// incomplete one — and says so in its status.
+func TestRestartKeepsLastGoodPolicy(t *testing.T) {
+	n := node.New(t, deathstarPods...)
+	n.Serve(t, "deathstar", deathstar.New(), ":80")
+	b, err := os.ReadFile(filepath.Join(testenv.Root(t), "examples/deathstar/l7/sw_l3_l4_l7_policy.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.WritePolicy(t, "policy.yaml", string(b))
+	n.Start(t, 25000, 9005)
+	c, stop := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer stop()
+	url := "http://" + n.Pods["deathstar"].IP.String()
+	curl := func(from, method, path string) string {
+		return n.Curl(c, from, "-X", method, "-w", " %{http_code}", url+path)
+	}
+	enforced := func(when string) {
+		t.Helper()
+		node.Eventually(t, "Envoy to deny tiefighter's PUT "+when, func() bool {
+			return curl("tiefighter", "PUT", "/v1/exhaust-port") == "Access denied 403"
+		})
+		if got := curl("xwing", "POST", "/v1/request-landing"); got != "error" {
+			t.Errorf("%s: xwing POST = %q; want dropped", when, got)
+		}
+		if got := curl("tiefighter", "POST", "/v1/request-landing"); got != "Ship landed 200" {
+			t.Errorf("%s: tiefighter POST = %q; want Ship landed 200", when, got)
+		}
+	}
+	enforced("at first start")
+
+	n.Stop(t)
+	n.WritePolicy(t, "policy.yaml", string(b[:len(b)/2])) // half-written
+	n.Start(t, 25000, 9005)
+	enforced("after a restart with the file half-written")
+	st := n.Agent.Status()
+	if st.Policy == nil || len(st.Policy.Errors) != 1 || !strings.Contains(st.Policy.Errors[0].File, "policy.yaml") {
+		t.Errorf("status policy = %+v; want policy.yaml's error", st.Policy)
+	}
+
+	n.Stop(t)
+	if err := os.RemoveAll(n.PolicyDir); err != nil {
+		t.Fatal(err)
+	}
+	n.Start(t, 25000, 9005)
+	enforced("after a restart with the policy directory gone")
+	if st := n.Agent.Status(); st.Policy == nil || !strings.Contains(st.Policy.Error, "policies in force are kept") {
+		t.Errorf("status policy = %+v; want the missing directory reported", st.Policy)
+	}
 }

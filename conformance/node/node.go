@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -52,6 +53,9 @@ type Node struct {
 	// the datapath, tests may adjust it before Start.
 	Config agent.Config
 	Agent  *agent.Agent
+
+	pin  string
+	stop func() error
 }
 
 // New builds the node's pods (root; needs curl).
@@ -136,30 +140,33 @@ func (n *Node) RemovePolicy(t *testing.T, file string) {
 // returns once the agent published its first policy and Envoy is ready.
 func (n *Node) Start(t *testing.T, table, priority int) {
 	t.Helper()
-	pin := t.TempDir()
-	if err := unix.Mount("bpf", pin, "bpf", 0, "mode=0700"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { redirect.Cleanup(pin); unix.Unmount(pin, unix.MNT_DETACH) })
-	cfg := n.Config
-	for i, s := range n.Specs {
-		if s.Unmanaged {
-			continue
+	if n.pin == "" {
+		n.pin = t.TempDir()
+		if err := unix.Mount("bpf", n.pin, "bpf", 0, "mode=0700"); err != nil {
+			t.Fatal(err)
 		}
-		p := n.Pods[s.Name]
-		cfg.Endpoints = append(cfg.Endpoints, agent.Endpoint{Name: s.Name, ID: uint64(i + 1), IPs: []string{p.IP.String()}, Labels: s.Labels, Namespace: s.Namespace, Interface: p.HostIf})
+		pin := n.pin
+		t.Cleanup(func() { redirect.Cleanup(pin); unix.Unmount(pin, unix.MNT_DETACH) })
+		cfg := n.Config
+		for i, s := range n.Specs {
+			if s.Unmanaged {
+				continue
+			}
+			p := n.Pods[s.Name]
+			cfg.Endpoints = append(cfg.Endpoints, agent.Endpoint{Name: s.Name, ID: uint64(i + 1), IPs: []string{p.IP.String()}, Labels: s.Labels, Namespace: s.Namespace, Interface: p.HostIf})
+		}
+		cfg.PolicyDir = n.PolicyDir
+		if err := os.MkdirAll(n.PolicyDir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		dc := cfg.Datapath
+		dc.Enabled, dc.PinDir = true, n.pin
+		dc.RoutingTable, dc.RoutingPriority = table+int(n.Topo.Subnet.Addr().As4()[2]), priority
+		dc.HTTPIngressPort, dc.KafkaIngressPort, dc.DNSPort, dc.EgressHTTPBasePort = uint16(FreePort(t)), uint16(FreePort(t)), uint16(FreePort(t)), uint16(FreePort(t))
+		cfg.Datapath = dc
+		n.Config = cfg
 	}
-	cfg.PolicyDir = n.PolicyDir
-	if err := os.MkdirAll(n.PolicyDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	dc := cfg.Datapath
-	dc.Enabled, dc.PinDir = true, pin
-	dc.RoutingTable, dc.RoutingPriority = table+int(n.Topo.Subnet.Addr().As4()[2]), priority
-	dc.HTTPIngressPort, dc.KafkaIngressPort, dc.DNSPort, dc.EgressHTTPBasePort = uint16(FreePort(t)), uint16(FreePort(t)), uint16(FreePort(t)), uint16(FreePort(t))
-	cfg.Datapath = dc
-	n.Config = cfg
-	a, err := agent.New(cfg, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	a, err := agent.New(n.Config, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,9 +174,11 @@ func (n *Node) Start(t *testing.T, table, priority int) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
+	var once sync.Once
+	var runErr error
+	n.stop = func() error { once.Do(func() { cancel(); runErr = <-done }); return runErr }
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := n.stop(); err != nil {
 			t.Errorf("agent: %v", err)
 		}
 		if t.Failed() {
@@ -184,6 +193,16 @@ func (n *Node) Start(t *testing.T, table, priority int) {
 		t.Fatalf("agent stopped before ready: %v", err)
 	case <-time.After(90 * time.Second):
 		t.Fatal("agent not ready after 90s")
+	}
+}
+
+// Stop stops the node's agent (a graceful wardd stop: Envoy stops, the
+// pinned BPF programs and maps keep enforcing); Start runs it again over
+// the same pins and state directory.
+func (n *Node) Stop(t *testing.T) {
+	t.Helper()
+	if err := n.stop(); err != nil {
+		t.Fatalf("agent: %v", err)
 	}
 }
 

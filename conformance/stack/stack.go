@@ -34,7 +34,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/wardproxy/ward/agent"
-	"github.com/wardproxy/ward/conformance/node"
 	"github.com/wardproxy/ward/internal/envoyproc"
 	"github.com/wardproxy/ward/internal/testenv"
 	"github.com/wardproxy/ward/xds"
@@ -67,7 +66,7 @@ type Stack struct {
 func Start(t testing.TB, o Options) *Stack {
 	t.Helper()
 	bin := testenv.EnvoyPath(t)
-	lib := node.Module(t)
+	lib := testenv.Module(t)
 	if o.Concurrency == 0 {
 		o.Concurrency = 1
 	}

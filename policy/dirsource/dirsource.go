@@ -47,9 +47,10 @@ type Source struct {
 	// OnChange, if set, is called after a scan that changed the policies.
 	OnChange func()
 
-	mu    sync.Mutex
-	files map[string]*fileState
-	owner map[policy.Key]string
+	mu      sync.Mutex
+	files   map[string]*fileState
+	owner   map[policy.Key]string
+	lastErr error // of the last scan: nil when every file is in force as is
 }
 
 type fileState struct {
@@ -75,9 +76,21 @@ func (s *Source) Run(ctx context.Context) error {
 	}
 	t := time.NewTicker(iv)
 	defer t.Stop()
+	last := ""
 	for {
-		if err := s.Sync(); err != nil {
-			s.logger().Warn("policy directory scan", "dir", s.Dir, "error", err)
+		// Logged once per change of the errors, not once per scan.
+		err := s.Sync()
+		msg := ""
+		if err != nil {
+			msg = err.Error()
+		}
+		if msg != last {
+			if err != nil {
+				s.logger().Warn("policy directory scan", "dir", s.Dir, "error", err)
+			} else {
+				s.logger().Info("policy directory in force as is", "dir", s.Dir)
+			}
+			last = msg
 		}
 		select {
 		case <-ctx.Done():
@@ -94,9 +107,19 @@ func (s *Source) logger() *slog.Logger {
 	return slog.Default()
 }
 
-// Sync scans the directory once and applies the changes. It returns the
-// joined errors of the files that were skipped in this scan.
+// Sync scans the directory once and applies the changes, then calls
+// OnChange (without holding the source's lock: OnChange may call Good or
+// Status) when the policies changed. It returns the joined errors of the
+// files that were skipped in this scan.
 func (s *Source) Sync() error {
+	changed, err := s.scan()
+	if changed && s.OnChange != nil {
+		s.OnChange()
+	}
+	return err
+}
+
+func (s *Source) scan() (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.files == nil {
@@ -105,7 +128,10 @@ func (s *Source) Sync() error {
 	}
 	paths, err := Files(s.Dir)
 	if err != nil {
-		return err
+		// An unreadable or missing directory changes nothing: what is in
+		// force stays (a missing directory must not un-enforce everything).
+		s.lastErr = fmt.Errorf("policy directory %s: %w (the policies in force are kept)", s.Dir, err)
+		return false, s.lastErr
 	}
 	changed := false
 	seen := map[string]bool{}
@@ -158,10 +184,72 @@ func (s *Source) Sync() error {
 		delete(s.files, p)
 		s.logger().Info("policy file removed", "file", p)
 	}
-	if changed && s.OnChange != nil {
-		s.OnChange()
+	s.lastErr = errors.Join(errs...)
+	return changed, s.lastErr
+}
+
+// Restore seeds the source with files saved from an earlier run (Good),
+// before the first Sync: their policies go into the sink as if the files
+// were on disk. The first Sync then replaces each with its content on disk
+// when that is valid, keeps the restored version when the file on disk
+// fails to parse or validate, and removes it when the file is gone from a
+// readable directory. Paths are relative to Dir. It returns the errors of
+// restored files that no longer parse (skipped).
+func (s *Source) Restore(files map[string][]byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.files == nil {
+		s.files = map[string]*fileState{}
+		s.owner = map[policy.Key]string{}
+	}
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var errs []error
+	for _, n := range names {
+		p := filepath.Join(s.Dir, filepath.Clean("/" + n)[1:])
+		st := &fileState{size: -1} // never equal to a file on disk: re-read
+		s.apply(p, st, files[n])
+		if st.err != nil {
+			errs = append(errs, st.err)
+			continue
+		}
+		st.data = files[n]
+		s.files[p] = st
 	}
 	return errors.Join(errs...)
+}
+
+// Good returns the content of every policy file, by path relative to Dir,
+// when the last scan found every file valid (the set to Restore after a
+// restart), and false otherwise.
+func (s *Source) Good() (map[string][]byte, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.files == nil || s.lastErr != nil {
+		return nil, false
+	}
+	out := make(map[string][]byte, len(s.files))
+	for p, st := range s.files {
+		if st.err != nil {
+			return nil, false
+		}
+		rel, err := filepath.Rel(s.Dir, p)
+		if err != nil {
+			return nil, false
+		}
+		out[rel] = st.data
+	}
+	return out, true
+}
+
+// Err returns the error of the last scan (nil: every file in force as is).
+func (s *Source) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastErr
 }
 
 // apply parses one changed file and updates the sink.
