@@ -32,6 +32,24 @@ func (a *Agent) Status() api.Status {
 			st.NACKs = append(st.NACKs, api.NACK{TypeURL: n.TypeURL, Version: n.Version, Message: n.Message})
 		}
 	}
+	for _, typ := range []string{npds.NetworkPolicyType, npds.NetworkPolicyHostsType} {
+		rs := a.srv.Resources(typ)
+		if len(rs) == 0 {
+			continue
+		}
+		d := api.Delivery{Total: len(rs)}
+		for _, r := range rs {
+			if r.Acked {
+				d.Acked++
+				continue
+			}
+			d.NotApplied = append(d.NotApplied, api.Resource{Name: r.Name, Version: r.Version, Error: r.Error})
+		}
+		if st.Delivery == nil {
+			st.Delivery = map[string]api.Delivery{}
+		}
+		st.Delivery[typ] = d
+	}
 	if a.proc != nil {
 		st.Envoy = &api.Envoy{PID: a.proc.PID(), Starts: a.proc.Starts(), Adopted: a.proc.Adopted(), LastError: a.proc.LastError()}
 	}

@@ -20,6 +20,26 @@ type Status struct {
 	Policy *Policy `json:"policy,omitempty"`
 	// Endpoints are the local endpoints and their datapath state.
 	Endpoints []Endpoint `json:"endpoints,omitempty"`
+	// Delivery is, per policy resource type, how many resources the proxy
+	// applied and which it has not (yet): rejected ones with the proxy's
+	// error (it keeps their previous version) and ones still in flight.
+	Delivery map[string]Delivery `json:"delivery,omitempty"`
+}
+
+// Delivery is the proxy's state of one policy resource type.
+type Delivery struct {
+	Total int `json:"total"`
+	Acked int `json:"acked"`
+	// NotApplied are the resources whose current version the proxy has not
+	// applied.
+	NotApplied []Resource `json:"notApplied,omitempty"`
+}
+
+// Resource is one policy resource as the proxy holds it.
+type Resource struct {
+	Name    string `json:"name"`
+	Version string `json:"version"`
+	Error   string `json:"error,omitempty"`
 }
 
 // NACK is Envoy's last rejection of a resource type.

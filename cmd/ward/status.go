@@ -72,6 +72,22 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	for _, n := range st.NACKs {
 		fmt.Fprintf(stdout, "rejected %s (still running %q): %s\n", n.TypeURL, n.Version, n.Message)
 	}
+	dtypes := make([]string, 0, len(st.Delivery))
+	for k := range st.Delivery {
+		dtypes = append(dtypes, k)
+	}
+	sort.Strings(dtypes)
+	for _, k := range dtypes {
+		d := st.Delivery[k]
+		fmt.Fprintf(stdout, "delivered %s: %d of %d applied by the proxy\n", k, d.Acked, d.Total)
+		for _, r := range d.NotApplied {
+			if r.Error != "" {
+				fmt.Fprintf(stdout, "  rejected %s (its previous version stays in force): %s\n", r.Name, r.Error)
+			} else {
+				fmt.Fprintf(stdout, "  pending %s\n", r.Name)
+			}
+		}
+	}
 	if p := st.Policy; p != nil {
 		fmt.Fprintf(stdout, "policy: %s, revision %d\n", p.Dir, p.Revision)
 		if p.Error != "" && len(p.Errors) == 0 {

@@ -20,6 +20,7 @@ import (
 	"github.com/wardproxy/ward/conformance/node"
 	"github.com/wardproxy/ward/conformance/servers/deathstar"
 	"github.com/wardproxy/ward/internal/testenv"
+	"github.com/wardproxy/ward/xds/npds"
 )
 
 var deathstarPods = []node.PodSpec{
@@ -75,6 +76,17 @@ func TestDeathstar(t *testing.T) {
 	}
 	if redirected == 0 {
 		t.Errorf("redirected counter is 0; the flows did not go through bpf_sk_assign: %+v", counters)
+	}
+	// ward status: every policy resource applied by the proxy, every
+	// endpoint ready.
+	node.Eventually(t, "status to show every policy resource applied", func() bool {
+		d, ok := n.Agent.Status().Delivery[npds.NetworkPolicyType]
+		return ok && d.Total == 3 && d.Acked == 3 && len(d.NotApplied) == 0
+	})
+	for _, e := range n.Agent.Status().Endpoints {
+		if e.State != "ready" || e.Identity == 0 {
+			t.Errorf("endpoint %s: %+v; want ready with an identity", e.Name, e)
+		}
 	}
 	// The filter saw the real peer: records name tiefighter's address.
 	node.Eventually(t, "the access log to name tiefighter -> deathstar:80", func() bool {
