@@ -293,7 +293,7 @@ func (a *Agent) newEnvoy(ctx context.Context) (*envoyproc.Proc, error) {
 	}
 	a.log.Info("starting envoy", "binary", bin, "version", v, "bootstrap", bpath, "admin", ec.Admin)
 	return envoyproc.New(envoyproc.Config{
-		Binary: bin, Bootstrap: bpath, Admin: ec.Admin, Env: bc.Env(),
+		Binary: bin, Bootstrap: bpath, Admin: ec.Admin, Env: append(bc.Env(), ec.Env...),
 		Concurrency: ec.Concurrency, LogLevel: ec.LogLevel, LogPath: filepath.Join(a.cfg.StateDir, "envoy.log"), Logger: a.log, Restart: true,
 		PIDFile: filepath.Join(a.cfg.StateDir, "envoy.pid"), KeepRunning: ec.KeepRunning,
 		BaseID: ec.BaseID, ExtraArgs: ec.ExtraArgs,

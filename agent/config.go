@@ -79,6 +79,9 @@ type EnvoyConfig struct {
 	BaseID int
 	// ExtraArgs are appended to Envoy's command line.
 	ExtraArgs []string
+	// Env is extra environment for Envoy (e.g. GOGC for the Go runtime of
+	// libward.so).
+	Env []string
 }
 
 // Endpoint is a workload in embedded mode (no Kubernetes).

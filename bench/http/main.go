@@ -11,6 +11,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -34,9 +35,8 @@ import (
 	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 
-	bootstrap "github.com/wardproxy/ward/envoy-bootstrap"
+	"github.com/wardproxy/ward/agent"
 	httpf "github.com/wardproxy/ward/filters/http"
-	"github.com/wardproxy/ward/internal/envoyproc"
 	"github.com/wardproxy/ward/policy/l7"
 	"github.com/wardproxy/ward/xds"
 	"github.com/wardproxy/ward/xds/npds"
@@ -103,7 +103,7 @@ func rbacFor(n int) *rbachttp.RBAC {
 
 func run(rounds int, dur time.Duration, conns int, rulesFlag string, rateFrac float64) error {
 	root, _ := os.Getwd()
-	env := filepath.Join(root, "build/envoy")
+	envoyBin := filepath.Join(root, "build/envoy")
 	dir, _ := os.MkdirTemp("", "ward-bench-")
 	defer os.RemoveAll(dir)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -114,12 +114,38 @@ func run(rounds int, dur time.Duration, conns int, rulesFlag string, rateFrac fl
 	go http.Serve(ul, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })) //nolint:errcheck
 	up := ul.Addr().(*net.TCPAddr)
 
-	srv, _ := xds.New(xds.Config{Socket: filepath.Join(dir, "xds.sock"), Logger: slog.New(slog.DiscardHandler)})
-	if err := srv.Listen(); err != nil {
+	// The node is built through the agent (what wardd runs): it serves
+	// xDS and supervises Envoy (one worker, pinned to CPU 0 below; the load
+	// generators use CPU 1). The bench publishes its arms — ward's filter
+	// beside the router-only, RBAC and ext_authz baselines, which are not
+	// ward features — through the agent's xDS server.
+	var env []string
+	for _, e := range goEnvList {
+		if e != "" {
+			env = append(env, e)
+		}
+	}
+	ag, err := agent.New(agent.Config{Node: "bench", StateDir: dir, Envoy: agent.EnvoyConfig{
+		Binary: envoyBin, ModuleDir: filepath.Join(root, "build", "test"), // the test module: the no-op arm is ward.test.panic
+		Concurrency: 1, LogLevel: "warn", Env: env,
+	}}, slog.New(slog.DiscardHandler))
+	if err != nil {
 		return err
 	}
-	go srv.Run(ctx) //nolint:errcheck
-	node := "bench"
+	agentDone := make(chan error, 1)
+	go func() { agentDone <- ag.Run(ctx) }()
+	defer func() { cancel(); <-agentDone }()
+	select {
+	case <-ag.Ready():
+	case err := <-agentDone:
+		return fmt.Errorf("agent: %w", err)
+	case <-time.After(60 * time.Second):
+		return errors.New("agent not ready after 60s")
+	}
+	if out, err := exec.Command("taskset", "-a", "-cp", "0", strconv.Itoa(ag.Envoy().PID())).CombinedOutput(); err != nil {
+		return fmt.Errorf("taskset: %w: %s", err, out)
+	}
+	srv, node, sock := ag.XDS(), ag.Node(), ag.XDSSocket()
 	res := xds.EnvoyResources{Clusters: []types.Resource{xds.StaticCluster("up", "127.0.0.1", uint32(up.Port), false)}}
 	arms := []*arm{{name: "router only", port: freePort()}, {name: "no-op Go filter (libward.so)", port: freePort()}}
 	var policies []*npds.NetworkPolicy
@@ -135,7 +161,7 @@ func run(rounds int, dur time.Duration, conns int, rulesFlag string, rateFrac fl
 		policies = append(policies, &npds.NetworkPolicy{Name: ep, IngressPerPortPolicies: []*npds.PortNetworkPolicy{{Port: 80, Rules: []*npds.PortNetworkPolicyRule{{
 			L7: npds.HTTP(ruleSet(n)...),
 		}}}}})
-		cfg := fmt.Sprintf(`{"xds_socket":%q,"node":%q,"endpoint":%q,"port":80}`, filepath.Join(dir, "xds.sock"), node, ep)
+		cfg := fmt.Sprintf(`{"xds_socket":%q,"node":%q,"endpoint":%q,"port":80}`, sock, node, ep)
 		w := &arm{name: fmt.Sprintf("ward filter, %d rule(s)", n), port: freePort()}
 		r := &arm{name: fmt.Sprintf("native RBAC, %d rule(s)", n), port: freePort()}
 		x := &arm{name: fmt.Sprintf("ext_authz (Go gRPC), %d rule(s)", n), port: freePort()}
@@ -158,29 +184,6 @@ func run(rounds int, dur time.Duration, conns int, rulesFlag string, rateFrac fl
 		return err
 	}
 	srv.SetPolicies(policies)
-	admin := fmt.Sprintf("127.0.0.1:%d", freePort())
-	bc := bootstrap.Config{NodeID: node, XDSSocket: filepath.Join(dir, "xds.sock"), AdminAddress: admin, ModuleDir: filepath.Join(root, "build", "test")} // the test module: the no-op arm is ward.test.panic
-	bpath := filepath.Join(dir, "bootstrap.json")
-	if err := bc.Write(bpath); err != nil {
-		return err
-	}
-	// Envoy: one worker, pinned to CPU 0; the load generators use CPU 1.
-	if _, err := envoyproc.CheckVersion(ctx, env); err != nil {
-		return err
-	}
-	cmd := exec.CommandContext(ctx, "taskset", "-c", "0", env, "-c", bpath, "--concurrency", "1", "-l", "warn", "--disable-hot-restart")
-	cmd.Env = append(os.Environ(), bc.Env()...)
-	for _, e := range goEnvList {
-		if e != "" {
-			cmd.Env = append(cmd.Env, e)
-		}
-	}
-	logf, _ := os.Create(filepath.Join(dir, "envoy.log"))
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	defer cmd.Process.Kill() //nolint:errcheck
 	for _, a := range arms {
 		if err := waitOK(fmt.Sprintf("http://127.0.0.1:%d/public", a.port), 60*time.Second); err != nil {
 			b, _ := os.ReadFile(filepath.Join(dir, "envoy.log"))
