@@ -92,6 +92,9 @@ type Filter struct {
 	Sink flow.Sink
 	// Now stamps records; nil means time.Now.
 	Now func() time.Time
+	// RecordQuery keeps query strings in records' paths; by default they
+	// are redacted (RecordPath).
+	RecordQuery bool
 }
 
 // OnRequestHeaders decides on the request whose headers h gives access to,
@@ -197,7 +200,7 @@ func (f *Filter) emit(c *Conn, req *Request, grpc bool, v flow.Verdict, reason s
 	if f.Now != nil {
 		now = f.Now
 	}
-	meta := RecordMeta{Time: now(), Source: c.Source, Destination: c.Destination, Protocol: c.Protocol, Direction: flow.Egress}
+	meta := RecordMeta{Time: now(), Source: c.Source, Destination: c.Destination, Protocol: c.Protocol, Direction: flow.Egress, KeepQuery: f.RecordQuery}
 	if c.Ingress {
 		meta.Direction = flow.Ingress
 	}

@@ -296,3 +296,47 @@ func TestFilterZeroAllocs(t *testing.T) {
 		t.Errorf("OnRequestHeaders allocates %v times per request", n)
 	}
 }
+
+// TestFilterRecordRedactsQuery: a record's path keeps the path and hides
+// the query string (tokens travel there) unless the filter is configured
+// to keep it; allowed, denied and audited records alike (issue 12 item
+// 12).
+func TestFilterRecordRedactsQuery(t *testing.T) {
+	rules := fakeRules{{true, 80, 7}: mustCompile(t, []policy.PortRuleHTTP{{Path: "/public.*"}}, nil)}
+	tests := []struct {
+		name        string
+		path        string
+		recordQuery bool
+		audit       bool
+		want        string
+	}{
+		{name: "allowed with a token", path: "/public/items?access_token=s3cr3t&x=1", want: "/public/items?<redacted>"},
+		{name: "denied with a token", path: "/private?api_key=s3cr3t", want: "/private?<redacted>"},
+		{name: "audited with a token", path: "/private?api_key=s3cr3t", audit: true, want: "/private?<redacted>"},
+		{name: "no query", path: "/public/items", want: "/public/items"},
+		{name: "empty query", path: "/public/items?", want: "/public/items?"},
+		{name: "second question mark stays in the query", path: "/public?a=?s3cr3t", want: "/public?<redacted>"},
+		{name: "configured to keep", path: "/public/items?access_token=s3cr3t", recordQuery: true, want: "/public/items?access_token=s3cr3t"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var recs records
+			f := &Filter{Rules: rules, Sink: &recs, RecordQuery: tt.recordQuery}
+			c := Conn{Ingress: true, Port: 80, RemoteIdentity: 7, Protocol: ProtoHTTP1, Audit: tt.audit}
+			f.OnRequestHeaders(&c, newStream(":method", "GET", ":path", tt.path, ":authority", "svc"))
+			if len(recs.r) != 1 {
+				t.Fatalf("%d records; want 1", len(recs.r))
+			}
+			if got := recs.r[0].HTTP.Path; got != tt.want {
+				t.Errorf("record path = %q; want %q", got, tt.want)
+			}
+			b, err := json.Marshal(recs.r[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tt.recordQuery && strings.Contains(string(b), "s3cr3t") {
+				t.Errorf("record %s carries the query's token", b)
+			}
+		})
+	}
+}

@@ -40,6 +40,9 @@ type Config struct {
 	RemoteIdentity uint32 `json:"remote_identity,omitempty"`
 	// AccessLog, when set, receives one JSON flow record per decision.
 	AccessLog string `json:"access_log,omitempty"`
+	// RecordQuery keeps HTTP query strings in flow records; by default
+	// they are redacted (filters/http.RecordPath).
+	RecordQuery bool `json:"record_query,omitempty"`
 	// Kafka holds ward.kafka's memory bounds (kafka.go).
 	Kafka KafkaOptions `json:"kafka,omitzero"`
 }

@@ -90,7 +90,7 @@ func (e *Env) setup(raw []byte) (Config, flow.Sink, *npdsclient.Client, error) {
 
 func (c *httpConfig) NewHTTPFilter() proxylib.HTTPFilter {
 	f := &httpFilter{c: c}
-	f.filter = httpf.Filter{Rules: f, Sink: c.sink, Now: proxylib.Now}
+	f.filter = httpf.Filter{Rules: f, Sink: c.sink, Now: proxylib.Now, RecordQuery: c.cfg.RecordQuery}
 	return f
 }
 
