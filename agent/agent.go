@@ -141,7 +141,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			res.Clusters = append(res.Clusters, dr.Clusters...)
 			a.glue = &dnsGlue{e: a.eng, log: a.log}
 			a.eng.afterPublish = a.glue.syncSelectors
-			if px, err = newDNSProxy(a.glue, a.dp.ipc.Owner(ipcache.FQDN), a.cfg.Datapath.DNSPort, filepath.Join(a.cfg.StateDir, "fqdn-state.json"), a.log); err != nil {
+			if px, err = newDNSProxy(a.glue, a.dp.ipc.Owner(ipcache.FQDN), a.cfg.DNS, a.cfg.Datapath.DNSPort, filepath.Join(a.cfg.StateDir, "fqdn-state.json"), a.log); err != nil {
 				return err
 			}
 		}
@@ -172,6 +172,28 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.dp != nil {
 		g.Go(func() error { return a.dp.runGC(ctx, 10*time.Second) })
 	}
+	if px != nil && a.eng != nil {
+		// Entries a previous run left in the pinned ipcache that no owner
+		// claims again (a pod deleted meanwhile, an expired name) go once
+		// every owner has claimed: the first publish (endpoints, CIDRs)
+		// and the DNS proxy's restored cache (FQDNs).
+		g.Go(func() error {
+			select {
+			case <-px.Restored():
+			case <-ctx.Done():
+				return nil
+			}
+			select {
+			case <-a.eng.published:
+			case <-ctx.Done():
+				return nil
+			}
+			if err := a.dp.ipc.Prune(); err != nil {
+				a.log.Warn("ipcache prune", "error", err)
+			}
+			return nil
+		})
+	}
 	if a.eng != nil {
 		g.Go(func() error { return a.runPolicy(ctx) })
 	}
@@ -179,12 +201,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error { return a.watchNACKs(ctx) })
 	g.Go(func() error {
 		if a.eng != nil {
-			for a.eng.last.Load() == nil {
-				select {
-				case <-ctx.Done():
-					return nil
-				case <-time.After(10 * time.Millisecond):
-				}
+			select {
+			case <-a.eng.published:
+			case <-ctx.Done():
+				return nil
 			}
 		}
 		if a.proc != nil {

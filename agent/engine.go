@@ -55,15 +55,17 @@ type engine struct {
 	// and publish again).
 	afterPublish func(*State)
 
-	pubMu sync.Mutex // one publish at a time (policy directory, DNS proxy)
-	last  atomic.Pointer[State]
+	pubMu     sync.Mutex // one publish at a time (policy directory, DNS proxy)
+	last      atomic.Pointer[State]
+	published chan struct{} // closed after the first publish
+	firstOnce sync.Once
 
 	errMu sync.Mutex
 	errs  map[string]error // consumer errors of the last publish, by consumer name
 }
 
 func newEngine(cfg *Config, log *slog.Logger) (*engine, error) {
-	e := &engine{repo: policy.NewRepository(policy.Config{Mode: policy.EnforcementMode(cfg.Mode)}), byIP: map[netip.Addr]*Workload{}, log: log, errs: map[string]error{}}
+	e := &engine{repo: policy.NewRepository(policy.Config{Mode: policy.EnforcementMode(cfg.Mode)}), byIP: map[netip.Addr]*Workload{}, log: log, errs: map[string]error{}, published: make(chan struct{})}
 	e.workloads = make([]Workload, len(cfg.Endpoints))
 	for i, ep := range cfg.Endpoints {
 		w := &e.workloads[i]
@@ -80,7 +82,15 @@ func newEngine(cfg *Config, log *slog.Logger) (*engine, error) {
 		if ns == "" {
 			ns = "default"
 		}
-		if _, err := e.repo.UpsertEndpoint(policy.Endpoint{ID: ep.ID, Labels: policy.K8sLabels(ep.Labels, ns)}); err != nil {
+		var named []policy.NamedPort
+		for j, cp := range ep.Ports {
+			np, err := cp.namedPort()
+			if err != nil {
+				return nil, fmt.Errorf("endpoints[%d].ports[%d]: %w", i, j, err)
+			}
+			named = append(named, np)
+		}
+		if _, err := e.repo.UpsertEndpoint(policy.Endpoint{ID: ep.ID, Labels: policy.K8sLabels(ep.Labels, ns), NamedPorts: named}); err != nil {
 			return nil, fmt.Errorf("endpoints[%d]: %w", i, err)
 		}
 	}
@@ -134,6 +144,7 @@ func (e *engine) publishLocked(ctx context.Context) *State {
 	e.errs = errs
 	e.errMu.Unlock()
 	e.last.Store(st)
+	e.firstOnce.Do(func() { close(e.published) })
 	e.log.Info("policy published", "revision", st.Policy.Revision)
 	return st
 }

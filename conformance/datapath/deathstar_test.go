@@ -10,6 +10,7 @@ package datapath
 
 import (
 	"context"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -157,5 +158,43 @@ func TestRestartKeepsLastGoodPolicy(t *testing.T) {
 	enforced("after a restart with the policy directory gone")
 	if st := n.Agent.Status(); st.Policy == nil || !strings.Contains(st.Policy.Error, "policies in force are kept") {
 		t.Errorf("status policy = %+v; want the missing directory reported", st.Policy)
+	}
+}
+
+// TestRestartPrunesStaleIPCache: an ipcache entry a previous run left in
+// the pinned map that no owner claims any more (a pod deleted while wardd
+// was down) is deleted once every owner has claimed again, and the
+// endpoints' own entries stay.
+func TestRestartPrunesStaleIPCache(t *testing.T) {
+	n := node.New(t, deathstarPods[:2]...)
+	n.WritePolicy(t, "policy.yaml", "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p}\nspec:\n  endpointSelector: {matchLabels: {class: deathstar}}\n  ingress: [{fromEndpoints: [{matchLabels: {org: empire}}]}]\n")
+	n.Start(t, 26000, 9006)
+	n.Stop(t)
+	stale := netip.MustParsePrefix("10.250.0.7/32")
+	dp, err := redirect.Load(redirect.Config{PinDir: n.Config.Datapath.PinDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dp.IPCache().Upsert(stale, 54321); err != nil {
+		t.Fatal(err)
+	}
+	dp.Close()
+	n.Start(t, 26000, 9006)
+	ipc := func() map[netip.Prefix]uint32 {
+		dp, err := redirect.Load(redirect.Config{PinDir: n.Config.Datapath.PinDir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dp.Close()
+		m, err := dp.IPCache().Entries()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	node.Eventually(t, "the stale ipcache entry to be pruned", func() bool { _, ok := ipc()[stale]; return !ok })
+	ds := n.Pods["deathstar"].IP
+	if id, ok := ipc()[netip.PrefixFrom(ds, ds.BitLen())]; !ok || id == 0 {
+		t.Errorf("deathstar's own ipcache entry = %d, %v; want kept", id, ok)
 	}
 }

@@ -68,6 +68,8 @@ type Proxy struct {
 	conns  map[net.Conn]struct{}
 
 	bufs sync.Pool
+
+	restoredCh chan struct{} // closed once the restored cache is in the ipcache
 }
 
 // New validates cfg, binds the listeners and returns the proxy. Call Run to
@@ -88,6 +90,8 @@ func New(cfg Config, deps Deps) (*Proxy, error) {
 		cache: NewCache(cfg),
 		sem:   make(chan struct{}, cfg.MaxInFlight),
 		conns: make(map[net.Conn]struct{}),
+
+		restoredCh: make(chan struct{}),
 	}
 	if p.log == nil {
 		p.log = slog.Default()
@@ -203,6 +207,10 @@ func ignoreClosed(err error) error {
 	return err
 }
 
+// Restored is closed once Run has put the persisted cache back into the
+// ipcache (the agent then prunes what no owner claimed in a previous run).
+func (p *Proxy) Restored() <-chan struct{} { return p.restoredCh }
+
 // Run restores the persisted cache, then serves until ctx ends. It returns
 // after every goroutine it started has exited, having saved the cache.
 func (p *Proxy) Run(ctx context.Context) error {
@@ -228,6 +236,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 		case <-ctx.Done():
 		}
 	case <-ctx.Done():
+	}
+	if ctx.Err() == nil {
+		close(p.restoredCh)
 	}
 
 	errc := make(chan error, 2)
