@@ -8,11 +8,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"sigs.k8s.io/yaml"
 
 	"github.com/wardproxy/ward/bpf/redirect"
+	"github.com/wardproxy/ward/filters/dns"
 	"github.com/wardproxy/ward/policy"
 	"github.com/wardproxy/ward/xds/npds"
 )
@@ -36,6 +38,11 @@ type Config struct {
 	Endpoints []Endpoint `json:"endpoints,omitempty"`
 	// Datapath turns on the eBPF datapath.
 	Datapath DatapathConfig `json:"datapath,omitempty"`
+	// DNS tunes the datapath's transparent DNS proxy (dns.Config's JSON
+	// form: Cilium 1.18's option names and defaults where Cilium has the
+	// option). Its listener settings are the agent's: DNSPort, the state
+	// directory's fqdn-state.json.
+	DNS dns.Config `json:"dns"`
 	// Listeners are static Envoy listeners (without the datapath: clients
 	// talk to them directly).
 	Listeners []Listener `json:"listeners,omitempty"`
@@ -100,6 +107,58 @@ type Endpoint struct {
 	// Interface is the host-side interface of a local endpoint (its veth),
 	// where the datapath attaches; needed when the datapath is enabled.
 	Interface string `json:"interface,omitempty"`
+	// Ports are the endpoint's named container ports (a Kubernetes pod's
+	// containerPorts): a policy's toPorts port "http" resolves to the port
+	// the selected endpoints name "http".
+	Ports []ContainerPort `json:"ports,omitempty"`
+}
+
+// ContainerPort is a named port of an endpoint, as a Kubernetes
+// containerPort.
+type ContainerPort struct {
+	// Name is an IANA service name as Kubernetes requires it: at most 15
+	// lower-case letters, digits and '-', at least one letter, no '-' at
+	// either end nor two in a row. Unique per endpoint.
+	Name string `json:"name"`
+	Port uint16 `json:"port"`
+	// Protocol is TCP (default), UDP or SCTP.
+	Protocol string `json:"protocol,omitempty"`
+}
+
+// namedPort converts p (validated) to the repository's form.
+func (p ContainerPort) namedPort() (policy.NamedPort, error) {
+	proto := policy.ProtocolTCP
+	if p.Protocol != "" {
+		var err error
+		if proto, err = policy.ParseProtocol(p.Protocol); err != nil {
+			return policy.NamedPort{}, err
+		}
+	}
+	switch proto {
+	case policy.ProtocolTCP, policy.ProtocolUDP, policy.ProtocolSCTP:
+	default:
+		return policy.NamedPort{}, fmt.Errorf("protocol %q: want TCP, UDP or SCTP", p.Protocol)
+	}
+	return policy.NamedPort{Name: p.Name, Port: p.Port, Protocol: proto}, nil
+}
+
+// validPortName reports whether s is an IANA_SVC_NAME (RFC 6335 section
+// 5.1, as Kubernetes validates container port names).
+func validPortName(s string) bool {
+	if len(s) == 0 || len(s) > 15 || s[0] == '-' || s[len(s)-1] == '-' || strings.Contains(s, "--") {
+		return false
+	}
+	letter := false
+	for _, c := range s {
+		switch {
+		case c >= 'a' && c <= 'z':
+			letter = true
+		case c >= '0' && c <= '9', c == '-':
+		default:
+			return false
+		}
+	}
+	return letter
 }
 
 // Listener is a static Envoy listener.
@@ -142,7 +201,11 @@ type DatapathConfig struct {
 	// to EgressHTTPBasePort+i, whose upstream sockets carry that endpoint's
 	// identity mark so the destination's ingress policy sees the source.
 	EgressHTTPBasePort uint16 `json:"egressHTTPBasePort,omitempty"`
-	AccessLog          string `json:"accessLog,omitempty"`
+	// EgressKafkaBasePort is the first of the per-endpoint egress Kafka
+	// listeners (default 15400): the i-th local endpoint's egress Kafka
+	// goes to EgressKafkaBasePort+i, marked with its identity likewise.
+	EgressKafkaBasePort uint16 `json:"egressKafkaBasePort,omitempty"`
+	AccessLog           string `json:"accessLog,omitempty"`
 }
 
 func (c DatapathConfig) withDefaults() DatapathConfig {
@@ -160,6 +223,9 @@ func (c DatapathConfig) withDefaults() DatapathConfig {
 	}
 	if c.EgressHTTPBasePort == 0 {
 		c.EgressHTTPBasePort = 15100
+	}
+	if c.EgressKafkaBasePort == 0 {
+		c.EgressKafkaBasePort = 15400
 	}
 	return c
 }
@@ -239,6 +305,28 @@ func (c *Config) Validate() error {
 		if c.Datapath.Enabled && !ep.Remote && ep.Interface == "" {
 			errs = append(errs, fmt.Errorf("%s.interface is required with the datapath enabled", p))
 		}
+		pnames := map[string]bool{}
+		for j, cp := range ep.Ports {
+			pp := fmt.Sprintf("%s.ports[%d]", p, j)
+			if !validPortName(cp.Name) {
+				errs = append(errs, fmt.Errorf("%s.name %q: want at most 15 lower-case letters, digits and '-', with a letter", pp, cp.Name))
+			} else if pnames[cp.Name] {
+				errs = append(errs, fmt.Errorf("%s.name %q is used twice", pp, cp.Name))
+			}
+			pnames[cp.Name] = true
+			if cp.Port == 0 {
+				errs = append(errs, fmt.Errorf("%s.port is required", pp))
+			}
+			if _, err := cp.namedPort(); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", pp, err))
+			}
+		}
+	}
+	// The DNS tunables, checked with the listener settings the agent gives.
+	d := c.DNS
+	d.UDPAddr, d.Transparent = "0.0.0.0:0", true
+	if err := d.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("dns: %w", err))
 	}
 	if c.Datapath.Enabled && c.PolicyDir == "" {
 		errs = append(errs, errors.New("datapath.enabled needs policyDir (the datapath enforces resolved policy)"))

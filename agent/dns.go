@@ -142,10 +142,14 @@ func (g *dnsGlue) syncSelectors(st *State) {
 	g.lastSel = key.String()
 }
 
-// newDNSProxy builds the transparent DNS proxy of the datapath mode.
-func newDNSProxy(g *dnsGlue, ipc dns.IPCache, port uint16, stateFile string, log *slog.Logger) (*dns.Proxy, error) {
+// newDNSProxy builds the transparent DNS proxy of the datapath mode with
+// the node config's tunables (Config.DNS); the listeners and the state file
+// are the agent's, whatever tun says.
+func newDNSProxy(g *dnsGlue, ipc dns.IPCache, tun dns.Config, port uint16, stateFile string, log *slog.Logger) (*dns.Proxy, error) {
 	addr := fmt.Sprintf("0.0.0.0:%d", port)
-	px, err := dns.New(dns.Config{UDPAddr: addr, TCPAddr: addr, Transparent: true, StateFile: stateFile},
+	cfg := tun
+	cfg.UDPAddr, cfg.TCPAddr, cfg.Transparent, cfg.Upstream, cfg.StateFile = addr, addr, true, netip.AddrPort{}, stateFile
+	px, err := dns.New(cfg,
 		dns.Deps{Endpoints: g, Rules: g, IPCache: ipc, Identities: g, Policy: g, Logger: log})
 	if err != nil {
 		return nil, err
