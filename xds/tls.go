@@ -440,10 +440,14 @@ func addTLSInspector(l *listener.Listener) error {
 	return nil
 }
 
-// chainSelector selects a filter chain by SNI regexes (RE2, full match).
+// chainSelector selects a filter chain by SNI regexes (RE2, full match)
+// and, when set, the destination port (a regex over its decimal form) and
+// address (one of ips, exact).
 type chainSelector struct {
 	chain   string
 	regexes []string
+	ports   string
+	ips     []string
 }
 
 // chainMatcher is the listener's filter_chain_matcher: the SNI (from the
@@ -453,9 +457,31 @@ type chainSelector struct {
 // rather than filter_chain_match.server_names because Envoy's "*.x" there
 // matches names of any depth, while the policy's "*" stays within a label.
 func chainMatcher(sel []chainSelector) (*matcherxds.Matcher, error) {
-	input, err := anyOf(&netinput.ServerNameInput{})
+	sniInput, err := anyOf(&netinput.ServerNameInput{})
 	if err != nil {
 		return nil, err
+	}
+	portInput, err := anyOf(&netinput.DestinationPortInput{})
+	if err != nil {
+		return nil, err
+	}
+	ipInput, err := anyOf(&netinput.DestinationIPInput{})
+	if err != nil {
+		return nil, err
+	}
+	single := func(name string, input *anypb.Any, m *matcherxds.StringMatcher) *matcherxds.Matcher_MatcherList_Predicate {
+		return &matcherxds.Matcher_MatcherList_Predicate{MatchType: &matcherxds.Matcher_MatcherList_Predicate_SinglePredicate_{
+			SinglePredicate: &matcherxds.Matcher_MatcherList_Predicate_SinglePredicate{
+				Input:   &xdscore.TypedExtensionConfig{Name: name, TypedConfig: input},
+				Matcher: &matcherxds.Matcher_MatcherList_Predicate_SinglePredicate_ValueMatch{ValueMatch: m},
+			},
+		}}
+	}
+	regex := func(re string) *matcherxds.StringMatcher {
+		return &matcherxds.StringMatcher{MatchPattern: &matcherxds.StringMatcher_SafeRegex{SafeRegex: &matcherxds.RegexMatcher{
+			EngineType: &matcherxds.RegexMatcher_GoogleRe2{GoogleRe2: &matcherxds.RegexMatcher_GoogleRE2{}},
+			Regex:      re,
+		}}}
 	}
 	var fms []*matcherxds.Matcher_MatcherList_FieldMatcher
 	for _, c := range sel {
@@ -463,22 +489,33 @@ func chainMatcher(sel []chainSelector) (*matcherxds.Matcher, error) {
 		if err != nil {
 			return nil, err
 		}
+		var where []*matcherxds.Matcher_MatcherList_Predicate
+		if c.ports != "" {
+			where = append(where, single("envoy.matching.inputs.destination_port", portInput, regex(c.ports)))
+		}
+		if len(c.ips) > 0 {
+			var anyIP []*matcherxds.Matcher_MatcherList_Predicate
+			for _, ip := range c.ips {
+				anyIP = append(anyIP, single("envoy.matching.inputs.destination_ip", ipInput, &matcherxds.StringMatcher{MatchPattern: &matcherxds.StringMatcher_Exact{Exact: ip}}))
+			}
+			if len(anyIP) == 1 {
+				where = append(where, anyIP[0])
+			} else {
+				where = append(where, &matcherxds.Matcher_MatcherList_Predicate{MatchType: &matcherxds.Matcher_MatcherList_Predicate_OrMatcher{
+					OrMatcher: &matcherxds.Matcher_MatcherList_Predicate_PredicateList{Predicate: anyIP}}})
+			}
+		}
 		// One field matcher per pattern keeps each regex small (Envoy
 		// bounds RE2 program size).
 		for _, re := range c.regexes {
+			p := single("envoy.matching.inputs.server_name", sniInput, regex(re))
+			if len(where) > 0 {
+				p = &matcherxds.Matcher_MatcherList_Predicate{MatchType: &matcherxds.Matcher_MatcherList_Predicate_AndMatcher{
+					AndMatcher: &matcherxds.Matcher_MatcherList_Predicate_PredicateList{Predicate: append([]*matcherxds.Matcher_MatcherList_Predicate{p}, where...)}}}
+			}
 			fms = append(fms, &matcherxds.Matcher_MatcherList_FieldMatcher{
-				Predicate: &matcherxds.Matcher_MatcherList_Predicate{MatchType: &matcherxds.Matcher_MatcherList_Predicate_SinglePredicate_{
-					SinglePredicate: &matcherxds.Matcher_MatcherList_Predicate_SinglePredicate{
-						Input: &xdscore.TypedExtensionConfig{Name: "envoy.matching.inputs.server_name", TypedConfig: input},
-						Matcher: &matcherxds.Matcher_MatcherList_Predicate_SinglePredicate_ValueMatch{ValueMatch: &matcherxds.StringMatcher{
-							MatchPattern: &matcherxds.StringMatcher_SafeRegex{SafeRegex: &matcherxds.RegexMatcher{
-								EngineType: &matcherxds.RegexMatcher_GoogleRe2{GoogleRe2: &matcherxds.RegexMatcher_GoogleRE2{}},
-								Regex:      re,
-							}},
-						}},
-					},
-				}},
-				OnMatch: &matcherxds.Matcher_OnMatch{OnMatch: &matcherxds.Matcher_OnMatch_Action{Action: &xdscore.TypedExtensionConfig{Name: c.chain, TypedConfig: action}}},
+				Predicate: p,
+				OnMatch:   &matcherxds.Matcher_OnMatch{OnMatch: &matcherxds.Matcher_OnMatch_Action{Action: &xdscore.TypedExtensionConfig{Name: c.chain, TypedConfig: action}}},
 			})
 		}
 	}
@@ -537,4 +574,160 @@ func SNIRegex(pattern string) string {
 	}
 	b.WriteString(`\.?`)
 	return b.String()
+}
+
+// PolicyTLSListener is the TLS listener of a node's datapath: transparent,
+// one per direction scope (every local endpoint's ingress, or one
+// endpoint's egress), it carries serverNames pass-through chains and
+// interception chains side by side. A chain is selected by the connection's
+// original destination address and port (the policy's toPorts) and by the
+// ClientHello's SNI; a connection no chain selects — another SNI, another
+// port, no SNI, not TLS — is closed, so the client's handshake fails.
+//
+// Chains are tried in order, with every chain that names server names
+// before those that do not (an interception of any SNI), so a named
+// pass-through or interception wins over a catch-all on the same port.
+type PolicyTLSListener struct {
+	Name        string
+	Address     string
+	Port        uint32
+	Transparent bool
+	Chains      []PolicyTLSChain
+	// StatPrefix defaults to Name.
+	StatPrefix string
+}
+
+// PolicyTLSChain is one filter chain of a PolicyTLSListener.
+type PolicyTLSChain struct {
+	// ServerNames select by SNI (matchPattern language, as
+	// SNIRoute.ServerNames); empty selects every ClientHello that has an
+	// SNI, and is only allowed for interception (a pass-through of every
+	// name is a plain L4 allow, not a TLS rule).
+	ServerNames []string
+	// Ports are the destination port ranges the chain applies to; empty:
+	// every port.
+	Ports []PortRange
+	// DestinationIPs restrict the chain to these original destination
+	// addresses (an ingress listener shared by several endpoints); empty:
+	// any.
+	DestinationIPs []string
+	// Certificate is the SDS name of the certificate presented to the
+	// client (terminatingTLS): the chain intercepts. Empty: the chain
+	// passes the connection through untouched (tcp_proxy to Cluster).
+	Certificate string
+	// Cluster is the upstream: an OriginatingCluster or a plain cluster
+	// for interception, a TCP cluster for pass-through.
+	Cluster string
+	// Filters are ward HTTP filters of an interception chain.
+	Filters []ModuleFilter
+	// ALPN offered to clients by an interception chain; default h2 and
+	// http/1.1.
+	ALPN []string
+}
+
+// PortRange is a destination port range; End 0 means just Port.
+type PortRange struct {
+	Port, End uint16
+}
+
+// maxChainPorts bounds the ports one chain expands to in its matcher.
+const maxChainPorts = 1024
+
+// Build returns the Envoy listener. A listener without chains is an error:
+// the caller leaves it out (the redirected connections then find no
+// listener and fail, as they would find no chain).
+func (p PolicyTLSListener) Build() (*listener.Listener, error) {
+	if p.Name == "" {
+		return nil, errors.New("xds: PolicyTLSListener needs a Name")
+	}
+	if len(p.Chains) == 0 {
+		return nil, fmt.Errorf("xds: PolicyTLSListener %s: no chains", p.Name)
+	}
+	prefix := p.StatPrefix
+	if prefix == "" {
+		prefix = p.Name
+	}
+	l := listenerBase(p.Name, p.Address, p.Port, p.Transparent)
+	if err := addTLSInspector(l); err != nil {
+		return nil, err
+	}
+	var named, catchAll []chainSelector
+	for i, c := range p.Chains {
+		where := fmt.Sprintf("xds: PolicyTLSListener %s: chains[%d]", p.Name, i)
+		if c.Cluster == "" {
+			return nil, fmt.Errorf("%s: no Cluster", where)
+		}
+		name := fmt.Sprintf("%s/%d", p.Name, i)
+		sel := chainSelector{chain: name, ips: c.DestinationIPs}
+		var err error
+		if sel.ports, err = portRegex(c.Ports); err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		if len(c.ServerNames) == 0 {
+			if c.Certificate == "" {
+				return nil, fmt.Errorf("%s: a pass-through chain needs ServerNames", where)
+			}
+			sel.regexes = []string{".+"}
+			catchAll = append(catchAll, sel)
+		} else {
+			// Patterns may repeat across chains of different ports or
+			// addresses; the first chain in order wins.
+			if sel.regexes, err = serverNameRegexes(c.ServerNames, map[string]bool{}); err != nil {
+				return nil, fmt.Errorf("%s: %w", where, err)
+			}
+			named = append(named, sel)
+		}
+		fc := &listener.FilterChain{Name: name}
+		if c.Certificate == "" {
+			tp, err := anyOf(&tcpproxy.TcpProxy{StatPrefix: prefix, ClusterSpecifier: &tcpproxy.TcpProxy_Cluster{Cluster: c.Cluster}})
+			if err != nil {
+				return nil, err
+			}
+			fc.Filters = []*listener.Filter{{Name: "envoy.filters.network.tcp_proxy", ConfigType: &listener.Filter_TypedConfig{TypedConfig: tp}}}
+		} else {
+			alpn := c.ALPN
+			if len(alpn) == 0 {
+				alpn = []string{"h2", "http/1.1"}
+			}
+			if fc.TransportSocket, err = transportSocket(&tlsv3.DownstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+				TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{SDSRef(c.Certificate)},
+				AlpnProtocols:                  alpn,
+			}}); err != nil {
+				return nil, err
+			}
+			m, err := interceptHCM(name, prefix, InterceptChain{Cluster: c.Cluster, Filters: c.Filters})
+			if err != nil {
+				return nil, err
+			}
+			fc.Filters = []*listener.Filter{m}
+		}
+		l.FilterChains = append(l.FilterChains, fc)
+	}
+	var err error
+	if l.FilterChainMatcher, err = chainMatcher(append(named, catchAll...)); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// portRegex is an RE2 regex matching the decimal ports of rs ("" for
+// every port).
+func portRegex(rs []PortRange) (string, error) {
+	var alts []string
+	for _, r := range rs {
+		if r.Port == 0 {
+			return "", nil // port 0: every port
+		}
+		end := max(r.End, r.Port)
+		if len(alts)+int(end-r.Port)+1 > maxChainPorts {
+			return "", fmt.Errorf("ports: more than %d ports in one TLS rule", maxChainPorts)
+		}
+		for p := int(r.Port); p <= int(end); p++ {
+			alts = append(alts, fmt.Sprint(p))
+		}
+	}
+	if len(alts) == 0 {
+		return "", nil
+	}
+	return strings.Join(alts, "|"), nil
 }

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	matcherxds "github.com/cncf/xds/go/xds/type/matcher/v3"
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	sfshttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/set_filter_state/v3"
@@ -266,5 +267,101 @@ func TestInterceptListenerPrune(t *testing.T) {
 	}
 	if len(x.Chains) != 3 {
 		t.Error("Prune modified its receiver's chains")
+	}
+}
+
+// describePredicate renders a chain matcher predicate: "sni=re" for a
+// single SNI predicate, "port=re", "ip=a", joined with "&" and "|".
+func describePredicate(p interface {
+	GetSinglePredicate() *matcherxds.Matcher_MatcherList_Predicate_SinglePredicate
+	GetAndMatcher() *matcherxds.Matcher_MatcherList_Predicate_PredicateList
+	GetOrMatcher() *matcherxds.Matcher_MatcherList_Predicate_PredicateList
+}) string {
+	join := func(l *matcherxds.Matcher_MatcherList_Predicate_PredicateList, sep string) string {
+		var parts []string
+		for _, q := range l.GetPredicate() {
+			parts = append(parts, describePredicate(q))
+		}
+		return "(" + strings.Join(parts, sep) + ")"
+	}
+	switch {
+	case p.GetAndMatcher() != nil:
+		return join(p.GetAndMatcher(), " & ")
+	case p.GetOrMatcher() != nil:
+		return join(p.GetOrMatcher(), " | ")
+	}
+	sp := p.GetSinglePredicate()
+	v := sp.GetValueMatch().GetSafeRegex().GetRegex()
+	if v == "" {
+		v = sp.GetValueMatch().GetExact()
+	}
+	return strings.TrimPrefix(sp.GetInput().GetName(), "envoy.matching.inputs.") + "=" + v
+}
+
+func TestPolicyTLSListenerBuild(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		l       PolicyTLSListener
+		wantErr string
+	}{
+		{name: "no name", l: PolicyTLSListener{Chains: []PolicyTLSChain{{ServerNames: []string{"a.example"}, Cluster: "c"}}}, wantErr: "needs a Name"},
+		{name: "no chains", l: PolicyTLSListener{Name: "l"}, wantErr: "no chains"},
+		{name: "no cluster", l: PolicyTLSListener{Name: "l", Chains: []PolicyTLSChain{{ServerNames: []string{"a.example"}}}}, wantErr: "chains[0]: no Cluster"},
+		{name: "pass-through of every name", l: PolicyTLSListener{Name: "l", Chains: []PolicyTLSChain{{Cluster: "c"}}}, wantErr: "pass-through chain needs ServerNames"},
+		{name: "bad name", l: PolicyTLSListener{Name: "l", Chains: []PolicyTLSChain{{ServerNames: []string{"a..example"}, Cluster: "c"}}}, wantErr: "empty label"},
+		{name: "too many ports", l: PolicyTLSListener{Name: "l", Chains: []PolicyTLSChain{{ServerNames: []string{"a.example"}, Cluster: "c", Ports: []PortRange{{Port: 1000, End: 3000}}}}}, wantErr: "more than 1024 ports"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := tc.l.Build(); err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("Build() error = %v; want one containing %q", err, tc.wantErr)
+			}
+		})
+	}
+
+	ward := []ModuleFilter{{Name: "ward.http", Config: []byte(`{"xds_socket":"/x","node":"n"}`)}}
+	l, err := PolicyTLSListener{Name: "tls", Address: "0.0.0.0", Port: 15002, Transparent: true, Chains: []PolicyTLSChain{
+		// A catch-all interception, listed first, is matched last.
+		{Ports: []PortRange{{Port: 8443}}, Certificate: "ns/any", Cluster: "orig", Filters: ward},
+		{ServerNames: []string{"api.example"}, Ports: []PortRange{{Port: 443}, {Port: 8443, End: 8444}}, DestinationIPs: []string{"10.0.0.1", "10.0.0.2"}, Certificate: "ns/api", Cluster: "orig", Filters: ward},
+		// The same name on another port passes through.
+		{ServerNames: []string{"api.example", "*.pass.example"}, Ports: []PortRange{{Port: 9443}}, Cluster: "pass"},
+	}}.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := listenerFilterNames(l); strings.Join(got, ",") != "envoy.filters.listener.original_dst,envoy.filters.listener.tls_inspector" {
+		t.Errorf("listener filters = %v; want original_dst then tls_inspector", got)
+	}
+	var got []string
+	for _, fm := range l.GetFilterChainMatcher().GetMatcherList().GetMatchers() {
+		got = append(got, fm.GetOnMatch().GetAction().GetName()+": "+describePredicate(fm.GetPredicate()))
+	}
+	want := []string{
+		`tls/1: (server_name=(?i)api\.example\.? & destination_port=443|8443|8444 & (destination_ip=10.0.0.1 | destination_ip=10.0.0.2))`,
+		`tls/2: (server_name=(?i)api\.example\.? & destination_port=9443)`,
+		`tls/2: (server_name=(?i)[-a-z0-9_]+\.pass\.example\.? & destination_port=9443)`,
+		`tls/0: (server_name=.+ & destination_port=8443)`,
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("chain matcher:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if l.GetDefaultFilterChain() != nil || l.GetFilterChainMatcher().GetOnNoMatch() != nil {
+		t.Error("listener has a default chain; want unmatched connections refused")
+	}
+	fcs := l.GetFilterChains()
+	if fcs[2].GetTransportSocket() != nil || fcs[2].GetFilters()[0].GetName() != "envoy.filters.network.tcp_proxy" {
+		t.Errorf("pass-through chain = %v; want tcp_proxy without termination", fcs[2])
+	}
+	for _, i := range []int{0, 1} {
+		var dtc tlsv3.DownstreamTlsContext
+		if err := fcs[i].GetTransportSocket().GetTypedConfig().UnmarshalTo(&dtc); err != nil {
+			t.Fatalf("chain %d: %v", i, err)
+		}
+		if refs := dtc.GetCommonTlsContext().GetTlsCertificateSdsSecretConfigs(); len(refs) != 1 || refs[0].GetSdsConfig().GetAds() == nil {
+			t.Errorf("chain %d certificate refs = %v; want one SDS reference", i, refs)
+		}
+		if fcs[i].GetFilters()[0].GetName() != "envoy.filters.network.http_connection_manager" {
+			t.Errorf("chain %d filters = %v; want the HTTP connection manager", i, fcs[i].GetFilters())
+		}
 	}
 }
