@@ -40,6 +40,8 @@ type PodSpec struct {
 	Labels    map[string]string
 	Namespace string
 	Unmanaged bool
+	// Ports are the pod's named container ports (the endpoint's ports).
+	Ports []agent.ContainerPort
 }
 
 // Node is a test node: its pods and, once started, its agent.
@@ -153,7 +155,7 @@ func (n *Node) Start(t *testing.T, table, priority int) {
 				continue
 			}
 			p := n.Pods[s.Name]
-			cfg.Endpoints = append(cfg.Endpoints, agent.Endpoint{Name: s.Name, ID: uint64(i + 1), IPs: []string{p.IP.String()}, Labels: s.Labels, Namespace: s.Namespace, Interface: p.HostIf})
+			cfg.Endpoints = append(cfg.Endpoints, agent.Endpoint{Name: s.Name, ID: uint64(i + 1), IPs: []string{p.IP.String()}, Labels: s.Labels, Namespace: s.Namespace, Interface: p.HostIf, Ports: s.Ports})
 		}
 		cfg.PolicyDir = n.PolicyDir
 		if err := os.MkdirAll(n.PolicyDir, 0o755); err != nil {
@@ -163,6 +165,7 @@ func (n *Node) Start(t *testing.T, table, priority int) {
 		dc.Enabled, dc.PinDir = true, n.pin
 		dc.RoutingTable, dc.RoutingPriority = table+int(n.Topo.Subnet.Addr().As4()[2]), priority
 		dc.HTTPIngressPort, dc.KafkaIngressPort, dc.DNSPort, dc.EgressHTTPBasePort = uint16(FreePort(t)), uint16(FreePort(t)), uint16(FreePort(t)), uint16(FreePort(t))
+		dc.EgressKafkaBasePort = uint16(FreePort(t))
 		cfg.Datapath = dc
 		n.Config = cfg
 	}
