@@ -29,6 +29,7 @@ type datapath struct {
 	ipc    *ipcache.Table    // the one writer of the BPF ipcache
 	ifaces map[uint64]int    // endpoint id -> ifindex
 	egress map[uint64]uint16 // endpoint id -> its egress HTTP listener port
+	kafka  map[uint64]uint16 // endpoint id -> its egress Kafka listener port
 
 	mu     sync.Mutex
 	epErrs map[uint64]error // per local endpoint, from the last Apply
@@ -39,13 +40,14 @@ var _ Consumer = (*datapath)(nil)
 // openDatapath loads the programs and installs the proxy routing. The
 // endpoints' interfaces must exist.
 func openDatapath(cfg DatapathConfig, eps []Endpoint, log *slog.Logger) (*datapath, error) {
-	d := &datapath{cfg: cfg, log: log, ifaces: map[uint64]int{}, egress: map[uint64]uint16{}, epErrs: map[uint64]error{}}
+	d := &datapath{cfg: cfg, log: log, ifaces: map[uint64]int{}, egress: map[uint64]uint16{}, kafka: map[uint64]uint16{}, epErrs: map[uint64]error{}}
 	n := 0
 	for i, ep := range eps {
 		if ep.Remote {
 			continue
 		}
 		d.egress[ep.ID] = cfg.EgressHTTPBasePort + uint16(n)
+		d.kafka[ep.ID] = cfg.EgressKafkaBasePort + uint16(n)
 		n++
 		ifc, err := net.InterfaceByName(ep.Interface)
 		if err != nil {
@@ -89,16 +91,28 @@ func (d *datapath) egressPort(ep uint64) (uint16, bool) {
 	return p, ok
 }
 
+// egressKafkaPort is the egress Kafka listener port of a local endpoint.
+func (d *datapath) egressKafkaPort(ep uint64) (uint16, bool) {
+	if d == nil {
+		return 0, false
+	}
+	p, ok := d.kafka[ep]
+	return p, ok
+}
+
 // proxyPort names the listener for a proxied port of endpoint ep; 0 (no
-// proxy: the flow is dropped, never let through unchecked) for egress
-// Kafka, not wired yet.
+// proxy: the flow is dropped, never let through unchecked) for a kind
+// without a listener in that direction.
 func (d *datapath) proxyPort(ep uint64, dir policy.Direction, l7 *policy.L7Port) uint16 {
 	if l7.Kind == l7kind.KindDNS {
 		return d.cfg.DNSPort
 	}
 	if dir != policy.Ingress {
-		if l7.Kind == l7kind.KindHTTP {
+		switch l7.Kind {
+		case l7kind.KindHTTP:
 			return d.egress[ep]
+		case l7kind.KindKafka:
+			return d.kafka[ep]
 		}
 		return 0
 	}

@@ -28,7 +28,12 @@ func (a *Agent) staticResources() (xds.EnvoyResources, error) {
 	for _, l := range a.cfg.Listeners {
 		cluster := l.Name + "-upstream"
 		if l.Transparent {
-			r.Clusters = append(r.Clusters, xds.OriginalDstCluster(cluster, l.HTTP2))
+			c := xds.OriginalDstCluster(cluster, l.HTTP2)
+			if l.Kind == "http" && !l.HTTP2 {
+				// The upstream is the server the client addressed.
+				c = xds.FollowDownstream(c)
+			}
+			r.Clusters = append(r.Clusters, c)
 		} else {
 			ap := netip.MustParseAddrPort(l.Upstream) // Validate checked it
 			r.Clusters = append(r.Clusters, xds.StaticCluster(cluster, ap.Addr().String(), uint32(ap.Port()), l.HTTP2))
@@ -59,9 +64,12 @@ func (a *Agent) staticResources() (xds.EnvoyResources, error) {
 
 // datapathResources returns Envoy's transparent listeners and clusters for
 // the proxied ports: ingress HTTP and Kafka, shared by every local
-// endpoint, and one egress HTTP listener per local endpoint whose upstream
-// sockets carry the endpoint's identity (redirect.ProxyEgressMark), so the
-// destination's ingress policy in the datapath sees the real source.
+// endpoint, and one egress HTTP and one egress Kafka listener per local
+// endpoint whose upstream sockets carry the endpoint's identity
+// (redirect.ProxyEgressMark), so the destination's ingress policy in the
+// datapath sees the real source. Every HTTP cluster speaks upstream the
+// protocol the client spoke (xds.FollowDownstream): the upstream is the
+// server the client addressed, so gRPC and h2c stay h2.
 func (a *Agent) datapathResources(identity func(uint64) (uint32, bool)) (xds.EnvoyResources, error) {
 	var r xds.EnvoyResources
 	dc := a.cfg.Datapath
@@ -77,7 +85,7 @@ func (a *Agent) datapathResources(identity func(uint64) (uint32, bool)) (xds.Env
 	}
 	r.Listeners = append(r.Listeners, httpIn, kafkaIn)
 	r.Clusters = append(r.Clusters,
-		xds.MarkUpstream(xds.OriginalDstCluster("ward-original-dst-ingress", false), redirect.MarkProxyIngress),
+		xds.MarkUpstream(xds.FollowDownstream(xds.OriginalDstCluster("ward-original-dst-ingress", false)), redirect.MarkProxyIngress),
 		xds.MarkUpstream(xds.OriginalDstCluster("ward-original-dst-ingress-tcp", false), redirect.MarkProxyIngress))
 	for _, ep := range a.cfg.Endpoints {
 		port, ok := a.dp.egressPort(ep.ID)
@@ -95,7 +103,20 @@ func (a *Agent) datapathResources(identity func(uint64) (uint32, bool)) (xds.Env
 			return r, err
 		}
 		r.Listeners = append(r.Listeners, l)
-		r.Clusters = append(r.Clusters, xds.MarkUpstream(xds.OriginalDstCluster(cluster, false), redirect.ProxyEgressMark(id)))
+		r.Clusters = append(r.Clusters, xds.MarkUpstream(xds.FollowDownstream(xds.OriginalDstCluster(cluster, false)), redirect.ProxyEgressMark(id)))
+
+		kport, ok := a.dp.egressKafkaPort(ep.ID)
+		if !ok {
+			continue
+		}
+		kcluster := fmt.Sprintf("ward-original-dst-egress-tcp-%d", ep.ID)
+		kl, err := xds.TCPListener{Name: fmt.Sprintf("ward-kafka-egress-%d", ep.ID), Address: "0.0.0.0", Port: uint32(kport), Transparent: true,
+			Cluster: kcluster, Filters: []xds.ModuleFilter{{Name: "ward.kafka", Config: a.filterConfig(policyfilter.Config{Direction: "egress", Endpoint: ep.Name, AccessLog: dc.AccessLog})}}}.Build()
+		if err != nil {
+			return r, err
+		}
+		r.Listeners = append(r.Listeners, kl)
+		r.Clusters = append(r.Clusters, xds.MarkUpstream(xds.OriginalDstCluster(kcluster, false), redirect.ProxyEgressMark(id)))
 	}
 	return r, nil
 }

@@ -257,7 +257,7 @@ func OriginalDstCluster(name string, http2 bool) *cluster.Cluster {
 }
 
 func setHTTP2(c *cluster.Cluster) {
-	opts, _ := anypb.New(&upstreamhttp.HttpProtocolOptions{
+	setHTTPProtocolOptions(c, &upstreamhttp.HttpProtocolOptions{
 		UpstreamProtocolOptions: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig_{
 			ExplicitHttpConfig: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig{
 				ProtocolConfig: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
@@ -266,9 +266,40 @@ func setHTTP2(c *cluster.Cluster) {
 			},
 		},
 	})
-	c.TypedExtensionProtocolOptions = map[string]*anypb.Any{
-		"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": opts,
+}
+
+// httpProtocolOptionsName is the key of the upstream HTTP options in a
+// cluster's typed_extension_protocol_options.
+const httpProtocolOptionsName = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+func setHTTPProtocolOptions(c *cluster.Cluster, o *upstreamhttp.HttpProtocolOptions) {
+	opts, err := anypb.New(o)
+	if err != nil {
+		panic(err) // a well-formed message always marshals
 	}
+	if c.TypedExtensionProtocolOptions == nil {
+		c.TypedExtensionProtocolOptions = map[string]*anypb.Any{}
+	}
+	c.TypedExtensionProtocolOptions[httpProtocolOptionsName] = opts
+}
+
+// FollowDownstream makes the cluster speak upstream the HTTP version the
+// client spoke downstream: HTTP/1.1 as HTTP/1.1, h2 (h2c prior knowledge,
+// or ALPN h2 under TLS) as h2 (Envoy's HttpProtocolOptions
+// use_downstream_protocol_config). A transparent listener's upstream is the
+// server the client addressed, so it speaks what the client chose: gRPC and
+// h2c need h2 to it, and an HTTP/1.1-only server never gets h2. It
+// replaces any other upstream HTTP protocol choice of c.
+func FollowDownstream(c *cluster.Cluster) *cluster.Cluster {
+	setHTTPProtocolOptions(c, &upstreamhttp.HttpProtocolOptions{
+		UpstreamProtocolOptions: &upstreamhttp.HttpProtocolOptions_UseDownstreamProtocolConfig{
+			UseDownstreamProtocolConfig: &upstreamhttp.HttpProtocolOptions_UseDownstreamHttpConfig{
+				HttpProtocolOptions:  &core.Http1ProtocolOptions{},
+				Http2ProtocolOptions: &core.Http2ProtocolOptions{},
+			},
+		},
+	})
+	return c
 }
 
 // MarkUpstream sets SO_MARK on every upstream socket of the cluster (the
