@@ -34,6 +34,7 @@ type Agent struct {
 	src   *dirsource.Source // nil without a policy directory
 	dp    *datapath         // nil without the datapath
 	glue  *dnsGlue          // nil without the datapath
+	tls   *tlsPolicy        // nil without the datapath
 	ready chan struct{}
 }
 
@@ -125,7 +126,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	var px *dns.Proxy
 	if a.eng != nil {
 		if a.dp != nil {
-			a.eng.consumers = append(a.eng.consumers, a.dp)
+			if a.tls, err = a.newTLSPolicy(); err != nil {
+				return err
+			}
+			a.eng.consumers = append(a.eng.consumers, a.tls, a.dp)
 		}
 		a.eng.consumers = append(a.eng.consumers, &policyResources{srv: a.srv, log: a.log})
 		a.src = &dirsource.Source{Dir: a.cfg.PolicyDir, Sink: a.eng.repo, Logger: a.log, Interval: 500 * time.Millisecond,
@@ -153,6 +157,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.srv.SetHosts(hs)
 		a.srv.SetPolicies(ps)
 	}
+	if a.tls != nil {
+		a.tls.base = res // republished with the TLS listeners on each publish
+	}
 	if _, err := a.srv.SetEnvoyResources(ctx, a.node, res); err != nil {
 		if px != nil {
 			px.Close()
@@ -171,6 +178,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if a.dp != nil {
 		g.Go(func() error { return a.dp.runGC(ctx, 10*time.Second) })
+	}
+	if a.tls != nil {
+		g.Go(func() error { return a.tls.run(ctx) })
 	}
 	if px != nil && a.eng != nil {
 		// Entries a previous run left in the pinned ipcache that no owner

@@ -46,6 +46,13 @@ type Config struct {
 	// Listeners are static Envoy listeners (without the datapath: clients
 	// talk to them directly).
 	Listeners []Listener `json:"listeners,omitempty"`
+	// SecretsDir holds the secrets that terminatingTLS / originatingTLS
+	// reference: one folder per namespace, one per secret name in it, PEM
+	// files under the secret's keys (tls.crt, tls.key, ca.crt by default);
+	// watched, so a rotation reaches new handshakes. Relative to the config
+	// file. Without it, TLS interception rules are left out (status says
+	// so); serverNames-only rules need no secret.
+	SecretsDir string `json:"secretsDir,omitempty"`
 	// Policies and Hosts are resolved policies in their wire form
 	// (npds.NetworkPolicy and npds.NetworkPolicyHosts in protojson), for
 	// setups without a policy directory.
@@ -201,6 +208,12 @@ type DatapathConfig struct {
 	// to EgressHTTPBasePort+i, whose upstream sockets carry that endpoint's
 	// identity mark so the destination's ingress policy sees the source.
 	EgressHTTPBasePort uint16 `json:"egressHTTPBasePort,omitempty"`
+	// TLSIngressPort is the transparent listener of ingress serverNames
+	// and TLS interception rules (default 15002); EgressTLSBasePort the
+	// first of the per-endpoint egress ones (default 15300, numbered as
+	// the egress HTTP listeners).
+	TLSIngressPort    uint16 `json:"tlsIngressPort,omitempty"`
+	EgressTLSBasePort uint16 `json:"egressTLSBasePort,omitempty"`
 	// EgressKafkaBasePort is the first of the per-endpoint egress Kafka
 	// listeners (default 15400): the i-th local endpoint's egress Kafka
 	// goes to EgressKafkaBasePort+i, marked with its identity likewise.
@@ -223,6 +236,12 @@ func (c DatapathConfig) withDefaults() DatapathConfig {
 	}
 	if c.EgressHTTPBasePort == 0 {
 		c.EgressHTTPBasePort = 15100
+	}
+	if c.TLSIngressPort == 0 {
+		c.TLSIngressPort = 15002
+	}
+	if c.EgressTLSBasePort == 0 {
+		c.EgressTLSBasePort = 15300
 	}
 	if c.EgressKafkaBasePort == 0 {
 		c.EgressKafkaBasePort = 15400
@@ -250,6 +269,9 @@ func LoadConfig(path string) (Config, error) {
 	}
 	if c.PolicyDir != "" && !filepath.IsAbs(c.PolicyDir) {
 		c.PolicyDir = filepath.Join(filepath.Dir(path), c.PolicyDir)
+	}
+	if c.SecretsDir != "" && !filepath.IsAbs(c.SecretsDir) {
+		c.SecretsDir = filepath.Join(filepath.Dir(path), c.SecretsDir)
 	}
 	if err := c.Validate(); err != nil {
 		return Config{}, fmt.Errorf("config %s: %w", path, err)

@@ -107,6 +107,9 @@ func (d *datapath) proxyPort(ep uint64, dir policy.Direction, l7 *policy.L7Port)
 	if l7.Kind == l7kind.KindDNS {
 		return d.cfg.DNSPort
 	}
+	if isTLSPort(l7) {
+		return d.tlsPort(ep, dir)
+	}
 	if dir != policy.Ingress {
 		switch l7.Kind {
 		case l7kind.KindHTTP:

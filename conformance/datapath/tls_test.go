@@ -1,0 +1,217 @@
+package datapath
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wardproxy/ward/conformance/node"
+	"github.com/wardproxy/ward/internal/testenv"
+	"github.com/wardproxy/ward/secrets"
+)
+
+// The seed's "Inspecting TLS Encrypted Connections" on a node run by the
+// agent: the client's HTTPS to a server outside the cluster is intercepted
+// on 443 (terminatingTLS with an internal-CA certificate, HTTP rules on the
+// decrypted requests, originatingTLS toward the server verified against the
+// "public" CA), and 8443 is a serverNames-only rule (pass-through).
+const tlsPolicy = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: tls-intercept
+spec:
+  endpointSelector:
+    matchLabels: {app: client}
+  egress:
+  - toCIDR: [%[1]s/32]
+    toPorts:
+    - ports: [{port: "443", protocol: TCP}]
+      terminatingTLS:
+        secret: {namespace: ward-secrets, name: api-intercept}
+      originatingTLS:
+        secret: {namespace: ward-secrets, name: public-cas}
+      rules:
+        http:
+        - method: GET
+          path: "/public.*"
+  - toCIDR: [%[1]s/32]
+    toPorts:
+    - ports: [{port: "8443", protocol: TCP}]
+      serverNames: [pass.ward.test]
+`
+
+// tlsOpenssl runs the openssl binary in dir (certificates made as the
+// seed's tutorial makes them).
+func tlsOpenssl(t *testing.T, dir string, args ...string) {
+	t.Helper()
+	cmd := exec.Command(testenv.RequireCommand(t, "openssl"), args...)
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("openssl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// tlsCA makes a CA key and self-signed certificate; tlsLeaf a key and a
+// certificate for names signed by a CA. Both return PEM file paths.
+func tlsCA(t *testing.T, dir, name string) (crt, key string) {
+	tlsOpenssl(t, dir, "genrsa", "-out", name+".key", "2048")
+	tlsOpenssl(t, dir, "req", "-x509", "-new", "-nodes", "-key", name+".key", "-sha256", "-days", "2", "-subj", "/CN="+name, "-out", name+".crt")
+	return filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
+}
+
+func tlsLeaf(t *testing.T, dir, name, caCrt, caKey string, names ...string) (crt, key []byte) {
+	tlsOpenssl(t, dir, "genrsa", "-out", name+".key", "2048")
+	tlsOpenssl(t, dir, "req", "-new", "-key", name+".key", "-subj", "/CN="+names[0], "-out", name+".csr")
+	if err := os.WriteFile(filepath.Join(dir, name+".ext"), []byte("subjectAltName=DNS:"+strings.Join(names, ",DNS:")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tlsOpenssl(t, dir, "x509", "-req", "-in", name+".csr", "-CA", caCrt, "-CAkey", caKey, "-CAcreateserial", "-out", name+".crt", "-days", "2", "-sha256", "-extfile", name+".ext")
+	return readFile(t, filepath.Join(dir, name+".crt")), readFile(t, filepath.Join(dir, name+".key"))
+}
+
+func readFile(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// peerCertificate parses the first certificate openssl s_client printed.
+func peerCertificate(out string) (*x509.Certificate, bool) {
+	i := strings.Index(out, "-----BEGIN CERTIFICATE-----")
+	if i < 0 {
+		return nil, false
+	}
+	blk, _ := pem.Decode([]byte(out[i:]))
+	if blk == nil {
+		return nil, false
+	}
+	c, err := x509.ParseCertificate(blk.Bytes)
+	return c, err == nil
+}
+
+func serial(t *testing.T, crtPEM []byte) string {
+	t.Helper()
+	blk, _ := pem.Decode(crtPEM)
+	c, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.SerialNumber.String()
+}
+
+// TestWarddTLS: TLS interception and serverNames through the agent, with
+// curl and openssl s_client in the client pod against a real Go TLS server
+// in a "world" pod (not an endpoint of the node).
+func TestWarddTLS(t *testing.T) {
+	testenv.RequireCommand(t, "openssl")
+	n := node.New(t,
+		node.PodSpec{Name: "client", Labels: map[string]string{"app": "client"}},
+		node.PodSpec{Name: "world", Labels: map[string]string{"app": "world"}, Unmanaged: true})
+	world := n.Pods["world"]
+
+	pki := t.TempDir()
+	internalCA, internalKey := tlsCA(t, pki, "ward-internal-ca")
+	publicCA, publicKey := tlsCA(t, pki, "public-ca")
+	interceptCrt, interceptKey := tlsLeaf(t, pki, "intercept", internalCA, internalKey, "api.ward.test")
+	serverCrt, serverKey := tlsLeaf(t, pki, "server", publicCA, publicKey, "api.ward.test", "pass.ward.test", "other.ward.test")
+	pair, err := tls.X509KeyPair(serverCrt, serverKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, port := range []string{":443", ":8443"} {
+		ln, err := world.Listen("tcp", port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{
+			Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				fmt.Fprintf(w, "world %s sni=%s", r.URL.Path, r.TLS.ServerName)
+			}),
+			ErrorLog: log.New(io.Discard, "", 0), // refused handshakes are expected
+		}
+		go srv.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{pair}}))
+		t.Cleanup(func() { srv.Close() })
+	}
+
+	// The secrets directory as an operator fills it: the interception
+	// certificate and the CAs trusted toward upstreams.
+	term, orig := secrets.Ref{Namespace: "ward-secrets", Name: "api-intercept"}, secrets.Ref{Namespace: "ward-secrets", Name: "public-cas"}
+	n.Config.SecretsDir = t.TempDir()
+	if err := secrets.Write(n.Config.SecretsDir, term, map[string][]byte{"tls.crt": interceptCrt, "tls.key": interceptKey}); err != nil {
+		t.Fatal(err)
+	}
+	if err := secrets.Write(n.Config.SecretsDir, orig, map[string][]byte{"ca.crt": readFile(t, publicCA)}); err != nil {
+		t.Fatal(err)
+	}
+	n.Config.Datapath.TLSIngressPort, n.Config.Datapath.EgressTLSBasePort = uint16(node.FreePort(t)), uint16(node.FreePort(t))
+	n.WritePolicy(t, "tls.yaml", fmt.Sprintf(tlsPolicy, world.IP))
+	n.Start(t, 29700, 9297)
+
+	c, stop := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer stop()
+	curl := func(path string) string {
+		return n.Curl(c, "client", "-w", " %{http_code}", "--cacert", internalCA,
+			"--resolve", "api.ward.test:443:"+world.IP.String(), "https://api.ward.test"+path)
+	}
+	// sClient returns the certificate the client pod is shown for sni on
+	// port, or nil when the handshake fails.
+	sClient := func(port, sni string) *x509.Certificate {
+		out, _ := n.Pods["client"].Run(c, "sh", "-c", fmt.Sprintf("openssl s_client -connect %s:%s -servername %s -showcerts </dev/null 2>&1", world.IP, port, sni))
+		crt, ok := peerCertificate(out)
+		if !ok {
+			return nil
+		}
+		return crt
+	}
+
+	node.Eventually(t, "the intercepted GET /public/x to pass", func() bool {
+		return curl("/public/x") == "world /public/x sni=api.ward.test 200"
+	})
+	t.Run("HTTP rules on the decrypted requests", func(t *testing.T) {
+		if got := curl("/private"); got != "Access denied 403" {
+			t.Errorf("curl https://api.ward.test/private = %q; want Access denied 403", got)
+		}
+	})
+	t.Run("the policy's certificate is presented", func(t *testing.T) {
+		crt := sClient("443", "api.ward.test")
+		if crt == nil || crt.Issuer.CommonName != "ward-internal-ca" || crt.SerialNumber.String() != serial(t, interceptCrt) {
+			t.Errorf("s_client :443 api.ward.test certificate = %v; want the terminatingTLS secret's", crt)
+		}
+	})
+	t.Run("serverNames pass-through", func(t *testing.T) {
+		if crt := sClient("8443", "pass.ward.test"); crt == nil || crt.Issuer.CommonName != "public-ca" || crt.SerialNumber.String() != serial(t, serverCrt) {
+			t.Errorf("s_client :8443 pass.ward.test certificate = %v; want the server's own", crt)
+		}
+		if crt := sClient("8443", "other.ward.test"); crt != nil {
+			t.Errorf("s_client :8443 other.ward.test: handshake completed (issuer %s); want refused", crt.Issuer.CommonName)
+		}
+	})
+	t.Run("rotation", func(t *testing.T) {
+		crt, key := tlsLeaf(t, pki, "intercept-rotated", internalCA, internalKey, "api.ward.test")
+		if err := secrets.Write(n.Config.SecretsDir, term, map[string][]byte{"tls.crt": crt, "tls.key": key}); err != nil {
+			t.Fatal(err)
+		}
+		want := serial(t, crt)
+		node.Eventually(t, "new handshakes to present the rotated certificate", func() bool {
+			got := sClient("443", "api.ward.test")
+			return got != nil && got.SerialNumber.String() == want
+		})
+		if got := curl("/public/y"); got != "world /public/y sni=api.ward.test 200" {
+			t.Errorf("curl after rotation = %q; want 200 from the world server", got)
+		}
+	})
+}
