@@ -1,0 +1,14 @@
+// Package docs is ward's user's guide: the Markdown pages of this
+// directory. It has no code; its tests execute the guide, so that it stays
+// true to the code:
+//
+//   - every YAML or JSON block carries a tag after its language: a block
+//     tagged node-config loads with agent.LoadConfig, one tagged policy
+//     parses with policy.Parse, without error;
+//   - every field of the node configuration and every wardd flag is in
+//     node-config.md;
+//   - run-without-kubernetes.md is run for real: its `sh walkthrough`
+//     blocks, in order, with its file blocks (tagged file=PATH) written
+//     where they say, in a private network, mount and PID namespace; a
+//     line ending in "# => TEXT" must print TEXT.
+package docs
