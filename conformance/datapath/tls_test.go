@@ -9,6 +9,7 @@ import (
 	"io"
 	"log"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wardproxy/ward/conformance/netns"
 	"github.com/wardproxy/ward/conformance/node"
 	"github.com/wardproxy/ward/internal/testenv"
 	"github.com/wardproxy/ward/secrets"
@@ -113,6 +115,41 @@ func serial(t *testing.T, crtPEM []byte) string {
 	return c.SerialNumber.String()
 }
 
+// serveTLS runs a Go HTTPS server on 443 and 8443 in pod, answering with
+// the path and the SNI it saw.
+func serveTLS(t *testing.T, pod *netns.Pod, crt, key []byte) {
+	t.Helper()
+	pair, err := tls.X509KeyPair(crt, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, port := range []string{":443", ":8443"} {
+		ln, err := pod.Listen("tcp", port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{
+			Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				fmt.Fprintf(w, "%s %s sni=%s", pod.Name, r.URL.Path, r.TLS.ServerName)
+			}),
+			ErrorLog: log.New(io.Discard, "", 0), // refused handshakes are expected
+		}
+		go srv.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{pair}}))
+		t.Cleanup(func() { srv.Close() })
+	}
+}
+
+// sClient runs openssl s_client in pod from against ip:port with sni and
+// returns the certificate it was shown, nil when the handshake failed.
+func sClient(ctx context.Context, n *node.Node, from string, ip netip.Addr, port, sni string) *x509.Certificate {
+	out, _ := n.Pods[from].Run(ctx, "sh", "-c", fmt.Sprintf("openssl s_client -connect %s:%s -servername %s -showcerts </dev/null 2>&1", ip, port, sni))
+	crt, ok := peerCertificate(out)
+	if !ok {
+		return nil
+	}
+	return crt
+}
+
 // TestWarddTLS: TLS interception and serverNames through the agent, with
 // curl and openssl s_client in the client pod against a real Go TLS server
 // in a "world" pod (not an endpoint of the node).
@@ -128,24 +165,7 @@ func TestWarddTLS(t *testing.T) {
 	publicCA, publicKey := tlsCA(t, pki, "public-ca")
 	interceptCrt, interceptKey := tlsLeaf(t, pki, "intercept", internalCA, internalKey, "api.ward.test")
 	serverCrt, serverKey := tlsLeaf(t, pki, "server", publicCA, publicKey, "api.ward.test", "pass.ward.test", "other.ward.test")
-	pair, err := tls.X509KeyPair(serverCrt, serverKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, port := range []string{":443", ":8443"} {
-		ln, err := world.Listen("tcp", port)
-		if err != nil {
-			t.Fatal(err)
-		}
-		srv := &http.Server{
-			Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				fmt.Fprintf(w, "world %s sni=%s", r.URL.Path, r.TLS.ServerName)
-			}),
-			ErrorLog: log.New(io.Discard, "", 0), // refused handshakes are expected
-		}
-		go srv.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{pair}}))
-		t.Cleanup(func() { srv.Close() })
-	}
+	serveTLS(t, world, serverCrt, serverKey)
 
 	// The secrets directory as an operator fills it: the interception
 	// certificate and the CAs trusted toward upstreams.
@@ -167,17 +187,7 @@ func TestWarddTLS(t *testing.T) {
 		return n.Curl(c, "client", "-w", " %{http_code}", "--cacert", internalCA,
 			"--resolve", "api.ward.test:443:"+world.IP.String(), "https://api.ward.test"+path)
 	}
-	// sClient returns the certificate the client pod is shown for sni on
-	// port, or nil when the handshake fails.
-	sClient := func(port, sni string) *x509.Certificate {
-		out, _ := n.Pods["client"].Run(c, "sh", "-c", fmt.Sprintf("openssl s_client -connect %s:%s -servername %s -showcerts </dev/null 2>&1", world.IP, port, sni))
-		crt, ok := peerCertificate(out)
-		if !ok {
-			return nil
-		}
-		return crt
-	}
-
+	sClient := func(port, sni string) *x509.Certificate { return sClient(c, n, "client", world.IP, port, sni) }
 	node.Eventually(t, "the intercepted GET /public/x to pass", func() bool {
 		return curl("/public/x") == "world /public/x sni=api.ward.test 200"
 	})
@@ -214,4 +224,80 @@ func TestWarddTLS(t *testing.T) {
 			t.Errorf("curl after rotation = %q; want 200 from the world server", got)
 		}
 	})
+}
+
+const tlsIngressPolicy = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: tls-ingress
+spec:
+  endpointSelector:
+    matchLabels: {app: api}
+  ingress:
+  - fromEndpoints:
+    - matchLabels: {app: client}
+    toPorts:
+    - ports: [{port: "443", protocol: TCP}]
+      terminatingTLS:
+        secret: {name: api-intercept}
+      originatingTLS:
+        secret: {name: public-cas}
+      rules:
+        http:
+        - method: GET
+          path: "/public.*"
+  - fromEndpoints:
+    - matchLabels: {app: client}
+    toPorts:
+    - ports: [{port: "8443", protocol: TCP}]
+      serverNames: [pass.ward.test]
+`
+
+// TestWarddTLSIngress: the same rules on the server's ingress (the
+// secrets in the policy's namespace): the shared ingress TLS listener
+// intercepts 443 for the api pod and passes 8443 through by SNI.
+func TestWarddTLSIngress(t *testing.T) {
+	testenv.RequireCommand(t, "openssl")
+	n := node.New(t,
+		node.PodSpec{Name: "api", Labels: map[string]string{"app": "api"}},
+		node.PodSpec{Name: "client", Labels: map[string]string{"app": "client"}})
+	api := n.Pods["api"]
+	pki := t.TempDir()
+	internalCA, internalKey := tlsCA(t, pki, "ward-internal-ca")
+	publicCA, publicKey := tlsCA(t, pki, "public-ca")
+	interceptCrt, interceptKey := tlsLeaf(t, pki, "intercept", internalCA, internalKey, "api.ward.test")
+	serverCrt, serverKey := tlsLeaf(t, pki, "server", publicCA, publicKey, "api.ward.test", "pass.ward.test", "other.ward.test")
+	serveTLS(t, api, serverCrt, serverKey)
+	n.Config.SecretsDir = t.TempDir()
+	if err := secrets.Write(n.Config.SecretsDir, secrets.Ref{Namespace: "default", Name: "api-intercept"}, map[string][]byte{"tls.crt": interceptCrt, "tls.key": interceptKey}); err != nil {
+		t.Fatal(err)
+	}
+	if err := secrets.Write(n.Config.SecretsDir, secrets.Ref{Namespace: "default", Name: "public-cas"}, map[string][]byte{"ca.crt": readFile(t, publicCA)}); err != nil {
+		t.Fatal(err)
+	}
+	n.Config.Datapath.TLSIngressPort, n.Config.Datapath.EgressTLSBasePort = uint16(node.FreePort(t)), uint16(node.FreePort(t))
+	n.WritePolicy(t, "tls.yaml", tlsIngressPolicy)
+	n.Start(t, 29800, 9298)
+
+	c, stop := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer stop()
+	curl := func(path string) string {
+		return n.Curl(c, "client", "-w", " %{http_code}", "--cacert", internalCA,
+			"--resolve", "api.ward.test:443:"+api.IP.String(), "https://api.ward.test"+path)
+	}
+	node.Eventually(t, "the intercepted GET /public/x to pass", func() bool {
+		return curl("/public/x") == "api /public/x sni=api.ward.test 200"
+	})
+	if got := curl("/private"); got != "Access denied 403" {
+		t.Errorf("curl https://api.ward.test/private = %q; want Access denied 403", got)
+	}
+	if crt := sClient(c, n, "client", api.IP, "443", "api.ward.test"); crt == nil || crt.SerialNumber.String() != serial(t, interceptCrt) {
+		t.Errorf("s_client :443 api.ward.test certificate = %v; want the terminatingTLS secret's", crt)
+	}
+	if crt := sClient(c, n, "client", api.IP, "8443", "pass.ward.test"); crt == nil || crt.SerialNumber.String() != serial(t, serverCrt) {
+		t.Errorf("s_client :8443 pass.ward.test certificate = %v; want the server's own", crt)
+	}
+	if crt := sClient(c, n, "client", api.IP, "8443", "other.ward.test"); crt != nil {
+		t.Errorf("s_client :8443 other.ward.test: handshake completed (issuer %s); want refused", crt.Issuer.CommonName)
+	}
 }
