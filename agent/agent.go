@@ -129,7 +129,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			if a.tls, err = a.newTLSPolicy(); err != nil {
 				return err
 			}
-			a.eng.consumers = append(a.eng.consumers, a.tls, a.dp)
+			a.eng.consumers = append(a.eng.consumers, a.dp, a.tls)
 		}
 		a.eng.consumers = append(a.eng.consumers, &policyResources{srv: a.srv, log: a.log})
 		a.src = &dirsource.Source{Dir: a.cfg.PolicyDir, Sink: a.eng.repo, Logger: a.log, Interval: 500 * time.Millisecond,

@@ -19,7 +19,7 @@ package agent
 // Secrets come from the secrets directory (package secrets) by reference
 // and reach Envoy over SDS; the listeners name them. A chain whose secret is
 // missing or invalid is left out (its connections are refused) and the
-// error is the consumer's, shown in `ward status`; the other chains keep
+// error is the consumer's (logged with each publish); the other chains keep
 // working. A rotation in the directory republishes the secrets only: new
 // handshakes get the new certificate, established connections stay.
 
@@ -66,7 +66,7 @@ func (d *datapath) tlsPort(ep uint64, dir policy.Direction) uint16 {
 	if dir == policy.Ingress {
 		return d.cfg.TLSIngressPort
 	}
-	p, ok := d.egress[ep]
+	p, ok := d.egressPort(ep)
 	if !ok {
 		return 0
 	}
@@ -75,8 +75,8 @@ func (d *datapath) tlsPort(ep uint64, dir policy.Direction) uint16 {
 
 // tlsPolicy is the Consumer that builds the TLS listeners, their clusters
 // and their secrets from each state, and publishes them with the node's
-// other Envoy resources (base). It runs before the datapath consumer, so a
-// listener is on its way to Envoy before BPF redirects to it.
+// other Envoy resources (base). It runs after the datapath consumer, which
+// gives each local endpoint its egress listener slot.
 type tlsPolicy struct {
 	a       *Agent
 	secrets *secrets.Source // nil without a secrets directory
