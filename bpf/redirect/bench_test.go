@@ -3,6 +3,7 @@ package redirect
 import (
 	"encoding/binary"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -83,9 +84,24 @@ func BenchmarkFromPod(b *testing.B) {
 		// Denied new flows (port 81) walk the whole policy lookup.
 		{"denied-new", tcpPacket(client, server, 40001, 81)},
 	}
+	world := netip.MustParseAddr("192.0.2.1")
+	cases = append(cases, []struct {
+		name string
+		pkt  []byte
+	}{
+		// to_pod (tc egress of the destination's veth): an established
+		// flow from a node outside (not selected for L7), its first
+		// packet allowed by the ingress policy.
+		{"to_pod-established", tcpPacket(client, server, 40002, 80)},
+		// A new flow from the world, denied by the ingress policy.
+		{"to_pod-denied-new", tcpPacket(world, server, 40003, 80)},
+	}...)
 	for _, tc := range cases {
 		b.Run(tc.name, func(b *testing.B) {
 			prog := d.objs.FromPod
+			if strings.HasPrefix(tc.name, "to_pod") {
+				prog = d.objs.ToPod
+			}
 			if _, _, err := prog.Test(tc.pkt); err != nil {
 				b.Fatal(err)
 			}

@@ -63,6 +63,11 @@
 //     IPv6 sockets (see AddCgroupEndpoint for which cgroups are subject).
 //   - A redirect that cannot reach its proxy socket drops (ReasonNoProxySocket);
 //     it never falls back to delivering the flow around the proxy.
+//   - An ingress redirect of a flow that did not come from a local endpoint
+//     (another node, the world, the host) is hairpinned: to_pod marks it and
+//     redirects it to the ingress of the same veth, where from_pod assigns
+//     it to the proxy (README.md, "the hairpin"). AddEndpoint sets the
+//     veth's accept_local for it.
 //
 // README.md beside this file lists the maps and what the proxy must do.
 package redirect

@@ -39,7 +39,8 @@
 
 // skb marks. MARK_TO_PROXY is set on redirected packets so that the host's
 // policy routing rule (fwmark -> table with "local 0.0.0.0/0 dev lo")
-// delivers them locally to the assigned socket. Proxies mark their upstream
+// delivers them locally to the assigned socket; on a hairpinned packet
+// (to_pod -> the veth's ingress) its upper 16 bits carry the proxy port. Proxies mark their upstream
 // sockets the way Cilium's Envoy filters do: 0x0A00 ingress, 0x0B00 egress
 // with the source identity packed as ((id & 0xFFFF) << 16) | ((id >> 16) & 0xFF).
 #define MARK_MAGIC_MASK 0x0F00
@@ -72,6 +73,7 @@ enum reason {
 	R_DROP_VLAN = 18,       // VLAN-tagged (skb->vlan_present or a VLAN ethertype)
 	R_PASS_ND = 19,         // ICMPv6 neighbour discovery, hop limit 255, link-local scope
 	R_DROP_NO_ENDPOINT = 20, // socket-level: a registered cgroup's descendant without an entry
+	R_HAIRPIN = 21,          // to_pod: handed to the veth's ingress for the proxy (not a drop)
 	R_MAX = 32,
 };
 

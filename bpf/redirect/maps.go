@@ -4,9 +4,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -296,10 +298,32 @@ func (d *Datapath) AddEndpoint(ep Endpoint) error {
 		}
 	}
 	d.eps[ep.ID] = ep
+	if err := acceptLocal(ep.IfIndex); err != nil {
+		return fmt.Errorf("add endpoint %d: %w", ep.ID, err)
+	}
 	for _, ingress := range []bool{true, false} {
 		if err := d.attach(ep.IfIndex, ingress); err != nil {
 			return fmt.Errorf("add endpoint %d: %w", ep.ID, err)
 		}
+	}
+	return nil
+}
+
+// acceptLocal sets the veth's accept_local: a flow from the host to the
+// pod that is hairpinned to the proxy (to_pod -> the veth's ingress)
+// arrives with one of the host's own addresses as its source, which the
+// stack otherwise drops as martian (fib_validate_source). Per device only.
+func acceptLocal(ifindex int) error {
+	ifc, err := net.InterfaceByIndex(ifindex)
+	if err != nil {
+		return fmt.Errorf("accept_local: interface %d: %w", ifindex, err)
+	}
+	path := filepath.Join("/proc/sys/net/ipv4/conf", ifc.Name, "accept_local")
+	if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) == "1" {
+		return nil
+	}
+	if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
+		return fmt.Errorf("accept_local: %w", err)
 	}
 	return nil
 }

@@ -504,6 +504,7 @@ const (
 	ReasonVLAN                Reason = 18 // VLAN-tagged frame
 	ReasonNeighbourDiscovery  Reason = 19 // ICMPv6 ND, hop limit 255, link scope: passed
 	ReasonNoCgroupEndpoint    Reason = 20 // socket level: no registered cgroup at or above the task's
+	ReasonHairpin             Reason = 21 // to_pod: an ingress redirect from off the node, handed to the veth's ingress (then counted redirected)
 
 	numReasons        = 32 // R_MAX
 	metricsDirections = 2
@@ -514,7 +515,7 @@ var reasonNames = [...]string{
 	"allowed", "established", "reply", "not-enforced", "non-ip", "redirected", "proxy-upstream",
 	"policy-denied", "lockdown", "no-proxy-socket", "fragment", "malformed", "spoofed-source",
 	"unsupported-l3", "redirect-unsupported", "unknown-endpoint", "sock-shortcut",
-	"unknown-l3", "vlan", "neighbour-discovery", "no-cgroup-endpoint",
+	"unknown-l3", "vlan", "neighbour-discovery", "no-cgroup-endpoint", "hairpin",
 }
 
 func (r Reason) String() string {
@@ -526,7 +527,7 @@ func (r Reason) String() string {
 
 // Drop reports whether packets counted under r were dropped.
 func (r Reason) Drop() bool {
-	return r >= firstDrop && r != ReasonSockShortcut && r != ReasonNeighbourDiscovery
+	return r >= firstDrop && r != ReasonSockShortcut && r != ReasonNeighbourDiscovery && r != ReasonHairpin
 }
 
 // Counter is one (reason, direction) verdict counter summed over CPUs.

@@ -12,6 +12,12 @@
 //             local traffic happen here, where bpf_sk_assign is allowed).
 //   to_pod    tc egress: packets entering the endpoint. Applies the
 //             destination's ingress policy to flows not already admitted.
+//             A flow that needs the ingress proxy and did not come from a
+//             local endpoint (another node, the world, the host) is
+//             hairpinned: marked MARK_TO_PROXY | proxy port << 16 and
+//             redirected (bpf_redirect BPF_F_INGRESS) to the ingress of
+//             the same host-side veth, where from_pod sees the mark first
+//             and does the bpf_sk_assign tc egress cannot do.
 //
 // Map layouts are mirrored in Go (bpf/redirect/maps.go); change both.
 // Byte orders: addresses and CT ports are network order as on the wire;
@@ -560,6 +566,47 @@ static __always_inline int redirect(struct __sk_buff *skb, struct pkt *p, __u16 
 	return PASS(R_REDIRECT);
 }
 
+// hairpin hands a flow that reached to_pod (tc egress, where
+// bpf_sk_assign is refused) to the ingress proxy: the proxy port travels in
+// the mark (MARK_TO_PROXY | port << 16) and the packet is redirected to the
+// ingress of the same veth, whose from_pod assigns it (from_hairpin). The
+// mark cannot come from a pod: veth scrubs it when the packet crosses
+// namespaces (skb_scrub_packet, xnet).
+static __always_inline int hairpin(struct __sk_buff *skb, struct pkt *p, __u16 proxy_port, int dir)
+{
+	if (p->t.proto == IPPROTO_UDP && p->t.family == AF_INET4) {
+		struct iphdr ip;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) == 0 &&
+		    (bpf_ntohs(ip.frag_off) & 0x3FFF))
+			return DROP(R_DROP_FRAGMENT);
+	}
+	skb->mark = MARK_TO_PROXY | ((__u32)proxy_port << 16);
+	long act = bpf_redirect(skb->ifindex, BPF_F_INGRESS);
+	if (act != TC_ACT_REDIRECT)
+		return DROP(R_DROP_NO_PROXY);
+	return count(skb, R_HAIRPIN, dir, act);
+}
+
+// from_hairpin is the second half of hairpin, in from_pod: the packet is
+// addressed to the pod (its MAC too, so the stack took it for another
+// host: PACKET_OTHERHOST); it becomes a local packet assigned to the
+// proxy's socket, and the proxy routing rule delivers it.
+static __always_inline int from_hairpin(struct __sk_buff *skb, __u32 mark)
+{
+	const int dir = DIR_INGRESS;
+	struct pkt p = {};
+	int r = parse(skb, &p);
+	if (r < 0)
+		return DROP(R_DROP_MALFORMED);
+	if (r != R_MAX)
+		return DROP(r);
+	if (bpf_skb_change_type(skb, 0 /* PACKET_HOST */) < 0)
+		return DROP(R_DROP_NO_PROXY);
+	if (assign(skb, &p, (__u16)(mark >> 16)) < 0)
+		return DROP(R_DROP_NO_PROXY);
+	return PASS(R_REDIRECT);
+}
+
 // nd_ok reports whether a neighbour-discovery packet passes unchecked
 // given the (endpoint) source check's outcome.
 static __always_inline int nd_ok(const struct pkt *p, int own_src)
@@ -571,6 +618,9 @@ SEC("tc")
 int from_pod(struct __sk_buff *skb)
 {
 	const int dir = DIR_EGRESS;
+	__u32 mark = skb->mark;
+	if ((mark & MARK_MAGIC_MASK) == MARK_TO_PROXY)
+		return from_hairpin(skb, mark);
 	struct pkt p = {};
 	int r = parse(skb, &p);
 	if (r < 0)
@@ -692,9 +742,12 @@ int to_pod(struct __sk_buff *skb)
 	else
 		src_id = identity_of6(p.t.family, p.t.saddr);
 
+	// Flows from local endpoints were decided, and redirected, by their
+	// from_pod; a redirect verdict here is a flow from elsewhere (another
+	// node, the world, the host), hairpinned to the proxy.
 	if (ct && ct->policy_rev == rev) {
 		if (ct->verdict == VERDICT_REDIRECT)
-			return DROP(R_DROP_REDIRECT_UNSUPPORTED);
+			return hairpin(skb, &p, ct->proxy_port, dir);
 		return PASS(R_PASS_ESTABLISHED);
 	}
 
@@ -702,27 +755,27 @@ int to_pod(struct __sk_buff *skb)
 	__u16 proxy = 0;
 	if (ep->flags & EP_ENFORCE_INGRESS) {
 		verdict = policy_lookup(ep->id, policy_dir(DIR_INGRESS, ep->flags), src_id, p.pol_port, p.t.proto, &proxy);
-		if (verdict == VERDICT_REDIRECT && !ct)
-			// Only reachable for traffic that did not come from a
-			// local endpoint (those are redirected in from_pod); tc
-			// egress cannot bpf_sk_assign, so fail closed.
-			return DROP(R_DROP_REDIRECT_UNSUPPORTED);
 		if (verdict != VERDICT_ALLOW && verdict != VERDICT_REDIRECT) {
 			if (ct)
 				bpf_map_delete_elem(&ward_ct, &p.ck);
 			return DROP(R_DROP_POLICY);
 		}
+		// An egress proxy's upstream: the ingress proxy would see the
+		// node's address, not the source's identity. Fail closed.
+		if (verdict == VERDICT_REDIRECT && (mark & MARK_MAGIC_MASK) == MARK_PROXY_EGRESS)
+			return DROP(R_DROP_REDIRECT_UNSUPPORTED);
 	}
 	if (ct) {
-		// Re-decided after a policy change. A flow from a local
-		// endpoint was decided (and redirected) by its from_pod; keep
-		// a redirect verdict from there.
-		if (ct->verdict == VERDICT_REDIRECT)
-			return DROP(R_DROP_REDIRECT_UNSUPPORTED);
+		// Re-decided after a policy change; a verdict that moves the
+		// flow to or from the proxy mid-stream resets it (fail closed).
+		ct_redecide(ct, verdict, proxy, rev);
 		if (verdict == VERDICT_REDIRECT)
-			return DROP(R_DROP_REDIRECT_UNSUPPORTED);
-		ct_redecide(ct, VERDICT_ALLOW, 0, rev);
+			return hairpin(skb, &p, proxy, dir);
 		return PASS(R_PASS_ESTABLISHED);
+	}
+	if (verdict == VERDICT_REDIRECT) {
+		ct_create(&p, VERDICT_REDIRECT, proxy, src_id, rev, now);
+		return hairpin(skb, &p, proxy, dir);
 	}
 	ct_create(&p, VERDICT_ALLOW, 0, src_id, rev, now);
 	return PASS((ep->flags & EP_ENFORCE_INGRESS) ? R_PASS_ALLOWED : R_PASS_NOT_ENFORCED);

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -858,4 +859,77 @@ func transparent6(network, address string, c syscall.RawConn) error {
 		serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
 	})
 	return errors.Join(err, serr)
+}
+
+// TestHostIngressRedirect: an ingress L7 redirect for a client that is
+// not a local endpoint — the host itself, whose address on the veths
+// carries the host identity — reaches the transparent listener through
+// the hairpin (to_pod -> the veth's ingress -> bpf_sk_assign), on new and
+// established packets; a world client without a rule stays dropped, and
+// without the proxy the flow is dropped, never delivered around it.
+// (Clients on other nodes: conformance/multinode, where a node is a
+// namespace whose TCP early demux can be turned off.)
+func TestHostIngressRedirect(t *testing.T) {
+	e := deathstarEnv(t, redirect.Config{})
+	ds := e.pods["deathstar"]
+	ln := transparentListener(t, "tcp4")
+	proxyPort := uint16(ln.Addr().(*net.TCPAddr).Port)
+	seen := make(chan string, 16)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		local := r.Context().Value(http.LocalAddrContextKey).(net.Addr).String()
+		select {
+		case seen <- r.RemoteAddr:
+		default:
+		}
+		fmt.Fprintf(w, "proxy saw original destination %s", local)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+
+	if err := e.dp.SetPolicy(e.epIDs["deathstar"], []redirect.PolicyEntry{
+		{PolicyKey: redirect.PolicyKey{Direction: redirect.Ingress, Identity: redirect.IdentityHost, Port: 80, Proto: redirect.ProtoTCP}, Verdict: redirect.Redirect, ProxyPort: proxyPort},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// Only the deathstar is a local endpoint: xwing stands for a client
+	// on another node (no programs on its veth), from the world.
+	e.add(t, "deathstar", true, false)
+	if err := e.dp.IPCache().Upsert(netip.PrefixFrom(e.topo.HostIP, 32), redirect.IdentityHost); err != nil {
+		t.Fatal(err)
+	}
+	c := ctx(t)
+	orig := net.JoinHostPort(ds.IP.String(), "80")
+	hostCurl := func(timeout string) (string, error) {
+		out, err := exec.CommandContext(c, "curl", "-sS", "--connect-timeout", timeout, "--max-time", "10", "http://"+ds.IP.String()+"/").CombinedOutput()
+		return string(out), err
+	}
+	hairpins := count(t, e.dp, redirect.ReasonHairpin)
+	for i := range 3 {
+		out, err := hostCurl("5")
+		if err != nil || !strings.Contains(out, "proxy saw original destination "+orig) {
+			cs, _ := e.dp.Counters()
+			t.Logf("counters: %+v", cs)
+			t.Fatalf("curl %d host -> deathstar:80 = %q, %v; want the proxy to see %s", i, out, err, orig)
+		}
+		if got := <-seen; !strings.HasPrefix(got, e.topo.HostIP.String()+":") {
+			t.Errorf("proxy saw a client at %q; want the host %s", got, e.topo.HostIP)
+		}
+	}
+	// Each connection's SYN and its later packets took the hairpin.
+	if got := count(t, e.dp, redirect.ReasonHairpin); got < hairpins+3*3 {
+		t.Errorf("hairpin counter = %d; want >= %d", got, hairpins+3*3)
+	}
+	if out, err := curl(c, e.pods["xwing"], "http://"+ds.IP.String()+"/", "1"); err == nil {
+		t.Fatalf("world xwing -> deathstar:80 = %q; want dropped", out)
+	}
+	// With the proxy gone, hairpinned flows are dropped, not delivered.
+	srv.Close()
+	ln.Close()
+	before := count(t, e.dp, redirect.ReasonNoProxySocket)
+	if out, err := hostCurl("1"); err == nil {
+		t.Fatalf("with no proxy, host -> deathstar:80 = %q; want dropped", out)
+	}
+	if got := count(t, e.dp, redirect.ReasonNoProxySocket); got <= before {
+		t.Errorf("no-proxy-socket counter = %d; want > %d", got, before)
+	}
 }
