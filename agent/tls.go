@@ -22,6 +22,14 @@ package agent
 // error is the consumer's (logged with each publish); the other chains keep
 // working. A rotation in the directory republishes the secrets only: new
 // handshakes get the new certificate, established connections stay.
+//
+// Limits: a chain is selected by address, port and SNI, not by the
+// remote's identity — the datapath has already allowed the remote on the
+// port, so when several selections of one port name different remotes,
+// each remote's connections may use any of their server names; an
+// interception chain's ward.http applies the HTTP rules of every
+// selection of the port that selects the remote, whatever the SNI.
+// originatingTLS without terminatingTLS is refused here (rule left out).
 
 import (
 	"context"
