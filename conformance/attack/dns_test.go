@@ -35,13 +35,14 @@ spec:
 
 // TestAttackDNSAnswerNamesPodIP: whoever controls a DNS zone an FQDN rule
 // allows answers with a pod's IP (api.github.test -> the deathstar pod).
-// The DNS proxy used to write the FQDN identity over the pod's ipcache
-// entry: mediabot's toFQDNs rule then reached the pod on a port its policy
-// does not allow (80), the pod's identity-based rules stopped matching
-// (8080 dropped), and when the answer expired the entry was deleted and
-// the pod became "world". Now the endpoint's claim wins over the FQDN one
+// Such an answer must not turn the pod's ipcache entry into the FQDN
+// identity (mediabot's toFQDNs rule would then reach the pod on a port
+// its policy does not allow, 80, and the pod's identity-based rules would
+// stop matching, 8080), nor delete it when the answer expires (the pod
+// would become "world"). The endpoint's claim wins over the FQDN one
 // (agent/ipcache) before and after the answer expires. Fails against
-// 84ee6a5^ (the DNS glue writing straight into the BPF ipcache).
+// 84ee6a5^, where the DNS glue wrote the BPF ipcache itself: after the
+// answer expired mediabot -> deathstar:8080 was dropped.
 func TestAttackDNSAnswerNamesPodIP(t *testing.T) {
 	testenv.RequireCommand(t, "dig")
 	n := node.New(t,
