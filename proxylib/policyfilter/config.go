@@ -40,6 +40,9 @@ type Config struct {
 	RemoteIdentity uint32 `json:"remote_identity,omitempty"`
 	// AccessLog, when set, receives one JSON flow record per decision.
 	AccessLog string `json:"access_log,omitempty"`
+	// FlowSocket, when set, is wardd's flow socket: flow records are
+	// shipped there (flows.go), batched and never waited for.
+	FlowSocket string `json:"flow_socket,omitempty"`
 	// RecordQuery keeps HTTP query strings in flow records; by default
 	// they are redacted (filters/http.RecordPath).
 	RecordQuery bool `json:"record_query,omitempty"`

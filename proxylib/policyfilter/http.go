@@ -24,6 +24,7 @@ type Env struct {
 
 	mu   sync.Mutex
 	logs map[string]*flow.Writer
+	ship map[string]*flow.Shipper // by flow socket (flows.go)
 
 	kafkaBudget proxylib.Budget // every ward.kafka connection's buffers (kafka.go)
 }
@@ -84,6 +85,9 @@ func (e *Env) setup(raw []byte) (Config, flow.Sink, *npdsclient.Client, error) {
 	sink, err := e.sink(cfg.AccessLog)
 	if err != nil {
 		return cfg, nil, nil, err
+	}
+	if cfg.FlowSocket != "" {
+		sink = flow.Tee(sink, e.shipper(cfg.FlowSocket))
 	}
 	return cfg, sink, e.Clients.Get(cfg.XDSSocket, cfg.Node, compiler(e.Logger), e.Logger), nil
 }
