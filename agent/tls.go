@@ -14,7 +14,10 @@ package agent
 //     handshake with the secret's certificate, ward.http enforces the HTTP
 //     rules on the decrypted requests, and the upstream connection is TLS
 //     verified against originatingTLS's CA bundle (plain HTTP without
-//     originatingTLS).
+//     originatingTLS);
+//   - a selection with originatingTLS alone takes the client's plain HTTP
+//     (ward.http) and sends it upstream over TLS, with the Host header as
+//     SNI and as the name the upstream certificate must carry.
 //
 // Secrets come from the secrets directory (package secrets) by reference
 // and reach Envoy over SDS; the listeners name them. A chain whose secret is
@@ -29,7 +32,8 @@ package agent
 // each remote's connections may use any of their server names; an
 // interception chain's ward.http applies the HTTP rules of every
 // selection of the port that selects the remote, whatever the SNI.
-// originatingTLS without terminatingTLS is refused here (rule left out).
+// originatingTLS without terminatingTLS takes plain HTTP from the client
+// (no SNI: serverNames cannot apply, such a rule is left out).
 
 import (
 	"context"
@@ -51,8 +55,8 @@ import (
 )
 
 // isTLSPort reports whether a proxied port is enforced by the TLS
-// listeners: serverNames only, or TLS interception (with or without HTTP
-// rules).
+// listeners: serverNames only, TLS interception (with or without HTTP
+// rules), or plain HTTP sent upstream over TLS (originatingTLS alone).
 func isTLSPort(lp *policy.L7Port) bool {
 	if lp.Kind == l7kind.KindTLS {
 		return true
@@ -61,7 +65,7 @@ func isTLSPort(lp *policy.L7Port) bool {
 		return false
 	}
 	for _, s := range lp.Selections {
-		if s.TerminatingTLS != nil {
+		if s.TerminatingTLS != nil || s.OriginatingTLS != nil {
 			return true
 		}
 	}
@@ -195,6 +199,8 @@ type tlsChain struct {
 	where string
 	// certificate and ca are the SDS names the chain needs ("" if none).
 	certificate, ca string
+	// http: the chain carries HTTP (ward.http applies).
+	http bool
 }
 
 // tlsScope collects the chains and clusters of one TLS listener.
@@ -265,9 +271,8 @@ func (t *tlsPolicy) build(st *State) (xds.EnvoyResources, error) {
 			case c.ca != "" && !published[c.ca]:
 				errs = append(errs, fmt.Errorf("tls: %s: originating secret %s unavailable; rule left out", c.where, c.ca))
 			default:
-				c.chain.Filters = []xds.ModuleFilter{{Name: policyfilter.HTTPName, Config: t.a.filterConfig(sc.filter)}}
-				if c.certificate == "" {
-					c.chain.Filters = nil
+				if c.http {
+					c.chain.Filters = []xds.ModuleFilter{{Name: policyfilter.HTTPName, Config: t.a.filterConfig(sc.filter)}}
 				}
 				chains = append(chains, c.chain)
 			}
@@ -316,6 +321,7 @@ func (sc *tlsScope) add(dp *policy.DirectionPolicy, ips []string, errs *[]error)
 			orig, hasOrig := secrets.RefFor(s.OriginatingTLS)
 			switch {
 			case hasTerm:
+				c.http = true
 				c.certificate = term.CertificateName()
 				c.chain.Certificate = c.certificate
 				reqs = append(reqs, secrets.Request{Ref: term, Use: secrets.UseCertificate})
@@ -350,8 +356,28 @@ func (sc *tlsScope) add(dp *policy.DirectionPolicy, ips []string, errs *[]error)
 					sc.clusters[c.chain.Cluster] = xds.MarkUpstream(xds.OriginalDstCluster(c.chain.Cluster, false), sc.mark)
 				}
 			case hasOrig:
-				*errs = append(*errs, fmt.Errorf("tls: %s: originatingTLS without terminatingTLS is not supported; rule left out", where))
-				continue
+				// The endpoint speaks plain HTTP; Envoy sends it upstream
+				// over TLS, SNI and certificate name from the Host header.
+				if len(s.ServerNames) > 0 {
+					*errs = append(*errs, fmt.Errorf("tls: %s: serverNames with originatingTLS need terminatingTLS (a plaintext request has no SNI); rule left out", where))
+					continue
+				}
+				c.http, c.ca = true, orig.TrustedCAName()
+				c.chain.Plaintext = true
+				reqs = append(reqs, secrets.Request{Ref: orig, Use: secrets.UseTrustedCA})
+				key := "auto|" + c.ca
+				if sc.orig[key] == "" {
+					sc.orig[key] = fmt.Sprintf("%s-orig-%d", sc.prefix, len(sc.orig))
+				}
+				c.chain.Cluster = sc.orig[key]
+				if _, ok := sc.clusters[c.chain.Cluster]; !ok {
+					cl, err := xds.OriginatingCluster{Name: c.chain.Cluster, TrustedCA: c.ca, AutoSNI: true}.Build()
+					if err != nil {
+						*errs = append(*errs, fmt.Errorf("tls: %s: %w", where, err))
+						continue
+					}
+					sc.clusters[c.chain.Cluster] = xds.MarkUpstream(cl, sc.mark)
+				}
 			case len(s.ServerNames) > 0:
 				c.chain.Cluster = sc.prefix + "-pass"
 				sc.clusters[c.chain.Cluster] = xds.MarkUpstream(xds.OriginalDstCluster(c.chain.Cluster, false), sc.mark)

@@ -40,6 +40,10 @@ spec:
       terminatingTLS: {secret: {name: missing}}
       rules:
         http: [{method: GET}]
+    - ports: [{port: "8080", protocol: TCP}]
+      originatingTLS: {secret: {name: cas}}
+      rules:
+        http: [{method: GET}]
   ingress:
   - fromEntities: [world]
     toPorts:
@@ -118,8 +122,9 @@ func TestTLSPolicyBuild(t *testing.T) {
 			name:       "secrets directory",
 			secretsDir: dir,
 			wantErrs:   []string{"secret default/missing: secret not found", "terminating secret default/missing unavailable; rule left out"},
-			// egress: 443 interception, 8443 pass-through; ingress: 10443.
-			wantListeners: map[string]int{"ward-tls-egress-1": 2, "ward-tls-ingress": 1},
+			// egress: 443 interception, 8443 pass-through, 8080 plain HTTP
+			// to TLS; ingress: 10443.
+			wantListeners: map[string]int{"ward-tls-egress-1": 3, "ward-tls-ingress": 1},
 			wantSecrets:   []string{"default/cas:ca.crt", "default/intercept"},
 		},
 		{

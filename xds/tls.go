@@ -315,6 +315,11 @@ type OriginatingCluster struct {
 	// SNI and SubjectAltNames are fixed values (see above).
 	SNI             string
 	SubjectAltNames []string
+	// AutoSNI takes the upstream SNI from each request's Host header and
+	// requires the upstream certificate to name it: for plaintext
+	// requests (originatingTLS without terminatingTLS), which carry no
+	// ClientHello to take it from.
+	AutoSNI bool
 	// HTTP2 speaks h2 (ALPN h2) to the upstream; default HTTP/1.1.
 	HTTP2 bool
 }
@@ -365,7 +370,12 @@ func (o OriginatingCluster) Build() (*cluster.Cluster, error) {
 		// Explicit HTTP/1.1; the connection pool is keyed by SNI/SAN
 		// (transport socket options), so upstreams of different names
 		// never share a connection.
+		var auto *core.UpstreamHttpProtocolOptions
+		if o.AutoSNI {
+			auto = &core.UpstreamHttpProtocolOptions{AutoSni: true, AutoSanValidation: true}
+		}
 		opts, err := anyOf(&upstreamhttp.HttpProtocolOptions{
+			UpstreamHttpProtocolOptions: auto,
 			UpstreamProtocolOptions: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig_{
 				ExplicitHttpConfig: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig{
 					ProtocolConfig: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig_HttpProtocolOptions{HttpProtocolOptions: &core.Http1ProtocolOptions{}},
@@ -505,6 +515,17 @@ func chainMatcher(sel []chainSelector) (*matcherxds.Matcher, error) {
 					OrMatcher: &matcherxds.Matcher_MatcherList_Predicate_PredicateList{Predicate: anyIP}}})
 			}
 		}
+		onMatch := &matcherxds.Matcher_OnMatch{OnMatch: &matcherxds.Matcher_OnMatch_Action{Action: &xdscore.TypedExtensionConfig{Name: c.chain, TypedConfig: action}}}
+		if len(c.regexes) == 0 && len(where) > 0 {
+			// No SNI condition (plaintext chains).
+			p := where[0]
+			if len(where) > 1 {
+				p = &matcherxds.Matcher_MatcherList_Predicate{MatchType: &matcherxds.Matcher_MatcherList_Predicate_AndMatcher{
+					AndMatcher: &matcherxds.Matcher_MatcherList_Predicate_PredicateList{Predicate: where}}}
+			}
+			fms = append(fms, &matcherxds.Matcher_MatcherList_FieldMatcher{Predicate: p, OnMatch: onMatch})
+			continue
+		}
 		// One field matcher per pattern keeps each regex small (Envoy
 		// bounds RE2 program size).
 		for _, re := range c.regexes {
@@ -513,10 +534,7 @@ func chainMatcher(sel []chainSelector) (*matcherxds.Matcher, error) {
 				p = &matcherxds.Matcher_MatcherList_Predicate{MatchType: &matcherxds.Matcher_MatcherList_Predicate_AndMatcher{
 					AndMatcher: &matcherxds.Matcher_MatcherList_Predicate_PredicateList{Predicate: append([]*matcherxds.Matcher_MatcherList_Predicate{p}, where...)}}}
 			}
-			fms = append(fms, &matcherxds.Matcher_MatcherList_FieldMatcher{
-				Predicate: p,
-				OnMatch:   &matcherxds.Matcher_OnMatch{OnMatch: &matcherxds.Matcher_OnMatch_Action{Action: &xdscore.TypedExtensionConfig{Name: c.chain, TypedConfig: action}}},
-			})
+			fms = append(fms, &matcherxds.Matcher_MatcherList_FieldMatcher{Predicate: p, OnMatch: onMatch})
 		}
 	}
 	return &matcherxds.Matcher{MatcherType: &matcherxds.Matcher_MatcherList_{MatcherList: &matcherxds.Matcher_MatcherList{Matchers: fms}}}, nil
@@ -623,6 +641,12 @@ type PolicyTLSChain struct {
 	// ALPN offered to clients by an interception chain; default h2 and
 	// http/1.1.
 	ALPN []string
+	// Plaintext chains take plain HTTP (originatingTLS without
+	// terminatingTLS): selected by address and port only (Ports required,
+	// no ServerNames, no Certificate), ward filters, then Cluster (an
+	// OriginatingCluster with AutoSNI). They come last: a ClientHello on
+	// the same port is matched by the TLS chains first.
+	Plaintext bool
 }
 
 // PortRange is a destination port range; End 0 means just Port.
@@ -651,7 +675,7 @@ func (p PolicyTLSListener) Build() (*listener.Listener, error) {
 	if err := addTLSInspector(l); err != nil {
 		return nil, err
 	}
-	var named, catchAll []chainSelector
+	var named, catchAll, plain []chainSelector
 	for i, c := range p.Chains {
 		where := fmt.Sprintf("xds: PolicyTLSListener %s: chains[%d]", p.Name, i)
 		if c.Cluster == "" {
@@ -663,13 +687,19 @@ func (p PolicyTLSListener) Build() (*listener.Listener, error) {
 		if sel.ports, err = portRegex(c.Ports); err != nil {
 			return nil, fmt.Errorf("%s: %w", where, err)
 		}
-		if len(c.ServerNames) == 0 {
+		switch {
+		case c.Plaintext:
+			if sel.ports == "" || len(c.ServerNames) > 0 || c.Certificate != "" {
+				return nil, fmt.Errorf("%s: a plaintext chain needs Ports and no ServerNames nor Certificate", where)
+			}
+			plain = append(plain, sel)
+		case len(c.ServerNames) == 0:
 			if c.Certificate == "" {
 				return nil, fmt.Errorf("%s: a pass-through chain needs ServerNames", where)
 			}
 			sel.regexes = []string{".+"}
 			catchAll = append(catchAll, sel)
-		} else {
+		default:
 			// Patterns may repeat across chains of different ports or
 			// addresses; the first chain in order wins.
 			if sel.regexes, err = serverNameRegexes(c.ServerNames, map[string]bool{}); err != nil {
@@ -678,13 +708,20 @@ func (p PolicyTLSListener) Build() (*listener.Listener, error) {
 			named = append(named, sel)
 		}
 		fc := &listener.FilterChain{Name: name}
-		if c.Certificate == "" {
+		switch {
+		case c.Plaintext:
+			m, err := httpConnectionManager(name, prefix, c.Cluster, nil, c.Filters)
+			if err != nil {
+				return nil, err
+			}
+			fc.Filters = []*listener.Filter{m}
+		case c.Certificate == "":
 			tp, err := anyOf(&tcpproxy.TcpProxy{StatPrefix: prefix, ClusterSpecifier: &tcpproxy.TcpProxy_Cluster{Cluster: c.Cluster}})
 			if err != nil {
 				return nil, err
 			}
 			fc.Filters = []*listener.Filter{{Name: "envoy.filters.network.tcp_proxy", ConfigType: &listener.Filter_TypedConfig{TypedConfig: tp}}}
-		} else {
+		default:
 			alpn := c.ALPN
 			if len(alpn) == 0 {
 				alpn = []string{"h2", "http/1.1"}
@@ -704,7 +741,7 @@ func (p PolicyTLSListener) Build() (*listener.Listener, error) {
 		l.FilterChains = append(l.FilterChains, fc)
 	}
 	var err error
-	if l.FilterChainMatcher, err = chainMatcher(append(named, catchAll...)); err != nil {
+	if l.FilterChainMatcher, err = chainMatcher(append(append(named, catchAll...), plain...)); err != nil {
 		return nil, err
 	}
 	return l, nil

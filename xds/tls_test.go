@@ -11,6 +11,7 @@ import (
 	sfshttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/set_filter_state/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
@@ -221,6 +222,18 @@ func TestOriginatingClusterBuild(t *testing.T) {
 	if utc.GetSni() != "api.example" || utc.GetCommonTlsContext().GetTlsCertificateSdsSecretConfigs()[0].GetName() != "client" {
 		t.Errorf("sni %q, client certificate %v", utc.GetSni(), utc.GetCommonTlsContext().GetTlsCertificateSdsSecretConfigs())
 	}
+	// AutoSNI: SNI and SAN check from each request's Host header.
+	c, err = OriginatingCluster{Name: "auto", TrustedCA: "ca", AutoSNI: true}.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var opts upstreamhttp.HttpProtocolOptions
+	if err := c.GetTypedExtensionProtocolOptions()["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].UnmarshalTo(&opts); err != nil {
+		t.Fatal(err)
+	}
+	if u := opts.GetUpstreamHttpProtocolOptions(); !u.GetAutoSni() || !u.GetAutoSanValidation() {
+		t.Errorf("upstream http protocol options = %v; want auto_sni and auto_san_validation", u)
+	}
 }
 
 func upstreamTLS(t *testing.T, c *cluster.Cluster) *tlsv3.UpstreamTlsContext {
@@ -309,6 +322,8 @@ func TestPolicyTLSListenerBuild(t *testing.T) {
 		{name: "no cluster", l: PolicyTLSListener{Name: "l", Chains: []PolicyTLSChain{{ServerNames: []string{"a.example"}}}}, wantErr: "chains[0]: no Cluster"},
 		{name: "pass-through of every name", l: PolicyTLSListener{Name: "l", Chains: []PolicyTLSChain{{Cluster: "c"}}}, wantErr: "pass-through chain needs ServerNames"},
 		{name: "bad name", l: PolicyTLSListener{Name: "l", Chains: []PolicyTLSChain{{ServerNames: []string{"a..example"}, Cluster: "c"}}}, wantErr: "empty label"},
+		{name: "plaintext without ports", l: PolicyTLSListener{Name: "l", Chains: []PolicyTLSChain{{Plaintext: true, Cluster: "c"}}}, wantErr: "plaintext chain needs Ports"},
+		{name: "plaintext with names", l: PolicyTLSListener{Name: "l", Chains: []PolicyTLSChain{{Plaintext: true, Ports: []PortRange{{Port: 80}}, ServerNames: []string{"a.example"}, Cluster: "c"}}}, wantErr: "plaintext chain needs Ports and no ServerNames"},
 		{name: "too many ports", l: PolicyTLSListener{Name: "l", Chains: []PolicyTLSChain{{ServerNames: []string{"a.example"}, Cluster: "c", Ports: []PortRange{{Port: 1000, End: 3000}}}}}, wantErr: "more than 1024 ports"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -325,6 +340,8 @@ func TestPolicyTLSListenerBuild(t *testing.T) {
 		{ServerNames: []string{"api.example"}, Ports: []PortRange{{Port: 443}, {Port: 8443, End: 8444}}, DestinationIPs: []string{"10.0.0.1", "10.0.0.2"}, Certificate: "ns/api", Cluster: "orig", Filters: ward},
 		// The same name on another port passes through.
 		{ServerNames: []string{"api.example", "*.pass.example"}, Ports: []PortRange{{Port: 9443}}, Cluster: "pass"},
+		// Plain HTTP upgraded to TLS upstream, matched last.
+		{Plaintext: true, Ports: []PortRange{{Port: 8080}}, DestinationIPs: []string{"10.0.0.1"}, Cluster: "auto", Filters: ward},
 	}}.Build()
 	if err != nil {
 		t.Fatal(err)
@@ -341,6 +358,7 @@ func TestPolicyTLSListenerBuild(t *testing.T) {
 		`tls/2: (server_name=(?i)api\.example\.? & destination_port=9443)`,
 		`tls/2: (server_name=(?i)[-a-z0-9_]+\.pass\.example\.? & destination_port=9443)`,
 		`tls/0: (server_name=.+ & destination_port=8443)`,
+		`tls/3: (destination_port=8080 & destination_ip=10.0.0.1)`,
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("chain matcher:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -349,6 +367,9 @@ func TestPolicyTLSListenerBuild(t *testing.T) {
 		t.Error("listener has a default chain; want unmatched connections refused")
 	}
 	fcs := l.GetFilterChains()
+	if fcs[3].GetTransportSocket() != nil || fcs[3].GetFilters()[0].GetName() != "envoy.filters.network.http_connection_manager" {
+		t.Errorf("plaintext chain = %v; want the HTTP connection manager without termination", fcs[3])
+	}
 	if fcs[2].GetTransportSocket() != nil || fcs[2].GetFilters()[0].GetName() != "envoy.filters.network.tcp_proxy" {
 		t.Errorf("pass-through chain = %v; want tcp_proxy without termination", fcs[2])
 	}

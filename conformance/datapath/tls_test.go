@@ -27,7 +27,9 @@ import (
 // agent: the client's HTTPS to a server outside the cluster is intercepted
 // on 443 (terminatingTLS with an internal-CA certificate, HTTP rules on the
 // decrypted requests, originatingTLS toward the server verified against the
-// "public" CA), and 8443 is a serverNames-only rule (pass-through).
+// "public" CA), 8443 is a serverNames-only rule (pass-through), and on 9443
+// the client's plain HTTP goes to the server over TLS (originatingTLS
+// alone).
 const tlsPolicy = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata:
@@ -51,6 +53,15 @@ spec:
     toPorts:
     - ports: [{port: "8443", protocol: TCP}]
       serverNames: [pass.ward.test]
+  - toCIDR: [%[1]s/32]
+    toPorts:
+    - ports: [{port: "9443", protocol: TCP}]
+      originatingTLS:
+        secret: {namespace: ward-secrets, name: public-cas}
+      rules:
+        http:
+        - method: GET
+          path: "/public.*"
 `
 
 // tlsOpenssl runs the openssl binary in dir (certificates made as the
@@ -115,7 +126,7 @@ func serial(t *testing.T, crtPEM []byte) string {
 	return c.SerialNumber.String()
 }
 
-// serveTLS runs a Go HTTPS server on 443 and 8443 in pod, answering with
+// serveTLS runs a Go HTTPS server on 443, 8443 and 9443 in pod, answering with
 // the path and the SNI it saw.
 func serveTLS(t *testing.T, pod *netns.Pod, crt, key []byte) {
 	t.Helper()
@@ -123,7 +134,7 @@ func serveTLS(t *testing.T, pod *netns.Pod, crt, key []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, port := range []string{":443", ":8443"} {
+	for _, port := range []string{":443", ":8443", ":9443"} {
 		ln, err := pod.Listen("tcp", port)
 		if err != nil {
 			t.Fatal(err)
@@ -208,6 +219,17 @@ func TestWarddTLS(t *testing.T) {
 		}
 		if crt := sClient("8443", "other.ward.test"); crt != nil {
 			t.Errorf("s_client :8443 other.ward.test: handshake completed (issuer %s); want refused", crt.Issuer.CommonName)
+		}
+	})
+	t.Run("plain HTTP sent over TLS", func(t *testing.T) {
+		plain := func(path string) string {
+			return n.Curl(c, "client", "-w", " %{http_code}", "--resolve", "api.ward.test:9443:"+world.IP.String(), "http://api.ward.test:9443"+path)
+		}
+		if got := plain("/public/z"); got != "world /public/z sni=api.ward.test 200" {
+			t.Errorf("curl http://api.ward.test:9443/public/z = %q; want the world server's answer over TLS with SNI api.ward.test", got)
+		}
+		if got := plain("/private"); got != "Access denied 403" {
+			t.Errorf("curl http://api.ward.test:9443/private = %q; want Access denied 403", got)
 		}
 	})
 	t.Run("rotation", func(t *testing.T) {
