@@ -35,6 +35,8 @@ type Agent struct {
 	dp    *datapath         // nil without the datapath
 	glue  *dnsGlue          // nil without the datapath
 	tls   *tlsPolicy        // nil without the datapath
+	obs   observe           // flow stream and metrics (flows.go)
+	eps   *endpointSource   // nil without an endpoints directory
 	ready chan struct{}
 }
 
@@ -58,6 +60,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if a.node == "" {
 		a.node, _ = os.Hostname()
 	}
+	a.newObserve()
 	srv, err := xds.New(xds.Config{Socket: a.xdsSocket(), Logger: log})
 	if err != nil {
 		return nil, err
@@ -113,12 +116,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.srv.Close()
 		}
 	}()
-	res, err := a.staticResources()
-	if err != nil {
-		return err
-	}
+	var err error
 	if a.cfg.Datapath.Enabled {
-		if a.dp, err = openDatapath(a.cfg.Datapath, a.cfg.Endpoints, a.log); err != nil {
+		if a.dp, err = openDatapath(a.cfg.Datapath, a.log); err != nil {
 			return err
 		}
 		defer a.dp.Close()
@@ -131,20 +131,23 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			a.eng.consumers = append(a.eng.consumers, a.dp, a.tls)
 		}
-		a.eng.consumers = append(a.eng.consumers, &policyResources{srv: a.srv, log: a.log})
+		pr := &policyResources{srv: a.srv, log: a.log}
+		a.eng.consumers = append(a.eng.consumers, pr)
 		a.src = &dirsource.Source{Dir: a.cfg.PolicyDir, Sink: a.eng.repo, Logger: a.log, Interval: 500 * time.Millisecond,
 			OnChange: func() { a.eng.publish(ctx); a.saveGood() }}
-		if a.dp != nil {
-			// Egress listeners carry the endpoints' identities, which the
-			// repository assigned from their labels.
-			dr, err := a.datapathResources(a.eng.identity)
-			if err != nil {
-				return err
+		if a.cfg.EndpointsDir != "" {
+			// The first scan only registers the endpoints: the first
+			// publish waits for the policy directory's first scan.
+			a.eps = &endpointSource{dir: a.cfg.EndpointsDir, static: a.cfg.Endpoints, datapath: a.dp != nil, eng: a.eng, log: a.log}
+			if err := a.eps.scan(); err != nil {
+				a.log.Warn("endpoints directory", "dir", a.cfg.EndpointsDir, "error", err)
 			}
-			res.Listeners = append(res.Listeners, dr.Listeners...)
-			res.Clusters = append(res.Clusters, dr.Clusters...)
-			a.glue = &dnsGlue{e: a.eng, log: a.log}
+			a.eps.onChange = func() { a.endpointsChanged(ctx) }
+		}
+		if a.dp != nil {
+			a.glue = &dnsGlue{e: a.eng, log: a.log, hosts: pr}
 			a.eng.afterPublish = a.glue.syncSelectors
+			a.glue.flows = a.flowSink()
 			if px, err = newDNSProxy(a.glue, a.dp.ipc.Owner(ipcache.FQDN), a.cfg.DNS, a.cfg.Datapath.DNSPort, filepath.Join(a.cfg.StateDir, "fqdn-state.json"), a.log); err != nil {
 				return err
 			}
@@ -157,6 +160,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.srv.SetHosts(hs)
 		a.srv.SetPolicies(ps)
 	}
+	res, err := a.baseResources()
+	if err != nil {
+		return err
+	}
 	if a.tls != nil {
 		a.tls.base = res // republished with the TLS listeners on each publish
 	}
@@ -166,9 +173,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		return err
 	}
+	if err := a.listenObserve(px); err != nil {
+		if px != nil {
+			px.Close()
+		}
+		return err
+	}
 
 	serving = true
 	g, ctx := errgroup.WithContext(ctx)
+	a.runObserve(ctx, g)
 	g.Go(func() error { return a.srv.Run(ctx) })
 	if a.proc != nil {
 		g.Go(func() error { return a.proc.Run(ctx) })
@@ -178,6 +192,24 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if a.dp != nil {
 		g.Go(func() error { return a.dp.runGC(ctx, 10*time.Second) })
+	}
+	if a.dp != nil && a.eng != nil {
+		// An endpoint whose interface did not exist yet is attached once
+		// it does.
+		g.Go(func() error {
+			t := time.NewTicker(time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-t.C:
+				}
+				if a.dp.waiting() {
+					a.eng.publish(ctx)
+				}
+			}
+		})
 	}
 	if a.tls != nil {
 		g.Go(func() error { return a.tls.run(ctx) })
@@ -206,6 +238,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if a.eng != nil {
 		g.Go(func() error { return a.runPolicy(ctx) })
+	}
+	if a.eps != nil {
+		g.Go(func() error { return a.eps.run(ctx, 500*time.Millisecond) })
 	}
 	g.Go(func() error { return a.serveStatus(ctx) })
 	g.Go(func() error { return a.watchNACKs(ctx) })

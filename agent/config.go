@@ -36,6 +36,13 @@ type Config struct {
 	// is enforced here) and remote ones (Remote: only their addresses and
 	// identities matter).
 	Endpoints []Endpoint `json:"endpoints,omitempty"`
+	// EndpointsDir holds more endpoints (watched; relative to the config
+	// file): every *.yaml, *.yml or *.json file holds one endpoint or a list
+	// of them, in the format of Endpoints. Adding, editing or removing a
+	// file adds, changes or removes its endpoints without a restart; a file
+	// that fails to parse or validate is reported in the status and its
+	// endpoints stay as they were.
+	EndpointsDir string `json:"endpointsDir,omitempty"`
 	// Datapath turns on the eBPF datapath.
 	Datapath DatapathConfig `json:"datapath,omitempty"`
 	// DNS tunes the datapath's transparent DNS proxy (dns.Config's JSON
@@ -43,6 +50,11 @@ type Config struct {
 	// option). Its listener settings are the agent's: DNSPort, the state
 	// directory's fqdn-state.json.
 	DNS dns.Config `json:"dns"`
+	// Monitor is the flow stream and its Hubble-compatible Observer API
+	// (on by default: StateDir/hubble.sock).
+	Monitor MonitorConfig `json:"monitor,omitzero"`
+	// Metrics is the Prometheus exposition (off by default).
+	Metrics MetricsConfig `json:"metrics,omitzero"`
 	// Listeners are static Envoy listeners (without the datapath: clients
 	// talk to them directly).
 	Listeners []Listener `json:"listeners,omitempty"`
@@ -270,6 +282,9 @@ func LoadConfig(path string) (Config, error) {
 	if c.PolicyDir != "" && !filepath.IsAbs(c.PolicyDir) {
 		c.PolicyDir = filepath.Join(filepath.Dir(path), c.PolicyDir)
 	}
+	if c.EndpointsDir != "" && !filepath.IsAbs(c.EndpointsDir) {
+		c.EndpointsDir = filepath.Join(filepath.Dir(path), c.EndpointsDir)
+	}
 	if c.SecretsDir != "" && !filepath.IsAbs(c.SecretsDir) {
 		c.SecretsDir = filepath.Join(filepath.Dir(path), c.SecretsDir)
 	}
@@ -310,39 +325,12 @@ func (c *Config) Validate() error {
 	if err := (&policy.Config{Mode: policy.EnforcementMode(c.Mode)}).Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("mode: %w", err))
 	}
-	ids := map[uint64]bool{}
+	ids := map[uint64]string{}
 	for i, ep := range c.Endpoints {
-		p := fmt.Sprintf("endpoints[%d]", i)
-		if ep.ID == 0 {
-			errs = append(errs, fmt.Errorf("%s.id is required", p))
-		} else if ids[ep.ID] {
-			errs = append(errs, fmt.Errorf("%s.id %d is used twice", p, ep.ID))
-		}
-		ids[ep.ID] = true
-		for j, s := range ep.IPs {
-			if _, err := netip.ParseAddr(s); err != nil {
-				errs = append(errs, fmt.Errorf("%s.ips[%d]: %w", p, j, err))
-			}
-		}
-		if c.Datapath.Enabled && !ep.Remote && ep.Interface == "" {
-			errs = append(errs, fmt.Errorf("%s.interface is required with the datapath enabled", p))
-		}
-		pnames := map[string]bool{}
-		for j, cp := range ep.Ports {
-			pp := fmt.Sprintf("%s.ports[%d]", p, j)
-			if !validPortName(cp.Name) {
-				errs = append(errs, fmt.Errorf("%s.name %q: want at most 15 lower-case letters, digits and '-', with a letter", pp, cp.Name))
-			} else if pnames[cp.Name] {
-				errs = append(errs, fmt.Errorf("%s.name %q is used twice", pp, cp.Name))
-			}
-			pnames[cp.Name] = true
-			if cp.Port == 0 {
-				errs = append(errs, fmt.Errorf("%s.port is required", pp))
-			}
-			if _, err := cp.namedPort(); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", pp, err))
-			}
-		}
+		errs = append(errs, validateEndpoint(ep, fmt.Sprintf("endpoints[%d]", i), c.Datapath.Enabled, ids)...)
+	}
+	if c.EndpointsDir != "" && c.PolicyDir == "" {
+		errs = append(errs, errors.New("endpointsDir needs policyDir (endpoints matter only for resolved policy)"))
 	}
 	// The DNS tunables, checked with the listener settings the agent gives.
 	d := c.DNS
@@ -366,7 +354,46 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("hosts[%d]: %w", i, err))
 		}
 	}
+	errs = append(errs, c.validateObserve())
 	return errors.Join(errs...)
+}
+
+// validateEndpoint checks one endpoint (path names it in errors); ids
+// holds the ids seen so far and where.
+func validateEndpoint(ep Endpoint, p string, datapath bool, ids map[uint64]string) []error {
+	var errs []error
+	if ep.ID == 0 {
+		errs = append(errs, fmt.Errorf("%s.id is required", p))
+	} else if prev, ok := ids[ep.ID]; ok {
+		errs = append(errs, fmt.Errorf("%s.id %d is already used by %s", p, ep.ID, prev))
+	} else {
+		ids[ep.ID] = p
+	}
+	for j, s := range ep.IPs {
+		if _, err := netip.ParseAddr(s); err != nil {
+			errs = append(errs, fmt.Errorf("%s.ips[%d]: %w", p, j, err))
+		}
+	}
+	if datapath && !ep.Remote && ep.Interface == "" {
+		errs = append(errs, fmt.Errorf("%s.interface is required with the datapath enabled", p))
+	}
+	pnames := map[string]bool{}
+	for j, cp := range ep.Ports {
+		pp := fmt.Sprintf("%s.ports[%d]", p, j)
+		if !validPortName(cp.Name) {
+			errs = append(errs, fmt.Errorf("%s.name %q: want at most 15 lower-case letters, digits and '-', with a letter", pp, cp.Name))
+		} else if pnames[cp.Name] {
+			errs = append(errs, fmt.Errorf("%s.name %q is used twice", pp, cp.Name))
+		}
+		pnames[cp.Name] = true
+		if cp.Port == 0 {
+			errs = append(errs, fmt.Errorf("%s.port is required", pp))
+		}
+		if _, err := cp.namedPort(); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", pp, err))
+		}
+	}
+	return errs
 }
 
 // wirePolicies decodes the wire-form policies (validated already).

@@ -22,39 +22,58 @@ import (
 // local endpoint's policy, then the endpoint itself (programs attached on
 // first sight).
 type datapath struct {
-	cfg    DatapathConfig
-	dp     *redirect.Datapath
-	undo   func() error
-	log    *slog.Logger
-	ipc    *ipcache.Table    // the one writer of the BPF ipcache
-	ifaces map[uint64]int    // endpoint id -> ifindex
-	egress map[uint64]uint16 // endpoint id -> its egress HTTP listener port
-	kafka  map[uint64]uint16 // endpoint id -> its egress Kafka listener port
+	cfg  DatapathConfig
+	dp   *redirect.Datapath
+	undo func() error
+	log  *slog.Logger
+	ipc  *ipcache.Table // the one writer of the BPF ipcache
 
-	mu     sync.Mutex
-	epErrs map[uint64]error // per local endpoint, from the last Apply
+	mu sync.Mutex
+	// Each local endpoint has a slot, the offset of its egress listeners
+	// from their base ports; a slot is reused once its endpoint is gone.
+	slots    map[uint64]int
+	egress   map[uint64]uint16 // endpoint id -> its egress HTTP listener port
+	kafka    map[uint64]uint16 // endpoint id -> its egress Kafka listener port
+	attached map[uint64]bool   // endpoints in the datapath
+	epErrs   map[uint64]error  // per local endpoint, from the last Apply
+}
+
+// assign gives a local endpoint its slot (and egress ports) if it has none.
+func (d *datapath) assign(id uint64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.slots[id]; ok {
+		return
+	}
+	used := map[int]bool{}
+	for _, n := range d.slots {
+		used[n] = true
+	}
+	n := 0
+	for used[n] {
+		n++
+	}
+	d.slots[id] = n
+	d.egress[id] = d.cfg.EgressHTTPBasePort + uint16(n)
+	d.kafka[id] = d.cfg.EgressKafkaBasePort + uint16(n)
+}
+
+// release frees a gone endpoint's slot.
+func (d *datapath) release(id uint64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.slots, id)
+	delete(d.egress, id)
+	delete(d.kafka, id)
 }
 
 var _ Consumer = (*datapath)(nil)
 
-// openDatapath loads the programs and installs the proxy routing. The
-// endpoints' interfaces must exist.
-func openDatapath(cfg DatapathConfig, eps []Endpoint, log *slog.Logger) (*datapath, error) {
-	d := &datapath{cfg: cfg, log: log, ifaces: map[uint64]int{}, egress: map[uint64]uint16{}, kafka: map[uint64]uint16{}, epErrs: map[uint64]error{}}
-	n := 0
-	for i, ep := range eps {
-		if ep.Remote {
-			continue
-		}
-		d.egress[ep.ID] = cfg.EgressHTTPBasePort + uint16(n)
-		d.kafka[ep.ID] = cfg.EgressKafkaBasePort + uint16(n)
-		n++
-		ifc, err := net.InterfaceByName(ep.Interface)
-		if err != nil {
-			return nil, fmt.Errorf("endpoints[%d].interface %q: %w", i, ep.Interface, err)
-		}
-		d.ifaces[ep.ID] = ifc.Index
-	}
+// openDatapath loads the programs and installs the proxy routing.
+// Endpoints come and go with each State; their interfaces are looked up
+// when they are applied.
+func openDatapath(cfg DatapathConfig, log *slog.Logger) (*datapath, error) {
+	d := &datapath{cfg: cfg, log: log, slots: map[uint64]int{}, egress: map[uint64]uint16{}, kafka: map[uint64]uint16{}, attached: map[uint64]bool{}, epErrs: map[uint64]error{}}
 	dp, err := redirect.Load(redirect.Config{PinDir: cfg.PinDir, Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("datapath: %w (wardd does not claim enforcement without it)", err)
@@ -87,6 +106,8 @@ func (d *datapath) egressPort(ep uint64) (uint16, bool) {
 	if d == nil {
 		return 0, false
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	p, ok := d.egress[ep]
 	return p, ok
 }
@@ -96,6 +117,8 @@ func (d *datapath) egressKafkaPort(ep uint64) (uint16, bool) {
 	if d == nil {
 		return 0, false
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	p, ok := d.kafka[ep]
 	return p, ok
 }
@@ -113,9 +136,11 @@ func (d *datapath) proxyPort(ep uint64, dir policy.Direction, l7 *policy.L7Port)
 	if dir != policy.Ingress {
 		switch l7.Kind {
 		case l7kind.KindHTTP:
-			return d.egress[ep]
+			p, _ := d.egressPort(ep)
+			return p
 		case l7kind.KindKafka:
-			return d.kafka[ep]
+			p, _ := d.egressKafkaPort(ep)
+			return p
 		}
 		return 0
 	}
@@ -168,10 +193,13 @@ func (d *datapath) Apply(_ context.Context, st *State) error {
 		}
 	}
 	epErrs := map[uint64]error{}
+	local := map[uint64]bool{}
 	for _, w := range st.Workloads {
 		if w.Remote {
 			continue
 		}
+		local[w.ID] = true
+		d.assign(w.ID)
 		if err := d.applyEndpoint(snap, w); err != nil {
 			err = fmt.Errorf("endpoint %s: %w", w.Name, err)
 			if lerr := d.dp.Lockdown(uint32(w.ID)); lerr != nil {
@@ -180,6 +208,26 @@ func (d *datapath) Apply(_ context.Context, st *State) error {
 			epErrs[w.ID] = err
 			errs = append(errs, err)
 		}
+	}
+	// Endpoints gone from the state leave the datapath (their programs,
+	// entry and policy), and their slot is freed.
+	d.mu.Lock()
+	var gone []uint64
+	for id := range d.slots {
+		if !local[id] {
+			gone = append(gone, id)
+		}
+	}
+	d.mu.Unlock()
+	for _, id := range gone {
+		if err := d.dp.RemoveEndpoint(uint32(id)); err != nil {
+			errs = append(errs, fmt.Errorf("remove endpoint %d: %w", id, err))
+			continue
+		}
+		d.release(id)
+		d.mu.Lock()
+		delete(d.attached, id)
+		d.mu.Unlock()
 	}
 	d.mu.Lock()
 	d.epErrs = epErrs
@@ -226,6 +274,33 @@ func (d *datapath) applyEndpoint(snap *policy.Snapshot, w Workload) error {
 	if len(w.Addrs) == 0 {
 		return nil
 	}
-	return d.dp.AddEndpoint(redirect.Endpoint{ID: uint32(w.ID), IP: w.Addrs[0], IfIndex: d.ifaces[w.ID], Identity: uint32(pol.Identity),
-		EnforceIngress: pol.Ingress != nil && pol.Ingress.Enforced, EnforceEgress: pol.Egress != nil && pol.Egress.Enforced})
+	ifc, err := net.InterfaceByName(w.Interface)
+	if err != nil {
+		// Not attached: until the interface exists no traffic of the
+		// endpoint can pass the node; its policy is in place for then.
+		return fmt.Errorf("%w: interface %q: %w", errNoInterface, w.Interface, err)
+	}
+	if err := d.dp.AddEndpoint(redirect.Endpoint{ID: uint32(w.ID), IP: w.Addrs[0], IfIndex: ifc.Index, Identity: uint32(pol.Identity),
+		EnforceIngress: pol.Ingress != nil && pol.Ingress.Enforced, EnforceEgress: pol.Egress != nil && pol.Egress.Enforced}); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.attached[w.ID] = true
+	d.mu.Unlock()
+	return nil
 }
+
+// waiting reports whether a local endpoint waits for its interface.
+func (d *datapath) waiting() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, err := range d.epErrs {
+		if errors.Is(err, errNoInterface) {
+			return true
+		}
+	}
+	return false
+}
+
+// errNoInterface: a local endpoint's interface does not exist (yet).
+var errNoInterface = errors.New("waiting for its interface")

@@ -2,9 +2,12 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -46,8 +49,8 @@ func (f ConsumerFunc) Apply(ctx context.Context, st *State) error { return f(ctx
 // publishes each new state to the consumers.
 type engine struct {
 	repo      *policy.Repository
-	workloads []Workload
-	byIP      map[netip.Addr]*Workload // every workload address
+	wl        atomic.Pointer[workloadSet] // replaced, never modified
+	wlMu      sync.Mutex                  // one setEndpoints at a time
 	consumers []Consumer
 	log       *slog.Logger
 	// afterPublish runs after each publish, outside the publish lock (the
@@ -64,38 +67,105 @@ type engine struct {
 	errs  map[string]error // consumer errors of the last publish, by consumer name
 }
 
+// workloadSet is the node's workloads at one time, indexed by address.
+type workloadSet struct {
+	list []Workload
+	byIP map[netip.Addr]*Workload
+	byID map[uint64]*Workload
+}
+
 func newEngine(cfg *Config, log *slog.Logger) (*engine, error) {
-	e := &engine{repo: policy.NewRepository(policy.Config{Mode: policy.EnforcementMode(cfg.Mode)}), byIP: map[netip.Addr]*Workload{}, log: log, errs: map[string]error{}, published: make(chan struct{})}
-	e.workloads = make([]Workload, len(cfg.Endpoints))
-	for i, ep := range cfg.Endpoints {
-		w := &e.workloads[i]
-		w.Endpoint = ep
-		for j, s := range ep.IPs {
-			ip, err := netip.ParseAddr(s)
-			if err != nil {
-				return nil, fmt.Errorf("endpoints[%d].ips[%d]: %w", i, j, err)
-			}
-			w.Addrs = append(w.Addrs, ip.Unmap())
-			e.byIP[ip.Unmap()] = w
-		}
-		ns := ep.Namespace
-		if ns == "" {
-			ns = "default"
-		}
-		var named []policy.NamedPort
-		for j, cp := range ep.Ports {
-			np, err := cp.namedPort()
-			if err != nil {
-				return nil, fmt.Errorf("endpoints[%d].ports[%d]: %w", i, j, err)
-			}
-			named = append(named, np)
-		}
-		if _, err := e.repo.UpsertEndpoint(policy.Endpoint{ID: ep.ID, Labels: policy.K8sLabels(ep.Labels, ns), NamedPorts: named}); err != nil {
-			return nil, fmt.Errorf("endpoints[%d]: %w", i, err)
-		}
+	e := &engine{repo: policy.NewRepository(policy.Config{Mode: policy.EnforcementMode(cfg.Mode)}), log: log, errs: map[string]error{}, published: make(chan struct{})}
+	e.wl.Store(&workloadSet{byIP: map[netip.Addr]*Workload{}, byID: map[uint64]*Workload{}})
+	if _, err := e.setEndpoints(cfg.Endpoints, "endpoints"); err != nil {
+		return nil, err
 	}
 	return e, nil
 }
+
+// setEndpoints makes eps the node's workloads: new and changed ones are
+// upserted into the repository (identity from their labels), gone ones
+// deleted. It reports whether anything changed. An endpoint that fails is
+// reported (by its path under where) and left out; the others apply.
+func (e *engine) setEndpoints(eps []Endpoint, where string) (bool, error) {
+	e.wlMu.Lock()
+	defer e.wlMu.Unlock()
+	old := e.wl.Load()
+	next := &workloadSet{byIP: map[netip.Addr]*Workload{}, byID: map[uint64]*Workload{}}
+	next.list = make([]Workload, 0, len(eps))
+	var errs []error
+	changed := false
+	for i, ep := range eps {
+		w, err := workloadOf(ep)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s[%d]: %w", where, i, err))
+			continue
+		}
+		if prev, ok := old.byID[ep.ID]; !ok || !sameRegistration(prev.Endpoint, ep) {
+			if _, err := e.repo.UpsertEndpoint(w.registration); err != nil {
+				errs = append(errs, fmt.Errorf("%s[%d]: %w", where, i, err))
+				continue
+			}
+			changed = true
+		} else if !slices.Equal(prev.IPs, ep.IPs) || prev.Interface != ep.Interface || prev.Remote != ep.Remote || prev.Name != ep.Name {
+			changed = true
+		}
+		next.list = append(next.list, w.Workload)
+	}
+	for i := range next.list {
+		w := &next.list[i]
+		next.byID[w.ID] = w
+		for _, a := range w.Addrs {
+			next.byIP[a] = w
+		}
+	}
+	for id := range old.byID {
+		if _, ok := next.byID[id]; !ok {
+			e.repo.DeleteEndpoint(id)
+			changed = true
+		}
+	}
+	e.wl.Store(next)
+	return changed, errors.Join(errs...)
+}
+
+type registeredWorkload struct {
+	Workload
+	registration policy.Endpoint
+}
+
+func workloadOf(ep Endpoint) (registeredWorkload, error) {
+	w := registeredWorkload{Workload: Workload{Endpoint: ep}}
+	for j, s := range ep.IPs {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			return w, fmt.Errorf("ips[%d]: %w", j, err)
+		}
+		w.Addrs = append(w.Addrs, ip.Unmap())
+	}
+	ns := ep.Namespace
+	if ns == "" {
+		ns = "default"
+	}
+	var named []policy.NamedPort
+	for j, cp := range ep.Ports {
+		np, err := cp.namedPort()
+		if err != nil {
+			return w, fmt.Errorf("ports[%d]: %w", j, err)
+		}
+		named = append(named, np)
+	}
+	w.registration = policy.Endpoint{ID: ep.ID, Labels: policy.K8sLabels(ep.Labels, ns), NamedPorts: named}
+	return w, nil
+}
+
+// sameRegistration: what the repository knows of an endpoint is unchanged.
+func sameRegistration(a, b Endpoint) bool {
+	return a.Namespace == b.Namespace && maps.Equal(a.Labels, b.Labels) && slices.Equal(a.Ports, b.Ports)
+}
+
+// workloads returns the current workloads.
+func (e *engine) workloads() []Workload { return e.wl.Load().list }
 
 // state returns the last published state (resolving one if none was
 // published yet).
@@ -103,18 +173,19 @@ func (e *engine) state() *State {
 	if s := e.last.Load(); s != nil {
 		return s
 	}
-	return &State{Policy: e.repo.Snapshot(), Workloads: e.workloads}
+	return &State{Policy: e.repo.Snapshot(), Workloads: e.workloads()}
 }
 
 // workload returns the workload owning addr.
 func (e *engine) workload(addr netip.Addr) (*Workload, bool) {
-	w, ok := e.byIP[addr.Unmap()]
+	w, ok := e.wl.Load().byIP[addr.Unmap()]
 	return w, ok
 }
 
-// identity returns the security identity the repository gives a workload.
-func (e *engine) identity(id uint64) (uint32, bool) {
-	if p, ok := e.state().Policy.Endpoint(id); ok {
+// currentIdentity returns the identity the repository gives a workload
+// now (before it is published).
+func (e *engine) currentIdentity(id uint64) (uint32, bool) {
+	if p, ok := e.repo.Snapshot().Endpoint(id); ok {
 		return uint32(p.Identity), true
 	}
 	return 0, false
@@ -131,7 +202,7 @@ func (e *engine) publish(ctx context.Context) {
 func (e *engine) publishLocked(ctx context.Context) *State {
 	e.pubMu.Lock()
 	defer e.pubMu.Unlock()
-	st := &State{Policy: e.repo.Snapshot(), Workloads: e.workloads}
+	st := &State{Policy: e.repo.Snapshot(), Workloads: e.workloads()}
 	errs := map[string]error{}
 	for _, c := range e.consumers {
 		if err := c.Apply(ctx, st); err != nil {

@@ -15,6 +15,7 @@ import (
 // filterConfig is the filter_config of ward's policy filters on this node.
 func (a *Agent) filterConfig(c policyfilter.Config) []byte {
 	c.XDSSocket, c.Node = a.xdsSocket(), a.node
+	c.FlowSocket = a.flowSocket()
 	b, err := json.Marshal(c)
 	if err != nil {
 		panic(err) // a struct of strings and numbers always marshals
@@ -87,7 +88,11 @@ func (a *Agent) datapathResources(identity func(uint64) (uint32, bool)) (xds.Env
 	r.Clusters = append(r.Clusters,
 		xds.MarkUpstream(xds.FollowDownstream(xds.OriginalDstCluster("ward-original-dst-ingress", false)), redirect.MarkProxyIngress),
 		xds.MarkUpstream(xds.OriginalDstCluster("ward-original-dst-ingress-tcp", false), redirect.MarkProxyIngress))
-	for _, ep := range a.cfg.Endpoints {
+	for _, w := range a.eng.workloads() {
+		ep := w.Endpoint
+		if !ep.Remote {
+			a.dp.assign(ep.ID)
+		}
 		port, ok := a.dp.egressPort(ep.ID)
 		if !ok {
 			continue

@@ -70,7 +70,10 @@ func (a *Agent) Status() api.Status {
 			}
 		}
 		st.Policy = p
-		for _, w := range a.eng.workloads {
+		if a.eps != nil {
+			st.EndpointFiles = a.eps.status()
+		}
+		for _, w := range a.eng.workloads() {
 			if w.Remote {
 				continue
 			}
@@ -84,7 +87,9 @@ func (a *Agent) Status() api.Status {
 				}
 				e.State = "ready"
 				if a.dp != nil {
-					if err := a.dp.endpointError(w.ID); err != nil {
+					if err := a.dp.endpointError(w.ID); errors.Is(err, errNoInterface) {
+						e.State, e.Error = "waiting-for-interface", err.Error()
+					} else if err != nil {
 						e.State, e.Error = "locked-down", err.Error()
 					}
 				}

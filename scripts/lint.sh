@@ -45,8 +45,8 @@ libward.so  ./proxylib/module  -         allow  proxylib/*        the binding, p
 libward.so  ./proxylib/module  -         allow  filters/http      HTTP rule matching
 libward.so  ./proxylib/module  -         allow  filters/kafka     Kafka codec and rules
 libward.so  ./proxylib/module  -         allow  flow              flow records
-libward.so  ./proxylib/module  -         allow  policy            the rule model the filters compile
-libward.so  ./proxylib/module  -         allow  policy/*          rule vocabulary, matchpattern
+libward.so  ./proxylib/module  -         deny   policy            the policy engine runs in wardd (the filters compile policy/l7)
+libward.so  ./proxylib/module  -         allow  policy/l7         the one L7 rule vocabulary
 libward.so  ./proxylib/module  -         allow  xds/npds          the policy resource (wire type)
 test-libward.so ./proxylib/module wardtest need proxylib/testfilters  the test module must register the ward.test.* filters
 wardd       ./cmd/wardd        -         deny   proxylib/abi      cgo; its symbols resolve only inside Envoy

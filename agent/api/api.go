@@ -20,6 +20,9 @@ type Status struct {
 	Policy *Policy `json:"policy,omitempty"`
 	// Endpoints are the local endpoints and their datapath state.
 	Endpoints []Endpoint `json:"endpoints,omitempty"`
+	// EndpointFiles are the files of the endpoints directory that failed
+	// to load (their endpoints stay as they were).
+	EndpointFiles []FileError `json:"endpointFiles,omitempty"`
 	// Delivery is, per policy resource type, how many resources the proxy
 	// applied and which it has not (yet): rejected ones with the proxy's
 	// error (it keeps their previous version) and ones still in flight.
@@ -85,7 +88,8 @@ type Endpoint struct {
 	Identity uint32   `json:"identity"`
 	IPs      []string `json:"ips,omitempty"`
 	// State is "ready" when its policy is in the datapath, "locked-down"
-	// when programming it failed (all its traffic is dropped), "waiting"
+	// when programming it failed (all its traffic is dropped),
+	// "waiting-for-interface" while its interface does not exist, "waiting"
 	// before the first publish.
 	State string `json:"state"`
 	Error string `json:"error,omitempty"`

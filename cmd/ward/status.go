@@ -97,6 +97,9 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stdout, "policy file not loaded (its last good version stays in force): %s: %s\n", e.File, e.Error)
 		}
 	}
+	for _, e := range st.EndpointFiles {
+		fmt.Fprintf(stdout, "endpoint file not loaded (its endpoints stay as they were): %s: %s\n", e.File, e.Error)
+	}
 	for _, e := range st.Endpoints {
 		fmt.Fprintf(stdout, "endpoint %s (id %d, identity %d, %s): %s", e.Name, e.ID, e.Identity, strings.Join(e.IPs, ","), e.State)
 		if e.Error != "" {

@@ -65,6 +65,17 @@ func New(t *testing.T, specs ...PodSpec) *Node {
 	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "curl")
+	n := newNode(t, netns.New(t))
+	n.Specs = specs
+	for _, s := range specs {
+		n.Pods[s.Name] = n.Topo.AddPod(t, netns.PodConfig{Name: s.Name, Labels: s.Labels})
+	}
+	return n
+}
+
+// newNode is a node over topo, without pods.
+func newNode(t *testing.T, topo *netns.Topology) *Node {
+	t.Helper()
 	bin := testenv.EnvoyPath(t)
 	lib := Module(t)
 	dir, err := os.MkdirTemp("", "ward-node-")
@@ -72,15 +83,12 @@ func New(t *testing.T, specs ...PodSpec) *Node {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	n := &Node{Topo: netns.New(t), Pods: map[string]*netns.Pod{}, Specs: specs, PolicyDir: filepath.Join(dir, "policies"), StateDir: dir}
+	n := &Node{Topo: topo, Pods: map[string]*netns.Pod{}, PolicyDir: filepath.Join(dir, "policies"), StateDir: dir}
 	n.Config = agent.Config{
 		Node:     "node-" + t.Name(),
 		StateDir: dir,
 		Envoy: agent.EnvoyConfig{Binary: bin, ModuleDir: filepath.Dir(lib), Admin: fmt.Sprintf("127.0.0.1:%d", FreePort(t)), Concurrency: 1,
 			BaseID: int(baseID.Add(1)) + os.Getpid()%1000*100, ExtraArgs: []string{"--drain-time-s", "1"}},
-	}
-	for _, s := range specs {
-		n.Pods[s.Name] = n.Topo.AddPod(t, netns.PodConfig{Name: s.Name, Labels: s.Labels})
 	}
 	return n
 }
@@ -164,10 +172,17 @@ func (n *Node) Start(t *testing.T, table, priority int) {
 		dc := cfg.Datapath
 		dc.Enabled, dc.PinDir = true, n.pin
 		dc.RoutingTable, dc.RoutingPriority = table+int(n.Topo.Subnet.Addr().As4()[2]), priority
-		dc.HTTPIngressPort, dc.KafkaIngressPort, dc.DNSPort, dc.EgressHTTPBasePort = uint16(FreePort(t)), uint16(FreePort(t)), uint16(FreePort(t)), uint16(FreePort(t))
-		dc.EgressKafkaBasePort = uint16(FreePort(t))
+		// One block of free ports: the per-endpoint egress listeners take
+		// consecutive ports from their bases.
+		b := FreeBlock(t, 64)
+		dc.HTTPIngressPort, dc.KafkaIngressPort, dc.DNSPort = b, b+1, b+2
+		dc.EgressHTTPBasePort, dc.EgressKafkaBasePort = b+16, b+32
 		cfg.Datapath = dc
 		n.Config = cfg
+	}
+	if n.Topo.Host() != nil {
+		n.startChild(t)
+		return
 	}
 	a, err := agent.New(n.Config, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err != nil {
@@ -229,6 +244,37 @@ func Eventually(t testing.TB, what string, cond func() bool) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// FreeBlock returns the first of n consecutive ports free (TCP and UDP on
+// every address) right now, away from the ephemeral range.
+func FreeBlock(t testing.TB, n int) uint16 {
+	t.Helper()
+	for try := 0; try < 200; try++ {
+		base := 20000 + (os.Getpid()*7919+int(blockSeq.Add(1))*64+try*997)%25000/64*64
+		ok := true
+		for p := base; p < base+n && ok; p++ {
+			l, err := net.Listen("tcp", fmt.Sprintf(":%d", p))
+			if err != nil {
+				ok = false
+				break
+			}
+			l.Close()
+			u, err := net.ListenPacket("udp", fmt.Sprintf(":%d", p))
+			if err != nil {
+				ok = false
+				break
+			}
+			u.Close()
+		}
+		if ok {
+			return uint16(base)
+		}
+	}
+	t.Fatalf("no block of %d free ports", n)
+	return 0
+}
+
+var blockSeq atomic.Int32
 
 // FreePort returns a TCP port free on 127.0.0.1 right now.
 func FreePort(t testing.TB) int {
