@@ -7,9 +7,12 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"time"
 
+	"github.com/wardproxy/ward/agent/ipcache"
 	"github.com/wardproxy/ward/filters/dns"
 	"github.com/wardproxy/ward/policy"
+	"github.com/wardproxy/ward/xds/npds"
 )
 
 // dnsGlue connects the DNS proxy to the agent: local endpoints by source
@@ -19,6 +22,11 @@ import (
 type dnsGlue struct {
 	e   *engine
 	log *slog.Logger
+	// hosts sends Envoy's identity table; nil without the in-Envoy
+	// filters' resources. Apply and every FQDN claim wait (at most the
+	// proxy's UpdateTimeout, set by newDNSProxy) for Envoy to apply it.
+	hosts   *policyResources
+	ackWait time.Duration
 
 	mu    sync.Mutex
 	snap  *policy.Snapshot
@@ -108,16 +116,72 @@ func (g *dnsGlue) AllocateFQDN(selectors []string) (uint32, error) {
 }
 
 // Apply implements dns.PolicyUpdater: it re-resolves and writes the maps
-// and proxy resources before returning, so the answer that taught the IP is
-// released only once a connection to it is allowed.
+// and proxy resources, and waits for Envoy to apply the new policies and
+// identity table, before returning, so the answer that taught the IP is
+// released only once a connection to it is allowed, L7 rules included.
 func (g *dnsGlue) Apply(ctx context.Context, _ []uint32) error {
 	done := make(chan struct{})
 	go func() { g.e.publish(context.WithoutCancel(ctx)); close(done) }()
 	select {
 	case <-done:
-		return nil
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+	if g.hosts == nil {
+		return nil
+	}
+	pv, hv := g.hosts.versions()
+	ctx, cancel := context.WithTimeout(ctx, g.ackWait)
+	defer cancel()
+	if err := g.hosts.waitAcked(ctx, npds.NetworkPolicyHostsType, hv); err != nil {
+		return err
+	}
+	return g.hosts.waitAcked(ctx, npds.NetworkPolicyType, pv)
+}
+
+// fqdnClaims is the DNS proxy's ipcache: the FQDN owner of the BPF
+// ipcache, and Envoy's identity table, which must learn an IP as the
+// datapath does (ward.http and ward.kafka look the destination up there).
+// An upsert returns once Envoy applied the table (at most ackWait): the
+// proxy releases the answer after it.
+type fqdnClaims struct {
+	ipcache.Handle
+	g *dnsGlue
+}
+
+var _ dns.IPCache = fqdnClaims{}
+
+// Upsert implements dns.IPCache.
+func (c fqdnClaims) Upsert(prefix netip.Prefix, identity uint32) error {
+	if err := c.Handle.Upsert(prefix, identity); err != nil {
+		return err
+	}
+	c.g.syncHosts()
+	return nil
+}
+
+// Delete implements dns.IPCache.
+func (c fqdnClaims) Delete(prefix netip.Prefix) error {
+	if err := c.Handle.Delete(prefix); err != nil {
+		return err
+	}
+	c.g.syncHosts()
+	return nil
+}
+
+// syncHosts sends Envoy's identity table with the current FQDN claims and
+// waits, at most ackWait, until Envoy applied it. A timeout is logged, not
+// returned: the datapath has the claim, and Envoy gets the table when it
+// is back.
+func (g *dnsGlue) syncHosts() {
+	if g.hosts == nil {
+		return
+	}
+	v := g.hosts.syncHosts()
+	ctx, cancel := context.WithTimeout(context.Background(), g.ackWait)
+	defer cancel()
+	if err := g.hosts.waitAcked(ctx, npds.NetworkPolicyHostsType, v); err != nil {
+		g.log.Warn("envoy identity table", "hosts_version", v, "error", err)
 	}
 }
 
@@ -145,12 +209,19 @@ func (g *dnsGlue) syncSelectors(st *State) {
 // newDNSProxy builds the transparent DNS proxy of the datapath mode with
 // the node config's tunables (Config.DNS); the listeners and the state file
 // are the agent's, whatever tun says.
-func newDNSProxy(g *dnsGlue, ipc dns.IPCache, tun dns.Config, port uint16, stateFile string, log *slog.Logger) (*dns.Proxy, error) {
+func newDNSProxy(g *dnsGlue, ipc ipcache.Handle, tun dns.Config, port uint16, stateFile string, log *slog.Logger) (*dns.Proxy, error) {
 	addr := fmt.Sprintf("0.0.0.0:%d", port)
 	cfg := tun
 	cfg.UDPAddr, cfg.TCPAddr, cfg.Transparent, cfg.Upstream, cfg.StateFile = addr, addr, true, netip.AddrPort{}, stateFile
+	g.ackWait = cfg.UpdateTimeout
+	if g.ackWait <= 0 {
+		g.ackWait = dns.DefaultUpdateTimeout
+	}
+	if g.hosts != nil {
+		g.hosts.fqdn = ipc.Claims
+	}
 	px, err := dns.New(cfg,
-		dns.Deps{Endpoints: g, Rules: g, IPCache: ipc, Identities: g, Policy: g, Logger: log})
+		dns.Deps{Endpoints: g, Rules: g, IPCache: fqdnClaims{Handle: ipc, g: g}, Identities: g, Policy: g, Logger: log})
 	if err != nil {
 		return nil, err
 	}

@@ -2,17 +2,34 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
 
 	"github.com/wardproxy/ward/xds"
+	"github.com/wardproxy/ward/xds/npds"
 )
 
 // policyResources is the Consumer that sends each state's policy
 // resources (one NetworkPolicy per local endpoint and the identity table)
-// to the in-Envoy filters over xDS.
+// to the in-Envoy filters over xDS. The identity table also holds the
+// addresses the DNS proxy learnt for toFQDNs selectors (fqdn), so an L7
+// rule on a toFQDNs destination sees the FQDN identity, not world.
 type policyResources struct {
 	srv *xds.Server
 	log *slog.Logger
+	// fqdn returns the DNS proxy's claims (prefix → FQDN identity); nil
+	// without a DNS proxy. Set before the first Apply.
+	fqdn func() map[netip.Prefix]uint32
+
+	mu   sync.Mutex // one identity table sent at a time (a publish, the DNS proxy)
+	base []*npds.NetworkPolicyHosts
+	pv   string // the versions the last Apply set
+	hv   string
 }
 
 var _ Consumer = (*policyResources)(nil)
@@ -23,8 +40,63 @@ func (p *policyResources) Apply(_ context.Context, st *State) error {
 		ws = append(ws, xds.Workload{Name: w.Name, ID: w.ID, IPs: w.Addrs, Remote: w.Remote})
 	}
 	ps, hosts := xds.Resources(st.Policy, ws)
-	hv := p.srv.SetHosts(hosts)
+	p.mu.Lock()
+	p.base = hosts
+	hv := p.setHostsLocked()
 	pv := p.srv.SetPolicies(ps)
+	p.pv, p.hv = pv, hv
+	p.mu.Unlock()
 	p.log.Debug("policy resources", "endpoints", len(ps), "policy_version", pv, "hosts_version", hv)
 	return nil
+}
+
+func (p *policyResources) setHostsLocked() string {
+	hosts := p.base
+	if p.fqdn != nil {
+		hosts = xds.WithFQDN(hosts, p.fqdn())
+	}
+	return p.srv.SetHosts(hosts)
+}
+
+// syncHosts sends the identity table again with the DNS proxy's current
+// claims and returns its version.
+func (p *policyResources) syncHosts() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.setHostsLocked()
+}
+
+// versions returns the policy and hosts versions of the last Apply.
+func (p *policyResources) versions() (pv, hv string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.pv, p.hv
+}
+
+// waitAcked waits until the proxy acknowledged version want of typeURL, or
+// a later one, or ctx is done. Without a connected proxy it returns at once:
+// there is nobody to wait for (a proxy that connects later gets the whole
+// current set before it serves).
+func (p *policyResources) waitAcked(ctx context.Context, typeURL, want string) error {
+	t := time.NewTicker(time.Millisecond)
+	defer t.Stop()
+	for p.srv.Streams() > 0 && !versionReached(p.srv.Acked(typeURL), want) {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for the proxy to apply %s: %w", want, ctx.Err())
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// versionReached compares the policy types' versions (a letter prefix and
+// a counter, xds.Server.SetHosts): got is want or later.
+func versionReached(got, want string) bool {
+	if want == "" || got == want {
+		return true
+	}
+	g, err1 := strconv.ParseUint(strings.TrimLeft(got, "abcdefghijklmnopqrstuvwxyz"), 10, 64)
+	w, err2 := strconv.ParseUint(strings.TrimLeft(want, "abcdefghijklmnopqrstuvwxyz"), 10, 64)
+	return err1 == nil && err2 == nil && g >= w
 }

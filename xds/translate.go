@@ -134,3 +134,50 @@ func Resources(snap *policy.Snapshot, ws []Workload) ([]*npds.NetworkPolicy, []*
 	sort.Slice(ps, func(i, j int) bool { return ps[i].Name < ps[j].Name })
 	return ps, Hosts(hostIPs, snap.CIDRIdentities())
 }
+
+// WithFQDN returns the identity table hosts (built by Hosts or Resources)
+// with the addresses the DNS proxy learnt for toFQDNs selectors added: fqdn
+// maps each learnt prefix to its FQDN identity (the ipcache's FQDN claims).
+// An address the table already has (an endpoint's, or a CIDR identity's
+// prefix) keeps its identity: those outrank FQDN claims, as in the ipcache
+// (agent/ipcache), and the in-Envoy table refuses an address claimed twice.
+// hosts is not modified.
+func WithFQDN(hosts []*npds.NetworkPolicyHosts, fqdn map[netip.Prefix]uint32) []*npds.NetworkPolicyHosts {
+	if len(fqdn) == 0 {
+		return hosts
+	}
+	taken := map[netip.Prefix]bool{}
+	by := map[uint32][]string{}
+	for _, h := range hosts {
+		for _, a := range h.GetHostAddresses() {
+			if ip, err := netip.ParseAddr(a); err == nil {
+				taken[netip.PrefixFrom(ip.Unmap(), ip.Unmap().BitLen())] = true
+			} else if p, err := netip.ParsePrefix(a); err == nil {
+				taken[p.Masked()] = true
+			}
+		}
+		by[h.GetIdentity()] = append(by[h.GetIdentity()], h.GetHostAddresses()...)
+	}
+	added := false
+	for p, id := range fqdn {
+		p = p.Masked()
+		if p.Addr().Is4In6() && p.Bits() >= 96 {
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
+		if !p.IsValid() || taken[p] {
+			continue
+		}
+		by[id] = append(by[id], p.String())
+		added = true
+	}
+	if !added {
+		return hosts
+	}
+	out := make([]*npds.NetworkPolicyHosts, 0, len(by))
+	for id, addrs := range by {
+		sort.Strings(addrs)
+		out = append(out, &npds.NetworkPolicyHosts{Identity: id, HostAddresses: addrs})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Identity < out[j].Identity })
+	return out
+}
