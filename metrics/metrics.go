@@ -205,15 +205,23 @@ type Server struct {
 	srv *http.Server
 }
 
-// Listen listens on addr; it must be a loopback address unless
-// allowRemote (the exposition names the node's workloads' identities).
-func Listen(m *Metrics, addr string, log *slog.Logger) (*Server, error) {
+// CheckAddress checks a metrics address: host:port on loopback (the
+// exposition describes the node's workloads; it is not for the network).
+func CheckAddress(addr string) error {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		return nil, fmt.Errorf("metrics address %q: %w", addr, err)
+		return fmt.Errorf("%q: %w", addr, err)
 	}
 	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return nil, fmt.Errorf("metrics address %q: want a loopback address", addr)
+		return fmt.Errorf("%q: want a loopback address", addr)
+	}
+	return nil
+}
+
+// Listen listens on addr (CheckAddress).
+func Listen(m *Metrics, addr string, log *slog.Logger) (*Server, error) {
+	if err := CheckAddress(addr); err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -221,13 +229,9 @@ func Listen(m *Metrics, addr string, log *slog.Logger) (*Server, error) {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", m.Handler())
-	var el *slog.Logger
-	if log != nil {
-		el = log
-	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	if el != nil {
-		srv.ErrorLog = slog.NewLogLogger(el.Handler(), slog.LevelWarn)
+	if log != nil {
+		srv.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	}
 	return &Server{l: l, srv: srv}, nil
 }

@@ -197,6 +197,15 @@ func (s *Server) Listen() error {
 	return nil
 }
 
+// Close closes the sockets Listen opened (when Run is not called).
+func (s *Server) Close() {
+	for _, l := range []net.Listener{s.hubble, s.flows} {
+		if l != nil {
+			l.Close()
+		}
+	}
+}
+
 // Run serves until ctx is done, then closes the sockets and waits for
 // every connection's goroutine.
 func (s *Server) Run(ctx context.Context) error {
