@@ -11,6 +11,7 @@ import (
 
 	"github.com/wardproxy/ward/agent/ipcache"
 	"github.com/wardproxy/ward/filters/dns"
+	"github.com/wardproxy/ward/flow"
 	"github.com/wardproxy/ward/policy"
 	"github.com/wardproxy/ward/xds/npds"
 )
@@ -22,6 +23,8 @@ import (
 type dnsGlue struct {
 	e   *engine
 	log *slog.Logger
+	// flows is the agent's flow stream; nil: none.
+	flows flow.Sink
 	// hosts sends Envoy's identity table; nil without the in-Envoy
 	// filters' resources. Apply and every FQDN claim wait (at most the
 	// proxy's UpdateTimeout, set by newDNSProxy) for Envoy to apply it.
@@ -221,7 +224,7 @@ func newDNSProxy(g *dnsGlue, ipc ipcache.Handle, tun dns.Config, port uint16, st
 		g.hosts.fqdn = ipc.Claims
 	}
 	px, err := dns.New(cfg,
-		dns.Deps{Endpoints: g, Rules: g, IPCache: fqdnClaims{Handle: ipc, g: g}, Identities: g, Policy: g, Logger: log})
+		dns.Deps{Endpoints: g, Rules: g, IPCache: fqdnClaims{Handle: ipc, g: g}, Identities: g, Policy: g, Logger: log, Flows: g.flows})
 	if err != nil {
 		return nil, err
 	}
