@@ -32,6 +32,8 @@
 //     its routing rules are never touched. Pods route only 10.200.0.0/16 (and
 //     the extra prefixes a PodConfig names) to the host, so nothing leaks to
 //     the host's uplink by default.
+//   - NewNode makes the host side a namespace of its own (a node of a
+//     multi-node cluster); Connect gives it a native device to an underlay.
 //   - Teardown (t.Cleanup, also on failure) deletes the veths and namespaces
 //     and releases the /24.
 //
@@ -97,7 +99,8 @@ type Topology struct {
 	// HostIPv6 is the same for IPv6 (fd00:200:S::fe).
 	HostIPv6 netip.Addr
 
-	index    int // S
+	index    int        // S
+	host     *Namespace // the node's host namespace (NewNode); nil: the root namespace
 	lock     *os.File
 	mu       sync.Mutex
 	pods     []*Pod
@@ -464,36 +467,45 @@ func (p *Pod) create(extra []netip.Prefix) error {
 		)
 	}
 	for _, s := range steps {
-		if err := ip(s...); err != nil {
+		// Steps without "-n" are the host side's: the root namespace, or
+		// the node's own (NewNode).
+		run := p.topo.hostIP
+		if s[0] == "-n" || s[0] == "netns" {
+			run = ip
+		}
+		if err := run(s...); err != nil {
 			return err
 		}
 	}
-	// Per-device sysctls only: IPv4 forwarding is decided by the input
-	// device's own "forwarding" flag (ip_route_input_slow), so the host's
-	// global ip_forward stays as it is.
-	for k, v := range map[string]string{"forwarding": "1", "rp_filter": "0"} {
-		if err := os.WriteFile(filepath.Join("/proc/sys/net/ipv4/conf", p.HostIf, k), []byte(v), 0o644); err != nil {
-			return fmt.Errorf("sysctl %s.%s: %w", p.HostIf, k, err)
+	return p.topo.hostDo(func() error {
+		// Per-device sysctls only: IPv4 forwarding is decided by the input
+		// device's own "forwarding" flag (ip_route_input_slow), so the host's
+		// global ip_forward stays as it is.
+		for k, v := range map[string]string{"forwarding": "1", "rp_filter": "0"} {
+			if err := os.WriteFile(filepath.Join("/proc/sys/net/ipv4/conf", p.HostIf, k), []byte(v), 0o644); err != nil {
+				return fmt.Errorf("sysctl %s.%s: %w", p.HostIf, k, err)
+			}
 		}
-	}
-	if p.IPv6.IsValid() {
-		// Per-device IPv6 forwarding (Linux 6.17+), the host's global
-		// forwarding setting stays as it is.
-		if err := os.WriteFile(filepath.Join("/proc/sys/net/ipv6/conf", p.HostIf, "force_forwarding"), []byte("1"), 0o644); err != nil {
-			return fmt.Errorf("sysctl %s.force_forwarding (needs Linux 6.17+ for per-device IPv6 forwarding): %w", p.HostIf, err)
+		if p.IPv6.IsValid() {
+			// Per-device IPv6 forwarding (Linux 6.17+), the host's global
+			// forwarding setting stays as it is.
+			if err := os.WriteFile(filepath.Join("/proc/sys/net/ipv6/conf", p.HostIf, "force_forwarding"), []byte("1"), 0o644); err != nil {
+				return fmt.Errorf("sysctl %s.force_forwarding (needs Linux 6.17+ for per-device IPv6 forwarding): %w", p.HostIf, err)
+			}
 		}
-	}
-	ifc, err := net.InterfaceByName(p.HostIf)
-	if err != nil {
-		return fmt.Errorf("host veth %s: %w", p.HostIf, err)
-	}
-	p.HostIfIndex = ifc.Index
-	return nil
+		ifc, err := net.InterfaceByName(p.HostIf)
+		if err != nil {
+			return fmt.Errorf("host veth %s: %w", p.HostIf, err)
+		}
+		p.HostIfIndex = ifc.Index
+		return nil
+	})
 }
 
 func (p *Pod) destroy() error {
 	var errs []error
-	if _, err := net.InterfaceByName(p.HostIf); err == nil {
+	// A NewNode topology's veths go with the pod's namespace.
+	if _, err := net.InterfaceByName(p.HostIf); err == nil && p.topo.host == nil {
 		if err := ip("link", "del", p.HostIf); err != nil {
 			errs = append(errs, err)
 		}
