@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -63,7 +64,12 @@ func startWardd(t *testing.T, n *node.Node, table, priority int) *wardd {
 	dc := &cfg.Datapath
 	dc.Enabled, dc.PinDir = true, pin
 	dc.RoutingTable, dc.RoutingPriority = table+int(n.Topo.Subnet.Addr().As4()[2]), priority
-	dc.HTTPIngressPort, dc.KafkaIngressPort, dc.DNSPort, dc.EgressHTTPBasePort = uint16(node.FreePort(t)), uint16(node.FreePort(t)), uint16(node.FreePort(t)), uint16(node.FreePort(t))
+	// Every proxy port from a free block below the ephemeral range (a
+	// free port's neighbours there may be any connection's) and none left
+	// to its fixed default (another node's Envoy may hold it).
+	k := len(n.Specs) + 1
+	dc.HTTPIngressPort, dc.KafkaIngressPort, dc.TLSIngressPort, dc.DNSPort = freeBlock(t, 1), freeBlock(t, 1), freeBlock(t, 1), freeBlock(t, 1)
+	dc.EgressHTTPBasePort, dc.EgressKafkaBasePort, dc.EgressTLSBasePort = freeBlock(t, k), freeBlock(t, k), freeBlock(t, k)
 	n.Config = cfg
 	b, err := json.Marshal(cfg)
 	if err != nil {
@@ -97,6 +103,34 @@ func startWardd(t *testing.T, n *node.Node, table, priority int) *wardd {
 	})
 	w.start(t)
 	return w
+}
+
+// freeBlock returns the first of k consecutive ports in 20000-32767
+// that TCP and UDP can bind on every address right now.
+func freeBlock(t *testing.T, k int) uint16 {
+	t.Helper()
+	for range 1000 {
+		base := 20000 + rand.IntN(32768-20000-k)
+		ok := true
+		for p := base; p < base+k && ok; p++ {
+			l, err := net.Listen("tcp", fmt.Sprintf(":%d", p))
+			if err != nil {
+				ok = false
+				break
+			}
+			u, err := net.ListenPacket("udp", fmt.Sprintf(":%d", p))
+			ok = err == nil
+			if ok {
+				u.Close()
+			}
+			l.Close()
+		}
+		if ok {
+			return uint16(base)
+		}
+	}
+	t.Fatalf("no %d free consecutive ports", k)
+	return 0
 }
 
 // start runs wardd (again) over the same config, state and pins.
