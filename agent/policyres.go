@@ -26,10 +26,11 @@ type policyResources struct {
 	// without a DNS proxy. Set before the first Apply.
 	fqdn func() map[netip.Prefix]uint32
 
-	mu   sync.Mutex // one identity table sent at a time (a publish, the DNS proxy)
-	base []*npds.NetworkPolicyHosts
-	pv   string // the versions the last Apply set
-	hv   string
+	mu      sync.Mutex // one identity table sent at a time (a publish, the DNS proxy)
+	applied bool       // base is a state's: the DNS proxy's claims alone are never sent
+	base    []*npds.NetworkPolicyHosts
+	pv      string // the versions the last Apply set
+	hv      string
 }
 
 var _ Consumer = (*policyResources)(nil)
@@ -41,7 +42,7 @@ func (p *policyResources) Apply(_ context.Context, st *State) error {
 	}
 	ps, hosts := xds.Resources(st.Policy, ws)
 	p.mu.Lock()
-	p.base = hosts
+	p.base, p.applied = hosts, true
 	hv := p.setHostsLocked()
 	pv := p.srv.SetPolicies(ps)
 	p.pv, p.hv = pv, hv
@@ -59,10 +60,16 @@ func (p *policyResources) setHostsLocked() string {
 }
 
 // syncHosts sends the identity table again with the DNS proxy's current
-// claims and returns its version.
+// claims and returns its version. Before the first Apply it sends nothing
+// and returns "": a table of the claims alone would replace the endpoints'
+// addresses in an Envoy adopted from the previous run (the first publish
+// sends them all).
 func (p *policyResources) syncHosts() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if !p.applied {
+		return ""
+	}
 	return p.setHostsLocked()
 }
 
