@@ -1,11 +1,18 @@
-// Command http is ward's HTTP benchmark (issues 2 and 4): one Envoy, pinned
-// to one worker thread and one CPU, with one listener per arm — router only,
-// router + ward's HTTP filter (libward.so) with N rules where the request
-// matches the last, router + Envoy's native RBAC filter with the equivalent
-// rules, router + ext_authz to a Go gRPC service doing the same match. Arms are interleaved round by round in the same run. Throughput
-// is wrk (closed loop, keep-alive); latency is an open-loop generator at a
-// fixed rate (latency counted from the scheduled send time, so queueing is
-// not hidden). It prints a markdown table with ratios to the router arm.
+// Command http is ward's HTTP benchmark (issues 2, 4 and 17): one Envoy,
+// one worker, every thread pinned to CPU 0, with one listener per arm —
+// router only; the module boundary alone as a no-op filter in Go
+// (ward.test.panic of the test libward.so) and in C (bench/cnoop, built
+// with clang at the start of the run); router + ward's HTTP filter with N
+// rules where the request matches the last; router + Envoy's native RBAC
+// filter with the equivalent rules; router + ext_authz to a Go gRPC
+// service doing the same match. Arms are interleaved round by round in the
+// same run. The headline is Envoy's CPU time per request (utime+stime of
+// the Envoy process over each arm's run, divided by the requests the load
+// generator completed), which survives a noisy shared machine far better
+// than req/s; throughput (wrk closed loop, keep-alive; h2load over h2c)
+// and open-loop latency at a fixed rate (counted from the scheduled send
+// time, so queueing is not hidden) are secondary columns. It prints
+// markdown tables with per-round ratios.
 package main
 
 import (
@@ -29,11 +36,15 @@ import (
 	"sync"
 	"time"
 
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	rbacconfig "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	dmhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/dynamic_modules/v3"
 	rbachttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/wardproxy/ward/agent"
 	httpf "github.com/wardproxy/ward/filters/http"
@@ -48,14 +59,16 @@ var goEnvList []string
 type arm struct {
 	name string
 	port int
-	rps  []float64
+	rps  []float64 // wrk req/s (HTTP/1.1)
 	h2   []float64 // h2load req/s over h2c
+	cpu  []float64 // Envoy CPU µs per completed request, HTTP/1.1 (wrk)
+	cpu2 []float64 // same over h2c (h2load)
 	p50  []time.Duration
 	p99  []time.Duration
 }
 
 func main() {
-	rounds := flag.Int("rounds", 3, "rounds (each runs every arm once)")
+	rounds := flag.Int("rounds", 5, "rounds (each runs every arm once)")
 	dur := flag.Duration("d", 5*time.Second, "wrk duration per arm per round")
 	conns := flag.Int("c", 32, "wrk connections")
 	rules := flag.String("rules", "1", "comma-separated rule counts for the ward and RBAC arms")
@@ -125,8 +138,12 @@ func run(rounds int, dur time.Duration, conns int, rulesFlag string, rateFrac fl
 			env = append(env, e)
 		}
 	}
+	modDir, err := moduleDir(root, dir)
+	if err != nil {
+		return err
+	}
 	ag, err := agent.New(agent.Config{Node: "bench", StateDir: dir, Envoy: agent.EnvoyConfig{
-		Binary: envoyBin, ModuleDir: filepath.Join(root, "build", "test"), // the test module: the no-op arm is ward.test.panic
+		Binary: envoyBin, ModuleDir: modDir,
 		Concurrency: 1, LogLevel: "warn", Env: env,
 	}}, slog.New(slog.DiscardHandler))
 	if err != nil {
@@ -147,11 +164,18 @@ func run(rounds int, dur time.Duration, conns int, rulesFlag string, rateFrac fl
 	}
 	srv, node, sock := ag.XDS(), ag.Node(), ag.XDSSocket()
 	res := xds.EnvoyResources{Clusters: []types.Resource{xds.StaticCluster("up", "127.0.0.1", uint32(up.Port), false)}}
-	arms := []*arm{{name: "router only", port: freePort()}, {name: "no-op Go filter (libward.so)", port: freePort()}}
+	arms := []*arm{{name: armRouter, port: freePort()}, {name: armGoNoop, port: freePort()}, {name: armCNoop, port: freePort()}}
 	var policies []*npds.NetworkPolicy
+	// The module boundary alone: a filter that reads one header and
+	// continues, in Go (ward.test.panic of the test libward.so) and in C
+	// (bench/cnoop, the same hooks doing the same work).
+	cnoop := must(xds.HTTPListener{Name: "cnoop", Address: "127.0.0.1", Port: uint32(arms[2].port), Cluster: "up", Filters: []xds.ModuleFilter{{Name: "cnoop", Config: []byte("{}")}}}.Build())
+	if err := setModule(cnoop, cnoopModule); err != nil {
+		return err
+	}
 	res.Listeners = append(res.Listeners, must(xds.HTTPListener{Name: "router", Address: "127.0.0.1", Port: uint32(arms[0].port), Cluster: "up"}.Build()),
-		// The module boundary alone: a filter that reads one header and continues.
-		must(xds.HTTPListener{Name: "noop", Address: "127.0.0.1", Port: uint32(arms[1].port), Cluster: "up", Filters: []xds.ModuleFilter{{Name: "ward.test.panic", Config: []byte("{}")}}}.Build()))
+		must(xds.HTTPListener{Name: "noop", Address: "127.0.0.1", Port: uint32(arms[1].port), Cluster: "up", Filters: []xds.ModuleFilter{{Name: "ward.test.panic", Config: []byte("{}")}}}.Build()),
+		cnoop)
 	for _, f := range strings.Split(rulesFlag, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || n < 1 {
@@ -190,22 +214,27 @@ func run(rounds int, dur time.Duration, conns int, rulesFlag string, rateFrac fl
 			return fmt.Errorf("arm %s: %w\n%s", a.name, err, b)
 		}
 	}
+	pid := ag.Envoy().PID()
 	for r := 0; r < rounds; r++ {
 		for _, a := range arms {
-			rps, err := wrk(fmt.Sprintf("http://127.0.0.1:%d/public", a.port), dur, conns)
+			rps, us, err := cpuPerRequest(pid, func() (float64, int, error) {
+				return wrk(fmt.Sprintf("http://127.0.0.1:%d/public", a.port), dur, conns)
+			})
 			if err != nil {
-				return err
+				return fmt.Errorf("%s: %w", a.name, err)
 			}
-			a.rps = append(a.rps, rps)
+			a.rps, a.cpu = append(a.rps, rps), append(a.cpu, us)
 		}
 	}
 	for r := 0; r < rounds; r++ {
 		for _, a := range arms {
-			rps, err := h2load(fmt.Sprintf("http://127.0.0.1:%d/public", a.port), dur, conns)
+			rps, us, err := cpuPerRequest(pid, func() (float64, int, error) {
+				return h2load(fmt.Sprintf("http://127.0.0.1:%d/public", a.port), dur, conns)
+			})
 			if err != nil {
-				return err
+				return fmt.Errorf("%s: %w", a.name, err)
 			}
-			a.h2 = append(a.h2, rps)
+			a.h2, a.cpu2 = append(a.h2, rps), append(a.cpu2, us)
 		}
 	}
 	rate := median(arms[0].rps) * rateFrac
@@ -215,14 +244,210 @@ func run(rounds int, dur time.Duration, conns int, rulesFlag string, rateFrac fl
 			a.p50, a.p99 = append(a.p50, p50), append(a.p99, p99)
 		}
 	}
-	cpu := cpuModel()
-	fmt.Printf("\nHTTP/1.1, Envoy 1.40 with 1 worker pinned to CPU 0, wrk -t1 -c%d and the open-loop generator on CPU 1; %d rounds of %v per arm, interleaved; medians. %s, %s, %s.\n\n",
-		conns, rounds, dur, time.Now().UTC().Format("2006-01-02"), cpu, runtime.Version())
-	fmt.Printf("| arm | HTTP/1.1 req/s (wrk) | vs router | HTTP/2 req/s (h2load) | vs router | p50 @ %.0f req/s | p99 @ %.0f req/s | p99 vs router |\n|---|---|---|---|---|---|---|---|\n", rate, rate)
+	report(arms, rounds, dur, conns, rate, goEnvList)
+	return nil
+}
+
+// report prints the tables: Envoy CPU time per request first (the
+// headline: it does not move with the machine's load the way req/s
+// does), then throughput and open-loop latency.
+func report(arms []*arm, rounds int, dur time.Duration, conns int, rate float64, env []string) {
+	goenv := strings.Join(slices.DeleteFunc(slices.Clone(env), func(s string) bool { return s == "" }), " ")
+	if goenv == "" {
+		goenv = "Go runtime defaults"
+	}
+	fmt.Printf("\nEnvoy 1.40, 1 worker (--concurrency 1), every thread pinned to CPU 0; wrk -t1 -c%d (HTTP/1.1), h2load -c%d -m16 (h2c) and the open-loop generator on CPU 1; "+
+		"%d interleaved rounds of %v per arm; %s. %s, %s, kernel %s, %s.\n\n",
+		conns, max(conns/8, 1), rounds, dur, goenv, time.Now().UTC().Format("2006-01-02 15:04 MST"), cpuModel(), kernel(), runtime.Version())
+	fmt.Println("Envoy CPU time per request: utime+stime of the Envoy process (all its threads, the Go runtime's included) from /proc/<pid>/stat over the arm's run, divided by the requests the load generator completed. " +
+		"Median [min–max] over the rounds; ratios are per round against the same round's baseline arm, then median [min–max]. " +
+		"The ext_authz arm's Go gRPC server runs outside Envoy: its CPU is not counted.")
+	fmt.Println()
+	fmt.Println("| arm | HTTP/1.1 µs/req | vs router | h2 µs/req | vs router |")
+	fmt.Println("|---|--:|--:|--:|--:|")
+	for _, a := range arms {
+		fmt.Printf("| %s | %s | %s | %s | %s |\n", a.name, spread(a.cpu, 1), spread(ratios(a.cpu, arms[0].cpu), 2), spread(a.cpu2, 1), spread(ratios(a.cpu2, arms[0].cpu2), 2))
+	}
+	fmt.Println()
+	fmt.Println("Ratios of CPU per request between arms (per round, median [min–max]):")
+	fmt.Println()
+	fmt.Println("| ratio | HTTP/1.1 | h2 | target |")
+	fmt.Println("|---|--:|--:|--:|")
+	byName := map[string]*arm{}
+	for _, a := range arms {
+		byName[a.name] = a
+	}
+	pair := func(label, num, den, target string) {
+		n, d := byName[num], byName[den]
+		if n == nil || d == nil {
+			return
+		}
+		fmt.Printf("| %s | %s | %s | %s |\n", label, spread(ratios(n.cpu, d.cpu), 3), spread(ratios(n.cpu2, d.cpu2), 3), target)
+	}
+	pair("Go no-op / C no-op (the Go runtime crossing)", armGoNoop, armCNoop, "≤ 1.05")
+	pair("C no-op / router (Envoy's module machinery)", armCNoop, armRouter, "—")
+	pair("Go no-op / router", armGoNoop, armRouter, "—")
+	for _, a := range arms {
+		if n, ok := strings.CutPrefix(a.name, "ward filter, "); ok {
+			pair("ward / native RBAC, "+n, a.name, "native RBAC, "+n, "≤ 1.05 (1000 rules: ≤ 0.5)")
+			pair("ward / router, "+n, a.name, armRouter, "≤ 1.12")
+		}
+	}
+	fmt.Println()
+	fmt.Printf("Throughput and open-loop latency (secondary; open loop at %.0f req/s = %.0f%% of the router arm's wrk median):\n\n", rate, 100*rate/median(arms[0].rps))
+	fmt.Printf("| arm | HTTP/1.1 req/s (wrk) | vs router | h2 req/s (h2load) | vs router | p50 | p99 | p99 vs router |\n|---|--:|--:|--:|--:|--:|--:|--:|\n")
 	base, baseH2, baseP99 := median(arms[0].rps), median(arms[0].h2), medianD(arms[0].p99)
 	for _, a := range arms {
 		fmt.Printf("| %s | %.0f | %.3f | %.0f | %.3f | %v | %v | %.2f |\n", a.name, median(a.rps), median(a.rps)/base, median(a.h2), median(a.h2)/baseH2,
 			medianD(a.p50).Round(time.Microsecond), medianD(a.p99).Round(time.Microsecond), float64(medianD(a.p99))/float64(baseP99))
+	}
+}
+
+// Names of the arms the ratio table refers to.
+const (
+	armRouter = "router only"
+	armGoNoop = "no-op Go filter (libward.so)"
+	armCNoop  = "no-op C filter (libward_cnoop.so)"
+)
+
+// clockTick is USER_HZ, the unit of utime and stime in /proc/<pid>/stat.
+var clockTick = func() float64 {
+	out, err := exec.Command("getconf", "CLK_TCK").Output()
+	if err != nil {
+		return 100
+	}
+	v, err := strconv.ParseFloat(strings.TrimSpace(string(out)), 64)
+	if err != nil || v <= 0 {
+		return 100
+	}
+	return v
+}()
+
+// procCPU returns the CPU time (user + system) the process has used, all
+// its threads included, from /proc/<pid>/stat.
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read stat: %w", err)
+	}
+	// The command name (field 2) may hold spaces: fields are counted
+	// after its closing parenthesis, which starts at field 3 (state).
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("parse /proc/%d/stat: %d fields", pid, len(f))
+	}
+	ut, err1 := strconv.ParseUint(f[11], 10, 64) // field 14, utime
+	st, err2 := strconv.ParseUint(f[12], 10, 64) // field 15, stime
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("parse /proc/%d/stat: %w", pid, err)
+	}
+	return time.Duration(float64(ut+st) / clockTick * float64(time.Second)), nil
+}
+
+// cpuPerRequest runs load (which returns req/s and the requests it
+// completed) and returns req/s and Envoy's CPU µs per completed request.
+func cpuPerRequest(pid int, load func() (float64, int, error)) (float64, float64, error) {
+	before, err := procCPU(pid)
+	if err != nil {
+		return 0, 0, err
+	}
+	rps, n, err := load()
+	if err != nil {
+		return 0, 0, err
+	}
+	after, err := procCPU(pid)
+	if err != nil {
+		return 0, 0, err
+	}
+	if n <= 0 {
+		return 0, 0, errors.New("no request completed")
+	}
+	return rps, float64(after-before) / float64(time.Microsecond) / float64(n), nil
+}
+
+func ratios(num, den []float64) []float64 {
+	r := make([]float64, min(len(num), len(den)))
+	for i := range r {
+		r[i] = num[i] / den[i]
+	}
+	return r
+}
+
+// spread formats median [min–max] with prec decimals.
+func spread(v []float64, prec int) string {
+	if len(v) == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.*f [%.*f–%.*f]", prec, median(v), prec, slices.Min(v), prec, slices.Max(v))
+}
+
+func kernel() string {
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// cnoopModule is the C no-op module's name: Envoy loads lib<name>.so from
+// the module directory.
+const cnoopModule = "ward_cnoop"
+
+// moduleDir makes Envoy's module directory for the bench under dir: the
+// test libward.so (ward's filters and ward.test.panic) and the C no-op
+// module compiled from bench/cnoop with clang.
+func moduleDir(root, dir string) (string, error) {
+	md := filepath.Join(dir, "modules")
+	if err := os.MkdirAll(md, 0o755); err != nil {
+		return "", fmt.Errorf("module dir: %w", err)
+	}
+	if err := os.Symlink(filepath.Join(root, "build", "test", "libward.so"), filepath.Join(md, "libward.so")); err != nil {
+		return "", fmt.Errorf("module dir: %w", err)
+	}
+	cc := os.Getenv("CC")
+	if cc == "" {
+		cc = "clang"
+	}
+	out, err := exec.Command(cc, "-O2", "-fPIC", "-shared", "-Wall", "-Werror", "-o", filepath.Join(md, "lib"+cnoopModule+".so"),
+		filepath.Join(root, "bench", "cnoop", "cnoop.c")).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("build the C no-op module: %w: %s", err, out)
+	}
+	return md, nil
+}
+
+// setModule points every dynamic-module HTTP filter of l at module.
+func setModule(l *listener.Listener, module string) error {
+	for _, fc := range l.FilterChains {
+		for _, f := range fc.Filters {
+			var m hcm.HttpConnectionManager
+			if err := f.GetTypedConfig().UnmarshalTo(&m); err != nil {
+				return fmt.Errorf("set module: %w", err)
+			}
+			for _, hf := range m.HttpFilters {
+				var d dmhttp.DynamicModuleFilter
+				if hf.GetTypedConfig().MessageIs(&d) {
+					if err := hf.GetTypedConfig().UnmarshalTo(&d); err != nil {
+						return fmt.Errorf("set module: %w", err)
+					}
+					d.DynamicModuleConfig.Name = module
+					a, err := anypb.New(&d)
+					if err != nil {
+						return fmt.Errorf("set module: %w", err)
+					}
+					hf.ConfigType = &hcm.HttpFilter_TypedConfig{TypedConfig: a}
+				}
+			}
+			a, err := anypb.New(&m)
+			if err != nil {
+				return fmt.Errorf("set module: %w", err)
+			}
+			f.ConfigType = &listener.Filter_TypedConfig{TypedConfig: a}
+		}
 	}
 	return nil
 }
@@ -254,39 +479,55 @@ func waitOK(url string, d time.Duration) error {
 
 var reqSec = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
 
-func wrk(url string, d time.Duration, c int) (float64, error) {
+var wrkDone = regexp.MustCompile(`([0-9]+) requests in `)
+
+// wrk returns HTTP/1.1 req/s and the requests completed.
+func wrk(url string, d time.Duration, c int) (float64, int, error) {
 	out, err := exec.Command("taskset", "-c", "1", "wrk", "-t1", fmt.Sprintf("-c%d", c), fmt.Sprintf("-d%ds", int(d.Seconds())), url).CombinedOutput()
 	if err != nil {
-		return 0, fmt.Errorf("wrk: %w: %s", err, out)
+		return 0, 0, fmt.Errorf("wrk: %w: %s", err, out)
 	}
 	if strings.Contains(string(out), "Non-2xx") {
-		return 0, fmt.Errorf("wrk saw non-2xx answers on %s:\n%s", url, out)
+		return 0, 0, fmt.Errorf("wrk saw errors on %s:\n%s", url, out)
 	}
-	m := reqSec.FindSubmatch(out)
-	if m == nil {
-		return 0, fmt.Errorf("wrk output: %s", out)
+	m, n := reqSec.FindSubmatch(out), wrkDone.FindSubmatch(out)
+	if m == nil || n == nil {
+		return 0, 0, fmt.Errorf("wrk output: %s", out)
 	}
-	return strconv.ParseFloat(string(m[1]), 64)
+	rps, err1 := strconv.ParseFloat(string(m[1]), 64)
+	done, err2 := strconv.Atoi(string(n[1]))
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, 0, fmt.Errorf("wrk output: %w", err)
+	}
+	return rps, done, nil
 }
 
-var h2Req = regexp.MustCompile(`finished in [^,]+, ([0-9.]+) req/s`)
+var (
+	h2Req  = regexp.MustCompile(`finished in [^,]+, ([0-9.]+) req/s`)
+	h2Done = regexp.MustCompile(`requests: [0-9]+ total, [0-9]+ started, ([0-9]+) done`)
+)
 
 // h2load measures HTTP/2 (h2c, prior knowledge) throughput with
 // multiplexed streams.
-func h2load(url string, d time.Duration, c int) (float64, error) {
+func h2load(url string, d time.Duration, c int) (float64, int, error) {
 	out, err := exec.Command("taskset", "-c", "1", "h2load", "-c", strconv.Itoa(max(c/8, 1)), "-m", "16",
 		"-D", strconv.Itoa(int(d.Seconds())), url).CombinedOutput()
 	if err != nil {
-		return 0, fmt.Errorf("h2load: %w: %s", err, out)
+		return 0, 0, fmt.Errorf("h2load: %w: %s", err, out)
 	}
 	if !strings.Contains(string(out), "0 failed, 0 errored") {
-		return 0, fmt.Errorf("h2load saw failures on %s:\n%s", url, out)
+		return 0, 0, fmt.Errorf("h2load saw failures on %s:\n%s", url, out)
 	}
-	m := h2Req.FindSubmatch(out)
-	if m == nil {
-		return 0, fmt.Errorf("h2load output: %s", out)
+	m, n := h2Req.FindSubmatch(out), h2Done.FindSubmatch(out)
+	if m == nil || n == nil {
+		return 0, 0, fmt.Errorf("h2load output: %s", out)
 	}
-	return strconv.ParseFloat(string(m[1]), 64)
+	rps, err1 := strconv.ParseFloat(string(m[1]), 64)
+	done, err2 := strconv.Atoi(string(n[1]))
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, 0, fmt.Errorf("h2load output: %w", err)
+	}
+	return rps, done, nil
 }
 
 // openLoop sends requests at a fixed rate for d over a pool of keep-alive
