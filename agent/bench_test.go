@@ -1,0 +1,266 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/wardproxy/ward/agent/ipcache"
+	"github.com/wardproxy/ward/bpf/policymap"
+	"github.com/wardproxy/ward/bpf/redirect"
+	"github.com/wardproxy/ward/policy"
+	"github.com/wardproxy/ward/xds"
+)
+
+// Control-plane scale (issue 17 item 4): a node agent knowing 10,000
+// endpoints (5,000 identities: label sets shared by two endpoints, one
+// endpoint alone in its own) and 1,000 policies (999 selecting an app of
+// ten endpoints and allowing HTTP from the next app and TCP to a third,
+// one selecting the lone endpoint). Each iteration changes the lone
+// endpoint's policy (its HTTP path and port, so both its BPF entries and
+// its Envoy policy change) and publishes through the engine to the
+// agent's consumers: the BPF datapath's work without the kernel
+// (scaleDatapath below) and the Envoy policy resources (policyResources
+// with a real xds.Server, as wardd runs it). Reported per publish: the
+// repository's resolve, each consumer and the total, in ms; and the Go
+// heap in use after the setup.
+//
+//	go test -run '^$' -bench BenchmarkPolicyChangeOneEndpoint -benchtime 20x ./agent/
+func BenchmarkPolicyChangeOneEndpoint(b *testing.B) {
+	for _, local := range []int{100, 10000} {
+		b.Run(fmt.Sprintf("endpoints=10000/local=%d", local), func(b *testing.B) {
+			benchPolicyChange(b, 10000, local, 1000)
+		})
+	}
+}
+
+const scaleLone = "lone" // the shard label of the endpoint the change touches
+
+// scaleEndpoints returns n endpoints, local ones first: endpoint i has the
+// labels app=a<shard%apps>, shard=s<shard> with shard i/2, so pairs share
+// an identity; the last endpoint has shard "lone" (its own identity) and
+// the one before it joins shard 0.
+func scaleEndpoints(n, local, apps int) []Endpoint {
+	eps := make([]Endpoint, n)
+	for i := range eps {
+		shard := fmt.Sprintf("s%d", i/2)
+		app := fmt.Sprintf("a%d", (i/2)%apps)
+		switch i {
+		case n - 1:
+			shard, app = scaleLone, "lone"
+		case n - 2:
+			shard, app = "s0", "a0"
+		}
+		eps[i] = Endpoint{
+			Name: fmt.Sprintf("ep%d", i), ID: uint64(i + 1),
+			IPs:    []string{netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}).String()},
+			Labels: map[string]string{"app": app, "shard": shard},
+			Remote: i >= local && i != n-1, // the changed endpoint is local
+		}
+		if !eps[i].Remote {
+			eps[i].Interface = fmt.Sprintf("veth%d", i)
+		}
+	}
+	return eps
+}
+
+func scalePolicy(b *testing.B, name, selector string, from, to string, port int, path string) *policy.Policy {
+	b.Helper()
+	doc := fmt.Sprintf(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: %s, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {%s}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: %s}}]
+    toPorts:
+    - ports: [{port: "%d", protocol: TCP}]
+      rules: {http: [{method: GET, path: "%s"}]}
+  egress:
+  - toEndpoints: [{matchLabels: {app: %s}}]
+    toPorts: [{ports: [{port: "5432", protocol: TCP}]}]
+`, name, selector, from, port, path, to)
+	p, err := policy.ParseOne(name+".yaml", []byte(doc))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return p
+}
+
+func benchPolicyChange(b *testing.B, n, local, npol int) {
+	ctx := context.Background()
+	log := slog.New(slog.DiscardHandler)
+	apps := npol - 1
+	cfg := &Config{Endpoints: scaleEndpoints(n, local, apps)}
+	e, err := newEngine(cfg, log)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for k := 0; k < apps; k++ {
+		e.repo.Upsert(scalePolicy(b, fmt.Sprintf("p%d", k), fmt.Sprintf("app: a%d", k), fmt.Sprintf("a%d", (k+1)%apps), fmt.Sprintf("a%d", (k+2)%apps), 80, fmt.Sprintf("/v%d/.*", k)))
+	}
+	lone := func(i int) *policy.Policy {
+		return scalePolicy(b, "lone", "shard: "+scaleLone, "a1", "a2", 80+i%2, fmt.Sprintf("/lone/%d", i))
+	}
+	e.repo.Upsert(lone(0))
+	srv, err := xds.New(xds.Config{Socket: filepath.Join(b.TempDir(), "xds.sock"), Logger: log})
+	if err != nil {
+		b.Fatal(err)
+	}
+	dp := newScaleDatapath()
+	pr := &policyResources{srv: srv, log: log}
+	tdp, tpr := &timedConsumer{c: dp}, &timedConsumer{c: pr}
+	e.consumers = []Consumer{tdp, tpr}
+	e.publish(ctx) // the initial state: every endpoint's entries and policy
+
+	if ids := e.repo.Snapshot().Identities(); len(ids) < 5000 {
+		b.Logf("identities: %d", len(ids))
+	}
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	heap := float64(ms.HeapInuse) / (1 << 20)
+
+	var resolve time.Duration
+	tdp.total, tpr.total = 0, 0
+	b.ResetTimer()
+	for i := 1; i <= b.N; i++ {
+		t0 := time.Now()
+		e.repo.Upsert(lone(i))
+		e.repo.Snapshot() // resolved here; publish reuses it
+		resolve += time.Since(t0)
+		e.publish(ctx)
+	}
+	b.StopTimer()
+	perOp := func(d time.Duration) float64 { return float64(d) / float64(b.N) / 1e6 }
+	b.ReportMetric(perOp(resolve), "resolve-ms/op")
+	b.ReportMetric(perOp(tdp.total), "bpf-ms/op")
+	b.ReportMetric(perOp(tpr.total), "envoy-ms/op")
+	b.ReportMetric(perOp(resolve+tdp.total+tpr.total), "total-ms/op")
+	b.ReportMetric(heap, "heap-MiB")
+	b.ReportMetric(float64(dp.written)/float64(b.N+1), "policies-written/op")
+
+	// The change must have reached both: the lone endpoint's last entries
+	// name the port of the last iteration, and its Envoy policy the path.
+	want := uint16(80 + b.N%2)
+	found := false
+	for _, pe := range dp.policies[uint32(n)] {
+		if pe.Port == want {
+			found = true
+		}
+	}
+	if !found {
+		b.Fatalf("lone endpoint's BPF entries lack port %d: %+v", want, dp.policies[uint32(n)])
+	}
+	ps, _ := xds.Resources(e.last.Load().Policy, []xds.Workload{{Name: "ep", ID: uint64(n), IPs: nil}})
+	if len(ps) != 1 || !strings.Contains(ps[0].String(), fmt.Sprintf("/lone/%d", b.N)) {
+		b.Fatalf("lone endpoint's Envoy policy lacks the change: %v", ps)
+	}
+}
+
+// timedConsumer adds up the time its consumer's Apply takes.
+type timedConsumer struct {
+	c     Consumer
+	total time.Duration
+}
+
+func (t *timedConsumer) Apply(ctx context.Context, st *State) error {
+	t0 := time.Now()
+	err := t.c.Apply(ctx, st)
+	t.total += time.Since(t0)
+	return err
+}
+
+// scaleDatapath does what datapath.Apply does for a State except the
+// kernel writes: the ipcache owner table's reconciliation (over an
+// in-memory writer), then for every local endpoint its slot and the policy
+// map entries (policymap.Entries with the datapath's proxy ports), kept in
+// memory where datapath.Apply calls SetPolicy; attaching endpoints is left
+// out (no interfaces). It counts the endpoint policies it wrote.
+type scaleDatapath struct {
+	d        *datapath
+	policies map[uint32][]redirect.PolicyEntry
+	written  int
+}
+
+func newScaleDatapath() *scaleDatapath {
+	d := &datapath{cfg: DatapathConfig{}.withDefaults(), slots: map[uint64]int{}, egress: map[uint64]uint16{}, kafka: map[uint64]uint16{},
+		attached: map[uint64]bool{}, epErrs: map[uint64]error{}}
+	d.ipc = ipcache.New(&memIPCache{m: map[netip.Prefix]uint32{}})
+	return &scaleDatapath{d: d, policies: map[uint32][]redirect.PolicyEntry{}}
+}
+
+func (s *scaleDatapath) Apply(_ context.Context, st *State) error {
+	snap := st.Policy
+	eps := map[netip.Prefix]uint32{}
+	for _, w := range st.Workloads {
+		pol, ok := snap.Endpoint(w.ID)
+		if !ok {
+			continue
+		}
+		for _, a := range w.Addrs {
+			eps[netip.PrefixFrom(a, a.BitLen())] = uint32(pol.Identity)
+		}
+	}
+	cidrs := map[netip.Prefix]uint32{}
+	for _, c := range snap.CIDRIdentities() {
+		if c.Prefix.IsValid() {
+			cidrs[c.Prefix] = uint32(c.ID)
+		}
+	}
+	if err := s.d.ipc.Owner(ipcache.Endpoint).Sync(eps); err != nil {
+		return err
+	}
+	if err := s.d.ipc.Owner(ipcache.CIDR).Sync(cidrs); err != nil {
+		return err
+	}
+	for _, w := range st.Workloads {
+		if w.Remote {
+			continue
+		}
+		s.d.assign(w.ID)
+		pol, ok := snap.Endpoint(w.ID)
+		if !ok {
+			continue
+		}
+		ports := func(dir policy.Direction, l7 *policy.L7Port) uint16 { return s.d.proxyPort(w.ID, dir, l7) }
+		in, err := policymap.Entries(policy.Ingress, pol.Ingress, ports)
+		if err != nil {
+			return err
+		}
+		out, err := policymap.Entries(policy.Egress, pol.Egress, ports)
+		if err != nil {
+			return err
+		}
+		s.policies[uint32(w.ID)] = append(in, out...)
+		s.written++
+	}
+	return nil
+}
+
+// memIPCache is an ipcache.Writer over a map.
+type memIPCache struct {
+	mu sync.Mutex
+	m  map[netip.Prefix]uint32
+}
+
+func (c *memIPCache) Upsert(p netip.Prefix, id uint32) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.m[p] = id
+	return nil
+}
+
+func (c *memIPCache) Delete(p netip.Prefix) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, p)
+	return nil
+}
