@@ -37,6 +37,7 @@ type Agent struct {
 	tls   *tlsPolicy        // nil without the datapath
 	obs   observe           // flow stream and metrics (flows.go)
 	eps   *endpointSource   // nil without an endpoints directory
+	svcs  *serviceSource    // nil without a services directory
 	ready chan struct{}
 }
 
@@ -131,18 +132,25 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			a.eng.consumers = append(a.eng.consumers, a.dp, a.tls)
 		}
-		pr := &policyResources{srv: a.srv, log: a.log}
+		pr := &policyResources{srv: a.srv, log: a.log, node: a.nodeClaims}
 		a.eng.consumers = append(a.eng.consumers, pr)
 		a.src = &dirsource.Source{Dir: a.cfg.PolicyDir, Sink: a.eng.repo, Logger: a.log, Interval: 500 * time.Millisecond,
 			OnChange: func() { a.eng.publish(ctx); a.saveGood() }}
 		if a.cfg.EndpointsDir != "" {
 			// The first scan only registers the endpoints: the first
 			// publish waits for the policy directory's first scan.
-			a.eps = &endpointSource{dir: a.cfg.EndpointsDir, static: a.cfg.Endpoints, datapath: a.dp != nil, eng: a.eng, log: a.log}
+			a.eps = newEndpointSource(a.cfg.EndpointsDir, a.cfg.Endpoints, a.dp != nil, a.eng, a.log)
 			if err := a.eps.scan(); err != nil {
 				a.log.Warn("endpoints directory", "dir", a.cfg.EndpointsDir, "error", err)
 			}
 			a.eps.onChange = func() { a.endpointsChanged(ctx) }
+		}
+		if a.cfg.ServicesDir != "" {
+			a.svcs = newServiceSource(a.cfg.ServicesDir, a.cfg.Services, a.eng, a.log)
+			if err := a.svcs.scan(); err != nil {
+				a.log.Warn("services directory", "dir", a.cfg.ServicesDir, "error", err)
+			}
+			a.svcs.onChange = func() { a.eng.publish(ctx) }
 		}
 		if a.dp != nil {
 			a.glue = &dnsGlue{e: a.eng, log: a.log, hosts: pr}
@@ -241,6 +249,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if a.eps != nil {
 		g.Go(func() error { return a.eps.run(ctx, 500*time.Millisecond) })
+	}
+	if a.svcs != nil {
+		g.Go(func() error { return a.svcs.run(ctx, 500*time.Millisecond) })
 	}
 	g.Go(func() error { return a.serveStatus(ctx) })
 	g.Go(func() error { return a.watchNACKs(ctx) })

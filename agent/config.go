@@ -43,6 +43,11 @@ type Config struct {
 	// that fails to parse or validate is reported in the status and its
 	// endpoints stay as they were.
 	EndpointsDir string `json:"endpointsDir,omitempty"`
+	// Services are the services toServices selects (embedded mode).
+	Services []Service `json:"services,omitempty"`
+	// ServicesDir holds more services (watched; relative to the config
+	// file), one service or a list per file, like EndpointsDir.
+	ServicesDir string `json:"servicesDir,omitempty"`
 	// Datapath turns on the eBPF datapath.
 	Datapath DatapathConfig `json:"datapath,omitempty"`
 	// DNS tunes the datapath's transparent DNS proxy (dns.Config's JSON
@@ -231,7 +236,28 @@ type DatapathConfig struct {
 	// goes to EgressKafkaBasePort+i, marked with its identity likewise.
 	EgressKafkaBasePort uint16 `json:"egressKafkaBasePort,omitempty"`
 	AccessLog           string `json:"accessLog,omitempty"`
+	// AllowLocalhost lets the node itself (the host identity) reach every
+	// local endpoint whatever its ingress policy, as Cilium's
+	// allow-localhost, so kubelet's probes keep working under default
+	// deny; default true. A rule naming the host on a port (fromEntities:
+	// [host] with L7 rules) still decides that port, and deny rules apply.
+	AllowLocalhost *bool `json:"allowLocalhost,omitempty"`
+	// DisableTCPEarlyDemux turns net.ipv4.tcp_early_demux off in wardd's
+	// network namespace at start. L7 ingress for clients on other nodes
+	// or outside the cluster needs it: the datapath hands their flows to
+	// the proxy on the pod's veth, after the stack's early demux would
+	// have matched their packets to the proxy's socket and the forwarding
+	// path dropped them (bpf/redirect/README.md, "the hairpin").
+	DisableTCPEarlyDemux bool `json:"disableTCPEarlyDemux,omitempty"`
+	// RemoteNodes are the addresses (or prefixes) of the cluster's other
+	// nodes: in the ipcache they carry the remote-node identity
+	// (fromEntities: [remote-node]), as the node's own addresses carry the
+	// host identity (fromEntities: [host]).
+	RemoteNodes []string `json:"remoteNodes,omitempty"`
 }
+
+// allowLocalhost reports the AllowLocalhost setting (default true).
+func (c DatapathConfig) allowLocalhost() bool { return c.AllowLocalhost == nil || *c.AllowLocalhost }
 
 func (c DatapathConfig) withDefaults() DatapathConfig {
 	if c.PinDir == "" {
@@ -285,6 +311,9 @@ func LoadConfig(path string) (Config, error) {
 	if c.EndpointsDir != "" && !filepath.IsAbs(c.EndpointsDir) {
 		c.EndpointsDir = filepath.Join(filepath.Dir(path), c.EndpointsDir)
 	}
+	if c.ServicesDir != "" && !filepath.IsAbs(c.ServicesDir) {
+		c.ServicesDir = filepath.Join(filepath.Dir(path), c.ServicesDir)
+	}
 	if c.SecretsDir != "" && !filepath.IsAbs(c.SecretsDir) {
 		c.SecretsDir = filepath.Join(filepath.Dir(path), c.SecretsDir)
 	}
@@ -331,6 +360,15 @@ func (c *Config) Validate() error {
 	}
 	if c.EndpointsDir != "" && c.PolicyDir == "" {
 		errs = append(errs, errors.New("endpointsDir needs policyDir (endpoints matter only for resolved policy)"))
+	}
+	svcs := map[string]string{}
+	for i, s := range c.Services {
+		errs = append(errs, validateService(s, fmt.Sprintf("services[%d]", i), svcs)...)
+	}
+	for i, s := range c.Datapath.RemoteNodes {
+		if _, err := parseAddrOrPrefix(s); err != nil {
+			errs = append(errs, fmt.Errorf("datapath.remoteNodes[%d]: %w", i, err))
+		}
 	}
 	// The DNS tunables, checked with the listener settings the agent gives.
 	d := c.DNS

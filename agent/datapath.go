@@ -27,6 +27,8 @@ type datapath struct {
 	undo func() error
 	log  *slog.Logger
 	ipc  *ipcache.Table // the one writer of the BPF ipcache
+	// remote are the other nodes' prefixes (remote-node identity).
+	remote []netip.Prefix
 
 	mu sync.Mutex
 	// Each local endpoint has a slot, the offset of its egress listeners
@@ -74,6 +76,15 @@ var _ Consumer = (*datapath)(nil)
 // when they are applied.
 func openDatapath(cfg DatapathConfig, log *slog.Logger) (*datapath, error) {
 	d := &datapath{cfg: cfg, log: log, slots: map[uint64]int{}, egress: map[uint64]uint16{}, kafka: map[uint64]uint16{}, attached: map[uint64]bool{}, epErrs: map[uint64]error{}}
+	var err error
+	if d.remote, err = remoteNodePrefixes(cfg.RemoteNodes); err != nil {
+		return nil, err
+	}
+	if cfg.DisableTCPEarlyDemux {
+		if err := disableTCPEarlyDemux(); err != nil {
+			return nil, err
+		}
+	}
 	dp, err := redirect.Load(redirect.Config{PinDir: cfg.PinDir, Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("datapath: %w (wardd does not claim enforcement without it)", err)
@@ -180,6 +191,11 @@ func (d *datapath) Apply(_ context.Context, st *State) error {
 			eps[netip.PrefixFrom(a, a.BitLen())] = uint32(pol.Identity)
 		}
 	}
+	nodes, err := nodeClaims(d.remote)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	addNodeClaims(eps, nodes)
 	cidrs := map[netip.Prefix]uint32{}
 	for _, c := range snap.CIDRIdentities() {
 		if c.Prefix.IsValid() {
@@ -263,6 +279,9 @@ func (d *datapath) applyEndpoint(snap *policy.Snapshot, w Workload) error {
 	in, err := policymap.Entries(policy.Ingress, pol.Ingress, ports)
 	if err != nil {
 		return err
+	}
+	if pol.Ingress != nil && pol.Ingress.Enforced && d.cfg.allowLocalhost() {
+		in = allowLocalhost(in)
 	}
 	out, err := policymap.Entries(policy.Egress, pol.Egress, ports)
 	if err != nil {

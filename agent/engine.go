@@ -51,6 +51,8 @@ type engine struct {
 	repo      *policy.Repository
 	wl        atomic.Pointer[workloadSet] // replaced, never modified
 	wlMu      sync.Mutex                  // one setEndpoints at a time
+	svcMu     sync.Mutex
+	services  map[string]policy.ServiceInfo // by namespace/name
 	consumers []Consumer
 	log       *slog.Logger
 	// afterPublish runs after each publish, outside the publish lock (the
@@ -80,6 +82,7 @@ func newEngine(cfg *Config, log *slog.Logger) (*engine, error) {
 	if _, err := e.setEndpoints(cfg.Endpoints, "endpoints"); err != nil {
 		return nil, err
 	}
+	e.setServices(cfg.Services)
 	return e, nil
 }
 

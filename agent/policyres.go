@@ -25,6 +25,9 @@ type policyResources struct {
 	// fqdn returns the DNS proxy's claims (prefix → FQDN identity); nil
 	// without a DNS proxy. Set before the first Apply.
 	fqdn func() map[netip.Prefix]uint32
+	// node returns the nodes' claims (host, remote-node: nodeClaims);
+	// nil: none.
+	node func() map[netip.Prefix]uint32
 
 	mu      sync.Mutex // one identity table sent at a time (a publish, the DNS proxy)
 	applied bool       // base is a state's: the DNS proxy's claims alone are never sent
@@ -41,6 +44,10 @@ func (p *policyResources) Apply(_ context.Context, st *State) error {
 		ws = append(ws, xds.Workload{Name: w.Name, ID: w.ID, IPs: w.Addrs, Remote: w.Remote})
 	}
 	ps, hosts := xds.Resources(st.Policy, ws)
+	if p.node != nil {
+		// Below the workloads' own addresses, as in the ipcache.
+		hosts = xds.WithFQDN(hosts, p.node())
+	}
 	p.mu.Lock()
 	p.base, p.applied = hosts, true
 	hv := p.setHostsLocked()

@@ -71,7 +71,10 @@ func (a *Agent) Status() api.Status {
 		}
 		st.Policy = p
 		if a.eps != nil {
-			st.EndpointFiles = a.eps.status()
+			st.EndpointFiles = a.eps.files.status()
+		}
+		if a.svcs != nil {
+			st.EndpointFiles = append(st.EndpointFiles, a.svcs.files.status()...)
 		}
 		for _, w := range a.eng.workloads() {
 			if w.Remote {

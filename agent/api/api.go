@@ -20,8 +20,8 @@ type Status struct {
 	Policy *Policy `json:"policy,omitempty"`
 	// Endpoints are the local endpoints and their datapath state.
 	Endpoints []Endpoint `json:"endpoints,omitempty"`
-	// EndpointFiles are the files of the endpoints directory that failed
-	// to load (their endpoints stay as they were).
+	// EndpointFiles are the files of the endpoints and services
+	// directories that failed to load (what they held stays as it was).
 	EndpointFiles []FileError `json:"endpointFiles,omitempty"`
 	// Delivery is, per policy resource type, how many resources the proxy
 	// applied and which it has not (yet): rejected ones with the proxy's

@@ -1,0 +1,136 @@
+package agent
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+
+	"github.com/wardproxy/ward/bpf/redirect"
+	"github.com/wardproxy/ward/policy"
+)
+
+// The host endpoint: the node's own addresses carry the host identity in
+// the ipcache, the other nodes' addresses (datapath.remoteNodes) the remote-node
+// identity, so fromEntities/toEntities host and remote-node resolve to real
+// addresses (datapath.remoteNodes); with datapath.allowLocalhost (the default, as Cilium's
+// allow-localhost) the host reaches every local endpoint whatever its
+// ingress policy, so probes keep working under default deny.
+
+// hostAddrs returns the addresses of the agent's network namespace that
+// identify the node: every interface address except loopback, link-local
+// and multicast ones.
+func hostAddrs() ([]netip.Addr, error) {
+	as, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, fmt.Errorf("host addresses: %w", err)
+	}
+	var out []netip.Addr
+	for _, a := range as {
+		pfx, err := netip.ParsePrefix(a.String())
+		if err != nil {
+			continue
+		}
+		ip := pfx.Addr().Unmap()
+		if ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsMulticast() || ip.IsUnspecified() {
+			continue
+		}
+		out = append(out, ip)
+	}
+	return out, nil
+}
+
+// nodeClaims returns the identity claims of the nodes: the remote nodes'
+// prefixes carry remote-node, the node's own addresses host (which wins
+// where both name an address). The ipcache (datapath) and the in-Envoy
+// identity table (policy resources) both take them, below the workloads'
+// own addresses.
+func nodeClaims(remote []netip.Prefix) (map[netip.Prefix]uint32, error) {
+	out := make(map[netip.Prefix]uint32, len(remote)+4)
+	for _, p := range remote {
+		out[p] = uint32(policy.IdentityRemoteNode)
+	}
+	host, err := hostAddrs()
+	host = nil // REVERT-CHECK
+	for _, a := range host {
+		out[netip.PrefixFrom(a, a.BitLen())] = uint32(policy.IdentityHost)
+	}
+	return out, err
+}
+
+// addNodeClaims adds claims to the endpoint claims without overriding a
+// workload's own address.
+func addNodeClaims(eps, claims map[netip.Prefix]uint32) {
+	for p, id := range claims {
+		if _, ok := eps[p]; !ok {
+			eps[p] = id
+		}
+	}
+}
+
+// nodeClaims is nodeClaims for the policy resources (errors logged: the
+// claims found are still used).
+func (a *Agent) nodeClaims() map[netip.Prefix]uint32 {
+	remote, err := remoteNodePrefixes(a.cfg.Datapath.RemoteNodes)
+	if err != nil {
+		a.log.Warn("node claims", "error", err)
+	}
+	claims, err := nodeClaims(remote)
+	if err != nil {
+		a.log.Warn("node claims", "error", err)
+	}
+	return claims
+}
+
+// allowLocalhost adds Cilium's allow-localhost entry to an enforced
+// ingress policy: the host identity on any protocol and port is allowed.
+// An entry of the policy for the host on that key (a deny, an L3 rule)
+// stays as it is; longer entries for the host (a port with L7 rules: the
+// proxy) still decide their ports, and a deny for every identity still
+// wins in the datapath.
+func allowLocalhost(in []redirect.PolicyEntry) []redirect.PolicyEntry {
+	key := redirect.PolicyKey{Direction: redirect.Ingress, Identity: redirect.IdentityHost, Proto: redirect.ProtoAny}
+	for _, e := range in {
+		if e.Direction == key.Direction && e.Identity == key.Identity && e.Proto == redirect.ProtoAny {
+			return in
+		}
+	}
+	return append(in, redirect.PolicyEntry{PolicyKey: key, Verdict: redirect.Allow})
+}
+
+// remoteNodePrefixes parses DatapathConfig.RemoteNodes (validated).
+func remoteNodePrefixes(ss []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for i, s := range ss {
+		p, err := parseAddrOrPrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("datapath.remoteNodes[%d]: %w", i, err)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func parseAddrOrPrefix(s string) (netip.Prefix, error) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		a = a.Unmap()
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return p.Masked(), nil
+}
+
+// disableTCPEarlyDemux turns TCP early demux off in the agent's network
+// namespace (datapath.disableTCPEarlyDemux): with it on, the client's
+// packets after the handshake of a flow hairpinned to the ingress proxy
+// from another node or the world are matched to the proxy's socket before
+// routing and dropped by the forwarding path (bpf/redirect/README.md).
+func disableTCPEarlyDemux() error {
+	if err := os.WriteFile("/proc/sys/net/ipv4/tcp_early_demux", []byte("0"), 0o644); err != nil {
+		return fmt.Errorf("disable tcp early demux: %w", err)
+	}
+	return nil
+}
