@@ -203,7 +203,9 @@ api IN A 192.0.2.2
 	node.Eventually(t, "hubble observe to show the POST, the PUT and the DNS query", func() bool {
 		all = observe("--last", "1000")
 		return find(all, httpFlow("POST", "FORWARDED")) != nil && find(all, httpFlow("PUT", "DROPPED")) != nil &&
-			find(all, func(f *hubbleFlow) bool { return f.Flow.L7 != nil && f.Flow.L7.DNS != nil && f.Flow.L7.DNS.Query == "api.github.test." }) != nil
+			find(all, func(f *hubbleFlow) bool {
+				return f.Flow.L7 != nil && f.Flow.L7.DNS != nil && f.Flow.L7.DNS.Query == "api.github.test."
+			}) != nil
 	})
 
 	// The L7 flows carry what Hubble users read.
@@ -227,7 +229,9 @@ api IN A 192.0.2.2
 	if h := post.Flow.L7.HTTP; !strings.HasSuffix(h.URL, "/v1/request-landing") || post.Flow.DropReason != "" && post.Flow.DropReason != "DROP_REASON_UNKNOWN" {
 		t.Errorf("POST flow = %s", post)
 	}
-	q := find(all, func(f *hubbleFlow) bool { return f.Flow.L7 != nil && f.Flow.L7.DNS != nil && f.Flow.L7.DNS.Query == "api.github.test." })
+	q := find(all, func(f *hubbleFlow) bool {
+		return f.Flow.L7 != nil && f.Flow.L7.DNS != nil && f.Flow.L7.DNS.Query == "api.github.test."
+	})
 	if f := q.Flow; f.Verdict != "FORWARDED" || f.Direction != "EGRESS" || f.Source.PodName != "mediabot" || !contains(f.L7.DNS.IPs, "192.0.2.2") ||
 		f.L4.UDP == nil || f.L4.UDP.DestinationPort != 53 || f.Destination.PodName != "kube-dns" {
 		t.Errorf("DNS flow = %s", q)
