@@ -1,3 +1,5 @@
+//lint:file-ignore SA1019 Hubble users still read Summary and l7.kafka (deprecated in flow.proto, still filled by Cilium 1.18 and shown by its CLI).
+
 package monitor
 
 import (
@@ -37,7 +39,6 @@ func Convert(r *flow.Record, node string, desc Describer) *flowpb.Flow {
 	}
 	if r.Verdict == flow.Denied {
 		f.DropReasonDesc = flowpb.DropReason_POLICY_DENIED
-		f.DropReason = uint32(flowpb.DropReason_POLICY_DENIED)
 	}
 	src, srcOK := netip.ParseAddr(r.Source.IP)
 	dst, dstOK := netip.ParseAddr(r.Destination.IP)
@@ -88,7 +89,7 @@ func Convert(r *flow.Record, node string, desc Describer) *flowpb.Flow {
 		f.EventType = &flowpb.CiliumEventType{Type: msgTypeAccessLog}
 	case r.Verdict == flow.Denied:
 		f.Type = flowpb.FlowType_L3_L4
-		f.EventType = &flowpb.CiliumEventType{Type: msgTypeDrop, SubType: int32(f.DropReason)}
+		f.EventType = &flowpb.CiliumEventType{Type: msgTypeDrop, SubType: int32(f.DropReasonDesc)}
 	default:
 		f.Type = flowpb.FlowType_L3_L4
 		f.EventType = &flowpb.CiliumEventType{Type: msgTypeTrace}
