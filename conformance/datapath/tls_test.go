@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	cdns "github.com/wardproxy/ward/conformance/dns"
 	"github.com/wardproxy/ward/conformance/netns"
 	"github.com/wardproxy/ward/conformance/node"
 	"github.com/wardproxy/ward/internal/testenv"
@@ -321,5 +322,92 @@ func TestWarddTLSIngress(t *testing.T) {
 	}
 	if crt := sClient(c, n, "client", api.IP, "8443", "other.ward.test"); crt != nil {
 		t.Errorf("s_client :8443 other.ward.test: handshake completed (issuer %s); want refused", crt.Issuer.CommonName)
+	}
+}
+
+// The seed's tutorial policy itself: TLS interception of the mediabot's
+// HTTPS to a name allowed by toFQDNs, every request allowed and seen at
+// L7 (http: [{}]), DNS through the DNS proxy.
+const tlsFQDNPolicy = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: l7-visibility-tls
+spec:
+  endpointSelector:
+    matchLabels: {class: mediabot, org: empire}
+  egress:
+  - toFQDNs:
+    - matchName: httpbin.ward.test
+    toPorts:
+    - ports: [{port: "443", protocol: TCP}]
+      terminatingTLS:
+        secret: {namespace: kube-system, name: httpbin-tls-data}
+      originatingTLS:
+        secret: {namespace: kube-system, name: tls-orig-data}
+      rules:
+        http: [{}]
+  - toEndpoints:
+    - matchLabels: {k8s-app: kube-dns}
+    toPorts:
+    - ports: [{port: "53", protocol: ANY}]
+      rules:
+        dns: [{matchPattern: "*"}]
+`
+
+// TestWarddTLSFQDN plays the seed's "Inspecting TLS Encrypted Connections"
+// through wardd: dig httpbin.ward.test in the mediabot pod (the DNS proxy
+// gives the answer's address the toFQDNs identity), then curl
+// https://httpbin.ward.test trusting the internal CA: Envoy presents the
+// policy's certificate and the request reaches the real server, verified
+// against the "public" CA.
+func TestWarddTLSFQDN(t *testing.T) {
+	testenv.RequireCommand(t, "openssl")
+	testenv.RequireCommand(t, "dig")
+	n := node.New(t,
+		node.PodSpec{Name: "kube-dns", Labels: map[string]string{"k8s-app": "kube-dns"}},
+		node.PodSpec{Name: "mediabot", Labels: map[string]string{"class": "mediabot", "org": "empire"}},
+		node.PodSpec{Name: "httpbin", Labels: map[string]string{"app": "httpbin"}, Unmanaged: true})
+	hb, kd := n.Pods["httpbin"], n.Pods["kube-dns"]
+	pki := t.TempDir()
+	internalCA, internalKey := tlsCA(t, pki, "myCA")
+	publicCA, publicKey := tlsCA(t, pki, "public-ca")
+	interceptCrt, interceptKey := tlsLeaf(t, pki, "internal-httpbin", internalCA, internalKey, "httpbin.ward.test")
+	serverCrt, serverKey := tlsLeaf(t, pki, "server", publicCA, publicKey, "httpbin.ward.test")
+	serveTLS(t, hb, serverCrt, serverKey)
+	cdns.StartUnbound(t, cdns.Zone{Origin: "ward.test.", Body: `@ IN SOA ns.ward.test. admin.ward.test. 1 3600 600 86400 60
+@ IN NS ns.ward.test.
+ns IN A 192.0.2.53
+httpbin IN A ` + hb.IP.String() + `
+`}, cdns.UnboundConfig{Addr: netip.AddrPortFrom(kd.IP, 53), Wrap: []string{"ip", "netns", "exec", kd.NetNS}})
+	n.Config.SecretsDir = t.TempDir()
+	if err := secrets.Write(n.Config.SecretsDir, secrets.Ref{Namespace: "kube-system", Name: "httpbin-tls-data"}, map[string][]byte{"tls.crt": interceptCrt, "tls.key": interceptKey}); err != nil {
+		t.Fatal(err)
+	}
+	if err := secrets.Write(n.Config.SecretsDir, secrets.Ref{Namespace: "kube-system", Name: "tls-orig-data"}, map[string][]byte{"ca.crt": readFile(t, publicCA)}); err != nil {
+		t.Fatal(err)
+	}
+	n.Config.Datapath.TLSIngressPort, n.Config.Datapath.EgressTLSBasePort = uint16(node.FreePort(t)), uint16(node.FreePort(t))
+	n.WritePolicy(t, "tls.yaml", tlsFQDNPolicy)
+	n.Start(t, 29600, 9296)
+
+	c, stop := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer stop()
+	curl := func() string {
+		return n.Curl(c, "mediabot", "-w", " %{http_code}", "--cacert", internalCA,
+			"--resolve", "httpbin.ward.test:443:"+hb.IP.String(), "https://httpbin.ward.test/anything")
+	}
+	if got := curl(); got != "error" {
+		t.Errorf("before resolution: curl https://httpbin.ward.test = %q; want dropped (no toFQDNs address yet)", got)
+	}
+	node.Eventually(t, "the DNS proxy to answer for httpbin.ward.test", func() bool {
+		out, _ := n.Pods["mediabot"].Run(c, "dig", "@"+kd.IP.String(), "+tries=1", "+time=2", "httpbin.ward.test.")
+		r := cdns.ParseDig(out)
+		return r.Status == "NOERROR" && len(r.IPs()) == 1
+	})
+	if got := curl(); got != "httpbin /anything sni=httpbin.ward.test 200" {
+		t.Errorf("after resolution: curl https://httpbin.ward.test/anything = %q; want the server's answer through the interception", got)
+	}
+	if crt := sClient(c, n, "mediabot", hb.IP, "443", "httpbin.ward.test"); crt == nil || crt.SerialNumber.String() != serial(t, interceptCrt) {
+		t.Errorf("s_client httpbin.ward.test:443 certificate = %v; want the policy's internal-httpbin certificate", crt)
 	}
 }
