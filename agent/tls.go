@@ -41,6 +41,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"sync"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -99,6 +100,8 @@ type tlsPolicy struct {
 	base xds.EnvoyResources // the static and datapath resources; set before the first Apply
 	last *State
 	sent xds.EnvoyResources // the TLS part last published
+	// warned is the last overlap warning logged (logged once per change).
+	warned string
 }
 
 var _ Consumer = (*tlsPolicy)(nil)
@@ -213,6 +216,7 @@ type tlsScope struct {
 	chains   []tlsChain
 	clusters map[string]types.Resource
 	orig     map[string]string // originating cluster name by CA and client certificate
+	warnings []string          // rules the chains enforce more loosely than written
 }
 
 // build returns the TLS listeners, clusters and secrets of st, and one
@@ -262,7 +266,9 @@ func (t *tlsPolicy) build(st *State) (xds.EnvoyResources, error) {
 			}
 		}
 	}
+	var warnings []string
 	for _, sc := range scopes {
+		warnings = append(warnings, sc.warnings...)
 		var chains []xds.PolicyTLSChain
 		for _, c := range sc.chains {
 			switch {
@@ -293,6 +299,12 @@ func (t *tlsPolicy) build(st *State) (xds.EnvoyResources, error) {
 		sort.Strings(names)
 		for _, n := range names {
 			res.Clusters = append(res.Clusters, sc.clusters[n])
+		}
+	}
+	if w := strings.Join(warnings, "; "); w != t.warned {
+		t.warned = w
+		if w != "" {
+			t.log.Warn("tls policy enforced more loosely than written", "rules", w)
 		}
 	}
 	return res, errors.Join(errs...)
@@ -386,6 +398,40 @@ func (sc *tlsScope) add(dp *policy.DirectionPolicy, ips []string, errs *[]error)
 			}
 			sc.chains = append(sc.chains, c)
 		}
+		if w := overlapWarning(lp); w != "" {
+			sc.warnings = append(sc.warnings, fmt.Sprintf("%s port %d: %s", sc.listener, lp.Port, w))
+		}
 	}
 	return reqs
+}
+
+// overlapWarning names what the chains of one port cannot tell apart (see
+// the package comment's limits), or "".
+func overlapWarning(lp *policy.L7Port) string {
+	var intercept, pass []*policy.L7Selection
+	for _, s := range lp.Selections {
+		switch {
+		case s.TerminatingTLS != nil:
+			intercept = append(intercept, s)
+		case s.OriginatingTLS == nil && len(s.ServerNames) > 0:
+			pass = append(pass, s)
+		}
+	}
+	names := func(s *policy.L7Selection) string { return strings.Join(s.ServerNames, ",") }
+	remotes := func(s *policy.L7Selection) string { return fmt.Sprint(s.Wildcard, s.Remotes) }
+	for i, a := range intercept {
+		for _, b := range intercept[i+1:] {
+			if names(a) != names(b) && (!a.AllowAll || !b.AllowAll) {
+				return fmt.Sprintf("the HTTP rules for server names [%s] and [%s] apply to both (ward.http does not select rules by SNI)", names(a), names(b))
+			}
+		}
+	}
+	for i, a := range pass {
+		for _, b := range pass[i+1:] {
+			if names(a) != names(b) && remotes(a) != remotes(b) {
+				return fmt.Sprintf("server names [%s] and [%s] are allowed to the remotes of both (chains select by SNI, not by remote)", names(a), names(b))
+			}
+		}
+	}
+	return ""
 }

@@ -196,3 +196,33 @@ func TestTLSPort(t *testing.T) {
 		t.Errorf("an endpoint without egress listeners is proxied to %d; want 0 (dropped)", got)
 	}
 }
+
+func TestOverlapWarning(t *testing.T) {
+	term := &policy.TLSContext{Secret: &policy.Secret{Namespace: "ns", Name: "s"}}
+	for _, tc := range []struct {
+		name string
+		sels []*policy.L7Selection
+		want string
+	}{
+		{name: "one interception", sels: []*policy.L7Selection{{Wildcard: true, ServerNames: []string{"a"}, TerminatingTLS: term}}},
+		{name: "two interceptions allowing all", sels: []*policy.L7Selection{
+			{Wildcard: true, ServerNames: []string{"a"}, TerminatingTLS: term, AllowAll: true},
+			{Wildcard: true, ServerNames: []string{"b"}, TerminatingTLS: term, AllowAll: true}}},
+		{name: "two interceptions with rules", sels: []*policy.L7Selection{
+			{Wildcard: true, ServerNames: []string{"a"}, TerminatingTLS: term},
+			{Wildcard: true, ServerNames: []string{"b"}, TerminatingTLS: term, AllowAll: true}}, want: "ward.http does not select rules by SNI"},
+		{name: "pass-through, same remotes", sels: []*policy.L7Selection{
+			{Remotes: []policy.NumericIdentity{7}, ServerNames: []string{"a"}},
+			{Remotes: []policy.NumericIdentity{7}, ServerNames: []string{"b"}}}},
+		{name: "pass-through, other remotes", sels: []*policy.L7Selection{
+			{Remotes: []policy.NumericIdentity{7}, ServerNames: []string{"a"}},
+			{Remotes: []policy.NumericIdentity{8}, ServerNames: []string{"b"}}}, want: "not by remote"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := overlapWarning(&policy.L7Port{Port: 443, Selections: tc.sels})
+			if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {
+				t.Errorf("overlapWarning = %q; want %q", got, tc.want)
+			}
+		})
+	}
+}
