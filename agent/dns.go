@@ -30,6 +30,9 @@ type dnsGlue struct {
 	// proxy's UpdateTimeout, set by newDNSProxy) for Envoy to apply it.
 	hosts   *policyResources
 	ackWait time.Duration
+	// inUse tells whether an endpoint address still has a live flow to an
+	// IP (the datapath's conntrack); nil: none known.
+	inUse func(src, dst netip.Addr) (bool, error)
 
 	mu    sync.Mutex
 	snap  *policy.Snapshot
@@ -209,6 +212,31 @@ func (g *dnsGlue) syncSelectors(st *State) {
 	g.lastSel = key.String()
 }
 
+// InUse implements dns.ConnTracker with the datapath's conntrack: an
+// expired FQDN IP that one of the endpoint's addresses still has a live
+// flow with is kept (a zombie), so the flow and new connections to the
+// name keep working as in Cilium.
+func (g *dnsGlue) InUse(endpoint uint64, ip netip.Addr) bool {
+	w, ok := g.e.wl.Load().byID[endpoint]
+	if !ok {
+		return false
+	}
+	for _, a := range w.Addrs {
+		live, err := g.inUse(a, ip.Unmap())
+		if err != nil {
+			// Unknown: keep the IP rather than cut a connection.
+			g.log.Warn("conntrack lookup", "error", err)
+			return true
+		}
+		if live {
+			return true
+		}
+	}
+	return false
+}
+
+var _ dns.ConnTracker = (*dnsGlue)(nil)
+
 // newDNSProxy builds the transparent DNS proxy of the datapath mode with
 // the node config's tunables (Config.DNS); the listeners and the state file
 // are the agent's, whatever tun says.
@@ -223,8 +251,11 @@ func newDNSProxy(g *dnsGlue, ipc ipcache.Handle, tun dns.Config, port uint16, st
 	if g.hosts != nil {
 		g.hosts.fqdn = ipc.Claims
 	}
-	px, err := dns.New(cfg,
-		dns.Deps{Endpoints: g, Rules: g, IPCache: fqdnClaims{Handle: ipc, g: g}, Identities: g, Policy: g, Logger: log, Flows: g.flows})
+	deps := dns.Deps{Endpoints: g, Rules: g, IPCache: fqdnClaims{Handle: ipc, g: g}, Identities: g, Policy: g, Logger: log, Flows: g.flows}
+	if g.inUse != nil {
+		deps.Conns = g
+	}
+	px, err := dns.New(cfg, deps)
 	if err != nil {
 		return nil, err
 	}
