@@ -8,12 +8,14 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -234,6 +236,36 @@ func TestWarddTLS(t *testing.T) {
 		}
 	})
 	t.Run("rotation", func(t *testing.T) {
+		// A keep-alive connection from the client pod, established before
+		// the rotation.
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(readFile(t, internalCA))
+		var dials atomic.Int64
+		tr := &http.Transport{
+			TLSClientConfig: &tls.Config{RootCAs: pool},
+			DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+				dials.Add(1)
+				return n.Pods["client"].Dial(ctx, network, netip.AddrPortFrom(world.IP, 443).String())
+			},
+			MaxIdleConnsPerHost: 1,
+			IdleConnTimeout:     10 * time.Minute,
+		}
+		defer tr.CloseIdleConnections()
+		get := func() (string, string) {
+			t.Helper()
+			req, _ := http.NewRequestWithContext(c, "GET", "https://api.ward.test/public/keepalive", nil)
+			resp, err := tr.RoundTrip(req)
+			if err != nil {
+				t.Fatalf("GET over the keep-alive connection: %v", err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return fmt.Sprintf("%s %d", b, resp.StatusCode), resp.TLS.PeerCertificates[0].SerialNumber.String()
+		}
+		body, before := get()
+		if body != "world /public/keepalive sni=api.ward.test 200" || before != serial(t, interceptCrt) {
+			t.Fatalf("before rotation: %q, certificate serial %s; want 200 and the first certificate", body, before)
+		}
 		crt, key := tlsLeaf(t, pki, "intercept-rotated", internalCA, internalKey, "api.ward.test")
 		if err := secrets.Write(n.Config.SecretsDir, term, map[string][]byte{"tls.crt": crt, "tls.key": key}); err != nil {
 			t.Fatal(err)
@@ -245,6 +277,11 @@ func TestWarddTLS(t *testing.T) {
 		})
 		if got := curl("/public/y"); got != "world /public/y sni=api.ward.test 200" {
 			t.Errorf("curl after rotation = %q; want 200 from the world server", got)
+		}
+		// The established connection was not drained: same connection,
+		// still the old certificate.
+		if body, after := get(); body != "world /public/keepalive sni=api.ward.test 200" || after != before || dials.Load() != 1 {
+			t.Errorf("keep-alive request after rotation: %q, serial %s, %d dials; want 200 on the first connection (serial %s, 1 dial)", body, after, dials.Load(), before)
 		}
 	})
 }
