@@ -51,7 +51,6 @@ func nodeClaims(remote []netip.Prefix) (map[netip.Prefix]uint32, error) {
 		out[p] = uint32(policy.IdentityRemoteNode)
 	}
 	host, err := hostAddrs()
-	host = nil // REVERT-CHECK
 	for _, a := range host {
 		out[netip.PrefixFrom(a, a.BitLen())] = uint32(policy.IdentityHost)
 	}
