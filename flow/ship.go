@@ -3,7 +3,6 @@ package flow
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"sync/atomic"
@@ -99,6 +98,7 @@ func (s *Shipper) runOnce(ctx context.Context) (err error) {
 	backoff := 50 * time.Millisecond
 	var bw *bufio.Writer
 	var b Batch
+	var line []byte
 	reported := s.reported.Load()
 	for {
 		var first *Record
@@ -135,14 +135,9 @@ func (s *Shipper) runOnce(ctx context.Context) (err error) {
 		}
 		cur := s.dropped.Load()
 		b.Dropped = cur - reported
-		line, err := json.Marshal(&b)
-		if err != nil {
-			s.dropped.Add(uint64(len(b.Records)))
-			continue
-		}
+		line = append(b.AppendJSON(line[:0]), '\n')
 		_ = conn.SetWriteDeadline(time.Now().Add(timeout))
 		bw.Write(line)
-		bw.WriteByte('\n')
 		if err := bw.Flush(); err != nil {
 			s.dropped.Add(uint64(len(b.Records)))
 			return fmt.Errorf("flow shipper: write %s: %w", s.Path, err)
