@@ -284,6 +284,18 @@ func TestWarddTLS(t *testing.T) {
 			t.Errorf("keep-alive request after rotation: %q, serial %s, %d dials; want 200 on the first connection (serial %s, 1 dial)", body, after, dials.Load(), before)
 		}
 	})
+	t.Run("a removed secret fails its rule closed, the others keep working", func(t *testing.T) {
+		if err := os.RemoveAll(filepath.Join(n.Config.SecretsDir, term.Namespace, term.Name)); err != nil {
+			t.Fatal(err)
+		}
+		node.Eventually(t, "the interception rule to be left out", func() bool { return sClient("443", "api.ward.test") == nil })
+		if crt := sClient("8443", "pass.ward.test"); crt == nil || crt.SerialNumber.String() != serial(t, serverCrt) {
+			t.Errorf("s_client :8443 pass.ward.test certificate = %v; want the server's own (pass-through unaffected)", crt)
+		}
+		if got := n.Curl(c, "client", "-w", " %{http_code}", "--resolve", "api.ward.test:9443:"+world.IP.String(), "http://api.ward.test:9443/public/z"); got != "world /public/z sni=api.ward.test 200" {
+			t.Errorf("curl http://api.ward.test:9443/public/z = %q; want 200 (its secret is still there)", got)
+		}
+	})
 }
 
 const tlsIngressPolicy = `apiVersion: cilium.io/v2
