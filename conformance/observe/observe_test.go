@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -393,4 +394,86 @@ next:
 		return m.GetGauge().GetValue()
 	}
 	return -1
+}
+
+// TestFlowsWithoutWardd: with wardd stopped (Envoy left running, as in a
+// rolling restart) requests keep being decided at once; the filters'
+// records are dropped and counted, and the next wardd hears of the loss:
+// every record of the downtime is either in its ring or counted lost.
+func TestFlowsWithoutWardd(t *testing.T) {
+	n := node.New(t,
+		node.PodSpec{Name: "deathstar", Labels: map[string]string{"org": "empire", "class": "deathstar"}},
+		node.PodSpec{Name: "tiefighter", Labels: map[string]string{"org": "empire", "class": "tiefighter"}})
+	n.Serve(t, "deathstar", deathstar.New(), ":80")
+	b, err := os.ReadFile(filepath.Join(testenv.Root(t), "examples/deathstar/l7/sw_l3_l4_l7_policy.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.WritePolicy(t, "deathstar.yaml", string(b))
+	n.Config.Envoy.KeepRunning = true
+	t.Cleanup(func() { stopEnvoy(filepath.Join(n.StateDir, "envoy.pid")) }) // after the agent's cleanup
+	n.Start(t, 41100, 9411)
+	c, stop := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer stop()
+	url := "http://" + n.Pods["deathstar"].IP.String()
+	put := func(path string) string {
+		return n.Curl(c, "tiefighter", "-X", "PUT", "-w", " %{http_code}", url+path)
+	}
+	node.Eventually(t, "Envoy to deny tiefighter's PUT", func() bool { return put("/v1/exhaust-port") == "Access denied 403" })
+	node.Eventually(t, "the PUT in the flow ring", func() bool { return n.Agent.Flows().Seen() > 0 })
+
+	n.Stop(t)
+	const down = 20
+	for i := range down {
+		if got := put(fmt.Sprintf("/v1/down-%d", i)); got != "Access denied 403" {
+			t.Fatalf("PUT %d with wardd stopped = %q; want Access denied 403", i, got)
+		}
+	}
+	n.Start(t, 41100, 9411)
+	hub := n.Agent.Flows()
+	server := "unix://" + filepath.Join(n.StateDir, "hubble.sock")
+	hubble := testenv.File(t, "build/bin/hubble", "run scripts/setup.d/70-hubble.sh (builds the hubble CLI from tools/hubble)")
+	var fs []*hubbleFlow
+	node.Eventually(t, "a request after the restart in the new ring", func() bool {
+		put("/v1/after")
+		out, err := exec.CommandContext(c, hubble, "observe", "--server", server, "-o", "json", "--last", "1000", "--http-method", "PUT").Output()
+		if err != nil {
+			t.Logf("hubble observe: %v", err)
+			return false
+		}
+		fs = parseFlows(t, out)
+		for _, f := range fs {
+			if strings.HasSuffix(f.Flow.L7.HTTP.URL, "/v1/after") {
+				return true
+			}
+		}
+		return false
+	})
+	shipped := 0
+	for _, f := range fs {
+		if strings.Contains(f.Flow.L7.HTTP.URL, "/v1/down-") {
+			shipped++
+		}
+	}
+	t.Logf("downtime records: %d lost, %d shipped after the restart", hub.Lost(), shipped)
+	if lost := hub.Lost(); lost == 0 || int(lost)+shipped != down {
+		t.Errorf("downtime records: %d lost + %d in the ring; want %d, some lost", lost, shipped, down)
+	}
+}
+
+// stopEnvoy stops the Envoy a KeepRunning agent left (its pid file).
+func stopEnvoy(pidFile string) {
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		return
+	}
+	var pid int
+	if _, err := fmt.Sscanf(string(b), "%d", &pid); err != nil || pid <= 0 {
+		return
+	}
+	_ = syscall.Kill(pid, syscall.SIGTERM)
+	for i := 0; i < 100 && syscall.Kill(pid, 0) == nil; i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
 }
