@@ -18,6 +18,7 @@ commands:
   policy validate FILE|DIR...          check policies, exit 1 on errors
   policy test --policy P --flows F     evaluate flows offline
   status                               show the node agent's state
+  monitor [--last N] [--follow]        show the node's flows (Hubble's Observer API)
   fqdn cache list | fqdn names         show the DNS proxy's FQDN cache
   bpf cleanup                          remove ward's BPF programs and maps
 `
@@ -32,6 +33,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runPolicy(args[1:], stdout, stderr)
 	case "status":
 		return runStatus(args[1:], stdout, stderr)
+	case "monitor":
+		return runMonitor(args[1:], stdout, stderr)
 	case "fqdn":
 		return runFQDN(args[1:], stdout, stderr)
 	case "bpf":
