@@ -3,8 +3,9 @@
 // true to the code:
 //
 //   - every YAML or JSON block carries a tag after its language: a block
-//     tagged node-config loads with agent.LoadConfig, one tagged policy
-//     parses with policy.Parse, without error;
+//     tagged node-config loads with agent.LoadConfig, one tagged endpoint
+//     (an endpointsDir file) decodes strictly and validates, one tagged
+//     policy parses with policy.Parse, without error;
 //   - every field of the node configuration and every wardd flag is in
 //     node-config.md;
 //   - run-without-kubernetes.md is run for real: its `sh walkthrough`

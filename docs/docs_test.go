@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"sigs.k8s.io/yaml"
+
 	"github.com/wardproxy/ward/agent"
 	"github.com/wardproxy/ward/filters/dns"
 	"github.com/wardproxy/ward/internal/testenv"
@@ -81,6 +83,12 @@ func blocks(t *testing.T, page string) []block {
 	return out
 }
 
+func strictJSON(js []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
+}
+
 func pages(t *testing.T) []string {
 	t.Helper()
 	ps, err := filepath.Glob("*.md")
@@ -112,6 +120,28 @@ func TestExamplesParse(t *testing.T) {
 				if _, err := agent.LoadConfig(p); err != nil {
 					t.Errorf("%s: node config: %v", where, err)
 				}
+			case b.has("endpoint"):
+				// An endpointsDir file: one endpoint or a list.
+				js, err := yaml.YAMLToJSON([]byte(b.body))
+				if err != nil {
+					t.Errorf("%s: endpoint: %v", where, err)
+					continue
+				}
+				var eps []agent.Endpoint
+				if bytes.HasPrefix(bytes.TrimSpace(js), []byte("[")) {
+					err = strictJSON(js, &eps)
+				} else {
+					var ep agent.Endpoint
+					err = strictJSON(js, &ep)
+					eps = append(eps, ep)
+				}
+				if err == nil {
+					cfg := agent.Config{Endpoints: eps}
+					err = cfg.Validate()
+				}
+				if err != nil {
+					t.Errorf("%s: endpoint: %v", where, err)
+				}
 			case b.has("policy"):
 				ps, err := policy.Parse(where, []byte(b.body))
 				if err != nil {
@@ -120,7 +150,7 @@ func TestExamplesParse(t *testing.T) {
 					t.Errorf("%s: policy block holds no policy", where)
 				}
 			default:
-				t.Errorf("%s: %s block without a node-config or policy tag (the docs tests check tagged blocks only)", where, b.lang)
+				t.Errorf("%s: %s block without a node-config, endpoint or policy tag (the docs tests check tagged blocks only)", where, b.lang)
 			}
 		}
 	}
