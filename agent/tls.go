@@ -340,7 +340,7 @@ func (sc *tlsScope) add(dp *policy.DirectionPolicy, ips []string, errs *[]error)
 				if hasOrig {
 					c.ca = orig.TrustedCAName()
 					use := secrets.UseTrustedCA
-					oc := xds.OriginatingCluster{TrustedCA: c.ca}
+					oc := xds.OriginatingCluster{TrustedCA: c.ca, ALPN: true}
 					if s.OriginatingTLS.Certificate != "" {
 						// A client certificate only when the rule names its
 						// key: the CA bundle secret usually has none.
@@ -383,7 +383,7 @@ func (sc *tlsScope) add(dp *policy.DirectionPolicy, ips []string, errs *[]error)
 				}
 				c.chain.Cluster = sc.orig[key]
 				if _, ok := sc.clusters[c.chain.Cluster]; !ok {
-					cl, err := xds.OriginatingCluster{Name: c.chain.Cluster, TrustedCA: c.ca, AutoSNI: true}.Build()
+					cl, err := xds.OriginatingCluster{Name: c.chain.Cluster, TrustedCA: c.ca, AutoSNI: true, ALPN: true}.Build()
 					if err != nil {
 						*errs = append(*errs, fmt.Errorf("tls: %s: %w", where, err))
 						continue

@@ -320,8 +320,12 @@ type OriginatingCluster struct {
 	// requests (originatingTLS without terminatingTLS), which carry no
 	// ClientHello to take it from.
 	AutoSNI bool
-	// HTTP2 speaks h2 (ALPN h2) to the upstream; default HTTP/1.1.
+	// HTTP2 speaks h2 (ALPN h2) to the upstream; ALPN offers h2 and
+	// http/1.1 and speaks what the upstream picks (gRPC reaches a gRPC
+	// server as h2, any client reaches an HTTP/1.1-only server); default
+	// HTTP/1.1.
 	HTTP2 bool
+	ALPN  bool
 }
 
 // Build returns the Envoy cluster.
@@ -331,9 +335,9 @@ func (o OriginatingCluster) Build() (*cluster.Cluster, error) {
 	}
 	var c *cluster.Cluster
 	if o.Address == "" {
-		c = OriginalDstCluster(o.Name, o.HTTP2)
+		c = OriginalDstCluster(o.Name, false)
 	} else {
-		c = StaticCluster(o.Name, o.Address, o.Port, o.HTTP2)
+		c = StaticCluster(o.Name, o.Address, o.Port, false)
 	}
 	common := &tlsv3.CommonTlsContext{
 		ValidationContextType: &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{ValidationContextSdsSecretConfig: SDSRef(o.TrustedCA)},
@@ -356,37 +360,39 @@ func (o OriginatingCluster) Build() (*cluster.Cluster, error) {
 	if o.Certificate != "" {
 		common.TlsCertificateSdsSecretConfigs = []*tlsv3.SdsSecretConfig{SDSRef(o.Certificate)}
 	}
-	if o.HTTP2 {
+	// The connection pool is keyed by SNI/SAN (transport socket options),
+	// so upstreams of different names never share a connection.
+	opts := &upstreamhttp.HttpProtocolOptions{}
+	if o.AutoSNI {
+		opts.UpstreamHttpProtocolOptions = &core.UpstreamHttpProtocolOptions{AutoSni: true, AutoSanValidation: true}
+	}
+	switch {
+	case o.HTTP2:
 		common.AlpnProtocols = []string{"h2"}
-	} else {
+		opts.UpstreamProtocolOptions = &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig{
+			ProtocolConfig: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &core.Http2ProtocolOptions{}},
+		}}
+	case o.ALPN:
+		common.AlpnProtocols = []string{"h2", "http/1.1"}
+		opts.UpstreamProtocolOptions = &upstreamhttp.HttpProtocolOptions_AutoConfig{AutoConfig: &upstreamhttp.HttpProtocolOptions_AutoHttpConfig{
+			HttpProtocolOptions: &core.Http1ProtocolOptions{}, Http2ProtocolOptions: &core.Http2ProtocolOptions{},
+		}}
+	default:
 		common.AlpnProtocols = []string{"http/1.1"}
+		opts.UpstreamProtocolOptions = &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig{
+			ProtocolConfig: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig_HttpProtocolOptions{HttpProtocolOptions: &core.Http1ProtocolOptions{}},
+		}}
 	}
 	ts, err := transportSocket(&tlsv3.UpstreamTlsContext{CommonTlsContext: common, Sni: o.SNI})
 	if err != nil {
 		return nil, err
 	}
 	c.TransportSocket = ts
-	if c.TypedExtensionProtocolOptions == nil {
-		// Explicit HTTP/1.1; the connection pool is keyed by SNI/SAN
-		// (transport socket options), so upstreams of different names
-		// never share a connection.
-		var auto *core.UpstreamHttpProtocolOptions
-		if o.AutoSNI {
-			auto = &core.UpstreamHttpProtocolOptions{AutoSni: true, AutoSanValidation: true}
-		}
-		opts, err := anyOf(&upstreamhttp.HttpProtocolOptions{
-			UpstreamHttpProtocolOptions: auto,
-			UpstreamProtocolOptions: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig_{
-				ExplicitHttpConfig: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig{
-					ProtocolConfig: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig_HttpProtocolOptions{HttpProtocolOptions: &core.Http1ProtocolOptions{}},
-				},
-			},
-		})
-		if err != nil {
-			return nil, err
-		}
-		c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": opts}
+	a, err := anyOf(opts)
+	if err != nil {
+		return nil, err
 	}
+	c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": a}
 	return c, nil
 }
 

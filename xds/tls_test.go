@@ -234,6 +234,20 @@ func TestOriginatingClusterBuild(t *testing.T) {
 	if u := opts.GetUpstreamHttpProtocolOptions(); !u.GetAutoSni() || !u.GetAutoSanValidation() {
 		t.Errorf("upstream http protocol options = %v; want auto_sni and auto_san_validation", u)
 	}
+	// ALPN: h2 and http/1.1 offered, the protocol the upstream picks.
+	c, err = OriginatingCluster{Name: "alpn", TrustedCA: "ca", ALPN: true}.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := upstreamTLS(t, c).GetCommonTlsContext().GetAlpnProtocols(); strings.Join(got, ",") != "h2,http/1.1" {
+		t.Errorf("ALPN = %v; want h2,http/1.1", got)
+	}
+	if err := c.GetTypedExtensionProtocolOptions()["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].UnmarshalTo(&opts); err != nil {
+		t.Fatal(err)
+	}
+	if opts.GetAutoConfig() == nil {
+		t.Errorf("protocol options = %v; want auto_config", &opts)
+	}
 }
 
 func upstreamTLS(t *testing.T, c *cluster.Cluster) *tlsv3.UpstreamTlsContext {

@@ -144,11 +144,15 @@ func serveTLS(t *testing.T, pod *netns.Pod, crt, key []byte) {
 		}
 		srv := &http.Server{
 			Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/public/proto" {
+					fmt.Fprint(w, r.Proto)
+					return
+				}
 				fmt.Fprintf(w, "%s %s sni=%s", pod.Name, r.URL.Path, r.TLS.ServerName)
 			}),
 			ErrorLog: log.New(io.Discard, "", 0), // refused handshakes are expected
 		}
-		go srv.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{pair}}))
+		go srv.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{pair}, NextProtos: []string{"h2", "http/1.1"}}))
 		t.Cleanup(func() { srv.Close() })
 	}
 }
@@ -208,6 +212,17 @@ func TestWarddTLS(t *testing.T) {
 	t.Run("HTTP rules on the decrypted requests", func(t *testing.T) {
 		if got := curl("/private"); got != "Access denied 403" {
 			t.Errorf("curl https://api.ward.test/private = %q; want Access denied 403", got)
+		}
+	})
+	t.Run("upstream protocol by ALPN", func(t *testing.T) {
+		// The server offers h2: an h2 client (gRPC's transport) reaches
+		// it as h2, as does an HTTP/1.1 client.
+		for _, v := range []string{"--http2", "--http1.1"} {
+			got := n.Curl(c, "client", v, "-w", " %{http_code}", "--cacert", internalCA,
+				"--resolve", "api.ward.test:443:"+world.IP.String(), "https://api.ward.test/public/proto")
+			if got != "HTTP/2.0 200" {
+				t.Errorf("curl %s /public/proto = %q; want HTTP/2.0 200 (the protocol the server picked by ALPN)", v, got)
+			}
 		}
 	})
 	t.Run("the policy's certificate is presented", func(t *testing.T) {
