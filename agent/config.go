@@ -249,6 +249,12 @@ type DatapathConfig struct {
 	// have matched their packets to the proxy's socket and the forwarding
 	// path dropped them (bpf/redirect/README.md, "the hairpin").
 	DisableTCPEarlyDemux bool `json:"disableTCPEarlyDemux,omitempty"`
+	// Devices are the node's native devices (Cilium's devices option):
+	// the interfaces other nodes and the world reach the pods through. The
+	// datapath attaches to their tc ingress to hand the packets of L7
+	// ingress flows from off the node to the proxy before the stack's TCP
+	// early demux can drop them; the alternative to DisableTCPEarlyDemux.
+	Devices []string `json:"devices,omitempty"`
 	// RemoteNodes are the addresses (or prefixes) of the cluster's other
 	// nodes: in the ipcache they carry the remote-node identity
 	// (fromEntities: [remote-node]), as the node's own addresses carry the

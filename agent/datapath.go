@@ -95,6 +95,16 @@ func openDatapath(cfg DatapathConfig, log *slog.Logger) (*datapath, error) {
 		return nil, err
 	}
 	d.dp, d.undo = dp, undo
+	for i, name := range cfg.Devices {
+		ifc, err := net.InterfaceByName(name)
+		if err == nil {
+			err = dp.AttachDevice(ifc.Index)
+		}
+		if err != nil {
+			d.Close()
+			return nil, fmt.Errorf("datapath.devices[%d] %q: %w", i, name, err)
+		}
+	}
 	// Over pinned maps, what the previous run wrote is adopted so that it
 	// can be pruned once every owner has claimed its prefixes again.
 	d.ipc = ipcache.New(dp.IPCache())

@@ -95,12 +95,19 @@ func BenchmarkFromPod(b *testing.B) {
 		{"to_pod-established", tcpPacket(client, server, 40002, 80)},
 		// A new flow from the world, denied by the ingress policy.
 		{"to_pod-denied-new", tcpPacket(world, server, 40003, 80)},
+		// from_netdev (tc ingress of a native device): traffic for the
+		// host, and a pod's established flow that is not redirected.
+		{"from_netdev-host", tcpPacket(world, netip.MustParseAddr("192.0.2.254"), 40004, 22)},
+		{"from_netdev-pod-established", tcpPacket(client, server, 40002, 80)},
 	}...)
 	for _, tc := range cases {
 		b.Run(tc.name, func(b *testing.B) {
 			prog := d.objs.FromPod
-			if strings.HasPrefix(tc.name, "to_pod") {
+			switch {
+			case strings.HasPrefix(tc.name, "to_pod"):
 				prog = d.objs.ToPod
+			case strings.HasPrefix(tc.name, "from_netdev"):
+				prog = d.objs.FromNetdev
 			}
 			if _, _, err := prog.Test(tc.pkt); err != nil {
 				b.Fatal(err)

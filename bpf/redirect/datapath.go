@@ -14,6 +14,7 @@
 //	d.SetPolicy(epID, entries)                   // before enforcing; on an error other than ErrPolicyMapFull
 //	  // (which locks down by itself): d.Lockdown(epID)
 //	d.AddEndpoint(redirect.Endpoint{ID, IP, IfIndex, Identity, EnforceIngress, EnforceEgress})
+//	d.AttachDevice(ifindex)                      // each native device (L7 ingress from off the node)
 //	d.GC()                                       // every CTGCInterval: frees expired conntrack entries
 //	d.RemoveEndpoint(epID)
 //	d.AddCgroupEndpoint(redirect.CgroupEndpoint{ID, CgroupPath, Identity, EnforceEgress}) // socket-level mode
@@ -67,7 +68,9 @@
 //     (another node, the world, the host) is hairpinned: to_pod marks it and
 //     redirects it to the ingress of the same veth, where from_pod assigns
 //     it to the proxy (README.md, "the hairpin"). AddEndpoint sets the
-//     veth's accept_local for it.
+//     veth's accept_local for it; AttachDevice puts from_netdev on a native
+//     device, which assigns such a flow's later packets from off the node
+//     before the stack's TCP early demux would drop them.
 //
 // README.md beside this file lists the maps and what the proxy must do.
 package redirect

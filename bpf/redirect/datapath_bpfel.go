@@ -117,6 +117,7 @@ const (
 	datapathMapWardMetrics   = "ward_metrics"
 	datapathMapWardPolicy    = "ward_policy"
 	datapathMapWardPolicyRev = "ward_policy_rev"
+	datapathProgFromNetdev   = "from_netdev"
 	datapathProgFromPod      = "from_pod"
 	datapathProgToPod        = "to_pod"
 )
@@ -163,8 +164,9 @@ type datapathSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathProgramSpecs struct {
-	FromPod *ebpf.ProgramSpec `ebpf:"from_pod"`
-	ToPod   *ebpf.ProgramSpec `ebpf:"to_pod"`
+	FromNetdev *ebpf.ProgramSpec `ebpf:"from_netdev"`
+	FromPod    *ebpf.ProgramSpec `ebpf:"from_pod"`
+	ToPod      *ebpf.ProgramSpec `ebpf:"to_pod"`
 }
 
 // datapathMapSpecs contains maps before they are loaded into the kernel.
@@ -237,12 +239,14 @@ type datapathVariables struct {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathPrograms struct {
-	FromPod *ebpf.Program `ebpf:"from_pod"`
-	ToPod   *ebpf.Program `ebpf:"to_pod"`
+	FromNetdev *ebpf.Program `ebpf:"from_netdev"`
+	FromPod    *ebpf.Program `ebpf:"from_pod"`
+	ToPod      *ebpf.Program `ebpf:"to_pod"`
 }
 
 func (p *datapathPrograms) Close() error {
 	return _DatapathClose(
+		p.FromNetdev,
 		p.FromPod,
 		p.ToPod,
 	)

@@ -329,11 +329,16 @@ func acceptLocal(ifindex int) error {
 }
 
 func (d *Datapath) attach(ifindex int, ingress bool) error {
-	name := linkName(ifindex, ingress)
 	prog, at := d.objs.FromPod, ebpf.AttachTCXIngress
 	if !ingress {
 		prog, at = d.objs.ToPod, ebpf.AttachTCXEgress
 	}
+	return d.attachTCX(linkName(ifindex, ingress), ifindex, prog, at)
+}
+
+// attachTCX attaches prog to the interface under the pinned link name, or
+// swaps it into the existing link. Called with d.mu.
+func (d *Datapath) attachTCX(name string, ifindex int, prog *ebpf.Program, at ebpf.AttachType) error {
 	if l, ok := d.links[name]; ok {
 		if err := l.Update(prog); err != nil {
 			return fmt.Errorf("update tcx link %s: %w", name, err)

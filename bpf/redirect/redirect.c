@@ -18,6 +18,12 @@
 //             redirected (bpf_redirect BPF_F_INGRESS) to the ingress of
 //             the same host-side veth, where from_pod sees the mark first
 //             and does the bpf_sk_assign tc egress cannot do.
+//   from_netdev tc ingress of the node's native devices (optional): the
+//             later packets of such a flow from another node or the world
+//             are assigned to the proxy's socket right there, before the
+//             stack's TCP early demux would match them to that socket and
+//             the forwarding path drop them. Everything else passes
+//             untouched.
 //
 // Map layouts are mirrored in Go (bpf/redirect/maps.go); change both.
 // Byte orders: addresses and CT ports are network order as on the wire;
@@ -779,6 +785,59 @@ int to_pod(struct __sk_buff *skb)
 	}
 	ct_create(&p, VERDICT_ALLOW, 0, src_id, rev, now);
 	return PASS((ep->flags & EP_ENFORCE_INGRESS) ? R_PASS_ALLOWED : R_PASS_NOT_ENFORCED);
+}
+
+SEC("tc")
+int from_netdev(struct __sk_buff *skb)
+{
+	const int dir = DIR_INGRESS;
+	struct pkt p = {};
+	// Not IP, or not parsed: not ours to judge here (the host's traffic).
+	if (parse(skb, &p) != R_MAX || p.t.proto != IPPROTO_TCP)
+		return TC_ACT_OK;
+	if (!endpoint_of6(p.t.family, p.t.daddr))
+		return TC_ACT_OK;
+	ct_canon(&p);
+	struct ct_value *ct = bpf_map_lookup_elem(&ward_ct, &p.ck);
+	// Only an established redirected flow from off the node, as to_pod
+	// decided it under the current policy; to_pod decides anything else
+	// (a new flow, a policy change) and hairpins it.
+	if (!ct || ct->verdict != VERDICT_REDIRECT || ct_is_reply(&p, ct) || ct->policy_rev != policy_rev())
+		return TC_ACT_OK;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	ct = ct_lookup(&p, now);
+	if (!ct)
+		return TC_ACT_OK;
+	struct bpf_sock_tuple tup = {};
+	__u32 tlen;
+	if (p.t.family == AF_INET6) {
+		__builtin_memcpy(tup.ipv6.saddr, p.t.saddr, 16);
+		__builtin_memcpy(tup.ipv6.daddr, p.t.daddr, 16);
+		tup.ipv6.sport = p.t.sport;
+		tup.ipv6.dport = p.t.dport;
+		tlen = sizeof(tup.ipv6);
+	} else {
+		tup.ipv4.saddr = p.t.saddr[0];
+		tup.ipv4.daddr = p.t.daddr[0];
+		tup.ipv4.sport = p.t.sport;
+		tup.ipv4.dport = p.t.dport;
+		tlen = sizeof(tup.ipv4);
+	}
+	// The proxy's accepted socket for the flow (the pod's own sockets are
+	// in the pod's namespace, never found here).
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &tup, tlen, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return TC_ACT_OK;
+	if (sk->state == BPF_TCP_LISTEN) {
+		bpf_sk_release(sk);
+		return TC_ACT_OK;
+	}
+	long err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	if (err)
+		return TC_ACT_OK;
+	skb->mark = MARK_TO_PROXY;
+	return PASS(R_REDIRECT);
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";

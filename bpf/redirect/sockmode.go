@@ -66,6 +66,8 @@ func (d *Datapath) progForLink(name string) *ebpf.Program {
 		return d.objs.FromPod
 	case "egress":
 		return d.objs.ToPod
+	case netdevHook:
+		return d.objs.FromNetdev
 	case proxyHook.name:
 		return proxyHook.prog(&d.sock.sockPrograms)
 	}

@@ -39,9 +39,9 @@ type cluster struct {
 // newCluster builds the nodes (one per pod list) and wires them: native
 // devices on the underlay, routes to each other's pods, each agent told
 // the other nodes' pods as remote endpoints (after the local ones are
-// known, before Start). Each agent turns TCP early demux off in its node
-// (datapath.disableTCPEarlyDemux: the off-node ingress hairpin needs it,
-// bpf/redirect/README.md).
+// known, before Start). Each agent's datapath attaches to its node's
+// native device (datapath.devices: eth0), where the later packets of L7
+// ingress flows from off the node go to the proxy (bpf/redirect/README.md).
 func newCluster(t *testing.T, pods ...[]node.PodSpec) *cluster {
 	t.Helper()
 	c := &cluster{}
@@ -56,7 +56,7 @@ func newCluster(t *testing.T, pods ...[]node.PodSpec) *cluster {
 		if _, err := netns.Connect(n.Topo.Host(), c.underlay, fmt.Sprintf("n%d", i), netip.PrefixFrom(addr, 24)); err != nil {
 			t.Fatal(err)
 		}
-		n.Config.Datapath.DisableTCPEarlyDemux = true
+		n.Config.Datapath.Devices = []string{"eth0"}
 		c.addrs = append(c.addrs, addr)
 	}
 	c.worldIP = netip.MustParseAddr("172.31.0.100")
