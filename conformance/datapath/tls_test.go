@@ -338,11 +338,23 @@ spec:
     toPorts:
     - ports: [{port: "8443", protocol: TCP}]
       serverNames: [pass.ward.test]
+  - fromEndpoints:
+    - matchLabels: {app: client}
+    toPorts:
+    - ports: [{port: "8080", protocol: TCP}]
+      terminatingTLS:
+        secret: {name: api-intercept}
+      rules:
+        http:
+        - method: GET
+          path: "/public.*"
 `
 
 // TestWarddTLSIngress: the same rules on the server's ingress (the
 // secrets in the policy's namespace): the shared ingress TLS listener
-// intercepts 443 for the api pod and passes 8443 through by SNI.
+// intercepts 443 for the api pod, passes 8443 through by SNI, and
+// terminates TLS for the pod's plain HTTP server on 8080 (terminatingTLS
+// alone).
 func TestWarddTLSIngress(t *testing.T) {
 	testenv.RequireCommand(t, "openssl")
 	n := node.New(t,
@@ -355,6 +367,9 @@ func TestWarddTLSIngress(t *testing.T) {
 	interceptCrt, interceptKey := tlsLeaf(t, pki, "intercept", internalCA, internalKey, "api.ward.test")
 	serverCrt, serverKey := tlsLeaf(t, pki, "server", publicCA, publicKey, "api.ward.test", "pass.ward.test", "other.ward.test")
 	serveTLS(t, api, serverCrt, serverKey)
+	n.Serve(t, "api", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "plain %s tls=%v", r.URL.Path, r.TLS != nil)
+	}), ":8080")
 	n.Config.SecretsDir = t.TempDir()
 	if err := secrets.Write(n.Config.SecretsDir, secrets.Ref{Namespace: "default", Name: "api-intercept"}, map[string][]byte{"tls.crt": interceptCrt, "tls.key": interceptKey}); err != nil {
 		t.Fatal(err)
@@ -380,6 +395,13 @@ func TestWarddTLSIngress(t *testing.T) {
 	}
 	if crt := sClient(c, n, "client", api.IP, "443", "api.ward.test"); crt == nil || crt.SerialNumber.String() != serial(t, interceptCrt) {
 		t.Errorf("s_client :443 api.ward.test certificate = %v; want the terminatingTLS secret's", crt)
+	}
+	for path, want := range map[string]string{"/public/t": "plain /public/t tls=false 200", "/private": "Access denied 403"} {
+		got := n.Curl(c, "client", "-w", " %{http_code}", "--cacert", internalCA,
+			"--resolve", "api.ward.test:8080:"+api.IP.String(), "https://api.ward.test:8080"+path)
+		if got != want {
+			t.Errorf("curl https://api.ward.test:8080%s = %q; want %q (TLS terminated by Envoy, plain HTTP to the pod)", path, got, want)
+		}
 	}
 	if crt := sClient(c, n, "client", api.IP, "8443", "pass.ward.test"); crt == nil || crt.SerialNumber.String() != serial(t, serverCrt) {
 		t.Errorf("s_client :8443 pass.ward.test certificate = %v; want the server's own", crt)
