@@ -3,11 +3,15 @@
 package monitor
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/netip"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/wardproxy/ward/flow"
+	"github.com/wardproxy/ward/internal/testenv"
 )
 
 var (
@@ -307,5 +312,52 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestHubbleCLI: the real hubble CLI (build/bin/hubble) reads the ring
+// through the Observer socket: observe with a filter, and status.
+func TestHubbleCLI(t *testing.T) {
+	hubble := testenv.File(t, "build/bin/hubble", "run scripts/setup.d/70-hubble.sh (builds the hubble CLI from tools/hubble)")
+	h := NewHub("node1", 8, starWars, nil)
+	s, _ := serve(t, h)
+	h.Emit(httpRecord(tiefighterIP, "POST", "/v1/request-landing", flow.Allowed))
+	h.Emit(httpRecord(tiefighterIP, "PUT", "/v1/exhaust-port", flow.Denied))
+	h.Emit(&flow.Record{Time: time.Now(), Direction: flow.Egress, Verdict: flow.Denied, Proto: "kafka",
+		Source: flow.Endpoint{IP: xwingIP, Port: 40001}, Destination: flow.Endpoint{IP: deathstarIP, Port: 9092},
+		Kafka: &flow.Kafka{APIKey: 0, APIKeyName: "Produce", APIVersion: 9, CorrelationID: 4, Topics: []string{"deathstar-plans"}, ErrorCode: 29}})
+	server := "unix://" + s.HubbleSocket
+	out, err := exec.Command(hubble, "observe", "--server", server, "-o", "json", "--last", "10", "--protocol", "kafka").CombinedOutput()
+	if err != nil {
+		t.Fatalf("hubble observe: %v\n%s", err, out)
+	}
+	var got struct {
+		Flow struct {
+			Verdict string `json:"verdict"`
+			L7      struct {
+				Kafka struct {
+					APIKey    string `json:"api_key"`
+					Topic     string `json:"topic"`
+					ErrorCode int    `json:"error_code"`
+				} `json:"kafka"`
+			} `json:"l7"`
+			Source struct {
+				PodName string `json:"pod_name"`
+			} `json:"source"`
+		} `json:"flow"`
+	}
+	if err := json.Unmarshal(bytes.TrimSpace(out), &got); err != nil {
+		t.Fatalf("hubble observe --protocol kafka: %v\n%s", err, out)
+	}
+	if k := got.Flow.L7.Kafka; got.Flow.Verdict != "DROPPED" || k.APIKey != "produce" || k.Topic != "deathstar-plans" || k.ErrorCode != 29 || got.Flow.Source.PodName != "xwing" {
+		t.Errorf("kafka flow = %s", out)
+	}
+	out, err = exec.Command(hubble, "observe", "--server", server, "--last", "10").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "default/tiefighter:40000") || !strings.Contains(string(out), "DROPPED") {
+		t.Errorf("hubble observe (compact): %v\n%s", err, out)
+	}
+	out, err = exec.Command(hubble, "status", "--server", server).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "3/8") {
+		t.Errorf("hubble status: %v\n%s", err, out)
 	}
 }

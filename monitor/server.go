@@ -15,6 +15,8 @@ import (
 	observerpb "github.com/cilium/cilium/api/v1/observer"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -24,6 +26,11 @@ import (
 
 // Version is what ServerStatus reports.
 const Version = "ward"
+
+// HealthService is the name the Hubble server's gRPC health service
+// reports the Observer under (Cilium's pkg/hubble/api/v1
+// ObserverServiceName), which `hubble status` checks.
+const HealthService = "hubble.server.Observer"
 
 // Observer implements Hubble's Observer service over a Hub.
 type Observer struct {
@@ -215,6 +222,10 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.hubble != nil {
 		gs = grpc.NewServer()
 		observerpb.RegisterObserverServer(gs, NewObserver(s.Hub))
+		// `hubble status` checks the standard health service first.
+		hs := health.NewServer()
+		hs.SetServingStatus(HealthService, healthpb.HealthCheckResponse_SERVING)
+		healthpb.RegisterHealthServer(gs, hs)
 		wg.Go(func() {
 			if err := gs.Serve(s.hubble); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 				errc <- fmt.Errorf("observer: serve: %w", err)
