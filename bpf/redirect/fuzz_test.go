@@ -105,7 +105,9 @@ func l3Passable(frame []byte) bool {
 //   - from_pod and to_pod with both directions enforced and nothing
 //     allowed drop every frame except ARP and link-scope neighbour
 //     discovery;
-//   - from_pod with everything allowed passes only IPv4, IPv6 and ARP.
+//   - from_pod with everything allowed passes only IPv4, IPv6 and ARP;
+//   - from_netdev (a native device's ingress) never drops: it only
+//     assigns flows the proxy already owns.
 func FuzzParse(f *testing.F) {
 	for _, s := range fuzzSeeds() {
 		f.Add(s)
@@ -144,6 +146,9 @@ func FuzzParse(f *testing.F) {
 		}
 		if ret, ok := run(t, open.objs.FromPod, frame); ok && ret == tcPass && !l3Passable(frame) {
 			t.Fatalf("from_pod passed a frame that is not IPv4, IPv6 or ARP: % x", frame)
+		}
+		if ret, ok := run(t, open.objs.FromNetdev, frame); ok && ret != tcPass {
+			t.Fatalf("from_netdev returned %d for % x; want pass", ret, frame)
 		}
 	})
 }
