@@ -67,8 +67,8 @@ type Config struct {
 	// reference: one folder per namespace, one per secret name in it, PEM
 	// files under the secret's keys (tls.crt, tls.key, ca.crt by default);
 	// watched, so a rotation reaches new handshakes. Relative to the config
-	// file. Without it, TLS interception rules are left out (status says
-	// so); serverNames-only rules need no secret.
+	// file. Without it, TLS interception rules are left out (the agent
+	// logs it with each publish); serverNames-only rules need no secret.
 	SecretsDir string `json:"secretsDir,omitempty"`
 	// Policies and Hosts are resolved policies in their wire form
 	// (npds.NetworkPolicy and npds.NetworkPolicyHosts in protojson), for
