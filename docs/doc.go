@@ -7,7 +7,7 @@
 //     (an endpointsDir file) decodes strictly and validates, one tagged
 //     policy parses with policy.Parse, without error;
 //   - every field of the node configuration and every wardd flag is in
-//     node-config.md;
+//     node-config.md, and its dns defaults are filters/dns's;
 //   - run-without-kubernetes.md is run for real: its `sh walkthrough`
 //     blocks, in order, with its file blocks (tagged file=PATH) written
 //     where they say, in a private network, mount and PID namespace; a

@@ -346,3 +346,53 @@ func TestRunWithoutKubernetes(t *testing.T) {
 	}
 	t.Logf("walkthrough:\n%s", out)
 }
+
+// TestDNSDefaults: the defaults node-config.md gives for the dns block are
+// filters/dns's (the package's constants are the one definition).
+func TestDNSDefaults(t *testing.T) {
+	doc, err := os.ReadFile("node-config.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// | `name` | `default` ...
+	row := regexp.MustCompile("(?m)^\\| `([a-zA-Z]+)` \\| `([^`]+)`")
+	got := map[string]string{}
+	_, section, _ := strings.Cut(string(doc), "## DNS proxy")
+	section, _, _ = strings.Cut(section, "\n## ")
+	for _, m := range row.FindAllStringSubmatch(section, -1) {
+		got[m[1]] = m[2]
+	}
+	dur := func(d time.Duration) string { return d.String() }
+	want := map[string]string{
+		"rejectResponseCode":           dns.RejectRefused,
+		"proxyResponseMaxDelay":        dur(dns.DefaultUpdateTimeout),
+		"minTTL":                       dur(0),
+		"maxTTL":                       dur(dns.DefaultMaxTTL),
+		"maxIPsPerHostname":            strconv.Itoa(dns.DefaultMaxIPsPerName),
+		"maxDeferredConnectionDeletes": strconv.Itoa(dns.DefaultMaxZombies),
+		"maxNamesPerEndpoint":          strconv.Itoa(dns.DefaultMaxNamesPerEndpoint),
+		"maxNames":                     strconv.Itoa(dns.DefaultMaxNames),
+		"gcInterval":                   dur(dns.DefaultGCInterval),
+		"forwardTimeout":               dur(dns.DefaultForwardTimeout),
+		"concurrencyLimit":             strconv.Itoa(dns.DefaultMaxInFlight),
+	}
+	for name, w := range want {
+		g, ok := got[name]
+		if !ok {
+			t.Errorf("node-config.md: no default for dns.%s", name)
+			continue
+		}
+		// Durations compare by value ("24h" is "24h0m0s").
+		if gd, err := time.ParseDuration(g); err == nil {
+			if wd, err := time.ParseDuration(w); err == nil && gd == wd {
+				continue
+			}
+		}
+		if g != w {
+			t.Errorf("node-config.md: dns.%s default %q; filters/dns says %q", name, g, w)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("node-config.md's dns table has %d rows; the test knows %d options (a new option needs its default checked here)", len(got), len(want))
+	}
+}
