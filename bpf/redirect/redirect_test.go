@@ -851,6 +851,19 @@ func TestIPv6Deathstar(t *testing.T) {
 	if out, err := curl(c, e.pods["tiefighter"], url+"/", "5"); err != nil || out != want {
 		t.Fatalf("redirected over IPv6 = %q, %v; want %q", out, err, want)
 	}
+	// From the host (the hairpin over IPv6).
+	if err := dp.SetPolicy(e.epIDs["deathstar"], []redirect.PolicyEntry{
+		{PolicyKey: redirect.PolicyKey{Direction: redirect.Ingress, Identity: redirect.IdentityHost, Port: 80, Proto: redirect.ProtoTCP}, Verdict: redirect.Redirect, ProxyPort: proxyPort},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := dp.IPCache().Upsert(netip.PrefixFrom(e.topo.HostIPv6, 128), redirect.IdentityHost); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.CommandContext(c, "curl", "-sS", "--connect-timeout", "5", "--max-time", "10", url+"/").CombinedOutput()
+	if err != nil || string(out) != want {
+		t.Fatalf("host -> deathstar:80 over IPv6 = %q, %v; want %q (hairpinned)", out, err, want)
+	}
 }
 
 func transparent6(network, address string, c syscall.RawConn) error {
