@@ -95,6 +95,17 @@ func AgentMain() {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// A test binary that dies (a timeout, a kill) cannot stop its agents:
+	// each stops by itself once its parent is gone.
+	ctx, orphaned := context.WithCancel(ctx)
+	defer orphaned()
+	go func() {
+		parent := os.Getppid()
+		for ctx.Err() == nil && os.Getppid() == parent {
+			time.Sleep(500 * time.Millisecond)
+		}
+		orphaned()
+	}()
 	a, err := agent.New(cfg, log)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "node agent: %v\n", err)

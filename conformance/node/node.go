@@ -54,7 +54,9 @@ type Node struct {
 	// Config is the agent's configuration; Start fills the endpoints and
 	// the datapath, tests may adjust it before Start.
 	Config agent.Config
-	Agent  *agent.Agent
+	// Agent is the running agent; nil on a NewWith Namespace node, whose
+	// agent is a child process in the node's namespace.
+	Agent *agent.Agent
 
 	pin  string
 	stop func() error
