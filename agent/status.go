@@ -70,6 +70,11 @@ func (a *Agent) Status() api.Status {
 			}
 		}
 		st.Policy = p
+		a.eng.errMu.Lock()
+		for _, name := range sortedKeys(a.eng.errs) {
+			st.Errors = append(st.Errors, a.eng.errs[name].Error())
+		}
+		a.eng.errMu.Unlock()
 		if a.eps != nil {
 			st.EndpointFiles = a.eps.files.status()
 		}

@@ -20,6 +20,10 @@ type Status struct {
 	Policy *Policy `json:"policy,omitempty"`
 	// Endpoints are the local endpoints and their datapath state.
 	Endpoints []Endpoint `json:"endpoints,omitempty"`
+	// Errors are the errors of the last publish (a consumer that could not
+	// apply part of the policy: a TLS rule whose secret is missing, an
+	// ipcache write); the affected part is left fail-closed.
+	Errors []string `json:"errors,omitempty"`
 	// EndpointFiles are the files of the endpoints and services
 	// directories that failed to load (what they held stays as it was).
 	EndpointFiles []FileError `json:"endpointFiles,omitempty"`

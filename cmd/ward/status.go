@@ -97,6 +97,9 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stdout, "policy file not loaded (its last good version stays in force): %s: %s\n", e.File, e.Error)
 		}
 	}
+	for _, e := range st.Errors {
+		fmt.Fprintf(stdout, "error: %s\n", e)
+	}
 	for _, e := range st.EndpointFiles {
 		fmt.Fprintf(stdout, "endpoint file not loaded (its endpoints stay as they were): %s: %s\n", e.File, e.Error)
 	}

@@ -126,7 +126,8 @@ func run() error {
 		// Ports and routing of their own, so the demo runs beside a node
 		// using the defaults (and beside the tests).
 		Datapath: agent.DatapathConfig{Enabled: true, PinDir: pin, RoutingTable: 2044, RoutingPriority: 9044,
-			HTTPIngressPort: 15801, KafkaIngressPort: 15803, DNSPort: 15853, EgressHTTPBasePort: 15810, EgressKafkaBasePort: 15830}}
+			HTTPIngressPort: 15801, KafkaIngressPort: 15803, DNSPort: 15853, EgressHTTPBasePort: 15810, EgressKafkaBasePort: 15830,
+			TLSIngressPort: 15802, EgressTLSBasePort: 15840}}
 	b, _ := json.MarshalIndent(cfg, "", "  ")
 	cfgPath := filepath.Join(dir, "node.json")
 	os.WriteFile(cfgPath, b, 0o644)

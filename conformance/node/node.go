@@ -179,6 +179,7 @@ func (n *Node) Start(t *testing.T, table, priority int) {
 		b := FreeBlock(t, 64)
 		dc.HTTPIngressPort, dc.KafkaIngressPort, dc.DNSPort = b, b+1, b+2
 		dc.EgressHTTPBasePort, dc.EgressKafkaBasePort = b+16, b+32
+		dc.TLSIngressPort, dc.EgressTLSBasePort = b+3, b+48
 		cfg.Datapath = dc
 		n.Config = cfg
 	}
