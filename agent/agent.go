@@ -191,7 +191,22 @@ func (a *Agent) Run(ctx context.Context) error {
 	serving = true
 	g, ctx := errgroup.WithContext(ctx)
 	a.runObserve(ctx, g)
-	g.Go(func() error { return a.srv.Run(ctx) })
+	g.Go(func() error {
+		// With a policy directory, xDS is served only once the first
+		// policy is published: an Envoy that outlived the previous agent
+		// (or a fresh one) must never see the empty state of an agent that
+		// has not resolved its policy yet, which would take its filters'
+		// policy away and deny (fail closed) every request meanwhile. The
+		// socket is bound already; Envoy's connection waits in its backlog.
+		if a.eng != nil {
+			select {
+			case <-a.eng.published:
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		return a.srv.Run(ctx)
+	})
 	if a.proc != nil {
 		g.Go(func() error { return a.proc.Run(ctx) })
 	}
