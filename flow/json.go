@@ -186,6 +186,14 @@ func appendOptStrings(b []byte, first *bool, key string, vs []string) []byte {
 
 const hex = "0123456789abcdef"
 
+// jsonSafe[c] is true for the ASCII bytes appendString copies as they are.
+var jsonSafe = func() (t [utf8.RuneSelf]bool) {
+	for c := 0x20; c < utf8.RuneSelf; c++ {
+		t[c] = c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
+	}
+	return t
+}()
+
 // appendString appends s as a JSON string as encoding/json does: control
 // characters, quotes, backslashes, <, > and & escaped, invalid UTF-8 as
 // U+FFFD, U+2028 and U+2029 escaped.
@@ -195,7 +203,7 @@ func appendString(b []byte, s string) []byte {
 	for i := 0; i < len(s); {
 		c := s[i]
 		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+			if jsonSafe[c] {
 				i++
 				continue
 			}
