@@ -13,16 +13,19 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
-	"syscall"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -30,7 +33,13 @@ import (
 	cdns "github.com/wardproxy/ward/conformance/dns"
 	"github.com/wardproxy/ward/conformance/node"
 	"github.com/wardproxy/ward/conformance/servers/deathstar"
+	"github.com/wardproxy/ward/conformance/stack"
+	"github.com/wardproxy/ward/flow"
 	"github.com/wardproxy/ward/internal/testenv"
+	"github.com/wardproxy/ward/monitor"
+	"github.com/wardproxy/ward/policy/l7"
+	"github.com/wardproxy/ward/xds"
+	"github.com/wardproxy/ward/xds/npds"
 )
 
 const mediabotPolicy = `apiVersion: cilium.io/v2
@@ -396,84 +405,88 @@ next:
 	return -1
 }
 
-// TestFlowsWithoutWardd: with wardd stopped (Envoy left running, as in a
-// rolling restart) requests keep being decided at once; the filters'
-// records are dropped and counted, and the next wardd hears of the loss:
-// every record of the downtime is either in its ring or counted lost.
+// TestFlowsWithoutWardd: with wardd gone (Envoy left running, as in a
+// rolling restart) requests keep being decided at once; the filter's
+// records are dropped and counted, and the next wardd on the flow socket
+// hears of the loss: every record of the downtime is either received or
+// counted lost. (Through the agent's stack with a hand-made listener: a
+// stopped agent removes the datapath's proxy routing, so pods could not
+// reach Envoy meanwhile.)
 func TestFlowsWithoutWardd(t *testing.T) {
-	n := node.New(t,
-		node.PodSpec{Name: "deathstar", Labels: map[string]string{"org": "empire", "class": "deathstar"}},
-		node.PodSpec{Name: "tiefighter", Labels: map[string]string{"org": "empire", "class": "tiefighter"}})
-	n.Serve(t, "deathstar", deathstar.New(), ":80")
-	b, err := os.ReadFile(filepath.Join(testenv.Root(t), "examples/deathstar/l7/sw_l3_l4_l7_policy.yaml"))
+	s := stack.Start(t, stack.Options{})
+	ul, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	n.WritePolicy(t, "deathstar.yaml", string(b))
-	n.Config.Envoy.KeepRunning = true
-	t.Cleanup(func() { stopEnvoy(filepath.Join(n.StateDir, "envoy.pid")) }) // after the agent's cleanup
-	n.Start(t, 41100, 9411)
-	c, stop := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer stop()
-	url := "http://" + n.Pods["deathstar"].IP.String()
-	put := func(path string) string {
-		return n.Curl(c, "tiefighter", "-X", "PUT", "-w", " %{http_code}", url+path)
+	go http.Serve(ul, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "landed") })) //nolint:errcheck // until the test ends
+	t.Cleanup(func() { ul.Close() })
+	port := stack.FreePort(t)
+	flows := s.Agent.FlowSocket()
+	cfg, _ := json.Marshal(map[string]any{"xds_socket": s.Socket, "node": s.Node, "endpoint": "deathstar", "port": 80, "remote_identity": 1000, "flow_socket": flows})
+	l, err := xds.HTTPListener{Name: "deathstar", Address: "127.0.0.1", Port: port, Cluster: "up",
+		Filters: []xds.ModuleFilter{{Name: "ward.http", Config: cfg}}}.Build()
+	if err != nil {
+		t.Fatal(err)
 	}
-	node.Eventually(t, "Envoy to deny tiefighter's PUT", func() bool { return put("/v1/exhaust-port") == "Access denied 403" })
-	node.Eventually(t, "the PUT in the flow ring", func() bool { return n.Agent.Flows().Seen() > 0 })
+	s.PushEnvoy(t, xds.EnvoyResources{Listeners: []types.Resource{l},
+		Clusters: []types.Resource{xds.StaticCluster("up", "127.0.0.1", uint32(ul.Addr().(*net.TCPAddr).Port), false)}})
+	s.PushPolicy(t, []*npds.NetworkPolicy{{Name: "deathstar", EndpointIps: []string{"10.0.0.1"},
+		IngressPerPortPolicies: []*npds.PortNetworkPolicy{{Port: 80, Rules: []*npds.PortNetworkPolicyRule{{
+			L7: npds.HTTP(l7.HTTPRule{Method: "POST", Path: "/v1/request-landing"}),
+		}}}}}}, []*npds.NetworkPolicyHosts{{Identity: 1000, HostAddresses: []string{"10.0.0.2"}}})
+	url := fmt.Sprintf("http://127.0.0.1:%d", port)
+	put := func(path string) string {
+		out, err := exec.Command("curl", "-s", "--max-time", "5", "-X", "PUT", "-w", " %{http_code}", url+path).Output()
+		if err != nil {
+			return "error"
+		}
+		return strings.Join(strings.Fields(string(out)), " ")
+	}
+	if got := put("/v1/exhaust-port"); got != "Access denied 403" {
+		t.Fatalf("PUT = %q; want Access denied 403", got)
+	}
+	node.Eventually(t, "the PUT in the agent's flow ring", func() bool { return s.Agent.Flows().Seen() > 0 })
 
-	n.Stop(t)
+	s.StopXDS()
 	const down = 20
 	for i := range down {
 		if got := put(fmt.Sprintf("/v1/down-%d", i)); got != "Access denied 403" {
-			t.Fatalf("PUT %d with wardd stopped = %q; want Access denied 403", i, got)
+			t.Fatalf("PUT %d with wardd gone = %q; want Access denied 403", i, got)
 		}
 	}
-	n.Start(t, 41100, 9411)
-	hub := n.Agent.Flows()
-	server := "unix://" + filepath.Join(n.StateDir, "hubble.sock")
-	hubble := testenv.File(t, "build/bin/hubble", "run scripts/setup.d/70-hubble.sh (builds the hubble CLI from tools/hubble)")
-	var fs []*hubbleFlow
-	node.Eventually(t, "a request after the restart in the new ring", func() bool {
-		put("/v1/after")
-		out, err := exec.CommandContext(c, hubble, "observe", "--server", server, "-o", "json", "--last", "1000", "--http-method", "PUT").Output()
-		if err != nil {
-			t.Logf("hubble observe: %v", err)
-			return false
-		}
-		fs = parseFlows(t, out)
-		for _, f := range fs {
-			if strings.HasSuffix(f.Flow.L7.HTTP.URL, "/v1/after") {
-				return true
-			}
-		}
-		return false
+	// The next wardd's flow socket.
+	hub := monitor.NewHub("next", 0, nil, nil)
+	var mu sync.Mutex
+	var paths []string
+	hub.OnRecord(func(r *flow.Record) {
+		mu.Lock()
+		defer mu.Unlock()
+		paths = append(paths, r.HTTP.Path)
 	})
+	srv := &monitor.Server{Hub: hub, FlowSocket: flows}
+	if err := srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	node.Eventually(t, "a request after wardd is back on the flow socket", func() bool {
+		put("/v1/after")
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Contains(paths, "/v1/after")
+	})
+	mu.Lock()
 	shipped := 0
-	for _, f := range fs {
-		if strings.Contains(f.Flow.L7.HTTP.URL, "/v1/down-") {
+	for _, p := range paths {
+		if strings.HasPrefix(p, "/v1/down-") {
 			shipped++
 		}
 	}
+	mu.Unlock()
 	t.Logf("downtime records: %d lost, %d shipped after the restart", hub.Lost(), shipped)
 	if lost := hub.Lost(); lost == 0 || int(lost)+shipped != down {
-		t.Errorf("downtime records: %d lost + %d in the ring; want %d, some lost", lost, shipped, down)
+		t.Errorf("downtime records: %d lost + %d received; want %d, some lost", lost, shipped, down)
 	}
-}
-
-// stopEnvoy stops the Envoy a KeepRunning agent left (its pid file).
-func stopEnvoy(pidFile string) {
-	b, err := os.ReadFile(pidFile)
-	if err != nil {
-		return
-	}
-	var pid int
-	if _, err := fmt.Sscanf(string(b), "%d", &pid); err != nil || pid <= 0 {
-		return
-	}
-	_ = syscall.Kill(pid, syscall.SIGTERM)
-	for i := 0; i < 100 && syscall.Kill(pid, 0) == nil; i++ {
-		time.Sleep(50 * time.Millisecond)
-	}
-	_ = syscall.Kill(pid, syscall.SIGKILL)
 }
