@@ -515,6 +515,12 @@ static __always_inline int assign(struct __sk_buff *skb, struct pkt *p, __u16 pr
 	} while (0)
 
 	if (p->t.proto == IPPROTO_TCP) {
+		// The flow's own socket first. A SYN reusing the tuple of a
+		// connection the proxy closed meets its TIME_WAIT socket, which
+		// answers with an ACK; the client's reset clears it and the SYN's
+		// retransmission (1 s) reaches the listener. (Handed straight to
+		// the listener, the SYN would be dropped as long as the TIME_WAIT
+		// socket holds the tuple: the kernel refuses a duplicate.)
 		sk = bpf_skc_lookup_tcp(skb, &tup, tlen, BPF_F_CURRENT_NETNS, 0);
 		if (sk) {
 			if (sk->state != BPF_TCP_LISTEN)
@@ -803,6 +809,9 @@ int from_netdev(struct __sk_buff *skb)
 	// decided it under the current policy; to_pod decides anything else
 	// (a new flow, a policy change) and hairpins it.
 	if (!ct || ct->verdict != VERDICT_REDIRECT || ct_is_reply(&p, ct) || ct->policy_rev != policy_rev())
+		return TC_ACT_OK;
+	// A SYN (maybe a reused tuple) is to_pod's to decide.
+	if ((p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)
 		return TC_ACT_OK;
 	__u64 now = bpf_ktime_get_coarse_ns();
 	ct = ct_lookup(&p, now);
