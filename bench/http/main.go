@@ -56,6 +56,9 @@ import (
 // goEnvList is extra environment for Envoy (the Go runtime inside it).
 var goEnvList []string
 
+// perfDir, if set, gets a perf recording of Envoy per arm.
+var perfDir string
+
 type arm struct {
 	name string
 	port int
@@ -73,6 +76,7 @@ func main() {
 	conns := flag.Int("c", 32, "wrk connections")
 	rules := flag.String("rules", "1", "comma-separated rule counts for the ward and RBAC arms")
 	rateFrac := flag.Float64("rate", 0.5, "open-loop rate as a fraction of the router arm's wrk req/s")
+	flag.StringVar(&perfDir, "perf", "", "after the rounds, record `dir`/<arm>.data with perf (call graphs of Envoy under wrk load, one run per arm; not in the tables)")
 	goEnv := flag.String("goenv", "", "extra environment for Envoy's Go runtime, e.g. GOMAXPROCS=1 (comma-separated)")
 	flag.Parse()
 	goEnvList = strings.Split(*goEnv, ",")
@@ -162,6 +166,13 @@ func run(rounds int, dur time.Duration, conns int, rulesFlag string, rateFrac fl
 	if out, err := exec.Command("taskset", "-a", "-cp", "0", strconv.Itoa(ag.Envoy().PID())).CombinedOutput(); err != nil {
 		return fmt.Errorf("taskset: %w: %s", err, out)
 	}
+	// This process (the upstream server, the ext_authz service, the
+	// open-loop generator) runs beside the load generators on CPU 1, so
+	// nothing of the bench competes with Envoy for CPU 0. Threads started
+	// later inherit the mask.
+	if out, err := exec.Command("taskset", "-a", "-cp", "1", strconv.Itoa(os.Getpid())).CombinedOutput(); err != nil {
+		return fmt.Errorf("taskset: %w: %s", err, out)
+	}
 	srv, node, sock := ag.XDS(), ag.Node(), ag.XDSSocket()
 	res := xds.EnvoyResources{Clusters: []types.Resource{xds.StaticCluster("up", "127.0.0.1", uint32(up.Port), false)}}
 	arms := []*arm{{name: armRouter, port: freePort()}, {name: armGoNoop, port: freePort()}, {name: armCNoop, port: freePort()}}
@@ -245,6 +256,40 @@ func run(rounds int, dur time.Duration, conns int, rulesFlag string, rateFrac fl
 		}
 	}
 	report(arms, rounds, dur, conns, rate, goEnvList)
+	if perfDir != "" {
+		return perfRecord(pid, arms, dur, conns)
+	}
+	return nil
+}
+
+// perfRecord records Envoy (perf record -g) while wrk loads each arm, into
+// perfDir/<n>-<arm>.data, and prints the files. Read them with
+// `perf report -i FILE --no-children --sort dso,sym`.
+func perfRecord(pid int, arms []*arm, dur time.Duration, conns int) error {
+	if err := os.MkdirAll(perfDir, 0o755); err != nil {
+		return fmt.Errorf("perf dir: %w", err)
+	}
+	fmt.Printf("\nperf recordings of Envoy under wrk (%v per arm):\n\n", dur)
+	for i, a := range arms {
+		name := strings.Map(func(r rune) rune {
+			if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+				return r
+			}
+			return '-'
+		}, strings.ToLower(a.name))
+		file := filepath.Join(perfDir, fmt.Sprintf("%02d-%s.data", i, name))
+		rec := exec.Command("perf", "record", "-q", "-F", "999", "-g", "-p", strconv.Itoa(pid), "-o", file, "--", "sleep", strconv.Itoa(int(dur.Seconds())))
+		var out strings.Builder
+		rec.Stdout, rec.Stderr = &out, &out
+		if err := rec.Start(); err != nil {
+			return fmt.Errorf("perf record: %w", err)
+		}
+		_, _, werr := wrk(fmt.Sprintf("http://127.0.0.1:%d/public", a.port), dur, conns)
+		if err := errors.Join(werr, rec.Wait()); err != nil {
+			return fmt.Errorf("perf record %s: %w: %s", a.name, err, out.String())
+		}
+		fmt.Printf("- %s: %s\n", a.name, file)
+	}
 	return nil
 }
 
@@ -256,7 +301,7 @@ func report(arms []*arm, rounds int, dur time.Duration, conns int, rate float64,
 	if goenv == "" {
 		goenv = "Go runtime defaults"
 	}
-	fmt.Printf("\nEnvoy 1.40, 1 worker (--concurrency 1), every thread pinned to CPU 0; wrk -t1 -c%d (HTTP/1.1), h2load -c%d -m16 (h2c) and the open-loop generator on CPU 1; "+
+	fmt.Printf("\nEnvoy 1.40, 1 worker (--concurrency 1), every thread pinned to CPU 0; wrk -t1 -c%d (HTTP/1.1), h2load -c%d -m16 (h2c), the open-loop generator, the upstream and the ext_authz service on CPU 1; "+
 		"%d interleaved rounds of %v per arm; %s. %s, %s, kernel %s, %s.\n\n",
 		conns, max(conns/8, 1), rounds, dur, goenv, time.Now().UTC().Format("2006-01-02 15:04 MST"), cpuModel(), kernel(), runtime.Version())
 	fmt.Println("Envoy CPU time per request: utime+stime of the Envoy process (all its threads, the Go runtime's included) from /proc/<pid>/stat over the arm's run, divided by the requests the load generator completed. " +
