@@ -39,7 +39,8 @@ type cluster struct {
 // newCluster builds the nodes (one per pod list) and wires them: native
 // devices on the underlay, routes to each other's pods, each agent told
 // the other nodes' pods as remote endpoints (after the local ones are
-// known, before Start). Each agent's datapath attaches to its node's
+// known, before Start), and the other nodes' addresses as remote nodes
+// (datapath.remoteNodes). Each agent's datapath attaches to its node's
 // native device (datapath.devices: eth0), where the later packets of L7
 // ingress flows from off the node go to the proxy (bpf/redirect/README.md).
 func newCluster(t *testing.T, pods ...[]node.PodSpec) *cluster {
@@ -71,6 +72,7 @@ func newCluster(t *testing.T, pods ...[]node.PodSpec) *cluster {
 			if err := n.Topo.Host().IP("route", "add", m.Topo.Subnet.String(), "via", c.addrs[j].String()); err != nil {
 				t.Fatal(err)
 			}
+			n.Config.Datapath.RemoteNodes = append(n.Config.Datapath.RemoteNodes, c.addrs[j].String())
 			// The other node's pods, as remote endpoints (ids above the
 			// local ones Start numbers from 1).
 			for k, s := range m.Specs {

@@ -43,7 +43,8 @@ spec:
 `
 
 // TestHostEndpoint: the node's own addresses carry the host identity and
-// the other node's the remote-node identity (datapath.remoteNodes).
+// the other node's the remote-node identity (datapath.remoteNodes, which
+// newCluster sets).
 //   - Node B (allowLocalhost by default): a probe-like GET from its host
 //     namespace to the Death Star's port 8080 answers although ingress is
 //     default-deny there (tiefighter is dropped on it); fromEntities:
@@ -69,7 +70,6 @@ func TestHostEndpoint(t *testing.T) {
 	}
 	b.WritePolicy(t, "policy.yaml", string(pol))
 	b.WritePolicy(t, "node-health.yaml", hostAndRemoteNode)
-	b.Config.Datapath.RemoteNodes = []string{c.addrs[0].String()}
 	a.WritePolicy(t, "probe.yaml", probeDefaultDeny)
 	off := false
 	a.Config.Datapath.AllowLocalhost = &off

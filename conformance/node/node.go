@@ -9,6 +9,12 @@
 // (and several tests) run side by side. It needs root, the pinned Envoy and
 // build/libward.so; without them a test skips, except under CI where it
 // fails.
+//
+// NewWith(t, Options{Namespace: true}, ...) makes a node of a multi-node
+// cluster: its host side is a network namespace of its own
+// (netns.NewNode) and Start runs its agent, Envoy included, inside it as a
+// child process of the test binary, whose TestMain calls AgentMain first
+// (conformance/multinode wires such nodes into a cluster).
 package node
 
 import (
