@@ -386,7 +386,7 @@ func (a *Agent) newEnvoy(ctx context.Context) (*envoyproc.Proc, error) {
 	return envoyproc.New(envoyproc.Config{
 		Binary: bin, Bootstrap: bpath, Admin: ec.Admin, Env: append(bc.Env(), ec.Env...),
 		Concurrency: ec.Concurrency, LogLevel: ec.LogLevel, LogPath: filepath.Join(a.cfg.StateDir, "envoy.log"), Logger: a.log, Restart: true,
-		PIDFile: filepath.Join(a.cfg.StateDir, "envoy.pid"), KeepRunning: ec.KeepRunning,
+		PIDFile: filepath.Join(a.cfg.StateDir, "envoy.pid"), KeepRunning: ec.KeepRunning, DieWithParent: ec.DieWithAgent,
 		BaseID: ec.BaseID, ExtraArgs: ec.ExtraArgs,
 	}), nil
 }

@@ -110,6 +110,9 @@ type EnvoyConfig struct {
 	BaseID int
 	// ExtraArgs are appended to Envoy's command line.
 	ExtraArgs []string
+	// DieWithAgent kills Envoy when the agent's process dies (test
+	// harnesses only: wardd's Envoy outlives it).
+	DieWithAgent bool
 	// Env is extra environment for Envoy (e.g. GOGC for the Go runtime of
 	// libward.so).
 	Env []string

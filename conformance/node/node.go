@@ -96,7 +96,7 @@ func newNode(t *testing.T, topo *netns.Topology) *Node {
 		Node:     "node-" + t.Name(),
 		StateDir: dir,
 		Envoy: agent.EnvoyConfig{Binary: bin, ModuleDir: filepath.Dir(lib), Admin: fmt.Sprintf("127.0.0.1:%d", FreePort(t)), Concurrency: 1,
-			BaseID: int(baseID.Add(1)) + os.Getpid()%1000*100, ExtraArgs: []string{"--drain-time-s", "1"}},
+			BaseID: int(baseID.Add(1)) + os.Getpid()%1000*100, ExtraArgs: []string{"--drain-time-s", "1"}, DieWithAgent: true},
 	}
 	return n
 }

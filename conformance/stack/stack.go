@@ -82,7 +82,7 @@ func Start(t testing.TB, o Options) *Stack {
 	// what it has, as when wardd goes away.
 	a, err := agent.New(agent.Config{Node: s.Node, StateDir: dir, Envoy: agent.EnvoyConfig{
 		Binary: bin, ModuleDir: filepath.Dir(lib), Admin: s.Admin, Concurrency: o.Concurrency, LogLevel: o.LogLevel,
-		BaseID: int(time.Now().UnixNano() % 100000), KeepRunning: true,
+		BaseID: int(time.Now().UnixNano() % 100000), KeepRunning: true, DieWithAgent: true,
 		// Listener updates drain the old listener for drain-time-s; tests
 		// need the new one at once.
 		ExtraArgs: []string{"--drain-time-s", "1"},

@@ -83,6 +83,11 @@ type Config struct {
 	// KeepRunning leaves Envoy running when Run's context ends (a rolling
 	// restart of the agent); the next Run adopts it through PIDFile.
 	KeepRunning bool
+	// DieWithParent kills Envoy when the process that started it dies
+	// (PR_SET_PDEATHSIG): for test harnesses, so a test binary killed by
+	// its timeout leaves no Envoy behind. Never for wardd, whose Envoy must
+	// outlive it.
+	DieWithParent bool
 	// BaseID keeps several Envoys on one machine apart (--base-id).
 	BaseID int
 	// ExtraArgs are appended to the command line.
@@ -273,6 +278,9 @@ func (p *Proc) start() (*process, func(), error) {
 	// Its own session and no parent-death signal: Envoy keeps enforcing
 	// when the supervisor dies.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if p.cfg.DieWithParent {
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	}
 	var stopPipe func()
 	if p.cfg.LogPath == "" {
 		pr, pw := io.Pipe()
