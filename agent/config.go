@@ -263,6 +263,11 @@ type DatapathConfig struct {
 	// (fromEntities: [remote-node]), as the node's own addresses carry the
 	// host identity (fromEntities: [host]).
 	RemoteNodes []string `json:"remoteNodes,omitempty"`
+	// KubeAPIServer are the addresses (or prefixes) of the Kubernetes API
+	// server: they carry the kube-apiserver identity
+	// (toEntities: [kube-apiserver]); on Kubernetes they come from the
+	// default/kubernetes endpoints.
+	KubeAPIServer []string `json:"kubeAPIServer,omitempty"`
 }
 
 // allowLocalhost reports the AllowLocalhost setting (default true).
@@ -373,6 +378,11 @@ func (c *Config) Validate() error {
 	svcs := map[string]string{}
 	for i, s := range c.Services {
 		errs = append(errs, validateService(s, fmt.Sprintf("services[%d]", i), svcs)...)
+	}
+	for i, s := range c.Datapath.KubeAPIServer {
+		if _, err := parseAddrOrPrefix(s); err != nil {
+			errs = append(errs, fmt.Errorf("datapath.kubeAPIServer[%d]: %w", i, err))
+		}
 	}
 	for i, s := range c.Datapath.RemoteNodes {
 		if _, err := parseAddrOrPrefix(s); err != nil {

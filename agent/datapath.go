@@ -28,7 +28,8 @@ type datapath struct {
 	log  *slog.Logger
 	ipc  *ipcache.Table // the one writer of the BPF ipcache
 	// remote are the other nodes' prefixes (remote-node identity).
-	remote []netip.Prefix
+	remote    []netip.Prefix
+	apiserver []netip.Prefix
 
 	mu sync.Mutex
 	// Each local endpoint has a slot, the offset of its egress listeners
@@ -77,6 +78,9 @@ var _ Consumer = (*datapath)(nil)
 func openDatapath(cfg DatapathConfig, log *slog.Logger) (*datapath, error) {
 	d := &datapath{cfg: cfg, log: log, slots: map[uint64]int{}, egress: map[uint64]uint16{}, kafka: map[uint64]uint16{}, attached: map[uint64]bool{}, epErrs: map[uint64]error{}}
 	var err error
+	if d.apiserver, err = prefixes(cfg.KubeAPIServer, "datapath.kubeAPIServer"); err != nil {
+		return nil, err
+	}
 	if d.remote, err = remoteNodePrefixes(cfg.RemoteNodes); err != nil {
 		return nil, err
 	}
@@ -201,7 +205,7 @@ func (d *datapath) Apply(_ context.Context, st *State) error {
 			eps[netip.PrefixFrom(a, a.BitLen())] = uint32(pol.Identity)
 		}
 	}
-	nodes, err := nodeClaims(d.remote)
+	nodes, err := nodeClaims(d.remote, d.apiserver)
 	if err != nil {
 		errs = append(errs, err)
 	}

@@ -45,10 +45,17 @@ func hostAddrs() ([]netip.Addr, error) {
 // where both name an address). The ipcache (datapath) and the in-Envoy
 // identity table (policy resources) both take them, below the workloads'
 // own addresses.
-func nodeClaims(remote []netip.Prefix) (map[netip.Prefix]uint32, error) {
-	out := make(map[netip.Prefix]uint32, len(remote)+4)
+//
+// The kube-apiserver's addresses (datapath.kubeAPIServer) carry the
+// kube-apiserver identity (toEntities: [kube-apiserver]), over remote-node
+// where both name an address.
+func nodeClaims(remote, apiserver []netip.Prefix) (map[netip.Prefix]uint32, error) {
+	out := make(map[netip.Prefix]uint32, len(remote)+len(apiserver)+4)
 	for _, p := range remote {
 		out[p] = uint32(policy.IdentityRemoteNode)
+	}
+	for _, p := range apiserver {
+		out[p] = uint32(policy.IdentityKubeAPIServer)
 	}
 	host, err := hostAddrs()
 	for _, a := range host {
@@ -74,7 +81,11 @@ func (a *Agent) nodeClaims() map[netip.Prefix]uint32 {
 	if err != nil {
 		a.log.Warn("node claims", "error", err)
 	}
-	claims, err := nodeClaims(remote)
+	apiserver, err := prefixes(a.cfg.Datapath.KubeAPIServer, "datapath.kubeAPIServer")
+	if err != nil {
+		a.log.Warn("node claims", "error", err)
+	}
+	claims, err := nodeClaims(remote, apiserver)
 	if err != nil {
 		a.log.Warn("node claims", "error", err)
 	}
@@ -104,6 +115,19 @@ func remoteNodePrefixes(ss []string) ([]netip.Prefix, error) {
 		p, err := parseAddrOrPrefix(s)
 		if err != nil {
 			return nil, fmt.Errorf("datapath.remoteNodes[%d]: %w", i, err)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// prefixes parses addresses or prefixes (validated), naming the field.
+func prefixes(ss []string, field string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for i, s := range ss {
+		p, err := parseAddrOrPrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("%s[%d]: %w", field, i, err)
 		}
 		out = append(out, p)
 	}

@@ -41,7 +41,7 @@ func TestAllowLocalhostEntry(t *testing.T) {
 
 func TestNodeClaims(t *testing.T) {
 	remote := []netip.Prefix{netip.MustParsePrefix("172.31.0.1/32"), netip.MustParsePrefix("192.0.2.0/24")}
-	claims, err := nodeClaims(remote)
+	claims, err := nodeClaims(remote, []netip.Prefix{netip.MustParsePrefix("10.96.0.1/32")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,6 +49,9 @@ func TestNodeClaims(t *testing.T) {
 		if claims[p] != uint32(policy.IdentityRemoteNode) {
 			t.Errorf("claims[%v] = %d; want remote-node", p, claims[p])
 		}
+	}
+	if id := claims[netip.MustParsePrefix("10.96.0.1/32")]; id != uint32(policy.IdentityKubeAPIServer) {
+		t.Errorf("kube-apiserver claim = %d; want %d", id, policy.IdentityKubeAPIServer)
 	}
 	host, err := hostAddrs()
 	if err != nil {
