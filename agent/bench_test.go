@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -29,8 +30,8 @@ import (
 // agent's consumers: the BPF datapath's work without the kernel
 // (scaleDatapath below) and the Envoy policy resources (policyResources
 // with a real xds.Server, as wardd runs it). Reported per publish: the
-// repository's resolve, each consumer and the total, in ms; and the Go
-// heap in use after the setup.
+// repository's resolve, each consumer and the total, in ms; the Go heap
+// in use and the process's RSS (and peak RSS) after the setup.
 //
 //	go test -run '^$' -bench BenchmarkPolicyChangeOneEndpoint -benchtime 20x ./agent/
 func BenchmarkPolicyChangeOneEndpoint(b *testing.B) {
@@ -127,6 +128,7 @@ func benchPolicyChange(b *testing.B, n, local, npol int) {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	heap := float64(ms.HeapInuse) / (1 << 20)
+	rss, peak := procRSS(b)
 
 	var resolve time.Duration
 	tdp.total, tpr.total = 0, 0
@@ -145,6 +147,8 @@ func benchPolicyChange(b *testing.B, n, local, npol int) {
 	b.ReportMetric(perOp(tpr.total), "envoy-ms/op")
 	b.ReportMetric(perOp(resolve+tdp.total+tpr.total), "total-ms/op")
 	b.ReportMetric(heap, "heap-MiB")
+	b.ReportMetric(rss, "rss-MiB")
+	b.ReportMetric(peak, "peak-rss-MiB")
 	b.ReportMetric(float64(dp.written)/float64(b.N+1), "policies-written/op")
 
 	// The change must have reached both: the lone endpoint's last entries
@@ -163,6 +167,33 @@ func benchPolicyChange(b *testing.B, n, local, npol int) {
 	if len(ps) != 1 || !strings.Contains(ps[0].String(), fmt.Sprintf("/lone/%d", b.N)) {
 		b.Fatalf("lone endpoint's Envoy policy lacks the change: %v", ps)
 	}
+}
+
+// procRSS returns the test process's resident set and its peak (VmRSS,
+// VmHWM) in MiB: the agent's state plus the test binary.
+func procRSS(b *testing.B) (rss, peak float64) {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		b.Logf("rss: %v", err)
+		return 0, 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		var kb float64
+		if _, err := fmt.Sscanf(strings.TrimSpace(v), "%f kB", &kb); err != nil {
+			continue
+		}
+		switch k {
+		case "VmRSS":
+			rss = kb / 1024
+		case "VmHWM":
+			peak = kb / 1024
+		}
+	}
+	return rss, peak
 }
 
 // timedConsumer adds up the time its consumer's Apply takes.
