@@ -22,11 +22,10 @@ import (
 // local endpoint's policy, then the endpoint itself (programs attached on
 // first sight).
 type datapath struct {
-	cfg  DatapathConfig
-	dp   *redirect.Datapath
-	undo func() error
-	log  *slog.Logger
-	ipc  *ipcache.Table // the one writer of the BPF ipcache
+	cfg DatapathConfig
+	dp  *redirect.Datapath
+	log *slog.Logger
+	ipc *ipcache.Table // the one writer of the BPF ipcache
 	// remote are the other nodes' prefixes (remote-node identity).
 	remote    []netip.Prefix
 	apiserver []netip.Prefix
@@ -93,12 +92,13 @@ func openDatapath(cfg DatapathConfig, log *slog.Logger) (*datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("datapath: %w (wardd does not claim enforcement without it)", err)
 	}
-	undo, err := redirect.InstallProxyRouting(redirect.Routing{Table: cfg.RoutingTable, Priority: cfg.RoutingPriority})
+	// Installed or adopted; left in place by Close.
+	_, err = redirect.InstallProxyRouting(redirect.Routing{Table: cfg.RoutingTable, Priority: cfg.RoutingPriority})
 	if err != nil {
 		dp.Close()
 		return nil, err
 	}
-	d.dp, d.undo = dp, undo
+	d.dp = dp
 	for i, name := range cfg.Devices {
 		ifc, err := net.InterfaceByName(name)
 		if err == nil {
@@ -120,10 +120,13 @@ func openDatapath(cfg DatapathConfig, log *slog.Logger) (*datapath, error) {
 	return d, nil
 }
 
-// Close detaches nothing (pinned programs keep enforcing across a wardd
-// restart); it removes the proxy routing rule and closes the handles.
+// Close detaches nothing and removes nothing: pinned programs keep
+// enforcing and the proxy routing rule stays, so an Envoy that outlives
+// the agent (KeepRunning, or a crash of wardd) keeps receiving the flows
+// redirected to it; the next agent adopts both. `ward bpf cleanup` removes
+// them. It closes the handles.
 func (d *datapath) Close() error {
-	return errors.Join(d.undo(), d.dp.Close())
+	return d.dp.Close()
 }
 
 // egressPort is the egress HTTP listener port of a local endpoint.

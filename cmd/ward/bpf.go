@@ -29,6 +29,8 @@ func runBPF(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	pinDir := fs.String("pin-dir", redirect.DefaultPinDir, "bpffs directory wardd pins into")
 	keepRouting := fs.Bool("keep-routing", false, "cleanup: leave the proxy routing rule in place")
+	table := fs.Int("routing-table", 0, "cleanup: the routing table of wardd's proxy routing (datapath.routingTable; 0: the default 2004)")
+	priority := fs.Int("routing-priority", 0, "cleanup: the priority of wardd's proxy routing rule (datapath.routingPriority; 0: the default 9000)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
@@ -39,7 +41,7 @@ func runBPF(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		if !*keepRouting {
-			redirect.RemoveProxyRouting(redirect.Routing{})
+			redirect.RemoveProxyRouting(redirect.Routing{Table: *table, Priority: *priority})
 		}
 		fmt.Fprintf(stdout, "removed ward's BPF programs, maps and links under %s\n", *pinDir)
 		return 0

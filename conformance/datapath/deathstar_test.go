@@ -198,3 +198,47 @@ func TestRestartPrunesStaleIPCache(t *testing.T) {
 		t.Errorf("deathstar's own ipcache entry = %d, %v; want kept", id, ok)
 	}
 }
+
+// TestEnforcingWhileWarddStopped: with envoy keepRunning, a graceful stop
+// of wardd (a rolling restart) leaves the BPF datapath, the proxy routing
+// and Envoy enforcing: allowed requests keep landing, denied ones keep
+// their 403 and xwing stays dropped; the next wardd adopts Envoy.
+func TestEnforcingWhileWarddStopped(t *testing.T) {
+	n := node.New(t, deathstarPods...)
+	n.Serve(t, "deathstar", deathstar.New(), ":80")
+	b, err := os.ReadFile(filepath.Join(testenv.Root(t), "examples/deathstar/l7/sw_l3_l4_l7_policy.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.WritePolicy(t, "policy.yaml", string(b))
+	n.Config.Envoy.KeepRunning = true
+	n.Start(t, 35000, 9350)
+	c, stop := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer stop()
+	url := "http://" + n.Pods["deathstar"].IP.String()
+	curl := func(from, method, path string) string {
+		return n.Curl(c, from, "-X", method, "-w", " %{http_code}", url+path)
+	}
+	check := func(when string) {
+		t.Helper()
+		for _, tc := range []struct{ from, method, path, want string }{
+			{"tiefighter", "POST", "/v1/request-landing", "Ship landed 200"},
+			{"tiefighter", "PUT", "/v1/exhaust-port", "Access denied 403"},
+			{"xwing", "POST", "/v1/request-landing", "error"},
+		} {
+			if got := curl(tc.from, tc.method, tc.path); got != tc.want {
+				t.Errorf("%s: %s %s %s = %q; want %q", when, tc.from, tc.method, tc.path, got, tc.want)
+			}
+		}
+	}
+	node.Eventually(t, "the policy in force", func() bool { return curl("tiefighter", "PUT", "/v1/exhaust-port") == "Access denied 403" })
+	check("wardd running")
+	n.Stop(t)
+	check("wardd stopped")
+	n.Config.Envoy.KeepRunning = false
+	n.Start(t, 35000, 9350)
+	if st := n.Agent.Status(); st.Envoy == nil || st.Envoy.Adopted != 1 || st.Envoy.Starts != 0 {
+		t.Errorf("after the restart: envoy %+v; want adopted, none started", st.Envoy)
+	}
+	check("wardd restarted")
+}

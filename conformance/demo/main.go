@@ -128,6 +128,9 @@ func run() error {
 		Datapath: agent.DatapathConfig{Enabled: true, PinDir: pin, RoutingTable: 2044, RoutingPriority: 9044,
 			HTTPIngressPort: 15801, KafkaIngressPort: 15803, DNSPort: 15853, EgressHTTPBasePort: 15810, EgressKafkaBasePort: 15830,
 			TLSIngressPort: 15802, EgressTLSBasePort: 15840}}
+	// wardd leaves its proxy routing in place when it stops (Envoy may
+	// outlive it); the demo removes it, as `ward bpf cleanup` does.
+	defer redirect.RemoveProxyRouting(redirect.Routing{Table: cfg.Datapath.RoutingTable, Priority: cfg.Datapath.RoutingPriority})
 	b, _ := json.MarshalIndent(cfg, "", "  ")
 	cfgPath := filepath.Join(dir, "node.json")
 	os.WriteFile(cfgPath, b, 0o644)

@@ -186,6 +186,10 @@ func (n *Node) Start(t *testing.T, table, priority int) {
 		dc.HTTPIngressPort, dc.KafkaIngressPort, dc.DNSPort = b, b+1, b+2
 		dc.EgressHTTPBasePort, dc.EgressKafkaBasePort = b+16, b+32
 		dc.TLSIngressPort, dc.EgressTLSBasePort = b+3, b+48
+		// The agent leaves its proxy routing rule in place when it stops
+		// (an Envoy that outlives it keeps receiving); the node removes it.
+		routing := redirect.Routing{Table: dc.RoutingTable, Priority: dc.RoutingPriority}
+		t.Cleanup(func() { redirect.RemoveProxyRouting(routing) })
 		cfg.Datapath = dc
 		n.Config = cfg
 	}
