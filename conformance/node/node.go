@@ -263,7 +263,10 @@ func Eventually(t testing.TB, what string, cond func() bool) {
 func FreeBlock(t testing.TB, n int) uint16 {
 	t.Helper()
 	for try := 0; try < 200; try++ {
-		base := 20000 + (os.Getpid()*7919+int(blockSeq.Add(1))*64+try*997)%25000/64*64
+		// Below the kernel's ephemeral range (net.ipv4.ip_local_port_range
+		// starts at 32768), so no client socket takes a port of the block
+		// after it was checked.
+		base := 12000 + (os.Getpid()*7919+int(blockSeq.Add(1))*64+try*997)%20000/64*64
 		ok := true
 		for p := base; p < base+n && ok; p++ {
 			l, err := net.Listen("tcp", fmt.Sprintf(":%d", p))
