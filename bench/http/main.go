@@ -375,22 +375,32 @@ func procCPU(pid int) (time.Duration, error) {
 	if err != nil {
 		return 0, fmt.Errorf("read stat: %w", err)
 	}
-	// The command name (field 2) may hold spaces: fields are counted
-	// after its closing parenthesis, which starts at field 3 (state).
+	ticks, err := statTicks(b)
+	if err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	return time.Duration(float64(ticks) / clockTick * float64(time.Second)), nil
+}
+
+// statTicks returns utime+stime (clock ticks) of a /proc/<pid>/stat line.
+func statTicks(b []byte) (uint64, error) {
+	// The command name (field 2) may hold spaces and parentheses: fields
+	// are counted after its last closing parenthesis, which field 3
+	// (state) follows.
 	i := strings.LastIndexByte(string(b), ')')
 	if i < 0 {
-		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
+		return 0, errors.New("parse stat: no command name")
 	}
 	f := strings.Fields(string(b[i+1:]))
 	if len(f) < 13 {
-		return 0, fmt.Errorf("parse /proc/%d/stat: %d fields", pid, len(f))
+		return 0, fmt.Errorf("parse stat: %d fields", len(f))
 	}
 	ut, err1 := strconv.ParseUint(f[11], 10, 64) // field 14, utime
 	st, err2 := strconv.ParseUint(f[12], 10, 64) // field 15, stime
 	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("parse /proc/%d/stat: %w", pid, err)
+		return 0, fmt.Errorf("parse stat: %w", err)
 	}
-	return time.Duration(float64(ut+st) / clockTick * float64(time.Second)), nil
+	return ut + st, nil
 }
 
 // cpuPerRequest runs load (which returns req/s and the requests it
