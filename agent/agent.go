@@ -122,6 +122,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		if a.dp, err = openDatapath(a.cfg.Datapath, a.log); err != nil {
 			return err
 		}
+		if a.eng != nil {
+			a.dp.nodes = a.eng.nodeClaims
+		}
 		defer a.dp.Close()
 	}
 	var px *dns.Proxy

@@ -43,6 +43,16 @@ type Config struct {
 	// that fails to parse or validate is reported in the status and its
 	// endpoints stay as they were.
 	EndpointsDir string `json:"endpointsDir,omitempty"`
+	// Nodes are the cluster's other nodes with their labels (embedded
+	// mode; on Kubernetes they come from Node objects). Their addresses
+	// carry the remote-node identity, or with EnableNodeSelectorLabels an
+	// identity of their own made of their labels, which fromNodes/toNodes
+	// select.
+	Nodes []Node `json:"nodes,omitempty"`
+	// EnableNodeSelectorLabels gives every node of Nodes its own identity
+	// from its labels, as Cilium's --enable-node-selector-labels: without
+	// it fromNodes/toNodes select nothing but the remote-node identity.
+	EnableNodeSelectorLabels bool `json:"enableNodeSelectorLabels,omitempty"`
 	// Services are the services toServices selects (embedded mode).
 	Services []Service `json:"services,omitempty"`
 	// ServicesDir holds more services (watched; relative to the config
@@ -138,6 +148,14 @@ type Endpoint struct {
 	// containerPorts): a policy's toPorts port "http" resolves to the port
 	// the selected endpoints name "http".
 	Ports []ContainerPort `json:"ports,omitempty"`
+}
+
+// Node is another node of the cluster.
+type Node struct {
+	Name string `json:"name"`
+	// Addresses are the node's IPs (or prefixes).
+	Addresses []string          `json:"addresses"`
+	Labels    map[string]string `json:"labels,omitempty"`
 }
 
 // ContainerPort is a named port of an endpoint, as a Kubernetes
@@ -378,6 +396,16 @@ func (c *Config) Validate() error {
 	svcs := map[string]string{}
 	for i, s := range c.Services {
 		errs = append(errs, validateService(s, fmt.Sprintf("services[%d]", i), svcs)...)
+	}
+	for i, n := range c.Nodes {
+		if n.Name == "" {
+			errs = append(errs, fmt.Errorf("nodes[%d].name is required", i))
+		}
+		for j, a := range n.Addresses {
+			if _, err := parseAddrOrPrefix(a); err != nil {
+				errs = append(errs, fmt.Errorf("nodes[%d].addresses[%d]: %w", i, j, err))
+			}
+		}
 	}
 	for i, s := range c.Datapath.KubeAPIServer {
 		if _, err := parseAddrOrPrefix(s); err != nil {

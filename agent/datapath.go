@@ -29,6 +29,7 @@ type datapath struct {
 	// remote are the other nodes' prefixes (remote-node identity).
 	remote    []netip.Prefix
 	apiserver []netip.Prefix
+	nodes     map[netip.Prefix]uint32 // the config's nodes (engine.nodeClaims)
 
 	mu sync.Mutex
 	// Each local endpoint has a slot, the offset of its egress listeners
@@ -208,7 +209,7 @@ func (d *datapath) Apply(_ context.Context, st *State) error {
 			eps[netip.PrefixFrom(a, a.BitLen())] = uint32(pol.Identity)
 		}
 	}
-	nodes, err := nodeClaims(d.remote, d.apiserver)
+	nodes, err := nodeClaims(d.remote, d.apiserver, d.nodes)
 	if err != nil {
 		errs = append(errs, err)
 	}

@@ -48,13 +48,16 @@ func (f ConsumerFunc) Apply(ctx context.Context, st *State) error { return f(ctx
 // engine resolves the policy repository for the node's workloads and
 // publishes each new state to the consumers.
 type engine struct {
-	repo      *policy.Repository
-	wl        atomic.Pointer[workloadSet] // replaced, never modified
-	wlMu      sync.Mutex                  // one setEndpoints at a time
-	svcMu     sync.Mutex
-	services  map[string]policy.ServiceInfo // by namespace/name
-	consumers []Consumer
-	log       *slog.Logger
+	repo *policy.Repository
+	wl   atomic.Pointer[workloadSet] // replaced, never modified
+	wlMu sync.Mutex                  // one setEndpoints at a time
+	// nodeClaims are the other nodes' addresses with their identity
+	// (remote-node, or their own with enableNodeSelectorLabels); fixed.
+	nodeClaims map[netip.Prefix]uint32
+	svcMu      sync.Mutex
+	services   map[string]policy.ServiceInfo // by namespace/name
+	consumers  []Consumer
+	log        *slog.Logger
 	// afterPublish runs after each publish, outside the publish lock (the
 	// DNS proxy's selectors: relabelling cached IPs may allocate identities
 	// and publish again).
@@ -83,6 +86,9 @@ func newEngine(cfg *Config, log *slog.Logger) (*engine, error) {
 		return nil, err
 	}
 	e.setServices(cfg.Services)
+	if err := e.setNodes(cfg.Nodes, cfg.EnableNodeSelectorLabels); err != nil {
+		return nil, err
+	}
 	return e, nil
 }
 
@@ -165,6 +171,32 @@ func workloadOf(ep Endpoint) (registeredWorkload, error) {
 // sameRegistration: what the repository knows of an endpoint is unchanged.
 func sameRegistration(a, b Endpoint) bool {
 	return a.Namespace == b.Namespace && maps.Equal(a.Labels, b.Labels) && slices.Equal(a.Ports, b.Ports)
+}
+
+// setNodes gives the other nodes' addresses their identity: with
+// selector labels one allocated from each node's labels (and known to the
+// repository's selectors), else remote-node.
+func (e *engine) setNodes(nodes []Node, selectorLabels bool) error {
+	e.nodeClaims = map[netip.Prefix]uint32{}
+	for i, n := range nodes {
+		id := policy.IdentityRemoteNode
+		if selectorLabels {
+			ident, _, err := e.repo.Allocator().Allocate(policy.RemoteNodeLabels(n.Labels))
+			if err != nil {
+				return fmt.Errorf("nodes[%d]: identity: %w", i, err)
+			}
+			e.repo.UpsertIdentity(ident)
+			id = ident.ID
+		}
+		for j, a := range n.Addresses {
+			p, err := parseAddrOrPrefix(a)
+			if err != nil {
+				return fmt.Errorf("nodes[%d].addresses[%d]: %w", i, j, err)
+			}
+			e.nodeClaims[p] = uint32(id)
+		}
+	}
+	return nil
 }
 
 // workloads returns the current workloads.

@@ -49,10 +49,16 @@ func hostAddrs() ([]netip.Addr, error) {
 // The kube-apiserver's addresses (datapath.kubeAPIServer) carry the
 // kube-apiserver identity (toEntities: [kube-apiserver]), over remote-node
 // where both name an address.
-func nodeClaims(remote, apiserver []netip.Prefix) (map[netip.Prefix]uint32, error) {
-	out := make(map[netip.Prefix]uint32, len(remote)+len(apiserver)+4)
+//
+// nodes are the identities of the nodes of the config's nodes list
+// (remote-node, or their own with enableNodeSelectorLabels).
+func nodeClaims(remote, apiserver []netip.Prefix, nodes map[netip.Prefix]uint32) (map[netip.Prefix]uint32, error) {
+	out := make(map[netip.Prefix]uint32, len(remote)+len(apiserver)+len(nodes)+4)
 	for _, p := range remote {
 		out[p] = uint32(policy.IdentityRemoteNode)
+	}
+	for p, id := range nodes {
+		out[p] = id
 	}
 	for _, p := range apiserver {
 		out[p] = uint32(policy.IdentityKubeAPIServer)
@@ -85,7 +91,11 @@ func (a *Agent) nodeClaims() map[netip.Prefix]uint32 {
 	if err != nil {
 		a.log.Warn("node claims", "error", err)
 	}
-	claims, err := nodeClaims(remote, apiserver)
+	var nodes map[netip.Prefix]uint32
+	if a.eng != nil {
+		nodes = a.eng.nodeClaims
+	}
+	claims, err := nodeClaims(remote, apiserver, nodes)
 	if err != nil {
 		a.log.Warn("node claims", "error", err)
 	}

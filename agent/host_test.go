@@ -41,7 +41,7 @@ func TestAllowLocalhostEntry(t *testing.T) {
 
 func TestNodeClaims(t *testing.T) {
 	remote := []netip.Prefix{netip.MustParsePrefix("172.31.0.1/32"), netip.MustParsePrefix("192.0.2.0/24")}
-	claims, err := nodeClaims(remote, []netip.Prefix{netip.MustParsePrefix("10.96.0.1/32")})
+	claims, err := nodeClaims(remote, []netip.Prefix{netip.MustParsePrefix("10.96.0.1/32")}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -41,6 +41,11 @@ func (p entityPeer) selects(id *Identity) bool {
 	case EntityWorldIPv6:
 		return id.ID == IdentityWorldIPv6 || id.ID == IdentityWorld ||
 			(id.ID.IsLocal() && id.isWorld() && (!id.Prefix.IsValid() || id.Prefix.Addr().Is6()))
+	case EntityRemoteNode:
+		// The remote-node identity, and the per-node identities of
+		// enable-node-selector-labels (their labels carry
+		// reserved:remote-node).
+		return id.ID == IdentityRemoteNode || id.Labels.Has(SourceReserved, EntityRemoteNode)
 	case EntityCluster:
 		switch id.ID {
 		case IdentityHost, IdentityUnmanaged, IdentityHealth, IdentityInit,

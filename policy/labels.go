@@ -323,3 +323,12 @@ func selectorHasSource(es *EndpointSelector, source string) bool {
 	}
 	return false
 }
+
+// RemoteNodeLabels are the labels of another node's identity under
+// Cilium's enable-node-selector-labels: its Kubernetes node labels (source
+// k8s) and reserved:remote-node, so that fromNodes/toNodes select it by
+// its labels and fromEntities/toEntities remote-node still selects it.
+func RemoteNodeLabels(m map[string]string) Labels {
+	ls := K8sLabels(m, "")
+	return NewLabels(append(ls, Label{Source: SourceReserved, Key: "remote-node"})...)
+}
