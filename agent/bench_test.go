@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/wardproxy/ward/agent/ipcache"
-	"github.com/wardproxy/ward/bpf/policymap"
 	"github.com/wardproxy/ward/bpf/redirect"
 	"github.com/wardproxy/ward/policy"
 	"github.com/wardproxy/ward/xds"
@@ -209,72 +208,37 @@ func (t *timedConsumer) Apply(ctx context.Context, st *State) error {
 	return err
 }
 
-// scaleDatapath does what datapath.Apply does for a State except the
-// kernel writes: the ipcache owner table's reconciliation (over an
-// in-memory writer), then for every local endpoint its slot and the policy
-// map entries (policymap.Entries with the datapath's proxy ports), kept in
-// memory where datapath.Apply calls SetPolicy; attaching endpoints is left
-// out (no interfaces). It counts the endpoint policies it wrote.
+// scaleDatapath is the agent's datapath consumer (datapath.Apply itself)
+// over writers without kernel writes: the ipcache owner table over an
+// in-memory map, the endpoints' policy-map entries kept in memory where
+// the BPF datapath would write them, interfaces that always exist. It
+// counts the endpoint policies written.
 type scaleDatapath struct {
-	d        *datapath
+	*datapath
 	policies map[uint32][]redirect.PolicyEntry
 	written  int
 }
 
 func newScaleDatapath() *scaleDatapath {
-	d := &datapath{cfg: DatapathConfig{}.withDefaults(), slots: map[uint64]int{}, egress: map[uint64]uint16{}, kafka: map[uint64]uint16{},
-		attached: map[uint64]bool{}, epErrs: map[uint64]error{}}
-	d.ipc = ipcache.New(&memIPCache{m: map[netip.Prefix]uint32{}})
-	return &scaleDatapath{d: d, policies: map[uint32][]redirect.PolicyEntry{}}
+	s := &scaleDatapath{policies: map[uint32][]redirect.PolicyEntry{}}
+	s.datapath = &datapath{cfg: DatapathConfig{}.withDefaults(), slots: map[uint64]int{}, egress: map[uint64]uint16{}, kafka: map[uint64]uint16{},
+		attached: map[uint64]bool{}, epErrs: map[uint64]error{}, applied: map[uint64]appliedEndpoint{},
+		w: memPolicies{s}, ifindex: func(string) (int, error) { return 1, nil }}
+	s.datapath.ipc = ipcache.New(&memIPCache{m: map[netip.Prefix]uint32{}})
+	return s
 }
 
-func (s *scaleDatapath) Apply(_ context.Context, st *State) error {
-	snap := st.Policy
-	eps := map[netip.Prefix]uint32{}
-	for _, w := range st.Workloads {
-		pol, ok := snap.Endpoint(w.ID)
-		if !ok {
-			continue
-		}
-		for _, a := range w.Addrs {
-			eps[netip.PrefixFrom(a, a.BitLen())] = uint32(pol.Identity)
-		}
-	}
-	cidrs := map[netip.Prefix]uint32{}
-	for _, c := range snap.CIDRIdentities() {
-		if c.Prefix.IsValid() {
-			cidrs[c.Prefix] = uint32(c.ID)
-		}
-	}
-	if err := s.d.ipc.Owner(ipcache.Endpoint).Sync(eps); err != nil {
-		return err
-	}
-	if err := s.d.ipc.Owner(ipcache.CIDR).Sync(cidrs); err != nil {
-		return err
-	}
-	for _, w := range st.Workloads {
-		if w.Remote {
-			continue
-		}
-		s.d.assign(w.ID)
-		pol, ok := snap.Endpoint(w.ID)
-		if !ok {
-			continue
-		}
-		ports := func(dir policy.Direction, l7 *policy.L7Port) uint16 { return s.d.proxyPort(w.ID, dir, l7) }
-		in, err := policymap.Entries(policy.Ingress, pol.Ingress, ports)
-		if err != nil {
-			return err
-		}
-		out, err := policymap.Entries(policy.Egress, pol.Egress, ports)
-		if err != nil {
-			return err
-		}
-		s.policies[uint32(w.ID)] = append(in, out...)
-		s.written++
-	}
+// memPolicies is a policyWriter into scaleDatapath's memory.
+type memPolicies struct{ s *scaleDatapath }
+
+func (m memPolicies) SetPolicy(id uint32, entries []redirect.PolicyEntry) error {
+	m.s.policies[id] = entries
+	m.s.written++
 	return nil
 }
+func (m memPolicies) AddEndpoint(redirect.Endpoint) error { return nil }
+func (m memPolicies) RemoveEndpoint(id uint32) error      { delete(m.s.policies, id); return nil }
+func (m memPolicies) Lockdown(uint32) error               { return nil }
 
 // memIPCache is an ipcache.Writer over a map.
 type memIPCache struct {

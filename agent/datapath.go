@@ -24,8 +24,13 @@ import (
 type datapath struct {
 	cfg DatapathConfig
 	dp  *redirect.Datapath
-	log *slog.Logger
-	ipc *ipcache.Table // the one writer of the BPF ipcache
+	// w receives the endpoint writes (dp; the scale benchmark substitutes
+	// one without kernel writes) and ifindex looks interfaces up
+	// (net.InterfaceByName).
+	w       policyWriter
+	ifindex func(name string) (int, error)
+	log     *slog.Logger
+	ipc     *ipcache.Table // the one writer of the BPF ipcache
 	// remote are the other nodes' prefixes (remote-node identity).
 	remote    []netip.Prefix
 	apiserver []netip.Prefix
@@ -38,7 +43,37 @@ type datapath struct {
 	egress   map[uint64]uint16 // endpoint id -> its egress HTTP listener port
 	kafka    map[uint64]uint16 // endpoint id -> its egress Kafka listener port
 	attached map[uint64]bool   // endpoints in the datapath
-	epErrs   map[uint64]error  // per local endpoint, from the last Apply
+	// applied is what the last successful write of each endpoint was
+	// made from: a publish that does not change an endpoint's resolved
+	// policy (the snapshot hands out the same pointer), interface or
+	// address writes nothing for it, so a change touching one endpoint
+	// rewrites only that endpoint (and re-decides only its flows).
+	applied map[uint64]appliedEndpoint
+	epErrs  map[uint64]error // per local endpoint, from the last Apply
+}
+
+// policyWriter is the part of the BPF datapath Apply writes endpoints to.
+type policyWriter interface {
+	SetPolicy(endpointID uint32, entries []redirect.PolicyEntry) error
+	AddEndpoint(ep redirect.Endpoint) error
+	RemoveEndpoint(id uint32) error
+	Lockdown(endpointID uint32) error
+}
+
+var _ policyWriter = (*redirect.Datapath)(nil)
+
+type appliedEndpoint struct {
+	pol     *policy.EndpointPolicy
+	ifindex int
+	addr    netip.Addr
+}
+
+func interfaceIndex(name string) (int, error) {
+	ifc, err := net.InterfaceByName(name)
+	if err != nil {
+		return 0, err
+	}
+	return ifc.Index, nil
 }
 
 // assign gives a local endpoint its slot (and egress ports) if it has none.
@@ -76,7 +111,8 @@ var _ Consumer = (*datapath)(nil)
 // Endpoints come and go with each State; their interfaces are looked up
 // when they are applied.
 func openDatapath(cfg DatapathConfig, log *slog.Logger) (*datapath, error) {
-	d := &datapath{cfg: cfg, log: log, slots: map[uint64]int{}, egress: map[uint64]uint16{}, kafka: map[uint64]uint16{}, attached: map[uint64]bool{}, epErrs: map[uint64]error{}}
+	d := &datapath{cfg: cfg, log: log, slots: map[uint64]int{}, egress: map[uint64]uint16{}, kafka: map[uint64]uint16{}, attached: map[uint64]bool{}, epErrs: map[uint64]error{},
+		applied: map[uint64]appliedEndpoint{}, ifindex: interfaceIndex}
 	var err error
 	if d.apiserver, err = prefixes(cfg.KubeAPIServer, "datapath.kubeAPIServer"); err != nil {
 		return nil, err
@@ -99,7 +135,7 @@ func openDatapath(cfg DatapathConfig, log *slog.Logger) (*datapath, error) {
 		dp.Close()
 		return nil, err
 	}
-	d.dp = dp
+	d.dp, d.w = dp, dp
 	for i, name := range cfg.Devices {
 		ifc, err := net.InterfaceByName(name)
 		if err == nil {
@@ -236,7 +272,10 @@ func (d *datapath) Apply(_ context.Context, st *State) error {
 		d.assign(w.ID)
 		if err := d.applyEndpoint(snap, w); err != nil {
 			err = fmt.Errorf("endpoint %s: %w", w.Name, err)
-			if lerr := d.dp.Lockdown(uint32(w.ID)); lerr != nil {
+			d.mu.Lock()
+			delete(d.applied, w.ID)
+			d.mu.Unlock()
+			if lerr := d.w.Lockdown(uint32(w.ID)); lerr != nil {
 				err = errors.Join(err, fmt.Errorf("lockdown: %w", lerr))
 			}
 			epErrs[w.ID] = err
@@ -254,13 +293,14 @@ func (d *datapath) Apply(_ context.Context, st *State) error {
 	}
 	d.mu.Unlock()
 	for _, id := range gone {
-		if err := d.dp.RemoveEndpoint(uint32(id)); err != nil {
+		if err := d.w.RemoveEndpoint(uint32(id)); err != nil {
 			errs = append(errs, fmt.Errorf("remove endpoint %d: %w", id, err))
 			continue
 		}
 		d.release(id)
 		d.mu.Lock()
 		delete(d.attached, id)
+		delete(d.applied, id)
 		d.mu.Unlock()
 	}
 	d.mu.Lock()
@@ -293,6 +333,18 @@ func (d *datapath) applyEndpoint(snap *policy.Snapshot, w Workload) error {
 	if !ok {
 		return nil
 	}
+	ifindex, ifErr := 0, error(nil)
+	var addr netip.Addr
+	if len(w.Addrs) > 0 {
+		addr = w.Addrs[0]
+		ifindex, ifErr = d.ifindex(w.Interface)
+	}
+	d.mu.Lock()
+	prev, done := d.applied[w.ID]
+	d.mu.Unlock()
+	if done && ifErr == nil && prev == (appliedEndpoint{pol: pol, ifindex: ifindex, addr: addr}) {
+		return nil // unchanged since its last successful write
+	}
 	ports := func(dir policy.Direction, l7 *policy.L7Port) uint16 { return d.proxyPort(w.ID, dir, l7) }
 	in, err := policymap.Entries(policy.Ingress, pol.Ingress, ports)
 	if err != nil {
@@ -305,24 +357,27 @@ func (d *datapath) applyEndpoint(snap *policy.Snapshot, w Workload) error {
 	if err != nil {
 		return err
 	}
-	if err := d.dp.SetPolicy(uint32(w.ID), append(in, out...)); err != nil {
+	if err := d.w.SetPolicy(uint32(w.ID), append(in, out...)); err != nil {
 		return err
 	}
-	if len(w.Addrs) == 0 {
+	if !addr.IsValid() {
+		d.mu.Lock()
+		d.applied[w.ID] = appliedEndpoint{pol: pol}
+		d.mu.Unlock()
 		return nil
 	}
-	ifc, err := net.InterfaceByName(w.Interface)
-	if err != nil {
+	if ifErr != nil {
 		// Not attached: until the interface exists no traffic of the
 		// endpoint can pass the node; its policy is in place for then.
-		return fmt.Errorf("%w: interface %q: %w", errNoInterface, w.Interface, err)
+		return fmt.Errorf("%w: interface %q: %w", errNoInterface, w.Interface, ifErr)
 	}
-	if err := d.dp.AddEndpoint(redirect.Endpoint{ID: uint32(w.ID), IP: w.Addrs[0], IfIndex: ifc.Index, Identity: uint32(pol.Identity),
+	if err := d.w.AddEndpoint(redirect.Endpoint{ID: uint32(w.ID), IP: addr, IfIndex: ifindex, Identity: uint32(pol.Identity),
 		EnforceIngress: pol.Ingress != nil && pol.Ingress.Enforced, EnforceEgress: pol.Egress != nil && pol.Egress.Enforced}); err != nil {
 		return err
 	}
 	d.mu.Lock()
 	d.attached[w.ID] = true
+	d.applied[w.ID] = appliedEndpoint{pol: pol, ifindex: ifindex, addr: addr}
 	d.mu.Unlock()
 	return nil
 }

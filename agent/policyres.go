@@ -30,7 +30,8 @@ type policyResources struct {
 	node func() map[netip.Prefix]uint32
 
 	mu      sync.Mutex // one identity table sent at a time (a publish, the DNS proxy)
-	applied bool       // base is a state's: the DNS proxy's claims alone are never sent
+	cache   xds.TranslationCache
+	applied bool // base is a state's: the DNS proxy's claims alone are never sent
 	base    []*npds.NetworkPolicyHosts
 	pv      string // the versions the last Apply set
 	hv      string
@@ -43,7 +44,9 @@ func (p *policyResources) Apply(_ context.Context, st *State) error {
 	for _, w := range st.Workloads {
 		ws = append(ws, xds.Workload{Name: w.Name, ID: w.ID, IPs: w.Addrs, Remote: w.Remote})
 	}
-	ps, hosts := xds.Resources(st.Policy, ws)
+	p.mu.Lock()
+	ps, hosts := p.cache.Resources(st.Policy, ws)
+	p.mu.Unlock()
 	if p.node != nil {
 		// Below the workloads' own addresses, as in the ipcache.
 		hosts = xds.WithFQDN(hosts, p.node())

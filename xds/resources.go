@@ -247,7 +247,9 @@ func setAll[T types.ResourceWithName](s *Server, c *resyncCache, rs []T) string 
 	defer c.mu.Unlock()
 	changed := map[string]types.Resource{}
 	for n, r := range next {
-		if old, ok := c.cur[n]; !ok || !proto.Equal(old, r) {
+		// The same message (a translation cache hit) is unchanged
+		// without comparing it field by field.
+		if old, ok := c.cur[n]; !ok || (old != r && !proto.Equal(old, r)) {
 			changed[n] = r
 		}
 	}

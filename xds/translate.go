@@ -2,6 +2,7 @@ package xds
 
 import (
 	"net/netip"
+	"slices"
 	"sort"
 
 	"github.com/wardproxy/ward/policy"
@@ -117,6 +118,47 @@ type Workload struct {
 // NetworkPolicy per local workload and the identity table of every
 // workload address and CIDR identity.
 func Resources(snap *policy.Snapshot, ws []Workload) ([]*npds.NetworkPolicy, []*npds.NetworkPolicyHosts) {
+	return (*TranslationCache)(nil).Resources(snap, ws)
+}
+
+// TranslationCache keeps each local endpoint's translated NetworkPolicy
+// while the snapshots hand out the same *policy.EndpointPolicy (they do
+// until something that affects the endpoint changes) and its name and
+// addresses are the same, so a publish translates only the endpoints that
+// changed. The messages it returns are shared: never modified. The zero
+// value is ready; a nil cache translates everything. Not safe for
+// concurrent use.
+type TranslationCache struct {
+	m map[uint64]cachedPolicy
+}
+
+type cachedPolicy struct {
+	pol  *policy.EndpointPolicy
+	name string
+	ips  []netip.Addr
+	np   *npds.NetworkPolicy
+}
+
+// Resources is Resources through the cache.
+func (c *TranslationCache) Resources(snap *policy.Snapshot, ws []Workload) ([]*npds.NetworkPolicy, []*npds.NetworkPolicyHosts) {
+	var next map[uint64]cachedPolicy
+	if c != nil {
+		next = make(map[uint64]cachedPolicy, len(c.m))
+		defer func() { c.m = next }()
+	}
+	translate := func(w Workload, ep *policy.EndpointPolicy) *npds.NetworkPolicy {
+		if c != nil {
+			if cp, ok := c.m[w.ID]; ok && cp.pol == ep && cp.name == w.Name && slices.Equal(cp.ips, w.IPs) {
+				next[w.ID] = cp
+				return cp.np
+			}
+		}
+		np := NetworkPolicy(EndpointInfo{Name: w.Name, ID: w.ID, IPs: w.IPs}, ep)
+		if c != nil {
+			next[w.ID] = cachedPolicy{pol: ep, name: w.Name, ips: slices.Clone(w.IPs), np: np}
+		}
+		return np
+	}
 	var ps []*npds.NetworkPolicy
 	hostIPs := map[netip.Addr]policy.NumericIdentity{}
 	for _, w := range ws {
@@ -128,7 +170,7 @@ func Resources(snap *policy.Snapshot, ws []Workload) ([]*npds.NetworkPolicy, []*
 			hostIPs[a] = ep.Identity
 		}
 		if !w.Remote {
-			ps = append(ps, NetworkPolicy(EndpointInfo{Name: w.Name, ID: w.ID, IPs: w.IPs}, ep))
+			ps = append(ps, translate(w, ep))
 		}
 	}
 	sort.Slice(ps, func(i, j int) bool { return ps[i].Name < ps[j].Name })

@@ -93,3 +93,31 @@ func TestResourcesDeathstar(t *testing.T) {
 		}
 	}
 }
+
+// TestTranslationCache: an endpoint whose resolved policy (pointer), name
+// and addresses are unchanged gets the same message back; a changed one is
+// translated again; a gone one leaves the cache.
+func TestTranslationCache(t *testing.T) {
+	r := policy.NewRepository(policy.Config{})
+	for i, app := range []string{"a", "b"} {
+		if _, err := r.UpsertEndpoint(policy.Endpoint{ID: uint64(i + 1), Labels: policy.K8sLabels(map[string]string{"app": app}, "default")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ws := []Workload{{Name: "a", ID: 1, IPs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}, {Name: "b", ID: 2, IPs: []netip.Addr{netip.MustParseAddr("10.0.0.2")}}}
+	var c TranslationCache
+	ps1, _ := c.Resources(r.Snapshot(), ws)
+	ps2, _ := c.Resources(r.Snapshot(), ws)
+	if len(ps1) != 2 || ps1[0] != ps2[0] || ps1[1] != ps2[1] {
+		t.Fatalf("unchanged endpoints translated again: %p %p / %p %p", ps1[0], ps2[0], ps1[1], ps2[1])
+	}
+	ws[1].IPs = []netip.Addr{netip.MustParseAddr("10.0.0.3")}
+	ps3, _ := c.Resources(r.Snapshot(), ws)
+	if ps3[0] != ps1[0] || ps3[1] == ps1[1] || ps3[1].EndpointIps[0] != "10.0.0.3" {
+		t.Errorf("after b's address changed: a reused %v, b retranslated %v (%v)", ps3[0] == ps1[0], ps3[1] != ps1[1], ps3[1].EndpointIps)
+	}
+	c.Resources(r.Snapshot(), ws[:1])
+	if _, ok := c.m[2]; ok {
+		t.Error("a gone endpoint stayed in the cache")
+	}
+}
