@@ -95,7 +95,8 @@ func newEngine(cfg *Config, log *slog.Logger) (*engine, error) {
 // setEndpoints makes eps the node's workloads: new and changed ones are
 // upserted into the repository (identity from their labels), gone ones
 // deleted. It reports whether anything changed. An endpoint that fails is
-// reported (by its path under where) and left out; the others apply.
+// reported (by its path under where): a new one is left out, a changed one
+// stays as it was; the others apply.
 func (e *engine) setEndpoints(eps []Endpoint, where string) (bool, error) {
 	e.wlMu.Lock()
 	defer e.wlMu.Unlock()
@@ -110,9 +111,14 @@ func (e *engine) setEndpoints(eps []Endpoint, where string) (bool, error) {
 			errs = append(errs, fmt.Errorf("%s[%d]: %w", where, i, err))
 			continue
 		}
-		if prev, ok := old.byID[ep.ID]; !ok || !sameRegistration(prev.Endpoint, ep) {
+		prev, had := old.byID[ep.ID]
+		if !had || !sameRegistration(prev.Endpoint, ep) {
 			if _, err := e.repo.UpsertEndpoint(w.registration); err != nil {
 				errs = append(errs, fmt.Errorf("%s[%d]: %w", where, i, err))
+				if had {
+					// The change is refused; the endpoint stays as it was.
+					next.list = append(next.list, *prev)
+				}
 				continue
 			}
 			changed = true
