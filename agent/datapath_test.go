@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 
 	"github.com/wardproxy/ward/policy"
@@ -70,5 +71,26 @@ spec:
 	e.publish(ctx)
 	if dp.written != w+1 {
 		t.Errorf("c (waiting for its interface) rewritten %d times by the next publish; want 1", dp.written-w)
+	}
+}
+
+// TestStatusNamesUnenforcedHostPolicies: a host policy (nodeSelector),
+// which wardd accepts but does not enforce yet, is named in the status
+// errors, never silently taken for enforced.
+func TestStatusNamesUnenforcedHostPolicies(t *testing.T) {
+	ps, err := policy.Parse("host.yaml", []byte(`apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: demo-host-policy}
+spec:
+  nodeSelector: {matchLabels: {node-access: ssh}}
+  ingress:
+  - toPorts: [{ports: [{port: "22", protocol: TCP}]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := unenforced(ps)
+	if len(got) != 1 || !strings.Contains(got[0], "demo-host-policy") || !strings.Contains(got[0], "not enforced") {
+		t.Errorf("unenforced = %q; want the host policy named as not enforced", got)
 	}
 }

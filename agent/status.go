@@ -14,6 +14,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/wardproxy/ward/agent/api"
+	"github.com/wardproxy/ward/policy"
 	"github.com/wardproxy/ward/xds/npds"
 )
 
@@ -75,6 +76,7 @@ func (a *Agent) Status() api.Status {
 			st.Errors = append(st.Errors, a.eng.errs[name].Error())
 		}
 		a.eng.errMu.Unlock()
+		st.Errors = append(st.Errors, unenforced(a.eng.repo.Policies())...)
 		if a.eps != nil {
 			st.EndpointFiles = a.eps.files.status()
 		}
@@ -106,6 +108,26 @@ func (a *Agent) Status() api.Status {
 		}
 	}
 	return st
+}
+
+// unenforced names the rules wardd accepts but does not enforce yet: host
+// policies (nodeSelector; the host firewall is not built), so that a user
+// never takes them for enforced.
+func unenforced(ps []*policy.Policy) []string {
+	var out []string
+	for _, p := range ps {
+		rules := p.Specs
+		if p.Spec != nil {
+			rules = append([]*policy.Rule{p.Spec}, rules...)
+		}
+		for _, r := range rules {
+			if r != nil && r.NodeSelector != nil {
+				out = append(out, fmt.Sprintf("policy %s (%s): nodeSelector rules (host policies) are not enforced yet: the host firewall is not built", p.Metadata.Name, p.File))
+				break
+			}
+		}
+	}
+	return out
 }
 
 // watchNACKs reports Envoy's rejections of updates (for example a module
