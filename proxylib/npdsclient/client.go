@@ -249,24 +249,9 @@ func (c *Client) apply(resp *discovery.DeltaDiscoveryResponse) error {
 // call into Envoy, to log), then folds them into a new State under
 // applyMu, and logs after.
 func (c *Client) applyPolicies(version string, removed []string, ups []update[*npds.NetworkPolicy]) error {
-	rej := map[string]error{}
-	changes := make(map[string]*Endpoint, len(removed)+len(ups))
-	for _, n := range removed {
-		changes[n] = nil
-	}
-	versions := make(map[string]string, len(ups))
-	for _, u := range ups {
-		if u.err != nil {
-			rej[u.name] = u.err
-			continue
-		}
-		e, err := compileEndpoint(u.name, u.msg, c.cfg.Compile)
-		if err != nil {
-			rej[u.name] = err
-			continue
-		}
-		changes[u.name], versions[u.name] = e, u.version
-	}
+	changes, versions, rej := compileDelta(removed, ups, func(name string, m *npds.NetworkPolicy) (*Endpoint, error) {
+		return compileEndpoint(name, m, c.cfg.Compile)
+	})
 	s := func() *State {
 		c.applyMu.Lock()
 		defer c.applyMu.Unlock()
@@ -282,26 +267,35 @@ func (c *Client) applyPolicies(version string, removed []string, ups []update[*n
 	return joinRejections(rej)
 }
 
-// applyHosts is applyPolicies for the identity table.
-func (c *Client) applyHosts(version string, removed []string, ups []update[*npds.NetworkPolicyHosts]) error {
-	rej := map[string]error{}
-	changes := make(map[string]*hostsRes, len(removed)+len(ups))
+// compileDelta compiles the resources of a delta one by one: changes maps
+// each name to its compiled form (nil: removed) with versions, rej the
+// names that failed to decode or compile (each kept at its previous
+// version by the caller).
+func compileDelta[M any, R any](removed []string, ups []update[M], compile func(name string, m M) (*R, error)) (changes map[string]*R, versions map[string]string, rej map[string]error) {
+	rej = map[string]error{}
+	changes = make(map[string]*R, len(removed)+len(ups))
 	for _, n := range removed {
 		changes[n] = nil
 	}
-	versions := make(map[string]string, len(ups))
+	versions = make(map[string]string, len(ups))
 	for _, u := range ups {
 		if u.err != nil {
 			rej[u.name] = u.err
 			continue
 		}
-		h, err := compileHostsRes(u.name, u.msg)
+		r, err := compile(u.name, u.msg)
 		if err != nil {
 			rej[u.name] = err
 			continue
 		}
-		changes[u.name], versions[u.name] = h, u.version
+		changes[u.name], versions[u.name] = r, u.version
 	}
+	return changes, versions, rej
+}
+
+// applyHosts is applyPolicies for the identity table.
+func (c *Client) applyHosts(version string, removed []string, ups []update[*npds.NetworkPolicyHosts]) error {
+	changes, versions, rej := compileDelta(removed, ups, compileHostsRes)
 	s := func() *State {
 		c.applyMu.Lock()
 		defer c.applyMu.Unlock()
