@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,17 +29,20 @@ type Agent struct {
 	log  *slog.Logger
 	node string
 
-	srv   *xds.Server
-	proc  *envoyproc.Proc   // nil with Envoy disabled
-	eng   *engine           // nil without a policy directory
-	src   *dirsource.Source // nil without a policy directory
-	dp    *datapath         // nil without the datapath
-	glue  *dnsGlue          // nil without the datapath
-	tls   *tlsPolicy        // nil without the datapath
-	obs   observe           // flow stream and metrics (flows.go)
-	eps   *endpointSource   // nil without an endpoints directory
-	svcs  *serviceSource    // nil without a services directory
-	ready chan struct{}
+	srv  *xds.Server
+	proc *envoyproc.Proc   // nil with Envoy disabled
+	eng  *engine           // nil without a policy directory
+	src  *dirsource.Source // nil without a policy directory
+	dp   *datapath         // nil without the datapath
+	glue *dnsGlue          // nil without the datapath
+	tls  *tlsPolicy        // nil without the datapath
+	obs  observe           // flow stream and metrics (flows.go)
+	eps  *endpointSource   // nil without an endpoints directory
+	// remote and apiserver are datapath.remoteNodes and kubeAPIServer,
+	// parsed once.
+	remote, apiserver []netip.Prefix
+	svcs              *serviceSource // nil without a services directory
+	ready             chan struct{}
 }
 
 // New validates cfg and returns the agent. It acquires nothing: sockets,
@@ -62,6 +66,13 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		a.node, _ = os.Hostname()
 	}
 	a.newObserve()
+	var err error
+	if a.remote, err = prefixes(cfg.Datapath.RemoteNodes, "datapath.remoteNodes"); err != nil {
+		return nil, err
+	}
+	if a.apiserver, err = prefixes(cfg.Datapath.KubeAPIServer, "datapath.kubeAPIServer"); err != nil {
+		return nil, err
+	}
 	srv, err := xds.New(xds.Config{Socket: a.xdsSocket(), Logger: log})
 	if err != nil {
 		return nil, err
@@ -122,6 +133,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if a.dp, err = openDatapath(a.cfg.Datapath, a.log); err != nil {
 			return err
 		}
+		a.dp.remote, a.dp.apiserver = a.remote, a.apiserver
 		if a.eng != nil {
 			a.dp.nodes = a.eng.nodeClaims
 		}

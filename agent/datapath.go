@@ -31,10 +31,11 @@ type datapath struct {
 	ifindex func(name string) (int, error)
 	log     *slog.Logger
 	ipc     *ipcache.Table // the one writer of the BPF ipcache
-	// remote are the other nodes' prefixes (remote-node identity).
+	// remote, apiserver and nodes are the node claims' sources (the
+	// agent's, parsed once): remoteNodes, kubeAPIServer, the config's nodes.
 	remote    []netip.Prefix
 	apiserver []netip.Prefix
-	nodes     map[netip.Prefix]uint32 // the config's nodes (engine.nodeClaims)
+	nodes     map[netip.Prefix]uint32
 
 	mu sync.Mutex
 	// Each local endpoint has a slot, the offset of its egress listeners
@@ -113,13 +114,6 @@ var _ Consumer = (*datapath)(nil)
 func openDatapath(cfg DatapathConfig, log *slog.Logger) (*datapath, error) {
 	d := &datapath{cfg: cfg, log: log, slots: map[uint64]int{}, egress: map[uint64]uint16{}, kafka: map[uint64]uint16{}, attached: map[uint64]bool{}, epErrs: map[uint64]error{},
 		applied: map[uint64]appliedEndpoint{}, ifindex: interfaceIndex}
-	var err error
-	if d.apiserver, err = prefixes(cfg.KubeAPIServer, "datapath.kubeAPIServer"); err != nil {
-		return nil, err
-	}
-	if d.remote, err = remoteNodePrefixes(cfg.RemoteNodes); err != nil {
-		return nil, err
-	}
 	if cfg.DisableTCPEarlyDemux {
 		if err := disableTCPEarlyDemux(); err != nil {
 			return nil, err

@@ -83,19 +83,11 @@ func addNodeClaims(eps, claims map[netip.Prefix]uint32) {
 // nodeClaims is nodeClaims for the policy resources (errors logged: the
 // claims found are still used).
 func (a *Agent) nodeClaims() map[netip.Prefix]uint32 {
-	remote, err := remoteNodePrefixes(a.cfg.Datapath.RemoteNodes)
-	if err != nil {
-		a.log.Warn("node claims", "error", err)
-	}
-	apiserver, err := prefixes(a.cfg.Datapath.KubeAPIServer, "datapath.kubeAPIServer")
-	if err != nil {
-		a.log.Warn("node claims", "error", err)
-	}
 	var nodes map[netip.Prefix]uint32
 	if a.eng != nil {
 		nodes = a.eng.nodeClaims
 	}
-	claims, err := nodeClaims(remote, apiserver, nodes)
+	claims, err := nodeClaims(a.remote, a.apiserver, nodes)
 	if err != nil {
 		a.log.Warn("node claims", "error", err)
 	}
@@ -116,19 +108,6 @@ func allowLocalhost(in []redirect.PolicyEntry) []redirect.PolicyEntry {
 		}
 	}
 	return append(in, redirect.PolicyEntry{PolicyKey: key, Verdict: redirect.Allow})
-}
-
-// remoteNodePrefixes parses DatapathConfig.RemoteNodes (validated).
-func remoteNodePrefixes(ss []string) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	for i, s := range ss {
-		p, err := parseAddrOrPrefix(s)
-		if err != nil {
-			return nil, fmt.Errorf("datapath.remoteNodes[%d]: %w", i, err)
-		}
-		out = append(out, p)
-	}
-	return out, nil
 }
 
 // prefixes parses addresses or prefixes (validated), naming the field.

@@ -6,10 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"net/netip"
 	"path/filepath"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/wardproxy/ward/policy"
@@ -37,24 +35,12 @@ func (s Service) info() policy.ServiceInfo {
 	}
 	si := policy.ServiceInfo{Name: s.Name, Namespace: ns, Labels: s.Labels, Selector: s.Selector}
 	for _, a := range s.Addresses {
-		p, err := parsePrefix(a)
+		p, err := parseAddrOrPrefix(a)
 		if err == nil {
 			si.Prefixes = append(si.Prefixes, p)
 		}
 	}
 	return si
-}
-
-func parsePrefix(s string) (netip.Prefix, error) {
-	if strings.Contains(s, "/") {
-		p, err := netip.ParsePrefix(s)
-		return p.Masked(), err
-	}
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		return netip.Prefix{}, err
-	}
-	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
 }
 
 // validateService checks one service; seen holds the namespace/names seen
@@ -74,7 +60,7 @@ func validateService(s Service, p string, seen map[string]string) []error {
 		errs = append(errs, fmt.Errorf("%s: selector and addresses are exclusive (a service with a selector has the selected endpoints as backends)", p))
 	}
 	for i, a := range s.Addresses {
-		if _, err := parsePrefix(a); err != nil {
+		if _, err := parseAddrOrPrefix(a); err != nil {
 			errs = append(errs, fmt.Errorf("%s.addresses[%d]: %w", p, i, err))
 		}
 	}
