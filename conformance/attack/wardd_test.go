@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -19,11 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
-	"github.com/wardproxy/ward/agent"
 	"github.com/wardproxy/ward/agent/api"
-	"github.com/wardproxy/ward/bpf/redirect"
 	"github.com/wardproxy/ward/conformance/node"
 	"github.com/wardproxy/ward/internal/testenv"
 )
@@ -45,33 +40,9 @@ type wardd struct {
 func startWardd(t *testing.T, n *node.Node, table, priority int) *wardd {
 	t.Helper()
 	w := &wardd{bin: testenv.File(t, "build/bin/wardd", "run `make build`"), n: n}
-	pin := t.TempDir()
-	if err := unix.Mount("bpf", pin, "bpf", 0, "mode=0700"); err != nil {
-		t.Fatal(err)
-	}
+	n.Config.Datapath.AccessLog = filepath.Join(n.StateDir, "flows.jsonl")
+	n.Configure(t, table, priority)
 	cfg := n.Config
-	for i, s := range n.Specs {
-		if s.Unmanaged {
-			continue
-		}
-		p := n.Pods[s.Name]
-		cfg.Endpoints = append(cfg.Endpoints, agent.Endpoint{Name: s.Name, ID: uint64(i + 1), IPs: []string{p.IP.String()}, Labels: s.Labels, Namespace: s.Namespace, Interface: p.HostIf})
-	}
-	cfg.PolicyDir = n.PolicyDir
-	if err := os.MkdirAll(n.PolicyDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	dc := &cfg.Datapath
-	dc.Enabled, dc.PinDir = true, pin
-	dc.AccessLog = filepath.Join(n.StateDir, "flows.jsonl")
-	dc.RoutingTable, dc.RoutingPriority = table+int(n.Topo.Subnet.Addr().As4()[2]), priority
-	// Every proxy port from a free block below the ephemeral range (a
-	// free port's neighbours there may be any connection's) and none left
-	// to its fixed default (another node's Envoy may hold it).
-	k := len(n.Specs) + 1
-	dc.HTTPIngressPort, dc.KafkaIngressPort, dc.TLSIngressPort, dc.DNSPort = freeBlock(t, 1), freeBlock(t, 1), freeBlock(t, 1), freeBlock(t, 1)
-	dc.EgressHTTPBasePort, dc.EgressKafkaBasePort, dc.EgressTLSBasePort = freeBlock(t, k), freeBlock(t, k), freeBlock(t, k)
-	n.Config = cfg
 	b, err := json.Marshal(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +51,6 @@ func startWardd(t *testing.T, n *node.Node, table, priority int) *wardd {
 	if err := os.WriteFile(w.cfgPath, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	routing := redirect.Routing{Table: dc.RoutingTable, Priority: dc.RoutingPriority}
 	t.Cleanup(func() {
 		w.stop(t)
 		// An Envoy left behind by a killed wardd (the graceful stop above
@@ -93,9 +63,6 @@ func startWardd(t *testing.T, n *node.Node, table, priority int) *wardd {
 				}
 			}
 		}
-		redirect.RemoveProxyRouting(routing)
-		redirect.Cleanup(pin)
-		unix.Unmount(pin, unix.MNT_DETACH)
 		if t.Failed() {
 			for _, f := range []string{"envoy.log", "flows.jsonl"} {
 				b, _ := os.ReadFile(filepath.Join(n.StateDir, f))
@@ -106,34 +73,6 @@ func startWardd(t *testing.T, n *node.Node, table, priority int) *wardd {
 	})
 	w.start(t)
 	return w
-}
-
-// freeBlock returns the first of k consecutive ports in 20000-32767
-// that TCP and UDP can bind on every address right now.
-func freeBlock(t *testing.T, k int) uint16 {
-	t.Helper()
-	for range 1000 {
-		base := 20000 + rand.IntN(32768-20000-k)
-		ok := true
-		for p := base; p < base+k && ok; p++ {
-			l, err := net.Listen("tcp", fmt.Sprintf(":%d", p))
-			if err != nil {
-				ok = false
-				break
-			}
-			u, err := net.ListenPacket("udp", fmt.Sprintf(":%d", p))
-			ok = err == nil
-			if ok {
-				u.Close()
-			}
-			l.Close()
-		}
-		if ok {
-			return uint16(base)
-		}
-	}
-	t.Fatalf("no %d free consecutive ports", k)
-	return 0
 }
 
 // start runs wardd (again) over the same config, state and pins.

@@ -158,41 +158,7 @@ func (n *Node) RemovePolicy(t *testing.T, file string) {
 // returns once the agent published its first policy and Envoy is ready.
 func (n *Node) Start(t *testing.T, table, priority int) {
 	t.Helper()
-	if n.pin == "" {
-		n.pin = t.TempDir()
-		if err := unix.Mount("bpf", n.pin, "bpf", 0, "mode=0700"); err != nil {
-			t.Fatal(err)
-		}
-		pin := n.pin
-		t.Cleanup(func() { redirect.Cleanup(pin); unix.Unmount(pin, unix.MNT_DETACH) })
-		cfg := n.Config
-		for i, s := range n.Specs {
-			if s.Unmanaged {
-				continue
-			}
-			p := n.Pods[s.Name]
-			cfg.Endpoints = append(cfg.Endpoints, agent.Endpoint{Name: s.Name, ID: uint64(i + 1), IPs: []string{p.IP.String()}, Labels: s.Labels, Namespace: s.Namespace, Interface: p.HostIf, Ports: s.Ports})
-		}
-		cfg.PolicyDir = n.PolicyDir
-		if err := os.MkdirAll(n.PolicyDir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		dc := cfg.Datapath
-		dc.Enabled, dc.PinDir = true, n.pin
-		dc.RoutingTable, dc.RoutingPriority = table+int(n.Topo.Subnet.Addr().As4()[2]), priority
-		// One block of free ports: the per-endpoint egress listeners take
-		// consecutive ports from their bases.
-		b := FreeBlock(t, 64)
-		dc.HTTPIngressPort, dc.KafkaIngressPort, dc.DNSPort = b, b+1, b+2
-		dc.EgressHTTPBasePort, dc.EgressKafkaBasePort = b+16, b+32
-		dc.TLSIngressPort, dc.EgressTLSBasePort = b+3, b+48
-		// The agent leaves its proxy routing rule in place when it stops
-		// (an Envoy that outlives it keeps receiving); the node removes it.
-		routing := redirect.Routing{Table: dc.RoutingTable, Priority: dc.RoutingPriority}
-		t.Cleanup(func() { redirect.RemoveProxyRouting(routing) })
-		cfg.Datapath = dc
-		n.Config = cfg
-	}
+	n.Configure(t, table, priority)
 	if n.Topo.Host() != nil {
 		n.startChild(t)
 		return
@@ -225,6 +191,53 @@ func (n *Node) Start(t *testing.T, table, priority int) {
 	case <-time.After(90 * time.Second):
 		t.Fatal("agent not ready after 90s")
 	}
+}
+
+// Configure completes the node's Config as a user's node config file would
+// hold it (once; later calls keep it): every managed pod an endpoint, the
+// policy directory, the datapath on a private bpffs, proxy routing in a
+// table and priority of the test's own, and every proxy port from one
+// block of free ports. The pins and the routing rule are removed when the
+// test ends. Start calls it; tests that run the wardd binary write
+// n.Config to its config file.
+func (n *Node) Configure(t *testing.T, table, priority int) {
+	t.Helper()
+	if n.pin != "" {
+		return
+	}
+	n.pin = t.TempDir()
+	if err := unix.Mount("bpf", n.pin, "bpf", 0, "mode=0700"); err != nil {
+		t.Fatal(err)
+	}
+	pin := n.pin
+	t.Cleanup(func() { redirect.Cleanup(pin); unix.Unmount(pin, unix.MNT_DETACH) })
+	cfg := n.Config
+	for i, s := range n.Specs {
+		if s.Unmanaged {
+			continue
+		}
+		p := n.Pods[s.Name]
+		cfg.Endpoints = append(cfg.Endpoints, agent.Endpoint{Name: s.Name, ID: uint64(i + 1), IPs: []string{p.IP.String()}, Labels: s.Labels, Namespace: s.Namespace, Interface: p.HostIf, Ports: s.Ports})
+	}
+	cfg.PolicyDir = n.PolicyDir
+	if err := os.MkdirAll(n.PolicyDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dc := cfg.Datapath
+	dc.Enabled, dc.PinDir = true, n.pin
+	dc.RoutingTable, dc.RoutingPriority = table+int(n.Topo.Subnet.Addr().As4()[2]), priority
+	// One block of free ports: the per-endpoint egress listeners take
+	// consecutive ports from their bases.
+	b := FreeBlock(t, 64)
+	dc.HTTPIngressPort, dc.KafkaIngressPort, dc.DNSPort = b, b+1, b+2
+	dc.EgressHTTPBasePort, dc.EgressKafkaBasePort = b+16, b+32
+	dc.TLSIngressPort, dc.EgressTLSBasePort = b+3, b+48
+	// The agent leaves its proxy routing rule in place when it stops (an
+	// Envoy that outlives it keeps receiving); the node removes it.
+	routing := redirect.Routing{Table: dc.RoutingTable, Priority: dc.RoutingPriority}
+	t.Cleanup(func() { redirect.RemoveProxyRouting(routing) })
+	cfg.Datapath = dc
+	n.Config = cfg
 }
 
 // Stop stops the node's agent (a graceful wardd stop: Envoy stops, the
