@@ -2,19 +2,15 @@ package netns
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/wardproxy/ward/internal/testenv"
 )
@@ -89,35 +85,7 @@ func (ns *Namespace) Run(ctx context.Context, name string, args ...string) (stri
 // nothing else of the caller's changed: mounts, cgroup, environment):
 // the process is forked from a thread switched into the namespace.
 func (ns *Namespace) Start(cmd *exec.Cmd) error {
-	target, err := os.Open(ns.Path)
-	if err != nil {
-		return fmt.Errorf("open netns: %w", err)
-	}
-	defer target.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open own netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("setns %s: %w", ns.Path, err)
-			return
-		}
-		serr := cmd.Start()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- errors.Join(serr, fmt.Errorf("setns back: %w", err)) // thread stays locked and dies
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- serr
-	}()
-	return <-errc
+	return doInNetNS(ns.Path, cmd.Start)
 }
 
 // Host returns the namespace the topology's pods are attached to: the
