@@ -187,24 +187,9 @@ func (p ContainerPort) namedPort() (policy.NamedPort, error) {
 	return policy.NamedPort{Name: p.Name, Port: p.Port, Protocol: proto}, nil
 }
 
-// validPortName reports whether s is an IANA_SVC_NAME (RFC 6335 section
-// 5.1, as Kubernetes validates container port names).
-func validPortName(s string) bool {
-	if len(s) == 0 || len(s) > 15 || s[0] == '-' || s[len(s)-1] == '-' || strings.Contains(s, "--") {
-		return false
-	}
-	letter := false
-	for _, c := range s {
-		switch {
-		case c >= 'a' && c <= 'z':
-			letter = true
-		case c >= '0' && c <= '9', c == '-':
-		default:
-			return false
-		}
-	}
-	return letter
-}
+// validPortName reports whether s is an IANA_SVC_NAME as Kubernetes
+// validates container port names: policy.IsSvcName, in lower case.
+func validPortName(s string) bool { return s == strings.ToLower(s) && policy.IsSvcName(s) }
 
 // Listener is a static Envoy listener.
 type Listener struct {

@@ -405,10 +405,10 @@ const (
 	ProtoSCTP = "SCTP"
 )
 
-// isSvcName reports whether s is an IANA service name (RFC 6335 §5.1): 1-15
-// characters of [a-z0-9-], at least one letter, no leading, trailing or
-// double '-'.
-func isSvcName(s string) bool {
+// IsSvcName reports whether s is an IANA service name (RFC 6335 §5.1): 1-15
+// characters of [a-z0-9-] (compared case-insensitively, as policies name
+// ports), at least one letter, no leading, trailing or double '-'.
+func IsSvcName(s string) bool {
 	if len(s) == 0 || len(s) > 15 || s[0] == '-' || s[len(s)-1] == '-' || strings.Contains(s, "--") {
 		return false
 	}
@@ -507,7 +507,7 @@ func validatePorts(ports []PortRule, icmps []ICMPRule, path string, ingress, den
 						l.add(ptp+".endPort", strconv.Itoa(int(pt.EndPort)), "DNS rules do not support port ranges")
 					}
 				}
-			} else if isSvcName(port) {
+			} else if IsSvcName(port) {
 				pt.Port = PortString(strings.ToLower(port))
 				if pt.EndPort != 0 {
 					l.add(ptp+".endPort", strconv.Itoa(int(pt.EndPort)), "endPort cannot be used with a named port")
