@@ -7,14 +7,14 @@
 # build/bin, and rebuilt only when its tools module changes (a stamp of
 # go.mod, go.sum and tools.go beside the binary). A few minutes the first time.
 build_tool() {
-	local name=$1 pkg=$2 dir="$ROOT/tools/$1" bin="$ROOT/build/bin/$1"
+	local name=$1 pkg=$2 dir="$ROOT/tools/${3:-$1}" bin="$ROOT/build/bin/$1"
 	local stamp
-	stamp="$(cat "$dir/go.mod" "$dir/go.sum" "$dir/tools.go" | sha256sum)"
+	stamp="$(cat "$dir/go.mod" "$dir/go.sum" "$dir"/*.go | sha256sum)"
 	stamp="${stamp%% *}"
 	if [[ -x $bin && -f $bin.stamp && $(<"$bin.stamp") == "$stamp" ]]; then
 		return
 	fi
-	log "building $name from $pkg (tools/$name; a few minutes)"
+	log "building $name from $pkg (tools/${3:-$1}; a few minutes)"
 	mkdir -p "$ROOT/build/bin"
 	go -C "$dir" build -o "$bin.tmp" "$pkg"
 	mv "$bin.tmp" "$bin"
