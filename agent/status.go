@@ -94,6 +94,9 @@ func (a *Agent) Status() api.Status {
 			if s != nil {
 				if p, ok := s.Policy.Endpoint(w.ID); ok {
 					e.Identity = uint32(p.Identity)
+					e.Audit = p.Audit
+					e.EnforceIngress = p.Ingress != nil && p.Ingress.Enforced
+					e.EnforceEgress = p.Egress != nil && p.Egress.Enforced
 				}
 				e.State = "ready"
 				if a.dp != nil {

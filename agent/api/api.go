@@ -97,4 +97,14 @@ type Endpoint struct {
 	// before the first publish.
 	State string `json:"state"`
 	Error string `json:"error,omitempty"`
+	// EnforceIngress and EnforceEgress say whether policy is enforced in
+	// the direction (some policy selects the endpoint there, or the
+	// enforcement mode is always).
+	EnforceIngress bool `json:"enforceIngress"`
+	EnforceEgress  bool `json:"enforceEgress"`
+	// Audit is policy audit mode (Cilium's PolicyAuditMode): would-be
+	// drops pass and are recorded with verdict AUDIT, at L3/L4 and L7.
+	// It is on when the node config's policyAuditMode is, or when
+	// `ward endpoint config <id> audit=on` turned it on for the endpoint.
+	Audit bool `json:"audit"`
 }
