@@ -302,7 +302,7 @@ func (r *Repository) compileSection(cp *compiledPolicy, o *Origin, ns string, de
 	}
 	for _, svc := range services {
 		cp.usesService = true
-		s.peers = append(s.peers, r.servicePeers(svc, ns, cp)...)
+		s.peers = append(s.peers, r.servicePeers(svc, cp)...)
 	}
 	for _, q := range fqdns {
 		cp.fqdns = append(cp.fqdns, q)
@@ -318,25 +318,23 @@ func (r *Repository) compileSection(cp *compiledPolicy, o *Origin, ns string, de
 }
 
 // servicePeers resolves a toServices entry against the known services.
-func (r *Repository) servicePeers(svc Service, ns string, cp *compiledPolicy) []peer {
+func (r *Repository) servicePeers(svc Service, cp *compiledPolicy) []peer {
 	var matched []*ServiceInfo
+	// As Cilium (pkg/policy/k8s: serviceSelectorMatches, serviceRefMatches):
+	// the selector wins over the name, and an empty namespace matches
+	// services of every namespace.
 	switch {
-	case svc.K8sService != nil:
-		sns := svc.K8sService.Namespace
-		if sns == "" {
-			sns = cmpOr(ns, defaultNSForCNP)
-		}
-		if s, ok := r.services[sns+"/"+svc.K8sService.ServiceName]; ok {
-			matched = append(matched, s)
-		}
 	case svc.K8sServiceSelector != nil:
 		sel := compileSelector(&svc.K8sServiceSelector.Selector)
 		sns := svc.K8sServiceSelector.Namespace
-		if sns == "" {
-			sns = ns
-		}
 		for _, s := range r.services {
 			if (sns == "" || s.Namespace == sns) && sel.matches(K8sLabels(s.Labels, "")) {
+				matched = append(matched, s)
+			}
+		}
+	case svc.K8sService != nil && svc.K8sService.ServiceName != "":
+		for _, s := range r.services {
+			if s.Name == svc.K8sService.ServiceName && (svc.K8sService.Namespace == "" || s.Namespace == svc.K8sService.Namespace) {
 				matched = append(matched, s)
 			}
 		}

@@ -176,6 +176,17 @@ func decodePolicy(filename, where, named string, obj any) (*Policy, error) {
 		where = named
 	}
 	l := &errList{file: where, policy: name}
+	if k, _ := m["kind"].(string); k != "" && k != KindCNP && k != KindCCNP {
+		// Another kind of object (a Deployment beside the policy in a
+		// manifest, a typo in the kind): say so once instead of listing
+		// its fields as unknown policy fields.
+		msg := fmt.Sprintf("unsupported kind %q (want %s or %s)", k, KindCNP, KindCCNP)
+		if dm := didYouMean(k, []string{KindCNP, KindCCNP}); dm != "" {
+			msg += fmt.Sprintf("; did you mean %q?", dm)
+		}
+		l.add("kind", k, msg)
+		return nil, l.err()
+	}
 	check(reflect.TypeFor[Policy](), obj, "", l)
 	js, err := json.Marshal(obj)
 	if err != nil {

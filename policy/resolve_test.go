@@ -524,6 +524,32 @@ spec:
 	}
 }
 
+// TestToServicesNamespace: as Cilium, a toServices entry without a namespace
+// matches the service of that name (or those labels) in every namespace,
+// not only the policy's; the selector wins over the name when both are set.
+func TestToServicesNamespace(t *testing.T) {
+	e := newEnv(t, Config{}, `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: svc, namespace: team}
+spec:
+  endpointSelector: {}
+  egress:
+  - toServices:
+    - k8sService: {serviceName: db}
+    - k8sService: {serviceName: ignored}
+      k8sServiceSelector: {selector: {matchLabels: {tier: cache}}}
+    - {}
+`)
+	client := "team/app=client"
+	e.repo.UpsertService(ServiceInfo{Name: "db", Namespace: "storage", Selector: map[string]string{"app": "db"}})
+	e.repo.UpsertService(ServiceInfo{Name: "ignored", Namespace: "team", Selector: map[string]string{"app": "ignored"}})
+	e.repo.UpsertService(ServiceInfo{Name: "redis", Namespace: "other", Labels: map[string]string{"tier": "cache"}, Selector: map[string]string{"app": "redis"}})
+	e.check(client, "storage/app=db", ProtocolTCP, 5432, "allowed")
+	e.check(client, "other/app=redis", ProtocolTCP, 6379, "allowed")
+	e.check(client, "team/app=ignored", ProtocolTCP, 80, "denied")
+	e.check(client, "team/app=else", ProtocolTCP, 80, "denied")
+}
+
 // fromRequires applies to every rule selecting the endpoint.
 func TestRequires(t *testing.T) {
 	e := newEnv(t, Config{}, `apiVersion: cilium.io/v2

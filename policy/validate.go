@@ -128,7 +128,7 @@ func (p *Policy) validateRule(r *Rule, path string, l *errList) {
 		})
 		validatePorts(in.ToPorts, in.ICMPs, pp, true, false, host, l)
 		if in.Authentication != nil {
-			l.warn(pp+".authentication", "mutual authentication is not enforced by ward; ignored")
+			l.add(pp+".authentication", "", "authentication (mutual authentication) is not supported by ward: a rule that requires it would be enforced without it")
 		}
 	}
 	for i := range r.IngressDeny {
@@ -161,7 +161,7 @@ func (p *Policy) validateRule(r *Rule, path string, l *errList) {
 		})
 		validatePorts(e.ToPorts, e.ICMPs, pp, false, false, host, l)
 		if e.Authentication != nil {
-			l.warn(pp+".authentication", "mutual authentication is not enforced by ward; ignored")
+			l.add(pp+".authentication", "", "authentication (mutual authentication) is not supported by ward: a rule that requires it would be enforced without it")
 		}
 	}
 	for i := range r.EgressDeny {
@@ -266,15 +266,16 @@ func (p *Policy) validatePeers(path string, l *errList, f peerFields) {
 	}
 	for i, s := range f.services {
 		sp := fmt.Sprintf("%s.toServices[%d]", path, i)
+		// As Cilium: an entry naming no service selects nothing, and
+		// k8sServiceSelector wins over k8sService when both are set.
 		switch {
-		case s.K8sService == nil && s.K8sServiceSelector == nil:
-			l.add(sp, "", "needs k8sService or k8sServiceSelector")
-		case s.K8sService != nil && s.K8sServiceSelector != nil:
-			l.add(sp, "", "k8sService and k8sServiceSelector are mutually exclusive")
-		case s.K8sService != nil && s.K8sService.ServiceName == "":
-			l.add(sp+".k8sService.serviceName", "", "missing")
 		case s.K8sServiceSelector != nil:
 			validateSelector(&s.K8sServiceSelector.Selector, sp+".k8sServiceSelector.selector", l)
+			if s.K8sService != nil {
+				l.warn(sp+".k8sService", "ignored: k8sServiceSelector is set (as Cilium does)")
+			}
+		case s.K8sService == nil || s.K8sService.ServiceName == "":
+			l.warn(sp, "names no service (k8sService.serviceName or k8sServiceSelector): it selects nothing")
 		}
 	}
 	for i, q := range f.fqdns {
@@ -317,12 +318,6 @@ func validateSelector(es *EndpointSelector, path string, l *errList) {
 		if e.Key == "" {
 			l.add(ep+".key", "", "missing")
 		}
-		for _, op := range []string{OpIn, OpNotIn, OpExists, OpDoesNotExist} {
-			if strings.EqualFold(e.Operator, op) {
-				e.Operator = op // Cilium accepts any case ("in")
-				es.MatchExpressions[i].Operator = op
-			}
-		}
 		switch e.Operator {
 		case OpIn, OpNotIn:
 			if len(e.Values) == 0 {
@@ -335,6 +330,8 @@ func validateSelector(es *EndpointSelector, path string, l *errList) {
 		default:
 			ops := []string{OpIn, OpNotIn, OpExists, OpDoesNotExist}
 			msg := fmt.Sprintf("unknown operator %q (want In, NotIn, Exists or DoesNotExist)", e.Operator)
+			// Spelled as Kubernetes spells them: the CRD's schema (and
+			// metav1.LabelSelectorAsSelector) refuses "in".
 			if dm := didYouMean(e.Operator, ops); dm != "" && dm != e.Operator {
 				msg = fmt.Sprintf("unknown operator %q (did you mean %q?)", e.Operator, dm)
 			}

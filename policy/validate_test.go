@@ -268,16 +268,19 @@ func TestValidationErrors(t *testing.T) {
     - ports: [{port: "443", protocol: TCP}]
       terminatingTLS: {}
 `, "spec.egress[0].toPorts[0].terminatingTLS.secret", "missing"},
-		{"toServices empty", header + `spec:
+		{"operator in lower case", header + "spec:\n  endpointSelector: {matchExpressions: [{key: a, operator: in, values: [x]}]}\n", "spec.endpointSelector.matchExpressions[0].operator", `unknown operator "in" (did you mean "In"?)`},
+		{"mutual authentication", header + `spec:
+  endpointSelector: {}
+  ingress:
+  - fromEndpoints: [{}]
+    authentication: {mode: required}
+`, "spec.ingress[0].authentication", "authentication (mutual authentication) is not supported by ward"},
+		{"egress mutual authentication", header + `spec:
   endpointSelector: {}
   egress:
-  - toServices: [{}]
-`, "spec.egress[0].toServices[0]", "needs k8sService or k8sServiceSelector"},
-		{"toServices no name", header + `spec:
-  endpointSelector: {}
-  egress:
-  - toServices: [{k8sService: {namespace: x}}]
-`, "spec.egress[0].toServices[0].k8sService.serviceName", "missing"},
+  - toEndpoints: [{}]
+    authentication: {mode: required}
+`, "spec.egress[0].authentication", "not supported by ward"},
 		{"toGroups unsupported", header + `spec:
   endpointSelector: {}
   egress:
@@ -402,7 +405,7 @@ func TestParseFormats(t *testing.T) {
 
 func TestNormalization(t *testing.T) {
 	p, err := ParseOne("n", []byte(header+`spec:
-  endpointSelector: {matchExpressions: [{key: a, operator: exists}]}
+  endpointSelector: {matchExpressions: [{key: a, operator: Exists}]}
   ingress:
   - toPorts:
     - ports: [{port: 80, protocol: tcp}, {port: HTTP}]
@@ -413,9 +416,6 @@ func TestNormalization(t *testing.T) {
 	pp := p.Spec.Ingress[0].ToPorts[0].Ports
 	if pp[0].Port != "80" || pp[0].Protocol != "TCP" || pp[1].Port != "http" || pp[1].Protocol != "ANY" {
 		t.Errorf("ports = %+v", pp)
-	}
-	if p.Spec.EndpointSelector.MatchExpressions[0].Operator != OpExists {
-		t.Errorf("operator not normalized")
 	}
 	if p.Metadata.Namespace != "default" {
 		t.Errorf("namespace = %q", p.Metadata.Namespace)
@@ -439,5 +439,30 @@ func TestL7NeedsPorts(t *testing.T) {
 	}
 	if n != 2 {
 		t.Errorf("got %v", err)
+	}
+}
+
+// TestToServicesWithoutSelector: Cilium accepts a toServices entry naming no
+// service (it selects nothing) and prefers k8sServiceSelector when both are
+// set; ward agrees, with a warning.
+func TestToServicesWithoutSelector(t *testing.T) {
+	for _, tc := range []struct{ name, entry, warn string }{
+		{"empty", "{}", "selects nothing"},
+		{"no name", "{k8sService: {namespace: x}}", "selects nothing"},
+		{"both", "{k8sService: {serviceName: a}, k8sServiceSelector: {selector: {matchLabels: {x: z}}}}", "k8sServiceSelector is set"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ps, err := Parse("s", []byte(header+"spec:\n  endpointSelector: {}\n  egress:\n  - toServices: ["+tc.entry+"]\n"))
+			if err != nil || len(ps) != 1 {
+				t.Fatalf("Parse: %v", err)
+			}
+			found := false
+			for _, w := range ps[0].Warnings {
+				found = found || strings.Contains(w.Msg, tc.warn)
+			}
+			if !found {
+				t.Errorf("warnings %v, want one containing %q", ps[0].Warnings, tc.warn)
+			}
+		})
 	}
 }
