@@ -134,9 +134,6 @@ func (a *Agent) Run(ctx context.Context) error {
 			return err
 		}
 		a.dp.remote, a.dp.apiserver = a.remote, a.apiserver
-		if a.eng != nil {
-			a.dp.nodes = a.eng.nodeClaims
-		}
 		defer a.dp.Close()
 	}
 	var px *dns.Proxy

@@ -31,11 +31,11 @@ type datapath struct {
 	ifindex func(name string) (int, error)
 	log     *slog.Logger
 	ipc     *ipcache.Table // the one writer of the BPF ipcache
-	// remote, apiserver and nodes are the node claims' sources (the
-	// agent's, parsed once): remoteNodes, kubeAPIServer, the config's nodes.
+	// remote and apiserver are the static node claims' sources (the
+	// agent's, parsed once): remoteNodes, kubeAPIServer; the nodes' come
+	// with each State.
 	remote    []netip.Prefix
 	apiserver []netip.Prefix
-	nodes     map[netip.Prefix]uint32
 
 	mu sync.Mutex
 	// Each local endpoint has a slot, the offset of its egress listeners
@@ -239,7 +239,7 @@ func (d *datapath) Apply(_ context.Context, st *State) error {
 			eps[netip.PrefixFrom(a, a.BitLen())] = uint32(pol.Identity)
 		}
 	}
-	nodes, err := nodeClaims(d.remote, d.apiserver, d.nodes)
+	nodes, err := nodeClaims(d.remote, d.apiserver, st.Nodes)
 	if err != nil {
 		errs = append(errs, err)
 	}

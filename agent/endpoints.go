@@ -53,7 +53,7 @@ func (s *endpointSource) scan() error {
 		}
 		return errors.Join(errs...)
 	})
-	changed, err := s.eng.setEndpoints(all, "endpoints")
+	changed, err := s.eng.setEndpoints(sourceConfig, all, "endpoints")
 	if err != nil {
 		s.log.Warn("endpoints", "error", err)
 	}

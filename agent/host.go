@@ -50,8 +50,10 @@ func hostAddrs() ([]netip.Addr, error) {
 // kube-apiserver identity (toEntities: [kube-apiserver]), over remote-node
 // where both name an address.
 //
-// nodes are the identities of the nodes of the config's nodes list
-// (remote-node, or their own with enableNodeSelectorLabels).
+// nodes are the engine's node claims (State.Nodes): the nodes of the
+// config's nodes list and of Kubernetes (remote-node, or their own with
+// enableNodeSelectorLabels) and the kube-apiserver's addresses Kubernetes
+// names (the default/kubernetes EndpointSlice).
 func nodeClaims(remote, apiserver []netip.Prefix, nodes map[netip.Prefix]uint32) (map[netip.Prefix]uint32, error) {
 	out := make(map[netip.Prefix]uint32, len(remote)+len(apiserver)+len(nodes)+4)
 	for _, p := range remote {
@@ -85,7 +87,7 @@ func addNodeClaims(eps, claims map[netip.Prefix]uint32) {
 func (a *Agent) nodeClaims() map[netip.Prefix]uint32 {
 	var nodes map[netip.Prefix]uint32
 	if a.eng != nil {
-		nodes = a.eng.nodeClaims
+		nodes = a.eng.nodeClaims()
 	}
 	claims, err := nodeClaims(a.remote, a.apiserver, nodes)
 	if err != nil {

@@ -67,17 +67,30 @@ func validateService(s Service, p string, seen map[string]string) []error {
 	return errs
 }
 
-// setServices makes svcs the node's services (validated), upserting new
-// and changed ones and deleting gone ones. It reports whether anything
-// changed.
-func (e *engine) setServices(svcs []Service) bool {
+// setServices makes svcs (validated) the services of source and the
+// node's services the union of every source's (an earlier source's
+// namespace/name wins; the later one is an error in the status),
+// upserting new and changed ones and deleting gone ones. It reports
+// whether anything changed.
+func (e *engine) setServices(source string, svcs []Service) bool {
 	e.svcMu.Lock()
 	defer e.svcMu.Unlock()
+	e.svcSrc[source] = svcs
 	next := map[string]policy.ServiceInfo{}
-	for _, s := range svcs {
-		si := s.info()
-		next[si.Namespace+"/"+si.Name] = si
+	from := map[string]string{}
+	var errs []error
+	for _, src := range slices.Sorted(maps.Keys(e.svcSrc)) {
+		for _, s := range e.svcSrc[src] {
+			si := s.info()
+			k := si.Namespace + "/" + si.Name
+			if prev, ok := from[k]; ok {
+				errs = append(errs, fmt.Errorf("%s service %s: already defined by %s", src, k, prev))
+				continue
+			}
+			next[k], from[k] = si, src
+		}
 	}
+	e.setSourceErr("services", errors.Join(errs...))
 	changed := false
 	for k, si := range next {
 		if old, ok := e.services[k]; ok && sameService(old, si) {
@@ -138,7 +151,7 @@ func (s *serviceSource) scan() error {
 		}
 		return errors.Join(errs...)
 	})
-	if s.eng.setServices(all) && s.onChange != nil {
+	if s.eng.setServices(sourceConfig, all) && s.onChange != nil {
 		s.onChange()
 	}
 	return s.files.err()

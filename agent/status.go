@@ -76,6 +76,7 @@ func (a *Agent) Status() api.Status {
 			st.Errors = append(st.Errors, a.eng.errs[name].Error())
 		}
 		a.eng.errMu.Unlock()
+		st.Errors = append(st.Errors, a.eng.sourceErrors()...)
 		st.Errors = append(st.Errors, unenforced(a.eng.repo.Policies())...)
 		if a.eps != nil {
 			st.EndpointFiles = a.eps.files.status()
