@@ -140,6 +140,7 @@ type Datapath struct {
 	pol    map[uint32]*epPolicy
 	locked map[uint32]bool // endpoint id -> locked down for overflow
 	links  map[string]link.Link
+	host   *HostEndpoint // the host firewall's endpoint (hostfw.go); nil: enforces nothing
 }
 
 // Load checks the kernel, mounts bpffs if needed, loads the programs and
@@ -287,6 +288,9 @@ func (d *Datapath) restore() error {
 	if err := cit.Err(); err != nil {
 		return fmt.Errorf("restore cgroup endpoints: %w", err)
 	}
+	if err := d.restoreHost(gens); err != nil {
+		return err
+	}
 	var (
 		pk datapathPolicyKey
 		pv datapathPolicyValue
@@ -430,7 +434,7 @@ func Cleanup(pinDir string) error {
 		errs = append(errs, fmt.Errorf("remove %s: %w", linkDir, err))
 	}
 	for _, name := range []string{
-		datapathMapWardCt, datapathMapWardEndpoints, datapathMapWardFrag,
+		datapathMapWardCt, datapathMapWardEndpoints, datapathMapWardFrag, datapathMapWardHost,
 		datapathMapWardIpcache, datapathMapWardMetrics, datapathMapWardPolicy, datapathMapWardPolicyRev,
 		sockMapWardCgroups, sockMapWardSockOrig, sockMapWardOrigdst, sockMapWardSockhash,
 	} {

@@ -68,6 +68,12 @@ type datapathFragValue struct {
 	Pad      uint16
 }
 
+type datapathHostState struct {
+	_     structs.HostLayout
+	Id    uint32
+	Flags uint32
+}
+
 type datapathIpcacheKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -113,12 +119,15 @@ const (
 	datapathMapWardCt        = "ward_ct"
 	datapathMapWardEndpoints = "ward_endpoints"
 	datapathMapWardFrag      = "ward_frag"
+	datapathMapWardHost      = "ward_host"
 	datapathMapWardIpcache   = "ward_ipcache"
 	datapathMapWardMetrics   = "ward_metrics"
 	datapathMapWardPolicy    = "ward_policy"
 	datapathMapWardPolicyRev = "ward_policy_rev"
 	datapathProgFromNetdev   = "from_netdev"
 	datapathProgFromPod      = "from_pod"
+	datapathProgHostIn       = "host_in"
+	datapathProgHostOut      = "host_out"
 	datapathProgToPod        = "to_pod"
 )
 
@@ -166,6 +175,8 @@ type datapathSpecs struct {
 type datapathProgramSpecs struct {
 	FromNetdev *ebpf.ProgramSpec `ebpf:"from_netdev"`
 	FromPod    *ebpf.ProgramSpec `ebpf:"from_pod"`
+	HostIn     *ebpf.ProgramSpec `ebpf:"host_in"`
+	HostOut    *ebpf.ProgramSpec `ebpf:"host_out"`
 	ToPod      *ebpf.ProgramSpec `ebpf:"to_pod"`
 }
 
@@ -176,6 +187,7 @@ type datapathMapSpecs struct {
 	WardCt        *ebpf.MapSpec `ebpf:"ward_ct"`
 	WardEndpoints *ebpf.MapSpec `ebpf:"ward_endpoints"`
 	WardFrag      *ebpf.MapSpec `ebpf:"ward_frag"`
+	WardHost      *ebpf.MapSpec `ebpf:"ward_host"`
 	WardIpcache   *ebpf.MapSpec `ebpf:"ward_ipcache"`
 	WardMetrics   *ebpf.MapSpec `ebpf:"ward_metrics"`
 	WardPolicy    *ebpf.MapSpec `ebpf:"ward_policy"`
@@ -211,6 +223,7 @@ type datapathMaps struct {
 	WardCt        *ebpf.Map `ebpf:"ward_ct"`
 	WardEndpoints *ebpf.Map `ebpf:"ward_endpoints"`
 	WardFrag      *ebpf.Map `ebpf:"ward_frag"`
+	WardHost      *ebpf.Map `ebpf:"ward_host"`
 	WardIpcache   *ebpf.Map `ebpf:"ward_ipcache"`
 	WardMetrics   *ebpf.Map `ebpf:"ward_metrics"`
 	WardPolicy    *ebpf.Map `ebpf:"ward_policy"`
@@ -222,6 +235,7 @@ func (m *datapathMaps) Close() error {
 		m.WardCt,
 		m.WardEndpoints,
 		m.WardFrag,
+		m.WardHost,
 		m.WardIpcache,
 		m.WardMetrics,
 		m.WardPolicy,
@@ -241,6 +255,8 @@ type datapathVariables struct {
 type datapathPrograms struct {
 	FromNetdev *ebpf.Program `ebpf:"from_netdev"`
 	FromPod    *ebpf.Program `ebpf:"from_pod"`
+	HostIn     *ebpf.Program `ebpf:"host_in"`
+	HostOut    *ebpf.Program `ebpf:"host_out"`
 	ToPod      *ebpf.Program `ebpf:"to_pod"`
 }
 
@@ -248,6 +264,8 @@ func (p *datapathPrograms) Close() error {
 	return _DatapathClose(
 		p.FromNetdev,
 		p.FromPod,
+		p.HostIn,
+		p.HostOut,
 		p.ToPod,
 	)
 }

@@ -461,6 +461,9 @@ func (d *Datapath) lockdown(id uint32, on bool) error {
 // its current flags: enforcement, lockdown, policy generation. Called
 // with d.mu.
 func (d *Datapath) writeEndpointFlags(id uint32) error {
+	if id == HostEndpointID {
+		return d.writeHost()
+	}
 	if ep, ok := d.eps[id]; ok {
 		return d.writeEndpoint(ep)
 	}
@@ -519,6 +522,9 @@ var reasonNames = [...]string{
 }
 
 func (r Reason) String() string {
+	if r == ReasonHostAudit {
+		return "host-audit"
+	}
 	if int(r) < len(reasonNames) {
 		return reasonNames[r]
 	}
@@ -527,7 +533,7 @@ func (r Reason) String() string {
 
 // Drop reports whether packets counted under r were dropped.
 func (r Reason) Drop() bool {
-	return r >= firstDrop && r != ReasonSockShortcut && r != ReasonNeighbourDiscovery && r != ReasonHairpin
+	return r >= firstDrop && r != ReasonSockShortcut && r != ReasonNeighbourDiscovery && r != ReasonHairpin && r != ReasonHostAudit
 }
 
 // Counter is one (reason, direction) verdict counter summed over CPUs.

@@ -849,4 +849,7 @@ int from_netdev(struct __sk_buff *skb)
 	return PASS(R_REDIRECT);
 }
 
+// The host firewall: host_in and host_out (hostfw.h).
+#include "hostfw.h"
+
 char __license[] SEC("license") = "Dual BSD/GPL";

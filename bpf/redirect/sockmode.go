@@ -68,6 +68,10 @@ func (d *Datapath) progForLink(name string) *ebpf.Program {
 		return d.objs.ToPod
 	case netdevHook:
 		return d.objs.FromNetdev
+	case hostInHook:
+		return d.objs.HostIn
+	case hostOutHook:
+		return d.objs.HostOut
 	case proxyHook.name:
 		return proxyHook.prog(&d.sock.sockPrograms)
 	}
