@@ -118,6 +118,14 @@ type Config struct {
 	// protocols where the client speaks first after the handshake. Takes
 	// effect for sockets established after Load.
 	SockShortcut bool
+	// NoEvents compiles the flow events out of the tc programs (no drop
+	// or verdict events; ReadEvents then waits for nothing). For
+	// measuring their cost; wardd keeps them on.
+	NoEvents bool
+	// EventRingSize is the flow events ring's size in bytes, a power of
+	// two and a multiple of the page size; 0 keeps the compiled default
+	// (256 KiB, 4096 events).
+	EventRingSize uint32
 	// Logger receives lifecycle events; nil discards them.
 	Logger *slog.Logger
 }
@@ -172,6 +180,14 @@ func Load(cfg Config) (*Datapath, error) {
 	}
 	if cfg.PolicyMapSize != 0 {
 		spec.Maps[datapathMapWardPolicy].MaxEntries = cfg.PolicyMapSize
+	}
+	if cfg.EventRingSize != 0 {
+		spec.Maps[datapathMapWardEvents].MaxEntries = cfg.EventRingSize
+	}
+	if cfg.NoEvents {
+		if err := spec.Variables[datapathVarEventsEnabled].Set(uint8(0)); err != nil {
+			return nil, fmt.Errorf("disable flow events: %w", err)
+		}
 	}
 	d := &Datapath{
 		cfg:    cfg,

@@ -36,6 +36,11 @@
 // live: the writer fills the other generation, then flips this bit with one
 // atomic endpoint-entry update, so a lookup never sees half a rewrite.
 #define EP_POLICY_GEN 8
+// EP_AUDIT is policy audit mode (Cilium's PolicyAuditMode): a packet the
+// endpoint's policy would drop passes as allowed, and its new flow is
+// reported with an audit verdict event (redirect.c, flow events). Lockdown
+// and every non-policy drop still drop.
+#define EP_AUDIT 16
 
 // skb marks. MARK_TO_PROXY is set on redirected packets so that the host's
 // policy routing rule (fwmark -> table with "local 0.0.0.0/0 dev lo")

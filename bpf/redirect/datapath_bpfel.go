@@ -35,6 +35,19 @@ type datapathCtValue struct {
 	Pad         uint32
 }
 
+type datapathDropRlKey struct {
+	_       structs.HostLayout
+	Saddr   [4]uint32
+	Daddr   [4]uint32
+	Ifindex uint32
+	Dport   uint16
+	Proto   uint8
+	Family  uint8
+	Reason  uint8
+	Dir     uint8
+	Pad     uint16
+}
+
 type datapathEndpointInfo struct {
 	_        structs.HostLayout
 	Id       uint32
@@ -48,6 +61,27 @@ type datapathEndpointKey struct {
 	Family uint8
 	Pad    [3]uint8
 	Addr   [4]uint32
+}
+
+type datapathFlowEvent struct {
+	_           structs.HostLayout
+	Saddr       [4]uint32
+	Daddr       [4]uint32
+	Sport       uint16
+	Dport       uint16
+	SrcIdentity uint32
+	DstIdentity uint32
+	EpId        uint32
+	Ifindex     uint32
+	ProxyPort   uint16
+	Type        uint8
+	Reason      uint8
+	Verdict     uint8
+	Audit       uint8
+	Dir         uint8
+	Family      uint8
+	Proto       uint8
+	Pad         [3]uint8
 }
 
 type datapathFragKey struct {
@@ -116,19 +150,24 @@ type datapathPolicyValue struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	datapathMapWardCt        = "ward_ct"
-	datapathMapWardEndpoints = "ward_endpoints"
-	datapathMapWardFrag      = "ward_frag"
-	datapathMapWardHost      = "ward_host"
-	datapathMapWardIpcache   = "ward_ipcache"
-	datapathMapWardMetrics   = "ward_metrics"
-	datapathMapWardPolicy    = "ward_policy"
-	datapathMapWardPolicyRev = "ward_policy_rev"
-	datapathProgFromNetdev   = "from_netdev"
-	datapathProgFromPod      = "from_pod"
-	datapathProgHostIn       = "host_in"
-	datapathProgHostOut      = "host_out"
-	datapathProgToPod        = "to_pod"
+	datapathMapWardCt          = "ward_ct"
+	datapathMapWardDropRl      = "ward_drop_rl"
+	datapathMapWardEndpoints   = "ward_endpoints"
+	datapathMapWardEvents      = "ward_events"
+	datapathMapWardEventsLost  = "ward_events_lost"
+	datapathMapWardFrag        = "ward_frag"
+	datapathMapWardHost        = "ward_host"
+	datapathMapWardIpcache     = "ward_ipcache"
+	datapathMapWardMetrics     = "ward_metrics"
+	datapathMapWardPolicy      = "ward_policy"
+	datapathMapWardPolicyRev   = "ward_policy_rev"
+	datapathProgFromNetdev     = "from_netdev"
+	datapathProgFromPod        = "from_pod"
+	datapathProgHostIn         = "host_in"
+	datapathProgHostOut        = "host_out"
+	datapathProgToPod          = "to_pod"
+	datapathVarEventsEnabled   = "events_enabled"
+	datapathVarUnusedFlowEvent = "unused_flow_event"
 )
 
 // loadDatapath returns the embedded CollectionSpec for datapath.
@@ -184,20 +223,25 @@ type datapathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathMapSpecs struct {
-	WardCt        *ebpf.MapSpec `ebpf:"ward_ct"`
-	WardEndpoints *ebpf.MapSpec `ebpf:"ward_endpoints"`
-	WardFrag      *ebpf.MapSpec `ebpf:"ward_frag"`
-	WardHost      *ebpf.MapSpec `ebpf:"ward_host"`
-	WardIpcache   *ebpf.MapSpec `ebpf:"ward_ipcache"`
-	WardMetrics   *ebpf.MapSpec `ebpf:"ward_metrics"`
-	WardPolicy    *ebpf.MapSpec `ebpf:"ward_policy"`
-	WardPolicyRev *ebpf.MapSpec `ebpf:"ward_policy_rev"`
+	WardCt         *ebpf.MapSpec `ebpf:"ward_ct"`
+	WardDropRl     *ebpf.MapSpec `ebpf:"ward_drop_rl"`
+	WardEndpoints  *ebpf.MapSpec `ebpf:"ward_endpoints"`
+	WardEvents     *ebpf.MapSpec `ebpf:"ward_events"`
+	WardEventsLost *ebpf.MapSpec `ebpf:"ward_events_lost"`
+	WardFrag       *ebpf.MapSpec `ebpf:"ward_frag"`
+	WardHost       *ebpf.MapSpec `ebpf:"ward_host"`
+	WardIpcache    *ebpf.MapSpec `ebpf:"ward_ipcache"`
+	WardMetrics    *ebpf.MapSpec `ebpf:"ward_metrics"`
+	WardPolicy     *ebpf.MapSpec `ebpf:"ward_policy"`
+	WardPolicyRev  *ebpf.MapSpec `ebpf:"ward_policy_rev"`
 }
 
 // datapathVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathVariableSpecs struct {
+	EventsEnabled   *ebpf.VariableSpec `ebpf:"events_enabled"`
+	UnusedFlowEvent *ebpf.VariableSpec `ebpf:"unused_flow_event"`
 }
 
 // datapathObjects contains all objects after they have been loaded into the kernel.
@@ -220,20 +264,26 @@ func (o *datapathObjects) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathMaps struct {
-	WardCt        *ebpf.Map `ebpf:"ward_ct"`
-	WardEndpoints *ebpf.Map `ebpf:"ward_endpoints"`
-	WardFrag      *ebpf.Map `ebpf:"ward_frag"`
-	WardHost      *ebpf.Map `ebpf:"ward_host"`
-	WardIpcache   *ebpf.Map `ebpf:"ward_ipcache"`
-	WardMetrics   *ebpf.Map `ebpf:"ward_metrics"`
-	WardPolicy    *ebpf.Map `ebpf:"ward_policy"`
-	WardPolicyRev *ebpf.Map `ebpf:"ward_policy_rev"`
+	WardCt         *ebpf.Map `ebpf:"ward_ct"`
+	WardDropRl     *ebpf.Map `ebpf:"ward_drop_rl"`
+	WardEndpoints  *ebpf.Map `ebpf:"ward_endpoints"`
+	WardEvents     *ebpf.Map `ebpf:"ward_events"`
+	WardEventsLost *ebpf.Map `ebpf:"ward_events_lost"`
+	WardFrag       *ebpf.Map `ebpf:"ward_frag"`
+	WardHost       *ebpf.Map `ebpf:"ward_host"`
+	WardIpcache    *ebpf.Map `ebpf:"ward_ipcache"`
+	WardMetrics    *ebpf.Map `ebpf:"ward_metrics"`
+	WardPolicy     *ebpf.Map `ebpf:"ward_policy"`
+	WardPolicyRev  *ebpf.Map `ebpf:"ward_policy_rev"`
 }
 
 func (m *datapathMaps) Close() error {
 	return _DatapathClose(
 		m.WardCt,
+		m.WardDropRl,
 		m.WardEndpoints,
+		m.WardEvents,
+		m.WardEventsLost,
 		m.WardFrag,
 		m.WardHost,
 		m.WardIpcache,
@@ -247,6 +297,8 @@ func (m *datapathMaps) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathVariables struct {
+	EventsEnabled   *ebpf.Variable `ebpf:"events_enabled"`
+	UnusedFlowEvent *ebpf.Variable `ebpf:"unused_flow_event"`
 }
 
 // datapathPrograms contains all programs after they have been loaded into the kernel.

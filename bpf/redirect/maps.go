@@ -26,6 +26,7 @@ const (
 	epEnforceEgress  = 2
 	epLockdown       = 4
 	epPolicyGen      = 8
+	epAudit          = 16
 )
 
 // Marks the datapath and the proxies agree on (see redirect.c).
@@ -180,6 +181,10 @@ type Endpoint struct {
 	// EnforceIngress and EnforceEgress turn default-deny on for the
 	// direction (some policy selects the endpoint there).
 	EnforceIngress, EnforceEgress bool
+	// Audit is policy audit mode: a new flow the endpoint's policy would
+	// drop passes and is reported as audited (a verdict event, see
+	// Events). Lockdown still drops everything.
+	Audit bool
 }
 
 func (ep Endpoint) flags(locked bool) uint32 {
@@ -193,6 +198,9 @@ func (ep Endpoint) flags(locked bool) uint32 {
 	if locked {
 		f |= epLockdown
 	}
+	if ep.Audit {
+		f |= epAudit
+	}
 	return f
 }
 
@@ -203,6 +211,7 @@ func endpointFromMap(k datapathEndpointKey, v datapathEndpointInfo) Endpoint {
 		Identity:       v.Identity,
 		EnforceIngress: v.Flags&epEnforceIngress != 0,
 		EnforceEgress:  v.Flags&epEnforceEgress != 0,
+		Audit:          v.Flags&epAudit != 0,
 	}
 }
 
@@ -290,9 +299,9 @@ func (d *Datapath) AddEndpoint(ep Endpoint) error {
 	if err := d.writeEndpoint(ep); err != nil {
 		return fmt.Errorf("add endpoint: %w", err)
 	}
-	if !exists || old.EnforceIngress != ep.EnforceIngress || old.EnforceEgress != ep.EnforceEgress {
-		// Flows admitted while a direction was not enforced are
-		// decided again.
+	if !exists || old.EnforceIngress != ep.EnforceIngress || old.EnforceEgress != ep.EnforceEgress || old.Audit != ep.Audit {
+		// Flows admitted while a direction was not enforced, or in
+		// audit mode, are decided again.
 		if err := d.bumpPolicyRev(); err != nil {
 			return fmt.Errorf("add endpoint %d: %w", ep.ID, err)
 		}

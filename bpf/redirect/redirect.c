@@ -139,6 +139,148 @@ static __always_inline int count(struct __sk_buff *skb, enum reason r, int dir, 
 #define PASS(r) count(skb, (r), dir, TC_ACT_OK)
 #define DROP(r) count(skb, (r), dir, TC_ACT_SHOT)
 
+// ---- Flow events (issue 16) -----------------------------------------
+//
+// Compact records for wardd's flow stream, through a ring buffer
+// (events.go reads it): a drop event for a dropped packet, rate-limited to
+// one per (source, destination, destination port, protocol, reason,
+// direction) per DROP_EVENT_INTERVAL (the rest are only counted in
+// ward_metrics), and one policy-verdict event per new conntrack entry and
+// enforced direction (allowed, redirected to a proxy, or audited: a
+// would-be drop let through by the endpoint's audit mode). Established
+// packets emit nothing. A full ring never blocks: the event is counted in
+// ward_events_lost and dropped. events_enabled (set at load) compiles them
+// out entirely. The layout is mirrored in events.go.
+#define EV_DROP 1
+#define EV_VERDICT 2
+#define DROP_EVENT_INTERVAL NSEC
+
+struct flow_event {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__u16 sport; // network order
+	__u16 dport; // network order
+	__u32 src_identity; // 0: not known here (the reader resolves it)
+	__u32 dst_identity;
+	__u32 ep_id;      // the endpoint whose policy decided (0: none)
+	__u32 ifindex;
+	__u16 proxy_port; // host order, redirects
+	__u8 type;        // EV_*
+	__u8 reason;      // enum reason
+	__u8 verdict;     // VERDICT_* (drops: VERDICT_DENY)
+	__u8 audit;       // 1: the policy would have dropped it (audit mode)
+	__u8 dir;         // DIR_*
+	__u8 family;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct drop_rl_key {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__u32 ifindex;
+	__u16 dport;
+	__u8 proto;
+	__u8 family;
+	__u8 reason;
+	__u8 dir;
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} ward_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+} ward_events_lost SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct drop_rl_key);
+	__type(value, __u64);
+	__uint(max_entries, 16384);
+} ward_drop_rl SEC(".maps");
+
+volatile const __u8 events_enabled = 1;
+
+// Keeps struct flow_event in the BTF that bpf2go reads.
+const struct flow_event *unused_flow_event __attribute__((unused));
+
+static __always_inline void emit_event(struct __sk_buff *skb, const struct pkt *p, __u8 type, __u8 reason, __u8 verdict,
+				       __u8 audit, int dir, __u32 ep_id, __u32 src_id, __u32 dst_id, __u16 proxy)
+{
+	struct flow_event e = {
+		.sport = p->t.sport,
+		.dport = p->t.dport,
+		.src_identity = src_id,
+		.dst_identity = dst_id,
+		.ep_id = ep_id,
+		.ifindex = skb->ifindex,
+		.proxy_port = proxy,
+		.type = type,
+		.reason = reason,
+		.verdict = verdict,
+		.audit = audit,
+		.dir = dir,
+		.family = p->t.family,
+		.proto = p->t.proto,
+	};
+	__builtin_memcpy(e.saddr, p->t.saddr, 16);
+	__builtin_memcpy(e.daddr, p->t.daddr, 16);
+	if (bpf_ringbuf_output(&ward_events, &e, sizeof(e), 0) < 0) {
+		__u32 zero = 0;
+		__u64 *lost = bpf_map_lookup_elem(&ward_events_lost, &zero);
+		if (lost)
+			*lost += 1;
+	}
+}
+
+// verdict_event reports a new flow's verdict in an enforced direction.
+static __always_inline void verdict_event(struct __sk_buff *skb, const struct pkt *p, int verdict, __u8 audit, int dir,
+					  __u32 ep_id, __u32 src_id, __u32 dst_id, __u16 proxy)
+{
+	if (!events_enabled || p->no_ct)
+		return;
+	emit_event(skb, p, EV_VERDICT, verdict == VERDICT_REDIRECT ? R_REDIRECT : R_PASS_ALLOWED, verdict, audit, dir,
+		   ep_id, src_id, dst_id, proxy);
+}
+
+// drop_event counts a dropped packet and reports it (rate-limited) with
+// the tuple parsed so far (zero before parsing). It returns TC_ACT_SHOT.
+static __always_inline int drop_event(struct __sk_buff *skb, const struct pkt *p, enum reason r, int dir, __u32 ep_id)
+{
+	if (events_enabled) {
+		struct drop_rl_key k = {
+			.ifindex = skb->ifindex,
+			.dport = p->t.dport,
+			.proto = p->t.proto,
+			.family = p->t.family,
+			.reason = r,
+			.dir = dir,
+		};
+		__builtin_memcpy(k.saddr, p->t.saddr, 16);
+		__builtin_memcpy(k.daddr, p->t.daddr, 16);
+		__u64 now = bpf_ktime_get_coarse_ns();
+		__u64 *last = bpf_map_lookup_elem(&ward_drop_rl, &k);
+		if (!last || now - *last >= DROP_EVENT_INTERVAL) {
+			if (last)
+				*last = now;
+			else
+				bpf_map_update_elem(&ward_drop_rl, &k, &now, BPF_ANY);
+			emit_event(skb, p, EV_DROP, r, VERDICT_DENY, 0, dir, ep_id, 0, 0, 0);
+		}
+	}
+	return count(skb, r, dir, TC_ACT_SHOT);
+}
+
+#define DROP_EV(pp, r) drop_event(skb, (pp), (r), dir, 0)
+// ---- end of flow events ----------------------------------------------
+
 #define ICMP_ECHO_REPLY 0
 #define ICMP_ECHO 8
 #define ICMPV6_ECHO_REQUEST 128
@@ -571,10 +713,10 @@ static __always_inline int redirect(struct __sk_buff *skb, struct pkt *p, __u16 
 		struct iphdr ip;
 		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) == 0 &&
 		    (bpf_ntohs(ip.frag_off) & 0x3FFF))
-			return DROP(R_DROP_FRAGMENT);
+			return DROP_EV(p, R_DROP_FRAGMENT);
 	}
 	if (assign(skb, p, proxy_port) < 0)
-		return DROP(R_DROP_NO_PROXY);
+		return DROP_EV(p, R_DROP_NO_PROXY);
 	return PASS(R_REDIRECT);
 }
 
@@ -590,12 +732,12 @@ static __always_inline int hairpin(struct __sk_buff *skb, struct pkt *p, __u16 p
 		struct iphdr ip;
 		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) == 0 &&
 		    (bpf_ntohs(ip.frag_off) & 0x3FFF))
-			return DROP(R_DROP_FRAGMENT);
+			return DROP_EV(p, R_DROP_FRAGMENT);
 	}
 	skb->mark = MARK_TO_PROXY | ((__u32)proxy_port << 16);
 	long act = bpf_redirect(skb->ifindex, BPF_F_INGRESS);
 	if (act != TC_ACT_REDIRECT)
-		return DROP(R_DROP_NO_PROXY);
+		return DROP_EV(p, R_DROP_NO_PROXY);
 	return count(skb, R_HAIRPIN, dir, act);
 }
 
@@ -609,13 +751,13 @@ static __always_inline int from_hairpin(struct __sk_buff *skb, __u32 mark)
 	struct pkt p = {};
 	int r = parse(skb, &p);
 	if (r < 0)
-		return DROP(R_DROP_MALFORMED);
+		return DROP_EV(&p, R_DROP_MALFORMED);
 	if (r != R_MAX)
-		return DROP(r);
+		return DROP_EV(&p, r);
 	if (bpf_skb_change_type(skb, 0 /* PACKET_HOST */) < 0)
-		return DROP(R_DROP_NO_PROXY);
+		return DROP_EV(&p, R_DROP_NO_PROXY);
 	if (assign(skb, &p, (__u16)(mark >> 16)) < 0)
-		return DROP(R_DROP_NO_PROXY);
+		return DROP_EV(&p, R_DROP_NO_PROXY);
 	return PASS(R_REDIRECT);
 }
 
@@ -638,7 +780,7 @@ int from_pod(struct __sk_buff *skb)
 	if (r < 0)
 		return PASS(R_PASS_NON_IP);
 	if (r != R_MAX)
-		return DROP(r);
+		return DROP_EV(&p, r);
 
 	// A link-local source cannot be checked against the endpoint map;
 	// such ND never leaves the link (the stack does not forward it).
@@ -646,9 +788,9 @@ int from_pod(struct __sk_buff *skb)
 		return PASS(R_PASS_ND);
 	struct endpoint_info *ep = endpoint_of6(p.t.family, p.t.saddr);
 	if (!ep || ep->ifindex != skb->ifindex)
-		return DROP(R_DROP_SPOOFED);
+		return DROP_EV(&p, R_DROP_SPOOFED);
 	if (ep->flags & EP_LOCKDOWN)
-		return DROP(R_DROP_LOCKDOWN);
+		return drop_event(skb, &p, R_DROP_LOCKDOWN, dir, ep->id);
 	if (nd_ok(&p, 1))
 		return PASS(R_PASS_ND);
 
@@ -672,32 +814,51 @@ int from_pod(struct __sk_buff *skb)
 	__u16 proxy = 0;
 	int verdict = VERDICT_ALLOW;
 	int enforced = 0;
+	// For the verdict events: the remote identity of the egress lookup,
+	// each direction's own verdict and whether audit mode let it pass.
+	__u32 remote = 0, dst_ep = 0, dst_id = 0;
+	int ev_out = verdict, ev_in = 0;
+	__u8 aud_out = 0, aud_in = 0;
+	__u16 oproxy = 0, iproxy = 0;
 
 	if (flags & EP_ENFORCE_EGRESS) {
 		enforced = 1;
-		verdict = policy_lookup(ep_id, policy_dir(DIR_EGRESS, flags), identity_of6(p.t.family, p.t.daddr), dport, p.t.proto, &proxy);
+		remote = identity_of6(p.t.family, p.t.daddr);
+		verdict = policy_lookup(ep_id, policy_dir(DIR_EGRESS, flags), remote, dport, p.t.proto, &proxy);
 		if (verdict != VERDICT_ALLOW && verdict != VERDICT_REDIRECT) {
-			if (ct)
-				bpf_map_delete_elem(&ward_ct, &p.ck);
-			return DROP(R_DROP_POLICY);
+			if (!(flags & EP_AUDIT)) {
+				if (ct)
+					bpf_map_delete_elem(&ward_ct, &p.ck);
+				return drop_event(skb, &p, R_DROP_POLICY, dir, ep_id);
+			}
+			verdict = VERDICT_ALLOW;
+			aud_out = 1;
 		}
+		ev_out = verdict;
+		oproxy = proxy;
 	}
 
 	// A local destination's ingress policy is applied here too, so that
 	// an ingress redirect can use bpf_sk_assign (tc ingress only).
 	struct endpoint_info *dst = endpoint_of6(p.t.family, p.t.daddr);
 	if (dst) {
+		dst_ep = dst->id;
+		dst_id = dst->identity;
 		if (dst->flags & EP_LOCKDOWN)
-			return count(skb, R_DROP_LOCKDOWN, DIR_INGRESS, TC_ACT_SHOT);
+			return drop_event(skb, &p, R_DROP_LOCKDOWN, DIR_INGRESS, dst_ep);
 		if (dst->flags & EP_ENFORCE_INGRESS) {
-			__u16 iproxy = 0;
 			enforced = 1;
-			int iv = policy_lookup(dst->id, policy_dir(DIR_INGRESS, dst->flags), src_id, dport, p.t.proto, &iproxy);
+			int iv = policy_lookup(dst_ep, policy_dir(DIR_INGRESS, dst->flags), src_id, dport, p.t.proto, &iproxy);
 			if (iv != VERDICT_ALLOW && iv != VERDICT_REDIRECT) {
-				if (ct)
-					bpf_map_delete_elem(&ward_ct, &p.ck);
-				return count(skb, R_DROP_POLICY, DIR_INGRESS, TC_ACT_SHOT);
+				if (!(dst->flags & EP_AUDIT)) {
+					if (ct)
+						bpf_map_delete_elem(&ward_ct, &p.ck);
+					return drop_event(skb, &p, R_DROP_POLICY, DIR_INGRESS, dst_ep);
+				}
+				iv = VERDICT_ALLOW;
+				aud_in = 1;
 			}
+			ev_in = iv;
 			if (iv == VERDICT_REDIRECT && verdict != VERDICT_REDIRECT) {
 				verdict = VERDICT_REDIRECT;
 				proxy = iproxy;
@@ -705,10 +866,15 @@ int from_pod(struct __sk_buff *skb)
 		}
 	}
 
-	if (ct)
+	if (ct) {
 		ct_redecide(ct, verdict, proxy, rev);
-	else
+	} else {
 		ct_create(&p, verdict, proxy, src_id, rev, now);
+		if (flags & EP_ENFORCE_EGRESS)
+			verdict_event(skb, &p, ev_out, aud_out, DIR_EGRESS, ep_id, src_id, remote, oproxy);
+		if (ev_in)
+			verdict_event(skb, &p, ev_in, aud_in, DIR_INGRESS, dst_ep, src_id, dst_id, iproxy);
+	}
 	if (verdict == VERDICT_REDIRECT)
 		return redirect(skb, &p, proxy, dir);
 	return PASS(enforced ? R_PASS_ALLOWED : R_PASS_NOT_ENFORCED);
@@ -723,16 +889,16 @@ int to_pod(struct __sk_buff *skb)
 	if (r < 0)
 		return PASS(R_PASS_NON_IP);
 	if (r != R_MAX)
-		return DROP(r);
+		return DROP_EV(&p, r);
 	// Only the host is on the other end of the veth.
 	if (nd_ok(&p, 0))
 		return PASS(R_PASS_ND);
 
 	struct endpoint_info *ep = endpoint_of6(p.t.family, p.t.daddr);
 	if (!ep)
-		return DROP(R_DROP_UNKNOWN_ENDPOINT);
+		return DROP_EV(&p, R_DROP_UNKNOWN_ENDPOINT);
 	if (ep->flags & EP_LOCKDOWN)
-		return DROP(R_DROP_LOCKDOWN);
+		return drop_event(skb, &p, R_DROP_LOCKDOWN, dir, ep->id);
 
 	ct_canon(&p);
 	__u64 now = bpf_ktime_get_coarse_ns();
@@ -765,17 +931,22 @@ int to_pod(struct __sk_buff *skb)
 
 	int verdict = VERDICT_ALLOW;
 	__u16 proxy = 0;
+	__u8 audit = 0;
 	if (ep->flags & EP_ENFORCE_INGRESS) {
 		verdict = policy_lookup(ep->id, policy_dir(DIR_INGRESS, ep->flags), src_id, p.pol_port, p.t.proto, &proxy);
 		if (verdict != VERDICT_ALLOW && verdict != VERDICT_REDIRECT) {
-			if (ct)
-				bpf_map_delete_elem(&ward_ct, &p.ck);
-			return DROP(R_DROP_POLICY);
+			if (!(ep->flags & EP_AUDIT)) {
+				if (ct)
+					bpf_map_delete_elem(&ward_ct, &p.ck);
+				return drop_event(skb, &p, R_DROP_POLICY, dir, ep->id);
+			}
+			verdict = VERDICT_ALLOW;
+			audit = 1;
 		}
 		// An egress proxy's upstream: the ingress proxy would see the
 		// node's address, not the source's identity. Fail closed.
 		if (verdict == VERDICT_REDIRECT && (mark & MARK_MAGIC_MASK) == MARK_PROXY_EGRESS)
-			return DROP(R_DROP_REDIRECT_UNSUPPORTED);
+			return drop_event(skb, &p, R_DROP_REDIRECT_UNSUPPORTED, dir, ep->id);
 	}
 	if (ct) {
 		// Re-decided after a policy change; a verdict that moves the
@@ -785,6 +956,8 @@ int to_pod(struct __sk_buff *skb)
 			return hairpin(skb, &p, proxy, dir);
 		return PASS(R_PASS_ESTABLISHED);
 	}
+	if (ep->flags & EP_ENFORCE_INGRESS)
+		verdict_event(skb, &p, verdict, audit, dir, ep->id, src_id, ep->identity, proxy);
 	if (verdict == VERDICT_REDIRECT) {
 		ct_create(&p, VERDICT_REDIRECT, proxy, src_id, rev, now);
 		return hairpin(skb, &p, proxy, dir);
