@@ -112,7 +112,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := os.MkdirAll(a.cfg.StateDir, 0o750); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
-	if !a.cfg.Envoy.Disabled {
+	if a.cfg.Envoy.External {
+		if _, err := a.writeBootstrap(""); err != nil {
+			return err
+		}
+	} else if !a.cfg.Envoy.Disabled {
 		proc, err := a.newEnvoy(ctx)
 		if err != nil {
 			return err
@@ -389,11 +393,11 @@ func (a *Agent) newEnvoy(ctx context.Context) (*envoyproc.Proc, error) {
 	if _, err := os.Stat(filepath.Join(modDir, "libward.so")); err != nil {
 		return nil, fmt.Errorf("libward.so not found in %s (build it with `make build`, or pass --module-dir): %w", modDir, err)
 	}
-	bc := bootstrap.Config{NodeID: a.node, XDSSocket: a.xdsSocket(), AdminAddress: ec.Admin, ModuleDir: modDir}
-	bpath := filepath.Join(a.cfg.StateDir, "envoy-bootstrap.json")
-	if err := bc.Write(bpath); err != nil {
+	bc, err := a.writeBootstrap(modDir)
+	if err != nil {
 		return nil, err
 	}
+	bpath := a.bootstrapPath()
 	a.log.Info("starting envoy", "binary", bin, "version", v, "bootstrap", bpath, "admin", ec.Admin)
 	return envoyproc.New(envoyproc.Config{
 		Binary: bin, Bootstrap: bpath, Admin: ec.Admin, Env: append(bc.Env(), ec.Env...),
@@ -401,6 +405,18 @@ func (a *Agent) newEnvoy(ctx context.Context) (*envoyproc.Proc, error) {
 		PIDFile: filepath.Join(a.cfg.StateDir, "envoy.pid"), KeepRunning: ec.KeepRunning, DieWithParent: ec.DieWithAgent,
 		BaseID: ec.BaseID, ExtraArgs: ec.ExtraArgs,
 	}), nil
+}
+
+func (a *Agent) bootstrapPath() string { return filepath.Join(a.cfg.StateDir, "envoy-bootstrap.json") }
+
+// writeBootstrap writes the bootstrap Envoy starts with into the state
+// directory: for the Envoy the agent supervises, or for an external one.
+func (a *Agent) writeBootstrap(modDir string) (bootstrap.Config, error) {
+	bc := bootstrap.Config{NodeID: a.node, XDSSocket: a.xdsSocket(), AdminAddress: a.cfg.Envoy.Admin, ModuleDir: modDir}
+	if err := bc.Write(a.bootstrapPath()); err != nil {
+		return bootstrap.Config{}, fmt.Errorf("envoy bootstrap: %w", err)
+	}
+	return bc, nil
 }
 
 // findEnvoy picks the Envoy binary: the flag, the project's build/envoy or

@@ -296,3 +296,31 @@ func TestAdminOnUnixSocket(t *testing.T) {
 		t.Errorf("bootstrap admin address = %+v; want only the pipe %s", a, sock)
 	}
 }
+
+// TestExternalEnvoy: with Envoy.External (wardd --envoy-external, the
+// Kubernetes chart) wardd starts no Envoy but writes the bootstrap into the
+// state directory; an Envoy started from that file alone, as the chart's
+// Envoy DaemonSet does, gets its listeners from wardd and serves.
+func TestExternalEnvoy(t *testing.T) {
+	f, url := setup(t, "ward.test.inspect")
+	bin, modDir := f.Envoy.Binary, f.Envoy.ModuleDir
+	f.Envoy = agent.EnvoyConfig{External: true, Binary: filepath.Join(f.StateDir, "no-such-envoy"), Admin: f.Envoy.Admin}
+	start(t, f)
+	bpath := filepath.Join(f.StateDir, "envoy-bootstrap.json")
+	eventually(t, "the bootstrap", func() bool {
+		_, err := os.Stat(bpath)
+		return err == nil
+	})
+	if st := getStatus(t, f.StateDir); st.Envoy != nil {
+		t.Fatalf("status shows a supervised envoy %+v; want none with an external envoy", st.Envoy)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, bin, "-c", bpath, "--disable-hot-restart", "--concurrency", "1", "-l", "warning")
+	cmd.Env = append(os.Environ(), "ENVOY_DYNAMIC_MODULES_SEARCH_PATH="+modDir)
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); _ = cmd.Wait() })
+	eventually(t, "the external envoy's listener to answer", func() bool { return answers(url) })
+}

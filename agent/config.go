@@ -98,6 +98,11 @@ type Config struct {
 type EnvoyConfig struct {
 	// Disabled: serve xDS only; Envoy runs elsewhere.
 	Disabled bool
+	// External: Envoy runs elsewhere from the bootstrap the agent writes
+	// (StateDir/envoy-bootstrap.json) and is not started by it: the
+	// Kubernetes Envoy DaemonSet (deploy/helm/ward), whose pod shares the
+	// state directory. Binary and ModuleDir are not checked.
+	External bool
 	// Binary is the envoy executable; default build/envoy or
 	// .venv/bin/envoy of the working directory, then $PATH.
 	Binary string

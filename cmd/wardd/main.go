@@ -45,6 +45,7 @@ func parseFlags(args []string) (agent.Config, slog.Level, error) {
 	admin := fs.String("envoy-admin", "", "Envoy admin address: a unix socket path (default <state-dir>/envoy-admin.sock) or a loopback ip:port")
 	keep := fs.Bool("envoy-keep-running", false, "leave Envoy running when wardd stops (the next wardd adopts it)")
 	noEnvoy := fs.Bool("no-envoy", false, "serve xDS only; do not start Envoy")
+	external := fs.Bool("envoy-external", false, "write Envoy's bootstrap to the state directory but do not start Envoy: it runs elsewhere (the Kubernetes Envoy DaemonSet)")
 	concurrency := fs.Int("concurrency", 0, "Envoy worker threads (0: one per core)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
@@ -62,6 +63,6 @@ func parseFlags(args []string) (agent.Config, slog.Level, error) {
 		}
 	}
 	cfg.StateDir = *stateDir
-	cfg.Envoy = agent.EnvoyConfig{Disabled: *noEnvoy, Binary: *envoy, ModuleDir: *moduleDir, Admin: *admin, Concurrency: *concurrency, KeepRunning: *keep}
+	cfg.Envoy = agent.EnvoyConfig{Disabled: *noEnvoy, External: *external, Binary: *envoy, ModuleDir: *moduleDir, Admin: *admin, Concurrency: *concurrency, KeepRunning: *keep}
 	return cfg, lvl, nil
 }

@@ -11,15 +11,15 @@ func TestParseFlags(t *testing.T) {
 	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, "node.yaml")
 	os.WriteFile(cfgPath, []byte("node: n1\npolicyDir: policies\nmode: always\n"), 0o600)
-	cfg, lvl, err := parseFlags([]string{"--config", cfgPath, "--state-dir", "/tmp/s", "--no-envoy", "--log-level", "debug", "--concurrency", "2"})
+	cfg, lvl, err := parseFlags([]string{"--config", cfgPath, "--state-dir", "/tmp/s", "--no-envoy", "--envoy-external", "--log-level", "debug", "--concurrency", "2"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.Node != "n1" || cfg.PolicyDir != filepath.Join(dir, "policies") || cfg.Mode != "always" {
 		t.Errorf("config = %+v; want node n1, policyDir relative to the file, mode always", cfg)
 	}
-	if cfg.StateDir != "/tmp/s" || !cfg.Envoy.Disabled || cfg.Envoy.Concurrency != 2 || lvl.String() != "DEBUG" {
-		t.Errorf("flags = %+v %v; want state dir, no envoy, concurrency 2, debug", cfg, lvl)
+	if cfg.StateDir != "/tmp/s" || !cfg.Envoy.Disabled || !cfg.Envoy.External || cfg.Envoy.Concurrency != 2 || lvl.String() != "DEBUG" {
+		t.Errorf("flags = %+v %v; want state dir, no envoy, external envoy, concurrency 2, debug", cfg, lvl)
 	}
 }
 
