@@ -139,6 +139,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		a.dp.remote, a.dp.apiserver = a.remote, a.apiserver
 		defer a.dp.Close()
+		if err := a.openHostFirewall(); err != nil {
+			return err
+		}
 	}
 	var px *dns.Proxy
 	if a.eng != nil {

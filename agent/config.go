@@ -60,6 +60,9 @@ type Config struct {
 	ServicesDir string `json:"servicesDir,omitempty"`
 	// Datapath turns on the eBPF datapath.
 	Datapath DatapathConfig `json:"datapath,omitempty"`
+	// HostFirewall enforces host policies (nodeSelector) for the node
+	// itself on datapath.devices (hostfw.go, docs/host-firewall.md).
+	HostFirewall HostFirewallConfig `json:"hostFirewall,omitzero"`
 	// DNS tunes the datapath's transparent DNS proxy (dns.Config's JSON
 	// form: Cilium 1.18's option names and defaults where Cilium has the
 	// option). Its listener settings are the agent's: DNSPort, the state
@@ -430,6 +433,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	errs = append(errs, c.validateObserve())
+	errs = append(errs, c.validateHostFirewall())
 	return errors.Join(errs...)
 }
 

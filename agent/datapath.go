@@ -51,6 +51,7 @@ type datapath struct {
 	// rewrites only that endpoint (and re-decides only its flows).
 	applied map[uint64]appliedEndpoint
 	epErrs  map[uint64]error // per local endpoint, from the last Apply
+	host    hostState        // the host firewall's endpoint (hostfw.go)
 }
 
 // policyWriter is the part of the BPF datapath Apply writes endpoints to.
@@ -255,6 +256,9 @@ func (d *datapath) Apply(_ context.Context, st *State) error {
 		if err := d.ipc.Resync(); err != nil {
 			errs = append(errs, fmt.Errorf("ipcache resync: %w", err))
 		}
+	}
+	if err := d.applyHost(snap); err != nil {
+		errs = append(errs, err)
 	}
 	epErrs := map[uint64]error{}
 	local := map[uint64]bool{}

@@ -75,8 +75,9 @@ spec:
 }
 
 // TestStatusNamesUnenforcedHostPolicies: a host policy (nodeSelector),
-// which wardd accepts but does not enforce yet, is named in the status
-// errors, never silently taken for enforced.
+// which wardd accepts but does not enforce with the host firewall
+// disabled, is named in the status errors, never silently taken for
+// enforced; with the host firewall enabled it is enforced and not named.
 func TestStatusNamesUnenforcedHostPolicies(t *testing.T) {
 	ps, err := policy.Parse("host.yaml", []byte(`apiVersion: cilium.io/v2
 kind: CiliumClusterwideNetworkPolicy
@@ -89,8 +90,11 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := unenforced(ps)
+	got := unenforced(ps, false)
 	if len(got) != 1 || !strings.Contains(got[0], "demo-host-policy") || !strings.Contains(got[0], "not enforced") {
 		t.Errorf("unenforced = %q; want the host policy named as not enforced", got)
+	}
+	if got := unenforced(ps, true); len(got) != 0 {
+		t.Errorf("unenforced with the host firewall = %q; want nothing", got)
 	}
 }

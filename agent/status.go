@@ -77,7 +77,7 @@ func (a *Agent) Status() api.Status {
 		}
 		a.eng.errMu.Unlock()
 		st.Errors = append(st.Errors, a.eng.sourceErrors()...)
-		st.Errors = append(st.Errors, unenforced(a.eng.repo.Policies())...)
+		st.Errors = append(st.Errors, unenforced(a.eng.repo.Policies(), a.cfg.HostFirewall.Enabled)...)
 		if a.eps != nil {
 			st.EndpointFiles = a.eps.files.status()
 		}
@@ -114,10 +114,13 @@ func (a *Agent) Status() api.Status {
 	return st
 }
 
-// unenforced names the rules wardd accepts but does not enforce yet: host
-// policies (nodeSelector; the host firewall is not built), so that a user
-// never takes them for enforced.
-func unenforced(ps []*policy.Policy) []string {
+// unenforced names the rules wardd accepts but does not enforce: host
+// policies (nodeSelector) while the host firewall is disabled, so that a
+// user never takes them for enforced.
+func unenforced(ps []*policy.Policy, hostFirewall bool) []string {
+	if hostFirewall {
+		return nil
+	}
 	var out []string
 	for _, p := range ps {
 		rules := p.Specs
@@ -126,7 +129,7 @@ func unenforced(ps []*policy.Policy) []string {
 		}
 		for _, r := range rules {
 			if r != nil && r.NodeSelector != nil {
-				out = append(out, fmt.Sprintf("policy %s (%s): nodeSelector rules (host policies) are not enforced yet: the host firewall is not built", p.Metadata.Name, p.File))
+				out = append(out, fmt.Sprintf("policy %s (%s): nodeSelector rules (host policies) are not enforced: hostFirewall.enabled is false", p.Metadata.Name, p.File))
 				break
 			}
 		}

@@ -272,6 +272,25 @@ func (d *Datapath) DetachHostFirewall(ifindex int) error {
 	return errors.Join(errs...)
 }
 
+// DetachHostFirewalls detaches the host firewall from every device it is
+// attached to (wardd with the host firewall disabled, after a run that had
+// it).
+func (d *Datapath) DetachHostFirewalls() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	for name := range d.links {
+		hook := name[strings.LastIndexByte(name, '-')+1:]
+		if hook != hostInHook && hook != hostOutHook {
+			continue
+		}
+		if err := d.detach(name); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("detach host firewall: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // DetachPinnedHostFirewall is the break-glass path (`ward bpf host-firewall
 // off`): it detaches the host firewall's links pinned under pinDir from
 // their devices (BPF_LINK_DETACH, effective even while a running agent

@@ -3,6 +3,8 @@ package redirect
 import (
 	"net/netip"
 	"testing"
+
+	"github.com/cilium/ebpf"
 )
 
 const tcUnspec = 0xFFFFFFFF // TC_ACT_UNSPEC (TCX_NEXT) as the test run returns it
@@ -20,7 +22,7 @@ func TestHostFirewall(t *testing.T) {
 		t.Fatal(err)
 	}
 	in, out := d.objs.HostIn, d.objs.HostOut
-	run := func(prog interface{ Test([]byte) (uint32, []byte, error) }, pkt []byte) uint32 {
+	run := func(prog *ebpf.Program, pkt []byte) uint32 {
 		t.Helper()
 		got, _, err := prog.Test(pkt)
 		if err != nil {

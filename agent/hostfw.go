@@ -1,0 +1,195 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/wardproxy/ward/bpf/policymap"
+	"github.com/wardproxy/ward/bpf/redirect"
+	"github.com/wardproxy/ward/policy"
+	l7kind "github.com/wardproxy/ward/policy/l7"
+)
+
+// The host firewall (docs/host-firewall.md): host policies (nodeSelector)
+// are enforced for the node itself on its native devices
+// (datapath.devices). The node is the host endpoint of the policy
+// repository: the reserved:host label plus the labels of the nodes entry
+// named like this node (`node`); its resolved policy is written into the
+// BPF policy map under redirect.HostEndpointID and enforced by the host
+// firewall's programs (bpf/redirect/hostfw.h). A host endpoint that no
+// host policy selects allows everything (Cilium's host endpoint without
+// policy).
+
+// HostFirewallConfig is the node config's hostFirewall block (Cilium's
+// enable-host-firewall and the host endpoint's PolicyAuditMode).
+type HostFirewallConfig struct {
+	// Enabled enforces host policies on the native devices
+	// (datapath.devices); needs the datapath. Default false: host
+	// policies are accepted and not enforced (`ward status` says so).
+	Enabled bool `json:"enabled,omitempty"`
+	// Audit puts the host endpoint in policy audit mode: packets its
+	// policy would drop pass and are counted (`ward bpf counters`,
+	// reason host-audit). `ward bpf host-firewall audit|enforce`
+	// overrides it until wardd restarts.
+	Audit bool `json:"audit,omitempty"`
+}
+
+// hostEndpointKey is the host endpoint's id in the policy repository (the
+// same number as in the BPF policy map); workloads cannot use it.
+const hostEndpointKey = uint64(redirect.HostEndpointID)
+
+// validateHostFirewall checks the hostFirewall block against the rest of
+// the config.
+func (c *Config) validateHostFirewall() error {
+	var errs []error
+	if c.HostFirewall.Enabled {
+		if !c.Datapath.Enabled {
+			errs = append(errs, errors.New("hostFirewall.enabled needs datapath.enabled"))
+		}
+		if len(c.Datapath.Devices) == 0 {
+			errs = append(errs, errors.New("hostFirewall.enabled needs datapath.devices (the native devices it is enforced on)"))
+		}
+	}
+	for i, ep := range c.Endpoints {
+		if ep.ID == hostEndpointKey {
+			errs = append(errs, fmt.Errorf("endpoints[%d].id %d is the host endpoint's", i, ep.ID))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// hostLabels are the host endpoint's labels: reserved:host and the labels
+// of the nodes entry named node.
+func hostLabels(nodes []Node, node string) policy.Labels {
+	var m map[string]string
+	for _, n := range nodes {
+		if n.Name == node {
+			m = n.Labels
+			break
+		}
+	}
+	ls := policy.K8sLabels(m, "")
+	return policy.NewLabels(append(ls, policy.Label{Source: policy.SourceReserved, Key: "host"})...)
+}
+
+// openHostFirewall registers the host endpoint and attaches the host
+// firewall to the native devices (Agent.Run, after the datapath is open,
+// before the first publish). With the host firewall disabled it detaches
+// what a previous run left attached.
+func (a *Agent) openHostFirewall() error {
+	d := a.dp
+	cfg := a.cfg.HostFirewall
+	if !cfg.Enabled {
+		return errors.Join(d.dp.DetachHostFirewalls(), d.dp.SetHost(redirect.HostEndpoint{}))
+	}
+	if a.eng == nil {
+		return nil
+	}
+	if _, err := a.eng.repo.UpsertEndpoint(policy.Endpoint{ID: hostEndpointKey, Labels: hostLabels(a.cfg.Nodes, a.node), Audit: cfg.Audit}); err != nil {
+		return fmt.Errorf("host endpoint: %w", err)
+	}
+	// Audit mode set at runtime does not survive a restart (as in Cilium).
+	if err := redirect.SetHostMode(d.dp.PinDir(), redirect.HostModeConfig); err != nil {
+		return fmt.Errorf("host firewall: %w", err)
+	}
+	for i, name := range a.cfg.Datapath.Devices {
+		ifc, err := net.InterfaceByName(name)
+		if err == nil {
+			err = d.dp.AttachHostFirewall(ifc.Index)
+		}
+		if err != nil {
+			return fmt.Errorf("hostFirewall: datapath.devices[%d] %q: %w", i, name, err)
+		}
+	}
+	d.mu.Lock()
+	d.host.on = true
+	d.mu.Unlock()
+	a.log.Info("host firewall attached", "devices", a.cfg.Datapath.Devices, "audit", cfg.Audit)
+	return nil
+}
+
+// hostState is the datapath consumer's host endpoint state (under
+// datapath.mu).
+type hostState struct {
+	on      bool                   // the host firewall is attached
+	applied *policy.EndpointPolicy // the policy last written
+	warn    error                  // what the last write reported (DNS rules)
+}
+
+// applyHost writes the host endpoint's policy (Apply). Its DNS rules have
+// no proxy path on the native devices: their ports are denied (fail
+// closed) and the publish reports it. A policy that cannot be produced or
+// written locks the host endpoint down (all its traffic on the native
+// devices dropped; `ward bpf host-firewall off` is the way back in).
+func (d *datapath) applyHost(snap *policy.Snapshot) error {
+	d.mu.Lock()
+	on := d.host.on
+	d.mu.Unlock()
+	if !on {
+		return nil
+	}
+	pol, ok := snap.Endpoint(hostEndpointKey)
+	if !ok {
+		return d.dp.SetHost(redirect.HostEndpoint{})
+	}
+	d.mu.Lock()
+	same, warn := d.host.applied == pol, d.host.warn
+	d.mu.Unlock()
+	if same {
+		return warn
+	}
+	var entries []redirect.PolicyEntry
+	var warns []error
+	for _, x := range []struct {
+		dir policy.Direction
+		dp  *policy.DirectionPolicy
+	}{{policy.Ingress, pol.Ingress}, {policy.Egress, pol.Egress}} {
+		es, err := policymap.Entries(x.dir, x.dp, nil)
+		if err != nil {
+			return d.lockHost(err)
+		}
+		entries = append(entries, es...)
+		if x.dp == nil {
+			continue
+		}
+		for _, l := range x.dp.Proxy {
+			if l.Kind == l7kind.KindDNS {
+				warns = append(warns, fmt.Errorf("host policy: DNS rules on %v port %d are not enforced on the native devices: the port is denied", x.dir, l.Port))
+			}
+		}
+	}
+	if err := d.w.SetPolicy(redirect.HostEndpointID, entries); err != nil {
+		if errors.Is(err, redirect.ErrPolicyMapFull) {
+			d.forgetHost()
+			return fmt.Errorf("host endpoint: %w", err) // locked down by SetPolicy
+		}
+		return d.lockHost(err)
+	}
+	h := redirect.HostEndpoint{
+		EnforceIngress: pol.Ingress != nil && pol.Ingress.Enforced,
+		EnforceEgress:  pol.Egress != nil && pol.Egress.Enforced,
+		Audit:          pol.Audit,
+	}
+	if err := d.dp.SetHost(h); err != nil {
+		return d.lockHost(err)
+	}
+	warn = errors.Join(warns...)
+	d.mu.Lock()
+	d.host.applied, d.host.warn = pol, warn
+	d.mu.Unlock()
+	return warn
+}
+
+// lockHost locks the host endpoint down after err (its policy could not
+// be produced or written) and returns err with the lockdown's outcome.
+func (d *datapath) lockHost(err error) error {
+	d.forgetHost()
+	return fmt.Errorf("host endpoint (locked down): %w", errors.Join(err, d.w.Lockdown(redirect.HostEndpointID)))
+}
+
+func (d *datapath) forgetHost() {
+	d.mu.Lock()
+	d.host.applied, d.host.warn = nil, nil
+	d.mu.Unlock()
+}
