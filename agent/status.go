@@ -84,31 +84,8 @@ func (a *Agent) Status() api.Status {
 		if a.svcs != nil {
 			st.EndpointFiles = append(st.EndpointFiles, a.svcs.files.status()...)
 		}
-		for _, w := range a.eng.workloads() {
-			if w.Remote {
-				continue
-			}
-			e := api.Endpoint{Name: w.Name, ID: w.ID, State: "waiting"}
-			for _, ip := range w.Addrs {
-				e.IPs = append(e.IPs, ip.String())
-			}
-			if s != nil {
-				if p, ok := s.Policy.Endpoint(w.ID); ok {
-					e.Identity = uint32(p.Identity)
-					e.Audit = p.Audit
-					e.EnforceIngress = p.Ingress != nil && p.Ingress.Enforced
-					e.EnforceEgress = p.Egress != nil && p.Egress.Enforced
-				}
-				e.State = "ready"
-				if a.dp != nil {
-					if err := a.dp.endpointError(w.ID); errors.Is(err, errNoInterface) {
-						e.State, e.Error = "waiting-for-interface", err.Error()
-					} else if err != nil {
-						e.State, e.Error = "locked-down", err.Error()
-					}
-				}
-			}
-			st.Endpoints = append(st.Endpoints, e)
+		for _, d := range a.endpointDetails(false) {
+			st.Endpoints = append(st.Endpoints, d.Endpoint)
 		}
 	}
 	return st
@@ -178,6 +155,7 @@ func (a *Agent) serveStatus(ctx context.Context) error {
 			a.log.Debug("status write", "error", err)
 		}
 	})
+	a.handleIntrospect(mux)
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	stop := context.AfterFunc(ctx, func() { _ = hs.Close() })
 	defer stop()

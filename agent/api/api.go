@@ -91,10 +91,9 @@ type Endpoint struct {
 	ID       uint64   `json:"id"`
 	Identity uint32   `json:"identity"`
 	IPs      []string `json:"ips,omitempty"`
-	// State is "ready" when its policy is in the datapath, "locked-down"
-	// when programming it failed (all its traffic is dropped),
-	// "waiting-for-interface" while its interface does not exist, "waiting"
-	// before the first publish.
+	// State is the endpoint's lifecycle state: one of the State*
+	// constants (introspect.go), Cilium's states plus ward's
+	// "waiting-for-interface" and "locked-down" (Error says why).
 	State string `json:"state"`
 	Error string `json:"error,omitempty"`
 	// EnforceIngress and EnforceEgress say whether policy is enforced in

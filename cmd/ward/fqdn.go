@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"slices"
 	"strconv"
@@ -12,15 +13,19 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/wardproxy/ward/agent/api"
 	dnsproxy "github.com/wardproxy/ward/filters/dns"
 )
 
 const fqdnUsage = `usage:
-  ward fqdn cache list [--state FILE] [--endpoint ID] [--name NAME] [-o table|json]
+  ward fqdn cache list [--state-dir DIR | --state FILE] [--endpoint ID] [--name NAME] [-o table|json]
   ward fqdn names      [--state FILE] [-o table|json]
 
-The DNS proxy in wardd writes its FQDN state to FILE (default $WARD_FQDN_STATE,
-else ` + dnsproxy.DefaultStateFile + `) every GC interval when it changed, and on shutdown.
+cache list asks the live agent (its status socket in --state-dir, default
+/var/run/ward) for the DNS proxy's cache; with --state FILE (or
+$WARD_FQDN_STATE) it reads the state file instead, which the DNS proxy
+writes every GC interval when it changed and on shutdown (default for
+names: $WARD_FQDN_STATE, else ` + dnsproxy.DefaultStateFile + `).
 cache list: one line per endpoint, name and IP; SOURCE is "lookup" for an
 IP within its TTL, "connection" for an expired IP kept because a connection
 still uses it. names: per toFQDNs selector, the names and IPs it selects and
@@ -51,14 +56,15 @@ func defaultStateFile() string {
 func fqdnCacheList(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("ward fqdn cache list", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	state := fs.String("state", defaultStateFile(), "FQDN state file written by wardd")
+	state := fs.String("state", os.Getenv("WARD_FQDN_STATE"), "read the FQDN state file wardd writes instead of asking the live agent")
+	stateDir := fs.String("state-dir", "/var/run/ward", "wardd's state directory (the live agent)")
 	endpoint := fs.String("endpoint", "", "only this endpoint ID")
 	name := fs.String("name", "", "only this name")
 	format := fs.String("o", "table", "output: table or json")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	st, err := dnsproxy.ReadState(*state)
+	entries, err := fqdnEntries(*state, *stateDir)
 	if err != nil {
 		fmt.Fprintf(stderr, "ward fqdn: %v\n", err)
 		return 1
@@ -83,7 +89,7 @@ func fqdnCacheList(args []string, stdout, stderr io.Writer) int {
 	var rows []*row
 	idx := map[string]*row{}
 	now := time.Now()
-	for _, e := range st.Entries {
+	for _, e := range entries {
 		if *endpoint != "" && e.Endpoint != ep || want != "" && e.Name != want {
 			continue
 		}
@@ -125,6 +131,31 @@ func fqdnCacheList(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// fqdnEntries reads the DNS proxy's cache from the state file when one is
+// named, else from the live agent.
+func fqdnEntries(stateFile, stateDir string) ([]dnsproxy.CacheEntry, error) {
+	if stateFile != "" {
+		st, err := dnsproxy.ReadState(stateFile)
+		if err != nil {
+			return nil, err
+		}
+		return st.Entries, nil
+	}
+	var live []api.FQDNEntry
+	if err := agentGet(stateDir, api.FQDNCachePath, &live); err != nil {
+		return nil, err
+	}
+	out := make([]dnsproxy.CacheEntry, 0, len(live))
+	for _, e := range live {
+		ip, err := netip.ParseAddr(e.IP)
+		if err != nil {
+			return nil, fmt.Errorf("bad answer from wardd: %w", err)
+		}
+		out = append(out, dnsproxy.CacheEntry{Endpoint: e.Endpoint, Name: e.Name, IP: ip, Expires: e.Expires, Zombie: e.Zombie})
+	}
+	return out, nil
 }
 
 func fqdnNames(args []string, stdout, stderr io.Writer) int {

@@ -17,7 +17,11 @@ const usage = `usage: ward <command> [arguments]
 commands:
   policy validate FILE|DIR...          check policies, exit 1 on errors
   policy test --policy P --flows F     evaluate flows offline
-  status                               show the node agent's state
+  policy get [LABEL...]                the live agent's rules and their source
+  status [--verbose]                   show the node agent's state
+  endpoint list | endpoint get ID      the node's endpoints: state, enforcement, rules
+  identity list | identity get ID      security identities and their labels
+  ip list                              the ipcache: prefix -> identity
   monitor [--last N] [--follow]        show the node's flows (Hubble's Observer API)
   fqdn cache list | fqdn names         show the DNS proxy's FQDN cache
   bpf cleanup                          remove ward's BPF programs and maps
@@ -33,6 +37,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runPolicy(args[1:], stdout, stderr)
 	case "status":
 		return runStatus(args[1:], stdout, stderr)
+	case "endpoint":
+		return runEndpoint(args[1:], stdout, stderr)
+	case "identity":
+		return runIdentity(args[1:], stdout, stderr)
+	case "ip":
+		return runIP(args[1:], stdout, stderr)
 	case "monitor":
 		return runMonitor(args[1:], stdout, stderr)
 	case "fqdn":

@@ -22,6 +22,10 @@ const policyUsage = `usage:
   ward policy test --policy FILE|DIR [--policy ...] --flows FLOWS.json [--mode default|always|never] [--audit]
       Evaluate the flows offline; print one JSON object per line:
       {"name":..., "verdict":"allowed"|"denied", "reason":...}
+  ward policy get [LABEL...] [--state-dir DIR] [-o table|json]
+      The live agent's rules (those carrying every LABEL, source:key=value
+      or key=value) with their source (directory, k8s) and labels; -o json
+      prints them as Cilium's ` + "`cilium policy get`" + ` does.
 `
 
 func runPolicy(args []string, stdout, stderr io.Writer) int {
@@ -34,6 +38,8 @@ func runPolicy(args []string, stdout, stderr io.Writer) int {
 		return runPolicyValidate(args[1:], stdout, stderr)
 	case "test":
 		return runPolicyTest(args[1:], stdout, stderr)
+	case "get":
+		return policyGet(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, policyUsage)
 		return 0

@@ -23,8 +23,13 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	stateDir := fs.String("state-dir", "/var/run/ward", "wardd's state directory")
 	asJSON := fs.Bool("json", false, "print the raw JSON")
+	output := fs.String("o", "table", "output: table or json (as --json)")
+	verbose := fs.Bool("verbose", false, "also the endpoints' enforcement, and the identities, ipcache and FQDN cache sizes")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if *output == "json" {
+		*asJSON = true
 	}
 	sock := filepath.Join(*stateDir, api.Socket)
 	cl := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
@@ -109,6 +114,9 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stdout, ": %s", e.Error)
 		}
 		fmt.Fprintln(stdout)
+	}
+	if *verbose {
+		return statusVerbose(*stateDir, stdout, stderr)
 	}
 	return 0
 }

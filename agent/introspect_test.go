@@ -1,0 +1,85 @@
+package agent
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+
+	"github.com/wardproxy/ward/agent/api"
+	"github.com/wardproxy/ward/policy"
+)
+
+// TestEndpointLifecycle walks endpoints through the seed's lifecycle
+// states as the agent reports them: before the first publish, ready, a
+// label change not yet published, a removal not yet published.
+func TestEndpointLifecycle(t *testing.T) {
+	eps := []Endpoint{
+		{Name: "deathstar", ID: 1, IPs: []string{"10.0.0.1"}, Labels: map[string]string{"class": "deathstar"}},
+		{Name: "xwing", ID: 2, IPs: []string{"10.0.0.2"}, Labels: map[string]string{"class": "xwing"}},
+	}
+	cfg := Config{Endpoints: eps}
+	eng, err := newEngine(&cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err := policy.Parse("p.yaml", []byte(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {matchLabels: {class: deathstar}}
+  ingress: [{fromEndpoints: [{matchLabels: {class: xwing}}]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng.repo.Upsert(ps[0])
+	a := &Agent{eng: eng, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	states := func() map[string]string {
+		out := map[string]string{}
+		for _, d := range a.endpointDetails(false) {
+			out[d.Name] = d.State
+		}
+		return out
+	}
+	check := func(step string, want map[string]string) {
+		t.Helper()
+		got := states()
+		if len(got) != len(want) {
+			t.Errorf("%s: states %v; want %v", step, got, want)
+			return
+		}
+		for k, v := range want {
+			if got[k] != v {
+				t.Errorf("%s: states %v; want %v", step, got, want)
+				return
+			}
+		}
+	}
+	check("before the first publish", map[string]string{"deathstar": api.StateWaitingToRegenerate, "xwing": api.StateWaitingToRegenerate})
+	eng.publish(context.Background())
+	check("published", map[string]string{"deathstar": api.StateReady, "xwing": api.StateReady})
+
+	// xwing's labels change: its identity changes, and so does the
+	// deathstar's policy (xwing no longer matches its peer selector).
+	eps[1].Labels = map[string]string{"class": "ywing"}
+	if _, err := eng.setEndpoints(sourceConfig, eps, "endpoints"); err != nil {
+		t.Fatal(err)
+	}
+	check("labels changed", map[string]string{"deathstar": api.StateWaitingToRegenerate, "xwing": api.StateWaitingToRegenerate})
+	eng.publish(context.Background())
+	check("republished", map[string]string{"deathstar": api.StateReady, "xwing": api.StateReady})
+
+	if _, err := eng.setEndpoints(sourceConfig, eps[:1], "endpoints"); err != nil {
+		t.Fatal(err)
+	}
+	check("xwing removed", map[string]string{"deathstar": api.StateReady, "xwing": api.StateDisconnecting})
+	eng.publish(context.Background())
+	check("removal published", map[string]string{"deathstar": api.StateReady})
+
+	d := a.endpointDetails(true)[0]
+	if !d.EnforceIngress || d.EnforceEgress || len(d.Rules) != 0 {
+		// The peer selector selects nobody now: no entries, no rules.
+		t.Errorf("deathstar %+v; want ingress enforced, no rules", d)
+	}
+}
