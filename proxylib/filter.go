@@ -47,14 +47,15 @@ type ConnAddrs struct {
 	ID     uint64
 }
 
-// HTTPFilter handles one HTTP stream (request and response). Envoy calls it
-// from one worker thread; hooks must not block.
+// HTTPFilter handles one HTTP stream's request headers, the only event
+// ward's filters decide on. Envoy calls it from one worker thread; it must
+// not block. The binding answers the stream's other events (response
+// headers, bodies, trailers, completion) in C without entering Go: each
+// entry from an Envoy worker into the Go runtime costs far more than the
+// call itself (issue 17, bench/PROFILE.md). A filter that needs a later
+// event adds it to this interface and to proxylib/abi's http_hooks.c.
 type HTTPFilter interface {
 	OnRequestHeaders(s HTTPStream, endOfStream bool) HeadersStatus
-	OnResponseHeaders(s HTTPStream, endOfStream bool) HeadersStatus
-	// OnComplete is called once when the stream ends; the HTTPStream may be
-	// used for reading only.
-	OnComplete()
 }
 
 // HTTPFilterConfig is one configured instance of a filter (one per listener

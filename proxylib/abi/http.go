@@ -25,11 +25,8 @@ import (
 	"github.com/wardproxy/ward/proxylib"
 )
 
-// Header map types (envoy_dynamic_module_type_http_header_type).
-const (
-	requestHeader  = 0
-	responseHeader = 2
-)
+// Header map type (envoy_dynamic_module_type_http_header_type).
+const requestHeader = 0
 
 // Attribute ids (envoy_dynamic_module_type_attribute_id); in 1.40 the
 // address attributes include the port.
@@ -41,20 +38,18 @@ const (
 )
 
 // Headers status values.
-const (
-	headersContinue      = 0
-	headersStopIteration = 1
-)
+const headersStopIteration = 1
 
 type httpConfig struct {
 	cfg proxylib.HTTPFilterConfig
 }
 
+// httpFilter is one stream's Go filter during its request-headers hook.
 type httpFilter struct {
 	f      proxylib.HTTPFilter
 	stream httpStream
-	// replied is set once ward sent a local reply; later hooks of the
-	// stream then only continue (Envoy is already answering).
+	// replied is set once the filter sent a local reply, so a panic after
+	// it does not send a second one.
 	replied bool
 }
 
@@ -210,147 +205,43 @@ func envoy_dynamic_module_on_http_filter_config_destroy(h C.uintptr_t) {
 	deleteHandle(h)
 }
 
-//export envoy_dynamic_module_on_http_filter_new
-func envoy_dynamic_module_on_http_filter_new(h C.uintptr_t, _ unsafe.Pointer) (fh C.uintptr_t) {
-	defer func() {
-		if r := recover(); r != nil {
-			logPanic("http_filter_new", r)
-			fh = 0
-		}
-	}()
-	c, ok := fromHandle[*httpConfig](h)
-	if !ok {
-		return 0
-	}
-	f := &httpFilter{f: c.cfg.NewHTTPFilter()}
-	f.stream.owner = f
-	return toHandle(f)
-}
-
 // failHTTP answers 500 after a recovered panic, unless a reply went out.
 func failHTTP(p unsafe.Pointer, f *httpFilter, where string, r any) C.int {
 	logPanic(where, r)
-	if f != nil && !f.replied {
+	if f == nil {
+		f = &httpFilter{} // the panic came before the stream's filter existed
+	}
+	if !f.replied {
 		func() {
 			defer func() {
 				if r := recover(); r != nil {
 					logPanic(where+" (local reply)", r)
 				}
 			}()
-			f.stream.p = p
+			f.stream = httpStream{p: p, owner: f}
 			f.stream.SendLocalReply(500, [][2]string{{"content-type", "text/plain"}}, []byte("ward: internal error\n"), "ward_panic")
 		}()
 	}
 	return headersStopIteration
 }
 
-//export envoy_dynamic_module_on_http_filter_request_headers
-func envoy_dynamic_module_on_http_filter_request_headers(p unsafe.Pointer, h C.uintptr_t, eos C.bool) (st C.int) {
+// ward_go_http_request_headers is the request-headers hook's Go half
+// (http_hooks.c holds the hooks): it makes the config's filter for the
+// stream, runs it, and lets it go. ch is the config's cgo.Handle.
+//
+//export ward_go_http_request_headers
+func ward_go_http_request_headers(p unsafe.Pointer, ch C.uintptr_t, eos C.bool) (st C.int) {
 	var f *httpFilter
 	defer func() {
 		if r := recover(); r != nil {
 			st = failHTTP(p, f, "http_filter_request_headers", r)
 		}
 	}()
-	f, _ = fromHandle[*httpFilter](h)
-	if f == nil {
-		panic("unknown filter handle")
+	c, _ := fromHandle[*httpConfig](ch)
+	if c == nil {
+		panic("unknown filter config handle")
 	}
-	f.stream.p = p
+	f = &httpFilter{f: c.cfg.NewHTTPFilter()}
+	f.stream = httpStream{p: p, owner: f}
 	return C.int(f.f.OnRequestHeaders(&f.stream, bool(eos)))
-}
-
-//export envoy_dynamic_module_on_http_filter_response_headers
-func envoy_dynamic_module_on_http_filter_response_headers(p unsafe.Pointer, h C.uintptr_t, eos C.bool) (st C.int) {
-	defer func() {
-		if r := recover(); r != nil {
-			logPanic("http_filter_response_headers", r)
-			st = headersContinue // the response is the upstream's or ours already
-		}
-	}()
-	f, _ := fromHandle[*httpFilter](h)
-	if f == nil || f.replied {
-		return headersContinue
-	}
-	f.stream.p = p
-	return C.int(f.f.OnResponseHeaders(&f.stream, bool(eos)))
-}
-
-// Body and trailer hooks: ward decides on headers; bodies pass.
-
-//export envoy_dynamic_module_on_http_filter_request_body
-func envoy_dynamic_module_on_http_filter_request_body(unsafe.Pointer, C.uintptr_t, C.bool) C.int {
-	return 0
-}
-
-//export envoy_dynamic_module_on_http_filter_response_body
-func envoy_dynamic_module_on_http_filter_response_body(unsafe.Pointer, C.uintptr_t, C.bool) C.int {
-	return 0
-}
-
-//export envoy_dynamic_module_on_http_filter_request_trailers
-func envoy_dynamic_module_on_http_filter_request_trailers(unsafe.Pointer, C.uintptr_t) C.int {
-	return 0
-}
-
-//export envoy_dynamic_module_on_http_filter_response_trailers
-func envoy_dynamic_module_on_http_filter_response_trailers(unsafe.Pointer, C.uintptr_t) C.int {
-	return 0
-}
-
-//export envoy_dynamic_module_on_http_filter_stream_complete
-func envoy_dynamic_module_on_http_filter_stream_complete(p unsafe.Pointer, h C.uintptr_t) {
-	defer func() {
-		if r := recover(); r != nil {
-			logPanic("http_filter_stream_complete", r)
-		}
-	}()
-	if f, ok := fromHandle[*httpFilter](h); ok {
-		f.stream.p = p
-		f.f.OnComplete()
-	}
-}
-
-//export envoy_dynamic_module_on_http_filter_destroy
-func envoy_dynamic_module_on_http_filter_destroy(h C.uintptr_t) {
-	defer func() {
-		if r := recover(); r != nil {
-			logPanic("http_filter_destroy", r)
-		}
-	}()
-	deleteHandle(h)
-}
-
-// Hooks ward does not use; Envoy requires them to exist.
-
-//export envoy_dynamic_module_on_http_filter_scheduled
-func envoy_dynamic_module_on_http_filter_scheduled(unsafe.Pointer, C.uintptr_t, C.uint64_t) {}
-
-//export envoy_dynamic_module_on_http_filter_config_scheduled
-func envoy_dynamic_module_on_http_filter_config_scheduled(unsafe.Pointer, C.uintptr_t, C.uint64_t) {}
-
-//export envoy_dynamic_module_on_http_filter_http_callout_done
-func envoy_dynamic_module_on_http_filter_http_callout_done(unsafe.Pointer, C.uintptr_t) {}
-
-//export envoy_dynamic_module_on_http_filter_http_stream_headers
-func envoy_dynamic_module_on_http_filter_http_stream_headers(unsafe.Pointer, C.uintptr_t) {}
-
-//export envoy_dynamic_module_on_http_filter_http_stream_data
-func envoy_dynamic_module_on_http_filter_http_stream_data(unsafe.Pointer, C.uintptr_t) {}
-
-//export envoy_dynamic_module_on_http_filter_http_stream_trailers
-func envoy_dynamic_module_on_http_filter_http_stream_trailers(unsafe.Pointer, C.uintptr_t) {}
-
-//export envoy_dynamic_module_on_http_filter_http_stream_complete
-func envoy_dynamic_module_on_http_filter_http_stream_complete(unsafe.Pointer, C.uintptr_t) {}
-
-//export envoy_dynamic_module_on_http_filter_http_stream_reset
-func envoy_dynamic_module_on_http_filter_http_stream_reset(unsafe.Pointer, C.uintptr_t) {}
-
-//export envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark
-func envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(unsafe.Pointer, C.uintptr_t) {
-}
-
-//export envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark
-func envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(unsafe.Pointer, C.uintptr_t) {
 }

@@ -177,9 +177,3 @@ func (f *httpFilter) Describe(r *flow.Record) {
 		}
 	}
 }
-
-func (f *httpFilter) OnResponseHeaders(proxylib.HTTPStream, bool) proxylib.HeadersStatus {
-	return proxylib.HeadersContinue
-}
-
-func (f *httpFilter) OnComplete() {}

@@ -44,10 +44,6 @@ func (panicFilter) OnRequestHeaders(s proxylib.HTTPStream, _ bool) proxylib.Head
 	}
 	return proxylib.HeadersContinue
 }
-func (panicFilter) OnResponseHeaders(proxylib.HTTPStream, bool) proxylib.HeadersStatus {
-	return proxylib.HeadersContinue
-}
-func (panicFilter) OnComplete() {}
 
 // inspectFilter answers every request itself with a JSON description of
 // what the binding read: addresses, method, path, authority, and every value
@@ -78,10 +74,6 @@ func (inspectFilter) OnRequestHeaders(s proxylib.HTTPStream, _ bool) proxylib.He
 	s.SendLocalReply(299, [][2]string{{"content-type", "application/json"}, {"x-ward", "inspect"}}, out, "ward_inspect")
 	return proxylib.HeadersStopIteration
 }
-func (inspectFilter) OnResponseHeaders(proxylib.HTTPStream, bool) proxylib.HeadersStatus {
-	return proxylib.HeadersContinue
-}
-func (inspectFilter) OnComplete() {}
 
 // panicTCP panics on a read whose data starts with "PANIC".
 type panicTCPConfig struct{}
