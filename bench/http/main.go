@@ -59,6 +59,12 @@ var goEnvList []string
 // perfDir, if set, gets a perf recording of Envoy per arm.
 var perfDir string
 
+// modulePath is the test libward.so the Go arms load; armsFlag selects arms.
+var modulePath, armsFlag string
+
+// latency runs the open-loop rounds.
+var latency = true
+
 type arm struct {
 	name string
 	port int
@@ -78,6 +84,9 @@ func main() {
 	rateFrac := flag.Float64("rate", 0.5, "open-loop rate as a fraction of the router arm's wrk req/s")
 	flag.StringVar(&perfDir, "perf", "", "after the rounds, record `dir`/<arm>.data with perf (call graphs of Envoy under wrk load, one run per arm; not in the tables)")
 	goEnv := flag.String("goenv", "", "extra environment for Envoy's Go runtime, e.g. GOMAXPROCS=1 (comma-separated)")
+	flag.StringVar(&modulePath, "module", "build/test/libward.so", "the libward.so (built with -tags wardtest) the Go arms load")
+	flag.BoolVar(&latency, "latency", true, "also run the open-loop latency rounds")
+	flag.StringVar(&armsFlag, "arms", "", "run only the arms whose name matches this `regexp` (the router arm always runs)")
 	flag.Parse()
 	goEnvList = strings.Split(*goEnv, ",")
 	if err := run(*rounds, *dur, *conns, *rules, *rateFrac); err != nil {
@@ -215,6 +224,13 @@ func run(rounds int, dur time.Duration, conns int, rulesFlag string, rateFrac fl
 			must(xds.HTTPListener{Name: "rbac" + f, Address: "127.0.0.1", Port: uint32(r.port), Cluster: "up", RBAC: rbacFor(n)}.Build()),
 			must(xds.HTTPListener{Name: "extauthz" + f, Address: "127.0.0.1", Port: uint32(x.port), Cluster: "up", ExtAuthzCluster: "authz" + f}.Build()))
 	}
+	if armsFlag != "" {
+		re, err := regexp.Compile(armsFlag)
+		if err != nil {
+			return fmt.Errorf("-arms: %w", err)
+		}
+		arms = slices.DeleteFunc(arms, func(a *arm) bool { return a.name != armRouter && !re.MatchString(a.name) })
+	}
 	if _, err := srv.SetEnvoyResources(ctx, node, res); err != nil {
 		return err
 	}
@@ -249,7 +265,7 @@ func run(rounds int, dur time.Duration, conns int, rulesFlag string, rateFrac fl
 		}
 	}
 	rate := median(arms[0].rps) * rateFrac
-	for r := 0; r < rounds; r++ {
+	for r := 0; r < rounds && latency; r++ {
 		for _, a := range arms {
 			p50, p99 := openLoop(fmt.Sprintf("http://127.0.0.1:%d/public", a.port), rate, dur)
 			a.p50, a.p99 = append(a.p50, p50), append(a.p99, p99)
@@ -453,14 +469,18 @@ func kernel() string {
 const cnoopModule = "ward_cnoop"
 
 // moduleDir makes Envoy's module directory for the bench under dir: the
-// test libward.so (ward's filters and ward.test.panic) and the C no-op
+// test libward.so (ward's filters and ward.test.panic; -module) and the C no-op
 // module compiled from bench/cnoop with clang.
 func moduleDir(root, dir string) (string, error) {
 	md := filepath.Join(dir, "modules")
 	if err := os.MkdirAll(md, 0o755); err != nil {
 		return "", fmt.Errorf("module dir: %w", err)
 	}
-	if err := os.Symlink(filepath.Join(root, "build", "test", "libward.so"), filepath.Join(md, "libward.so")); err != nil {
+	mod := modulePath
+	if !filepath.IsAbs(mod) {
+		mod = filepath.Join(root, mod)
+	}
+	if err := os.Symlink(mod, filepath.Join(md, "libward.so")); err != nil {
 		return "", fmt.Errorf("module dir: %w", err)
 	}
 	cc := os.Getenv("CC")
@@ -626,6 +646,9 @@ func median(v []float64) float64 {
 }
 
 func medianD(v []time.Duration) time.Duration {
+	if len(v) == 0 {
+		return 0
+	}
 	s := slices.Clone(v)
 	slices.Sort(s)
 	return s[len(s)/2]
