@@ -235,6 +235,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.dp != nil {
 		g.Go(func() error { return a.dp.runGC(ctx, 10*time.Second) })
 	}
+	if a.dp != nil && a.obs.hub != nil {
+		g.Go(func() error { return a.runBPFEvents(ctx) })
+	}
 	if a.dp != nil && a.eng != nil {
 		// An endpoint whose interface did not exist yet is attached once
 		// it does.

@@ -32,6 +32,12 @@ type Config struct {
 	// Mode is the enforcement mode: default, always or never (Cilium's
 	// enable-policy); default "default".
 	Mode string `json:"mode,omitempty"`
+	// PolicyAuditMode puts every endpoint in policy audit mode (Cilium's
+	// policy-audit-mode): what policy would drop passes and is recorded
+	// with verdict AUDIT, at L3/L4 in the datapath and at L7 in the
+	// proxies. `ward endpoint config ID audit=on|off` overrides it per
+	// endpoint at runtime.
+	PolicyAuditMode bool `json:"policyAuditMode,omitempty"`
 	// Endpoints are the workloads the node knows: local ones (their policy
 	// is enforced here) and remote ones (Remote: only their addresses and
 	// identities matter).

@@ -50,8 +50,9 @@ type datapath struct {
 	// address writes nothing for it, so a change touching one endpoint
 	// rewrites only that endpoint (and re-decides only its flows).
 	applied map[uint64]appliedEndpoint
-	epErrs  map[uint64]error // per local endpoint, from the last Apply
-	host    hostState        // the host firewall's endpoint (hostfw.go)
+	epErrs  map[uint64]error    // per local endpoint, from the last Apply
+	events  redirect.EventStats // the flow events read (bpfevents.go)
+	host    hostState           // the host firewall's endpoint (hostfw.go)
 }
 
 // policyWriter is the part of the BPF datapath Apply writes endpoints to.
@@ -370,7 +371,7 @@ func (d *datapath) applyEndpoint(snap *policy.Snapshot, w Workload) error {
 		return fmt.Errorf("%w: interface %q: %w", errNoInterface, w.Interface, ifErr)
 	}
 	if err := d.w.AddEndpoint(redirect.Endpoint{ID: uint32(w.ID), IP: addr, IfIndex: ifindex, Identity: uint32(pol.Identity),
-		EnforceIngress: pol.Ingress != nil && pol.Ingress.Enforced, EnforceEgress: pol.Egress != nil && pol.Egress.Enforced}); err != nil {
+		EnforceIngress: pol.Ingress != nil && pol.Ingress.Enforced, EnforceEgress: pol.Egress != nil && pol.Egress.Enforced, Audit: pol.Audit}); err != nil {
 		return err
 	}
 	d.mu.Lock()

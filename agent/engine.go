@@ -68,6 +68,7 @@ type engine struct {
 	wl    atomic.Pointer[workloadSet] // replaced, never modified
 	wlMu  sync.Mutex                  // one setEndpoints at a time; guards epSrc
 	epSrc map[string][]Endpoint       // each source's endpoints, as last set
+	audit auditModes                  // policy audit mode per endpoint (audit.go); guarded by wlMu
 	// nodeMu guards the node sources; nodes is the claims they make: the
 	// other nodes' addresses with their identity (remote-node, or their
 	// own with enableNodeSelectorLabels) and the kube-apiserver's
@@ -116,6 +117,7 @@ func newEngine(cfg *Config, log *slog.Logger) (*engine, error) {
 		epSrc: map[string][]Endpoint{}, nodeSrc: map[string][]Node{}, apiSrc: map[string][]netip.Prefix{}, nodeIDs: map[string]*policy.Identity{},
 		svcSrc: map[string][]Service{}, srcErrs: map[string]error{}, selectorLabels: cfg.EnableNodeSelectorLabels}
 	e.wl.Store(&workloadSet{byIP: map[netip.Addr]*Workload{}, byID: map[uint64]*Workload{}})
+	e.audit = auditModes{def: cfg.PolicyAuditMode, overrides: map[uint64]bool{}}
 	e.nodes.Store(&map[netip.Prefix]uint32{})
 	if _, err := e.setEndpoints(sourceConfig, cfg.Endpoints, "endpoints"); err != nil {
 		return nil, err
@@ -162,6 +164,7 @@ func (e *engine) setEndpoints(source string, eps []Endpoint, where string) (bool
 			w.source = src
 			prev, had := old.byID[ep.ID]
 			if !had || prev.source != src || !sameRegistration(prev.Endpoint, ep) {
+				w.registration.Audit = e.auditOf(ep.ID)
 				if _, err := e.repo.UpsertEndpoint(w.registration); err != nil {
 					errs[src] = append(errs[src], fmt.Errorf("%s: %w", name, err))
 					if had && prev.source == src {

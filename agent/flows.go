@@ -245,6 +245,9 @@ func (a *Agent) gauges() metrics.Gauges {
 	if a.obs.hub != nil {
 		g.FlowsSeen, g.FlowsLost = a.obs.hub.Seen(), a.obs.hub.Lost()
 	}
+	if fe := a.flowEventsStatus(); fe != nil {
+		g.BPFEventsRead, g.BPFEventsLost = fe.Read, fe.Lost
+	}
 	return g
 }
 

@@ -51,6 +51,7 @@ func (a *Agent) Status() api.Status {
 		}
 		st.Delivery[typ] = d
 	}
+	st.FlowEvents = a.flowEventsStatus()
 	if a.proc != nil {
 		st.Envoy = &api.Envoy{PID: a.proc.PID(), Starts: a.proc.Starts(), Adopted: a.proc.Adopted(), LastError: a.proc.LastError()}
 	}
@@ -156,6 +157,7 @@ func (a *Agent) serveStatus(ctx context.Context) error {
 		}
 	})
 	a.handleIntrospect(mux)
+	a.handleEndpointConfig(ctx, mux)
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	stop := context.AfterFunc(ctx, func() { _ = hs.Close() })
 	defer stop()

@@ -42,6 +42,9 @@ type Gauges struct {
 	// Flow stream: flows that entered the ring, records producers dropped
 	// (queue full, socket slow or wardd gone).
 	FlowsSeen, FlowsLost uint64
+	// BPF datapath flow events: read by the agent, and dropped by the
+	// datapath because its ring was full.
+	BPFEventsRead, BPFEventsLost uint64
 }
 
 // XDSType is the delivery state of one xDS resource type.
@@ -127,12 +130,28 @@ func reasonClass(r *flow.Record) string {
 		return "error"
 	}
 	switch reason := strings.ToLower(r.Reason); {
+	case r.Proto == "l3l4" && r.Verdict == flow.Denied:
+		return datapathReason(r.Reason)
 	case strings.Contains(reason, "no policy"):
 		return "no_policy"
 	case r.Verdict == flow.Audited:
 		return "audit"
 	}
 	return "policy_denied"
+}
+
+// datapathReason is the reason class of a BPF datapath drop: its Hubble
+// drop reason (redirect.Reason.HubbleDropReason, a closed set) in lower
+// case, "other" for anything else.
+func datapathReason(name string) string {
+	switch name {
+	case "POLICY_DENIED", "NO_CONFIGURATION_AVAILABLE_TO_PERFORM_POLICY_DECISION", "SOCKET_LOOKUP_FAILED",
+		"IP_FRAGMENTATION_NOT_SUPPORTED", "INVALID_PACKET_DROPPED", "INVALID_SOURCE_IP", "INVALID_IPV6_EXTENSION_HEADER",
+		"PROXY_REDIRECTION_NOT_SUPPORTED_FOR_PROTOCOL", "NO_MATCHING_LOCAL_CONTAINER_FOUND", "UNSUPPORTED_L3_PROTOCOL",
+		"VLAN_FILTERED":
+		return strings.ToLower(name)
+	}
+	return "other"
 }
 
 var (
@@ -145,13 +164,15 @@ var (
 	descDNS         = prometheus.NewDesc("ward_dns_queries_total", "DNS queries the proxy received by outcome (allowed, denied, malformed, upstream_error, overload).", []string{"outcome"}, nil)
 	descFlowsSeen   = prometheus.NewDesc("ward_flows_seen_total", "Flow records that entered the agent's flow ring.", nil, nil)
 	descFlowsLost   = prometheus.NewDesc("ward_flows_lost_total", "Flow records producers dropped before the ring (queue full, socket slow or agent gone).", nil, nil)
+	descBPFEvents   = prometheus.NewDesc("ward_bpf_flow_events_total", "Flow events (drops, policy verdicts of new flows) read from the BPF datapath's ring.", nil, nil)
+	descBPFLost     = prometheus.NewDesc("ward_bpf_flow_events_lost_total", "Flow events the BPF datapath dropped because its ring was full (it never waits).", nil, nil)
 )
 
 // stateCollector reads Gauges at scrape time.
 type stateCollector Metrics
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descFQDN, descIdentities, descImportErrs, descXDS, descXDSNACK, descEnvoyStarts, descDNS, descFlowsSeen, descFlowsLost} {
+	for _, d := range []*prometheus.Desc{descFQDN, descIdentities, descImportErrs, descXDS, descXDSNACK, descEnvoyStarts, descDNS, descFlowsSeen, descFlowsLost, descBPFEvents, descBPFLost} {
 		ch <- d
 	}
 }
@@ -192,6 +213,8 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descDNS, float64(g.DNSOverload), "overload")
 	counter(descFlowsSeen, float64(g.FlowsSeen))
 	counter(descFlowsLost, float64(g.FlowsLost))
+	counter(descBPFEvents, float64(g.BPFEventsRead))
+	counter(descBPFLost, float64(g.BPFEventsLost))
 }
 
 // Handler serves the exposition.

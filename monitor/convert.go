@@ -18,6 +18,7 @@ import (
 const (
 	msgTypeDrop      = 1
 	msgTypeTrace     = 4
+	msgTypeVerdict   = 5 // policy verdict (the BPF datapath's, per new flow)
 	msgTypeAccessLog = 129
 )
 
@@ -39,6 +40,10 @@ func Convert(r *flow.Record, node string, desc Describer) *flowpb.Flow {
 	}
 	if r.Verdict == flow.Denied {
 		f.DropReasonDesc = flowpb.DropReason_POLICY_DENIED
+		if v, ok := flowpb.DropReason_value[r.Reason]; ok && r.Proto == "l3l4" {
+			// The datapath names its drop reasons as Hubble does.
+			f.DropReasonDesc = flowpb.DropReason(v)
+		}
 	}
 	src, srcOK := netip.ParseAddr(r.Source.IP)
 	dst, dstOK := netip.ParseAddr(r.Destination.IP)
@@ -90,6 +95,9 @@ func Convert(r *flow.Record, node string, desc Describer) *flowpb.Flow {
 	case r.Verdict == flow.Denied:
 		f.Type = flowpb.FlowType_L3_L4
 		f.EventType = &flowpb.CiliumEventType{Type: msgTypeDrop, SubType: int32(f.DropReasonDesc)}
+	case r.Proto == "l3l4":
+		f.Type = flowpb.FlowType_L3_L4
+		f.EventType = &flowpb.CiliumEventType{Type: msgTypeVerdict}
 	default:
 		f.Type = flowpb.FlowType_L3_L4
 		f.EventType = &flowpb.CiliumEventType{Type: msgTypeTrace}

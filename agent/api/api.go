@@ -31,6 +31,9 @@ type Status struct {
 	// applied and which it has not (yet): rejected ones with the proxy's
 	// error (it keeps their previous version) and ones still in flight.
 	Delivery map[string]Delivery `json:"delivery,omitempty"`
+	// FlowEvents counts the BPF datapath's flow events (nil without the
+	// datapath).
+	FlowEvents *FlowEvents `json:"flowEvents,omitempty"`
 }
 
 // Delivery is the proxy's state of one policy resource type.

@@ -178,3 +178,39 @@ func (d *Datapath) EventsLost() (uint64, error) {
 	}
 	return n, nil
 }
+
+// HubbleDropReason names a drop reason as Hubble does (the DropReason
+// enum of Cilium's flow API, e.g. POLICY_DENIED, 133), the closest one
+// where ward's reason has no exact counterpart; "" for a reason that is
+// not a drop.
+func (r Reason) HubbleDropReason() string {
+	switch r {
+	case ReasonPolicyDenied:
+		return "POLICY_DENIED"
+	case ReasonLockdown:
+		// The endpoint's policy could not be written: no decision possible.
+		return "NO_CONFIGURATION_AVAILABLE_TO_PERFORM_POLICY_DECISION"
+	case ReasonNoProxySocket:
+		return "SOCKET_LOOKUP_FAILED"
+	case ReasonFragment:
+		return "IP_FRAGMENTATION_NOT_SUPPORTED"
+	case ReasonMalformed:
+		return "INVALID_PACKET_DROPPED"
+	case ReasonSpoofed:
+		return "INVALID_SOURCE_IP"
+	case ReasonUnsupportedL3:
+		return "INVALID_IPV6_EXTENSION_HEADER"
+	case ReasonRedirectUnsupported:
+		return "PROXY_REDIRECTION_NOT_SUPPORTED_FOR_PROTOCOL"
+	case ReasonUnknownEndpoint, ReasonNoCgroupEndpoint:
+		return "NO_MATCHING_LOCAL_CONTAINER_FOUND"
+	case ReasonUnknownL3:
+		return "UNSUPPORTED_L3_PROTOCOL"
+	case ReasonVLAN:
+		return "VLAN_FILTERED"
+	}
+	if r.Drop() {
+		return "DROP_REASON_UNKNOWN"
+	}
+	return ""
+}
