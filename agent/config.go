@@ -38,6 +38,20 @@ type Config struct {
 	// proxies. `ward endpoint config ID audit=on|off` overrides it per
 	// endpoint at runtime.
 	PolicyAuditMode bool `json:"policyAuditMode,omitempty"`
+	// ClusterName is the cluster's name (Cilium's cluster-name; default
+	// "default"): every endpoint carries it as the label
+	// io.cilium.k8s.policy.cluster unless its labels name a cluster, so
+	// policies can select the endpoints of one cluster.
+	ClusterName string `json:"clusterName,omitempty"`
+	// Labels are label prefixes added to the identity-relevant label
+	// filter (Cilium's labels option, its syntax: [source:][!]regexp); a
+	// prefix without "!" keeps only the labels some inclusive prefix
+	// matches. Labels left out do not make identities and cannot be
+	// selected. Changing the filter changes the identities.
+	Labels []string `json:"labels,omitempty"`
+	// LabelPrefixFile is a Cilium label prefix file (JSON, version 1) whose
+	// prefixes replace the default ones; relative to the config file.
+	LabelPrefixFile string `json:"labelPrefixFile,omitempty"`
 	// Endpoints are the workloads the node knows: local ones (their policy
 	// is enforced here) and remote ones (Remote: only their addresses and
 	// identities matter).
@@ -345,6 +359,9 @@ func LoadConfig(path string) (Config, error) {
 	if c.ServicesDir != "" && !filepath.IsAbs(c.ServicesDir) {
 		c.ServicesDir = filepath.Join(filepath.Dir(path), c.ServicesDir)
 	}
+	if c.LabelPrefixFile != "" && !filepath.IsAbs(c.LabelPrefixFile) {
+		c.LabelPrefixFile = filepath.Join(filepath.Dir(path), c.LabelPrefixFile)
+	}
 	if c.SecretsDir != "" && !filepath.IsAbs(c.SecretsDir) {
 		c.SecretsDir = filepath.Join(filepath.Dir(path), c.SecretsDir)
 	}
@@ -384,6 +401,12 @@ func (c *Config) Validate() error {
 	}
 	if err := (&policy.Config{Mode: policy.EnforcementMode(c.Mode)}).Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("mode: %w", err))
+	}
+	if _, err := c.labelFilter(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.ClusterName != "" && !validLabelValue(c.ClusterName) {
+		errs = append(errs, fmt.Errorf("clusterName %q: not a valid label value (up to 63 of [A-Za-z0-9-_.], alphanumeric at both ends)", c.ClusterName))
 	}
 	ids := map[uint64]string{}
 	for i, ep := range c.Endpoints {
@@ -500,4 +523,48 @@ func (c *Config) wirePolicies() ([]*npds.NetworkPolicy, []*npds.NetworkPolicyHos
 		hs = append(hs, h)
 	}
 	return ps, hs, nil
+}
+
+// labelFilter builds the identity-relevant label filter of labels and
+// labelPrefixFile.
+func (c *Config) labelFilter() (*policy.LabelFilter, error) {
+	var file []byte
+	if c.LabelPrefixFile != "" {
+		b, err := os.ReadFile(c.LabelPrefixFile)
+		if err != nil {
+			return nil, fmt.Errorf("labelPrefixFile: %w", err)
+		}
+		file = b
+	}
+	f, err := policy.NewLabelFilter(c.Labels, file)
+	if err != nil {
+		if c.LabelPrefixFile != "" && len(file) > 0 && !strings.HasPrefix(err.Error(), "labels[") {
+			return nil, fmt.Errorf("labelPrefixFile %s: %w", c.LabelPrefixFile, err)
+		}
+		return nil, err
+	}
+	return f, nil
+}
+
+// clusterName is ClusterName or Cilium's default, "default".
+func (c *Config) clusterName() string {
+	if c.ClusterName == "" {
+		return "default"
+	}
+	return c.ClusterName
+}
+
+// validLabelValue: a Kubernetes label value (RFC 1123-ish: up to 63
+// characters of alphanumerics, '-', '_' and '.', alphanumeric at both ends).
+func validLabelValue(s string) bool {
+	if len(s) == 0 || len(s) > 63 {
+		return false
+	}
+	alnum := func(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' }
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !alnum(c) && c != '-' && c != '_' && c != '.' {
+			return false
+		}
+	}
+	return alnum(s[0]) && alnum(s[len(s)-1])
 }

@@ -371,7 +371,7 @@ func (d *datapath) applyEndpoint(snap *policy.Snapshot, w Workload) error {
 		return fmt.Errorf("%w: interface %q: %w", errNoInterface, w.Interface, ifErr)
 	}
 	if err := d.w.AddEndpoint(redirect.Endpoint{ID: uint32(w.ID), IP: addr, IfIndex: ifindex, Identity: uint32(pol.Identity),
-		EnforceIngress: pol.Ingress != nil && pol.Ingress.Enforced, EnforceEgress: pol.Egress != nil && pol.Egress.Enforced, Audit: pol.Audit}); err != nil {
+		EnforceIngress: policymap.Enforce(pol.Ingress), EnforceEgress: policymap.Enforce(pol.Egress), Audit: pol.Audit}); err != nil {
 		return err
 	}
 	d.mu.Lock()

@@ -113,7 +113,11 @@ type workloadSet struct {
 }
 
 func newEngine(cfg *Config, log *slog.Logger) (*engine, error) {
-	e := &engine{repo: policy.NewRepository(policy.Config{Mode: policy.EnforcementMode(cfg.Mode)}), log: log, errs: map[string]error{}, published: make(chan struct{}),
+	filter, err := cfg.labelFilter()
+	if err != nil {
+		return nil, err
+	}
+	e := &engine{repo: policy.NewRepository(policy.Config{Mode: policy.EnforcementMode(cfg.Mode), LabelFilter: filter, ClusterName: cfg.clusterName()}), log: log, errs: map[string]error{}, published: make(chan struct{}),
 		epSrc: map[string][]Endpoint{}, nodeSrc: map[string][]Node{}, apiSrc: map[string][]netip.Prefix{}, nodeIDs: map[string]*policy.Identity{},
 		svcSrc: map[string][]Service{}, srcErrs: map[string]error{}, selectorLabels: cfg.EnableNodeSelectorLabels}
 	e.wl.Store(&workloadSet{byIP: map[netip.Addr]*Workload{}, byID: map[uint64]*Workload{}})

@@ -15,6 +15,13 @@ type Config struct {
 	Mode EnforcementMode // "" means ModeDefault
 	// Audit puts every endpoint in policy audit mode.
 	Audit bool
+	// LabelFilter keeps an endpoint's identity-relevant labels (Cilium's
+	// label prefixes); nil: every label is relevant. The host endpoint's
+	// node labels are not filtered.
+	LabelFilter *LabelFilter
+	// ClusterName, when set, is the io.cilium.k8s.policy.cluster label of
+	// every endpoint whose labels name no cluster (Cilium's cluster-name).
+	ClusterName string
 	// Allocator allocates endpoint and CIDR identities; nil: NewAllocator().
 	// Share it with the DNS proxy so FQDN identities come from it too.
 	Allocator *Allocator
@@ -204,6 +211,10 @@ func (r *Repository) UpsertEndpoint(ep Endpoint) (*Identity, error) {
 		r.hostLabels = ep.Labels
 		r.markDirty(IdentityHost)
 	} else {
+		if r.cfg.ClusterName != "" && !ep.Labels.Has(SourceK8s, LabelCluster) {
+			ep.Labels = NewLabels(append(slices.Clone(ep.Labels), Label{Source: SourceK8s, Key: LabelCluster, Value: r.cfg.ClusterName})...)
+		}
+		ep.Labels = r.cfg.LabelFilter.Filter(ep.Labels)
 		id, _, err := r.alloc.Allocate(ep.Labels)
 		if err != nil {
 			return nil, fmt.Errorf("allocate identity for endpoint %d: %w", ep.ID, err)

@@ -869,3 +869,24 @@ spec:
 		t.Errorf("host: %s", got)
 	}
 }
+
+// TestDenyWithoutDefaultDeny: enableDefaultDeny: {ingress: false} keeps the
+// endpoint out of default deny, but its ingressDeny rules still deny (the
+// seed: deny policies take precedence over allows in every case).
+func TestDenyWithoutDefaultDeny(t *testing.T) {
+	e := newEnv(t, Config{}, `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: open}
+spec:
+  endpointSelector: {matchLabels: {app: open}}
+  enableDefaultDeny: {ingress: false}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {role: other}}]
+`)
+	open := "default/app=open"
+	e.check("default/app=client", open, ProtocolTCP, 80, "allowed")
+	e.check("default/app=visitor", open, ProtocolTCP, 80, "allowed")
+	e.check("default/role=other", open, ProtocolTCP, 80, "denied")
+}

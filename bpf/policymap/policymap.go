@@ -92,7 +92,32 @@ func Entries(dir policy.Direction, d *policy.DirectionPolicy, ports ProxyPorts) 
 			return nil, err
 		}
 	}
+	if !d.Enforced && Enforce(d) {
+		// Not default deny, yet deny or redirect entries: the datapath
+		// must look the direction up, and everything else passes.
+		out = append(out, redirect.PolicyEntry{PolicyKey: redirect.PolicyKey{Direction: rdir, Identity: uint32(policy.IdentityAny), Proto: uint8(policy.ProtocolAny)}, Verdict: redirect.Allow})
+	}
 	return out, nil
+}
+
+// Enforce reports whether the datapath must look up the direction's
+// policy: it is default deny (Enforced), or it is not but has deny entries
+// or entries redirected to a proxy — a policy with enableDefaultDeny false
+// (the seed's DNS visibility policy, deny rules beside it); Entries then
+// adds an allow-all entry below them.
+func Enforce(d *policy.DirectionPolicy) bool {
+	if d == nil {
+		return false
+	}
+	if d.Enforced || len(d.Deny) > 0 {
+		return true
+	}
+	for _, e := range d.Allow {
+		if e.Redirect {
+			return true
+		}
+	}
+	return false
 }
 
 // proxyFor finds the L7Port that covers a redirect entry.

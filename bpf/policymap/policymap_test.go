@@ -101,3 +101,33 @@ func TestWideRanges(t *testing.T) {
 		t.Error("a port without a protocol was accepted")
 	}
 }
+
+// TestNotDefaultDenyWithDenyOrRedirect: a direction that is not default
+// deny but has deny or redirect entries (enableDefaultDeny: false) is
+// looked up by the datapath, with an allow-all entry below them; one with
+// allow entries only is not looked up at all.
+func TestNotDefaultDenyWithDenyOrRedirect(t *testing.T) {
+	deny := &policy.DirectionPolicy{Deny: []policy.L4Entry{{Remote: 5000, Protocol: policy.ProtocolTCP, Port: 80}}}
+	allowOnly := &policy.DirectionPolicy{Allow: []policy.L4Entry{{Remote: 5000, Protocol: policy.ProtocolTCP, Port: 80}}}
+	if !Enforce(deny) || Enforce(allowOnly) || Enforce(nil) {
+		t.Fatalf("Enforce: deny %v, allow-only %v, nil %v", Enforce(deny), Enforce(allowOnly), Enforce(nil))
+	}
+	es, err := Entries(policy.Ingress, deny, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var allowAll, denied bool
+	for _, e := range es {
+		allowAll = allowAll || (e.Verdict == redirect.Allow && e.Identity == 0 && e.Proto == 0 && e.Port == 0)
+		denied = denied || (e.Verdict == redirect.Deny && e.Identity == 5000)
+	}
+	if !allowAll || !denied {
+		t.Errorf("entries %+v: want the deny entry and an allow-all entry", es)
+	}
+	es, _ = Entries(policy.Ingress, &policy.DirectionPolicy{Enforced: true, Deny: deny.Deny}, nil)
+	for _, e := range es {
+		if e.Verdict == redirect.Allow {
+			t.Errorf("default-deny direction got an allow entry %+v", e)
+		}
+	}
+}
