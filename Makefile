@@ -4,7 +4,7 @@ SHELL := /bin/bash
 GO ?= go
 export PATH := $(CURDIR)/build/bin:$(PATH)
 
-.PHONY: setup build build-cgocheck2 test demo bench lint clean generate generate-check
+.PHONY: setup build build-cgocheck2 image test demo bench lint clean generate generate-check
 
 setup:
 	bash scripts/setup.sh
@@ -24,11 +24,25 @@ build-cgocheck2:
 	mkdir -p build/cgocheck2
 	GOEXPERIMENT=cgocheck2 CGO_ENABLED=1 $(GO) build -tags wardtest -buildmode=c-shared -o build/cgocheck2/libward.so ./proxylib/module
 
+# wardd's container image as an OCI archive, build/ward-image.tar, without a
+# container daemon (tools/image, go-containerregistry): on an empty base,
+# /usr/bin/wardd, /usr/bin/ward, /usr/bin/ward-install (static Go binaries)
+# and /usr/lib/ward/libward.so. docs/kubernetes.md says how to load it.
+IMAGE ?= ghcr.io/wardproxy/ward:0.1.0
+image: build
+	mkdir -p build/image
+	CGO_ENABLED=0 $(GO) build -trimpath -o build/image/wardd ./cmd/wardd
+	CGO_ENABLED=0 $(GO) build -trimpath -o build/image/ward ./cmd/ward
+	CGO_ENABLED=0 $(GO) build -trimpath -o build/image/ward-install ./cmd/ward-install
+	$(GO) -C tools/image run . -out $(CURDIR)/build/ward-image.tar -ref $(IMAGE) \
+		/usr/bin/wardd=$(CURDIR)/build/image/wardd /usr/bin/ward=$(CURDIR)/build/image/ward \
+		/usr/bin/ward-install=$(CURDIR)/build/image/ward-install /usr/lib/ward/libward.so=$(CURDIR)/build/libward.so
+
 lint:
 	bash scripts/lint.sh
 
 # The whole suite, root/netns/Envoy/Kafka tests included (CI runs as root).
-test: setup generate-check build build-cgocheck2 lint
+test: setup generate-check build build-cgocheck2 image lint
 	CI=$${CI:-} $(GO) test -p 2 -timeout 28m ./...
 	# The Envoy end-to-end suites again, against the cgocheck2 module.
 	CI=$${CI:-} WARD_MODULE_DIR=$(CURDIR)/build/cgocheck2 $(GO) test -count=1 -p 2 -timeout 10m ./conformance/foundation ./conformance/envoyhttp

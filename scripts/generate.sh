@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # generate.sh regenerates every committed generated file (go generate ./...:
 # the npds and Cloud City protobuf stubs, the BPF objects and their Go
-# bindings). With --check (what `make test`, hence CI, runs) it fails when
+# bindings; deploy/render.sh: the chart's rendered manifests). With --check (what `make test`, hence CI, runs) it fails when
 # regenerating changed the work tree: generated code must be committed
 # fresh, never hand-edited.
 #
@@ -49,6 +49,9 @@ state() {
 
 before="$(state)"
 go generate ./...
+# The Helm chart's rendered plain manifests (deploy/manifests) with the real
+# helm (build/bin/helm, make setup).
+bash deploy/render.sh
 if ((check)); then
 	after="$(state)"
 	if [[ "$before" != "$after" ]]; then

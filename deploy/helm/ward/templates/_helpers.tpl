@@ -40,7 +40,8 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- with .Values.config.dns }}{{ $_ := set $c "dns" . }}{{ end }}
 {{- with .Values.config.monitor }}{{ $_ := set $c "monitor" . }}{{ end }}
 {{- with .Values.config.metrics }}{{ $_ := set $c "metrics" . }}{{ end }}
-{{- $_ := set $c "kubernetes" (dict "clusterName" .Values.kubernetes.clusterName "secretsNamespace" (include "ward.secretsNamespace" .)) }}
+{{- $_ := set $c "clusterName" .Values.kubernetes.clusterName }}
+{{- $_ := set $c "kubernetes" (dict "secretsNamespace" (include "ward.secretsNamespace" .)) }}
 {{- $c = mergeOverwrite $c (deepCopy .Values.config.extra) }}
 {{- toYaml $c }}
 {{- end }}
