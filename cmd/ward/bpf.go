@@ -15,6 +15,9 @@ commands:
   cleanup    detach ward's tc programs, unpin its maps and links, remove the
              proxy routing rule (stops enforcement on this node)
   counters   print the datapath's verdict counters by reason and direction
+  host-firewall status|audit|enforce|config|off
+             the host firewall's state, audit mode, and its emergency off
+             switch (ward bpf host-firewall help)
 
 flags:
   -pin-dir DIR   bpffs directory wardd pins into (default /sys/fs/bpf/ward)
@@ -24,6 +27,9 @@ func runBPF(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, bpfUsage)
 		return 2
+	}
+	if args[0] == "host-firewall" {
+		return runHostFirewall(args[1:], stdout, stderr)
 	}
 	fs := flag.NewFlagSet("ward bpf "+args[0], flag.ContinueOnError)
 	fs.SetOutput(stderr)

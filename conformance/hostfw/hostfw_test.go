@@ -1,0 +1,259 @@
+// Package hostfw plays docs/host-firewall.md through wardd: a node (a
+// network namespace with its own native device "eth0", a veth to an
+// underlay bridge) whose host policies (nodeSelector) are enforced on that
+// device, clients and servers in an "outside" namespace on the underlay,
+// host-network servers and clients in the node's namespace, and a pod of
+// the node. Nothing touches the machine's own devices.
+package hostfw
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wardproxy/ward/agent"
+	"github.com/wardproxy/ward/agent/api"
+	"github.com/wardproxy/ward/bpf/redirect"
+	"github.com/wardproxy/ward/conformance/netns"
+	"github.com/wardproxy/ward/conformance/node"
+	"github.com/wardproxy/ward/internal/testenv"
+)
+
+func TestMain(m *testing.M) {
+	node.AgentMain()
+	os.Exit(m.Run())
+}
+
+var (
+	underlayNet = netip.MustParsePrefix("172.30.7.0/24")
+	nodeAddr    = netip.MustParseAddr("172.30.7.1")
+	outsideAddr = netip.MustParseAddr("172.30.7.100")
+)
+
+// serve answers HTTP with name on each port of ns (a namespace's listener).
+func serve(t *testing.T, listen func(network, addr string) (net.Listener, error), name string, ports ...int) {
+	t.Helper()
+	for _, p := range ports {
+		ln, err := listen("tcp", fmt.Sprintf("0.0.0.0:%d", p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := fmt.Sprintf("%s:%d", name, p)
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, body) }), ReadHeaderTimeout: 5 * time.Second}
+		go srv.Serve(ln)
+		t.Cleanup(func() { srv.Close() })
+	}
+}
+
+// docCommands returns the `ward bpf host-firewall <cmd>` lines of
+// docs/host-firewall.md's sh blocks, by command.
+func docCommands(t *testing.T) map[string][]string {
+	t.Helper()
+	f, err := os.Open(filepath.Join(testenv.Root(t), "docs", "host-firewall.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	out := map[string][]string{}
+	in := false
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		switch {
+		case strings.HasPrefix(line, "```sh"):
+			in = true
+		case line == "```":
+			in = false
+		case in && strings.HasPrefix(line, "ward bpf host-firewall "):
+			args := strings.Fields(line)[1:]
+			out[args[2]] = args
+		}
+	}
+	return out
+}
+
+// status reads wardd's status document from its socket.
+func status(t *testing.T, stateDir string) api.Status {
+	t.Helper()
+	c := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", filepath.Join(stateDir, api.Socket))
+	}}}
+	resp, err := c.Get("http://wardd" + api.StatusPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st api.Status
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func counted(t *testing.T, pin string, r redirect.Reason, dir redirect.Direction) uint64 {
+	t.Helper()
+	cs, err := redirect.PinnedCounters(pin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cs {
+		if c.Reason == r && c.Direction == dir {
+			return c.Packets
+		}
+	}
+	return 0
+}
+
+// TestHostFirewall plays docs/host-firewall.md: the seed's demo-host-policy
+// (from outside only TCP 22), the seed's host policy ports example (22,
+// 6443, ... on type=ingress-worker nodes) and a host egress policy (the
+// cluster, and HTTPS to the world) on a node labelled like the seed's.
+//   - Audit (hostFirewall.audit): nothing is dropped, the would-be drops
+//     are counted as host-audit in both directions; ward status does not
+//     flag the host policies as unenforced.
+//   - `ward bpf host-firewall enforce`: 22 and 6443 answer from outside,
+//     8080 is dropped; the host reaches the outside's 443 (its replies
+//     pass), not its 8081; the node's pod still serves the outside and
+//     reaches the outside's 8081 (host policies are not the pods').
+//   - `ward bpf host-firewall off`: everything answers again.
+func TestHostFirewall(t *testing.T) {
+	testenv.RequireCommand(t, "curl")
+	ward := testenv.File(t, "build/bin/ward", "run `make build`")
+	cmds := docCommands(t)
+	for _, c := range []string{"audit", "status", "enforce", "off"} {
+		if cmds[c] == nil {
+			t.Fatalf("docs/host-firewall.md has no `ward bpf host-firewall %s`", c)
+		}
+	}
+	n := node.NewWith(t, node.Options{Namespace: true, Routes: []netip.Prefix{underlayNet}},
+		node.PodSpec{Name: "app", Labels: map[string]string{"app": "web"}})
+	underlay := n.Topo.NewNamespace(t, "under")
+	outside := n.Topo.NewNamespace(t, "out")
+	if _, err := netns.Connect(n.Topo.Host(), underlay, "n0", netip.PrefixFrom(nodeAddr, 24)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := netns.Connect(outside, underlay, "o0", netip.PrefixFrom(outsideAddr, 24)); err != nil {
+		t.Fatal(err)
+	}
+	if err := outside.IP("route", "add", n.Topo.Subnet.String(), "via", nodeAddr.String()); err != nil {
+		t.Fatal(err)
+	}
+
+	serve(t, n.Topo.Host().Listen, "host", 22, 6443, 8080)
+	serve(t, outside.Listen, "outside", 443, 8081)
+	n.Serve(t, "app", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "app:80") }), ":80")
+
+	for _, f := range []string{"demo-host-policy.yaml", "host-policy-ports.yaml", "host-egress.yaml"} {
+		b, err := os.ReadFile(filepath.Join(testenv.Root(t), "examples", "host-firewall", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.WritePolicy(t, f, string(b))
+	}
+	n.Config.Nodes = []agent.Node{{Name: n.Config.Node, Addresses: []string{nodeAddr.String()},
+		Labels: map[string]string{"node-access": "ssh", "type": "ingress-worker"}}}
+	n.Config.Datapath.Devices = []string{"eth0"}
+	n.Config.HostFirewall = agent.HostFirewallConfig{Enabled: true, Audit: true}
+	n.Start(t, 43000, 9743)
+	pin := n.Config.Datapath.PinDir
+
+	ctx, stop := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer stop()
+	fromOutside := func(port int) string {
+		out, err := outside.Run(ctx, "curl", "-s", "--connect-timeout", "2", "--max-time", "5", fmt.Sprintf("http://%s:%d/", nodeAddr, port))
+		if err != nil {
+			return "error"
+		}
+		return out
+	}
+	toOutside := func(port int) string { return n.HostCurl(ctx, fmt.Sprintf("http://%s:%d/", outsideAddr, port)) }
+	run := func(args []string) string {
+		t.Helper()
+		// In the node's namespace, as on a node: device names are its own.
+		out, err := n.Topo.Host().Command(ctx, ward, append(args, "-pin-dir", pin)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("ward %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	type check struct {
+		what string
+		got  func() string
+		want string
+	}
+	expect := func(phase string, cs []check) {
+		t.Helper()
+		for _, c := range cs {
+			if got := c.got(); got != c.want {
+				t.Errorf("%s: %s = %q; want %q", phase, c.what, got, c.want)
+			}
+		}
+	}
+	podChecks := []check{
+		{"outside -> pod app:80", func() string {
+			out, err := outside.Run(ctx, "curl", "-s", "--connect-timeout", "2", "--max-time", "5", "http://"+n.Pods["app"].IP.String()+"/")
+			if err != nil {
+				return "error"
+			}
+			return out
+		}, "app:80"},
+		{"pod app -> outside:8081", func() string { return n.Curl(ctx, "app", fmt.Sprintf("http://%s:8081/", outsideAddr)) }, "outside:8081"},
+	}
+
+	for _, e := range status(t, n.StateDir).Errors {
+		if strings.Contains(e, "nodeSelector") {
+			t.Errorf("ward status flags host policies with the host firewall on: %s", e)
+		}
+	}
+
+	// Audit: nothing dropped, would-be drops counted.
+	run(cmds["audit"])
+	if out := run(cmds["status"]); !strings.Contains(out, "ingress: audit") || !strings.Contains(out, "egress: audit") || !strings.Contains(out, "eth0") {
+		t.Errorf("host-firewall status in audit mode:\n%s", out)
+	}
+	expect("audit", append([]check{
+		{"outside -> host:22", func() string { return fromOutside(22) }, "host:22"},
+		{"outside -> host:8080", func() string { return fromOutside(8080) }, "host:8080"},
+		{"host -> outside:443", func() string { return toOutside(443) }, "outside:443"},
+		{"host -> outside:8081", func() string { return toOutside(8081) }, "outside:8081"},
+	}, podChecks...))
+	if in, out := counted(t, pin, redirect.ReasonHostAudit, redirect.Ingress), counted(t, pin, redirect.ReasonHostAudit, redirect.Egress); in == 0 || out == 0 {
+		t.Errorf("audit mode counted %d ingress and %d egress would-be drops; want both > 0", in, out)
+	}
+
+	// Enforce.
+	run(cmds["enforce"])
+	if out := run(cmds["status"]); !strings.Contains(out, "ingress: enforced") || !strings.Contains(out, "egress: enforced") {
+		t.Errorf("host-firewall status enforced:\n%s", out)
+	}
+	denied := counted(t, pin, redirect.ReasonPolicyDenied, redirect.Ingress)
+	expect("enforced", append([]check{
+		{"outside -> host:22", func() string { return fromOutside(22) }, "host:22"},
+		{"outside -> host:6443", func() string { return fromOutside(6443) }, "host:6443"},
+		{"outside -> host:8080", func() string { return fromOutside(8080) }, "error"},
+		{"host -> outside:443", func() string { return toOutside(443) }, "outside:443"},
+		{"host -> outside:8081", func() string { return toOutside(8081) }, "error"},
+	}, podChecks...))
+	if got := counted(t, pin, redirect.ReasonPolicyDenied, redirect.Ingress); got <= denied {
+		t.Errorf("enforced: policy-denied ingress counter %d -> %d; want it to grow", denied, got)
+	}
+
+	// The emergency off switch.
+	if out := run(cmds["off"]); !strings.Contains(out, "eth0") {
+		t.Errorf("host-firewall off: %s", out)
+	}
+	expect("off", append([]check{
+		{"outside -> host:8080", func() string { return fromOutside(8080) }, "host:8080"},
+		{"host -> outside:8081", func() string { return toOutside(8081) }, "outside:8081"},
+	}, podChecks...))
+}
