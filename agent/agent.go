@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/wardproxy/ward/agent/ipcache"
+	"github.com/wardproxy/ward/agent/kube"
 	bootstrap "github.com/wardproxy/ward/envoy-bootstrap"
 	"github.com/wardproxy/ward/filters/dns"
 	"github.com/wardproxy/ward/internal/envoyproc"
@@ -42,6 +43,7 @@ type Agent struct {
 	// parsed once.
 	remote, apiserver []netip.Prefix
 	svcs              *serviceSource // nil without a services directory
+	kube              *kube.Client   // nil without a kubernetes block
 	ready             chan struct{}
 }
 
@@ -78,8 +80,13 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		return nil, err
 	}
 	a.srv = srv
-	if cfg.PolicyDir != "" {
+	if cfg.PolicyDir != "" || cfg.Kubernetes != nil {
 		if a.eng, err = newEngine(&a.cfg, log); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Kubernetes != nil {
+		if a.kube, err = kube.New(*cfg.Kubernetes, a.node, log); err != nil {
 			return nil, err
 		}
 	}
@@ -153,8 +160,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		pr := &policyResources{srv: a.srv, log: a.log, node: a.nodeClaims}
 		a.eng.consumers = append(a.eng.consumers, pr)
-		a.src = &dirsource.Source{Dir: a.cfg.PolicyDir, Sink: a.eng.repo, Logger: a.log, Interval: 500 * time.Millisecond,
-			OnChange: func() { a.eng.publish(ctx); a.saveGood() }}
+		if a.cfg.PolicyDir != "" {
+			a.src = &dirsource.Source{Dir: a.cfg.PolicyDir, Sink: a.eng.repo, Logger: a.log, Interval: 500 * time.Millisecond,
+				OnChange: func() { a.eng.publish(ctx); a.saveGood() }}
+		}
 		if a.cfg.EndpointsDir != "" {
 			// The first scan only registers the endpoints: the first
 			// publish waits for the policy directory's first scan.
@@ -284,6 +293,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.eng != nil {
 		g.Go(func() error { return a.runPolicy(ctx) })
 	}
+	if a.kube != nil {
+		g.Go(func() error { return a.kube.Run(ctx) })
+	}
 	if a.eps != nil {
 		g.Go(func() error { return a.eps.run(ctx, 500*time.Millisecond) })
 	}
@@ -319,7 +331,22 @@ func (a *Agent) Run(ctx context.Context) error {
 // then keeps its last good version, and a missing or unreadable directory
 // keeps them all (both shown in Status), so a restart never publishes an
 // incomplete policy over the pinned maps.
+//
+// With Kubernetes, the first publish also waits for the informers' first
+// list, so that the node never enforces a partial view of the cluster.
 func (a *Agent) runPolicy(ctx context.Context) error {
+	if a.kube != nil {
+		select {
+		case <-a.kube.Synced():
+		case <-ctx.Done():
+			return nil
+		}
+	}
+	if a.src == nil {
+		a.eng.publish(ctx)
+		<-ctx.Done()
+		return nil
+	}
 	if files, err := a.loadGood(); err != nil {
 		a.log.Warn("last good policy not restored", "error", err)
 	} else if files != nil {
@@ -358,6 +385,9 @@ func (a *Agent) loadGood() (map[string][]byte, error) {
 // saveGood keeps the policy files when the last scan was complete and
 // valid (atomically, 0600).
 func (a *Agent) saveGood() {
+	if a.src == nil {
+		return
+	}
 	files, ok := a.src.Good()
 	if !ok {
 		return

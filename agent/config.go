@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"sigs.k8s.io/yaml"
 
+	"github.com/wardproxy/ward/agent/kube"
 	"github.com/wardproxy/ward/bpf/redirect"
 	"github.com/wardproxy/ward/filters/dns"
 	"github.com/wardproxy/ward/policy"
@@ -103,6 +104,11 @@ type Config struct {
 	// file. Without it, TLS interception rules are left out (the agent
 	// logs it with each publish); serverNames-only rules need no secret.
 	SecretsDir string `json:"secretsDir,omitempty"`
+	// Kubernetes takes policies (CiliumNetworkPolicy and
+	// CiliumClusterwideNetworkPolicy objects, beside the policy directory)
+	// and the cluster's workloads from the API server (agent/kube); nil:
+	// none.
+	Kubernetes *kube.Config `json:"kubernetes,omitempty"`
 	// Policies and Hosts are resolved policies in their wire form
 	// (npds.NetworkPolicy and npds.NetworkPolicyHosts in protojson), for
 	// setups without a policy directory.
@@ -365,6 +371,9 @@ func LoadConfig(path string) (Config, error) {
 	if c.SecretsDir != "" && !filepath.IsAbs(c.SecretsDir) {
 		c.SecretsDir = filepath.Join(filepath.Dir(path), c.SecretsDir)
 	}
+	if c.Kubernetes != nil && c.Kubernetes.Kubeconfig != "" && !filepath.IsAbs(c.Kubernetes.Kubeconfig) {
+		c.Kubernetes.Kubeconfig = filepath.Join(filepath.Dir(path), c.Kubernetes.Kubeconfig)
+	}
 	if err := c.Validate(); err != nil {
 		return Config{}, fmt.Errorf("config %s: %w", path, err)
 	}
@@ -412,8 +421,8 @@ func (c *Config) Validate() error {
 	for i, ep := range c.Endpoints {
 		errs = append(errs, validateEndpoint(ep, fmt.Sprintf("endpoints[%d]", i), c.Datapath.Enabled, ids)...)
 	}
-	if c.EndpointsDir != "" && c.PolicyDir == "" {
-		errs = append(errs, errors.New("endpointsDir needs policyDir (endpoints matter only for resolved policy)"))
+	if c.EndpointsDir != "" && !c.resolves() {
+		errs = append(errs, errors.New("endpointsDir needs policyDir or kubernetes (endpoints matter only for resolved policy)"))
 	}
 	svcs := map[string]string{}
 	for i, s := range c.Services {
@@ -445,11 +454,16 @@ func (c *Config) Validate() error {
 	if err := d.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("dns: %w", err))
 	}
-	if c.Datapath.Enabled && c.PolicyDir == "" {
-		errs = append(errs, errors.New("datapath.enabled needs policyDir (the datapath enforces resolved policy)"))
+	if c.Datapath.Enabled && !c.resolves() {
+		errs = append(errs, errors.New("datapath.enabled needs policyDir or kubernetes (the datapath enforces resolved policy)"))
 	}
-	if c.PolicyDir != "" && (len(c.Policies) > 0 || len(c.Hosts) > 0) {
-		errs = append(errs, errors.New("policies/hosts (wire form) and policyDir are exclusive"))
+	if c.resolves() && (len(c.Policies) > 0 || len(c.Hosts) > 0) {
+		errs = append(errs, errors.New("policies/hosts (wire form) are exclusive with policyDir and kubernetes"))
+	}
+	if c.Kubernetes != nil {
+		if err := c.Kubernetes.Validate(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	for i, raw := range c.Policies {
 		if err := protojson.Unmarshal(raw, &npds.NetworkPolicy{}); err != nil {
@@ -465,6 +479,11 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.validateHostFirewall())
 	return errors.Join(errs...)
 }
+
+// resolves reports whether the agent resolves policy itself (a policy
+// directory or Kubernetes as a source), rather than serving wire-form
+// policies.
+func (c *Config) resolves() bool { return c.PolicyDir != "" || c.Kubernetes != nil }
 
 // validateEndpoint checks one endpoint (path names it in errors); ids
 // holds the ids seen so far and where.
