@@ -140,3 +140,10 @@ func (a *Agent) flowEventsStatus() *api.FlowEvents {
 	}
 	return fe
 }
+
+// DNSAudit implements dns.Auditor: the endpoint's audit mode in the
+// current policy.
+func (g *dnsGlue) DNSAudit(endpoint uint64) bool {
+	p, ok := g.e.state().Policy.Endpoint(endpoint)
+	return ok && p.Audit
+}

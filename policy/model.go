@@ -17,9 +17,11 @@ type Protocol uint8
 const (
 	ProtocolAny    Protocol = 0
 	ProtocolICMP   Protocol = 1
+	ProtocolIGMP   Protocol = 2 // extended (enableExtendedIPProtocols)
 	ProtocolTCP    Protocol = 6
 	ProtocolUDP    Protocol = 17
 	ProtocolICMPv6 Protocol = 58
+	ProtocolVRRP   Protocol = 112 // extended (enableExtendedIPProtocols)
 	ProtocolSCTP   Protocol = 132
 )
 
@@ -39,6 +41,10 @@ func ParseProtocol(s string) (Protocol, error) {
 		return ProtocolICMP, nil
 	case "ICMPv6", "ICMPV6", "icmpv6":
 		return ProtocolICMPv6, nil
+	case "VRRP", "vrrp":
+		return ProtocolVRRP, nil
+	case "IGMP", "igmp":
+		return ProtocolIGMP, nil
 	}
 	return 0, fmt.Errorf("unknown protocol %q (want TCP, UDP, SCTP, ICMP, ICMPv6 or ANY)", s)
 }
@@ -57,6 +63,10 @@ func (p Protocol) String() string {
 		return "ICMPv6"
 	case ProtocolSCTP:
 		return "SCTP"
+	case ProtocolVRRP:
+		return "VRRP"
+	case ProtocolIGMP:
+		return "IGMP"
 	}
 	return strconv.Itoa(int(p))
 }
@@ -112,8 +122,8 @@ type EndpointPolicy struct {
 	EndpointID uint64
 	Identity   NumericIdentity
 	Labels     Labels
-	// Audit: drops are reported as audited and the traffic passes (L3/L4
-	// only; L7 rules are still enforced).
+	// Audit: drops are reported as audited and the traffic passes, at
+	// L3/L4 (the datapath) and L7 (the proxies' would-be denials).
 	Audit bool
 	// Ingress and Egress may be shared between endpoints with the same
 	// identity.

@@ -30,6 +30,7 @@ func NetworkPolicy(ep EndpointInfo, p *policy.EndpointPolicy) *npds.NetworkPolic
 	if p == nil {
 		return out
 	}
+	out.Audit = p.Audit
 	out.IngressPerPortPolicies = ports(p.Ingress)
 	out.EgressPerPortPolicies = ports(p.Egress)
 	return out

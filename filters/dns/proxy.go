@@ -36,6 +36,14 @@ type RuleSource interface {
 	DNSRules(endpoint uint64, dst netip.AddrPort) (m *Matcher, ok bool)
 }
 
+// Auditor is implemented by a RuleSource whose endpoints may be in policy
+// audit mode (Cilium's PolicyAuditMode): a query the rules would refuse is
+// then forwarded, answered as an allowed one, and recorded as
+// flow.Audited. Asked only for a query that would be refused.
+type Auditor interface {
+	DNSAudit(endpoint uint64) bool
+}
+
 // Deps are the proxy's collaborators. Endpoints, Rules, IPCache and
 // Identities are required.
 type Deps struct {
@@ -474,8 +482,12 @@ func (p *Proxy) handle(ctx context.Context, pkt []byte, from, dst netip.AddrPort
 	}
 	rec.Source.Identity = identity
 	m, ok := p.deps.Rules.DNSRules(ep, dst)
+	audited := ""
 	if !ok || !m.Allow(qq.Name) {
-		return deny("no DNS rule matches", reject)
+		if a, isAuditor := p.deps.Rules.(Auditor); !isAuditor || !a.DNSAudit(ep) {
+			return deny("no DNS rule matches", reject)
+		}
+		audited = "audit mode: would be refused: no DNS rule matches"
 	}
 
 	upstream := dst
@@ -508,6 +520,9 @@ func (p *Proxy) handle(ctx context.Context, pkt []byte, from, dst netip.AddrPort
 	}
 	p.stats.Allowed.Add(1)
 	rec.Verdict, rec.DNS.RCode = flow.Allowed, mdns.RcodeToString[r.Rcode]
+	if audited != "" {
+		rec.Verdict, rec.Reason = flow.Audited, audited
+	}
 	if r.Rcode == mdns.RcodeSuccess {
 		ips, ttl := extractIPs(r, qq.Name)
 		if len(ips) > 0 {

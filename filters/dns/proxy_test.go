@@ -144,6 +144,7 @@ type harnessOpts struct {
 	ipc    IPCache // default: a MemIPCache
 	policy PolicyUpdater
 	conns  ConnTracker
+	audit  bool // the endpoints are in policy audit mode (audit_test.go)
 }
 
 func startProxy(t testing.TB, upstream netip.AddrPort, o harnessOpts) *harness {
@@ -165,8 +166,12 @@ func startProxy(t testing.TB, upstream netip.AddrPort, o harnessOpts) *harness {
 	if cfg.UpdateTimeout == 0 {
 		cfg.UpdateTimeout = 10 * time.Second // generous: noisy CI must never hit it
 	}
+	var rules RuleSource = staticRules{m}
+	if o.audit {
+		rules = auditRules{staticRules{m}}
+	}
 	p, err := New(cfg, Deps{
-		Endpoints: testEndpoints{}, Rules: staticRules{m}, IPCache: h.ipc,
+		Endpoints: testEndpoints{}, Rules: rules, IPCache: h.ipc,
 		Identities: &LocalAllocator{}, Policy: o.policy, Conns: o.conns, Flows: h.flows,
 		Logger: slog.New(slog.DiscardHandler),
 	})

@@ -25,6 +25,15 @@ type RuleSource interface {
 	Rules(ingress bool, port uint16, remote uint32) (m *Matcher, ok bool)
 }
 
+// Auditor is implemented by a RuleSource whose endpoint may be in policy
+// audit mode (Cilium's PolicyAuditMode): a request the rules deny is then
+// passed to the broker and recorded as flow.Audited instead of answered
+// with an authorization error. It is asked only for a request that would
+// be denied.
+type Auditor interface {
+	Audit() bool
+}
+
 // RuleSourceFunc adapts a function to RuleSource.
 type RuleSourceFunc func(ingress bool, port uint16, remote uint32) (*Matcher, bool)
 
@@ -150,7 +159,7 @@ func (f *Factory) Create(conn proxylib.Connection) proxylib.Parser {
 	}
 	p.src = endpoint(info.SrcIdentity, info.SrcAddr)
 	p.dst = endpoint(info.DstIdentity, info.DstAddr)
-	if _, ok := f.rules.Rules(info.Ingress, info.DstPort, p.remote); !ok {
+	if _, ok := f.rules.Rules(info.Ingress, info.DstPort, p.remote); !ok && !p.audit() {
 		p.record(flow.Denied, "no kafka policy for the connection", nil, 0)
 		return nil
 	}
@@ -357,6 +366,10 @@ func (p *parser) onRequest(size, avail int, frame []byte) (proxylib.Op, int) {
 // bytes (avail: the bytes at hand) and returns the operation on it.
 func (p *parser) decide(d *decoded, size, avail int) (proxylib.Op, int) {
 	m, ok := p.f.rules.Rules(p.info.Ingress, p.info.DstPort, p.remote)
+	if !ok && p.audit() {
+		p.record(flow.Audited, "no kafka policy for the connection", d, 0)
+		return p.pass(d, size)
+	}
 	if !ok {
 		// The policy is gone: nothing more reaches the client, not even
 		// the answers in flight (unlike a bad frame, which the broker
@@ -389,14 +402,15 @@ func (p *parser) decide(d *decoded, size, avail int) (proxylib.Op, int) {
 	noResponse := d.APIKey == keyProduce && d.acks == 0
 	if allowed {
 		p.record(flow.Allowed, "", d, 0)
-		if !noResponse {
-			p.pending = append(p.pending, inflight{corr: d.Correlation, key: d.APIKey, version: d.APIVersion})
-		}
-		return proxylib.Pass, 4 + size
+		return p.pass(d, size)
 	}
 	reason := "kafka rules"
 	if d.unresolved > 0 {
 		reason = "unknown topic id"
+	}
+	if p.audit() {
+		p.record(flow.Audited, reason, d, 0)
+		return p.pass(d, size)
 	}
 	if noResponse {
 		// A broker closes the connection of an acks=0 producer whose
@@ -425,6 +439,20 @@ func (p *parser) decide(d *decoded, size, avail int) (proxylib.Op, int) {
 		p.pending = append(p.pending, inflight{corr: d.Correlation, key: d.APIKey, version: d.APIVersion, deny: resp})
 	}
 	return proxylib.Drop, 4 + size
+}
+
+// pass sends the request of a frame of size bytes on to the broker.
+func (p *parser) pass(d *decoded, size int) (proxylib.Op, int) {
+	if d.APIKey != keyProduce || d.acks != 0 {
+		p.pending = append(p.pending, inflight{corr: d.Correlation, key: d.APIKey, version: d.APIVersion})
+	}
+	return proxylib.Pass, 4 + size
+}
+
+// audit reports whether the connection's endpoint is in policy audit mode.
+func (p *parser) audit() bool {
+	a, ok := p.f.rules.(Auditor)
+	return ok && a.Audit()
 }
 
 // learnsIDs reports whether responses of key carry topic names with IDs.

@@ -20,7 +20,7 @@ import (
 // compileEndpoint compiles one NetworkPolicy resource. Checks that need the
 // other endpoints (an address owned twice) are indexEndpoints'.
 func compileEndpoint(name string, p *npds.NetworkPolicy, compile Compiler) (*Endpoint, error) {
-	e := &Endpoint{Name: name, ID: p.GetEndpointId()}
+	e := &Endpoint{Name: name, ID: p.GetEndpointId(), Audit: p.GetAudit()}
 	for i, s := range p.GetEndpointIps() {
 		ip, err := netip.ParseAddr(s)
 		if err != nil {

@@ -54,6 +54,9 @@ type Endpoint struct {
 	IPs     []netip.Addr
 	Ingress []*Port
 	Egress  []*Port
+	// Audit is policy audit mode: what the rules would deny passes and is
+	// recorded as flow.Audited.
+	Audit bool
 }
 
 // State is one published, immutable policy view.

@@ -127,8 +127,11 @@ func (f *httpFilter) OnRequestHeaders(s proxylib.HTTPStream, _ bool) proxylib.He
 	f.conn.RemoteIdentity = f.t.remoteID
 	f.conn.Protocol = httpf.ProtoHTTP1
 	f.conn.NoPolicy = ""
+	f.conn.Audit = false
 	if f.t.ep == nil {
 		f.conn.NoPolicy = f.t.reason
+	} else {
+		f.conn.Audit = f.t.ep.Audit
 	}
 	f.conn.Describe = f
 	act := f.filter.OnRequestHeaders(&f.conn, s)

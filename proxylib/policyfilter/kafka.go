@@ -168,6 +168,22 @@ func (r connRules) Rules(ingress bool, port uint16, remote uint32) (*kafka.Match
 	return r.c.merge(st, mergeKey{ep, ingress, port, remote}, ls), true
 }
 
+// Audit reports whether the endpoint is in policy audit mode
+// (kafka.Auditor).
+func (r connRules) Audit() bool {
+	st := r.c.client.State()
+	var ep *npdsclient.Endpoint
+	var ok bool
+	if r.ep != "" {
+		ep, ok = st.Endpoint(r.ep)
+	} else {
+		ep, ok = st.EndpointByIP(r.ip)
+	}
+	return ok && ep.Audit
+}
+
+var _ kafka.Auditor = connRules{}
+
 func (c *kafkaConfig) merge(st *npdsclient.State, k mergeKey, ls []*kafkaL7) *kafka.Matcher {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -91,8 +91,12 @@ type NetworkPolicy struct {
 	EndpointId             uint64               `protobuf:"varint,3,opt,name=endpoint_id,json=endpointId,proto3" json:"endpoint_id,omitempty"`
 	IngressPerPortPolicies []*PortNetworkPolicy `protobuf:"bytes,4,rep,name=ingress_per_port_policies,json=ingressPerPortPolicies,proto3" json:"ingress_per_port_policies,omitempty"`
 	EgressPerPortPolicies  []*PortNetworkPolicy `protobuf:"bytes,5,rep,name=egress_per_port_policies,json=egressPerPortPolicies,proto3" json:"egress_per_port_policies,omitempty"`
-	unknownFields          protoimpl.UnknownFields
-	sizeCache              protoimpl.SizeCache
+	// audit is policy audit mode for the endpoint (Cilium's PolicyAuditMode):
+	// a request or query the rules would deny passes and is recorded with
+	// verdict AUDIT.
+	Audit         bool `protobuf:"varint,6,opt,name=audit,proto3" json:"audit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NetworkPolicy) Reset() {
@@ -158,6 +162,13 @@ func (x *NetworkPolicy) GetEgressPerPortPolicies() []*PortNetworkPolicy {
 		return x.EgressPerPortPolicies
 	}
 	return nil
+}
+
+func (x *NetworkPolicy) GetAudit() bool {
+	if x != nil {
+		return x.Audit
+	}
+	return false
 }
 
 // PortNetworkPolicy holds the rules of one port (or port range); port 0
@@ -418,14 +429,15 @@ var File_npds_proto protoreflect.FileDescriptor
 const file_npds_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
-	"npds.proto\x12\fward.npds.v1\"\x9d\x02\n" +
+	"npds.proto\x12\fward.npds.v1\"\xb3\x02\n" +
 	"\rNetworkPolicy\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fendpoint_ips\x18\x02 \x03(\tR\vendpointIps\x12\x1f\n" +
 	"\vendpoint_id\x18\x03 \x01(\x04R\n" +
 	"endpointId\x12Z\n" +
 	"\x19ingress_per_port_policies\x18\x04 \x03(\v2\x1f.ward.npds.v1.PortNetworkPolicyR\x16ingressPerPortPolicies\x12X\n" +
-	"\x18egress_per_port_policies\x18\x05 \x03(\v2\x1f.ward.npds.v1.PortNetworkPolicyR\x15egressPerPortPolicies\"\xb1\x01\n" +
+	"\x18egress_per_port_policies\x18\x05 \x03(\v2\x1f.ward.npds.v1.PortNetworkPolicyR\x15egressPerPortPolicies\x12\x14\n" +
+	"\x05audit\x18\x06 \x01(\bR\x05audit\"\xb1\x01\n" +
 	"\x11PortNetworkPolicy\x12\x12\n" +
 	"\x04port\x18\x01 \x01(\rR\x04port\x12\x19\n" +
 	"\bend_port\x18\x02 \x01(\rR\aendPort\x122\n" +
