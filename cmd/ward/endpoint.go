@@ -21,6 +21,7 @@ import (
 const endpointUsage = `usage:
   ward endpoint list    [--state-dir DIR] [-o table|json]
   ward endpoint get ID  [--state-dir DIR] [-o table|json]
+  ward endpoint config ID audit=on|off  (see ward endpoint config --help)
 
 list: the node's endpoints with their policy enforcement per direction
 ("Enabled", "Disabled", or "Disabled (Audit)" when policy audit mode lets
@@ -37,6 +38,8 @@ func runEndpoint(args []string, stdout, stderr io.Writer) int {
 			return endpointList(args[1:], stdout, stderr)
 		case "get":
 			return endpointGet(args[1:], stdout, stderr)
+		case "config":
+			return endpointConfig(args[1:], stdout, stderr)
 		case "-h", "--help", "help":
 			fmt.Fprint(stdout, endpointUsage)
 			return 0

@@ -20,6 +20,7 @@ commands:
   policy get [LABEL...]                the live agent's rules and their source
   status [--verbose]                   show the node agent's state
   endpoint list | endpoint get ID      the node's endpoints: state, enforcement, rules
+  endpoint config ID audit=on|off      policy audit mode of one endpoint, at runtime
   identity list | identity get ID      security identities and their labels
   ip list                              the ipcache: prefix -> identity
   monitor [--last N] [--follow]        show the node's flows (Hubble's Observer API)
