@@ -18,6 +18,7 @@ commands:
   policy validate FILE|DIR...          check policies, exit 1 on errors
   policy test --policy P --flows F     evaluate flows offline
   policy get [LABEL...]                the live agent's rules and their source
+  policy suggest [--file FLOWS]        a policy allowing the audited/dropped flows
   status [--verbose]                   show the node agent's state
   endpoint list | endpoint get ID      the node's endpoints: state, enforcement, rules
   endpoint config ID audit=on|off      policy audit mode of one endpoint, at runtime

@@ -26,6 +26,9 @@ const policyUsage = `usage:
       The live agent's rules (those carrying every LABEL, source:key=value
       or key=value) with their source (directory, k8s) and labels; -o json
       prints them as Cilium's ` + "`cilium policy get`" + ` does.
+  ward policy suggest [--state-dir DIR] [--since D] [--last N] | --file FLOWS.json
+      The CiliumNetworkPolicy that would allow the AUDIT and policy-DROPPED
+      flows wardd recorded (or of a saved ` + "`hubble observe -o json`" + `).
 `
 
 func runPolicy(args []string, stdout, stderr io.Writer) int {
@@ -40,6 +43,8 @@ func runPolicy(args []string, stdout, stderr io.Writer) int {
 		return runPolicyTest(args[1:], stdout, stderr)
 	case "get":
 		return policyGet(args[1:], stdout, stderr)
+	case "suggest":
+		return policySuggest(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, policyUsage)
 		return 0
