@@ -337,3 +337,19 @@ func DetachPinnedHostFirewall(pinDir string) ([]int, error) {
 	}
 	return out, errors.Join(errs...)
 }
+
+// HostStats returns the statistics of the host firewall's programs
+// (counted while BPF statistics are enabled, as Stats).
+func (d *Datapath) HostStats() (in, out ProgramStats, err error) {
+	for _, x := range []struct {
+		p   *ebpf.Program
+		out *ProgramStats
+	}{{d.objs.HostIn, &in}, {d.objs.HostOut, &out}} {
+		st, serr := x.p.Stats()
+		if serr != nil {
+			return in, out, fmt.Errorf("host firewall program stats: %w", serr)
+		}
+		*x.out = ProgramStats{RunTimeNS: uint64(st.Runtime.Nanoseconds()), RunCount: st.RunCount}
+	}
+	return in, out, nil
+}

@@ -32,11 +32,8 @@
 #ifndef WARD_HOSTFW_H
 #define WARD_HOSTFW_H
 
-// EP_AUDIT: would-be drops pass and are counted (R_AUDIT). Shared with the
-// per-endpoint audit flag when datapath.h defines it.
-#ifndef EP_AUDIT
-#define EP_AUDIT 16
-#endif
+// EP_AUDIT (datapath.h) on the host endpoint: would-be drops pass, are
+// counted as R_HOST_AUDIT and reported as audited verdict events.
 
 // R_HOST_AUDIT counts host firewall would-be drops that audit mode let pass.
 #define R_HOST_AUDIT 30
@@ -84,7 +81,9 @@ static __always_inline __u32 host_flags(__u32 *id)
 
 // host_judge decides a host flow that conntrack does not know (or knew
 // under an older policy): remote is the peer's identity. Returns the TC
-// action.
+// action. A new flow in an enforced direction is reported (a verdict
+// event, audit set when audit mode let a would-be drop pass); a drop is
+// reported as a drop event (flow events, redirect.c).
 static __always_inline int host_judge(struct __sk_buff *skb, struct pkt *p, struct ct_value *ct, __u32 id,
 				      __u32 flags, int dir, __u32 remote, __u32 rev, __u64 now)
 {
@@ -92,6 +91,7 @@ static __always_inline int host_judge(struct __sk_buff *skb, struct pkt *p, stru
 	enum reason pass = R_PASS_NOT_ENFORCED;
 	if (enforced) {
 		__u16 proxy = 0;
+		__u8 audit = 0;
 		int v = policy_lookup(id, policy_dir(dir, flags), remote, p->pol_port, p->t.proto, &proxy);
 		pass = R_PASS_ALLOWED;
 		if (v != VERDICT_ALLOW) {
@@ -100,11 +100,14 @@ static __always_inline int host_judge(struct __sk_buff *skb, struct pkt *p, stru
 			if (!(flags & EP_AUDIT)) {
 				if (ct)
 					bpf_map_delete_elem(&ward_ct, &p->ck);
-				return count(skb, v == VERDICT_REDIRECT ? R_DROP_REDIRECT_UNSUPPORTED : R_DROP_POLICY, dir,
-					     TC_ACT_SHOT);
+				return drop_event(skb, p, v == VERDICT_REDIRECT ? R_DROP_REDIRECT_UNSUPPORTED : R_DROP_POLICY,
+						  dir, id);
 			}
 			pass = R_HOST_AUDIT;
+			audit = 1;
 		}
+		verdict_event(skb, p, VERDICT_ALLOW, audit, dir, id, dir == DIR_INGRESS ? remote : IDENTITY_HOST,
+			      dir == DIR_INGRESS ? IDENTITY_HOST : remote, 0);
 	}
 	if (ct)
 		ct_redecide(ct, VERDICT_ALLOW, 0, rev);
@@ -133,7 +136,7 @@ static __always_inline int host_packet(struct __sk_buff *skb, int dir)
 		// IP the parser cannot judge (IPv6 extension headers, orphan
 		// fragments, malformed): the pods' path drops it too; drop it
 		// rather than let it reach the host unchecked.
-		return count(skb, r, dir, TC_ACT_SHOT);
+		return drop_event(skb, &p, r, dir, id);
 	}
 	if (p.nd && p.nd_src_ll)
 		return TC_ACT_UNSPEC;
@@ -141,7 +144,7 @@ static __always_inline int host_packet(struct __sk_buff *skb, int dir)
 	if (identity_of6(p.t.family, local) != IDENTITY_HOST)
 		return TC_ACT_UNSPEC;
 	if (flags & EP_LOCKDOWN)
-		return count(skb, R_DROP_LOCKDOWN, dir, TC_ACT_SHOT);
+		return drop_event(skb, &p, R_DROP_LOCKDOWN, dir, id);
 
 	ct_canon(&p);
 	__u64 now = bpf_ktime_get_coarse_ns();

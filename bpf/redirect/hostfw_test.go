@@ -2,6 +2,7 @@ package redirect
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -66,11 +67,21 @@ func TestHostFirewall(t *testing.T) {
 		t.Fatal(err)
 	}
 	expect(t, d, in, syn(peer, node, 40005, 23), 0, ReasonHostAudit)
+	if evs := drain(t, d); !slices.ContainsFunc(evs, func(e Event) bool {
+		return e.Kind == EventVerdict && e.Audit && e.Endpoint == HostEndpointID && e.Direction == Ingress && e.Destination.Port() == 23
+	}) {
+		t.Errorf("audited host flow: events %+v; want an audited ingress verdict of the host endpoint", evs)
+	}
 	// The operator's override enforces whatever the agent says ...
 	if err := SetHostMode(d.PinDir(), HostModeEnforce); err != nil {
 		t.Fatal(err)
 	}
-	expect(t, d, in, syn(peer, node, 40006, 23), 2, ReasonPolicyDenied)
+	expect(t, d, in, syn(peer, node, 40006, 24), 2, ReasonPolicyDenied)
+	if evs := drain(t, d); !slices.ContainsFunc(evs, func(e Event) bool {
+		return e.Kind == EventDrop && e.Endpoint == HostEndpointID && e.Destination.Port() == 24
+	}) {
+		t.Errorf("denied host flow: events %+v; want a drop of the host endpoint", evs)
+	}
 	// ... or audits.
 	if err := d.SetHost(HostEndpoint{EnforceIngress: true}); err != nil {
 		t.Fatal(err)
@@ -104,4 +115,48 @@ func TestHostFirewall(t *testing.T) {
 		t.Fatal(err)
 	}
 	expect(t, d, in, syn(peer, node, 40008, 22), 2, ReasonLockdown)
+}
+
+// BenchmarkHostFirewall measures host_in and host_out per packet
+// (BPF_PROG_TEST_RUN, ns/op is per packet): with no host policy (the idle
+// path every node with the host firewall attached runs) and enforced, an
+// established flow.
+func BenchmarkHostFirewall(b *testing.B) {
+	d := testDatapath(b, false, false)
+	node, peer := netip.MustParseAddr("10.99.9.1"), netip.MustParseAddr("10.99.9.2")
+	if err := d.IPCache().Upsert(netip.PrefixFrom(node, 32), IdentityHost); err != nil {
+		b.Fatal(err)
+	}
+	if err := d.SetPolicy(HostEndpointID, []PolicyEntry{
+		{PolicyKey: PolicyKey{Direction: Ingress, Proto: ProtoTCP, Port: 22}, Verdict: Allow},
+		{PolicyKey: PolicyKey{Direction: Egress, Proto: ProtoAny}, Verdict: Allow},
+	}); err != nil {
+		b.Fatal(err)
+	}
+	in, out := tcpPacket(peer, node, 40000, 22), tcpPacket(node, peer, 22, 40000)
+	for _, c := range []struct {
+		name string
+		host HostEndpoint
+	}{
+		{"idle", HostEndpoint{}},
+		{"enforced-established", HostEndpoint{EnforceIngress: true, EnforceEgress: true}},
+	} {
+		if err := d.SetHost(c.host); err != nil {
+			b.Fatal(err)
+		}
+		for _, p := range []struct {
+			name string
+			prog *ebpf.Program
+			pkt  []byte
+		}{{"host_in", d.objs.HostIn, in}, {"host_out", d.objs.HostOut, out}} {
+			p.prog.Test(p.pkt) // the first packet creates the CT entry
+			b.Run(c.name+"/"+p.name, func(b *testing.B) {
+				_, per, err := p.prog.Benchmark(p.pkt, b.N, b.ResetTimer)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(float64(per.Nanoseconds()), "ns/pkt")
+			})
+		}
+	}
 }
