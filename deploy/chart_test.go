@@ -40,7 +40,7 @@ func helm(t *testing.T, args ...string) []byte {
 // render is `helm template` of the chart as render.sh runs it.
 func render(t *testing.T, args ...string) []byte {
 	t.Helper()
-	return helm(t, append([]string{"template", "ward", "helm/ward", "--namespace", "ward", "--kube-version", "1.36.0", "--include-crds"}, args...)...)
+	return helm(t, append([]string{"template", "ward", "helm/ward", "--namespace", "ward", "--kube-version", "1.36.0"}, args...)...)
 }
 
 // TestChart: the real helm lints the chart strictly with the default and
