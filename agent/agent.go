@@ -161,7 +161,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		pr := &policyResources{srv: a.srv, log: a.log, node: a.nodeClaims}
 		a.eng.consumers = append(a.eng.consumers, pr)
 		if a.cfg.PolicyDir != "" {
-			a.src = &dirsource.Source{Dir: a.cfg.PolicyDir, Sink: a.eng.repo, Logger: a.log, Interval: 500 * time.Millisecond,
+			a.src = &dirsource.Source{Dir: a.cfg.PolicyDir, Sink: a.eng.repo, Logger: a.log, Interval: 500 * time.Millisecond, Features: a.cfg.features(),
 				OnChange: func() { a.eng.publish(ctx); a.saveGood() }}
 		}
 		if a.cfg.EndpointsDir != "" {

@@ -74,6 +74,10 @@ type Config struct {
 	// from its labels, as Cilium's --enable-node-selector-labels: without
 	// it fromNodes/toNodes select nothing but the remote-node identity.
 	EnableNodeSelectorLabels bool `json:"enableNodeSelectorLabels,omitempty"`
+	// EnableExtendedIPProtocols accepts policies on the IP protocols VRRP
+	// and IGMP (no ports), as Cilium's --enable-extended-ip-protocols;
+	// without it such policies are refused.
+	EnableExtendedIPProtocols bool `json:"enableExtendedIPProtocols,omitempty"`
 	// Services are the services toServices selects (embedded mode).
 	Services []Service `json:"services,omitempty"`
 	// ServicesDir holds more services (watched; relative to the config
@@ -586,4 +590,9 @@ func validLabelValue(s string) bool {
 		}
 	}
 	return alnum(s[0]) && alnum(s[len(s)-1])
+}
+
+// features are the options gated policy constructs need.
+func (c *Config) features() policy.Features {
+	return policy.Features{NodeSelectorLabels: c.EnableNodeSelectorLabels, ExtendedIPProtocols: c.EnableExtendedIPProtocols}
 }

@@ -409,6 +409,10 @@ func compilePortRules(prs []PortRule, icmps []ICMPRule, ns string) []portRule {
 		}
 		for _, pp := range pr.Ports {
 			proto := protoNum(pp.Protocol)
+			if pp.Port == "" { // extended IP protocols: no ports
+				rule.ports = append(rule.ports, portSpec{proto: proto})
+				continue
+			}
 			if n, err := strconv.Atoi(string(pp.Port)); err == nil {
 				end := n
 				if pp.EndPort > 0 {

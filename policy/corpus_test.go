@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -19,6 +20,12 @@ var corpusRefused = map[string]string{
 	"policies/auth/auth.yaml": `unknown field "auth"`,
 	// Mutual authentication: ward does not enforce it, so it refuses it.
 	"kubernetes/servicemesh/cnp-with-mutual-auth.yaml": "authentication (mutual authentication) is not supported by ward",
+}
+
+// corpusGated lists the files that need an agent option (as in Cilium):
+// refused without it, accepted with it.
+var corpusGated = map[string]Feature{
+	"policies/l3/entities/customnodes.yaml": FeatureNodeSelectorLabels,
 }
 
 func TestCiliumExampleCorpus(t *testing.T) {
@@ -46,6 +53,17 @@ func TestCiliumExampleCorpus(t *testing.T) {
 			t.Errorf("%s: refused: %v", rel, perr)
 		case !refused && len(ps) == 0:
 			t.Errorf("%s: no policy found", rel)
+		}
+		var gatedErr, allOnErr error
+		for _, p := range ps {
+			gatedErr = errors.Join(gatedErr, p.CheckFeatures(Features{}))
+			allOnErr = errors.Join(allOnErr, p.CheckFeatures(Features{NodeSelectorLabels: true, ExtendedIPProtocols: true}))
+		}
+		if allOnErr != nil {
+			t.Errorf("%s: refused with every option on: %v", rel, allOnErr)
+		}
+		if f, gated := corpusGated[rel]; gated != (gatedErr != nil) || (gated && !strings.Contains(gatedErr.Error(), string(f))) {
+			t.Errorf("%s: without options: %v; want gated by %q: %v", rel, gatedErr, f, gated)
 		}
 		return nil
 	})

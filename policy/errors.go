@@ -65,6 +65,12 @@ type errList struct {
 	file, policy string
 	errs         []error
 	warns        []*FieldError
+	gated        []FeatureUse
+}
+
+// gate records a use of a gated feature (Policy.Gated).
+func (l *errList) gate(f Feature, path string) {
+	l.gated = append(l.gated, FeatureUse{Feature: f, Path: path})
 }
 
 func (l *errList) add(path, value, msg string) {

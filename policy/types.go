@@ -15,6 +15,8 @@
 //	                                     and their L7 rules
 package policy
 
+import "errors"
+
 // API version and kinds accepted by Parse.
 const (
 	APIVersion      = "cilium.io/v2"
@@ -43,6 +45,57 @@ type Policy struct {
 	File string `json:"-"`
 	// Warnings are non-fatal findings (deprecated fields, ignored options).
 	Warnings []*FieldError `json:"-"`
+	// Gated lists the uses of constructs Cilium accepts only behind an
+	// agent option (see Features, CheckFeatures).
+	Gated []FeatureUse `json:"-"`
+}
+
+// Feature is a policy construct Cilium accepts only behind an agent
+// option.
+type Feature string
+
+// Gated features, named after Cilium's options.
+const (
+	// FeatureNodeSelectorLabels: fromNodes/toNodes need
+	// enable-node-selector-labels.
+	FeatureNodeSelectorLabels Feature = "enableNodeSelectorLabels"
+	// FeatureExtendedIPProtocols: protocols VRRP and IGMP need
+	// enable-extended-ip-protocols.
+	FeatureExtendedIPProtocols Feature = "enableExtendedIPProtocols"
+)
+
+// FeatureUse is one use of a gated feature at a field path.
+type FeatureUse struct {
+	Feature Feature
+	Path    string
+}
+
+// Features are the agent options that gated constructs need.
+type Features struct {
+	NodeSelectorLabels  bool
+	ExtendedIPProtocols bool
+}
+
+// CheckFeatures reports, as field errors naming the path and the option,
+// every gated construct p uses while its option is off. A caller that
+// applies policies (the agent) refuses p when it returns an error, as
+// Cilium refuses such a policy.
+func (p *Policy) CheckFeatures(f Features) error {
+	var errs []error
+	for _, u := range p.Gated {
+		on := false
+		what := ""
+		switch u.Feature {
+		case FeatureNodeSelectorLabels:
+			on, what = f.NodeSelectorLabels, "fromNodes/toNodes need the node option enableNodeSelectorLabels (Cilium's --enable-node-selector-labels)"
+		case FeatureExtendedIPProtocols:
+			on, what = f.ExtendedIPProtocols, "protocols VRRP and IGMP need the node option enableExtendedIPProtocols (Cilium's --enable-extended-ip-protocols)"
+		}
+		if !on {
+			errs = append(errs, &FieldError{File: p.File, Policy: p.Metadata.Name, Path: u.Path, Msg: what})
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // ObjectMeta is the subset of Kubernetes object metadata a policy file may

@@ -86,6 +86,7 @@ func (p *Policy) validate(l *errList) error {
 		p.validateRule(r, fmt.Sprintf("specs[%d]", i), l)
 	}
 	p.Warnings = l.warns
+	p.Gated = l.gated
 	return l.err()
 }
 
@@ -242,6 +243,9 @@ func (p *Policy) validatePeers(path string, l *errList, f peerFields) {
 	for i := range f.requires {
 		validateSelector(&f.requires[i], fmt.Sprintf("%s.%s[%d]", path, f.requiresName, i), l)
 	}
+	if len(f.nodes) > 0 {
+		l.gate(FeatureNodeSelectorLabels, path+"."+f.nodesName)
+	}
 	for i := range f.nodes {
 		validateSelector(&f.nodes[i], fmt.Sprintf("%s.%s[%d]", path, f.nodesName, i), l)
 	}
@@ -388,11 +392,15 @@ func normalizeProto(s string) (string, bool) {
 	switch u {
 	case "":
 		return ProtoAny, true
-	case ProtoTCP, ProtoUDP, ProtoSCTP, ProtoAny:
+	case ProtoTCP, ProtoUDP, ProtoSCTP, ProtoAny, ProtoVRRP, ProtoIGMP:
 		return u, true
 	}
 	return u, false
 }
+
+// extendedProto: a protocol without ports that Cilium accepts only with
+// enable-extended-ip-protocols.
+func extendedProto(p string) bool { return p == ProtoVRRP || p == ProtoIGMP }
 
 // Protocol names.
 const (
@@ -400,6 +408,9 @@ const (
 	ProtoTCP  = "TCP"
 	ProtoUDP  = "UDP"
 	ProtoSCTP = "SCTP"
+	// Extended IP protocols (FeatureExtendedIPProtocols): no ports.
+	ProtoVRRP = "VRRP"
+	ProtoIGMP = "IGMP"
 )
 
 // IsSvcName reports whether s is an IANA service name (RFC 6335 §5.1): 1-15
@@ -482,6 +493,16 @@ func validatePorts(ports []PortRule, icmps []ICMPRule, path string, ingress, den
 				pt.Protocol = proto
 			}
 			port := string(pt.Port)
+			if ok && extendedProto(proto) {
+				l.gate(FeatureExtendedIPProtocols, ptp+".protocol")
+				if (port != "" && port != "0") || pt.EndPort != 0 {
+					l.add(ptp+".port", port, fmt.Sprintf("protocol %s has no ports: leave port out (or 0)", proto))
+				}
+				if hasL7 {
+					l.add(ptp+".protocol", proto, fmt.Sprintf("L7 rules apply to TCP only (not %s), except DNS rules", proto))
+				}
+				continue
+			}
 			if port == "" {
 				l.add(ptp+".port", "", "missing")
 				continue

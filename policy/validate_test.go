@@ -268,6 +268,16 @@ func TestValidationErrors(t *testing.T) {
     - ports: [{port: "443", protocol: TCP}]
       terminatingTLS: {}
 `, "spec.egress[0].toPorts[0].terminatingTLS.secret", "missing"},
+		{"VRRP with a port", header + `spec:
+  endpointSelector: {}
+  ingress:
+  - toPorts: [{ports: [{port: "80", protocol: VRRP}]}]
+`, "spec.ingress[0].toPorts[0].ports[0].port", "protocol VRRP has no ports"},
+		{"IGMP with L7", header + `spec:
+  endpointSelector: {}
+  ingress:
+  - toPorts: [{ports: [{protocol: IGMP}], rules: {http: [{}]}}]
+`, "spec.ingress[0].toPorts[0].ports[0].protocol", "L7 rules apply to TCP only"},
 		{"operator in lower case", header + "spec:\n  endpointSelector: {matchExpressions: [{key: a, operator: in, values: [x]}]}\n", "spec.endpointSelector.matchExpressions[0].operator", `unknown operator "in" (did you mean "In"?)`},
 		{"mutual authentication", header + `spec:
   endpointSelector: {}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -14,11 +15,13 @@ import (
 )
 
 const policyUsage = `usage:
-  ward policy validate FILE|DIR...
+  ward policy validate [--enable-node-selector-labels] [--enable-extended-ip-protocols] FILE|DIR...
       Check CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy files
       (*.yaml, *.yml, *.json; directories recursively, *.flows.json skipped;
       each argument is one policy set, where a policy defined twice is an
-      error). Exit 0 when all are valid, 1 with the errors otherwise.
+      error). fromNodes/toNodes and the protocols VRRP/IGMP are refused
+      unless the flag of the node option they need is given, as wardd
+      refuses them. Exit 0 when all are valid, 1 with the errors otherwise.
   ward policy test --policy FILE|DIR [--policy ...] --flows FLOWS.json [--mode default|always|never] [--audit]
       Evaluate the flows offline; print one JSON object per line:
       {"name":..., "verdict":"allowed"|"denied", "reason":...}
@@ -54,6 +57,15 @@ func runPolicy(args []string, stdout, stderr io.Writer) int {
 }
 
 func runPolicyValidate(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("ward policy validate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var feat policy.Features
+	fs.BoolVar(&feat.NodeSelectorLabels, "enable-node-selector-labels", false, "accept fromNodes/toNodes (the node option enableNodeSelectorLabels)")
+	fs.BoolVar(&feat.ExtendedIPProtocols, "enable-extended-ip-protocols", false, "accept the protocols VRRP and IGMP (the node option enableExtendedIPProtocols)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	args = fs.Args()
 	if len(args) == 0 {
 		fmt.Fprint(stderr, "ward policy validate: no FILE or DIR given\n"+policyUsage)
 		return 2
@@ -82,6 +94,7 @@ func runPolicyValidate(args []string, stdout, stderr io.Writer) int {
 				for _, w := range p.Warnings {
 					fmt.Fprintf(stderr, "warning: %s\n", withLine(w))
 				}
+				err = errors.Join(err, p.CheckFeatures(feat))
 			}
 			if err != nil {
 				printErrors(stderr, err)

@@ -46,6 +46,9 @@ type Source struct {
 	Logger *slog.Logger
 	// OnChange, if set, is called after a scan that changed the policies.
 	OnChange func()
+	// Features are the agent options gated constructs need; a policy
+	// using one that is off is refused (policy.CheckFeatures).
+	Features policy.Features
 
 	mu      sync.Mutex
 	files   map[string]*fileState
@@ -257,6 +260,7 @@ func (s *Source) apply(path string, st *fileState, data []byte) bool {
 	ps, err := policy.Parse(filepath.Base(path), data)
 	if err == nil {
 		for _, p := range ps {
+			err = errors.Join(err, p.CheckFeatures(s.Features))
 			if o, ok := s.owner[p.Key()]; ok && o != path {
 				err = errors.Join(err, &policy.FieldError{File: filepath.Base(path), Policy: p.Metadata.Name,
 					Msg: fmt.Sprintf("policy %s is already defined in %s", p.Key(), o)})

@@ -134,3 +134,23 @@ func TestFilesAndLoad(t *testing.T) {
 		t.Errorf("duplicate: %v", err)
 	}
 }
+
+// TestFeatures: a policy using a gated construct is refused (file error
+// naming the field and the option) unless the source's Features enable it.
+func TestFeatures(t *testing.T) {
+	doc := "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: vrrp}\nspec:\n  endpointSelector: {}\n  ingress:\n  - toPorts: [{ports: [{protocol: VRRP}]}]\n"
+	for _, on := range []bool{false, true} {
+		dir := t.TempDir()
+		rec := &recorder{repo: policy.NewRepository(policy.Config{})}
+		s := &Source{Dir: dir, Sink: rec.repo, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+			Features: policy.Features{ExtendedIPProtocols: on}}
+		write(t, filepath.Join(dir, "vrrp.yaml"), doc, time.Unix(1_700_000_000, 0))
+		err := s.Sync()
+		switch {
+		case on && (err != nil || len(rec.repo.Policies()) != 1):
+			t.Errorf("option on: err %v, %d policies", err, len(rec.repo.Policies()))
+		case !on && (err == nil || !strings.Contains(err.Error(), "spec.ingress[0].toPorts[0].ports[0].protocol") || !strings.Contains(err.Error(), "enableExtendedIPProtocols") || len(rec.repo.Policies()) != 0):
+			t.Errorf("option off: err %v, %d policies", err, len(rec.repo.Policies()))
+		}
+	}
+}
