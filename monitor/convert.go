@@ -105,7 +105,11 @@ func Convert(r *flow.Record, node string, desc Describer) *flowpb.Flow {
 	if f.Summary == "" && f.L4 != nil {
 		f.Summary = l4Summary(f.L4)
 	}
-	if r.Reason != "" && r.Verdict != flow.Allowed {
+	switch {
+	case r.Reason == "" || r.Verdict == flow.Allowed:
+	case f.Summary == "":
+		f.Summary = r.Reason // dropped before its L4 header was read
+	default:
 		f.Summary += " (" + r.Reason + ")"
 	}
 	return f

@@ -1,0 +1,150 @@
+package observe
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wardproxy/ward/agent/api"
+	"github.com/wardproxy/ward/conformance/node"
+	"github.com/wardproxy/ward/conformance/servers/deathstar"
+	"github.com/wardproxy/ward/internal/testenv"
+)
+
+// TestAuditMode is policy audit mode through wardd: with policyAuditMode
+// the Star Wars L3/L4/L7 policy drops nothing — the xwing reaches both
+// deathstars (AUDIT in BPF, an L3/L4 flow) and the tiefighter's PUT
+// reaches the service (AUDIT at L7 with the HTTP fields, no 403). `ward
+// endpoint config ID audit=off` on one deathstar makes it enforce (xwing
+// dropped, PUT 403) while the other stays in audit.
+func TestAuditMode(t *testing.T) {
+	hubble := testenv.File(t, "build/bin/hubble", "run scripts/setup.d/70-hubble.sh (builds the hubble CLI from tools/hubble)")
+	ward := buildWard(t)
+	n := node.New(t,
+		node.PodSpec{Name: "deathstar", Labels: map[string]string{"org": "empire", "class": "deathstar"}},
+		node.PodSpec{Name: "deathstar-b", Labels: map[string]string{"org": "empire", "class": "deathstar"}},
+		node.PodSpec{Name: "tiefighter", Labels: map[string]string{"org": "empire", "class": "tiefighter"}},
+		node.PodSpec{Name: "xwing", Labels: map[string]string{"org": "alliance", "class": "xwing"}})
+	n.Serve(t, "deathstar", deathstar.New(), ":80")
+	n.Serve(t, "deathstar-b", deathstar.New(), ":80")
+	b, err := os.ReadFile(filepath.Join(testenv.Root(t), "examples/deathstar/l7/sw_l3_l4_l7_policy.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.WritePolicy(t, "deathstar.yaml", string(b))
+	n.Config.PolicyAuditMode = true
+	n.Start(t, 47800, 9478)
+
+	c, stop := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer stop()
+	curl := func(from, to, method, path string) string {
+		return n.Curl(c, from, "-X", method, "-w", " %{http_code}", "http://"+n.Pods[to].IP.String()+path)
+	}
+	exploded := func(got string) bool { return strings.HasPrefix(got, "Panic: deathstar exploded") && strings.HasSuffix(got, " 500") }
+	// Audit: the would-be 403 is not sent; the service answers.
+	node.Eventually(t, "the tiefighter's PUT to reach the deathstar (audit)", func() bool {
+		return exploded(curl("tiefighter", "deathstar", "PUT", "/v1/exhaust-port"))
+	})
+	for _, ds := range []string{"deathstar", "deathstar-b"} {
+		if got := curl("xwing", ds, "GET", "/v1/healthz"); !strings.HasSuffix(got, " 200") {
+			t.Errorf("xwing GET %s in audit mode = %q; want 200", ds, got)
+		}
+		if got := curl("tiefighter", ds, "POST", "/v1/request-landing"); got != "Ship landed 200" {
+			t.Errorf("tiefighter POST %s = %q; want Ship landed 200", ds, got)
+		}
+	}
+
+	server := "unix://" + filepath.Join(n.StateDir, "hubble.sock")
+	observe := func(args ...string) []*hubbleFlow {
+		t.Helper()
+		out, err := exec.CommandContext(c, hubble, append([]string{"observe", "--server", server, "-o", "json", "--last", "1000"}, args...)...).Output()
+		if err != nil {
+			t.Fatalf("hubble observe %v: %v\n%s", args, err, stderrOf(err))
+		}
+		return parseFlows(t, out)
+	}
+	var audits []*hubbleFlow
+	var l3, l7 *hubbleFlow
+	node.Eventually(t, "hubble observe --verdict AUDIT to show the L3/L4 and the L7 would-be drops", func() bool {
+		audits = observe("--verdict", "AUDIT")
+		l3, l7 = nil, nil
+		for _, f := range audits {
+			if f.Flow.L7 == nil && f.Flow.Source.PodName == "xwing" && f.Flow.Destination.PodName == "deathstar" {
+				l3 = f
+			}
+			if f.Flow.L7 != nil && f.Flow.L7.HTTP != nil && f.Flow.L7.HTTP.Method == "PUT" {
+				l7 = f
+			}
+		}
+		return l3 != nil && l7 != nil
+	})
+	if f := l3.Flow; f.Type != "L3_L4" || f.Direction != "INGRESS" || f.L4.TCP == nil || f.L4.TCP.DestinationPort != 80 || !contains(f.Source.Labels, "k8s:class=xwing") {
+		t.Errorf("L3/L4 audit = %s; want the xwing's INGRESS TCP :80 flow", l3)
+	}
+	if h := l7.Flow.L7.HTTP; !strings.HasSuffix(h.URL, "/v1/exhaust-port") || h.Code == 403 || l7.Flow.Source.PodName != "tiefighter" {
+		t.Errorf("L7 audit = %s; want the tiefighter's PUT /v1/exhaust-port, not answered 403", l7)
+	}
+	// Audit mode lets policy's drops through; the datapath's other drops
+	// (an IPv6 extension header of the pods' own MLD reports) stay.
+	for _, f := range observe("--verdict", "DROPPED") {
+		if f.Flow.L7 != nil || f.Flow.DropReason == "POLICY_DENIED" {
+			t.Errorf("in audit mode policy dropped a flow: %s", f)
+		}
+	}
+
+	// One deathstar enforces; the other stays in audit.
+	id := endpointID(t, n, "deathstar")
+	out, err := exec.CommandContext(c, ward, "endpoint", "config", strconv.FormatUint(id, 10), "audit=off", "--state-dir", n.StateDir).Output()
+	if err != nil {
+		t.Fatalf("ward endpoint config: %v\n%s", err, stderrOf(err))
+	}
+	if want := "endpoint " + strconv.FormatUint(id, 10) + " (deathstar): audit=off\n"; string(out) != want {
+		t.Errorf("ward endpoint config = %q; want %q", out, want)
+	}
+	node.Eventually(t, "the deathstar to enforce at L7", func() bool {
+		return curl("tiefighter", "deathstar", "PUT", "/v1/exhaust-port") == "Access denied 403"
+	})
+	if got := curl("xwing", "deathstar", "GET", "/v1/healthz"); got != "error" {
+		t.Errorf("xwing GET deathstar after audit=off = %q; want dropped", got)
+	}
+	if got := curl("xwing", "deathstar-b", "GET", "/v1/healthz"); !strings.HasSuffix(got, " 200") {
+		t.Errorf("xwing GET deathstar-b (still in audit) = %q; want 200", got)
+	}
+	if got := curl("tiefighter", "deathstar-b", "PUT", "/v1/exhaust-port"); !exploded(got) {
+		t.Errorf("tiefighter PUT deathstar-b (still in audit) = %q; want the service's answer", got)
+	}
+	for _, e := range n.Agent.Status().Endpoints {
+		if want := e.Name == "deathstar-b" || e.Name == "tiefighter" || e.Name == "xwing"; e.Audit != want {
+			t.Errorf("status: endpoint %s audit = %v; want %v", e.Name, e.Audit, want)
+		}
+	}
+	node.Eventually(t, "hubble observe to show the xwing's drop at the enforcing deathstar", func() bool {
+		for _, f := range observe("--verdict", "DROPPED", "--from-label", "class=xwing") {
+			if f.Flow.L7 == nil && f.Flow.Destination.PodName == "deathstar" && f.Flow.DropReason == "POLICY_DENIED" {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// endpointID is the agent's id of a local endpoint.
+func endpointID(t *testing.T, n *node.Node, name string) uint64 {
+	t.Helper()
+	var eps []api.Endpoint
+	if n.Agent != nil {
+		eps = n.Agent.Status().Endpoints
+	}
+	for _, e := range eps {
+		if e.Name == name {
+			return e.ID
+		}
+	}
+	t.Fatalf("no endpoint %s in %+v", name, eps)
+	return 0
+}
