@@ -48,6 +48,7 @@ func parseFlags(args []string) (agent.Config, slog.Level, error) {
 	external := fs.Bool("envoy-external", false, "write Envoy's bootstrap to the state directory but do not start Envoy: it runs elsewhere (the Kubernetes Envoy DaemonSet)")
 	concurrency := fs.Int("concurrency", 0, "Envoy worker threads (0: one per core)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	node := fs.String("node", "", "the node's name, overriding the config's node (the Kubernetes chart passes spec.nodeName)")
 	if err := fs.Parse(args); err != nil {
 		return agent.Config{}, 0, err
 	}
@@ -61,6 +62,9 @@ func parseFlags(args []string) (agent.Config, slog.Level, error) {
 		if cfg, err = agent.LoadConfig(*config); err != nil {
 			return agent.Config{}, 0, err
 		}
+	}
+	if *node != "" {
+		cfg.Node = *node
 	}
 	cfg.StateDir = *stateDir
 	cfg.Envoy = agent.EnvoyConfig{Disabled: *noEnvoy, External: *external, Binary: *envoy, ModuleDir: *moduleDir, Admin: *admin, Concurrency: *concurrency, KeepRunning: *keep}

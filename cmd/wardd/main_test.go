@@ -18,6 +18,9 @@ func TestParseFlags(t *testing.T) {
 	if cfg.Node != "n1" || cfg.PolicyDir != filepath.Join(dir, "policies") || cfg.Mode != "always" {
 		t.Errorf("config = %+v; want node n1, policyDir relative to the file, mode always", cfg)
 	}
+	if cfg, _, err := parseFlags([]string{"--config", cfgPath, "--node", "worker-1"}); err != nil || cfg.Node != "worker-1" {
+		t.Errorf("--node worker-1: node %q, %v; want the flag to override the config's n1", cfg.Node, err)
+	}
 	if cfg.StateDir != "/tmp/s" || !cfg.Envoy.Disabled || !cfg.Envoy.External || cfg.Envoy.Concurrency != 2 || lvl.String() != "DEBUG" {
 		t.Errorf("flags = %+v %v; want state dir, no envoy, external envoy, concurrency 2, debug", cfg, lvl)
 	}
