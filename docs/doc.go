@@ -11,5 +11,7 @@
 //   - run-without-kubernetes.md is run for real: its `sh walkthrough`
 //     blocks, in order, with its file blocks (tagged file=PATH) written
 //     where they say, in a private network, mount and PID namespace; a
-//     line ending in "# => TEXT" must print TEXT.
+//     line ending in "# => TEXT" must print TEXT;
+//   - policy-from-verdicts.md, then troubleshooting.md on the same node,
+//     run the same way (blocks tagged cleanup run last).
 package docs

@@ -248,29 +248,33 @@ var expectLine = regexp.MustCompile(`^(.*\S)\s+# => (.*)$`)
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
-// walkthrough turns a page's walkthrough into one bash script: the sh
-// walkthrough blocks in order, the file blocks written under $DEMO.
-func walkthrough(t *testing.T, page string) (string, int) {
+// walkthrough turns a page's walkthrough into bash: the sh walkthrough
+// blocks in order, the file blocks written under $DEMO; blocks tagged
+// cleanup come apart, to run after every page of the walkthrough.
+func walkthrough(t *testing.T, page string) (script string, checks int, cleanup string) {
 	t.Helper()
-	var sb strings.Builder
-	checks := 0
+	var sb, cb strings.Builder
 	for _, b := range blocks(t, page) {
+		w := &sb
+		if b.has("cleanup") {
+			w = &cb
+		}
 		switch {
 		case b.file != "":
-			sb.WriteString("mkdir -p \"$(dirname \"$DEMO/" + b.file + "\")\"\n")
-			sb.WriteString("cat > \"$DEMO/" + b.file + "\" <<'__WARD_DOC_EOF__'\n" + b.body + "__WARD_DOC_EOF__\n")
+			w.WriteString("mkdir -p \"$(dirname \"$DEMO/" + b.file + "\")\"\n")
+			w.WriteString("cat > \"$DEMO/" + b.file + "\" <<'__WARD_DOC_EOF__'\n" + b.body + "__WARD_DOC_EOF__\n")
 		case b.lang == "sh" && b.has("walkthrough"):
-			sb.WriteString("echo '== " + b.page + ":" + strconv.Itoa(b.line) + "'\n")
+			w.WriteString("echo '== " + b.page + ":" + strconv.Itoa(b.line) + "'\n")
 			for _, line := range strings.Split(b.body, "\n") {
 				if m := expectLine.FindStringSubmatch(line); m != nil {
 					line = "__expect " + shellQuote(m[2]) + " " + shellQuote(m[1])
 					checks++
 				}
-				sb.WriteString(line + "\n")
+				w.WriteString(line + "\n")
 			}
 		}
 	}
-	return sb.String(), checks
+	return sb.String(), checks, cb.String()
 }
 
 // prelude makes the machine private to the walkthrough (it runs under
@@ -312,15 +316,30 @@ __expect() {
 // Envoy, ward status, the live policy edit, ward bpf cleanup, with curl
 // from the pods checking each step's verdict.
 func TestRunWithoutKubernetes(t *testing.T) {
+	runWalkthrough(t, 5, "run-without-kubernetes.md")
+}
+
+// runWalkthrough runs the walkthroughs of pages as one script, in order
+// (their `cleanup` blocks last), under unshare with the prelude, and
+// checks that it passes at least minChecks `# =>` checks, all of them.
+func runWalkthrough(t *testing.T, minChecks int, pages ...string) {
+	t.Helper()
 	testenv.RequireRoot(t)
 	for _, c := range []string{"unshare", "ip", "curl", "python3", "go"} {
 		testenv.RequireCommand(t, c)
 	}
 	testenv.EnvoyPath(t)
 	testenv.File(t, "build/libward.so", "run `make build`")
-	script, checks := walkthrough(t, "run-without-kubernetes.md")
-	if checks < 5 {
-		t.Fatalf("the walkthrough checks %d outputs; want the page's checks", checks)
+	var script, cleanup strings.Builder
+	checks := 0
+	for _, page := range pages {
+		body, n, tail := walkthrough(t, page)
+		script.WriteString(body)
+		cleanup.WriteString(tail)
+		checks += n
+	}
+	if checks < minChecks {
+		t.Fatalf("the walkthrough checks %d outputs; want the pages' checks", checks)
 	}
 	root := testenv.Root(t)
 	// The script runs in the checkout (its working directory stays
@@ -336,7 +355,7 @@ func TestRunWithoutKubernetes(t *testing.T) {
 		}
 	}
 	cmd := exec.CommandContext(ctx, "unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--net", "--mount", "--propagation", "private",
-		"bash", "-c", prelude+script)
+		"bash", "-c", prelude+script.String()+cleanup.String())
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "WARD_TEST_BIN="+bin)
 	cmd.WaitDelay = 10 * time.Second
