@@ -214,7 +214,7 @@ func wardPermissions(secretsNS string) []perm {
 		perms("", "cilium.io", []string{"ciliumnetworkpolicies/status", "ciliumclusterwidenetworkpolicies/status"}, []string{"patch", "update"}),
 		perms("", "", []string{"pods", "namespaces", "services", "nodes"}, read),
 		perms("", "discovery.k8s.io", []string{"endpointslices"}, read),
-		perms("", "", []string{"events"}, []string{"create", "patch"}),
+		perms("", "", []string{"events"}, []string{"create"}),
 		perms(secretsNS, "", []string{"secrets"}, read),
 	)
 }
