@@ -3,7 +3,9 @@ package dns
 import (
 	"context"
 	"encoding/binary"
+	"net"
 	"net/netip"
+	"strconv"
 	"testing"
 	"time"
 
@@ -277,4 +279,29 @@ func FuzzCheckAnswer(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestSharedWildcardIsDualStack: UDP and TCP sharing the dual-stack
+// wildcard ":0" (the agent's transparent DNS proxy) get one port on which
+// TCP accepts IPv4 as well as IPv6 (the bound "[::]" address once made the
+// TCP socket IPv6-only, and IPv4 TCP queries timed out).
+func TestSharedWildcardIsDualStack(t *testing.T) {
+	p, err := New(Config{UDPAddr: ":0", TCPAddr: ":0", Upstream: netip.MustParseAddrPort("127.0.0.1:9")}, Deps{
+		Endpoints: testEndpoints{}, Rules: staticRules{}, IPCache: &MemIPCache{}, Identities: &LocalAllocator{},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if p.TCPAddr().Port() != p.UDPAddr().Port() {
+		t.Fatalf("tcp port %d, udp port %d; want one port", p.TCPAddr().Port(), p.UDPAddr().Port())
+	}
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		c, err := net.DialTimeout("tcp", net.JoinHostPort(host, strconv.Itoa(int(p.TCPAddr().Port()))), 5*time.Second)
+		if err != nil {
+			t.Errorf("dial tcp %s: %v; want the shared TCP listener to accept it", host, err)
+			continue
+		}
+		c.Close()
+	}
 }

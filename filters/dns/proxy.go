@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -140,7 +141,14 @@ func (p *Proxy) listen(cfg Config, shared bool) error {
 	if cfg.TCPAddr != "" {
 		addr := cfg.TCPAddr
 		if shared {
-			addr = p.UDPAddr().String()
+			// The configured host with UDP's port: the bound address
+			// of a dual-stack wildcard (":0") reads "[::]", which would
+			// make TCP an IPv6-only socket.
+			host, _, err := net.SplitHostPort(cfg.TCPAddr)
+			if err != nil {
+				return fmt.Errorf("dns proxy: tcp address %q: %w", cfg.TCPAddr, err)
+			}
+			addr = net.JoinHostPort(host, strconv.Itoa(int(p.UDPAddr().Port())))
 		}
 		l, err := listenTCP(addr, cfg.Transparent)
 		if err != nil {
