@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/run.sh: every benchmark with its baselines in the same run.
 #   bench/run.sh            all benches
-#   bench/run.sh http       one of: http, go, scale, or a bench/*/run.sh name
+#   bench/run.sh http       one of: http, go, scale, events, or a bench/*/run.sh name
 #   ROUNDS=5 D=5s RULES=1,10,100,1000 bench/run.sh http
 # bench/http reports Envoy's CPU time per request (the headline) beside
 # req/s and open-loop latency; it builds the C no-op module (bench/cnoop)
@@ -20,6 +20,9 @@ if [[ $what == all || $what == go ]]; then
 fi
 if [[ $what == all || $what == scale ]]; then
 	go test -run '^$' -bench '^BenchmarkPolicyChangeOneEndpoint$' -benchtime "${SCALE_N:-20x}" ./agent/ | tee "bench/results/scale-$stamp.txt"
+fi
+if [[ $what == all || $what == events ]]; then
+	bash bench/bpf/events.sh | tee "bench/results/events-$stamp.txt"
 fi
 for f in bench/*/run.sh; do
 	name="$(basename "$(dirname "$f")")"

@@ -35,17 +35,11 @@ type datapathCtValue struct {
 	Pad         uint32
 }
 
-type datapathDropRlKey struct {
-	_       structs.HostLayout
-	Saddr   [4]uint32
-	Daddr   [4]uint32
-	Ifindex uint32
-	Dport   uint16
-	Proto   uint8
-	Family  uint8
-	Reason  uint8
-	Dir     uint8
-	Pad     uint16
+type datapathDropRlSlot struct {
+	_    structs.HostLayout
+	Last uint64
+	Hash uint32
+	Pad  uint32
 }
 
 type datapathEndpointInfo struct {

@@ -175,16 +175,18 @@ struct flow_event {
 	__u8 pad[3];
 };
 
-struct drop_rl_key {
-	__u32 saddr[4];
-	__u32 daddr[4];
-	__u32 ifindex;
-	__u16 dport;
-	__u8 proto;
-	__u8 family;
-	__u8 reason;
-	__u8 dir;
-	__u16 pad;
+// The drop events' rate limit: a per-CPU table of DROP_RL_SLOTS slots
+// indexed by a hash of (source, destination, destination port, protocol,
+// reason, direction, interface); a slot remembers the last key hashed to
+// it and when it was reported. Two keys sharing a slot only report more
+// often. Two array accesses and a few multiplications per drop, where an
+// LRU hash map's update cost ~4x more (bench/bpf/events.sh).
+#define DROP_RL_SLOTS 4096
+
+struct drop_rl_slot {
+	__u64 last; // bpf_ktime_get_coarse_ns of the last report
+	__u32 hash;
+	__u32 pad;
 };
 
 struct {
@@ -200,11 +202,18 @@ struct {
 } ward_events_lost SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__type(key, struct drop_rl_key);
-	__type(value, __u64);
-	__uint(max_entries, 16384);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct drop_rl_slot);
+	__uint(max_entries, DROP_RL_SLOTS);
 } ward_drop_rl SEC(".maps");
+
+static __always_inline __u32 mix32(__u32 h, __u32 v)
+{
+	h ^= v;
+	h *= 0x9e3779b1;
+	return h ^ (h >> 15);
+}
 
 volatile const __u8 events_enabled = 1;
 
@@ -255,23 +264,24 @@ static __always_inline void verdict_event(struct __sk_buff *skb, const struct pk
 static __always_inline int drop_event(struct __sk_buff *skb, const struct pkt *p, enum reason r, int dir, __u32 ep_id)
 {
 	if (events_enabled) {
-		struct drop_rl_key k = {
-			.ifindex = skb->ifindex,
-			.dport = p->t.dport,
-			.proto = p->t.proto,
-			.family = p->t.family,
-			.reason = r,
-			.dir = dir,
-		};
-		__builtin_memcpy(k.saddr, p->t.saddr, 16);
-		__builtin_memcpy(k.daddr, p->t.daddr, 16);
+		__u32 h = mix32(skb->ifindex, ((__u32)p->t.dport << 16) | ((__u32)r << 8) | ((__u32)p->t.proto ^ ((__u32)dir << 7)));
+		h = mix32(h, p->t.family);
+		h = mix32(h, p->t.saddr[0]);
+		h = mix32(h, p->t.saddr[1]);
+		h = mix32(h, p->t.saddr[2]);
+		h = mix32(h, p->t.saddr[3]);
+		h = mix32(h, p->t.daddr[0]);
+		h = mix32(h, p->t.daddr[1]);
+		h = mix32(h, p->t.daddr[2]);
+		h = mix32(h, p->t.daddr[3]);
+		__u32 idx = h & (DROP_RL_SLOTS - 1);
 		__u64 now = bpf_ktime_get_coarse_ns();
-		__u64 *last = bpf_map_lookup_elem(&ward_drop_rl, &k);
-		if (!last || now - *last >= DROP_EVENT_INTERVAL) {
-			if (last)
-				*last = now;
-			else
-				bpf_map_update_elem(&ward_drop_rl, &k, &now, BPF_ANY);
+		struct drop_rl_slot *sl = bpf_map_lookup_elem(&ward_drop_rl, &idx);
+		if (!sl || sl->hash != h || now - sl->last >= DROP_EVENT_INTERVAL) {
+			if (sl) {
+				sl->hash = h;
+				sl->last = now;
+			}
 			emit_event(skb, p, EV_DROP, r, VERDICT_DENY, 0, dir, ep_id, 0, 0, 0);
 		}
 	}
