@@ -44,6 +44,7 @@ type Agent struct {
 	remote, apiserver []netip.Prefix
 	svcs              *serviceSource // nil without a services directory
 	kube              *kube.Client   // nil without a kubernetes block
+	kpol              *kubePolicies  // nil without a kubernetes block
 	ready             chan struct{}
 }
 
@@ -218,6 +219,10 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	serving = true
 	g, ctx := errgroup.WithContext(ctx)
+	if a.kube != nil {
+		// Registered before the client runs: its first list includes them.
+		a.kpol = a.newKubePolicies(ctx)
+	}
 	a.runObserve(ctx, g)
 	g.Go(func() error {
 		// With a policy directory, xDS is served only once the first
@@ -293,6 +298,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.eng != nil {
 		g.Go(func() error { return a.runPolicy(ctx) })
 	}
+	if a.kpol != nil {
+		a.kpol.run(ctx, g, a)
+	}
 	if a.kube != nil {
 		g.Go(func() error { return a.kube.Run(ctx) })
 	}
@@ -340,6 +348,9 @@ func (a *Agent) runPolicy(ctx context.Context) error {
 		case <-a.kube.Synced():
 		case <-ctx.Done():
 			return nil
+		}
+		if a.kpol != nil {
+			a.kpol.pols.Flush() // every policy object of the first list
 		}
 	}
 	if a.src == nil {

@@ -52,6 +52,7 @@ func (a *Agent) Status() api.Status {
 		st.Delivery[typ] = d
 	}
 	st.FlowEvents = a.flowEventsStatus()
+	st.Kubernetes = a.kubeStatus()
 	if a.proc != nil {
 		st.Envoy = &api.Envoy{PID: a.proc.PID(), Starts: a.proc.Starts(), Adopted: a.proc.Adopted(), LastError: a.proc.LastError()}
 	}

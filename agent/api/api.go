@@ -18,6 +18,9 @@ type Status struct {
 	Envoy   *Envoy            `json:"envoy,omitempty"`
 	// Policy is the state of the policy sources.
 	Policy *Policy `json:"policy,omitempty"`
+	// Kubernetes is the state of the Kubernetes sources (with a
+	// kubernetes block).
+	Kubernetes *Kubernetes `json:"kubernetes,omitempty"`
 	// Endpoints are the local endpoints and their datapath state.
 	Endpoints []Endpoint `json:"endpoints,omitempty"`
 	// Errors are the errors of the last publish (a consumer that could not

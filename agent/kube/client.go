@@ -40,7 +40,7 @@ type Client struct {
 	rest *rest.Config
 
 	mu          sync.Mutex
-	tracked     map[string]cache.SharedIndexInformer
+	tracked     map[string]tracked
 	running     bool
 	synced      chan struct{}
 	syncedAt    time.Time
@@ -99,7 +99,7 @@ func NewForConfig(rc *rest.Config, cfg Config, log *slog.Logger) (*Client, error
 		Informers:        informers.NewSharedInformerFactory(cs, 0),
 		DynamicInformers: dynamicinformer.NewDynamicSharedInformerFactory(dc, 0),
 		cfg:              cfg, log: log, rest: rc,
-		tracked: map[string]cache.SharedIndexInformer{}, synced: make(chan struct{}),
+		tracked: map[string]tracked{}, synced: make(chan struct{}),
 	}, nil
 }
 
@@ -110,9 +110,16 @@ func (c *Client) Config() Config { return c.cfg }
 // before Synced, and Status counts its objects under name. Call it
 // before Run.
 func (c *Client) Track(name string, inf cache.SharedIndexInformer) {
+	c.TrackHandler(name, inf, inf.HasSynced)
+}
+
+// TrackHandler is Track for a source that must also have handled the
+// first list (synced is its handler registration's HasSynced): Synced
+// then means the handler has seen every object of the first list.
+func (c *Client) TrackHandler(name string, inf cache.SharedIndexInformer, synced cache.InformerSynced) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.tracked[name] = inf
+	c.tracked[name] = tracked{inf: inf, synced: synced}
 	// A failed list or watch (the API server is down, RBAC forbids it) is
 	// shown in the status; the informer retries with backoff on its own.
 	_ = inf.SetWatchErrorHandlerWithContext(func(_ context.Context, r *cache.Reflector, err error) {
@@ -121,6 +128,11 @@ func (c *Client) Track(name string, inf cache.SharedIndexInformer) {
 		c.mu.Unlock()
 		c.log.Warn("kubernetes watch", "resource", name, "error", err)
 	})
+}
+
+type tracked struct {
+	inf    cache.SharedIndexInformer
+	synced cache.InformerSynced
 }
 
 // Synced is closed once every tracked informer has listed its objects
@@ -142,8 +154,8 @@ func (c *Client) Run(ctx context.Context) error {
 	defer c.DynamicInformers.Shutdown()
 	go func() {
 		var synced []cache.InformerSynced
-		for _, inf := range tracked {
-			synced = append(synced, inf.HasSynced)
+		for _, t := range tracked {
+			synced = append(synced, t.synced)
 		}
 		if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 			return
@@ -218,8 +230,8 @@ func (c *Client) Status() Status {
 	defer c.mu.Unlock()
 	st := Status{Connected: c.connected, SyncedAt: c.syncedAt, Synced: !c.syncedAt.IsZero(),
 		LastContact: c.lastContact, DownSince: c.downSince, LastError: c.lastErr, Resources: map[string]int{}}
-	for name, inf := range c.tracked {
-		st.Resources[name] = len(inf.GetStore().ListKeys())
+	for name, t := range c.tracked {
+		st.Resources[name] = len(t.inf.GetStore().ListKeys())
 	}
 	return st
 }
