@@ -57,6 +57,14 @@ spec:
 		}
 	}
 	check("before the first publish", map[string]string{"deathstar": api.StateWaitingToRegenerate, "xwing": api.StateWaitingToRegenerate})
+	// Over pinned maps that still hold the deathstar from a previous run:
+	// restoring; a workload the repository does not know has no identity.
+	if st, _ := a.endpointState(eng.workloads()[0], nil, nil, map[uint64]bool{1: true}); st != api.StateRestoring {
+		t.Errorf("pinned endpoint before the first publish: %s; want %s", st, api.StateRestoring)
+	}
+	if st, _ := a.endpointState(Workload{Endpoint: Endpoint{ID: 99}}, nil, nil, nil); st != api.StateWaitingForIdentity {
+		t.Errorf("unknown endpoint: %s; want %s", st, api.StateWaitingForIdentity)
+	}
 	eng.publish(context.Background())
 	check("published", map[string]string{"deathstar": api.StateReady, "xwing": api.StateReady})
 

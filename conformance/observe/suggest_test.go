@@ -2,13 +2,19 @@ package observe
 
 import (
 	"context"
+	"encoding/json"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/wardproxy/ward/agent/api"
+	cdns "github.com/wardproxy/ward/conformance/dns"
 	"github.com/wardproxy/ward/conformance/node"
 	"github.com/wardproxy/ward/conformance/servers/deathstar"
 	"github.com/wardproxy/ward/internal/testenv"
@@ -156,4 +162,115 @@ func stderrOf(err error) string {
 		return string(ee.Stderr)
 	}
 	return ""
+}
+
+// TestTroubleshootFQDN follows the seed's "Troubleshooting toFQDNs rules"
+// with ward's CLI against wardd: after a lookup through the DNS proxy,
+// `ward fqdn cache list` (live) shows the name and its IP for the
+// endpoint, `ward ip list` the IP with an fqdn identity, `ward identity
+// get` that identity's fqdn labels, `ward policy get` the toFQDNs rule.
+func TestTroubleshootFQDN(t *testing.T) {
+	testenv.RequireCommand(t, "dig")
+	ward := buildWard(t)
+	n := node.New(t,
+		node.PodSpec{Name: "kube-dns", Labels: map[string]string{"k8s-app": "kube-dns"}},
+		node.PodSpec{Name: "mediabot", Labels: map[string]string{"class": "mediabot"}})
+	kd := n.Pods["kube-dns"]
+	cdns.StartUnbound(t, cdns.Zone{Origin: "github.test.", Body: `@ IN SOA ns.github.test. admin.github.test. 1 3600 600 86400 60
+@ IN NS ns.github.test.
+api IN A 198.51.100.7
+`}, cdns.UnboundConfig{Addr: netip.AddrPortFrom(kd.IP, 53), Wrap: []string{"ip", "netns", "exec", kd.NetNS}})
+	n.WritePolicy(t, "fqdn.yaml", `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: mediabot-fqdn
+spec:
+  endpointSelector:
+    matchLabels: {class: mediabot}
+  egress:
+  - toEndpoints:
+    - matchLabels: {k8s-app: kube-dns}
+    toPorts:
+    - ports: [{port: "53", protocol: ANY}]
+      rules:
+        dns:
+        - matchPattern: "*.github.test"
+  - toFQDNs:
+    - matchName: api.github.test
+    toPorts:
+    - ports: [{port: "443", protocol: TCP}]
+`)
+	n.Start(t, 45200, 9852)
+	c, stop := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer stop()
+	wardOut := func(args ...string) string {
+		t.Helper()
+		out, err := exec.CommandContext(c, ward, append(args, "--state-dir", n.StateDir)...).Output()
+		if err != nil {
+			t.Fatalf("ward %v: %v\n%s", args, err, stderrOf(err))
+		}
+		return string(out)
+	}
+	mb := []string{"ip", "netns", "exec", n.Pods["mediabot"].NetNS}
+	node.Eventually(t, "the DNS proxy to answer api.github.test", func() bool {
+		return cdns.Dig(t, mb, netip.AddrPortFrom(kd.IP, 53), "api.github.test.").Status == "NOERROR"
+	})
+
+	var eps []api.EndpointDetail
+	if err := json.Unmarshal([]byte(wardOut("endpoint", "list", "-o", "json")), &eps); err != nil {
+		t.Fatal(err)
+	}
+	var mediabot uint64
+	for _, e := range eps {
+		if e.Name == "mediabot" {
+			mediabot = e.ID
+			if !e.EnforceEgress || e.EnforceIngress || e.State != api.StateReady {
+				t.Errorf("mediabot %+v; want ready, egress enforced only", e)
+			}
+		}
+	}
+	var cache []struct {
+		Endpoint uint64   `json:"endpoint"`
+		Source   string   `json:"source"`
+		Name     string   `json:"name"`
+		IPs      []string `json:"ips"`
+		TTLLeft  int64    `json:"ttlLeft"`
+	}
+	if err := json.Unmarshal([]byte(wardOut("fqdn", "cache", "list", "-o", "json")), &cache); err != nil {
+		t.Fatal(err)
+	}
+	if len(cache) != 1 || cache[0].Endpoint != mediabot || cache[0].Name != "api.github.test" || cache[0].Source != "lookup" ||
+		!slices.Equal(cache[0].IPs, []string{"198.51.100.7"}) || cache[0].TTLLeft <= 0 {
+		t.Errorf("fqdn cache list = %+v; want endpoint %d's lookup of api.github.test -> 198.51.100.7 with TTL left", cache, mediabot)
+	}
+
+	var ipc []api.IPCacheEntry
+	if err := json.Unmarshal([]byte(wardOut("ip", "list", "-o", "json")), &ipc); err != nil {
+		t.Fatal(err)
+	}
+	var fqdnID uint32
+	for _, e := range ipc {
+		if e.Prefix == "198.51.100.7/32" {
+			fqdnID = e.Identity
+			if e.Source != "fqdn" || !slices.Contains(e.Labels, "fqdn:matchName:api.github.test") {
+				t.Errorf("ip list 198.51.100.7 = %+v; want an fqdn claim labelled fqdn:matchName:api.github.test", e)
+			}
+		}
+	}
+	if fqdnID < 1<<24 {
+		t.Fatalf("ip list has no local (fqdn) identity for 198.51.100.7: %+v", ipc)
+	}
+	var id api.Identity
+	if err := json.Unmarshal([]byte(wardOut("identity", "get", strconv.FormatUint(uint64(fqdnID), 10), "-o", "json")), &id); err != nil {
+		t.Fatal(err)
+	}
+	if id.Kind != "fqdn" || !slices.Contains(id.Labels, "reserved:world") {
+		t.Errorf("identity get %d = %+v; want an fqdn identity of the world", fqdnID, id)
+	}
+	if out := wardOut("policy", "get", "io.cilium.k8s.policy.name=mediabot-fqdn", "-o", "json"); !strings.Contains(out, `"matchName": "api.github.test"`) {
+		t.Errorf("policy get mediabot-fqdn lacks the toFQDNs rule:\n%s", out)
+	}
+	if out := wardOut("status", "--verbose"); !strings.Contains(out, "fqdn cache: 1 IPs of names") || !strings.Contains(out, "fqdn 1)") {
+		t.Errorf("status --verbose:\n%s", out)
+	}
 }
