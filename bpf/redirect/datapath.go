@@ -16,6 +16,7 @@
 //	d.AddEndpoint(redirect.Endpoint{ID, IP, IfIndex, Identity, EnforceIngress, EnforceEgress})
 //	d.AttachDevice(ifindex)                      // each native device (L7 ingress from off the node)
 //	d.GC()                                       // every CTGCInterval: frees expired conntrack entries
+//	d.ReadEvents(ctx, &stats, fn)                // flow events (drops, new flows' verdicts) until ctx is done; d.EventsLost()
 //	d.RemoveEndpoint(epID)
 //	d.AddCgroupEndpoint(redirect.CgroupEndpoint{ID, CgroupPath, Identity, EnforceEgress}) // socket-level mode
 //	d.AttachProxyCgroup(envoyCgroup)             // SO_ORIGINAL_DST for socket-level redirects
@@ -62,6 +63,12 @@
 //     are not parsed, so such packets (fragments included) are dropped and
 //     counted, never passed unchecked. Socket-level mode checks IPv4 and
 //     IPv6 sockets (see AddCgroupEndpoint for which cgroups are subject).
+//   - Flow events (events.go) cost nothing on established packets: a drop
+//     event per dropped packet (rate-limited per key, per CPU) and a verdict
+//     event per new conntrack entry and enforced direction; a full ring
+//     drops and counts the event, never blocks. An endpoint in audit mode
+//     (Endpoint.Audit) passes what its policy would drop and reports it as
+//     audited; lockdown and non-policy drops are unaffected.
 //   - A redirect that cannot reach its proxy socket drops (ReasonNoProxySocket);
 //     it never falls back to delivering the flow around the proxy.
 //   - An ingress redirect of a flow that did not come from a local endpoint
