@@ -176,6 +176,7 @@ func (a *Agent) rulesOf(p *policy.EndpointPolicy) []api.RuleRef {
 			}
 		}
 	}
+	srcs := a.policySources()
 	byKey := map[policy.Key]*policy.Policy{}
 	for _, pol := range a.eng.repo.Policies() {
 		byKey[pol.Key()] = pol
@@ -185,7 +186,7 @@ func (a *Agent) rulesOf(p *policy.EndpointPolicy) []api.RuleRef {
 		slices.Sort(paths[k])
 		ref := api.RuleRef{Policy: k.String(), Paths: paths[k], Labels: []string{}}
 		if pol := byKey[k]; pol != nil {
-			ref.Source, ref.Origin = policySource(pol)
+			ref.Source, ref.Origin = srcs.of(pol)
 			ref.Labels = derivedLabels(pol, ref.Source)
 		}
 		out = append(out, ref)
@@ -193,14 +194,35 @@ func (a *Agent) rulesOf(p *policy.EndpointPolicy) []api.RuleRef {
 	return out
 }
 
-// policySource tells where a policy came from: "directory" (origin: its
-// file) or "k8s" (origin: the object), as Cilium's rule labels say.
-func policySource(p *policy.Policy) (source, origin string) {
+// policySources tells where each policy came from: the policy directory
+// (origin: its file) or else Kubernetes (origin: the object, or what the
+// source named it by).
+type policySources map[policy.Key]string // directory policies: their file
+
+func (a *Agent) policySources() policySources {
+	out := policySources{}
+	if a.src == nil {
+		return out
+	}
+	for _, f := range a.src.Status() {
+		for _, k := range f.Policies {
+			out[k] = f.Path
+		}
+	}
+	return out
+}
+
+// of returns a policy's source, "directory" or "k8s" as Cilium's rule
+// labels name them, and its origin.
+func (ps policySources) of(p *policy.Policy) (source, origin string) {
+	if f, ok := ps[p.Key()]; ok {
+		return "directory", f
+	}
 	if o, ok := strings.CutPrefix(p.File, "k8s:"); ok {
 		return "k8s", o
 	}
 	if p.File != "" {
-		return "directory", p.File
+		return "k8s", p.File
 	}
 	return "k8s", p.Key().String()
 }
@@ -260,8 +282,9 @@ func (a *Agent) policyRules(filters []string) (api.PolicyRules, error) {
 	if s := a.eng.last.Load(); s != nil {
 		out.Revision = s.Policy.Revision
 	}
+	srcs := a.policySources()
 	for _, p := range a.eng.repo.Policies() {
-		src, origin := policySource(p)
+		src, origin := srcs.of(p)
 		derived := derivedLabels(p, src)
 		for _, r := range p.Rules() {
 			labels := ruleLabels(r, derived)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 
 	"github.com/wardproxy/ward/agent/api"
@@ -89,5 +90,33 @@ spec:
 	if !d.EnforceIngress || d.EnforceEgress || len(d.Rules) != 0 {
 		// The peer selector selects nobody now: no entries, no rules.
 		t.Errorf("deathstar %+v; want ingress enforced, no rules", d)
+	}
+}
+
+// TestPolicySources: a policy of the policy directory is "directory" with
+// its file, any other one (a Kubernetes object) "k8s", named by its source
+// or by its key; the derived labels carry the source.
+func TestPolicySources(t *testing.T) {
+	dir := &policy.Policy{Kind: policy.KindCNP, Metadata: policy.ObjectMeta{Name: "a", Namespace: "default"}, File: "a.yaml"}
+	k8s := &policy.Policy{Kind: policy.KindCNP, Metadata: policy.ObjectMeta{Name: "b", Namespace: "prod", UID: "u-1"}, File: "k8s:CiliumNetworkPolicy/prod/b"}
+	bare := &policy.Policy{Kind: policy.KindCCNP, Metadata: policy.ObjectMeta{Name: "c"}}
+	ps := policySources{dir.Key(): "/etc/ward/policies/a.yaml"}
+	for _, tt := range []struct {
+		p              *policy.Policy
+		source, origin string
+	}{
+		{dir, "directory", "/etc/ward/policies/a.yaml"},
+		{k8s, "k8s", "CiliumNetworkPolicy/prod/b"},
+		{bare, "k8s", "CiliumClusterwideNetworkPolicy/c"},
+	} {
+		if s, o := ps.of(tt.p); s != tt.source || o != tt.origin {
+			t.Errorf("of(%s) = %s, %s; want %s, %s", tt.p.Key(), s, o, tt.source, tt.origin)
+		}
+	}
+	got := derivedLabels(k8s, "k8s")
+	want := []string{"k8s:io.cilium.k8s.policy.derived-from=CiliumNetworkPolicy", "k8s:io.cilium.k8s.policy.name=b",
+		"k8s:io.cilium.k8s.policy.namespace=prod", "k8s:io.cilium.k8s.policy.uid=u-1"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("derivedLabels = %q; want %q", got, want)
 	}
 }
