@@ -68,8 +68,32 @@ var _ policyWriter = (*redirect.Datapath)(nil)
 type appliedEndpoint struct {
 	pol     *policy.EndpointPolicy
 	ifindex int
-	addr    netip.Addr
+	v4, v6  netip.Addr
 }
+
+// endpointAddrs picks a workload's addresses for the datapath: its first
+// IPv4 and first IPv6 address (a dual-stack endpoint has one of each).
+// The tc datapath keys an endpoint by its IPv4 address, so an endpoint
+// with IPv6 only is refused (errIPv6Only); one without addresses has
+// neither.
+func endpointAddrs(addrs []netip.Addr) (v4, v6 netip.Addr, err error) {
+	for _, a := range addrs {
+		a = a.Unmap()
+		switch {
+		case a.Is4() && !v4.IsValid():
+			v4 = a
+		case a.Is6() && !v6.IsValid():
+			v6 = a
+		}
+	}
+	if v6.IsValid() && !v4.IsValid() {
+		return v4, v6, errIPv6Only
+	}
+	return v4, v6, nil
+}
+
+// errIPv6Only: an endpoint has IPv6 addresses only.
+var errIPv6Only = errors.New("an endpoint needs an IPv4 address besides its IPv6 one (IPv6-only endpoints are not supported)")
 
 func interfaceIndex(name string) (int, error) {
 	ifc, err := net.InterfaceByName(name)
@@ -332,16 +356,18 @@ func (d *datapath) applyEndpoint(snap *policy.Snapshot, w Workload) error {
 	if !ok {
 		return nil
 	}
+	v4, v6, err := endpointAddrs(w.Addrs)
+	if err != nil {
+		return err
+	}
 	ifindex, ifErr := 0, error(nil)
-	var addr netip.Addr
-	if len(w.Addrs) > 0 {
-		addr = w.Addrs[0]
+	if v4.IsValid() {
 		ifindex, ifErr = d.ifindex(w.Interface)
 	}
 	d.mu.Lock()
 	prev, done := d.applied[w.ID]
 	d.mu.Unlock()
-	if done && ifErr == nil && prev == (appliedEndpoint{pol: pol, ifindex: ifindex, addr: addr}) {
+	if done && ifErr == nil && prev == (appliedEndpoint{pol: pol, ifindex: ifindex, v4: v4, v6: v6}) {
 		return nil // unchanged since its last successful write
 	}
 	ports := func(dir policy.Direction, l7 *policy.L7Port) uint16 { return d.proxyPort(w.ID, dir, l7) }
@@ -359,7 +385,7 @@ func (d *datapath) applyEndpoint(snap *policy.Snapshot, w Workload) error {
 	if err := d.w.SetPolicy(uint32(w.ID), append(in, out...)); err != nil {
 		return err
 	}
-	if !addr.IsValid() {
+	if !v4.IsValid() {
 		d.mu.Lock()
 		d.applied[w.ID] = appliedEndpoint{pol: pol}
 		d.mu.Unlock()
@@ -370,13 +396,13 @@ func (d *datapath) applyEndpoint(snap *policy.Snapshot, w Workload) error {
 		// endpoint can pass the node; its policy is in place for then.
 		return fmt.Errorf("%w: interface %q: %w", errNoInterface, w.Interface, ifErr)
 	}
-	if err := d.w.AddEndpoint(redirect.Endpoint{ID: uint32(w.ID), IP: addr, IfIndex: ifindex, Identity: uint32(pol.Identity),
+	if err := d.w.AddEndpoint(redirect.Endpoint{ID: uint32(w.ID), IP: v4, IPv6: v6, IfIndex: ifindex, Identity: uint32(pol.Identity),
 		EnforceIngress: policymap.Enforce(pol.Ingress), EnforceEgress: policymap.Enforce(pol.Egress), Audit: pol.Audit}); err != nil {
 		return err
 	}
 	d.mu.Lock()
 	d.attached[w.ID] = true
-	d.applied[w.ID] = appliedEndpoint{pol: pol, ifindex: ifindex, addr: addr}
+	d.applied[w.ID] = appliedEndpoint{pol: pol, ifindex: ifindex, v4: v4, v6: v6}
 	d.mu.Unlock()
 	return nil
 }

@@ -3,6 +3,8 @@ package xds
 import (
 	"errors"
 	"fmt"
+	"os"
+	"sync"
 	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -77,6 +79,14 @@ func moduleConfig() *dmv3.DynamicModuleConfig {
 
 func anyOf(m proto.Message) (*anypb.Any, error) { return anypb.New(m) }
 
+// ipv6Enabled reports whether the kernel has IPv6 (not booted with
+// ipv6.disable=1): binding the [::] twin of a listener would fail there,
+// and Envoy would reject the whole listener.
+var ipv6Enabled = sync.OnceValue(func() bool {
+	_, err := os.Stat("/proc/net/if_inet6")
+	return err == nil
+})
+
 func socketAddress(addr string, port uint32) *core.Address {
 	return &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
 		Address: addr, PortSpecifier: &core.SocketAddress_PortValue{PortValue: port},
@@ -87,6 +97,14 @@ func listenerBase(name, addr string, port uint32, transparent bool) *listener.Li
 	l := &listener.Listener{Name: name, Address: socketAddress(addr, port)}
 	if transparent {
 		l.Transparent = wrapperspb.Bool(true)
+		if addr == "0.0.0.0" && ipv6Enabled() {
+			// Dual stack: the datapath assigns IPv6 flows to a socket
+			// found by an IPv6 lookup, so the wildcard listener has a
+			// [::] twin (IPV6_V6ONLY, Envoy's default without
+			// ipv4_compat: IPv4 flows keep their AF_INET socket and
+			// addresses, never v4-mapped ones).
+			l.AdditionalAddresses = []*listener.AdditionalAddress{{Address: socketAddress("::", port)}}
+		}
 		od, _ := anypb.New(&origdst.OriginalDst{})
 		l.ListenerFilters = []*listener.ListenerFilter{{
 			Name:       "envoy.filters.listener.original_dst",

@@ -102,10 +102,11 @@ func StartUnbound(t testing.TB, zone Zone, cfg UnboundConfig) *Unbound {
   use-syslog: no
   logfile: ""
   verbosity: 0
-  do-ip6: no
+  do-ip6: %[6]s
   num-threads: 1
   module-config: "iterator"
   access-control: 0.0.0.0/0 allow
+  access-control: ::/0 allow
   local-zone: "test." nodefault
   local-zone: "%[4]s" nodefault
 auth-zone:
@@ -115,7 +116,7 @@ auth-zone:
   for-upstream: yes
 remote-control:
   control-enable: no
-`, addr.Addr(), addr.Port(), dir, zone.Origin, zf)
+`, addr.Addr(), addr.Port(), dir, zone.Origin, zf, map[bool]string{false: "no", true: "yes"}[addr.Addr().Is6()])
 		if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 			t.Fatal(err)
 		}

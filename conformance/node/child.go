@@ -33,19 +33,25 @@ type Options struct {
 	// Routes are extra prefixes every pod routes to the node (an underlay,
 	// the world).
 	Routes []netip.Prefix
+	// IPv6 makes every pod dual-stack (netns.PodConfig.IPv6): its endpoint
+	// gets both addresses (ips: [v4, v6]), as docs/node-config.md shows.
+	IPv6 bool
 }
 
 // NewWith is New with options.
 func NewWith(t *testing.T, opts Options, specs ...PodSpec) *Node {
 	t.Helper()
-	if !opts.Namespace {
-		return New(t, specs...)
-	}
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "curl")
-	n := newNode(t, netns.NewNode(t))
+	var topo *netns.Topology
+	if opts.Namespace {
+		topo = netns.NewNode(t)
+	} else {
+		topo = netns.New(t)
+	}
+	n := newNode(t, topo)
 	for _, s := range specs {
-		n.Pods[s.Name] = n.Topo.AddPod(t, netns.PodConfig{Name: s.Name, Labels: s.Labels, Routes: opts.Routes})
+		n.Pods[s.Name] = n.Topo.AddPod(t, netns.PodConfig{Name: s.Name, Labels: s.Labels, Routes: opts.Routes, IPv6: opts.IPv6})
 	}
 	n.Specs = specs
 	return n

@@ -71,14 +71,7 @@ type Node struct {
 // New builds the node's pods (root; needs curl).
 func New(t *testing.T, specs ...PodSpec) *Node {
 	t.Helper()
-	testenv.RequireRoot(t)
-	testenv.RequireCommand(t, "curl")
-	n := newNode(t, netns.New(t))
-	n.Specs = specs
-	for _, s := range specs {
-		n.Pods[s.Name] = n.Topo.AddPod(t, netns.PodConfig{Name: s.Name, Labels: s.Labels})
-	}
-	return n
+	return NewWith(t, Options{}, specs...)
 }
 
 // newNode is a node over topo, without pods.
@@ -217,7 +210,11 @@ func (n *Node) Configure(t *testing.T, table, priority int) {
 			continue
 		}
 		p := n.Pods[s.Name]
-		cfg.Endpoints = append(cfg.Endpoints, agent.Endpoint{Name: s.Name, ID: uint64(i + 1), IPs: []string{p.IP.String()}, Labels: s.Labels, Namespace: s.Namespace, Interface: p.HostIf, Ports: s.Ports})
+		ips := []string{p.IP.String()}
+		if p.IPv6.IsValid() {
+			ips = append(ips, p.IPv6.String())
+		}
+		cfg.Endpoints = append(cfg.Endpoints, agent.Endpoint{Name: s.Name, ID: uint64(i + 1), IPs: ips, Labels: s.Labels, Namespace: s.Namespace, Interface: p.HostIf, Ports: s.Ports})
 	}
 	cfg.PolicyDir = n.PolicyDir
 	if err := os.MkdirAll(n.PolicyDir, 0o755); err != nil {
