@@ -2,6 +2,7 @@ package observe
 
 import (
 	"context"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/wardproxy/ward/agent/api"
+	cdns "github.com/wardproxy/ward/conformance/dns"
 	"github.com/wardproxy/ward/conformance/node"
 	"github.com/wardproxy/ward/conformance/servers/deathstar"
 	"github.com/wardproxy/ward/internal/testenv"
@@ -19,7 +21,8 @@ import (
 // TestAuditMode is policy audit mode through wardd: with policyAuditMode
 // the Star Wars L3/L4/L7 policy drops nothing — the xwing reaches both
 // deathstars (AUDIT in BPF, an L3/L4 flow) and the tiefighter's PUT
-// reaches the service (AUDIT at L7 with the HTTP fields, no 403). `ward
+// reaches the service (AUDIT at L7 with the HTTP fields, no 403) — and the
+// mediabot's DNS query no rule allows is answered (AUDIT, not REFUSED). `ward
 // endpoint config ID audit=off` on one deathstar makes it enforce (xwing
 // dropped, PUT 403) while the other stays in audit.
 func TestAuditMode(t *testing.T) {
@@ -29,7 +32,17 @@ func TestAuditMode(t *testing.T) {
 		node.PodSpec{Name: "deathstar", Labels: map[string]string{"org": "empire", "class": "deathstar"}},
 		node.PodSpec{Name: "deathstar-b", Labels: map[string]string{"org": "empire", "class": "deathstar"}},
 		node.PodSpec{Name: "tiefighter", Labels: map[string]string{"org": "empire", "class": "tiefighter"}},
-		node.PodSpec{Name: "xwing", Labels: map[string]string{"org": "alliance", "class": "xwing"}})
+		node.PodSpec{Name: "xwing", Labels: map[string]string{"org": "alliance", "class": "xwing"}},
+		node.PodSpec{Name: "kube-dns", Labels: map[string]string{"k8s-app": "kube-dns"}},
+		node.PodSpec{Name: "mediabot", Labels: map[string]string{"class": "mediabot"}})
+	testenv.RequireCommand(t, "dig")
+	kd := n.Pods["kube-dns"]
+	cdns.StartUnbound(t, cdns.Zone{Origin: "github.test.", Body: `@ IN SOA ns.github.test. admin.github.test. 1 3600 600 86400 60
+@ IN NS ns.github.test.
+@ IN A 192.0.2.1
+api IN A 192.0.2.2
+`}, cdns.UnboundConfig{Addr: netip.AddrPortFrom(kd.IP, 53), Wrap: []string{"ip", "netns", "exec", kd.NetNS}})
+	n.WritePolicy(t, "fqdn.yaml", mediabotPolicy)
 	n.Serve(t, "deathstar", deathstar.New(), ":80")
 	n.Serve(t, "deathstar-b", deathstar.New(), ":80")
 	b, err := os.ReadFile(filepath.Join(testenv.Root(t), "examples/deathstar/l7/sw_l3_l4_l7_policy.yaml"))
@@ -68,12 +81,20 @@ func TestAuditMode(t *testing.T) {
 		}
 		return parseFlows(t, out)
 	}
+	// github.test is outside the mediabot's DNS rules (*.github.test).
+	if r := cdns.Dig(t, []string{"ip", "netns", "exec", n.Pods["mediabot"].NetNS}, netip.AddrPortFrom(kd.IP, 53), "github.test."); r.Status != "NOERROR" {
+		t.Errorf("dig github.test in audit mode = %s; want NOERROR (the would-be REFUSED audited)\n%s", r.Status, r.Output)
+	}
+
 	var audits []*hubbleFlow
-	var l3, l7 *hubbleFlow
-	node.Eventually(t, "hubble observe --verdict AUDIT to show the L3/L4 and the L7 would-be drops", func() bool {
+	var l3, l7, dns *hubbleFlow
+	node.Eventually(t, "hubble observe --verdict AUDIT to show the L3/L4, the HTTP and the DNS would-be drops", func() bool {
 		audits = observe("--verdict", "AUDIT")
-		l3, l7 = nil, nil
+		l3, l7, dns = nil, nil, nil
 		for _, f := range audits {
+			if f.Flow.L7 != nil && f.Flow.L7.DNS != nil && f.Flow.L7.DNS.Query == "github.test." && f.Flow.Source.PodName == "mediabot" {
+				dns = f
+			}
 			if f.Flow.L7 == nil && f.Flow.Source.PodName == "xwing" && f.Flow.Destination.PodName == "deathstar" {
 				l3 = f
 			}
@@ -81,8 +102,11 @@ func TestAuditMode(t *testing.T) {
 				l7 = f
 			}
 		}
-		return l3 != nil && l7 != nil
+		return l3 != nil && l7 != nil && dns != nil
 	})
+	if dns.Flow.Direction != "EGRESS" || dns.Flow.Destination.PodName != "kube-dns" {
+		t.Errorf("DNS audit = %s; want the mediabot's EGRESS query to kube-dns", dns)
+	}
 	if f := l3.Flow; f.Type != "L3_L4" || f.Direction != "INGRESS" || f.L4.TCP == nil || f.L4.TCP.DestinationPort != 80 || !contains(f.Source.Labels, "k8s:class=xwing") {
 		t.Errorf("L3/L4 audit = %s; want the xwing's INGRESS TCP :80 flow", l3)
 	}
@@ -119,7 +143,7 @@ func TestAuditMode(t *testing.T) {
 		t.Errorf("tiefighter PUT deathstar-b (still in audit) = %q; want the service's answer", got)
 	}
 	for _, e := range n.Agent.Status().Endpoints {
-		if want := e.Name == "deathstar-b" || e.Name == "tiefighter" || e.Name == "xwing"; e.Audit != want {
+		if want := e.Name != "deathstar"; e.Audit != want {
 			t.Errorf("status: endpoint %s audit = %v; want %v", e.Name, e.Audit, want)
 		}
 	}
