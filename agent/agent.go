@@ -182,7 +182,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.svcs.onChange = func() { a.eng.publish(ctx) }
 		}
 		if a.dp != nil {
-			a.glue = &dnsGlue{e: a.eng, log: a.log, hosts: pr, inUse: a.dp.dp.InUse}
+			a.glue = &dnsGlue{e: a.eng, log: a.log, hosts: pr, inUse: a.dp.dp.InUse, hostMode: a.dp.dp.HostMode}
 			a.eng.afterPublish = a.glue.syncSelectors
 			a.glue.flows = a.flowSink()
 			if px, err = newDNSProxy(a.glue, a.dp.ipc.Owner(ipcache.FQDN), a.cfg.DNS, a.cfg.Datapath.DNSPort, filepath.Join(a.cfg.StateDir, "fqdn-state.json"), a.log); err != nil {

@@ -145,5 +145,8 @@ func (a *Agent) flowEventsStatus() *api.FlowEvents {
 // current policy.
 func (g *dnsGlue) DNSAudit(endpoint uint64) bool {
 	p, ok := g.e.state().Policy.Endpoint(endpoint)
+	if endpoint == hostEndpointKey {
+		return g.hostDNSAudit(ok && p.Audit)
+	}
 	return ok && p.Audit
 }

@@ -33,6 +33,9 @@ type dnsGlue struct {
 	// inUse tells whether an endpoint address still has a live flow to an
 	// IP (the datapath's conntrack); nil: none known.
 	inUse func(src, dst netip.Addr) (bool, error)
+	// hostMode reads the host firewall's runtime audit override (the host
+	// endpoint's DNS rules); nil: none.
+	hostMode hostModeReader
 
 	mu    sync.Mutex
 	snap  *policy.Snapshot
@@ -62,7 +65,7 @@ var (
 func (g *dnsGlue) Endpoint(src netip.Addr) (uint64, uint32, bool) {
 	w, ok := g.e.workload(src)
 	if !ok || w.Remote {
-		return 0, 0, false
+		return g.hostDNSEndpoint(src) // the host's own queries (hostfw.go)
 	}
 	p, ok := g.e.state().Policy.Endpoint(w.ID)
 	if !ok {
@@ -241,10 +244,7 @@ var _ dns.ConnTracker = (*dnsGlue)(nil)
 // the node config's tunables (Config.DNS); the listeners and the state file
 // are the agent's, whatever tun says.
 func newDNSProxy(g *dnsGlue, ipc ipcache.Handle, tun dns.Config, port uint16, stateFile string, log *slog.Logger) (*dns.Proxy, error) {
-	// No host: one dual-stack socket per protocol (AF_INET6 without
-	// IPV6_V6ONLY, AF_INET on a kernel without IPv6), so IPv4 and IPv6
-	// queries are both assigned to it; the proxy unmaps v4-mapped peers.
-	addr := fmt.Sprintf(":%d", port)
+	addr := fmt.Sprintf("0.0.0.0:%d", port)
 	cfg := tun
 	cfg.UDPAddr, cfg.TCPAddr, cfg.Transparent, cfg.Upstream, cfg.StateFile = addr, addr, true, netip.AddrPort{}, stateFile
 	g.ackWait = cfg.UpdateTimeout

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
+	"slices"
 
 	"github.com/wardproxy/ward/bpf/policymap"
 	"github.com/wardproxy/ward/bpf/redirect"
@@ -17,7 +19,9 @@ import (
 // repository: the reserved:host label plus the labels of the nodes entry
 // named like this node (`node`); its resolved policy is written into the
 // BPF policy map under redirect.HostEndpointID and enforced by the host
-// firewall's programs (bpf/redirect/hostfw.h). A host endpoint that no
+// firewall's programs (bpf/redirect/hostfw.h). Egress DNS rules send the
+// host's queries to the DNS proxy, which knows the host endpoint by its
+// addresses (hostDNSEndpoint). A host endpoint that no
 // host policy selects allows everything (Cilium's host endpoint without
 // policy).
 
@@ -89,6 +93,11 @@ func (a *Agent) openHostFirewall() error {
 	if _, err := a.eng.repo.UpsertEndpoint(policy.Endpoint{ID: hostEndpointKey, Labels: hostLabels(a.cfg.Nodes, a.node), Audit: cfg.Audit}); err != nil {
 		return fmt.Errorf("host endpoint: %w", err)
 	}
+	// The DNS proxy's upstream queries act for the endpoints (the host's
+	// own, with DNS rules, among them): marked as a proxy's upstream with
+	// the host identity, host_out leaves them to the pods' path, as
+	// Cilium marks its proxies' upstreams.
+	a.cfg.DNS.Mark = int(redirect.ProxyEgressMark(redirect.IdentityHost))
 	// Audit mode set at runtime does not survive a restart (as in Cilium).
 	if err := redirect.SetHostMode(d.dp.PinDir(), redirect.HostModeConfig); err != nil {
 		return fmt.Errorf("host firewall: %w", err)
@@ -117,9 +126,10 @@ type hostState struct {
 	warn    error                  // what the last write reported (DNS rules)
 }
 
-// applyHost writes the host endpoint's policy (Apply). Its DNS rules have
-// no proxy path on the native devices: their ports are denied (fail
-// closed) and the publish reports it. A policy that cannot be produced or
+// applyHost writes the host endpoint's policy (Apply). Egress DNS rules
+// redirect the host's queries to the DNS proxy (hostfw.h); ingress DNS
+// rules have no proxy path on the native devices: their ports are denied
+// (fail closed) and the publish reports it. A policy that cannot be produced or
 // written locks the host endpoint down (all its traffic on the native
 // devices dropped; `ward bpf host-firewall off` is the way back in).
 func (d *datapath) applyHost(snap *policy.Snapshot) error {
@@ -145,7 +155,7 @@ func (d *datapath) applyHost(snap *policy.Snapshot) error {
 		dir policy.Direction
 		dp  *policy.DirectionPolicy
 	}{{policy.Ingress, pol.Ingress}, {policy.Egress, pol.Egress}} {
-		es, err := policymap.Entries(x.dir, x.dp, nil)
+		es, err := policymap.Entries(x.dir, x.dp, d.hostProxyPort)
 		if err != nil {
 			return d.lockHost(err)
 		}
@@ -154,7 +164,7 @@ func (d *datapath) applyHost(snap *policy.Snapshot) error {
 			continue
 		}
 		for _, l := range x.dp.Proxy {
-			if l.Kind == l7kind.KindDNS {
+			if l.Kind == l7kind.KindDNS && x.dir == policy.Ingress {
 				warns = append(warns, fmt.Errorf("host policy: DNS rules on %v port %d are not enforced on the native devices: the port is denied", x.dir, l.Port))
 			}
 		}
@@ -179,6 +189,55 @@ func (d *datapath) applyHost(snap *policy.Snapshot) error {
 	d.host.applied, d.host.warn = pol, warn
 	d.mu.Unlock()
 	return warn
+}
+
+// hostProxyPort is the host endpoint's proxy for a port with L7 rules:
+// the DNS proxy for egress DNS rules (the only L7 rules host policies may
+// have), none otherwise (the port is denied).
+func (d *datapath) hostProxyPort(dir policy.Direction, l7 *policy.L7Port) uint16 {
+	if dir == policy.Egress && l7.Kind == l7kind.KindDNS {
+		return d.cfg.DNSPort
+	}
+	return 0
+}
+
+// hostDNSEndpoint is the DNS proxy's endpoint lookup for a query from one
+// of the node's own addresses: the host endpoint, when the host firewall
+// registered it (its egress DNS rules redirect the host's queries).
+func (g *dnsGlue) hostDNSEndpoint(src netip.Addr) (uint64, uint32, bool) {
+	if _, ok := g.e.state().Policy.Endpoint(hostEndpointKey); !ok {
+		return 0, 0, false
+	}
+	addrs, err := hostAddrs()
+	if err != nil || !slices.Contains(addrs, src.Unmap()) {
+		return 0, 0, false
+	}
+	return hostEndpointKey, uint32(policy.IdentityHost), true
+}
+
+// hostModeReader reads the operator's runtime override of the host
+// endpoint's audit mode (redirect.Datapath.HostMode).
+type hostModeReader func() (redirect.HostMode, error)
+
+// hostDNSAudit is the DNS proxy's audit mode for the host endpoint: the
+// configured one (hostFirewall.audit), unless `ward bpf host-firewall
+// audit|enforce` overrides it, as it does for the host firewall's L3/L4.
+func (g *dnsGlue) hostDNSAudit(configured bool) bool {
+	if g.hostMode == nil {
+		return configured
+	}
+	m, err := g.hostMode()
+	if err != nil {
+		g.log.Warn("host firewall mode", "error", err)
+		return configured
+	}
+	switch m {
+	case redirect.HostModeAudit:
+		return true
+	case redirect.HostModeEnforce:
+		return false
+	}
+	return configured
 }
 
 // lockHost locks the host endpoint down after err (its policy could not

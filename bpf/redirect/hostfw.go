@@ -216,11 +216,18 @@ func hostLinkName(ifindex int, hook string) string {
 
 // AttachHostFirewall attaches host_in to tc ingress of a native device
 // (first in its tcx chain, so it sees the packets before from_netdev) and
-// host_out to its tc egress. The links are pinned like the endpoints';
+// host_out to its tc egress, and sets the device's accept_local (the
+// host's DNS queries that a host policy's DNS rules send to the DNS proxy
+// are hairpinned through the device's ingress). The links are pinned like the endpoints';
 // a restart swaps the programs in.
 func (d *Datapath) AttachHostFirewall(ifindex int) error {
 	if ifindex <= 0 {
 		return fmt.Errorf("attach host firewall: invalid ifindex %d", ifindex)
+	}
+	// The host's DNS queries hairpinned to the DNS proxy come back in with
+	// one of the host's own addresses as their source (martian otherwise).
+	if err := acceptLocal(ifindex); err != nil {
+		return fmt.Errorf("attach host firewall: %w", err)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -352,4 +359,15 @@ func (d *Datapath) HostStats() (in, out ProgramStats, err error) {
 		*x.out = ProgramStats{RunTimeNS: uint64(st.Runtime.Nanoseconds()), RunCount: st.RunCount}
 	}
 	return in, out, nil
+}
+
+// HostMode returns the operator's override (ward_host[1]) of the loaded
+// datapath: what `ward bpf host-firewall audit|enforce|config` set last.
+func (d *Datapath) HostMode() (HostMode, error) {
+	k := uint32(1)
+	var v datapathHostState
+	if err := d.objs.WardHost.Lookup(&k, &v); err != nil {
+		return HostModeConfig, fmt.Errorf("read host mode: %w", err)
+	}
+	return HostMode(v.Flags), nil
 }

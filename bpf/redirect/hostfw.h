@@ -11,7 +11,11 @@
 //             its own addresses (host-network processes) are decided by
 //             the host endpoint's egress policy; the proxies' upstream
 //             connections (they carry MARK_PROXY_*) are the pods' traffic,
-//             not the host's, and pass.
+//             not the host's, and pass. A port with DNS rules is
+//             redirected to the DNS proxy: hairpinned (MARK_TO_PROXY |
+//             port << 16) to the device's own ingress, where host_in
+//             assigns it to the proxy's socket (bpf_sk_assign works at tc
+//             ingress only).
 //
 // Everything else (traffic of pods, forwarded traffic, non-IP) is not the
 // host firewall's: the programs return TC_ACT_UNSPEC (TCX_NEXT), so the
@@ -94,9 +98,21 @@ static __always_inline int host_judge(struct __sk_buff *skb, struct pkt *p, stru
 		__u8 audit = 0;
 		int v = policy_lookup(id, policy_dir(dir, flags), remote, p->pol_port, p->t.proto, &proxy);
 		pass = R_PASS_ALLOWED;
+		if (v == VERDICT_REDIRECT && dir == DIR_EGRESS && proxy &&
+		    (p->t.proto == IPPROTO_UDP || p->t.proto == IPPROTO_TCP)) {
+			// DNS rules of a host policy: the query goes to the DNS
+			// proxy through the device's own ingress (host_in assigns
+			// it, as from_pod does for the pods' hairpin).
+			verdict_event(skb, p, VERDICT_REDIRECT, 0, dir, id, IDENTITY_HOST, remote, proxy);
+			if (ct)
+				ct_redecide(ct, VERDICT_REDIRECT, proxy, rev);
+			else
+				ct_create(p, VERDICT_REDIRECT, proxy, IDENTITY_HOST, rev, now);
+			return hairpin(skb, p, proxy, dir);
+		}
 		if (v != VERDICT_ALLOW) {
-			// A redirect (DNS rules of a host policy) has no proxy
-			// path on the native device: not allowed.
+			// An ingress redirect has no proxy path on the native
+			// device: not allowed.
 			if (!(flags & EP_AUDIT)) {
 				if (ct)
 					bpf_map_delete_elem(&ward_ct, &p->ck);
@@ -123,10 +139,13 @@ static __always_inline int host_packet(struct __sk_buff *skb, int dir)
 	__u32 flags = host_flags(&id);
 	if (!flags)
 		return TC_ACT_UNSPEC;
+	// The proxies' upstream connections (Envoy's, the DNS proxy's) act
+	// for an endpoint: not decided by the host's egress policy, only
+	// tracked, so their replies pass the host's ingress policy.
+	int proxied = 0;
 	if (dir == DIR_EGRESS) {
 		__u32 m = skb->mark & MARK_MAGIC_MASK;
-		if (m == MARK_PROXY_INGRESS || m == MARK_PROXY_EGRESS)
-			return TC_ACT_UNSPEC;
+		proxied = m == MARK_PROXY_INGRESS || m == MARK_PROXY_EGRESS;
 	}
 	struct pkt p = {};
 	int r = parse(skb, &p);
@@ -143,18 +162,26 @@ static __always_inline int host_packet(struct __sk_buff *skb, int dir)
 	__u32 *local = dir == DIR_INGRESS ? p.t.daddr : p.t.saddr;
 	if (identity_of6(p.t.family, local) != IDENTITY_HOST)
 		return TC_ACT_UNSPEC;
-	if (flags & EP_LOCKDOWN)
+	if (flags & EP_LOCKDOWN && !proxied)
 		return drop_event(skb, &p, R_DROP_LOCKDOWN, dir, id);
 
 	ct_canon(&p);
 	__u64 now = bpf_ktime_get_coarse_ns();
 	__u32 rev = policy_rev();
 	struct ct_value *ct = ct_lookup(&p, now);
+	if (proxied) {
+		if (!ct)
+			ct_create(&p, VERDICT_ALLOW, 0, IDENTITY_HOST, rev, now);
+		return count(skb, R_PASS_PROXY, dir, TC_ACT_OK);
+	}
 	if (ct) {
 		if (ct_is_reply(&p, ct))
 			return count(skb, R_PASS_REPLY, dir, TC_ACT_OK);
-		if (ct->policy_rev == rev)
+		if (ct->policy_rev == rev) {
+			if (ct->verdict == VERDICT_REDIRECT && dir == DIR_EGRESS)
+				return hairpin(skb, &p, ct->proxy_port, dir);
 			return count(skb, R_PASS_ESTABLISHED, dir, TC_ACT_OK);
+		}
 	}
 	__u32 *peer = dir == DIR_INGRESS ? p.t.saddr : p.t.daddr;
 	return host_judge(skb, &p, ct, id, flags, dir, identity_of6(p.t.family, peer), rev, now);
@@ -163,6 +190,12 @@ static __always_inline int host_packet(struct __sk_buff *skb, int dir)
 SEC("tc")
 int host_in(struct __sk_buff *skb)
 {
+	// A host query host_out handed to the DNS proxy (the mark cannot come
+	// from the wire: a veth scrubs it when a packet crosses namespaces,
+	// and a NIC's packets start without one).
+	__u32 mark = skb->mark;
+	if ((mark & MARK_MAGIC_MASK) == MARK_TO_PROXY && (mark >> 16))
+		return from_hairpin(skb, mark);
 	return host_packet(skb, DIR_INGRESS);
 }
 

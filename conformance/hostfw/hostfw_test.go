@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	mdns "github.com/miekg/dns"
+
 	"github.com/wardproxy/ward/agent"
 	"github.com/wardproxy/ward/agent/api"
 	"github.com/wardproxy/ward/bpf/redirect"
@@ -52,6 +54,55 @@ func serve(t *testing.T, listen func(network, addr string) (net.Listener, error)
 		go srv.Serve(ln)
 		t.Cleanup(func() { srv.Close() })
 	}
+}
+
+// hostDNS is a host egress policy with DNS rules: the node may ask the
+// outside's DNS server for allowed.test only.
+const hostDNS = `apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata:
+  name: host-dns
+spec:
+  nodeSelector:
+    matchLabels: {node-access: ssh}
+  egress:
+  - toCIDR: [172.30.7.100/32]
+    toPorts:
+    - ports: [{port: "53", protocol: UDP}]
+      rules:
+        dns:
+        - matchName: allowed.test
+`
+
+// serveDNS answers A queries in ns on :53/udp: allowed.test 192.0.2.1,
+// denied.test 192.0.2.2.
+func serveDNS(t *testing.T, ns *netns.Namespace) {
+	t.Helper()
+	var pc net.PacketConn
+	if err := ns.Do(func() (err error) {
+		pc, err = net.ListenPacket("udp4", ":53")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	answers := map[string]string{"allowed.test.": "192.0.2.1", "denied.test.": "192.0.2.2"}
+	srv := &mdns.Server{PacketConn: pc, Handler: mdns.HandlerFunc(func(w mdns.ResponseWriter, q *mdns.Msg) {
+		m := new(mdns.Msg)
+		m.SetReply(q)
+		if len(q.Question) == 1 {
+			if ip, ok := answers[q.Question[0].Name]; ok {
+				rr, err := mdns.NewRR(q.Question[0].Name + " 60 IN A " + ip)
+				if err == nil {
+					m.Answer = append(m.Answer, rr)
+				}
+			} else {
+				m.Rcode = mdns.RcodeNameError
+			}
+		}
+		w.WriteMsg(m)
+	})}
+	go srv.ActivateAndServe()
+	t.Cleanup(func() { srv.Shutdown() })
 }
 
 // docCommands returns the `ward bpf host-firewall <cmd>` lines of
@@ -151,6 +202,7 @@ func TestHostFirewall(t *testing.T) {
 
 	serve(t, n.Topo.Host().Listen, "host", 22, 6443, 8080)
 	serve(t, outside.Listen, "outside", 443, 8081)
+	serveDNS(t, outside)
 	n.Serve(t, "app", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "app:80") }), ":80")
 
 	for _, f := range []string{"demo-host-policy.yaml", "host-policy-ports.yaml", "host-egress.yaml"} {
@@ -160,6 +212,7 @@ func TestHostFirewall(t *testing.T) {
 		}
 		n.WritePolicy(t, f, string(b))
 	}
+	n.WritePolicy(t, "host-dns.yaml", hostDNS)
 	n.Config.Nodes = []agent.Node{{Name: n.Config.Node, Addresses: []string{nodeAddr.String()},
 		Labels: map[string]string{"node-access": "ssh", "type": "ingress-worker"}}}
 	n.Config.Datapath.Devices = []string{"eth0"}
@@ -177,6 +230,23 @@ func TestHostFirewall(t *testing.T) {
 		return out
 	}
 	toOutside := func(port int) string { return n.HostCurl(ctx, fmt.Sprintf("http://%s:%d/", outsideAddr, port)) }
+	// dig from the node's host namespace: the answer's address, or the
+	// status when there is none.
+	dig := func(name string) string {
+		out, err := n.Topo.Host().Run(ctx, "dig", "@"+outsideAddr.String(), "+time=2", "+tries=1", name, "A")
+		if err != nil {
+			return "error"
+		}
+		for _, l := range strings.Split(out, "\n") {
+			if f := strings.Fields(l); len(f) == 5 && f[3] == "A" && !strings.HasPrefix(l, ";") {
+				return f[4]
+			}
+		}
+		if i := strings.Index(out, "status: "); i >= 0 {
+			return strings.TrimRight(strings.Fields(out[i+len("status: "):])[0], ",")
+		}
+		return out
+	}
 	run := func(args []string) string {
 		t.Helper()
 		// In the node's namespace, as on a node: device names are its own.
@@ -226,6 +296,8 @@ func TestHostFirewall(t *testing.T) {
 		{"outside -> host:8080", func() string { return fromOutside(8080) }, "host:8080"},
 		{"host -> outside:443", func() string { return toOutside(443) }, "outside:443"},
 		{"host -> outside:8081", func() string { return toOutside(8081) }, "outside:8081"},
+		{"host dig allowed.test", func() string { return dig("allowed.test") }, "192.0.2.1"},
+		{"host dig denied.test (audited)", func() string { return dig("denied.test") }, "192.0.2.2"},
 	}, podChecks...))
 	if in, out := counted(t, pin, redirect.ReasonHostAudit, redirect.Ingress), counted(t, pin, redirect.ReasonHostAudit, redirect.Egress); in == 0 || out == 0 {
 		t.Errorf("audit mode counted %d ingress and %d egress would-be drops; want both > 0", in, out)
@@ -243,6 +315,8 @@ func TestHostFirewall(t *testing.T) {
 		{"outside -> host:8080", func() string { return fromOutside(8080) }, "error"},
 		{"host -> outside:443", func() string { return toOutside(443) }, "outside:443"},
 		{"host -> outside:8081", func() string { return toOutside(8081) }, "error"},
+		{"host dig allowed.test", func() string { return dig("allowed.test") }, "192.0.2.1"},
+		{"host dig denied.test", func() string { return dig("denied.test") }, "REFUSED"},
 	}, podChecks...))
 	if got := counted(t, pin, redirect.ReasonPolicyDenied, redirect.Ingress); got <= denied {
 		t.Errorf("enforced: policy-denied ingress counter %d -> %d; want it to grow", denied, got)
@@ -255,5 +329,6 @@ func TestHostFirewall(t *testing.T) {
 	expect("off", append([]check{
 		{"outside -> host:8080", func() string { return fromOutside(8080) }, "host:8080"},
 		{"host -> outside:8081", func() string { return toOutside(8081) }, "outside:8081"},
+		{"host dig denied.test", func() string { return dig("denied.test") }, "192.0.2.2"},
 	}, podChecks...))
 }
