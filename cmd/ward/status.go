@@ -102,6 +102,7 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stdout, "policy file not loaded (its last good version stays in force): %s: %s\n", e.File, e.Error)
 		}
 	}
+	printKubernetes(stdout, st.Kubernetes)
 	for _, e := range st.Errors {
 		fmt.Fprintf(stdout, "error: %s\n", e)
 	}
