@@ -237,30 +237,51 @@ func (s *resyncSub) ReturnedResources() map[string]string {
 // setAll replaces the resources of c with rs and returns the version that
 // names the result. Resources equal to the previous ones keep their place
 // in the cache (the client is sent only what changed); an unchanged set
-// returns the current version. rs must not be modified afterwards.
+// returns the current version. rs must not be modified afterwards, and
+// names each resource once (one policy per endpoint, one hosts entry per
+// identity: a repeated name could hide a removed one).
 func setAll[T types.ResourceWithName](s *Server, c *resyncCache, rs []T) string {
-	next := make(map[string]types.Resource, len(rs))
-	for _, r := range rs {
-		next[r.GetName()] = r
-	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	// Most publishes change one resource of thousands, or none: find the
+	// changes against the current set first, and copy the set only when
+	// there are some.
 	changed := map[string]types.Resource{}
-	for n, r := range next {
+	seen := 0
+	for _, r := range rs {
+		n := r.GetName()
+		old, ok := c.cur[n]
+		if ok {
+			seen++
+		}
 		// The same message (a translation cache hit) is unchanged
 		// without comparing it field by field.
-		if old, ok := c.cur[n]; !ok || (old != r && !proto.Equal(old, r)) {
+		if !ok || (old != types.Resource(r) && !proto.Equal(old, r)) {
 			changed[n] = r
 		}
 	}
 	var removed []string
-	for n := range c.cur {
-		if _, ok := next[n]; !ok {
-			removed = append(removed, n)
+	if seen != len(c.cur) {
+		// Some current resource is gone.
+		names := make(map[string]bool, len(rs))
+		for _, r := range rs {
+			names[r.GetName()] = true
+		}
+		for n := range c.cur {
+			if !names[n] {
+				removed = append(removed, n)
+			}
 		}
 	}
 	if len(changed) == 0 && len(removed) == 0 {
 		return c.prefix + strconv.FormatUint(c.gen.Load(), 10)
+	}
+	next := maps.Clone(c.cur) // c.cur is replaced, never modified (Resources reads it unlocked)
+	for n, r := range changed {
+		next[n] = r
+	}
+	for _, n := range removed {
+		delete(next, n)
 	}
 	c.cur = next
 	gen := c.gen.Add(1)

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strings"
 
 	"github.com/wardproxy/ward/policy"
 	"github.com/wardproxy/ward/policy/l7"
@@ -126,11 +127,19 @@ func Resources(snap *policy.Snapshot, ws []Workload) ([]*npds.NetworkPolicy, []*
 // while the snapshots hand out the same *policy.EndpointPolicy (they do
 // until something that affects the endpoint changes) and its name and
 // addresses are the same, so a publish translates only the endpoints that
-// changed. The messages it returns are shared: never modified. The zero
-// value is ready; a nil cache translates everything. Not safe for
-// concurrent use.
+// changed; and it keeps the identity table while no workload's address or
+// identity and no CIDR identity changed, so a policy change that moves no
+// address hands out the same table (the xDS server then sees the same
+// messages and compares nothing). The messages it returns are shared:
+// never modified. The zero value is ready; a nil cache translates
+// everything. Not safe for concurrent use.
 type TranslationCache struct {
-	m map[uint64]cachedPolicy
+	m   map[uint64]*cachedPolicy
+	gen uint64 // the current Resources call; entries not seen in it are gone
+
+	hosts []*npds.NetworkPolicyHosts
+	hkeys []hostKey // what hosts was built from, in the workloads' order
+	cidrs []hostKey // and the CIDR identities (prefix, identity)
 }
 
 type cachedPolicy struct {
@@ -138,30 +147,79 @@ type cachedPolicy struct {
 	name string
 	ips  []netip.Addr
 	np   *npds.NetworkPolicy
+	gen  uint64
+}
+
+// hostKey is one identity-table input: a workload (id, its addresses) or
+// a CIDR identity (prefix), and the identity.
+type hostKey struct {
+	id       uint64
+	identity policy.NumericIdentity
+	ips      []netip.Addr
+	prefix   netip.Prefix
 }
 
 // Resources is Resources through the cache.
 func (c *TranslationCache) Resources(snap *policy.Snapshot, ws []Workload) ([]*npds.NetworkPolicy, []*npds.NetworkPolicyHosts) {
-	var next map[uint64]cachedPolicy
 	if c != nil {
-		next = make(map[uint64]cachedPolicy, len(c.m))
-		defer func() { c.m = next }()
+		c.gen++
+		if c.m == nil {
+			c.m = map[uint64]*cachedPolicy{}
+		}
 	}
 	translate := func(w Workload, ep *policy.EndpointPolicy) *npds.NetworkPolicy {
 		if c != nil {
 			if cp, ok := c.m[w.ID]; ok && cp.pol == ep && cp.name == w.Name && slices.Equal(cp.ips, w.IPs) {
-				next[w.ID] = cp
+				cp.gen = c.gen
 				return cp.np
 			}
 		}
 		np := NetworkPolicy(EndpointInfo{Name: w.Name, ID: w.ID, IPs: w.IPs}, ep)
 		if c != nil {
-			next[w.ID] = cachedPolicy{pol: ep, name: w.Name, ips: slices.Clone(w.IPs), np: np}
+			c.m[w.ID] = &cachedPolicy{pol: ep, name: w.Name, ips: slices.Clone(w.IPs), np: np, gen: c.gen}
 		}
 		return np
 	}
 	var ps []*npds.NetworkPolicy
+	// The identity table is rebuilt only when an input differs from the
+	// last call's, compared in order (the workloads come in a stable order).
+	same := c != nil && c.hosts != nil
+	k := 0
+	for _, w := range ws {
+		ep, ok := snap.Endpoint(w.ID)
+		if !ok {
+			continue
+		}
+		if same {
+			same = k < len(c.hkeys) && c.hkeys[k].id == w.ID && c.hkeys[k].identity == ep.Identity && slices.Equal(c.hkeys[k].ips, w.IPs)
+		}
+		k++
+		if !w.Remote {
+			ps = append(ps, translate(w, ep))
+		}
+	}
+	slices.SortFunc(ps, func(a, b *npds.NetworkPolicy) int { return strings.Compare(a.Name, b.Name) })
+	if c != nil && len(c.m) > len(ps) {
+		for id, cp := range c.m {
+			if cp.gen != c.gen {
+				delete(c.m, id)
+			}
+		}
+	}
+	cidrs := snap.CIDRIdentities()
+	if same {
+		same = k == len(c.hkeys) && slices.EqualFunc(cidrs, c.cidrs, func(a *policy.Identity, b hostKey) bool {
+			return a.Prefix == b.prefix && a.ID == b.identity
+		})
+	}
+	if same {
+		return ps, c.hosts
+	}
 	hostIPs := map[netip.Addr]policy.NumericIdentity{}
+	var keys []hostKey
+	if c != nil {
+		keys = make([]hostKey, 0, k)
+	}
 	for _, w := range ws {
 		ep, ok := snap.Endpoint(w.ID)
 		if !ok {
@@ -170,12 +228,18 @@ func (c *TranslationCache) Resources(snap *policy.Snapshot, ws []Workload) ([]*n
 		for _, a := range w.IPs {
 			hostIPs[a] = ep.Identity
 		}
-		if !w.Remote {
-			ps = append(ps, translate(w, ep))
+		if c != nil {
+			keys = append(keys, hostKey{id: w.ID, identity: ep.Identity, ips: slices.Clone(w.IPs)})
 		}
 	}
-	sort.Slice(ps, func(i, j int) bool { return ps[i].Name < ps[j].Name })
-	return ps, Hosts(hostIPs, snap.CIDRIdentities())
+	hosts := Hosts(hostIPs, cidrs)
+	if c != nil {
+		c.hosts, c.hkeys, c.cidrs = hosts, keys, make([]hostKey, len(cidrs))
+		for i, ci := range cidrs {
+			c.cidrs[i] = hostKey{identity: ci.ID, prefix: ci.Prefix}
+		}
+	}
+	return ps, hosts
 }
 
 // WithFQDN returns the identity table hosts (built by Hosts or Resources)

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -119,5 +120,49 @@ func TestTranslationCache(t *testing.T) {
 	c.Resources(r.Snapshot(), ws[:1])
 	if _, ok := c.m[2]; ok {
 		t.Error("a gone endpoint stayed in the cache")
+	}
+}
+
+// TestTranslationCacheHosts: the identity table comes back as the same
+// messages while no address or identity moved (a policy-only change), and
+// is rebuilt when a workload's address, a workload or a CIDR identity
+// changes.
+func TestTranslationCacheHosts(t *testing.T) {
+	r := policy.NewRepository(policy.Config{})
+	for i, app := range []string{"a", "b"} {
+		if _, err := r.UpsertEndpoint(policy.Endpoint{ID: uint64(i + 1), Labels: policy.K8sLabels(map[string]string{"app": app}, "default")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ws := []Workload{{Name: "a", ID: 1, IPs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}, {Name: "b", ID: 2, IPs: []netip.Addr{netip.MustParseAddr("10.0.0.2")}, Remote: true}}
+	var c TranslationCache
+	_, h1 := c.Resources(r.Snapshot(), ws)
+	_, h2 := c.Resources(r.Snapshot(), ws)
+	if len(h1) != 2 || len(h2) != 2 || h1[0] != h2[0] || h1[1] != h2[1] {
+		t.Fatalf("unchanged identity table rebuilt: %v / %v", h1, h2)
+	}
+	addrs := func(hs []*npds.NetworkPolicyHosts) []string {
+		var out []string
+		for _, h := range hs {
+			out = append(out, h.HostAddresses...)
+		}
+		slices.Sort(out)
+		return out
+	}
+	ws[1].IPs = []netip.Addr{netip.MustParseAddr("10.0.0.3")}
+	_, h3 := c.Resources(r.Snapshot(), ws)
+	if got, want := addrs(h3), []string{"10.0.0.1", "10.0.0.3"}; !slices.Equal(got, want) {
+		t.Errorf("after b moved: %v; want %v", got, want)
+	}
+	_, h4 := c.Resources(r.Snapshot(), ws[:1])
+	if got, want := addrs(h4), []string{"10.0.0.1"}; !slices.Equal(got, want) {
+		t.Errorf("after b left: %v; want %v", got, want)
+	}
+	if _, err := r.UpsertEndpoint(policy.Endpoint{ID: 1, Labels: policy.K8sLabels(map[string]string{"app": "c"}, "default")}); err != nil {
+		t.Fatal(err)
+	}
+	_, h5 := c.Resources(r.Snapshot(), ws[:1])
+	if len(h5) != 1 || h5[0].Identity == h4[0].Identity {
+		t.Errorf("after a's identity changed: %v (was %v)", h5, h4)
 	}
 }
