@@ -9,6 +9,7 @@ package hostfw
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -103,6 +104,43 @@ func serveDNS(t *testing.T, ns *netns.Namespace) {
 	})}
 	go srv.ActivateAndServe()
 	t.Cleanup(func() { srv.Shutdown() })
+}
+
+// ping sends one ICMP echo request from ns to dst (a raw socket) and
+// reports "reply" or "error" (no echo reply within a second).
+func ping(ns *netns.Namespace, dst netip.Addr, id uint16) string {
+	var c net.PacketConn
+	if err := ns.Do(func() (err error) {
+		c, err = net.ListenPacket("ip4:icmp", "0.0.0.0")
+		return err
+	}); err != nil {
+		return "error: " + err.Error()
+	}
+	defer c.Close()
+	req := []byte{8, 0, 0, 0, byte(id >> 8), byte(id), 0, 1, 'w', 'a', 'r', 'd'}
+	var sum uint32
+	for i := 0; i < len(req); i += 2 {
+		sum += uint32(req[i])<<8 | uint32(req[i+1])
+	}
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	binary.BigEndian.PutUint16(req[2:], ^uint16(sum))
+	if _, err := c.WriteTo(req, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
+		return "error: " + err.Error()
+	}
+	c.SetReadDeadline(time.Now().Add(time.Second))
+	buf := make([]byte, 1500)
+	for {
+		n, from, err := c.ReadFrom(buf)
+		if err != nil {
+			return "error"
+		}
+		// Echo reply (type 0) from dst with our identifier.
+		if n >= 8 && buf[0] == 0 && from.String() == dst.String() && binary.BigEndian.Uint16(buf[4:]) == id {
+			return "reply"
+		}
+	}
 }
 
 // docCommands returns the `ward bpf host-firewall <cmd>` lines of
@@ -313,6 +351,7 @@ func TestHostFirewall(t *testing.T) {
 		{"outside -> host:22", func() string { return fromOutside(22) }, "host:22"},
 		{"outside -> host:6443", func() string { return fromOutside(6443) }, "host:6443"},
 		{"outside -> host:8080", func() string { return fromOutside(8080) }, "error"},
+		{"outside ping host (icmps type 8)", func() string { return ping(outside, nodeAddr, 0x7701) }, "reply"},
 		{"host -> outside:443", func() string { return toOutside(443) }, "outside:443"},
 		{"host -> outside:8081", func() string { return toOutside(8081) }, "error"},
 		{"host dig allowed.test", func() string { return dig("allowed.test") }, "192.0.2.1"},
