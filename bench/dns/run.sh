@@ -3,9 +3,12 @@
 # forwarder (the baseline), ward's DNS proxy with allow-all, with 100
 # matchPattern rules, and with toFQDNs ipcache updates on every answer
 # (rotating IPs; baseline: the forwarder in front of the same rotating
-# server). Everything on loopback, baselines in the same run.
+# server). Everything on loopback, baselines in the same run, arms
+# interleaved round by round; besides qps it reports each proxy's CPU time
+# per query (utime+stime of its process over the dnsperf run ÷ completed
+# queries) and queries per core-second (issue 17's headline figures).
 #
-#   bench/dns/run.sh            # DURATION=10 CLIENTS=20 OUTSTANDING=100
+#   bench/dns/run.sh            # ROUNDS=3 DURATION=10 CLIENTS=20 OUTSTANDING=100
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
@@ -76,64 +79,108 @@ remote-control:
   control-enable: no
 CONF
 unbound -d -c "$TMP/unbound.conf" >"$TMP/unbound.log" 2>&1 &
-PIDS+=($!)
+UB_PID=$!
+PIDS+=("$UB_PID")
 wait_ready "$UB_PORT" api.github.test
 
 printf 'api.github.test A\nsupport.github.test A\n' >"$TMP/queries"
 
-# perf PORT: prints "qps avg_latency_ms"
+TICK=$(getconf CLK_TCK)
+# cpu PID: the process's utime+stime in clock ticks (/proc/PID/stat
+# fields 14 and 15; dnsbench's command name has no spaces).
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# perf PORT PID: one dnsperf run; prints "qps avg_latency_ms lost us_per_query"
+# where the last is the CPU time of process PID (the proxy) per completed
+# query.
 perf() {
+	local c0 c1
+	c0=$(cpu "$2")
 	dnsperf -s 127.0.0.1 -p "$1" -d "$TMP/queries" -l "$DURATION" -c "$CLIENTS" -q "$OUTSTANDING" >"$TMP/perf.out" 2>&1 || true
-	local qps lat lost
-	qps=$(awk '/Queries per second:/ {print $4}' "$TMP/perf.out")
-	lat=$(awk '/Average Latency \(s\):/ {printf "%.3f", $4*1000}' "$TMP/perf.out")
-	lost=$(awk '/Queries lost:/ {print $3}' "$TMP/perf.out")
-	echo "${qps:-0} ${lat:-?} ${lost:-?}"
+	c1=$(cpu "$2")
+	awk -v c="$((c1 - c0))" -v tick="$TICK" '
+		/Queries per second:/ { qps = $4 }
+		/Average Latency \(s\):/ { lat = sprintf("%.3f", $4 * 1000) }
+		/Queries lost:/ { lost = $3 }
+		/Queries completed:/ { done = $3 }
+		END {
+			if (lat == "") lat = "?"
+			if (lost == "") lost = "?"
+			us = "-"
+			if (done + 0 > 0) us = sprintf("%.2f", c / tick * 1e6 / done)
+			printf "%s %s %s %s\n", qps + 0, lat, lost, us
+		}' "$TMP/perf.out"
 }
 
-# start_bench ARGS...: runs dnsbench on a free port, sets PORT and BPID.
+# start_bench NAME ARGS...: runs dnsbench on a free port; PORT[NAME], PID[NAME].
+declare -A PORT PID
 start_bench() {
-	PORT=$(free_port)
-	"$TMP/dnsbench" -listen "127.0.0.1:$PORT" "$@" 2>"$TMP/bench-$PORT.err" &
-	BPID=$!
-	PIDS+=("$BPID")
-	wait_ready "$PORT" api.github.test
+	local name=$1
+	shift
+	PORT[$name]=$(free_port)
+	"$TMP/dnsbench" -listen "127.0.0.1:${PORT[$name]}" "$@" 2>"$TMP/bench-$name.err" &
+	PID[$name]=$!
+	PIDS+=("$!")
+	wait_ready "${PORT[$name]}" api.github.test
 }
-stop_bench() {
-	kill -TERM "$BPID"
-	wait "$BPID" 2>/dev/null || true
-	grep -h ward-stats "$TMP/bench-$PORT.err" | sed "s/^ward-stats /  ${1:-ward}: /" || true
+stop_bench() { # NAME LABEL
+	kill -TERM "${PID[$1]}"
+	wait "${PID[$1]}" 2>/dev/null || true
+	grep -h ward-stats "$TMP/bench-$1.err" | sed "s/^ward-stats /  $2: /" || true
 }
 
-declare -A QPS LAT LOST
-row() { read -r QPS[$1] LAT[$1] LOST[$1] <<<"$2"; }
-
-echo "dnsperf: ${DURATION}s, ${CLIENTS} clients, ${OUTSTANDING} outstanding, $(nproc) cores" >&2
-row unbound "$(perf "$UB_PORT")"
-
-start_bench -mode forwarder -upstream "127.0.0.1:$UB_PORT"; row forwarder "$(perf "$PORT")"; stop_bench
-start_bench -mode ward -upstream "127.0.0.1:$UB_PORT"; row allowall "$(perf "$PORT")"; stop_bench allow-all >&2
-start_bench -mode ward -upstream "127.0.0.1:$UB_PORT" -patterns 100; row patterns "$(perf "$PORT")"; stop_bench 100-patterns >&2
-
-# Rotating IPs: a fresh IP in every answer.
+# Every server runs for the whole bench (idle when not measured); the arms
+# are interleaved round by round, each round in the same order.
+ROUNDS=${ROUNDS:-3}
 RPORT=$(free_port)
 "$TMP/dnsbench" -mode rotating -listen "127.0.0.1:$RPORT" 2>/dev/null &
 PIDS+=($!)
 wait_ready "$RPORT" api.github.test
-start_bench -mode forwarder -upstream "127.0.0.1:$RPORT"; row rotfwd "$(perf "$PORT")"; stop_bench
-start_bench -mode ward -upstream "127.0.0.1:$RPORT" -selectors; row tofqdns "$(perf "$PORT")"
-stop_bench toFQDNs >"$TMP/tofqdns-stats" # not in $(…): wait needs the job in this shell
+start_bench forwarder -mode forwarder -upstream "127.0.0.1:$UB_PORT"
+start_bench allowall -mode ward -upstream "127.0.0.1:$UB_PORT"
+start_bench patterns -mode ward -upstream "127.0.0.1:$UB_PORT" -patterns 100
+start_bench rotfwd -mode forwarder -upstream "127.0.0.1:$RPORT"
+start_bench tofqdns -mode ward -upstream "127.0.0.1:$RPORT" -selectors
+ARMS=(forwarder allowall patterns rotfwd tofqdns)
+
+declare -A QPS LAT LOST US
+echo "dnsperf: ${DURATION}s, ${CLIENTS} clients, ${OUTSTANDING} outstanding, $(nproc) cores, $ROUNDS interleaved rounds" >&2
+for ((r = 0; r < ROUNDS; r++)); do
+	read -r q l o _ <<<"$(perf "$UB_PORT" "$UB_PID")"
+	QPS[unbound]+="$q " LAT[unbound]+="$l " LOST[unbound]+="$o "
+	for a in "${ARMS[@]}"; do
+		read -r q l o u <<<"$(perf "${PORT[$a]}" "${PID[$a]}")"
+		QPS[$a]+="$q " LAT[$a]+="$l " LOST[$a]+="$o " US[$a]+="$u "
+	done
+done
+for a in allowall patterns; do stop_bench "$a" "$a" >&2; done
+stop_bench tofqdns toFQDNs >"$TMP/tofqdns-stats" # not in $(…): wait needs the job in this shell
 STATS=$(cat "$TMP/tofqdns-stats")
 echo "$STATS" >&2
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
-printf '\n| setup | qps | avg latency (ms) | lost | vs baseline |\n|---|---:|---:|---:|---:|\n'
-printf '| unbound directly | %.0f | %s | %s | %s |\n' "${QPS[unbound]}" "${LAT[unbound]}" "${LOST[unbound]}" "-"
-printf '| miekg forwarder (baseline) | %.0f | %s | %s | 1.00 |\n' "${QPS[forwarder]}" "${LAT[forwarder]}" "${LOST[forwarder]}"
-printf '| ward, allow-all | %.0f | %s | %s | %s |\n' "${QPS[allowall]}" "${LAT[allowall]}" "${LOST[allowall]}" "$(ratio "${QPS[allowall]}" "${QPS[forwarder]}")"
-printf '| ward, 100 matchPattern rules | %.0f | %s | %s | %s |\n' "${QPS[patterns]}" "${LAT[patterns]}" "${LOST[patterns]}" "$(ratio "${QPS[patterns]}" "${QPS[forwarder]}")"
-printf '| miekg forwarder, rotating-IP upstream (baseline) | %.0f | %s | %s | 1.00 |\n' "${QPS[rotfwd]}" "${LAT[rotfwd]}" "${LOST[rotfwd]}"
-printf '| ward, toFQDNs update on every answer | %.0f | %s | %s | %s |\n' "${QPS[tofqdns]}" "${LAT[tofqdns]}" "${LOST[tofqdns]}" "$(ratio "${QPS[tofqdns]}" "${QPS[rotfwd]}")"
+med() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR] = $1} END { if (NR) print v[int((NR + 1) / 2)]; else print "-" }'; }
+spread() { # values...: median [min–max]
+	tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR] = $1} END { if (NR) printf "%s [%s–%s]", v[int((NR + 1) / 2)], v[1], v[NR]; else print "-" }'
+}
+# ratios A B: per-round A/B, median [min–max]
+ratios() {
+	paste <(tr ' ' '\n' <<<"$1" | grep -v '^$') <(tr ' ' '\n' <<<"$2" | grep -v '^$') |
+		awk '$2 > 0 { printf "%.2f\n", $1 / $2 }' | spread
+}
+perCore() { tr ' ' '\n' | grep -v '^$' | awk '$1 > 0 { printf "%.0f\n", 1e6 / $1 }' | spread; }
+printf '\n| setup | qps | avg latency (ms) | lost | proxy CPU µs/query | vs baseline | queries per core-second | qps vs baseline |\n|---|---:|---:|---:|---:|---:|---:|---:|\n'
+printf '| unbound directly | %s | %s | %s | - | - | - | - |\n' "$(med <<<"${QPS[unbound]}")" "$(med <<<"${LAT[unbound]}")" "$(med <<<"${LOST[unbound]}")"
+line() { # arm label baseline
+	printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$2" "$(med <<<"${QPS[$1]}")" "$(med <<<"${LAT[$1]}")" "$(med <<<"${LOST[$1]}")" \
+		"$(spread <<<"${US[$1]}")" "$(ratios "${US[$1]}" "${US[$3]}")" "$(perCore <<<"${US[$1]}")" "$(ratios "${QPS[$1]}" "${QPS[$3]}")"
+}
+line forwarder "miekg forwarder (baseline)" forwarder
+line allowall "ward, allow-all" forwarder
+line patterns "ward, 100 matchPattern rules" forwarder
+line rotfwd "miekg forwarder, rotating-IP upstream (baseline)" rotfwd
+line tofqdns "ward, toFQDNs update on every answer" rotfwd
+echo
+echo "Targets (issue 17): ward ≤ 1.25× the forwarder's CPU per query; ≥ 15k queries per core-second of the proxy."
 echo
 echo "toFQDNs row, ward's own counters (update_wait = answer held for ipcache+policy):"
 echo "$STATS"
