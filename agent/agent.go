@@ -44,6 +44,7 @@ type Agent struct {
 	remote, apiserver []netip.Prefix
 	svcs              *serviceSource // nil without a services directory
 	kube              *kube.Client   // nil without a kubernetes block
+	kp                *kubeParts     // the cluster sources; nil without kubernetes (kubesources.go)
 	kpol              *kubePolicies  // nil without a kubernetes block
 	ready             chan struct{}
 }
@@ -153,6 +154,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	var px *dns.Proxy
 	if a.eng != nil {
+		if err := a.openKube(ctx); err != nil {
+			return err
+		}
 		if a.dp != nil {
 			if a.tls, err = a.newTLSPolicy(); err != nil {
 				return err
@@ -304,6 +308,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.kube != nil {
 		g.Go(func() error { return a.kube.Run(ctx) })
 	}
+	a.runKube(ctx, g)
 	if a.eps != nil {
 		g.Go(func() error { return a.eps.run(ctx, 500*time.Millisecond) })
 	}
@@ -351,6 +356,9 @@ func (a *Agent) runPolicy(ctx context.Context) error {
 		}
 		if a.kpol != nil {
 			a.kpol.pols.Flush() // every policy object of the first list
+		}
+		if !a.waitKube(ctx) {
+			return nil
 		}
 	}
 	if a.src == nil {

@@ -109,10 +109,16 @@ var _ Consumer = (*tlsPolicy)(nil)
 // newTLSPolicy opens the secrets directory, when configured.
 func (a *Agent) newTLSPolicy() (*tlsPolicy, error) {
 	t := &tlsPolicy{a: a, log: a.log, changed: make(chan struct{}, 1)}
-	if a.cfg.SecretsDir == "" {
+	// With Kubernetes and no secretsDir, the secrets namespace mirrored
+	// (kube.SecretsMirror), references outside it refused.
+	dir, ns := a.cfg.SecretsDir, ""
+	if dir == "" {
+		dir, ns = a.kubeSecretsDir()
+	}
+	if dir == "" {
 		return t, nil
 	}
-	src, err := secrets.New(secrets.Config{Dir: a.cfg.SecretsDir, Logger: a.log, OnChange: func() {
+	src, err := secrets.New(secrets.Config{Dir: dir, Namespace: ns, Logger: a.log, OnChange: func() {
 		select {
 		case t.changed <- struct{}{}:
 		default: // one pending is enough: reapply reads the directory's latest
