@@ -54,7 +54,9 @@ func TestTwoNodes(t *testing.T) {
 		Spec: corev1.ServiceSpec{Selector: map[string]string{"class": "deathstar"}, Ports: []corev1.ServicePort{{Port: 80}}}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = c.cs.CoreV1().Services(swNS).Delete(context.Background(), "deathstar", metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		_ = c.cs.CoreV1().Services(swNS).Delete(context.Background(), "deathstar", metav1.DeleteOptions{})
+	})
 	b.Serve(t, "deathstar", deathstar.New(), ":80")
 	// xwing serves too: a flow to it that a policy drops is told apart
 	// from a refused one.
