@@ -1,18 +1,23 @@
 package observe
 
 import (
+	"bytes"
 	"context"
+	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/wardproxy/ward/agent/api"
 	cdns "github.com/wardproxy/ward/conformance/dns"
+	"github.com/wardproxy/ward/conformance/kafka"
 	"github.com/wardproxy/ward/conformance/node"
 	"github.com/wardproxy/ward/conformance/servers/deathstar"
 	"github.com/wardproxy/ward/internal/testenv"
@@ -58,7 +63,9 @@ api IN A 192.0.2.2
 	curl := func(from, to, method, path string) string {
 		return n.Curl(c, from, "-X", method, "-w", " %{http_code}", "http://"+n.Pods[to].IP.String()+path)
 	}
-	exploded := func(got string) bool { return strings.HasPrefix(got, "Panic: deathstar exploded") && strings.HasSuffix(got, " 500") }
+	exploded := func(got string) bool {
+		return strings.HasPrefix(got, "Panic: deathstar exploded") && strings.HasSuffix(got, " 500")
+	}
 	// Audit: the would-be 403 is not sent; the service answers.
 	node.Eventually(t, "the tiefighter's PUT to reach the deathstar (audit)", func() bool {
 		return exploded(curl("tiefighter", "deathstar", "PUT", "/v1/exhaust-port"))
@@ -171,4 +178,131 @@ func endpointID(t *testing.T, n *node.Node, name string) uint64 {
 	}
 	t.Fatalf("no endpoint %s in %+v", name, eps)
 	return 0
+}
+
+// The seed's Kafka tutorial as the clients' egress policies (as in
+// conformance/datapath TestWarddEgressKafka): the outpost may only
+// consume empire-announce.
+const outpostKafkaPolicy = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: empire-outpost-kafka
+spec:
+  endpointSelector:
+    matchLabels: {app: empire-outpost}
+  egress:
+  - toEndpoints:
+    - matchLabels: {app: kafka}
+    toPorts:
+    - ports: [{port: "9092", protocol: TCP}]
+      rules:
+        kafka:
+        - {role: consume, topic: empire-announce}
+`
+
+// TestAuditModeKafka: in audit mode ward.kafka passes the outpost's
+// produce its rules deny to the real broker (the record is written, no
+// authorization error from ward) and records it AUDIT with the Kafka
+// fields; after `ward endpoint config ID audit=off` the same produce gets
+// ward's authorization error.
+func TestAuditModeKafka(t *testing.T) {
+	hubble := testenv.File(t, "build/bin/hubble", "run scripts/setup.d/70-hubble.sh (builds the hubble CLI from tools/hubble)")
+	kcat := testenv.RequireCommand(t, "kcat")
+	ward := buildWard(t)
+	n := node.New(t,
+		node.PodSpec{Name: "kafka", Labels: map[string]string{"app": "kafka"}},
+		node.PodSpec{Name: "empire-outpost", Labels: map[string]string{"app": "empire-outpost"}})
+	kp := n.Pods["kafka"]
+	addr := net.JoinHostPort(kp.IP.String(), "9092")
+	broker := kafka.StartBroker(t, kafka.BrokerConfig{Advertise: map[string]string{"POD": addr}, Topics: []string{"empire-announce"}})
+	ln, err := kp.Listen("tcp", ":9092")
+	if err != nil {
+		t.Fatal(err)
+	}
+	forwardTo(t, ln, broker.ListenerAddr("POD"))
+	n.WritePolicy(t, "kafka.yaml", outpostKafkaPolicy)
+	n.Config.PolicyAuditMode = true
+	n.Start(t, 47900, 9479)
+
+	c, stop := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer stop()
+	kc := func(stdin string, args ...string) (string, error) {
+		cmd := n.Pods["empire-outpost"].Command(c, kcat, append([]string{"-b", addr, "-m", "15"}, args...)...)
+		cmd.Stdin = strings.NewReader(stdin)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := kc("Vader Booed at Empire Karaoke Party\n", "-P", "-t", "empire-announce"); err != nil {
+		t.Fatalf("outpost produce in audit mode: %v\n%s\nbroker log:\n%s", err, out, broker.LogTail())
+	}
+	if out, err := kc("", "-C", "-t", "empire-announce", "-o", "beginning", "-c", "1", "-e"); err != nil || !strings.Contains(out, "Karaoke") {
+		t.Errorf("outpost consume: %v\n%s; want the audited record written", err, out)
+	}
+	server := "unix://" + filepath.Join(n.StateDir, "hubble.sock")
+	node.Eventually(t, "hubble observe to show the audited produce", func() bool {
+		out, err := exec.CommandContext(c, hubble, "observe", "--server", server, "-o", "json", "--last", "1000", "--verdict", "AUDIT").Output()
+		if err != nil {
+			t.Fatalf("hubble observe: %v\n%s", err, stderrOf(err))
+		}
+		return bytes.Contains(out, []byte(`"api_key":"produce"`)) && bytes.Contains(out, []byte(`"topic":"empire-announce"`))
+	})
+
+	id := endpointID(t, n, "empire-outpost")
+	if out, err := exec.CommandContext(c, ward, "endpoint", "config", strconv.FormatUint(id, 10), "audit=off", "--state-dir", n.StateDir).CombinedOutput(); err != nil {
+		t.Fatalf("ward endpoint config: %v\n%s", err, out)
+	}
+	node.Eventually(t, "ward.kafka to deny the outpost's produce", func() bool {
+		out, err := kc("Vader Booed again\n", "-P", "-t", "empire-announce")
+		return err != nil && strings.Contains(strings.ToLower(out), "authoriz")
+	})
+}
+
+// forwardTo accepts on ln (a pod's listener) and copies each connection to
+// and from addr (the broker on the host's loopback) until the test ends.
+func forwardTo(t *testing.T, ln net.Listener, addr string) {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	conns := map[net.Conn]bool{}
+	keep := func(cs ...net.Conn) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if conns == nil {
+			return false
+		}
+		for _, c := range cs {
+			conns[c] = true
+		}
+		return true
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			out, err := net.Dial("tcp", addr)
+			if err != nil || !keep(in, out) {
+				in.Close()
+				if out != nil {
+					out.Close()
+				}
+				continue
+			}
+			wg.Add(2)
+			go func() { defer wg.Done(); io.Copy(out, in); out.(*net.TCPConn).CloseWrite() }() //nolint:errcheck // until either end closes
+			go func() { defer wg.Done(); io.Copy(in, out); in.(*net.TCPConn).CloseWrite() }()  //nolint:errcheck // until either end closes
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		conns = nil
+		mu.Unlock()
+		wg.Wait()
+	})
 }
