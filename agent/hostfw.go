@@ -3,10 +3,13 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 
+	"github.com/wardproxy/ward/agent/api"
 	"github.com/wardproxy/ward/bpf/policymap"
 	"github.com/wardproxy/ward/bpf/redirect"
 	"github.com/wardproxy/ward/policy"
@@ -223,12 +226,18 @@ type hostModeReader func() (redirect.HostMode, error)
 // configured one (hostFirewall.audit), unless `ward bpf host-firewall
 // audit|enforce` overrides it, as it does for the host firewall's L3/L4.
 func (g *dnsGlue) hostDNSAudit(configured bool) bool {
-	if g.hostMode == nil {
+	return hostAudit(g.hostMode, configured, g.log)
+}
+
+// hostAudit is the host endpoint's effective audit mode: configured,
+// unless the runtime override (read) says otherwise.
+func hostAudit(read hostModeReader, configured bool, log *slog.Logger) bool {
+	if read == nil {
 		return configured
 	}
-	m, err := g.hostMode()
+	m, err := read()
 	if err != nil {
-		g.log.Warn("host firewall mode", "error", err)
+		log.Warn("host firewall mode", "error", err)
 		return configured
 	}
 	switch m {
@@ -251,4 +260,53 @@ func (d *datapath) forgetHost() {
 	d.mu.Lock()
 	d.host.applied, d.host.warn = nil, nil
 	d.mu.Unlock()
+}
+
+// hostEndpointDetail is the host endpoint as `ward endpoint list` shows it
+// (Cilium's reserved:host endpoint): present while the host firewall is
+// on. Its state is locked-down when its policy could not be written; the
+// error names what the last publish reported (DNS rules on ingress). Audit
+// is the effective mode (the runtime override applied).
+func (a *Agent) hostEndpointDetail(last *State, current *policy.Snapshot, withRules bool) (api.EndpointDetail, bool) {
+	if a.dp == nil {
+		return api.EndpointDetail{}, false
+	}
+	a.dp.mu.Lock()
+	on, warn := a.dp.host.on, a.dp.host.warn
+	a.dp.mu.Unlock()
+	if !on {
+		return api.EndpointDetail{}, false
+	}
+	d := api.EndpointDetail{Endpoint: api.Endpoint{Name: "host", ID: hostEndpointKey, State: api.StateReady}, Interface: strings.Join(a.cfg.Datapath.Devices, ",")}
+	p, ok := (*policy.EndpointPolicy)(nil), false
+	if last != nil {
+		p, ok = last.Policy.Endpoint(hostEndpointKey)
+		d.PolicyRevision = last.Policy.Revision
+	}
+	if !ok {
+		p, ok = current.Endpoint(hostEndpointKey)
+		d.PolicyRevision = 0
+	}
+	if ok {
+		d.Identity = uint32(p.Identity)
+		d.Labels = p.Labels.Strings()
+		d.EnforceIngress = p.Ingress != nil && p.Ingress.Enforced
+		d.EnforceEgress = p.Egress != nil && p.Egress.Enforced
+		d.Audit = hostAudit(a.dp.dp.HostMode, p.Audit, a.log)
+		if withRules {
+			d.Rules = a.rulesOf(p)
+		}
+	}
+	if addrs, err := hostAddrs(); err == nil {
+		for _, ip := range addrs {
+			d.IPs = append(d.IPs, ip.String())
+		}
+	}
+	if warn != nil {
+		d.Error = warn.Error()
+	}
+	if a.dp.dp.Locked(redirect.HostEndpointID) {
+		d.State = api.StateLockedDown
+	}
+	return d, true
 }

@@ -131,6 +131,9 @@ func (a *Agent) endpointDetails(withRules bool) []api.EndpointDetail {
 			}
 		}
 	}
+	if d, ok := a.hostEndpointDetail(last, current, withRules); ok {
+		out = append(out, d) // the host endpoint (hostfw.go)
+	}
 	slices.SortFunc(out, func(x, y api.EndpointDetail) int {
 		if x.ID < y.ID {
 			return -1

@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -170,23 +171,44 @@ func docCommands(t *testing.T) map[string][]string {
 	return out
 }
 
-// status reads wardd's status document from its socket.
-func status(t *testing.T, stateDir string) api.Status {
+// get decodes a document of wardd's status socket.
+func get(t *testing.T, stateDir, path string, v any) {
 	t.Helper()
 	c := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", filepath.Join(stateDir, api.Socket))
 	}}}
-	resp, err := c.Get("http://wardd" + api.StatusPath)
+	resp, err := c.Get("http://wardd" + path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var st api.Status
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// status reads wardd's status document.
+func status(t *testing.T, stateDir string) api.Status {
+	t.Helper()
+	var st api.Status
+	get(t, stateDir, api.StatusPath, &st)
 	return st
+}
+
+// hostEndpoint is the host endpoint of `ward endpoint list` (the status
+// socket's endpoint list).
+func hostEndpoint(t *testing.T, stateDir string) api.EndpointDetail {
+	t.Helper()
+	var eps []api.EndpointDetail
+	get(t, stateDir, api.EndpointsPath, &eps)
+	for _, e := range eps {
+		if e.ID == uint64(redirect.HostEndpointID) {
+			return e
+		}
+	}
+	t.Fatalf("endpoint list %+v has no host endpoint", eps)
+	return api.EndpointDetail{}
 }
 
 func counted(t *testing.T, pin string, r redirect.Reason, dir redirect.Direction) uint64 {
@@ -337,6 +359,10 @@ func TestHostFirewall(t *testing.T) {
 		{"host dig allowed.test", func() string { return dig("allowed.test") }, "192.0.2.1"},
 		{"host dig denied.test (audited)", func() string { return dig("denied.test") }, "192.0.2.2"},
 	}, podChecks...))
+	if h := hostEndpoint(t, n.StateDir); h.Identity != 1 || !h.EnforceIngress || !h.EnforceEgress || !h.Audit || h.State != api.StateReady ||
+		!slices.Contains(h.Labels, "reserved:host") || !slices.Contains(h.Labels, "k8s:node-access=ssh") {
+		t.Errorf("host endpoint in audit mode: %+v; want identity 1, both directions enforced, audit, ready, labels reserved:host and k8s:node-access=ssh", h)
+	}
 	if in, out := counted(t, pin, redirect.ReasonHostAudit, redirect.Ingress), counted(t, pin, redirect.ReasonHostAudit, redirect.Egress); in == 0 || out == 0 {
 		t.Errorf("audit mode counted %d ingress and %d egress would-be drops; want both > 0", in, out)
 	}
@@ -345,6 +371,9 @@ func TestHostFirewall(t *testing.T) {
 	run(cmds["enforce"])
 	if out := run(cmds["status"]); !strings.Contains(out, "ingress: enforced") || !strings.Contains(out, "egress: enforced") {
 		t.Errorf("host-firewall status enforced:\n%s", out)
+	}
+	if h := hostEndpoint(t, n.StateDir); h.Audit {
+		t.Errorf("host endpoint after enforce: %+v; want audit off", h)
 	}
 	denied := counted(t, pin, redirect.ReasonPolicyDenied, redirect.Ingress)
 	expect("enforced", append([]check{
