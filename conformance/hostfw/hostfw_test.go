@@ -399,4 +399,34 @@ func TestHostFirewall(t *testing.T) {
 		{"host -> outside:8081", func() string { return toOutside(8081) }, "outside:8081"},
 		{"host dig denied.test", func() string { return dig("denied.test") }, "192.0.2.2"},
 	}, podChecks...))
+
+	// Off lasts until wardd restarts; a restart with hostFirewall.audit
+	// false enforces (the runtime override is reset), and so does the
+	// next one (the pinned links are adopted); with hostFirewall.enabled
+	// false the host firewall is detached.
+	enforced := []check{
+		{"outside -> host:22", func() string { return fromOutside(22) }, "host:22"},
+		{"outside -> host:8080", func() string { return fromOutside(8080) }, "error"},
+		{"host -> outside:8081", func() string { return toOutside(8081) }, "error"},
+		{"host dig allowed.test", func() string { return dig("allowed.test") }, "192.0.2.1"},
+	}
+	n.Config.HostFirewall.Audit = false
+	for _, phase := range []string{"restarted", "restarted again"} {
+		n.Stop(t)
+		n.Start(t, 43000, 9743)
+		if out := run(cmds["status"]); !strings.Contains(out, "ingress: enforced") || !strings.Contains(out, "override: config") {
+			t.Errorf("host-firewall status %s:\n%s", phase, out)
+		}
+		expect(phase, append(enforced, podChecks...))
+	}
+	n.Config.HostFirewall.Enabled = false
+	n.Stop(t)
+	n.Start(t, 43000, 9743)
+	expect("host firewall disabled", []check{
+		{"outside -> host:8080", func() string { return fromOutside(8080) }, "host:8080"},
+		{"host -> outside:8081", func() string { return toOutside(8081) }, "outside:8081"},
+	})
+	if st := status(t, n.StateDir); !slices.ContainsFunc(st.Errors, func(e string) bool { return strings.Contains(e, "hostFirewall.enabled is false") }) {
+		t.Errorf("ward status with the host firewall disabled: errors %q; want the host policies named as not enforced", st.Errors)
+	}
 }
