@@ -291,3 +291,23 @@ func TestReadEvents(t *testing.T) {
 		t.Errorf("stats read %d malformed %d; want 1, 0", st.Read.Load(), st.Malformed.Load())
 	}
 }
+
+// TestDropEventIPv6ExtensionHeader: a packet dropped for what follows its
+// IPv6 header (an MLD report's hop-by-hop header) is reported with its
+// addresses.
+func TestDropEventIPv6ExtensionHeader(t *testing.T) {
+	d, _, _ := eventEnv(t, Config{})
+	src, dst := netip.MustParseAddr("fd00::1"), netip.MustParseAddr("ff02::16")
+	pkt := ip6Packet(0)
+	s16, d16 := src.As16(), dst.As16()
+	copy(pkt[14+8:], s16[:])
+	copy(pkt[14+24:], d16[:])
+	if got := run(t, d, pkt); got != actShot {
+		t.Fatalf("verdict %d; want %d", got, actShot)
+	}
+	evs := drain(t, d)
+	if len(evs) != 1 || evs[0].Kind != EventDrop || evs[0].Reason != ReasonUnsupportedL3 ||
+		evs[0].Source.Addr() != src || evs[0].Destination.Addr() != dst {
+		t.Errorf("events = %+v; want one unsupported-l3 drop from %s to %s", evs, src, dst)
+	}
+}

@@ -401,14 +401,15 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		struct ipv6hdr *ip6 = data + ETH_HLEN;
 		if (ip6->version != 6)
 			return R_DROP_MALFORMED;
-		// Extension headers (fragments included) are not parsed:
-		// dropped rather than let through unchecked.
-		if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP && ip6->nexthdr != IPPROTO_ICMPV6)
-			return ip6->nexthdr == 44 ? R_DROP_FRAGMENT : R_DROP_UNSUPPORTED_L3;
+		// The addresses first: a drop below is reported with them.
 		p->t.family = AF_INET6;
 		__builtin_memcpy(p->t.saddr, &ip6->saddr, 16);
 		__builtin_memcpy(p->t.daddr, &ip6->daddr, 16);
 		p->t.proto = ip6->nexthdr;
+		// Extension headers (fragments included) are not parsed:
+		// dropped rather than let through unchecked.
+		if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP && ip6->nexthdr != IPPROTO_ICMPV6)
+			return ip6->nexthdr == 44 ? R_DROP_FRAGMENT : R_DROP_UNSUPPORTED_L3;
 		p->l4off = ETH_HLEN + sizeof(struct ipv6hdr);
 		if (ip6->nexthdr == IPPROTO_ICMPV6) {
 			__u8 hop = ip6->hop_limit;
