@@ -15,6 +15,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -46,7 +48,10 @@ type kcluster struct {
 	t     *testing.T
 	api   *kubetest.Cluster
 	cs    kubernetes.Interface
+	dc    dynamic.Interface
 	nodes []*knode
+	// policies are the CNP/CCNP objects setPolicies applied last.
+	policies []*unstructured.Unstructured
 }
 
 type knode struct {
@@ -62,12 +67,12 @@ type knode struct {
 func newKubeCluster(t *testing.T, prefix string, pods ...[]node.PodSpec) *kcluster {
 	t.Helper()
 	api := kubetest.Shared(t)
-	cs, _ := api.Clients(t)
+	cs, dc := api.Clients(t)
 	// ward's cilium.io/v2 CRDs: the agents watch CiliumNetworkPolicies.
 	for _, crd := range []string{"ciliumnetworkpolicies.yaml", "ciliumclusterwidenetworkpolicies.yaml"} {
 		api.ApplyFile(t, filepath.Join(testenv.Root(t), "deploy/helm/ward/crds", crd))
 	}
-	c := &kcluster{t: t, api: api, cs: cs}
+	c := &kcluster{t: t, api: api, cs: cs, dc: dc}
 	for i, specs := range pods {
 		for j := range specs {
 			// Endpoints come from the API server, not the node config.
@@ -207,6 +212,54 @@ func (c *kcluster) recreatePod(t *testing.T, n *knode, name string, o podOpts) {
 	}
 	n.Pods[name] = n.Topo.AddPod(t, netns.PodConfig{Name: name, Labels: labels, Routes: []netip.Prefix{underlayNet}})
 	c.createPod(t, n, name, o)
+}
+
+// setPolicies makes the cluster's ward test policies the CNP/CCNP
+// objects of yamlDocs, as `kubectl apply` of a file and `kubectl delete`
+// of the previous one: server-side applied, then the objects the previous
+// call applied and this one does not name deleted. Every agent takes them
+// from the API server.
+func (c *kcluster) setPolicies(t *testing.T, yamlDocs string) {
+	t.Helper()
+	ctx := context.Background()
+	objs, err := kubetest.Decode([]byte(yamlDocs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := func(o *unstructured.Unstructured) string {
+		return o.GetKind() + "/" + o.GetNamespace() + "/" + o.GetName()
+	}
+	keep := map[string]bool{}
+	for _, o := range objs {
+		keep[key(o)] = true
+	}
+	if _, err := c.api.Apply(ctx, []byte(yamlDocs), kubetest.ApplyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range c.policies {
+		if !keep[key(o)] {
+			c.deletePolicy(t, o)
+		}
+	}
+	if len(c.policies) == 0 {
+		c.t.Cleanup(func() {
+			for _, o := range c.policies {
+				c.deletePolicy(c.t, o)
+			}
+		})
+	}
+	c.policies = objs
+}
+
+func (c *kcluster) deletePolicy(t *testing.T, o *unstructured.Unstructured) {
+	t.Helper()
+	var ri dynamic.ResourceInterface = c.dc.Resource(agentkube.CNPResource).Namespace(o.GetNamespace())
+	if o.GetKind() == "CiliumClusterwideNetworkPolicy" {
+		ri = c.dc.Resource(agentkube.CCNPResource)
+	}
+	if err := ri.Delete(context.Background(), o.GetName(), metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		t.Errorf("delete %s %s: %v", o.GetKind(), o.GetName(), err)
+	}
 }
 
 func cmpOr(s, def string) string {

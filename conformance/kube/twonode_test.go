@@ -26,8 +26,9 @@ const (
 // TestTwoNodes is the seed's Star Wars demo on two nodes driven by a real
 // kube-apiserver: tiefighter and xwing on node 0, the Death Star on node
 // 1, all three created as pods through the API (the test writes their
-// IPs as the kubelet would); the agents take pods, namespaces, services
-// and nodes from the API server and have no endpoint in their config.
+// IPs as the kubelet would); the agents take policies (CNP and CCNP
+// objects, server-side applied), pods, namespaces, services and nodes
+// from the API server and have no endpoint or policy in their config.
 // Then, on the same cluster: a namespace-isolation clusterwide policy, a
 // service-account policy, toServices, pod churn (tiefighter deleted and
 // recreated with another IP keeps its identity on the other node) and a
@@ -65,13 +66,11 @@ func TestTwoNodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The seed's CNP, in the pods' namespace.
+	// The seed's CNP, applied in the pods' namespace.
 	sw := strings.Replace(string(pol), "  name: \"rule1\"\n", "  name: \"rule1\"\n  namespace: "+swNS+"\n", 1)
-	for _, n := range c.nodes {
-		n.WritePolicy(t, "sw.yaml", sw)
-	}
 	a.Start(t, 46000, 9460)
 	b.Start(t, 46100, 9461)
+	c.setPolicies(t, sw)
 
 	cctx, stop := context.WithTimeout(ctx, 4*time.Minute)
 	defer stop()
@@ -111,8 +110,7 @@ func TestTwoNodes(t *testing.T) {
 	})
 
 	t.Run("service account", func(t *testing.T) {
-		for _, n := range c.nodes {
-			n.WritePolicy(t, "sw.yaml", `apiVersion: cilium.io/v2
+		c.setPolicies(t, `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: rule1, namespace: `+swNS+`}
 spec:
@@ -122,7 +120,6 @@ spec:
     - matchLabels: {io.cilium.k8s.policy.serviceaccount: xwing}
     toPorts: [{ports: [{port: "80", protocol: TCP}]}]
 `)
-		}
 		node.Eventually(t, "xwing's service account to be allowed", func() bool {
 			return curl("xwing", "POST", "/v1/request-landing") == "Ship landed 200"
 		})
@@ -132,8 +129,7 @@ spec:
 	})
 
 	t.Run("namespace labels flip a clusterwide policy", func(t *testing.T) {
-		for _, n := range c.nodes {
-			n.WritePolicy(t, "sw.yaml", `apiVersion: cilium.io/v2
+		c.setPolicies(t, `apiVersion: cilium.io/v2
 kind: CiliumClusterwideNetworkPolicy
 metadata: {name: k2-landing-by-namespace}
 spec:
@@ -143,7 +139,6 @@ spec:
     - matchLabels: {k8s:io.cilium.k8s.namespace.labels.clearance: granted}
     toPorts: [{ports: [{port: "80", protocol: TCP}]}]
 `)
-		}
 		node.Eventually(t, "the policy to drop rebel (its namespace not cleared)", func() bool {
 			return curl("rebel", "POST", "/v1/request-landing") == "error" && curl("tiefighter", "POST", "/v1/request-landing") == "error"
 		})
@@ -163,8 +158,7 @@ spec:
 	t.Run("namespace isolation", func(t *testing.T) {
 		// The seed's namespace isolation as a clusterwide policy: every
 		// pod of the namespace accepts only its own namespace.
-		for _, n := range c.nodes {
-			n.WritePolicy(t, "sw.yaml", `apiVersion: cilium.io/v2
+		c.setPolicies(t, `apiVersion: cilium.io/v2
 kind: CiliumClusterwideNetworkPolicy
 metadata: {name: k2-isolate}
 spec:
@@ -173,7 +167,6 @@ spec:
   - fromEndpoints:
     - matchLabels: {k8s:io.kubernetes.pod.namespace: `+swNS+`}
 `)
-		}
 		node.Eventually(t, "tiefighter (same namespace) to be allowed", func() bool {
 			return curl("tiefighter", "POST", "/v1/request-landing") == "Ship landed 200"
 		})
@@ -187,8 +180,7 @@ spec:
 
 	t.Run("toServices", func(t *testing.T) {
 		// Egress of tiefighter only to the deathstar service's pods.
-		for _, n := range c.nodes {
-			n.WritePolicy(t, "sw.yaml", `apiVersion: cilium.io/v2
+		c.setPolicies(t, `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: tiefighter-egress, namespace: `+swNS+`}
 spec:
@@ -197,7 +189,6 @@ spec:
   - toServices:
     - k8sService: {serviceName: deathstar, namespace: `+swNS+`}
 `)
-		}
 		// Under the policy, tiefighter's egress to xwing (same node, same
 		// namespace, not the service) is dropped; to the service's pod
 		// allowed.
