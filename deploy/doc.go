@@ -11,6 +11,13 @@
 //     permissions, checked rule by rule against the chart and request by
 //     request with SubjectAccessReviews, and the operator role grants no
 //     exec nor nodes/proxy (TestRBACLeastPrivilege);
+//   - least privilege is enough: wardd runs as that ServiceAccount with the
+//     chart's command line and node config (TestWarddWithChartRBAC); its
+//     datapath loads with exactly the chart's capabilities and not without
+//     any one of them (TestWarddCapabilities); the rendered Envoy, init
+//     container and wardd commands bring Envoy up with ward's filters
+//     (TestPodsAsRendered); the ConfigMap's node config loads
+//     (TestNodeConfig); docs/kubernetes.md's commands run (TestKubernetesDoc);
 //   - `make image` produces a valid OCI archive with the binaries at the
 //     paths the chart runs (TestImageArchive), and libward.so loads in the
 //     official Envoy image's glibc (TestLibwardGlibc).
