@@ -154,6 +154,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	var px *dns.Proxy
 	if a.eng != nil {
+		a.eng.consumers = append(a.eng.consumers, &regenerationMarker{}) // first: `ward endpoint list` shows regenerating
 		if err := a.openKube(ctx); err != nil {
 			return err
 		}

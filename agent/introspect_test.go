@@ -12,8 +12,9 @@ import (
 )
 
 // TestEndpointLifecycle walks endpoints through the seed's lifecycle
-// states as the agent reports them: before the first publish, ready, a
-// label change not yet published, a removal not yet published.
+// states as the agent reports them: before the first publish (restoring
+// over pinned maps), ready, a label change not yet published, being
+// published, a removal not yet published.
 func TestEndpointLifecycle(t *testing.T) {
 	eps := []Endpoint{
 		{Name: "deathstar", ID: 1, IPs: []string{"10.0.0.1"}, Labels: map[string]string{"class": "deathstar"}},
@@ -76,7 +77,21 @@ spec:
 		t.Fatal(err)
 	}
 	check("labels changed", map[string]string{"deathstar": api.StateWaitingToRegenerate, "xwing": api.StateWaitingToRegenerate})
-	eng.publish(context.Background())
+	// While a publish writes them (a consumer holds it), both are
+	// regenerating.
+	entered, release := make(chan struct{}), make(chan struct{})
+	eng.consumers = []Consumer{&regenerationMarker{}, ConsumerFunc(func(context.Context, *State) error {
+		close(entered)
+		<-release
+		return nil
+	})}
+	done := make(chan struct{})
+	go func() { eng.publish(context.Background()); close(done) }()
+	<-entered
+	check("publishing", map[string]string{"deathstar": api.StateRegenerating, "xwing": api.StateRegenerating})
+	close(release)
+	<-done
+	eng.consumers = []Consumer{&regenerationMarker{}}
 	check("republished", map[string]string{"deathstar": api.StateReady, "xwing": api.StateReady})
 
 	if _, err := eng.setEndpoints(sourceConfig, eps[:1], "endpoints"); err != nil {
