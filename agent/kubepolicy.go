@@ -137,7 +137,7 @@ func (a *Agent) kubeStatus() *api.Kubernetes {
 	}
 	s := a.kube.Status()
 	k := &api.Kubernetes{Connected: s.Connected, Synced: s.Synced, SyncedAt: s.SyncedAt, LastContact: s.LastContact,
-		DownSince: s.DownSince, LastError: s.LastError, Resources: s.Resources}
+		DownSince: s.DownSince, LastError: s.LastError, Resources: s.Resources, NotServed: s.NotServed}
 	if !s.Connected {
 		since := s.LastContact
 		if since.IsZero() {

@@ -21,6 +21,9 @@ type Kubernetes struct {
 	LastError    string  `json:"lastError,omitempty"`
 	// Resources are the watched resources' object counts, by resource.
 	Resources map[string]int `json:"resources,omitempty"`
+	// NotServed are the watched custom resources the API server does not
+	// serve (their CRDs are not installed): none of their objects exist.
+	NotServed []string `json:"notServed,omitempty"`
 	// InvalidPolicies are the policy objects whose current version is
 	// invalid (their last good version, if any, stays enforced).
 	InvalidPolicies []FileError `json:"invalidPolicies,omitempty"`

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
@@ -48,6 +50,9 @@ type Client struct {
 	lastContact time.Time
 	downSince   time.Time
 	lastErr     string
+	// notServedSet: the optional resources not served at the first sync
+	// (cleared for each once its informer has synced).
+	notServedSet map[string]bool
 }
 
 // RestConfig builds the client config of cfg: its kubeconfig file, or the
@@ -119,7 +124,7 @@ func (c *Client) Track(name string, inf cache.SharedIndexInformer) {
 func (c *Client) TrackHandler(name string, inf cache.SharedIndexInformer, synced cache.InformerSynced) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.tracked[name] = tracked{inf: inf, synced: synced}
+	c.tracked[name] = tracked{name: name, inf: inf, synced: synced}
 	// A failed list or watch (the API server is down, RBAC forbids it) is
 	// shown in the status; the informer retries with backoff on its own.
 	_ = inf.SetWatchErrorHandlerWithContext(func(_ context.Context, r *cache.Reflector, err error) {
@@ -130,9 +135,26 @@ func (c *Client) TrackHandler(name string, inf cache.SharedIndexInformer, synced
 	})
 }
 
+// TrackOptional is TrackHandler for a custom resource that may not be
+// served (its CRD is not installed): while the API server answers that
+// gvr is not served, the resource counts as synced with no objects (and
+// Status names it in NotServed), so that the agent does not wait for it
+// forever; once it is served, the informer lists it and its objects
+// arrive as additions.
+func (c *Client) TrackOptional(name string, inf cache.SharedIndexInformer, synced cache.InformerSynced, gvr schema.GroupVersionResource) {
+	c.TrackHandler(name, inf, synced)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := c.tracked[name]
+	t.optional = &gvr
+	c.tracked[name] = t
+}
+
 type tracked struct {
-	inf    cache.SharedIndexInformer
-	synced cache.InformerSynced
+	name     string
+	inf      cache.SharedIndexInformer
+	synced   cache.InformerSynced
+	optional *schema.GroupVersionResource
 }
 
 // Synced is closed once every tracked informer has listed its objects
@@ -153,11 +175,7 @@ func (c *Client) Run(ctx context.Context) error {
 	defer c.Informers.Shutdown()
 	defer c.DynamicInformers.Shutdown()
 	go func() {
-		var synced []cache.InformerSynced
-		for _, t := range tracked {
-			synced = append(synced, t.synced)
-		}
-		if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		if !c.waitSynced(ctx, tracked) {
 			return
 		}
 		c.mu.Lock()
@@ -177,6 +195,58 @@ func (c *Client) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// waitSynced waits until every tracked informer has synced or, for an
+// optional resource, the API server says it does not serve it; false when
+// ctx ends first.
+func (c *Client) waitSynced(ctx context.Context, tracked []tracked) bool {
+	for {
+		all := true
+		notServed := map[string]bool{}
+		for _, t := range tracked {
+			if t.synced() {
+				continue
+			}
+			if t.optional != nil && c.notServed(ctx, *t.optional) {
+				notServed[t.name] = true
+				continue
+			}
+			all = false
+		}
+		if all {
+			c.mu.Lock()
+			c.notServedSet = notServed
+			c.mu.Unlock()
+			for name := range notServed {
+				c.log.Warn("kubernetes resource not served (its CRD is not installed?): none of its objects are known", "resource", name)
+			}
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// notServed reports whether the API server answers that it does not serve
+// gvr (an error that is no such answer is not).
+func (c *Client) notServed(ctx context.Context, gvr schema.GroupVersionResource) bool {
+	list, err := c.Kube.Discovery().ServerResourcesForGroupVersion(gvr.GroupVersion().String())
+	if apierrors.IsNotFound(err) {
+		return true
+	}
+	if err != nil || list == nil {
+		return false
+	}
+	for _, r := range list.APIResources {
+		if r.Name == gvr.Resource {
+			return false
+		}
+	}
+	return true
 }
 
 // probe asks the API server's /readyz and records the answer.
@@ -222,6 +292,10 @@ type Status struct {
 	LastError string
 	// Resources are the tracked informers' object counts, by name.
 	Resources map[string]int
+	// NotServed are the optional resources the API server did not serve
+	// at the first sync and whose informer has not listed them since (a
+	// CRD not installed).
+	NotServed []string
 }
 
 // Status returns the connection's state.
@@ -231,7 +305,11 @@ func (c *Client) Status() Status {
 	st := Status{Connected: c.connected, SyncedAt: c.syncedAt, Synced: !c.syncedAt.IsZero(),
 		LastContact: c.lastContact, DownSince: c.downSince, LastError: c.lastErr, Resources: map[string]int{}}
 	for name, t := range c.tracked {
+		if c.notServedSet[name] && !t.synced() {
+			st.NotServed = append(st.NotServed, name)
+		}
 		st.Resources[name] = len(t.inf.GetStore().ListKeys())
 	}
+	slices.Sort(st.NotServed)
 	return st
 }

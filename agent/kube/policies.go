@@ -123,7 +123,9 @@ func (c *Client) WatchPolicies(sink PolicySink, onChange func()) *Policies {
 		if err == nil {
 			synced = reg.HasSynced
 		}
-		c.TrackHandler(gvr.Resource, inf, synced)
+		// Optional: without the CRDs there is no such policy, and the
+		// agent does not wait for them.
+		c.TrackOptional(gvr.Resource, inf, synced, gvr)
 		p.infs[kind] = inf
 	}
 	return p

@@ -37,6 +37,9 @@ func printKubernetes(w io.Writer, k *api.Kubernetes) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %s: %d\n", n, k.Resources[n])
 	}
+	for _, r := range k.NotServed {
+		fmt.Fprintf(w, "kubernetes resource not served (install its CRD): %s\n", r)
+	}
 	for _, e := range k.InvalidPolicies {
 		fmt.Fprintf(w, "policy object invalid (its last good version, if any, stays in force): %s: %s\n", e.File, e.Error)
 	}
