@@ -65,6 +65,12 @@ var modulePath, armsFlag string
 // latency runs the open-loop rounds.
 var latency = true
 
+// grpcArms adds the gRPC arms (grpc.go) with their client's shape.
+var (
+	grpcArms               bool
+	grpcConns, grpcStreams int
+)
+
 type arm struct {
 	name string
 	port int
@@ -86,6 +92,9 @@ func main() {
 	goEnv := flag.String("goenv", "", "extra environment for Envoy's Go runtime, e.g. GOMAXPROCS=1 (comma-separated)")
 	flag.StringVar(&modulePath, "module", "build/test/libward.so", "the libward.so (built with -tags wardtest) the Go arms load")
 	flag.BoolVar(&latency, "latency", true, "also run the open-loop latency rounds")
+	flag.BoolVar(&grpcArms, "grpc", false, "also run the gRPC unary arms (h2 router, ward with one rule) with a Go client")
+	flag.IntVar(&grpcConns, "grpc-conns", 4, "gRPC client connections")
+	flag.IntVar(&grpcStreams, "grpc-streams", 16, "concurrent gRPC calls per connection")
 	flag.StringVar(&armsFlag, "arms", "", "run only the arms whose name matches this `regexp` (the router arm always runs)")
 	flag.Parse()
 	goEnvList = strings.Split(*goEnv, ",")
@@ -224,6 +233,22 @@ func run(rounds int, dur time.Duration, conns int, rulesFlag string, rateFrac fl
 			must(xds.HTTPListener{Name: "rbac" + f, Address: "127.0.0.1", Port: uint32(r.port), Cluster: "up", RBAC: rbacFor(n)}.Build()),
 			must(xds.HTTPListener{Name: "extauthz" + f, Address: "127.0.0.1", Port: uint32(x.port), Cluster: "up", ExtAuthzCluster: "authz" + f}.Build()))
 	}
+	var garms []*grpcArm
+	if grpcArms {
+		gp, err := serveGRPC(ctx)
+		if err != nil {
+			return err
+		}
+		res.Clusters = append(res.Clusters, xds.StaticCluster("grpcup", "127.0.0.1", uint32(gp), true))
+		garms = []*grpcArm{{name: "h2 router only", port: freePort()}, {name: "ward filter, 1 rule", port: freePort()}}
+		policies = append(policies, &npds.NetworkPolicy{Name: "epgrpc", IngressPerPortPolicies: []*npds.PortNetworkPolicy{{Port: 80, Rules: []*npds.PortNetworkPolicyRule{{
+			L7: npds.HTTP(l7.HTTPRule{Method: "POST", Path: grpcMethod}),
+		}}}}})
+		cfg := fmt.Sprintf(`{"xds_socket":%q,"node":%q,"endpoint":"epgrpc","port":80}`, sock, node)
+		res.Listeners = append(res.Listeners,
+			must(xds.HTTPListener{Name: "grpc-router", Address: "127.0.0.1", Port: uint32(garms[0].port), Cluster: "grpcup"}.Build()),
+			must(xds.HTTPListener{Name: "grpc-ward", Address: "127.0.0.1", Port: uint32(garms[1].port), Cluster: "grpcup", Filters: []xds.ModuleFilter{{Name: "ward.http", Config: []byte(cfg)}}}.Build()))
+	}
 	if armsFlag != "" {
 		re, err := regexp.Compile(armsFlag)
 		if err != nil {
@@ -239,6 +264,11 @@ func run(rounds int, dur time.Duration, conns int, rulesFlag string, rateFrac fl
 		if err := waitOK(fmt.Sprintf("http://127.0.0.1:%d/public", a.port), 60*time.Second); err != nil {
 			b, _ := os.ReadFile(filepath.Join(dir, "envoy.log"))
 			return fmt.Errorf("arm %s: %w\n%s", a.name, err, b)
+		}
+	}
+	for _, a := range garms {
+		if err := waitGRPC(a.port, 60*time.Second); err != nil {
+			return fmt.Errorf("arm gRPC %s: %w", a.name, err)
 		}
 	}
 	pid := ag.Envoy().PID()
@@ -271,7 +301,30 @@ func run(rounds int, dur time.Duration, conns int, rulesFlag string, rateFrac fl
 			a.p50, a.p99 = append(a.p50, p50), append(a.p99, p99)
 		}
 	}
+	for r := 0; r < rounds; r++ {
+		for _, a := range garms {
+			rps, us, err := cpuPerRequest(pid, func() (float64, int, error) { return grpcLoad(a.port, dur, grpcConns, grpcStreams) })
+			if err != nil {
+				return fmt.Errorf("gRPC %s: %w", a.name, err)
+			}
+			a.rps, a.cpu = append(a.rps, rps), append(a.cpu, us)
+		}
+	}
+	var grate float64
+	if len(garms) > 0 {
+		grate = median(garms[0].rps) * rateFrac
+	}
+	for r := 0; r < rounds && latency && len(garms) > 0; r++ {
+		for _, a := range garms {
+			p50, p99, err := grpcOpenLoop(a.port, grate, dur, grpcConns)
+			if err != nil {
+				return fmt.Errorf("gRPC %s: %w", a.name, err)
+			}
+			a.p50, a.p99 = append(a.p50, p50), append(a.p99, p99)
+		}
+	}
 	report(arms, rounds, dur, conns, rate, goEnvList)
+	grpcReport(garms, grpcConns, grpcStreams, grate)
 	if perfDir != "" {
 		return perfRecord(pid, arms, dur, conns)
 	}
