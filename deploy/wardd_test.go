@@ -79,8 +79,8 @@ var cnpResource = schema.GroupVersionResource{Group: "cilium.io", Version: "v2",
 // with only the chart's RBAC — against a real apiserver, and checks that
 // least privilege is enough for everything wardd does there: every
 // informer syncs, a valid policy gets its status written (status
-// subresource), an invalid one its condition and a Warning Event, and
-// nothing is forbidden. (The
+// subresource), an invalid one its condition and a Warning Event, a Secret
+// of the secrets namespace is mirrored, and nothing is forbidden. (The
 // datapath is off: it needs the node's network namespace;
 // TestWarddCapabilities loads it with the chart's capabilities.)
 func TestWarddWithChartRBAC(t *testing.T) {
@@ -190,6 +190,11 @@ spec:
   ingress:
   - toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{path: "("}]}}]
 `)
+	if _, err := cs.CoreV1().Secrets("ward-secrets").Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "backend-ca"}, Data: map[string][]byte{"ca.crt": []byte("not checked here")},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	nodeStatus := func(name string) map[string]any {
 		o, err := dc.Resource(cnpResource).Namespace("app").Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
@@ -211,6 +216,10 @@ spec:
 		return slices.ContainsFunc(evs.Items, func(e corev1.Event) bool {
 			return e.InvolvedObject.Name == "bad" && e.Type == corev1.EventTypeWarning
 		})
+	})
+	eventually(t, "the secrets namespace's Secret mirrored", func() bool {
+		_, err := os.Stat(filepath.Join(stateDir, "kube-secrets", "ward-secrets", "backend-ca", "ca.crt"))
+		return err == nil
 	})
 	st, err := status(stateDir)
 	if err != nil || st.Kubernetes == nil || st.Kubernetes.LastError != "" {
