@@ -32,8 +32,14 @@ func TestMain(m *testing.M) {
 	if dir := os.Getenv(capChildEnv); dir != "" {
 		os.Exit(capChild(dir))
 	}
+	var err error
+	if binDir, err = os.MkdirTemp("", "ward-deploy-bin-"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 	code := m.Run()
 	kubetest.StopShared()
+	os.RemoveAll(binDir)
 	os.Exit(code)
 }
 

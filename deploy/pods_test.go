@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -56,12 +57,28 @@ func renderedContainer(t *testing.T, daemonSet, name string) container {
 	return container{}
 }
 
-func goBuild(t *testing.T, dir, pkg string) string {
+// built caches the commands the tests build, once per test binary, in
+// binDir (made and removed by TestMain).
+var (
+	binDir  string
+	builtMu sync.Mutex
+	built   = map[string]string{}
+)
+
+// goBuild builds a command of the module (e.g. "cmd/wardd") once and
+// returns its path.
+func goBuild(t *testing.T, pkg string) string {
 	t.Helper()
-	out := filepath.Join(dir, filepath.Base(pkg))
+	builtMu.Lock()
+	defer builtMu.Unlock()
+	if p, ok := built[pkg]; ok {
+		return p
+	}
+	out := filepath.Join(binDir, filepath.Base(pkg))
 	if b, err := exec.Command("go", "build", "-o", out, "github.com/wardproxy/ward/"+pkg).CombinedOutput(); err != nil {
 		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
 	}
+	built[pkg] = out
 	return out
 }
 
@@ -102,7 +119,7 @@ func TestPodsAsRendered(t *testing.T) {
 			args = append(args, paths.Replace(a))
 		}
 		cmd := exec.Command(args[0], args[1:]...)
-		cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(envoyBin)+":"+filepath.Join(dir, "bin")+":"+os.Getenv("PATH"))
+		cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(envoyBin)+":"+os.Getenv("PATH"))
 		for k, v := range c.env {
 			cmd.Env = append(cmd.Env, k+"="+paths.Replace(v))
 		}
@@ -127,12 +144,8 @@ func TestPodsAsRendered(t *testing.T) {
 		})
 		return cmd
 	}
-	bin := filepath.Join(dir, "bin")
-	if err := os.MkdirAll(bin, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	install := goBuild(t, bin, "cmd/ward-install")
-	wardd := goBuild(t, bin, "cmd/wardd")
+	install := goBuild(t, "cmd/ward-install")
+	wardd := goBuild(t, "cmd/wardd")
 
 	// Envoy's pod first: it must wait for the bootstrap and the library.
 	envoyExited := make(chan error, 1)

@@ -127,10 +127,7 @@ func TestWarddWithChartRBAC(t *testing.T) {
 	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	wardd := filepath.Join(dir, "wardd")
-	if out, err := exec.Command("go", "build", "-o", wardd, "github.com/wardproxy/ward/cmd/wardd").CombinedOutput(); err != nil {
-		t.Fatalf("go build wardd: %v\n%s", err, out)
-	}
+	wardd := goBuild(t, "cmd/wardd")
 	var args []string
 	for _, a := range warddCommand(t)[1:] {
 		switch {
