@@ -21,6 +21,7 @@ import (
 	"github.com/wardproxy/ward/filters/dns"
 	"github.com/wardproxy/ward/internal/envoyproc"
 	"github.com/wardproxy/ward/policy/dirsource"
+	"github.com/wardproxy/ward/policy/groups"
 	"github.com/wardproxy/ward/xds"
 )
 
@@ -42,10 +43,11 @@ type Agent struct {
 	// remote and apiserver are datapath.remoteNodes and kubeAPIServer,
 	// parsed once.
 	remote, apiserver []netip.Prefix
-	svcs              *serviceSource // nil without a services directory
-	kube              *kube.Client   // nil without a kubernetes block
-	kp                *kubeParts     // the cluster sources; nil without kubernetes (kubesources.go)
-	kpol              *kubePolicies  // nil without a kubernetes block
+	svcs              *serviceSource     // nil without a services directory
+	kube              *kube.Client       // nil without a kubernetes block
+	kpol              *kubePolicies      // nil without a kubernetes block
+	kp                *kubeParts         // the cluster sources; nil without kubernetes (kubesources.go)
+	groups            *groups.Controller // toGroups derivatives; nil without a policy engine (groups.go)
 	ready             chan struct{}
 }
 
@@ -303,6 +305,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.eng != nil {
 		g.Go(func() error { return a.runPolicy(ctx) })
 	}
+	a.runGroups(ctx, g)
 	if a.kpol != nil {
 		a.kpol.run(ctx, g, a)
 	}

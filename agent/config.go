@@ -74,6 +74,9 @@ type Config struct {
 	// from its labels, as Cilium's --enable-node-selector-labels: without
 	// it fromNodes/toNodes select nothing but the remote-node identity.
 	EnableNodeSelectorLabels bool `json:"enableNodeSelectorLabels,omitempty"`
+	// ToGroups configures the provider that resolves toGroups/fromGroups
+	// into derivative policies (groups.go).
+	ToGroups *ToGroupsConfig `json:"toGroups,omitempty"`
 	// EnableExtendedIPProtocols accepts policies on the IP protocols VRRP
 	// and IGMP (no ports), as Cilium's --enable-extended-ip-protocols;
 	// without it such policies are refused.
@@ -416,6 +419,9 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("mode: %w", err))
 	}
 	if _, err := c.labelFilter(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.ToGroups.validate("toGroups"); err != nil {
 		errs = append(errs, err)
 	}
 	if c.ClusterName != "" && !validLabelValue(c.ClusterName) {

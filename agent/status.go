@@ -52,6 +52,11 @@ func (a *Agent) Status() api.Status {
 		st.Delivery[typ] = d
 	}
 	st.FlowEvents = a.flowEventsStatus()
+	if a.groups != nil {
+		for _, g := range a.groups.Status() {
+			st.ToGroups = append(st.ToGroups, api.Derivative(g))
+		}
+	}
 	st.Kubernetes = a.kubeStatus()
 	if a.proc != nil {
 		st.Envoy = &api.Envoy{PID: a.proc.PID(), Starts: a.proc.Starts(), Adopted: a.proc.Adopted(), LastError: a.proc.LastError()}

@@ -221,6 +221,7 @@ func (r *Repository) compilePolicy(p *Policy) *compiledPolicy {
 				cr.requires[dirIn] = append(cr.requires[dirIn], peerSelector(&in.FromRequires[k], ns))
 			}
 			s := r.compileSection(cp, o, ns, false, in.FromEndpoints, in.FromCIDR, in.FromCIDRSet, in.FromEntities, in.FromNodes, nil, nil, len(in.FromRequires) > 0)
+			groupsSelectNothing(s, len(in.FromGroups))
 			s.rules = compilePortRules(in.ToPorts, in.ICMPs, ns)
 			cr.sections[dirIn] = append(cr.sections[dirIn], s)
 		}
@@ -228,6 +229,7 @@ func (r *Repository) compilePolicy(p *Policy) *compiledPolicy {
 			in := &rule.IngressDeny[j]
 			o := &Origin{Policy: p.Key(), Path: fmt.Sprintf("%s.ingressDeny[%d]", rp, j)}
 			s := r.compileSection(cp, o, ns, true, in.FromEndpoints, in.FromCIDR, in.FromCIDRSet, in.FromEntities, in.FromNodes, nil, nil, len(in.FromRequires) > 0)
+			groupsSelectNothing(s, len(in.FromGroups))
 			s.rules = compilePortRules(in.ToPorts, in.ICMPs, ns)
 			cr.sections[dirIn] = append(cr.sections[dirIn], s)
 		}
@@ -238,6 +240,7 @@ func (r *Repository) compilePolicy(p *Policy) *compiledPolicy {
 				cr.requires[dirOut] = append(cr.requires[dirOut], peerSelector(&e.ToRequires[k], ns))
 			}
 			s := r.compileSection(cp, o, ns, false, e.ToEndpoints, e.ToCIDR, e.ToCIDRSet, e.ToEntities, e.ToNodes, e.ToServices, e.ToFQDNs, len(e.ToRequires) > 0)
+			groupsSelectNothing(s, len(e.ToGroups))
 			s.rules = compilePortRules(e.ToPorts, e.ICMPs, ns)
 			cr.sections[dirOut] = append(cr.sections[dirOut], s)
 		}
@@ -245,6 +248,7 @@ func (r *Repository) compilePolicy(p *Policy) *compiledPolicy {
 			e := &rule.EgressDeny[j]
 			o := &Origin{Policy: p.Key(), Path: fmt.Sprintf("%s.egressDeny[%d]", rp, j)}
 			s := r.compileSection(cp, o, ns, true, e.ToEndpoints, e.ToCIDR, e.ToCIDRSet, e.ToEntities, e.ToNodes, e.ToServices, nil, len(e.ToRequires) > 0)
+			groupsSelectNothing(s, len(e.ToGroups))
 			s.rules = compilePortRules(e.ToPorts, e.ICMPs, ns)
 			cr.sections[dirOut] = append(cr.sections[dirOut], s)
 		}
@@ -315,6 +319,16 @@ func (r *Repository) compileSection(cp *compiledPolicy, o *Origin, ns string, de
 		s.allPeers = true
 	}
 	return s
+}
+
+// groupsSelectNothing: a toGroups/fromGroups rule selects nothing itself
+// (never every peer): its derivative policy (policy/groups) carries the
+// resolved addresses.
+func groupsSelectNothing(s *section, n int) {
+	if n > 0 {
+		s.allPeers = false
+		s.peers = append(s.peers, entityPeer{EntityNone})
+	}
 }
 
 // servicePeers resolves a toServices entry against the known services.

@@ -890,3 +890,19 @@ spec:
 	e.check("default/app=visitor", open, ProtocolTCP, 80, "allowed")
 	e.check("default/role=other", open, ProtocolTCP, 80, "denied")
 }
+
+// TestToGroupsSelectsNothing: a toGroups rule with ports selects nobody by
+// itself (its derivative policy carries the addresses); it never turns
+// into "every peer on these ports".
+func TestToGroupsSelectsNothing(t *testing.T) {
+	e := newEnv(t, Config{}, `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: groups}
+spec:
+  endpointSelector: {matchLabels: {app: a}}
+  egress:
+  - toGroups: [{aws: {securityGroupsIds: [sg-1]}}]
+    toPorts: [{ports: [{port: "443", protocol: TCP}]}]
+`)
+	e.check("default/app=a", "default/app=b", ProtocolTCP, 443, "denied")
+}

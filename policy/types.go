@@ -224,7 +224,7 @@ type IngressRule struct {
 	FromCIDRSet    []CIDRRule         `json:"fromCIDRSet,omitempty"`
 	FromEntities   []string           `json:"fromEntities,omitempty"`
 	FromNodes      []EndpointSelector `json:"fromNodes,omitempty"`
-	FromGroups     rawJSON            `json:"fromGroups,omitempty"`
+	FromGroups     []Groups           `json:"fromGroups,omitempty"`
 	ToPorts        []PortRule         `json:"toPorts,omitempty"`
 	ICMPs          []ICMPRule         `json:"icmps,omitempty"`
 	Authentication *Authentication    `json:"authentication,omitempty"`
@@ -238,7 +238,7 @@ type IngressDenyRule struct {
 	FromCIDRSet   []CIDRRule         `json:"fromCIDRSet,omitempty"`
 	FromEntities  []string           `json:"fromEntities,omitempty"`
 	FromNodes     []EndpointSelector `json:"fromNodes,omitempty"`
-	FromGroups    rawJSON            `json:"fromGroups,omitempty"`
+	FromGroups    []Groups           `json:"fromGroups,omitempty"`
 	ToPorts       []PortRule         `json:"toPorts,omitempty"`
 	ICMPs         []ICMPRule         `json:"icmps,omitempty"`
 }
@@ -253,7 +253,7 @@ type EgressRule struct {
 	ToEntities     []string           `json:"toEntities,omitempty"`
 	ToServices     []Service          `json:"toServices,omitempty"`
 	ToNodes        []EndpointSelector `json:"toNodes,omitempty"`
-	ToGroups       rawJSON            `json:"toGroups,omitempty"`
+	ToGroups       []Groups           `json:"toGroups,omitempty"`
 	ToFQDNs        []FQDNSelector     `json:"toFQDNs,omitempty"`
 	ToPorts        []PortRule         `json:"toPorts,omitempty"`
 	ICMPs          []ICMPRule         `json:"icmps,omitempty"`
@@ -270,7 +270,7 @@ type EgressDenyRule struct {
 	ToEntities  []string           `json:"toEntities,omitempty"`
 	ToServices  []Service          `json:"toServices,omitempty"`
 	ToNodes     []EndpointSelector `json:"toNodes,omitempty"`
-	ToGroups    rawJSON            `json:"toGroups,omitempty"`
+	ToGroups    []Groups           `json:"toGroups,omitempty"`
 	ToFQDNs     []FQDNSelector     `json:"toFQDNs,omitempty"`
 	ToPorts     []PortRule         `json:"toPorts,omitempty"`
 	ICMPs       []ICMPRule         `json:"icmps,omitempty"`
@@ -356,4 +356,48 @@ type ICMPRule struct {
 type ICMPField struct {
 	Family string     `json:"family,omitempty"`
 	Type   PortString `json:"type"`
+}
+
+// Groups selects the addresses of a cloud provider's resources (Cilium's
+// toGroups/fromGroups). The agent resolves them (policy/groups) into a
+// derivative policy with toCIDRSet/fromCIDRSet; the rule itself selects
+// nothing.
+type Groups struct {
+	AWS *AWSGroup `json:"aws,omitempty"`
+}
+
+// AWSGroup selects EC2 network interfaces by security group (id or name)
+// and instances by tags; Region overrides the provider's region.
+type AWSGroup struct {
+	Labels              map[string]string `json:"labels,omitempty"`
+	SecurityGroupsIds   []string          `json:"securityGroupsIds,omitempty"`
+	SecurityGroupsNames []string          `json:"securityGroupsNames,omitempty"`
+	Region              string            `json:"region,omitempty"`
+}
+
+// HasGroups reports whether p has toGroups or fromGroups rules.
+func (p *Policy) HasGroups() bool {
+	for _, r := range p.Rules() {
+		for _, in := range r.Ingress {
+			if len(in.FromGroups) > 0 {
+				return true
+			}
+		}
+		for _, in := range r.IngressDeny {
+			if len(in.FromGroups) > 0 {
+				return true
+			}
+		}
+		for _, e := range r.Egress {
+			if len(e.ToGroups) > 0 {
+				return true
+			}
+		}
+		for _, e := range r.EgressDeny {
+			if len(e.ToGroups) > 0 {
+				return true
+			}
+		}
+	}
+	return false
 }

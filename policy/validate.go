@@ -198,7 +198,7 @@ type peerFields struct {
 	entitiesName  string
 	nodes         []EndpointSelector
 	nodesName     string
-	groups        rawJSON
+	groups        []Groups
 	groupsName    string
 	services      []Service
 	fqdns         []FQDNSelector
@@ -218,6 +218,7 @@ func (p *Policy) validatePeers(path string, l *errList, f peerFields) {
 	add(len(f.nodes), f.nodesName)
 	add(len(f.services), "toServices")
 	add(len(f.fqdns), "toFQDNs")
+	add(len(f.groups), f.groupsName)
 	if slices.Contains(present, "toFQDNs") && len(present) > 1 {
 		other := present[0]
 		if other == "toFQDNs" {
@@ -227,8 +228,14 @@ func (p *Policy) validatePeers(path string, l *errList, f peerFields) {
 	} else if len(present) > 1 {
 		l.add(path, "", fmt.Sprintf("combining %s and %s in one rule is not supported: use separate rules", present[0], present[1]))
 	}
-	if len(f.groups) > 0 && string(f.groups) != "null" {
-		l.add(path+"."+f.groupsName, "", f.groupsName+" (cloud provider groups) is not supported by ward")
+	for i, g := range f.groups {
+		gp := fmt.Sprintf("%s.%s[%d]", path, f.groupsName, i)
+		switch {
+		case g.AWS == nil:
+			l.add(gp, "", "needs a provider (aws)")
+		case len(g.AWS.Labels) == 0 && len(g.AWS.SecurityGroupsIds) == 0 && len(g.AWS.SecurityGroupsNames) == 0:
+			l.add(gp+".aws", "", "needs labels, securityGroupsIds or securityGroupsNames")
+		}
 	}
 	for i := range f.endpoints {
 		sp := fmt.Sprintf("%s.%s[%d]", path, f.endpointsName, i)

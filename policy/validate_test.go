@@ -291,11 +291,22 @@ func TestValidationErrors(t *testing.T) {
   - toEndpoints: [{}]
     authentication: {mode: required}
 `, "spec.egress[0].authentication", "not supported by ward"},
-		{"toGroups unsupported", header + `spec:
+		{"toGroups without selection", header + `spec:
+  endpointSelector: {}
+  egress:
+  - toGroups: [{aws: {region: eu-west-1}}]
+`, "spec.egress[0].toGroups[0].aws", "needs labels, securityGroupsIds or securityGroupsNames"},
+		{"toGroups without provider", header + `spec:
+  endpointSelector: {}
+  egress:
+  - toGroups: [{}]
+`, "spec.egress[0].toGroups[0]", "needs a provider (aws)"},
+		{"toGroups with toEndpoints", header + `spec:
   endpointSelector: {}
   egress:
   - toGroups: [{aws: {securityGroupsIds: [sg-1]}}]
-`, "spec.egress[0].toGroups", "not supported by ward"},
+    toEndpoints: [{}]
+`, "spec.egress[0]", "combining toEndpoints and toGroups in one rule is not supported"},
 		{"l7 without l7proto", header + `spec:
   endpointSelector: {}
   egress:

@@ -37,6 +37,9 @@ type Status struct {
 	// FlowEvents counts the BPF datapath's flow events (nil without the
 	// datapath).
 	FlowEvents *FlowEvents `json:"flowEvents,omitempty"`
+	// ToGroups are the policies with toGroups/fromGroups and their
+	// derivatives.
+	ToGroups []Derivative `json:"toGroups,omitempty"`
 }
 
 // Delivery is the proxy's state of one policy resource type.
