@@ -46,7 +46,8 @@ func render(t *testing.T, args ...string) []byte {
 // TestChart: the real helm lints the chart strictly with the default and
 // the non-default values, and renders exactly the committed manifests
 // (deploy/render.sh refreshes them; scripts/generate.sh --check in CI).
-// An audit mode the chart cannot honour fails the rendering.
+// An audit mode the chart cannot honour, a misspelled value or a bad one
+// fails the rendering (values.schema.json).
 func TestChart(t *testing.T) {
 	helm(t, "lint", "--strict", "helm/ward", "--kube-version", "1.36.0")
 	helm(t, "lint", "--strict", "helm/ward", "--kube-version", "1.36.0", "-f", "helm/ward/ci/custom-values.yaml")
@@ -63,8 +64,19 @@ func TestChart(t *testing.T) {
 		})
 	}
 	bin := testenv.File(t, "build/bin/helm", "run `make setup`")
-	out, err := exec.Command(bin, "template", "ward", "helm/ward", "--kube-version", "1.36.0", "--set", "config.policyAuditMode=true").CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "no policy audit mode") {
-		t.Errorf("helm template with config.policyAuditMode=true: %v\n%s; want a failure naming the missing audit mode", err, out)
+	for _, tc := range []struct {
+		set, want string
+	}{
+		{set: "config.policyAuditMode=true", want: "no policy audit mode"},
+		// values.schema.json: the chart's own values are closed.
+		{set: "config.mod=always", want: "'mod' not allowed"},
+		{set: "envoy.concurency=2", want: "'concurency' not allowed"},
+		{set: "config.mode=strict", want: "/config/mode"},
+		{set: "hostPaths.stateDir=var/run/ward", want: "/hostPaths/stateDir"},
+	} {
+		out, err := exec.Command(bin, "template", "ward", "helm/ward", "--kube-version", "1.36.0", "--set", tc.set).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), tc.want) {
+			t.Errorf("helm template --set %s: %v\n%s; want a failure saying %q", tc.set, err, out, tc.want)
+		}
 	}
 }
