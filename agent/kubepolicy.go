@@ -154,5 +154,6 @@ func (a *Agent) kubeStatus() *api.Kubernetes {
 			}
 		}
 	}
+	a.kubeSourcesStatus(k)
 	return k
 }

@@ -2,12 +2,15 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/wardproxy/ward/agent/api"
 	"github.com/wardproxy/ward/agent/kube"
 )
 
@@ -181,4 +184,17 @@ func (a *Agent) waitKube(ctx context.Context) bool {
 		}
 	}
 	return true
+}
+
+// kubeSourcesStatus adds the cluster sources' state to the status.
+func (a *Agent) kubeSourcesStatus(k *api.Kubernetes) {
+	if a.kp == nil {
+		return
+	}
+	st := a.kp.src.Status()
+	k.Pods, k.LocalPods = st.Pods, st.LocalPods
+	k.Notes = append(k.Notes, st.Notes...)
+	if n := len(st.WaitingForInterface); n > 0 {
+		k.Notes = append(k.Notes, fmt.Sprintf("%d local pods wait for their interface (no host route to their IP yet): %s", n, strings.Join(st.WaitingForInterface, ", ")))
+	}
 }

@@ -27,4 +27,11 @@ type Kubernetes struct {
 	// InvalidPolicies are the policy objects whose current version is
 	// invalid (their last good version, if any, stays enforced).
 	InvalidPolicies []FileError `json:"invalidPolicies,omitempty"`
+	// Pods are the pods that are endpoints (with an IP, not host network),
+	// LocalPods those of this node.
+	Pods      int `json:"pods"`
+	LocalPods int `json:"localPods"`
+	// Notes say what of the cluster is not enforced yet and why (pods
+	// without an IP, local pods waiting for their interface).
+	Notes []string `json:"notes,omitempty"`
 }

@@ -2,9 +2,11 @@ package kube
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -20,6 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/wardproxy/ward/agent/api"
 	agentkube "github.com/wardproxy/ward/agent/kube"
 	"github.com/wardproxy/ward/conformance/netns"
 	"github.com/wardproxy/ward/conformance/node"
@@ -260,6 +263,25 @@ func (c *kcluster) deletePolicy(t *testing.T, o *unstructured.Unstructured) {
 	if err := ri.Delete(context.Background(), o.GetName(), metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 		t.Errorf("delete %s %s: %v", o.GetKind(), o.GetName(), err)
 	}
+}
+
+// status reads the node agent's status from its status socket (the
+// agent is a child process in the node's namespace).
+func (n *knode) status(t *testing.T) api.Status {
+	t.Helper()
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(n.StateDir, api.Socket))
+	}}}
+	resp, err := hc.Get("http://wardd" + api.StatusPath)
+	if err != nil {
+		t.Fatalf("status of %s: %v", n.name, err)
+	}
+	defer resp.Body.Close()
+	var st api.Status
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatalf("status of %s: %v", n.name, err)
+	}
+	return st
 }
 
 func cmpOr(s, def string) string {

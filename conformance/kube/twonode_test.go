@@ -2,6 +2,7 @@ package kube
 
 import (
 	"context"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/wardproxy/ward/agent"
+	"github.com/wardproxy/ward/conformance/netns"
 	"github.com/wardproxy/ward/conformance/node"
 	"github.com/wardproxy/ward/conformance/servers/deathstar"
 	"github.com/wardproxy/ward/internal/testenv"
@@ -107,6 +109,69 @@ func TestTwoNodes(t *testing.T) {
 			t.Fatalf("recreated tiefighter kept IP %s", old)
 		}
 		starWars(t, "after tiefighter's churn")
+	})
+
+	t.Run("pod lifecycle", func(t *testing.T) {
+		// A pod without an IP is no endpoint (a status note); with its
+		// IP but before its interface exists it waits for it (status);
+		// once the interface is there its policy applies.
+		obj := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "tiefighter2", Namespace: swNS, Labels: map[string]string{"org": "empire", "class": "tiefighter"}},
+			Spec: corev1.PodSpec{NodeName: a.name, Containers: []corev1.Container{{Name: "main", Image: "ward.test/none"}}}}
+		created, err := c.cs.CoreV1().Pods(swNS).Create(ctx, obj, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.t.Cleanup(func() {
+			_ = c.cs.CoreV1().Pods(swNS).Delete(context.Background(), "tiefighter2", metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+		})
+		notes := func() string { return strings.Join(a.status(t).Kubernetes.Notes, "; ") }
+		node.Eventually(t, "a note for the pod without an IP", func() bool {
+			return strings.Contains(notes(), "without an IP yet are not endpoints: "+swNS+"/tiefighter2")
+		})
+		// The kubelet's IP before the pod's network namespace exists: the
+		// address the topology gives the next pod.
+		next := a.Pods["xwing"].IP.Next()
+		for _, p := range a.Pods {
+			if next.Less(p.IP) || next == p.IP {
+				next = p.IP.Next()
+			}
+		}
+		created.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: next.String(), PodIPs: []corev1.PodIP{{IP: next.String()}}}
+		if _, err := c.cs.CoreV1().Pods(swNS).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		node.Eventually(t, "the pod to wait for its interface", func() bool {
+			for _, e := range a.status(t).Endpoints {
+				if e.Name == swNS+"/tiefighter2" {
+					return e.State == "waiting-for-interface"
+				}
+			}
+			return false
+		})
+		if n := notes(); !strings.Contains(n, "wait for their interface") || strings.Contains(n, "without an IP") {
+			t.Errorf("notes = %q; want the pod waiting for its interface, none without an IP", n)
+		}
+		a.Pods["tiefighter2"] = a.Topo.AddPod(t, netns.PodConfig{Name: "tiefighter2", Routes: []netip.Prefix{underlayNet}})
+		if got := a.Pods["tiefighter2"].IP; got != next {
+			t.Fatalf("tiefighter2's namespace got %s; the API object says %s", got, next)
+		}
+		node.Eventually(t, "tiefighter2's endpoint to be attached once its interface exists", func() bool {
+			for _, e := range a.status(t).Endpoints {
+				if e.Name == swNS+"/tiefighter2" {
+					return e.State == "ready"
+				}
+			}
+			return false
+		})
+		if n := notes(); n != "" {
+			t.Errorf("notes = %q; want none", n)
+		}
+		node.Eventually(t, "tiefighter2's PUT to be denied", func() bool {
+			return curl("tiefighter2", "PUT", "/v1/exhaust-port") == "Access denied 403"
+		})
+		if got := curl("tiefighter2", "POST", "/v1/request-landing"); got != "Ship landed 200" {
+			t.Errorf("tiefighter2 POST = %q; want Ship landed 200", got)
+		}
 	})
 
 	t.Run("service account", func(t *testing.T) {
