@@ -32,7 +32,8 @@ func TestHostFirewall(t *testing.T) {
 		return got
 	}
 
-	// No host policy: allow-all, nothing tracked.
+	// No host policy: allow-all, nothing tracked; a pod reaches the node.
+	expect(t, d, d.objs.FromPod, syn(tClient, node, 40999, 23), 0, ReasonNotEnforced)
 	if got := run(in, syn(peer, node, 40000, 23)); got != tcUnspec {
 		t.Fatalf("host_in without host policy = %d; want TCX_NEXT", got)
 	}
@@ -54,6 +55,10 @@ func TestHostFirewall(t *testing.T) {
 	expect(t, d, out, tcpPacket(node, peer, 22, 40001), 0, ReasonReply)
 	expect(t, d, out, syn(node, peer, 50000, 443), 0, ReasonNotEnforced)
 	expect(t, d, in, tcpPacket(peer, node, 443, 50000), 0, ReasonReply)
+	// A local pod's flow to the node (from_pod): the host's ingress policy
+	// decides it too.
+	expect(t, d, d.objs.FromPod, syn(tClient, node, 41000, 22), 0, ReasonAllowed)
+	expect(t, d, d.objs.FromPod, syn(tClient, node, 41001, 23), 2, ReasonPolicyDenied)
 	// Traffic of pods (not the host's addresses) is not the host firewall's.
 	if got := run(in, syn(peer, tClient, 40003, 23)); got != tcUnspec {
 		t.Errorf("host_in for a pod = %d; want TCX_NEXT", got)

@@ -779,6 +779,10 @@ static __always_inline int nd_ok(const struct pkt *p, int own_src)
 	return p->nd && (p->nd_src_ll || own_src);
 }
 
+// The host firewall: host_in, host_out and the host's ingress policy for
+// local pods' flows to the node (hostfw.h).
+#include "hostfw.h"
+
 SEC("tc")
 int from_pod(struct __sk_buff *skb)
 {
@@ -874,6 +878,21 @@ int from_pod(struct __sk_buff *skb)
 				verdict = VERDICT_REDIRECT;
 				proxy = iproxy;
 			}
+		}
+	} else if (verdict != VERDICT_REDIRECT) {
+		// To the node? Its host firewall's ingress policy decides too.
+		__u32 hid = 0;
+		int hr = host_from_pod(&p, src_id, skb->len, &hid, &aud_in);
+		if (hr) {
+			if (ct)
+				bpf_map_delete_elem(&ward_ct, &p.ck);
+			return drop_event(skb, &p, hr, DIR_INGRESS, hid);
+		}
+		if (hid) {
+			enforced = 1;
+			dst_ep = hid;
+			dst_id = IDENTITY_HOST;
+			ev_in = VERDICT_ALLOW;
 		}
 	}
 
@@ -1032,8 +1051,5 @@ int from_netdev(struct __sk_buff *skb)
 	skb->mark = MARK_TO_PROXY;
 	return PASS(R_REDIRECT);
 }
-
-// The host firewall: host_in and host_out (hostfw.h).
-#include "hostfw.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";

@@ -338,6 +338,9 @@ func TestHostFirewall(t *testing.T) {
 			return out
 		}, "app:80"},
 		{"pod app -> outside:8081", func() string { return n.Curl(ctx, "app", fmt.Sprintf("http://%s:8081/", outsideAddr)) }, "outside:8081"},
+		// The host's ingress policy also decides local pods' flows to the
+		// node: demo-host-policy allows the cluster.
+		{"pod app -> host:8080", func() string { return n.Curl(ctx, "app", fmt.Sprintf("http://%s:8080/", nodeAddr)) }, "host:8080"},
 	}
 
 	for _, e := range status(t, n.StateDir).Errors {
