@@ -189,6 +189,11 @@ type Endpoint struct {
 	// containerPorts): a policy's toPorts port "http" resolves to the port
 	// the selected endpoints name "http".
 	Ports []ContainerPort `json:"ports,omitempty"`
+	// Cgroup is the workload's cgroup v2 directory (its processes and
+	// their descendants' cgroups): with datapath.mode socket the
+	// socket-level hooks attach there; required for a local endpoint in
+	// that mode.
+	Cgroup string `json:"cgroup,omitempty"`
 }
 
 // Node is another node of the cluster.
@@ -256,6 +261,17 @@ type Listener struct {
 type DatapathConfig struct {
 	Enabled bool   `json:"enabled,omitempty"`
 	PinDir  string `json:"pinDir,omitempty"` // default /sys/fs/bpf/ward
+	// Mode is where the endpoints' egress verdicts are taken: "tc" (the
+	// default) on the host side of each endpoint's veth, per packet;
+	// "socket" also at the socket, in the cgroup connect/sendmsg hooks of
+	// each endpoint's cgroup (Endpoint.Cgroup): a denied connect or
+	// datagram fails at once with EPERM instead of being dropped on the
+	// wire. tc stays attached in socket mode: ingress (socket hooks see
+	// only the workload's own sockets, never a peer's packets), the
+	// redirects to the proxies (bpf_sk_assign keeps the original
+	// destination, IPv6 included, and reaches the host's proxies from the
+	// pod's namespace) and the anti-spoofing check remain its job.
+	Mode DatapathMode `json:"mode,omitempty"`
 	// RoutingTable and RoutingPriority place the rule that delivers
 	// redirected packets to the proxies' sockets (defaults 2004, 9000).
 	RoutingTable    int `json:"routingTable,omitempty"`
@@ -313,6 +329,15 @@ type DatapathConfig struct {
 	// default/kubernetes endpoints.
 	KubeAPIServer []string `json:"kubeAPIServer,omitempty"`
 }
+
+// DatapathMode is DatapathConfig.Mode.
+type DatapathMode string
+
+// Datapath modes.
+const (
+	ModeTC     DatapathMode = "tc"
+	ModeSocket DatapathMode = "socket"
+)
 
 // allowLocalhost reports the AllowLocalhost setting (default true).
 func (c DatapathConfig) allowLocalhost() bool { return c.AllowLocalhost == nil || *c.AllowLocalhost }
@@ -430,6 +455,17 @@ func (c *Config) Validate() error {
 	ids := map[uint64]string{}
 	for i, ep := range c.Endpoints {
 		errs = append(errs, validateEndpoint(ep, fmt.Sprintf("endpoints[%d]", i), c.Datapath.Enabled, ids)...)
+	}
+	switch c.Datapath.Mode {
+	case "", ModeTC:
+	case ModeSocket:
+		for i, ep := range c.Endpoints {
+			if !ep.Remote && ep.Cgroup == "" {
+				errs = append(errs, fmt.Errorf("endpoints[%d].cgroup is required with datapath.mode socket (the workload's cgroup v2 directory, where the socket-level hooks attach)", i))
+			}
+		}
+	default:
+		errs = append(errs, fmt.Errorf("datapath.mode %q: want tc or socket", c.Datapath.Mode))
 	}
 	if c.EndpointsDir != "" && !c.resolves() {
 		errs = append(errs, errors.New("endpointsDir needs policyDir or kubernetes (endpoints matter only for resolved policy)"))

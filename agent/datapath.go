@@ -28,6 +28,7 @@ type datapath struct {
 	// one without kernel writes) and ifindex looks interfaces up
 	// (net.InterfaceByName).
 	w       policyWriter
+	cg      cgroupWriter // socket mode's hooks (dp); nil: not available
 	ifindex func(name string) (int, error)
 	log     *slog.Logger
 	ipc     *ipcache.Table // the one writer of the BPF ipcache
@@ -65,10 +66,20 @@ type policyWriter interface {
 
 var _ policyWriter = (*redirect.Datapath)(nil)
 
+// cgroupWriter is the part of the BPF datapath socket mode writes
+// endpoints' cgroup entries to.
+type cgroupWriter interface {
+	AddCgroupEndpoint(ep redirect.CgroupEndpoint) error
+	RemoveCgroupEndpoint(id uint32) error
+}
+
+var _ cgroupWriter = (*redirect.Datapath)(nil)
+
 type appliedEndpoint struct {
 	pol     *policy.EndpointPolicy
 	ifindex int
 	v4, v6  netip.Addr
+	cgroup  string // socket mode: the cgroup its hooks are attached to
 }
 
 // endpointAddrs picks a workload's addresses for the datapath: its first
@@ -155,7 +166,7 @@ func openDatapath(cfg DatapathConfig, log *slog.Logger) (*datapath, error) {
 		dp.Close()
 		return nil, err
 	}
-	d.dp, d.w = dp, dp
+	d.dp, d.w, d.cg = dp, dp, dp
 	for i, name := range cfg.Devices {
 		ifc, err := net.InterfaceByName(name)
 		if err == nil {
@@ -316,6 +327,12 @@ func (d *datapath) Apply(_ context.Context, st *State) error {
 	}
 	d.mu.Unlock()
 	for _, id := range gone {
+		if d.cg != nil {
+			if err := d.cg.RemoveCgroupEndpoint(uint32(id)); err != nil {
+				errs = append(errs, fmt.Errorf("remove endpoint %d: %w", id, err))
+				continue
+			}
+		}
 		if err := d.w.RemoveEndpoint(uint32(id)); err != nil {
 			errs = append(errs, fmt.Errorf("remove endpoint %d: %w", id, err))
 			continue
@@ -367,7 +384,11 @@ func (d *datapath) applyEndpoint(snap *policy.Snapshot, w Workload) error {
 	d.mu.Lock()
 	prev, done := d.applied[w.ID]
 	d.mu.Unlock()
-	if done && ifErr == nil && prev == (appliedEndpoint{pol: pol, ifindex: ifindex, v4: v4, v6: v6}) {
+	cgroup := ""
+	if d.cfg.Mode == ModeSocket {
+		cgroup = w.Cgroup
+	}
+	if done && ifErr == nil && prev == (appliedEndpoint{pol: pol, ifindex: ifindex, v4: v4, v6: v6, cgroup: cgroup}) {
 		return nil // unchanged since its last successful write
 	}
 	ports := func(dir policy.Direction, l7 *policy.L7Port) uint16 { return d.proxyPort(w.ID, dir, l7) }
@@ -400,9 +421,16 @@ func (d *datapath) applyEndpoint(snap *policy.Snapshot, w Workload) error {
 		EnforceIngress: policymap.Enforce(pol.Ingress), EnforceEgress: policymap.Enforce(pol.Egress), Audit: pol.Audit}); err != nil {
 		return err
 	}
+	if d.cfg.Mode == ModeSocket {
+		// After tc: its entry carries the generation and lockdown
+		// flags the cgroup entry shares.
+		if err := d.addCgroupEndpoint(w, pol, cgroup); err != nil {
+			return err
+		}
+	}
 	d.mu.Lock()
 	d.attached[w.ID] = true
-	d.applied[w.ID] = appliedEndpoint{pol: pol, ifindex: ifindex, v4: v4, v6: v6}
+	d.applied[w.ID] = appliedEndpoint{pol: pol, ifindex: ifindex, v4: v4, v6: v6, cgroup: cgroup}
 	d.mu.Unlock()
 	return nil
 }
@@ -421,3 +449,22 @@ func (d *datapath) waiting() bool {
 
 // errNoInterface: a local endpoint's interface does not exist (yet).
 var errNoInterface = errors.New("waiting for its interface")
+
+// addCgroupEndpoint attaches socket mode's hooks to a local endpoint's
+// cgroup under the endpoint's own ID (its policy, lockdown and generation
+// shared with its tc entry): egress verdicts at connect/sendmsg, redirects
+// left to tc (CgroupEndpoint.TCRedirect). In audit mode nothing is denied
+// at the socket; tc records the would-be drops.
+func (d *datapath) addCgroupEndpoint(w Workload, pol *policy.EndpointPolicy, cgroup string) error {
+	if cgroup == "" {
+		return errNoCgroup
+	}
+	if d.cg == nil {
+		return errors.New("socket mode: the datapath has no socket-level hooks")
+	}
+	return d.cg.AddCgroupEndpoint(redirect.CgroupEndpoint{ID: uint32(w.ID), CgroupPath: cgroup, Identity: uint32(pol.Identity),
+		EnforceEgress: policymap.Enforce(pol.Egress) && !pol.Audit, TCRedirect: true})
+}
+
+// errNoCgroup: a local endpoint has no cgroup in socket mode.
+var errNoCgroup = errors.New("datapath.mode socket needs the endpoint's cgroup (endpoint field cgroup)")

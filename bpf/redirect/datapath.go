@@ -298,7 +298,7 @@ func (d *Datapath) restore() error {
 	cit := d.sock.WardCgroups.Iterate()
 	for cit.Next(&cgID, &cgv) {
 		d.cgeps[cgv.EndpointId] = cgroupState{
-			CgroupEndpoint: CgroupEndpoint{ID: cgv.EndpointId, Identity: cgv.Identity, EnforceEgress: cgv.Flags&epEnforceEgress != 0},
+			CgroupEndpoint: CgroupEndpoint{ID: cgv.EndpointId, Identity: cgv.Identity, EnforceEgress: cgv.Flags&epEnforceEgress != 0, TCRedirect: cgv.Flags&cgTCRedirect != 0},
 			cgroupID:       cgID,
 		}
 		if cgv.Flags&epLockdown != 0 {

@@ -464,13 +464,15 @@ func (d *Datapath) writeEndpointFlags(id uint32) error {
 	if id == HostEndpointID {
 		return d.writeHost()
 	}
+	// An endpoint can have both entries (CgroupEndpoint.TCRedirect).
+	var errs []error
 	if ep, ok := d.eps[id]; ok {
-		return d.writeEndpoint(ep)
+		errs = append(errs, d.writeEndpoint(ep))
 	}
 	if st, ok := d.cgeps[id]; ok {
-		return d.writeCgroupEndpoint(st)
+		errs = append(errs, d.writeCgroupEndpoint(st))
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // genFlag is the EP_POLICY_GEN bit for an endpoint. Called with d.mu.

@@ -93,6 +93,13 @@ struct {
 
 #define SCOUNT(r) count_metric((__u32)(r) * 2 + DIR_EGRESS, 0)
 
+// CG_TC_REDIRECT (cgroup_ep flags): the workload's packets cross a veth
+// whose tc programs redirect to the proxies (wardd's socket mode for
+// pods), so a connect/sendmsg the policy redirects is let through
+// unchanged for tc to assign to the proxy (bpf_sk_assign keeps the
+// original destination, IPv6 included); only verdicts are taken here.
+#define CG_TC_REDIRECT 0x100
+
 // CGROUP_MAX_LEVEL is the deepest cgroup level (the root is 0) whose
 // ancestors are searched for a registered workload cgroup.
 #define CGROUP_MAX_LEVEL 16
@@ -153,6 +160,10 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 proto, __u8 fa
 	if (v != VERDICT_REDIRECT) {
 		SCOUNT(R_DROP_POLICY);
 		return OPT_DENY; // EPERM to the application
+	}
+	if (ep->flags & CG_TC_REDIRECT) {
+		SCOUNT(R_REDIRECT);
+		return OPT_ALLOW;
 	}
 	if (family != AF_INET4) {
 		// The proxy's original-destination plumbing is IPv4 only.

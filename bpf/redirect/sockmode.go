@@ -35,7 +35,19 @@ type CgroupEndpoint struct {
 	Identity uint32
 	// EnforceEgress turns default-deny on for the workload's egress.
 	EnforceEgress bool
+	// TCRedirect is for a workload whose packets also cross a veth with
+	// the tc programs (AddEndpoint under the same ID): the hooks only
+	// allow or deny (EPERM at connect, sendmsg), and a connection the
+	// policy redirects is let through unchanged for tc to assign to the
+	// proxy, keeping its original destination (IPv6 included) and
+	// reaching the host's proxies from the workload's own namespace. The
+	// policy (SetPolicy) and the lockdown and generation flags are the
+	// endpoint's, shared by both entries.
+	TCRedirect bool
 }
+
+// cgTCRedirect is sock.c's CG_TC_REDIRECT.
+const cgTCRedirect = 0x100
 
 type cgroupHook struct {
 	name string
@@ -146,6 +158,9 @@ func (d *Datapath) writeCgroupEndpoint(st cgroupState) error {
 	var flags uint32
 	if ep.EnforceEgress {
 		flags |= epEnforceEgress
+	}
+	if ep.TCRedirect {
+		flags |= cgTCRedirect
 	}
 	if d.locked[ep.ID] {
 		flags |= epLockdown

@@ -214,7 +214,12 @@ func (n *Node) Configure(t *testing.T, table, priority int) {
 		if p.IPv6.IsValid() {
 			ips = append(ips, p.IPv6.String())
 		}
-		cfg.Endpoints = append(cfg.Endpoints, agent.Endpoint{Name: s.Name, ID: uint64(i + 1), IPs: ips, Labels: s.Labels, Namespace: s.Namespace, Interface: p.HostIf, Ports: s.Ports})
+		ep := agent.Endpoint{Name: s.Name, ID: uint64(i + 1), IPs: ips, Labels: s.Labels, Namespace: s.Namespace, Interface: p.HostIf, Ports: s.Ports}
+		if cfg.Datapath.Mode == agent.ModeSocket && p.Cgroup != nil {
+			// Pod.Command runs the pod's processes in it.
+			ep.Cgroup = p.Cgroup.Path
+		}
+		cfg.Endpoints = append(cfg.Endpoints, ep)
 	}
 	cfg.PolicyDir = n.PolicyDir
 	if err := os.MkdirAll(n.PolicyDir, 0o755); err != nil {
