@@ -22,7 +22,8 @@ import (
 // TestPoliciesFromKubernetes is the Star Wars demo with its policies as
 // CiliumNetworkPolicy objects on the real API server, through one node's
 // agent (BPF datapath and Envoy) whose config has a kubernetes block and
-// an empty policy directory: the L3/L4 policy, then the L7 one applied
+// an empty policy directory: the L3/L4 policy (its peers limited to its
+// namespace: an empire ship of another namespace is dropped), then the L7 one applied
 // over it live (POST allowed, PUT 403, xwing dropped); an invalid second
 // policy (status Valid=False with the field path, a PolicyInvalid Event,
 // `ward status` lists it) while the first keeps enforcing; an API-server
@@ -50,6 +51,9 @@ func TestPoliciesFromKubernetes(t *testing.T) {
 		{Name: "deathstar", Namespace: ns, Labels: map[string]string{"org": "empire", "class": "deathstar"}},
 		{Name: "tiefighter", Namespace: ns, Labels: map[string]string{"org": "empire", "class": "tiefighter"}},
 		{Name: "xwing", Namespace: ns, Labels: map[string]string{"org": "alliance", "class": "xwing"}},
+		// An empire ship of another namespace: a CiliumNetworkPolicy's
+		// peers are limited to its own namespace, as in Cilium.
+		{Name: "intruder", Namespace: ns + "-other", Labels: map[string]string{"org": "empire", "class": "tiefighter"}},
 	}
 	n := node.New(t, pods...)
 	n.Serve(t, "deathstar", deathstar.New(), ":80")
@@ -122,11 +126,11 @@ func TestPoliciesFromKubernetes(t *testing.T) {
 	}
 
 	// No policy: default allow.
-	expect("default allow", map[string]string{"xwing POST": "Ship landed 200"})
+	expect("default allow", map[string]string{"xwing POST": "Ship landed 200", "intruder POST": "Ship landed 200"})
 
 	// L3/L4.
 	apply("examples/deathstar/l3-l4/sw_l3_l4_policy.yaml", "rule1")
-	expect("the L3/L4 CNP enforced", map[string]string{"xwing POST": "error", "tiefighter POST": "Ship landed 200", "tiefighter PUT": "* 500"})
+	expect("the L3/L4 CNP enforced", map[string]string{"xwing POST": "error", "intruder POST": "error", "tiefighter POST": "Ship landed 200", "tiefighter PUT": "* 500"})
 
 	// The L7 policy over it, live.
 	apply("examples/deathstar/l7/sw_l3_l4_l7_policy.yaml", "rule1")
