@@ -40,7 +40,8 @@ func buildWard(t *testing.T) string {
 // json` file: the same policy) writes a CiliumNetworkPolicy; saved into the
 // policy directory, it lets exactly that through: the PUT and the xwing on
 // port 80, while the tiefighter's other requests stay denied and port 8080
-// stays closed.
+// stays closed. Then the same with the deathstar in audit mode: an audited
+// L7 request becomes an HTTP rule (ward policy suggest --since).
 func TestPolicySuggest(t *testing.T) {
 	hubble := testenv.File(t, "build/bin/hubble", "run scripts/setup.d/70-hubble.sh (builds the hubble CLI from tools/hubble)")
 	ward := buildWard(t)
@@ -154,6 +155,58 @@ func TestPolicySuggest(t *testing.T) {
 	}
 	if got := curl("tiefighter", "POST", "/v1/request-landing"); got != "Ship landed 200" {
 		t.Errorf("tiefighter POST after the suggestion = %q; want Ship landed 200", got)
+	}
+
+	// Audit mode at L7: with the deathstar in audit mode the tiefighter's
+	// DELETE passes (the deathstar answers 405) recorded AUDIT with its
+	// HTTP fields; the suggestion --since then is that rule alone, and
+	// once applied the DELETE passes with audit mode off.
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := exec.CommandContext(c, ward, args...).Output()
+		if err != nil {
+			t.Fatalf("ward %v: %v\n%s", args, err, stderrOf(err))
+		}
+		return string(out)
+	}
+	since := time.Now().UTC().Format(time.RFC3339)
+	time.Sleep(time.Second) // RFC 3339 has whole seconds: the flows above are before it
+	var eps []api.EndpointDetail
+	if err := json.Unmarshal([]byte(run("endpoint", "list", "--state-dir", n.StateDir, "-o", "json")), &eps); err != nil {
+		t.Fatal(err)
+	}
+	ds := ""
+	for _, e := range eps {
+		if e.Name == "deathstar" {
+			ds = strconv.FormatUint(e.ID, 10)
+		}
+	}
+	run("endpoint", "config", ds, "audit=on", "--state-dir", n.StateDir)
+	last := ""
+	node.Eventually(t, "audit mode to let the tiefighter's DELETE through", func() bool {
+		last = curl("tiefighter", "DELETE", "/v1/exhaust-port")
+		if last != "Method Not Allowed 405" {
+			t.Logf("DELETE: %q", last)
+		}
+		return last == "Method Not Allowed 405"
+	})
+	var audited string
+	node.Eventually(t, "the audited DELETE in the flow stream", func() bool {
+		out, err := exec.CommandContext(c, ward, "policy", "suggest", "--state-dir", n.StateDir, "--since", since).Output()
+		audited = string(out)
+		return err == nil && strings.Contains(audited, "method: DELETE")
+	})
+	t.Logf("suggested (audit, --since):\n%s", audited)
+	if strings.Contains(audited, "class: xwing") || strings.Contains(audited, "method: PUT") {
+		t.Errorf("the suggestion --since %s has the flows before it:\n%s", since, audited)
+	}
+	n.WritePolicy(t, "suggested-audit.yaml", strings.ReplaceAll(audited, "name: deathstar-suggested", "name: deathstar-suggested-audit"))
+	run("endpoint", "config", ds, "audit=off", "--state-dir", n.StateDir)
+	node.Eventually(t, "audit off, the DELETE allowed by the suggestion", func() bool {
+		return curl("tiefighter", "DELETE", "/v1/exhaust-port") == "Method Not Allowed 405"
+	})
+	if got := curl("tiefighter", "PATCH", "/v1/exhaust-port"); got != "Access denied 403" {
+		t.Errorf("tiefighter PATCH with audit off = %q; want Access denied 403", got)
 	}
 }
 
