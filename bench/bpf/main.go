@@ -8,15 +8,23 @@
 //	              transparent proxy in the host namespace that splices to the server
 //	tproxy        no BPF; the same proxy fed by iptables TPROXY on the client veth
 //
-// Metrics per arm: iperf3 TCP throughput, new connections/s (connect, 1-byte
-// echo, close with RST), 1-byte ping-pong round-trip p50/p99 over one
-// connection, and for BPF arms run_time_ns/run_cnt of each program (BPF
-// stats enabled through BPF_ENABLE_STATS while the run lasts).
+// Metrics per arm: iperf3 TCP throughput and the CPU seconds per GB it
+// cost (both iperf3 processes and this one), new connections/s (connect,
+// 1-byte echo, close with RST) and this process's CPU time per connection,
+// 1-byte ping-pong round-trip p50/p99 over one connection, and for BPF
+// arms run_time_ns/run_cnt of each program (BPF stats enabled through
+// BPF_ENABLE_STATS while the run lasts).
+//
+// Then the socket-level arms (the workload<->proxy hop) and the off-node
+// arms (offnode.go): a client outside the node reaching a pod whose
+// ingress needs the proxy, through ward's hairpin + from_netdev or
+// iptables TPROXY on the node's native device.
 //
 // Run as root through bench/bpf/run.sh.
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -31,6 +39,7 @@ import (
 	"os/signal"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -58,6 +67,12 @@ type result struct {
 	connsPerSec  float64
 	p50, p99     time.Duration
 	fromNS, toNS float64 // per-run ns; 0 when no program ran
+	// cpuPerConn is the process's CPU time per connection of the conn/s
+	// phase (client, server and proxy threads, the kernel's work in their
+	// context included); cpuPerGB the CPU seconds per GB moved by iperf3
+	// (both iperf3 processes and this process, the proxy's work).
+	cpuPerConn time.Duration
+	cpuPerGB   float64
 }
 
 // onSignal holds undo steps run (last first) if the benchmark is
@@ -88,6 +103,7 @@ func main() {
 	pings := flag.Int("pings", 20000, "round trips per latency measurement")
 	ipcacheN := flag.Int("ipcache", 10000, "extra ipcache entries in the BPF arms")
 	rounds := flag.Int("rounds", 3, "rounds of all arms, interleaved; the table shows per-arm medians")
+	offNode := flag.Bool("offnode", true, "also run the off-node arms (world -> node's native device -> pod, redirected by ward or iptables TPROXY)")
 	role := flag.String("role", "", "internal: echo | ping (child processes of the socket-level arms)")
 	target := flag.String("target", "", "internal: ping target")
 	flag.Parse()
@@ -99,6 +115,9 @@ func main() {
 		err = rolePing(*target, *pings)
 	default:
 		err = run(*dur, *pings, *ipcacheN, *rounds)
+		if err == nil && *offNode {
+			err = runOffNode(*dur, *rounds)
+		}
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench/bpf:", err)
@@ -182,7 +201,7 @@ func run(dur time.Duration, pings, ipcacheN, rounds int) (err error) {
 	}
 	defer proxy.Close()
 
-	b := &bench{client: client, server: server, dur: dur, pings: pings, dp: dp}
+	b := &bench{client: client, server: server, dur: dur, pings: pings, dp: dp, iperfPID: iperf.Process.Pid}
 	time.Sleep(300 * time.Millisecond) // iperf3 -s startup
 
 	for i := range ipcacheN {
@@ -433,6 +452,7 @@ type bench struct {
 	dur            time.Duration
 	pings          int
 	dp             *redirect.Datapath
+	iperfPID       int // iperf3 -s
 }
 
 func (b *bench) measure(arm string, bpf bool) (result, error) {
@@ -445,10 +465,10 @@ func (b *bench) measure(arm string, bpf bool) (result, error) {
 		}
 	}
 	var err error
-	if r.gbps, err = b.iperf(); err != nil {
+	if r.gbps, r.cpuPerGB, err = b.iperf(); err != nil {
 		return r, err
 	}
-	if r.connsPerSec, err = b.connRate(); err != nil {
+	if r.connsPerSec, r.cpuPerConn, err = b.connRate(); err != nil {
 		return r, err
 	}
 	if r.p50, r.p99, err = b.latency(); err != nil {
@@ -469,35 +489,70 @@ func (b *bench) measure(arm string, bpf bool) (result, error) {
 	return r, nil
 }
 
-func (b *bench) iperf() (float64, error) {
+func (b *bench) iperf() (gbps, cpuPerGB float64, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), b.dur+30*time.Second)
 	defer cancel()
+	self0, children0, server0 := processCPU(), childrenCPU(), pidCPU(b.iperfPID)
 	out, err := b.client.Command(ctx, "iperf3", "-c", b.server.IP.String(), "-p", strconv.Itoa(portIperf),
 		"-t", strconv.Itoa(int(b.dur.Seconds())), "-J").Output()
 	if err != nil {
-		return 0, fmt.Errorf("iperf3 -c: %w: %s", err, out)
+		return 0, 0, fmt.Errorf("iperf3 -c: %w: %s", err, out)
 	}
+	cpu := processCPU() - self0 + childrenCPU() - children0 + pidCPU(b.iperfPID) - server0
 	var rep struct {
 		End struct {
 			SumReceived struct {
 				BitsPerSecond float64 `json:"bits_per_second"`
+				Bytes         float64 `json:"bytes"`
 			} `json:"sum_received"`
 		} `json:"end"`
 	}
 	if err := json.Unmarshal(out, &rep); err != nil {
-		return 0, fmt.Errorf("iperf3 json: %w", err)
+		return 0, 0, fmt.Errorf("iperf3 json: %w", err)
 	}
-	return rep.End.SumReceived.BitsPerSecond / 1e9, nil
+	if rep.End.SumReceived.Bytes > 0 {
+		cpuPerGB = cpu.Seconds() / (rep.End.SumReceived.Bytes / 1e9)
+	}
+	return rep.End.SumReceived.BitsPerSecond / 1e9, cpuPerGB, nil
 }
+
+// pidCPU is a process's user+system CPU time from /proc/PID/stat (0 when
+// it cannot be read).
+func pidCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which may hold spaces and
+	// parentheses: state is field 3, utime and stime fields 14 and 15.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, err1 := strconv.ParseUint(f[11], 10, 64)
+	st, err2 := strconv.ParseUint(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0
+	}
+	return time.Duration(ut+st) * time.Second / clockTicks
+}
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat times (100 on Linux).
+const clockTicks = 100
 
 // connRate opens connections from the client pod for b.dur with two
 // workers: connect, write 1 byte, read the echo, close with RST (no
 // TIME_WAIT).
-func (b *bench) connRate() (float64, error) {
+func (b *bench) connRate() (float64, time.Duration, error) {
 	addr := net.JoinHostPort(b.server.IP.String(), strconv.Itoa(portConn))
 	var n atomic.Int64
 	var firstErr error
 	var mu sync.Mutex
+	cpu0 := processCPU()
 	deadline := time.Now().Add(b.dur)
 	var wg sync.WaitGroup
 	for range 2 {
@@ -538,10 +593,15 @@ func (b *bench) connRate() (float64, error) {
 	}
 	start := time.Now()
 	wg.Wait()
+	cpu := processCPU() - cpu0
 	if firstErr != nil {
-		return 0, fmt.Errorf("conn/s: %w", firstErr)
+		return 0, 0, fmt.Errorf("conn/s: %w", firstErr)
 	}
-	return float64(n.Load()) / time.Since(start).Seconds(), nil
+	var perConn time.Duration
+	if n.Load() > 0 {
+		perConn = cpu / time.Duration(n.Load())
+	}
+	return float64(n.Load()) / time.Since(start).Seconds(), perConn, nil
 }
 
 func (b *bench) latency() (p50, p99 time.Duration, err error) {
@@ -678,6 +738,8 @@ func median(rs []result) result {
 	out.p99 = time.Duration(pick(func(r result) float64 { return float64(r.p99) }))
 	out.fromNS = pick(func(r result) float64 { return r.fromNS })
 	out.toNS = pick(func(r result) float64 { return r.toNS })
+	out.cpuPerConn = time.Duration(pick(func(r result) float64 { return float64(r.cpuPerConn) }))
+	out.cpuPerGB = pick(func(r result) float64 { return r.cpuPerGB })
 	return out
 }
 
@@ -690,7 +752,7 @@ func printTable(rs []result) {
 		}
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "arm\tiperf3 Gbit/s\tvs no-bpf\tconn/s\tvs no-bpf\tvs tproxy\tRTT p50 µs\tRTT p99 µs\tfrom_pod ns/run\tto_pod ns/run\t")
+	fmt.Fprintln(tw, "arm\tiperf3 Gbit/s\tvs no-bpf\tCPU s/GB\tconn/s\tvs no-bpf\tvs tproxy\tCPU µs/conn\tRTT p50 µs\tRTT p99 µs\tfrom_pod ns/run\tto_pod ns/run\t")
 	for _, r := range rs {
 		ns := func(v float64) string {
 			if v == 0 {
@@ -702,8 +764,8 @@ func printTable(rs []result) {
 		if tproxy.connsPerSec > 0 && r.arm != "no-bpf" && r.arm != "not-selected" {
 			vsT = fmt.Sprintf("%.2f", r.connsPerSec/tproxy.connsPerSec)
 		}
-		fmt.Fprintf(tw, "%s\t%.2f\t%.2f\t%.0f\t%.2f\t%s\t%.1f\t%.1f\t%s\t%s\t\n", r.arm, r.gbps, r.gbps/base.gbps,
-			r.connsPerSec, r.connsPerSec/base.connsPerSec, vsT,
+		fmt.Fprintf(tw, "%s\t%.2f\t%.2f\t%.2f\t%.0f\t%.2f\t%s\t%.1f\t%.1f\t%.1f\t%s\t%s\t\n", r.arm, r.gbps, r.gbps/base.gbps, r.cpuPerGB,
+			r.connsPerSec, r.connsPerSec/base.connsPerSec, vsT, float64(r.cpuPerConn.Nanoseconds())/1e3,
 			float64(r.p50.Nanoseconds())/1e3, float64(r.p99.Nanoseconds())/1e3, ns(r.fromNS), ns(r.toNS))
 	}
 	tw.Flush()

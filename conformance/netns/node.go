@@ -2,6 +2,7 @@ package netns
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -101,16 +102,11 @@ func NewNode(t testing.TB) *Topology {
 	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "ip")
-	topo, err := newTopology()
+	topo, err := newNodeTopology()
 	if err != nil {
 		t.Fatalf("netns: %v", err)
 	}
-	host, err := newNamespace(fmt.Sprintf("ward-%d-_node", topo.index))
-	if err != nil {
-		topo.Close()
-		t.Fatalf("netns: node namespace: %v", err)
-	}
-	topo.host = host
+	host := topo.host
 	t.Cleanup(func() {
 		if err := topo.Close(); err != nil {
 			t.Errorf("netns teardown: %v", err)
@@ -122,11 +118,35 @@ func NewNode(t testing.TB) *Topology {
 	return topo
 }
 
+// CreateNode is NewNode for programs that are not tests (benchmarks): the
+// caller must Close the topology, then its Host namespace. It needs root
+// and the ip command.
+func CreateNode() (*Topology, error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("netns: needs root")
+	}
+	return newNodeTopology()
+}
+
+func newNodeTopology() (*Topology, error) {
+	topo, err := newTopology()
+	if err != nil {
+		return nil, err
+	}
+	host, err := newNamespace(fmt.Sprintf("ward-%d-_node", topo.index))
+	if err != nil {
+		topo.Close()
+		return nil, fmt.Errorf("node namespace: %w", err)
+	}
+	topo.host = host
+	return topo, nil
+}
+
 // NewNamespace creates a bare namespace named "ward-S-_<name>" on the
 // topology's /24 (an underlay, the world); it is deleted with the test.
 func (topo *Topology) NewNamespace(t testing.TB, name string) *Namespace {
 	t.Helper()
-	ns, err := newNamespace(fmt.Sprintf("ward-%d-_%s", topo.index, name))
+	ns, err := topo.CreateNamespace(name)
 	if err != nil {
 		t.Fatalf("netns: %v", err)
 	}
@@ -136,6 +156,12 @@ func (topo *Topology) NewNamespace(t testing.TB, name string) *Namespace {
 		}
 	})
 	return ns
+}
+
+// CreateNamespace is NewNamespace for programs that are not tests: the
+// caller must Close the namespace.
+func (topo *Topology) CreateNamespace(name string) (*Namespace, error) {
+	return newNamespace(fmt.Sprintf("ward-%d-_%s", topo.index, name))
 }
 
 // hostIP runs an ip command on the topology's host side.
