@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -278,5 +279,87 @@ func TestInvalidNewPolicyEnforcesNothing(t *testing.T) {
 		if p.Key().Name == "from-dir" && p.File != "dir.yaml" {
 			t.Errorf("the directory's policy was replaced by the object: %q", p.File)
 		}
+	}
+}
+
+// countingSink counts the repository writes per policy name.
+type countingSink struct {
+	*policy.Repository
+	mu               sync.Mutex
+	upserts, deletes map[string]int
+}
+
+func (s *countingSink) Upsert(p *policy.Policy) {
+	s.mu.Lock()
+	s.upserts[p.Metadata.Name]++
+	s.mu.Unlock()
+	s.Repository.Upsert(p)
+}
+
+func (s *countingSink) Delete(k policy.Key) bool {
+	s.mu.Lock()
+	s.deletes[k.Name]++
+	s.mu.Unlock()
+	return s.Repository.Delete(k)
+}
+
+func (s *countingSink) counts(name string) (int, int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.upserts[name], s.deletes[name]
+}
+
+// TestRelistWithoutGap: an API-server restart makes the informers list
+// again; the policies already held are neither deleted nor re-applied
+// (no moment without them), the client reports the outage, and changes
+// made after it arrive.
+func TestRelistWithoutGap(t *testing.T) {
+	c := kubetest.Shared(t)
+	installCRDs(t, c)
+	const ns = "kube-policies-relist"
+	c.ApplyYAML(t, "apiVersion: v1\nkind: Namespace\nmetadata: {name: "+ns+"}\n")
+	c.ApplyYAML(t, cnp(ns, "kept", specL3))
+	cl, err := NewForConfig(c.Config(), Config{HealthInterval: "100ms"}.WithDefaults("node-r"), slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &countingSink{Repository: policy.NewRepository(policy.Config{}), upserts: map[string]int{}, deletes: map[string]int{}}
+	pols := cl.WatchPolicies(sink, func() {})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = cl.Run(ctx) }()
+	go func() { _ = pols.Run(ctx) }()
+	<-cl.Synced()
+	converge(t, "kept applied", func() error {
+		if u, _ := sink.counts("kept"); u != 1 {
+			return fmt.Errorf("%d upserts", u)
+		}
+		return nil
+	})
+
+	c.StopAPIServer()
+	converge(t, "the outage seen", func() error {
+		if st := cl.Status(); st.Connected || st.DownSince.IsZero() {
+			return fmt.Errorf("status %+v", st)
+		}
+		return nil
+	})
+	if err := c.StartAPIServer(); err != nil {
+		t.Fatal(err)
+	}
+	// A policy created after the restart arrives once the informer has
+	// listed and watches again.
+	c.ApplyYAML(t, cnp(ns, "after", specL3))
+	converge(t, "the policy made after the restart applied", func() error {
+		if u, _ := sink.counts("after"); u != 1 {
+			return fmt.Errorf("%d upserts", u)
+		}
+		if !cl.Status().Connected {
+			return fmt.Errorf("not connected")
+		}
+		return nil
+	})
+	if u, d := sink.counts("kept"); u != 1 || d != 0 {
+		t.Errorf("kept: %d upserts, %d deletes across the relist; want 1, 0", u, d)
 	}
 }
