@@ -35,6 +35,19 @@ func TestTutorials(t *testing.T) {
 	}
 }
 
+// TestLanguageExamples plays the policy-language examples (examples/
+// language: default deny disabled, deny rules, entities, L4 ports and
+// ranges, L7 HTTP, namespaces, requirements, service accounts) through
+// wardd the same way: every TCP flow between endpoints of each example
+// gets the verdict `ward policy test` gives it. The flows with other peers
+// (CIDRs, entities, FQDNs) and the other protocols are covered by `ward
+// policy test` and the dedicated suites (CIDRs: TestEgressCIDR...).
+func TestLanguageExamples(t *testing.T) {
+	for i, dir := range []string{"default-deny-disabled", "deny", "entities", "l4", "l7-http", "namespaces", "requires", "serviceaccounts"} {
+		t.Run(dir, func(t *testing.T) { playTutorial(t, "language/"+dir, 39000+100*i, 9720+i) })
+	}
+}
+
 func playTutorial(t *testing.T, dir string, table, priority int) {
 	root := filepath.Join(testenv.Root(t), "examples", dir)
 	flowFiles, _ := filepath.Glob(filepath.Join(root, "*.flows.json"))
