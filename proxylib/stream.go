@@ -106,6 +106,7 @@ type Stream struct {
 	inject [2][]byte
 	segs   [][]byte // scratch view handed to the parser
 	held   int64    // bytes charged to Budget
+	ip     inPlace  // during an OnDataInPlace call
 }
 
 type streamDir struct {
@@ -180,6 +181,9 @@ func (s *Stream) close(reason string) {
 	if s.closed {
 		return
 	}
+	// What the call passed so far reaches the peer before the close, as
+	// with OnData.
+	s.materialize(&s.ip)
 	s.closed = true
 	s.free()
 	s.out.Close(reason)
@@ -209,6 +213,9 @@ func (s *Stream) account() bool {
 func (s *Stream) flushInjected() {
 	for i := range s.inject {
 		if len(s.inject[i]) > 0 && !s.closed {
+			if s.ip.on && i == s.ip.dir {
+				s.materialize(&s.ip)
+			}
 			s.out.Forward(i == 1, s.inject[i])
 			s.inject[i] = s.inject[i][:0]
 		}
@@ -223,18 +230,73 @@ func (s *Stream) flushInjected() {
 // during the call. endStream says the direction has ended: it is passed on
 // after the bytes the parser passes.
 func (s *Stream) OnData(reply, endStream bool, data [][]byte) {
-	if s.closed {
+	s.onData(reply, endStream, data, false)
+}
+
+// OnDataInPlace is OnData for a caller that can let the bytes it was
+// handed go on where they are (Envoy: a network filter that returns
+// Continue without draining its buffer). When the parser passes every
+// byte of data unchanged, as whole messages or the rest of one, and
+// injects nothing, OnDataInPlace forwards nothing and returns true: the
+// caller lets data continue. Otherwise it forwards what the parser lets
+// through, as OnData does, and returns false: the caller discards data
+// from its buffer. On the usual path of a policy that allows the traffic
+// no byte is copied.
+func (s *Stream) OnDataInPlace(reply, endStream bool, data [][]byte) bool {
+	return s.onData(reply, endStream, data, true)
+}
+
+// inPlace is the state of one OnDataInPlace call while every operation so
+// far passed the call's data from its start: placed bytes are passed but
+// not forwarded yet.
+type inPlace struct {
+	on     bool
+	dir    int // idx of the call's direction
+	data   [][]byte
+	placed int
+}
+
+// materialize forwards the placed bytes (the first ones of the call's
+// data) and leaves the in-place mode: something other than a pass of the
+// caller's bytes follows.
+func (s *Stream) materialize(ip *inPlace) {
+	if !ip.on {
 		return
 	}
+	reply := ip.dir == 1
+	ip.on = false
+	n := ip.placed
+	for _, b := range ip.data {
+		if n == 0 {
+			break
+		}
+		k := min(n, len(b))
+		if k > 0 {
+			s.out.Forward(reply, b[:k])
+		}
+		n -= k
+	}
+}
+
+func (s *Stream) onData(reply, endStream bool, data [][]byte, allowInPlace bool) (kept bool) {
+	if s.closed {
+		return false
+	}
+	d := &s.dir[idx(reply)]
+	// In place only when the view is the caller's data (no kept tail) and
+	// no end has to be passed on after it.
+	ip := &s.ip
+	*ip = inPlace{on: allowInPlace && len(d.buf) == 0 && !endStream && !d.ended, dir: idx(reply), data: data}
 	defer func() {
 		clear(s.segs[:cap(s.segs)]) // hold no reference to the caller's data
+		s.ip = inPlace{}
 		if r := recover(); r != nil {
 			s.close(fmt.Sprintf("parser panic: %v", r))
+			kept = false
 		}
 	}()
-	d := &s.dir[idx(reply)]
 	if d.ended {
-		return
+		return false
 	}
 
 	// The view: the kept tail first, then the new data. When the parser
@@ -247,7 +309,7 @@ func (s *Stream) OnData(reply, endStream bool, data [][]byte) {
 	if len(d.buf) > 0 {
 		if want := min(d.need, s.Limit); want > len(d.buf) {
 			if !s.grow(d, want) {
-				return
+				return false
 			}
 			for first < len(data) && len(d.buf) < want {
 				b := data[first]
@@ -298,7 +360,7 @@ func (s *Stream) OnData(reply, endStream bool, data [][]byte) {
 			d.need = 0
 			if n <= 0 {
 				s.close(fmt.Sprintf("parser returned %v with length %d", op, n))
-				return
+				return false
 			}
 			if op == Pass {
 				d.pass = n
@@ -315,15 +377,15 @@ func (s *Stream) OnData(reply, endStream bool, data [][]byte) {
 			}
 		case Error:
 			s.close("parser error: " + errName(n))
-			return
+			return false
 		default:
 			s.close(fmt.Sprintf("parser returned unknown op %d", op))
-			return
+			return false
 		}
 		s.flushInjected()
 		if s.closeAfter != "" {
 			s.close(s.closeAfter)
-			return
+			return false
 		}
 		if op == More {
 			break
@@ -331,15 +393,23 @@ func (s *Stream) OnData(reply, endStream bool, data [][]byte) {
 	}
 	s.flushInjected()
 	if s.closed {
-		return
+		return false
+	}
+	if s.ip.on {
+		if avail == 0 {
+			// Every byte passed unchanged: the caller lets data go on.
+			d.buf = d.buf[:0]
+			return true
+		}
+		s.materialize(&s.ip) // a tail is kept: the passed prefix is forwarded
 	}
 	if avail > s.Limit {
 		s.close(fmt.Sprintf("more than %d bytes buffered", s.Limit))
-		return
+		return false
 	}
 	s.keep(d, segs, avail)
 	if s.Budget != nil && !s.account() {
-		return
+		return false
 	}
 	if endStream {
 		// The peer will send nothing more in this direction: an incomplete
@@ -352,6 +422,7 @@ func (s *Stream) OnData(reply, endStream bool, data [][]byte) {
 			s.out.End(reply)
 		}
 	}
+	return false
 }
 
 // grow makes room for want bytes in d.buf, charging the budget; it closes
@@ -366,8 +437,17 @@ func (s *Stream) grow(d *streamDir, want int) bool {
 	return s.account()
 }
 
-// consume takes n bytes off the front of segs, forwarding them when pass.
+// consume takes n bytes off the front of segs, forwarding them when pass
+// (or counting them as placed, in place).
 func (s *Stream) consume(reply bool, segs [][]byte, n int, pass bool) [][]byte {
+	if s.ip.on {
+		if pass {
+			s.ip.placed += n
+			pass = false // advance the view only
+		} else {
+			s.materialize(&s.ip)
+		}
+	}
 	for n > 0 && len(segs) > 0 {
 		b := segs[0]
 		k := min(n, len(b))

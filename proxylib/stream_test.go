@@ -484,3 +484,98 @@ func TestStreamShrinks(t *testing.T) {
 		t.Errorf("after the frame the stream holds %d bytes; want at most %d", b.Used(), shrinkAbove)
 	}
 }
+
+// inPlaceCall feeds one read through OnDataInPlace and, when the stream
+// lets the bytes go on where they are, appends them to the direction's
+// output as Envoy would (the filter returns Continue without draining).
+func inPlaceCall(s *Stream, out *recorder, reply, end bool, data [][]byte) bool {
+	kept := s.OnDataInPlace(reply, end, data)
+	if kept {
+		for _, b := range data {
+			out.Forward(reply, b)
+		}
+	}
+	return kept
+}
+
+// TestStreamInPlace: a read the parser passes whole goes on in place (no
+// Forward, true); anything else — a kept tail, a drop, an injection toward
+// the same peer, a close after a pass, the end of the direction — forwards
+// as OnData does and returns false, the passed prefix first.
+func TestStreamInPlace(t *testing.T) {
+	tests := []struct {
+		name       string
+		reads      [][]byte
+		want       []bool // OnDataInPlace's result per read
+		wantServer []byte
+		wantClient []byte
+	}{
+		{name: "whole frames", reads: [][]byte{cat(fr('p', "a"), fr('p', "bb"))}, want: []bool{true}, wantServer: cat(fr('p', "a"), fr('p', "bb"))},
+		{name: "header over two reads", reads: [][]byte{fr('p', "abcdef")[:1], fr('p', "abcdef")[1:]}, want: []bool{false, false}, wantServer: fr('p', "abcdef")},
+		{name: "passed before complete", reads: [][]byte{fr('p', "abcdef")[:3], fr('p', "abcdef")[3:]}, want: []bool{true, true}, wantServer: fr('p', "abcdef")},
+		{name: "pass beyond the read", reads: [][]byte{fr('b', "abcdef")[:4], fr('b', "abcdef")[4:], fr('p', "z")}, want: []bool{true, true, true}, wantServer: cat(fr('b', "abcdef"), fr('p', "z"))},
+		{name: "tail kept", reads: [][]byte{cat(fr('p', "a"), fr('i', "no")[:2]), fr('i', "no")[2:]}, want: []bool{false, false}, wantServer: fr('p', "a"), wantClient: []byte("INO")},
+		{name: "drop", reads: [][]byte{cat(fr('p', "a"), fr('d', "x"), fr('p', "c"))}, want: []bool{false}, wantServer: cat(fr('p', "a"), fr('p', "c"))},
+		{name: "inject toward the client", reads: [][]byte{cat(fr('p', "a"), fr('i', "no"), fr('p', "c"))}, want: []bool{false}, wantServer: cat(fr('p', "a"), fr('p', "c")), wantClient: []byte("INO")},
+		{name: "error after a pass", reads: [][]byte{cat(fr('p', "a"), fr('e', ""))}, want: []bool{false}, wantServer: fr('p', "a")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out recorder
+			s := newTestStream(&out)
+			var got []bool
+			for _, r := range tt.reads {
+				got = append(got, inPlaceCall(s, &out, false, false, [][]byte{r}))
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("in place per read (-want +got):\n%s", diff)
+			}
+			if !bytes.Equal(out.toServer, tt.wantServer) || !bytes.Equal(out.toClient, tt.wantClient) {
+				t.Errorf("server %q client %q; want %q %q", out.toServer, out.toClient, tt.wantServer, tt.wantClient)
+			}
+		})
+	}
+	t.Run("end of direction", func(t *testing.T) {
+		var out recorder
+		s := newTestStream(&out)
+		if inPlaceCall(s, &out, false, true, [][]byte{fr('p', "a")}) {
+			t.Error("a read with the end of the direction went on in place; its end must be passed on by the stream")
+		}
+		if !bytes.Equal(out.toServer, fr('p', "a")) || !out.ended[0] {
+			t.Errorf("server %q ended %v", out.toServer, out.ended[0])
+		}
+	})
+}
+
+// FuzzStreamInPlace: for any input and any split into reads and slices,
+// OnDataInPlace (with the in-place reads appended as Envoy would) delivers
+// exactly what OnData delivers, in the same order, and closes alike.
+func FuzzStreamInPlace(f *testing.F) {
+	f.Add(cat(fr('p', "hello"), fr('d', "x"), fr('i', "deny"), fr('b', "abc"), fr('p', "z")), uint64(1))
+	f.Add(cat(fr('p', "a"), fr('p', "b"), fr('e', "")), uint64(3))
+	f.Fuzz(func(t *testing.T, in []byte, seed uint64) {
+		var ref, out recorder
+		sr, so := newTestStream(&ref), newTestStream(&out)
+		rng := rand.New(rand.NewPCG(seed, seed))
+		for rest := in; len(rest) > 0; {
+			k := rng.IntN(len(rest) + 1)
+			chunk := rest[:k]
+			rest = rest[k:]
+			var slices [][]byte
+			for len(chunk) > 0 {
+				m := rng.IntN(len(chunk)) + 1
+				slices = append(slices, append([]byte(nil), chunk[:m]...))
+				chunk = chunk[m:]
+			}
+			reply := rng.IntN(4) == 0
+			sr.OnData(reply, false, slices)
+			inPlaceCall(so, &out, reply, false, slices)
+		}
+		if ref.closed != out.closed {
+			t.Fatalf("closed %q; OnData closed %q", out.closed, ref.closed)
+		}
+		if !bytes.Equal(ref.toServer, out.toServer) || !bytes.Equal(ref.toClient, out.toClient) {
+			t.Fatalf("in place delivered server %q client %q; OnData %q %q", out.toServer, out.toClient, ref.toServer, ref.toClient)
+		}
+	})
+}

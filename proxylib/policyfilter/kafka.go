@@ -208,8 +208,9 @@ func (c *kafkaConfig) merge(st *npdsclient.State, k mergeKey, ls []*kafkaL7) *ka
 func (c *kafkaConfig) NewNetworkFilter() proxylib.NetworkFilter { return &streamFilter{c: c} }
 
 // streamFilter runs a proxylib.Stream (the Kafka parser) over Envoy's
-// network filter: every byte is drained from Envoy's buffers and only what
-// the parser passes (or injects) is sent on.
+// network filter: a read the parser passes whole continues in Envoy's
+// buffer; otherwise every byte is drained from Envoy's buffers and only
+// what the parser passes (or injects) is sent on.
 type streamFilter struct {
 	c      *kafkaConfig
 	stream *proxylib.Stream
@@ -289,8 +290,14 @@ func (f *streamFilter) on(c proxylib.NetworkConn, reply bool, data [][]byte, end
 		}
 		return proxylib.NetworkStopIteration
 	}
-	// The stream copies what it keeps; drain after it read the views.
-	f.stream.OnData(reply, end, data)
+	// Bytes the parser passes unchanged, all of them (the usual case when
+	// the policy allows the requests), go on in Envoy's buffer: nothing is
+	// drained, copied or injected.
+	if f.stream.OnDataInPlace(reply, end, data) {
+		return proxylib.NetworkContinue
+	}
+	// Otherwise the stream forwarded what passes and copied what it keeps;
+	// drain after it read the views.
 	if reply {
 		c.DrainWrite(n)
 	} else {

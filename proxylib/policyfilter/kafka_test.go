@@ -1,6 +1,7 @@
 package policyfilter
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -34,6 +35,23 @@ func (c *netConn) InjectWrite(b []byte, end bool) {
 	c.ended[1] = c.ended[1] || end
 }
 func (c *netConn) Close(_ bool, details string) { c.closed = details }
+
+// read and write play Envoy's part around a network filter's hook: data
+// the filter lets continue (NetworkContinue, not drained) goes on to the
+// server (client) after what it injected.
+func read(f proxylib.NetworkFilter, c *netConn, data [][]byte, end bool) {
+	if f.OnRead(c, data, end) == proxylib.NetworkContinue {
+		c.toServer = append(c.toServer, bytes.Join(data, nil)...)
+		c.ended[0] = c.ended[0] || end
+	}
+}
+
+func write(f proxylib.NetworkFilter, c *netConn, data [][]byte, end bool) {
+	if f.OnWrite(c, data, end) == proxylib.NetworkContinue {
+		c.toClient = append(c.toClient, bytes.Join(data, nil)...)
+		c.ended[1] = c.ended[1] || end
+	}
+}
 func (c *netConn) Addrs() proxylib.ConnAddrs {
 	return proxylib.ConnAddrs{Remote: "10.0.0.9:40000", Local: "10.0.0.1:9092", ID: 1}
 }
@@ -97,15 +115,15 @@ func TestWardKafkaHalfClose(t *testing.T) {
 	c := &netConn{}
 	f.OnNewConnection(c)
 	req := fetchFrame(1, "t")
-	f.OnRead(c, [][]byte{req[:10]}, false) // a partial request: buffered
+	read(f, c, [][]byte{req[:10]}, false) // a partial request: buffered
 	if env.kafkaBudget.Used() == 0 {
 		t.Fatal("a buffered partial request is not charged to the budget")
 	}
-	f.OnRead(c, nil, true)
+	read(f, c, nil, true)
 	if !c.ended[0] || c.ended[1] || c.closed != "" {
 		t.Fatalf("after the client's end: ended (read, write) %v, closed %q; want the read side ended only", c.ended, c.closed)
 	}
-	f.OnWrite(c, nil, true)
+	write(f, c, nil, true)
 	if !c.ended[1] {
 		t.Error("the server's end was not passed to the client")
 	}
@@ -123,20 +141,20 @@ func TestWardKafkaUnrelatedUpdateKeepsFetchSession(t *testing.T) {
 	f := cfg.NewNetworkFilter()
 	c := &netConn{}
 	f.OnNewConnection(c)
-	f.OnRead(c, [][]byte{fetchFrame(1, "t")}, false)
-	f.OnWrite(c, [][]byte{respFrame(1)}, false)
+	read(f, c, [][]byte{fetchFrame(1, "t")}, false)
+	write(f, c, [][]byte{respFrame(1)}, false)
 	if err := client.Apply(context.Background(), kafkaPolicy("t", 77), nil); err != nil {
 		t.Fatal(err)
 	}
-	f.OnRead(c, [][]byte{fetchFrame(2, "t")}, false)
+	read(f, c, [][]byte{fetchFrame(2, "t")}, false)
 	if c.closed != "" || len(c.toServer) != 2*len(fetchFrame(1, "t")) {
 		t.Fatalf("after an unrelated update: closed %q, server got %d bytes; want open, both fetches", c.closed, len(c.toServer))
 	}
-	f.OnWrite(c, [][]byte{respFrame(2)}, false)
+	write(f, c, [][]byte{respFrame(2)}, false)
 	if err := client.Apply(context.Background(), kafkaPolicy("u", 77), nil); err != nil {
 		t.Fatal(err)
 	}
-	f.OnRead(c, [][]byte{fetchFrame(3, "t")}, false)
+	read(f, c, [][]byte{fetchFrame(3, "t")}, false)
 	if c.closed == "" {
 		t.Error("after a change of its rules the fetch session's connection is open")
 	}
