@@ -147,8 +147,7 @@ func runOffNode(dur time.Duration, rounds int) (err error) {
 			return err
 		}
 		eth0 = ifc.Index
-		return dp.SetPolicy(1, []redirect.PolicyEntry{{PolicyKey: redirect.PolicyKey{Direction: redirect.Ingress, Identity: redirect.IdentityWorld, Port: 80, Proto: redirect.ProtoTCP},
-			Verdict: redirect.Redirect, ProxyPort: proxyPort}})
+		return nil
 	}); err != nil {
 		return err
 	}
@@ -173,6 +172,11 @@ func runOffNode(dur time.Duration, rounds int) (err error) {
 		{name: "offnode-ward", want: &proxyAccepted,
 			setup: func() error {
 				return host.Do(func() error {
+					// Again each round: RemoveEndpoint deletes the policy.
+					if err := dp.SetPolicy(1, []redirect.PolicyEntry{{PolicyKey: redirect.PolicyKey{Direction: redirect.Ingress, Identity: redirect.IdentityWorld, Port: 80, Proto: redirect.ProtoTCP},
+						Verdict: redirect.Redirect, ProxyPort: proxyPort}}); err != nil {
+						return err
+					}
 					if err := dp.AddEndpoint(redirect.Endpoint{ID: 1, IP: pod.IP, IfIndex: pod.HostIfIndex, Identity: idServer, EnforceIngress: true}); err != nil {
 						return err
 					}
