@@ -20,8 +20,8 @@ import (
 )
 
 const suggestUsage = `usage:
-  ward policy suggest [--state-dir DIR] [--since DURATION|TIME] [--last N]
-  ward policy suggest --file FLOWS.json
+  ward policy suggest [--state-dir DIR] [--since DURATION|TIME] [--last N] [--pod NAMESPACE/POD]
+  ward policy suggest --file FLOWS.json [--pod NAMESPACE/POD]
 
 Prints the CiliumNetworkPolicies (YAML) that would allow the flows wardd
 recorded with verdict AUDIT, or DROPPED by policy (at L3/L4 or L7): one
@@ -41,6 +41,7 @@ func policySuggest(args []string, stdout, stderr io.Writer) int {
 	file := fs.String("file", "", "read `hubble observe -o json` output from this file (- for standard input) instead of wardd")
 	since := fs.String("since", "", "only flows since this duration ago (5m) or time (RFC 3339)")
 	last := fs.Uint64("last", 0, "only the last N matching flows (0: every flow wardd keeps)")
+	pod := fs.String("pod", "", "only the policy of this endpoint (NAMESPACE/POD): the flows it received (ingress) or sent (egress)")
 	fs.Usage = func() { fmt.Fprint(stderr, suggestUsage) }
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -64,6 +65,9 @@ func policySuggest(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintf(stderr, "ward policy suggest: %v\n", err)
 		return 1
+	}
+	if *pod != "" {
+		flows = suggest.ForPod(flows, *pod)
 	}
 	ps, err := suggest.Suggest(flows)
 	if err != nil {

@@ -21,6 +21,9 @@ func TestPolicySuggestFile(t *testing.T) {
 	if got := runOK(t, "policy", "suggest", "--file", filepath.Join(td, "deathstar.hubble.json")); got != string(want) {
 		t.Errorf("policy suggest --file =\n%s\nwant\n%s", got, want)
 	}
+	if got := runOK(t, "policy", "suggest", "--file", filepath.Join(td, "deathstar.hubble.json"), "--pod", "default/deathstar"); got != string(want) {
+		t.Errorf("policy suggest --pod default/deathstar =\n%s\nwant\n%s", got, want)
+	}
 	empty := filepath.Join(t.TempDir(), "none.json")
 	if err := os.WriteFile(empty, []byte(`{"flow":{"verdict":"FORWARDED","traffic_direction":"INGRESS"}}`+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -33,6 +36,7 @@ func TestPolicySuggestFile(t *testing.T) {
 		{[]string{"policy", "suggest", "--file", empty}, 1, "no AUDIT or policy-DROPPED flows to allow (read 1 flows)"},
 		{[]string{"policy", "suggest", "--since", "yesterday", "--state-dir", t.TempDir()}, 2, `--since: "yesterday"`},
 		{[]string{"policy", "suggest", "--file", empty + ".nope"}, 1, "no such file"},
+		{[]string{"policy", "suggest", "--file", filepath.Join(td, "deathstar.hubble.json"), "--pod", "default/xwing"}, 1, "no AUDIT or policy-DROPPED flows"},
 	} {
 		var out, errb bytes.Buffer
 		if code := run(tt.args, &out, &errb); code != tt.code || !strings.Contains(errb.String(), tt.msg) {

@@ -106,6 +106,27 @@ func Relevant(f *flowpb.Flow) bool {
 	return false
 }
 
+// ForPod keeps the flows whose subject (the destination of an ingress
+// flow, the source of an egress one) is the pod "namespace/name" (a name
+// alone: in any namespace).
+func ForPod(flows []*flowpb.Flow, pod string) []*flowpb.Flow {
+	ns, name, ok := strings.Cut(pod, "/")
+	if !ok {
+		ns, name = "", pod
+	}
+	var out []*flowpb.Flow
+	for _, f := range flows {
+		ep := f.GetDestination()
+		if f.GetTrafficDirection() == flowpb.TrafficDirection_EGRESS {
+			ep = f.GetSource()
+		}
+		if ep.GetPodName() == name && (ns == "" || ep.GetNamespace() == ns) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
 // subject is an endpoint the suggestion applies to.
 type subject struct {
 	namespace string

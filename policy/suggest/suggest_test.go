@@ -199,3 +199,20 @@ func TestReadHubbleJSONErrors(t *testing.T) {
 		t.Errorf("ReadHubbleJSON(lost events) = %v, %v; want none", fs, err)
 	}
 }
+
+func TestForPod(t *testing.T) {
+	f, err := os.Open(filepath.Join("testdata", "deathstar.hubble.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	flows, err := ReadHubbleJSON(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for pod, want := range map[string]int{"default/deathstar": 3, "deathstar": 3, "other/deathstar": 0, "default/xwing": 0} {
+		if got := len(ForPod(flows, pod)); got != want {
+			t.Errorf("ForPod(%q) kept %d flows; want %d", pod, got, want)
+		}
+	}
+}
