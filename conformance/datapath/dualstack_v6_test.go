@@ -2,14 +2,17 @@ package datapath
 
 import (
 	"context"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	cdns "github.com/wardproxy/ward/conformance/dns"
+	"github.com/wardproxy/ward/conformance/kafka"
 	"github.com/wardproxy/ward/conformance/node"
 	"github.com/wardproxy/ward/conformance/servers/deathstar"
 	"github.com/wardproxy/ward/internal/testenv"
@@ -26,6 +29,9 @@ var dualStackPods = []node.PodSpec{
 	{Name: "github", Labels: map[string]string{"app": "github"}, Unmanaged: true},
 	{Name: "interceptor", Labels: map[string]string{"org": "empire", "class": "interceptor"}},
 	{Name: "outpost", Labels: map[string]string{"app": "outpost"}, Unmanaged: true},
+	{Name: "kafka", Labels: map[string]string{"app": "kafka"}},
+	{Name: "empire-hq", Labels: map[string]string{"app": "empire-hq"}},
+	{Name: "empire-outpost", Labels: map[string]string{"app": "empire-outpost"}},
 }
 
 // interceptorEgress is an egress HTTP policy towards the world (the
@@ -57,6 +63,7 @@ spec:
 func dualStackNode(t *testing.T, table, priority int, mutate func(*node.Node)) *node.Node {
 	t.Helper()
 	testenv.RequireCommand(t, "dig")
+	testenv.RequireCommand(t, "kcat")
 	n := node.NewWith(t, node.Options{IPv6: true}, dualStackPods...)
 	n.Serve(t, "deathstar", deathstar.New(), ":80", ":8080")
 	gh, kd := n.Pods["github"], n.Pods["kube-dns"]
@@ -80,6 +87,21 @@ support IN AAAA 2001:db8::10
 	n.WritePolicy(t, "deathstar.yaml", string(b))
 	n.WritePolicy(t, "egress.yaml", interceptorEgress)
 	n.WritePolicy(t, "fqdn.yaml", mediabotPolicy)
+	// A real broker on the host's loopback, put inside the kafka pod on
+	// both of its addresses by forwarders: each listener advertises the
+	// pod address its clients used (TestWarddEgressKafka).
+	kp := n.Pods["kafka"]
+	adv := map[string]string{"PODFOUR": net.JoinHostPort(kp.IP.String(), "9092"), "PODSIX": net.JoinHostPort(kp.IPv6.String(), "9092")}
+	broker := kafka.StartBroker(t, kafka.BrokerConfig{Advertise: adv, Topics: []string{"empire-announce", "deathstar-plans"}})
+	for name, addr := range adv {
+		network := map[string]string{"PODFOUR": "tcp4", "PODSIX": "tcp6"}[name]
+		ln, err := kp.Listen(network, addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		forward(t, ln, broker.ListenerAddr(name))
+	}
+	n.WritePolicy(t, "kafka.yaml", empireEgressPolicy)
 	if mutate != nil {
 		mutate(n)
 	}
@@ -89,7 +111,9 @@ support IN AAAA 2001:db8::10
 
 // dualStackScenarios runs the datapath scenarios on one node over IPv4
 // and over IPv6 (each a subtest named by family): the Star Wars demo
-// (ingress L7 at the Death Star, L3/L4 drops), egress L7 towards the world
+// (ingress L7 at the Death Star, L3/L4 drops), Kafka egress rules with
+// kcat (produce, consume, the broker's authorization error from
+// ward.kafka), egress L7 towards the world
 // and the mediabot's DNS rules with toFQDNs learnt from A and AAAA
 // answers, with curl and dig as clients.
 func dualStackScenarios(t *testing.T, n *node.Node) {
@@ -135,6 +159,28 @@ func dualStackScenarios(t *testing.T, n *node.Node) {
 				}
 				if got := curl("interceptor", "GET", p8080, "/allowed"); got != "error" {
 					t.Errorf("interceptor GET %s = %q; want dropped by its egress default deny", p8080, got)
+				}
+			})
+			t.Run("kafka", func(t *testing.T) {
+				// The seed's Kafka rules as the clients' egress policies,
+				// through each client's egress Kafka listener.
+				addr := netip.AddrPortFrom(fam.addr("kafka"), 9092).String()
+				run := func(pod, stdin string, args ...string) (string, error) {
+					cmd := n.Pods[pod].Command(c, "kcat", append([]string{"-b", addr, "-m", "15"}, args...)...)
+					cmd.Stdin = strings.NewReader(stdin)
+					out, err := cmd.CombinedOutput()
+					return string(out), err
+				}
+				msg := "Happy 40th Birthday to General Tagge over " + fam.name
+				if out, err := run("empire-hq", msg+"\n", "-P", "-t", "empire-announce"); err != nil {
+					t.Fatalf("hq produce empire-announce to %s: %v\n%s", addr, err, out)
+				}
+				if out, err := run("empire-outpost", "", "-C", "-t", "empire-announce", "-o", "beginning", "-e"); err != nil || !strings.Contains(out, msg) {
+					t.Errorf("outpost consume empire-announce from %s: %v\n%s", addr, err, out)
+				}
+				out, err := run("empire-outpost", "Vader Booed at Empire Karaoke Party\n", "-P", "-t", "empire-announce")
+				if err == nil || !strings.Contains(strings.ToLower(out), "authoriz") {
+					t.Errorf("outpost produce empire-announce to %s: err %v, output %q; want an authorization error", addr, err, out)
 				}
 			})
 			t.Run("dns-fqdn", func(t *testing.T) {
