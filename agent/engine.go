@@ -148,29 +148,58 @@ func (e *engine) setEndpoints(source string, eps []Endpoint, where string) (bool
 	next := &workloadSet{byIP: map[netip.Addr]*Workload{}, byID: map[uint64]*Workload{}}
 	errs := map[string][]error{} // by source
 	changed := false
-	owner := map[uint64]string{} // endpoint id -> the item holding it
+	// owner is the item holding each endpoint id; items are named only
+	// for errors (a set of 5,000 endpoints is not formatted each time).
+	type item struct {
+		src string
+		i   int
+	}
+	total := 0
+	for _, l := range e.epSrc {
+		total += len(l)
+	}
+	owner := make(map[uint64]item, total)
+	nameOf := func(it item) string {
+		if where == "" || it.src != source {
+			return fmt.Sprintf("%s endpoint %q", it.src, e.epSrc[it.src][it.i].Name)
+		}
+		return fmt.Sprintf("%s[%d]", where, it.i)
+	}
+	next.list = make([]Workload, 0, total)
+	next.byID = make(map[uint64]*Workload, total)
+	next.byIP = make(map[netip.Addr]*Workload, total)
 	for _, src := range slices.Sorted(maps.Keys(e.epSrc)) {
 		list := e.epSrc[src]
 		for i, ep := range list {
-			name := fmt.Sprintf("%s[%d]", where, i)
-			if where == "" || src != source {
-				name = fmt.Sprintf("%s endpoint %q", src, ep.Name)
-			}
+			name := item{src, i}
 			if prev, taken := owner[ep.ID]; taken {
-				errs[src] = append(errs[src], fmt.Errorf("%s: endpoint id %d is already taken by %s", name, ep.ID, prev))
+				errs[src] = append(errs[src], fmt.Errorf("%s: endpoint id %d is already taken by %s", nameOf(name), ep.ID, nameOf(prev)))
+				continue
+			}
+			prev, had := old.byID[ep.ID]
+			if had && prev.source == src && slices.Equal(prev.IPs, ep.IPs) && sameRegistration(prev.Endpoint, ep) {
+				// What the repository knows and the addresses are
+				// unchanged: the workload is reused, not parsed again (a
+				// source of 5,000 pods sets them all on one pod's change).
+				if prev.Interface != ep.Interface || prev.Remote != ep.Remote || prev.Name != ep.Name {
+					changed = true
+				}
+				w := *prev
+				w.Endpoint = ep
+				owner[ep.ID] = name
+				next.list = append(next.list, w)
 				continue
 			}
 			w, err := workloadOf(ep)
 			if err != nil {
-				errs[src] = append(errs[src], fmt.Errorf("%s: %w", name, err))
+				errs[src] = append(errs[src], fmt.Errorf("%s: %w", nameOf(name), err))
 				continue
 			}
 			w.source = src
-			prev, had := old.byID[ep.ID]
 			if !had || prev.source != src || !sameRegistration(prev.Endpoint, ep) {
 				w.registration.Audit = e.auditOf(ep.ID)
 				if _, err := e.repo.UpsertEndpoint(w.registration); err != nil {
-					errs[src] = append(errs[src], fmt.Errorf("%s: %w", name, err))
+					errs[src] = append(errs[src], fmt.Errorf("%s: %w", nameOf(name), err))
 					if had && prev.source == src {
 						// The change is refused; the endpoint stays as it was.
 						owner[ep.ID] = name

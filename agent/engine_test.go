@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -141,5 +142,31 @@ func TestEngineServiceSources(t *testing.T) {
 	}
 	if errs := e.sourceErrors(); len(errs) != 1 || !strings.Contains(errs[0], "kubernetes service default/db: already defined by config") {
 		t.Errorf("sourceErrors() = %q", errs)
+	}
+}
+
+// BenchmarkSetEndpointsOneOf5000: a source of 5,000 endpoints (a
+// cluster's pods) sets its list again after one pod's label change: only
+// that endpoint is parsed and upserted.
+func BenchmarkSetEndpointsOneOf5000(b *testing.B) {
+	e, err := newEngine(&Config{}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	eps := make([]Endpoint, 5000)
+	for i := range eps {
+		eps[i] = Endpoint{Name: fmt.Sprintf("ns/p%d", i), ID: uint64(1<<31 + i), IPs: []string{fmt.Sprintf("10.100.%d.%d", i/250, i%250+1)}, Namespace: "ns", Remote: true,
+			Labels: map[string]string{"app": fmt.Sprintf("a%d", i%1000), "io.cilium.k8s.policy.serviceaccount": "default", "io.cilium.k8s.policy.cluster": "default"}}
+	}
+	if _, err := e.setEndpoints(sourceKube, eps, ""); err != nil {
+		b.Fatal(err)
+	}
+	labels := []map[string]string{{"app": "x"}, eps[7].Labels}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		eps[7].Labels = labels[i%2]
+		if changed, err := e.setEndpoints(sourceKube, eps, ""); err != nil || !changed {
+			b.Fatalf("setEndpoints = %v, %v", changed, err)
+		}
 	}
 }

@@ -26,6 +26,8 @@ type kubeSink struct {
 	// pending: a change not published yet; whoever swaps it publishes
 	// (the sink after the first publish, or runKubePending right after it).
 	pending atomic.Bool
+	// local is the local endpoints' signature last set (localSignature).
+	local string
 }
 
 var _ kube.Sink = (*kubeSink)(nil)
@@ -44,8 +46,25 @@ func (s *kubeSink) SetEndpoints(eps []kube.Endpoint) {
 		s.a.log.Warn("kubernetes endpoints", "error", err)
 	}
 	if changed {
-		s.changed(true)
+		// The Envoy resources built from the local endpoints (their
+		// egress listeners) are rebuilt only when those changed: most
+		// pod events are other nodes' pods.
+		local := localSignature(list)
+		s.changed(local != s.local)
+		s.local = local
 	}
+}
+
+// localSignature sums up what the Envoy resources take from the local
+// endpoints.
+func localSignature(eps []Endpoint) string {
+	var b strings.Builder
+	for _, ep := range eps {
+		if !ep.Remote {
+			fmt.Fprintf(&b, "%d %s %s %v\n", ep.ID, ep.Name, ep.Interface, ep.IPs)
+		}
+	}
+	return b.String()
 }
 
 func (s *kubeSink) SetServices(svcs []kube.Service) {
