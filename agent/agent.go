@@ -49,6 +49,8 @@ type Agent struct {
 	kp                *kubeParts         // the cluster sources; nil without kubernetes (kubesources.go)
 	groups            *groups.Controller // toGroups derivatives; nil without a policy engine (groups.go)
 	ready             chan struct{}
+	// regen notes the state a publish is applying (introspect.go).
+	regen *regenerationMarker
 }
 
 // New validates cfg and returns the agent. It acquires nothing: sockets,
@@ -67,7 +69,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		cfg.Envoy.Admin = filepath.Join(cfg.StateDir, "envoy-admin.sock")
 	}
 	cfg.Datapath = cfg.Datapath.withDefaults()
-	a := &Agent{cfg: cfg, log: log, node: cfg.Node, ready: make(chan struct{})}
+	a := &Agent{cfg: cfg, log: log, node: cfg.Node, ready: make(chan struct{}), regen: &regenerationMarker{}}
 	if a.node == "" {
 		a.node, _ = os.Hostname()
 	}
@@ -156,7 +158,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	var px *dns.Proxy
 	if a.eng != nil {
-		a.eng.consumers = append(a.eng.consumers, &regenerationMarker{}) // first: `ward endpoint list` shows regenerating
+		a.eng.consumers = append(a.eng.consumers, a.regen) // first: `ward endpoint list` shows regenerating
 		if err := a.openKube(ctx); err != nil {
 			return err
 		}

@@ -24,11 +24,11 @@ import (
 // "Endpoint Lifecycle"), with the error of a ward-specific state:
 //
 //   - no identity in the repository: waiting-for-identity;
+//   - being published with a policy other than the last published one:
+//     regenerating;
 //   - before the first publish: restoring when the pinned datapath still
 //     holds the endpoint from the previous run (its old policy enforces),
 //     else waiting-to-regenerate;
-//   - being published with a policy other than the last published one:
-//     regenerating;
 //   - published without it, with another identity, or with a policy the
 //     repository has changed since: waiting-to-regenerate;
 //   - then the datapath's verdict on it: waiting-for-interface,
@@ -43,20 +43,24 @@ func (a *Agent) endpointState(w Workload, last *State, current *policy.Snapshot,
 	if !ok {
 		return api.StateWaitingForIdentity, ""
 	}
+	if a.regen != nil {
+		if inFlight := a.regen.st.Load(); inFlight != nil && inFlight != last {
+			if p, ok := inFlight.Policy.Endpoint(w.ID); ok {
+				var old *policy.EndpointPolicy
+				if last != nil {
+					old, _ = last.Policy.Endpoint(w.ID)
+				}
+				if old != p {
+					return api.StateRegenerating, ""
+				}
+			}
+		}
+	}
 	if last == nil {
 		if pinned[w.ID] {
 			return api.StateRestoring, ""
 		}
 		return api.StateWaitingToRegenerate, ""
-	}
-	if m := a.regenMarker(); m != nil {
-		if inFlight := m.st.Load(); inFlight != nil && inFlight != last {
-			if p, ok := inFlight.Policy.Endpoint(w.ID); ok {
-				if old, ok := last.Policy.Endpoint(w.ID); !ok || old != p {
-					return api.StateRegenerating, ""
-				}
-			}
-		}
 	}
 	pub, ok := last.Policy.Endpoint(w.ID)
 	if !ok || !slices.ContainsFunc(last.Workloads, func(x Workload) bool { return x.ID == w.ID }) ||
@@ -73,24 +77,15 @@ func (a *Agent) endpointState(w Workload, last *State, current *policy.Snapshot,
 	return api.StateReady, ""
 }
 
-// regenerationMarker is the engine's first consumer: it notes the state a
-// publish is handing to the consumers, so that an endpoint whose policy
-// that publish changes is "regenerating" until the publish completes.
+// regenerationMarker is the engine's first consumer (Agent.regen, set in
+// New): it notes the state a publish is handing to the consumers, so that
+// an endpoint whose policy that publish changes is "regenerating" until
+// the publish completes.
 type regenerationMarker struct{ st atomic.Pointer[State] }
 
 // Apply implements Consumer.
 func (m *regenerationMarker) Apply(_ context.Context, st *State) error {
 	m.st.Store(st)
-	return nil
-}
-
-// regenMarker returns the engine's regeneration marker (nil if none).
-func (a *Agent) regenMarker() *regenerationMarker {
-	for _, c := range a.eng.consumers {
-		if m, ok := c.(*regenerationMarker); ok {
-			return m
-		}
-	}
 	return nil
 }
 

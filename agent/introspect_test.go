@@ -36,7 +36,7 @@ spec:
 		t.Fatal(err)
 	}
 	eng.repo.Upsert(ps[0])
-	a := &Agent{eng: eng, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	a := &Agent{eng: eng, log: slog.New(slog.NewTextHandler(io.Discard, nil)), regen: &regenerationMarker{}}
 	states := func() map[string]string {
 		out := map[string]string{}
 		for _, d := range a.endpointDetails(false) {
@@ -80,7 +80,7 @@ spec:
 	// While a publish writes them (a consumer holds it), both are
 	// regenerating.
 	entered, release := make(chan struct{}), make(chan struct{})
-	eng.consumers = []Consumer{&regenerationMarker{}, ConsumerFunc(func(context.Context, *State) error {
+	eng.consumers = []Consumer{a.regen, ConsumerFunc(func(context.Context, *State) error {
 		close(entered)
 		<-release
 		return nil
@@ -91,7 +91,7 @@ spec:
 	check("publishing", map[string]string{"deathstar": api.StateRegenerating, "xwing": api.StateRegenerating})
 	close(release)
 	<-done
-	eng.consumers = []Consumer{&regenerationMarker{}}
+	eng.consumers = []Consumer{a.regen}
 	check("republished", map[string]string{"deathstar": api.StateReady, "xwing": api.StateReady})
 
 	if _, err := eng.setEndpoints(sourceConfig, eps[:1], "endpoints"); err != nil {
