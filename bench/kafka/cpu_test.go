@@ -20,6 +20,7 @@ import (
 
 	"github.com/wardproxy/ward/agent"
 	ckafka "github.com/wardproxy/ward/conformance/kafka"
+	"github.com/wardproxy/ward/internal/testenv"
 	"github.com/wardproxy/ward/policy/l7"
 	"github.com/wardproxy/ward/xds"
 	"github.com/wardproxy/ward/xds/npds"
@@ -34,6 +35,8 @@ import (
 // ProducerPerformance acks=1 unthrottled, arms interleaved. Envoy (one
 // worker) runs on CPU 0, the broker, the producer and this process on
 // CPU 1. A benchmark: run by bench/kafka/run.sh with WARD_KAFKA_CPU=1.
+// The module is the test suites' (testenv.Module: build/test, or
+// $WARD_MODULE_DIR).
 //
 //	WARD_KAFKA_CPU=1 WARD_KAFKA_CPU_ROUNDS=5 WARD_KAFKA_CPU_RECORDS=200000 go test -run TestKafkaCPU -v ./bench/kafka/
 func TestKafkaCPU(t *testing.T) {
@@ -66,7 +69,7 @@ func TestKafkaCPU(t *testing.T) {
 	dir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	ag, err := agent.New(agent.Config{Node: "bench", StateDir: dir, Envoy: agent.EnvoyConfig{
-		Binary: filepath.Join(root, "build", "envoy"), ModuleDir: filepath.Join(root, "build"), Concurrency: 1, LogLevel: "warn",
+		Binary: filepath.Join(root, "build", "envoy"), ModuleDir: filepath.Dir(testenv.Module(t)), Concurrency: 1, LogLevel: "warn",
 	}}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
