@@ -26,9 +26,13 @@ build-cgocheck2:
 
 # wardd's container image as an OCI archive, build/ward-image.tar, without a
 # container daemon (tools/image, go-containerregistry): on an empty base,
-# /usr/bin/wardd, /usr/bin/ward, /usr/bin/ward-install (static Go binaries)
-# and /usr/lib/ward/libward.so. docs/kubernetes.md says how to load it.
+# /usr/bin/wardd, /usr/bin/ward, /usr/bin/ward-install (static Go binaries),
+# /usr/lib/ward/libward.so, and iproute2's ip with the shared libraries it
+# loads (the build machine's, Debian 12): wardd and `ward bpf cleanup` run
+# `ip rule` / `ip route` for the proxy routing. docs/kubernetes.md says how
+# to load it.
 IMAGE ?= ghcr.io/wardproxy/ward:0.1.0
+IP_FILES = /usr/sbin/ip $(shell ldd /usr/sbin/ip | awk '/=> \//{print $$3} /^\t\/lib64/{print $$1}')
 image: build
 	mkdir -p build/image
 	CGO_ENABLED=0 $(GO) build -trimpath -o build/image/wardd ./cmd/wardd
@@ -36,7 +40,8 @@ image: build
 	CGO_ENABLED=0 $(GO) build -trimpath -o build/image/ward-install ./cmd/ward-install
 	$(GO) -C tools/image run . -out $(CURDIR)/build/ward-image.tar -ref $(IMAGE) \
 		/usr/bin/wardd=$(CURDIR)/build/image/wardd /usr/bin/ward=$(CURDIR)/build/image/ward \
-		/usr/bin/ward-install=$(CURDIR)/build/image/ward-install /usr/lib/ward/libward.so=$(CURDIR)/build/libward.so
+		/usr/bin/ward-install=$(CURDIR)/build/image/ward-install /usr/lib/ward/libward.so=$(CURDIR)/build/libward.so \
+		$(foreach f,$(IP_FILES),$(f)=$(f))
 
 lint:
 	bash scripts/lint.sh

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -131,6 +132,12 @@ func TestImageArchive(t *testing.T) {
 		t.Errorf("rootfs diff_ids = %q; want the uncompressed layer's digest sha256:%x", cfg.RootFS.DiffIDs, sum)
 	}
 	layer := readTarBytes(t, raw)
+	if cfg.Config.Env == nil || !slices.Contains(cfg.Config.Env, "PATH=/usr/bin:/usr/sbin") {
+		t.Errorf("config env = %q; want PATH=/usr/bin:/usr/sbin (wardd runs ip)", cfg.Config.Env)
+	}
+	if _, ok := layer["usr/sbin/ip"]; !ok {
+		t.Error("layer has no usr/sbin/ip (wardd and ward bpf cleanup run it for the proxy routing)")
+	}
 	for name, typ := range imageFiles {
 		data, ok := layer[name]
 		if !ok {

@@ -19,17 +19,25 @@ import (
 	"github.com/wardproxy/ward/internal/testenv"
 )
 
-// container is a rendered container's command and environment.
+// container is a rendered container's command, environment and added
+// capabilities.
 type container struct {
 	command []string
 	env     map[string]string
+	caps    []string
 }
 
 // renderedContainer finds a container (or init container) of a DaemonSet
 // in manifests/ward.yaml.
 func renderedContainer(t *testing.T, daemonSet, name string) container {
 	t.Helper()
-	for _, o := range manifest(t, "ward.yaml") {
+	return renderedContainerIn(t, "ward.yaml", daemonSet, name)
+}
+
+// renderedContainerIn is renderedContainer in another rendering.
+func renderedContainerIn(t *testing.T, file, daemonSet, name string) container {
+	t.Helper()
+	for _, o := range manifest(t, file) {
 		if o.GetKind() != "DaemonSet" || o.GetName() != daemonSet {
 			continue
 		}
@@ -42,6 +50,7 @@ func renderedContainer(t *testing.T, daemonSet, name string) container {
 				}
 				out := container{env: map[string]string{}}
 				out.command, _, _ = unstructured.NestedStringSlice(c, "command")
+				out.caps, _, _ = unstructured.NestedStringSlice(c, "securityContext", "capabilities", "add")
 				envs, _, _ := unstructured.NestedSlice(c, "env")
 				for _, e := range envs {
 					e := e.(map[string]any)

@@ -7,7 +7,9 @@
 //	image -out FILE -ref NAME:TAG [-arch amd64] [-entrypoint PATH] PATH_IN_IMAGE=FILE...
 //
 // The base is empty on purpose: wardd, ward and ward-install are static Go
-// binaries, and libward.so runs inside Envoy's image, not this one.
+// binaries, libward.so runs inside Envoy's image, not this one, and the one
+// foreign program wardd runs (ip, for the proxy routing) comes with exactly
+// the shared libraries it loads (`make image` lists them with ldd).
 package main
 
 import (
@@ -83,7 +85,7 @@ func run(args []string) error {
 	cf.Architecture, cf.OS = *arch, "linux"
 	cf.Created = v1.Time{Time: time.Unix(0, 0).UTC()}
 	cf.Config.Entrypoint = []string{*entry}
-	cf.Config.Env = []string{"PATH=/usr/bin"}
+	cf.Config.Env = []string{"PATH=/usr/bin:/usr/sbin"}
 	cf.Config.Labels = map[string]string{"org.opencontainers.image.source": "https://github.com/wardproxy/ward"}
 	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		return fmt.Errorf("config: %w", err)
