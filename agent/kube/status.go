@@ -61,6 +61,9 @@ type StatusWriter struct {
 	trigger   chan struct{}
 	written   map[policy.Key]nodeStatus
 	evented   map[string]bool // uid/generation
+	// noNodes: the CRDs' schema has no status.nodes (Cilium's own CRDs),
+	// learnt from the API server's refusal; only the condition is written.
+	noNodes bool
 }
 
 // nodeStatus is what one node says of one object.
@@ -93,8 +96,8 @@ func (w *StatusWriter) Trigger() {
 func (w *StatusWriter) Run(ctx context.Context) error {
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
+	changed := w.pols.Changed()
 	for {
-		changed := w.pols.Changed()
 		select {
 		case <-ctx.Done():
 			return nil
@@ -102,6 +105,9 @@ func (w *StatusWriter) Run(ctx context.Context) error {
 		case <-changed:
 		case <-retry.C:
 		}
+		// Taken before the round: a change during the round closes it, so
+		// the next wait does not miss it.
+		changed = w.pols.Changed()
 		if failed := w.round(ctx); failed > 0 && ctx.Err() == nil {
 			retry.Reset(time.Second)
 		}
@@ -176,23 +182,36 @@ func (w *StatusWriter) apply(ctx context.Context, st PolicyState, want nodeStatu
 	if st.Key.Namespace != "" {
 		md["namespace"] = st.Key.Namespace
 	}
-	obj := map[string]any{
-		"apiVersion": policy.APIVersion, "kind": st.Key.Kind, "metadata": md,
-		"status": map[string]any{
-			"conditions": []any{map[string]any{"type": "Valid", "status": status, "reason": reason, "message": msg, "lastTransitionTime": transition}},
-			"nodes":      map[string]any{w.c.cfg.NodeName: node},
-		},
+	statusObj := map[string]any{
+		"conditions": []any{map[string]any{"type": "Valid", "status": status, "reason": reason, "message": msg, "lastTransitionTime": transition}},
 	}
-	body, err := json.Marshal(obj)
+	if !w.noNodes {
+		statusObj["nodes"] = map[string]any{w.c.cfg.NodeName: node}
+	}
+	err := w.patchStatus(ctx, st.Key, md, statusObj)
+	if err != nil && !w.noNodes && strings.Contains(err.Error(), ".status.nodes: field not declared in schema") {
+		// Cilium's CRDs: no per-node status; the condition alone.
+		w.noNodes = true
+		w.log.Info("the policy CRDs have no status.nodes (Cilium's CRDs?): writing the Valid condition only")
+		delete(statusObj, "nodes")
+		err = w.patchStatus(ctx, st.Key, md, statusObj)
+	}
+	return err
+}
+
+// patchStatus server-side applies status to one object's status
+// subresource.
+func (w *StatusWriter) patchStatus(ctx context.Context, k policy.Key, md, status map[string]any) error {
+	body, err := json.Marshal(map[string]any{"apiVersion": policy.APIVersion, "kind": k.Kind, "metadata": md, "status": status})
 	if err != nil {
 		return fmt.Errorf("encode status: %w", err)
 	}
 	gvr := CNPResource
-	if st.Key.Kind == policy.KindCCNP {
+	if k.Kind == policy.KindCCNP {
 		gvr = CCNPResource
 	}
 	force := true
-	_, err = w.c.Dynamic.Resource(gvr).Namespace(st.Key.Namespace).Patch(ctx, st.Key.Name, types.ApplyPatchType, body,
+	_, err = w.c.Dynamic.Resource(gvr).Namespace(k.Namespace).Patch(ctx, k.Name, types.ApplyPatchType, body,
 		metav1.PatchOptions{FieldManager: w.fieldManager(), Force: &force}, "status")
 	if err != nil {
 		return fmt.Errorf("apply status: %w", err)
