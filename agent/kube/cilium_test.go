@@ -19,8 +19,8 @@ import (
 // TestCiliumCRDs: with Cilium 1.18.5's own CRDs installed (from the
 // cilium/cilium module the project requires) instead of ward's, the
 // policies are read and enforced alike, and the status keeps the Valid
-// condition (Cilium's schema has no status.nodes: the API server prunes
-// it, and the write still succeeds).
+// condition (Cilium's schema has no status.nodes: the API server refuses
+// an apply with it, and the writer falls back to the condition alone).
 func TestCiliumCRDs(t *testing.T) {
 	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/cilium/cilium").Output()
 	if err != nil {

@@ -21,8 +21,9 @@ package kube
 //	      lastUpdated: ...
 //
 // The Valid condition is the same on every node (the parser is), so the
-// nodes' applies share it. Cilium 1.18's own CRDs have no status.nodes:
-// there the API server prunes it and the condition remains. An invalid
+// nodes' applies share it. Cilium 1.18's own CRDs have no status.nodes
+// (the API server refuses the apply): there the writer learns it from the
+// refusal and writes the condition alone. An invalid
 // version also gets a Warning Event, reason PolicyInvalid, once per
 // generation and node. Writes that fail (the API server is down) are
 // retried until they succeed; a status is rewritten only when what it
