@@ -299,6 +299,13 @@ func (d *Datapath) AddEndpoint(ep Endpoint) error {
 	if err := d.writeEndpoint(ep); err != nil {
 		return fmt.Errorf("add endpoint: %w", err)
 	}
+	if exists && old.IPv6.IsValid() && old.IPv6 != ep.IPv6 {
+		// Its IPv6 address changed or went: the old one is no longer
+		// the endpoint's (source check, ingress lookups).
+		if err := d.forgetAddr(ep.ID, netip.PrefixFrom(old.IPv6, 128), false); err != nil {
+			return fmt.Errorf("add endpoint %d: old IPv6 %s: %w", ep.ID, old.IPv6, err)
+		}
+	}
 	if !exists || old.EnforceIngress != ep.EnforceIngress || old.EnforceEgress != ep.EnforceEgress || old.Audit != ep.Audit {
 		// Flows admitted while a direction was not enforced, or in
 		// audit mode, are decided again.
@@ -374,6 +381,31 @@ func (d *Datapath) attachTCX(name string, ifindex int, prog *ebpf.Program, at eb
 	return nil
 }
 
+// forgetAddr deletes endpoint id's endpoint-map and conntrack entries of
+// an address, and its ipcache entry when ipcache is set. An address
+// another endpoint holds by now (its entry names another id) is left
+// alone; so is the ipcache of a changed address, whose owner (the agent's
+// ipcache table) reconciles it. Called with d.mu.
+func (d *Datapath) forgetAddr(id uint32, a netip.Prefix, ipcache bool) error {
+	var errs []error
+	fam, w := addrWords(a.Addr())
+	k := datapathEndpointKey{Family: fam, Addr: w}
+	var v datapathEndpointInfo
+	if err := d.objs.WardEndpoints.Lookup(&k, &v); err == nil && v.Id != id {
+		return nil
+	}
+	if err := d.objs.WardEndpoints.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, fmt.Errorf("endpoint map delete: %w", err))
+	}
+	if ipcache {
+		if err := d.ipc.Delete(a); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	errs = append(errs, d.flushCT(a.Addr()))
+	return errors.Join(errs...)
+}
+
 // RemoveEndpoint detaches the programs from the endpoint's veth and deletes
 // its endpoint, ipcache, policy and conntrack entries. Unknown ids are not
 // an error.
@@ -389,15 +421,7 @@ func (d *Datapath) RemoveEndpoint(id uint32) error {
 		errs = append(errs, d.detach(linkName(ep.IfIndex, ingress)))
 	}
 	for _, a := range ep.addrs() {
-		fam, w := addrWords(a.Addr())
-		k := datapathEndpointKey{Family: fam, Addr: w}
-		if err := d.objs.WardEndpoints.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, fmt.Errorf("endpoint map delete: %w", err))
-		}
-		if err := d.ipc.Delete(a); err != nil {
-			errs = append(errs, err)
-		}
-		errs = append(errs, d.flushCT(a.Addr()))
+		errs = append(errs, d.forgetAddr(id, a, true))
 	}
 	errs = append(errs, d.deletePolicy(id))
 	delete(d.locked, id)
