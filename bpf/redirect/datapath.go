@@ -13,12 +13,12 @@
 //	  // on an error: d.Lockdown(epID), never skip the endpoint or keep its old entries
 //	d.SetPolicy(epID, entries)                   // before enforcing; on an error other than ErrPolicyMapFull
 //	  // (which locks down by itself): d.Lockdown(epID)
-//	d.AddEndpoint(redirect.Endpoint{ID, IP, IfIndex, Identity, EnforceIngress, EnforceEgress})
+//	d.AddEndpoint(redirect.Endpoint{ID, IP, IPv6, IfIndex, Identity, EnforceIngress, EnforceEgress})
 //	d.AttachDevice(ifindex)                      // each native device (L7 ingress from off the node)
 //	d.GC()                                       // every CTGCInterval: frees expired conntrack entries
 //	d.ReadEvents(ctx, &stats, fn)                // flow events (drops, new flows' verdicts) until ctx is done; d.EventsLost()
 //	d.RemoveEndpoint(epID)
-//	d.AddCgroupEndpoint(redirect.CgroupEndpoint{ID, CgroupPath, Identity, EnforceEgress}) // socket-level mode
+//	d.AddCgroupEndpoint(redirect.CgroupEndpoint{ID, CgroupPath, Identity, EnforceEgress, TCRedirect}) // socket-level mode
 //	d.AttachProxyCgroup(envoyCgroup)             // SO_ORIGINAL_DST for socket-level redirects
 //	d.Counters(), d.Stats()
 //	d.Close()                                    // programs stay attached, maps stay pinned

@@ -23,6 +23,14 @@ import (
 // AttachProxyCgroup) from a record the sock_ops program made at connect.
 // UDP replies from the proxy appear to come from the original destination
 // (recvmsg4/6, getpeername4/6). Ingress policy is not enforced in this mode.
+//
+// A workload whose packets do cross a veth with the tc programs (a pod in
+// its own network namespace, wardd's datapath.mode socket) is registered
+// with CgroupEndpoint.TCRedirect under its tc endpoint's ID: the hooks then
+// take only the verdicts (EPERM at connect/sendmsg for a denied
+// destination) and leave redirects to tc, whose bpf_sk_assign keeps the
+// original destination (IPv6 included) and reaches the host's proxies,
+// which a rewrite to the pod's own loopback would not.
 
 // CgroupEndpoint is a workload identified by its cgroup (v2).
 type CgroupEndpoint struct {
