@@ -1,6 +1,7 @@
 package deploy
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,8 +17,8 @@ import (
 // TestCleanupAsRendered: the cleanup mode's bpf-cleanup init container,
 // its command run as rendered (the node's /sys/fs/bpf mapped to a bpffs
 // of the test) with only the capabilities it adds, in a network namespace
-// of its own (it removes the proxy routing rule there), removes what a
-// wardd pinned: the loaded datapath's programs, maps and links are gone.
+// of its own holding wardd's proxy routing rule, removes what a wardd
+// left: the loaded datapath's programs, maps and links and the rule.
 func TestCleanupAsRendered(t *testing.T) {
 	testenv.RequireRoot(t)
 	setpriv := testenv.RequireCommand(t, "setpriv")
@@ -33,7 +34,7 @@ func TestCleanupAsRendered(t *testing.T) {
 	t.Cleanup(func() { _ = unix.Unmount(bpffs, unix.MNT_DETACH) })
 	paths := strings.NewReplacer("/sys/fs/bpf", bpffs)
 	var pinDir string
-	args := []string{"--net", setpriv, "--bounding-set", "-all"}
+	args := []string{"-", setpriv, "--bounding-set", "-all"}
 	for _, cp := range c.caps {
 		args[len(args)-1] += ",+" + strings.ToLower(cp)
 	}
@@ -58,9 +59,18 @@ func TestCleanupAsRendered(t *testing.T) {
 	if ents, err := os.ReadDir(pinDir); err != nil || len(ents) == 0 {
 		t.Fatalf("pinned state under %s: %d entries, %v; want some", pinDir, len(ents), err)
 	}
-	out, err := exec.Command(unshare, args...).CombinedOutput()
+	// In the namespace: wardd's proxy routing rule first (as wardd leaves
+	// it), then the cleanup with the container's capabilities, then what
+	// rules are left.
+	ip := testenv.RequireCommand(t, "ip")
+	script := fmt.Sprintf("%s rule add fwmark %#x/%#x lookup 2004 pref 9000 && \"$@\"; echo ==rules; %s rule list", ip, redirect.MarkToProxy, redirect.MarkMask, ip)
+	out, err := exec.Command(unshare, append([]string{"--net", "sh", "-c", script, "sh"}, args[1:]...)...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("bpf-cleanup (%s): %v\n%s", strings.Join(args, " "), err, out)
+	}
+	_, rules, _ := strings.Cut(string(out), "==rules")
+	if rules == "" || strings.Contains(rules, "lookup 2004") {
+		t.Errorf("after bpf-cleanup the rules are:%s\nwant the proxy routing rule (lookup 2004) removed", rules)
 	}
 	if _, err := os.Stat(pinDir); !os.IsNotExist(err) {
 		ents, _ := os.ReadDir(pinDir)
