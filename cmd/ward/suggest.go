@@ -28,7 +28,9 @@ recorded with verdict AUDIT, or DROPPED by policy (at L3/L4 or L7): one
 policy per receiving (ingress) or sending (egress) endpoint, selecting it
 by its identity labels, each peer by its identity labels (or entity, or
 CIDR), with the ports and, for verdicts taken at L7, the HTTP method and
-path, DNS names or Kafka API keys and topics seen.
+path, DNS names or Kafka API keys and topics seen. For the node itself (the
+host firewall's verdicts) it is a CiliumClusterwideNetworkPolicy whose
+nodeSelector is the node's labels (L3/L4 only, as host policies are).
 The flows come from wardd's Observer API (hubble.sock in --state-dir), or
 from --file, the output of ` + "`hubble observe -o json`" + ` ("-": standard input).
 Review the suggestion before saving it into the policy directory.

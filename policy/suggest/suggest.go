@@ -6,7 +6,9 @@
 //   - one policy per endpoint that received (ingress) or sent (egress) the
 //     traffic, its endpointSelector the endpoint's identity-relevant labels
 //     (Cilium's default label filter: pod-template-hash and such dropped;
-//     the namespace is the policy's);
+//     the namespace is the policy's); for the node itself (reserved:host,
+//     the host firewall's verdicts) a CiliumClusterwideNetworkPolicy whose
+//     nodeSelector is the node's labels, L3/L4 only as host policies are;
 //   - per peer, fromEndpoints/toEndpoints with the peer's identity-relevant
 //     labels (a peer in another namespace gets its namespace label),
 //     fromEntities/toEntities for reserved identities (world, host,
@@ -132,6 +134,9 @@ type subject struct {
 	namespace string
 	labels    map[string]string // identity-relevant, namespace excluded
 	name      string            // a name for the policy
+	// host: the node itself (reserved:host): a clusterwide host policy
+	// whose nodeSelector is the node's labels.
+	host bool
 }
 
 // peerKind is how a peer is selected.
@@ -201,11 +206,12 @@ func Suggest(flows []*flowpb.Flow) ([]*policy.Policy, error) {
 		if !ok {
 			continue
 		}
+		// A clusterwide (host) policy's peers name their namespace.
 		pr, ok := peerOf(remote, remoteIP, subj.namespace, ingress, filter)
 		if !ok {
 			continue
 		}
-		dk := subj.namespace + "/" + labelsKey(subj.labels)
+		dk := strconv.FormatBool(subj.host) + "/" + subj.namespace + "/" + labelsKey(subj.labels)
 		d := drafts[dk]
 		if d == nil {
 			d = &draft{subj: subj, ingress: map[string]*section{}, egress: map[string]*section{}}
@@ -268,7 +274,11 @@ func relevantLabels(ls []string, filter *policy.LabelFilter) (labels map[string]
 }
 
 func subjectOf(ep *flowpb.Endpoint, filter *policy.LabelFilter) (subject, bool) {
-	labels, ns, _ := relevantLabels(ep.GetLabels(), filter)
+	labels, ns, reserved := relevantLabels(ep.GetLabels(), filter)
+	if reserved == "host" {
+		// Its k8s labels are the node's.
+		return subject{labels: labels, name: "host", host: true}, true
+	}
 	if len(labels) == 0 {
 		return subject{}, false
 	}
@@ -400,11 +410,14 @@ func urlPath(u string) string {
 
 func (d *draft) policy() *policy.Policy {
 	rule := &policy.Rule{EndpointSelector: &policy.EndpointSelector{MatchLabels: d.subj.labels}}
+	if d.subj.host {
+		rule = &policy.Rule{NodeSelector: &policy.EndpointSelector{MatchLabels: d.subj.labels}}
+	}
 	var dirs []string
 	if len(d.ingress) > 0 {
 		dirs = append(dirs, "ingress")
 		for _, s := range sortedSections(d.ingress) {
-			r := policy.IngressRule{ToPorts: s.portRules()}
+			r := policy.IngressRule{ToPorts: s.portRules(!d.subj.host)}
 			switch s.peer.kind {
 			case peerEndpoints:
 				r.FromEndpoints = []policy.EndpointSelector{{MatchLabels: s.peer.labels}}
@@ -419,7 +432,7 @@ func (d *draft) policy() *policy.Policy {
 	if len(d.egress) > 0 {
 		dirs = append(dirs, "egress")
 		for _, s := range sortedSections(d.egress) {
-			r := policy.EgressRule{ToPorts: s.portRules()}
+			r := policy.EgressRule{ToPorts: s.portRules(!d.subj.host)}
 			switch s.peer.kind {
 			case peerEndpoints:
 				r.ToEndpoints = []policy.EndpointSelector{{MatchLabels: s.peer.labels}}
@@ -432,8 +445,12 @@ func (d *draft) policy() *policy.Policy {
 		}
 	}
 	rule.Description = "Suggested by ward policy suggest from " + strings.Join(dirs, " and ") + " policy verdicts"
+	kind := policy.KindCNP
+	if d.subj.host {
+		kind = policy.KindCCNP
+	}
 	return &policy.Policy{
-		APIVersion: policy.APIVersion, Kind: policy.KindCNP,
+		APIVersion: policy.APIVersion, Kind: kind,
 		Metadata: policy.ObjectMeta{Name: d.subj.name + "-suggested", Namespace: d.subj.namespace},
 		Spec:     rule,
 	}
@@ -452,10 +469,10 @@ func sortedSections(m map[string]*section) []*section {
 	return out
 }
 
-// portRules is the section's toPorts: one entry per port (L7 rules on
-// their port); none when a flow without ports (ICMP) was seen, which
-// allows the peer on every port.
-func (s *section) portRules() []policy.PortRule {
+// portRules is the section's toPorts: one entry per port (with l7, L7
+// rules on their port); none when a flow without ports (ICMP) was seen,
+// which allows the peer on every port.
+func (s *section) portRules(l7 bool) []policy.PortRule {
 	if _, any := s.ports[portKey{}]; any {
 		return nil
 	}
@@ -474,6 +491,7 @@ func (s *section) portRules() []policy.PortRule {
 		pr := s.ports[k]
 		r := policy.PortRule{Ports: []policy.PortProtocol{{Port: policy.PortString(strconv.Itoa(int(k.port))), Protocol: k.proto}}}
 		switch {
+		case !l7:
 		case len(pr.http) > 0:
 			slices.SortFunc(pr.http, func(a, b policy.PortRuleHTTP) int {
 				return strings.Compare(a.Path+" "+a.Method, b.Path+" "+b.Method)

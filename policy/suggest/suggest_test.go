@@ -113,6 +113,9 @@ func TestSuggest(t *testing.T) {
 	otherReason.DropReasonDesc = flowpb.DropReason_CT_MAP_INSERTION_FAILED
 	forwarded := flow(in, flowpb.Verdict_FORWARDED, app, db, tcp(7000))
 	icmp := flow(in, audit, host, app, &flowpb.Layer4{Protocol: &flowpb.Layer4_ICMPv4{ICMPv4: &flowpb.ICMPv4{Type: 8}}})
+	node := &flowpb.Endpoint{Labels: []string{"k8s:node-access=ssh", "reserved:host"}}
+	hostHTTP := flow(in, audit, app, node, tcp(8080))
+	hostHTTP.L7 = &flowpb.Layer7{Record: &flowpb.Layer7_Http{Http: &flowpb.HTTP{Method: "GET", Url: "http://node/"}}}
 
 	tests := []struct {
 		name    string
@@ -144,6 +147,14 @@ func TestSuggest(t *testing.T) {
 			name:  "ingress from world, a CIDR identity, the host without ports (ICMP)",
 			flows: []*flowpb.Flow{flow(in, dropped, world, app, tcp(80)), flow(in, dropped, cidr, app, tcp(80)), icmp},
 			want:  []string{"fromEntities:", "host", "fromEntities:", "world", `port: "80"`, "fromCIDR:", "192.0.2.0/24", `port: "80"`},
+		},
+		{
+			name:  "the node itself: a clusterwide host policy selecting its labels, peers with their namespace, no L7",
+			flows: []*flowpb.Flow{flow(in, audit, world, node, tcp(22)), flow(in, audit, app, node, tcp(6443)), hostHTTP},
+			want: []string{"kind: CiliumClusterwideNetworkPolicy", "name: host-suggested", "ingress:", "fromEndpoints:", "app: frontend",
+				"k8s:io.kubernetes.pod.namespace: shop", `port: "6443"`, `port: "8080"`, "fromEntities:", "world", `port: "22"`,
+				"nodeSelector:", "node-access: ssh"},
+			notWant: []string{"namespace: default", "endpointSelector", "rules:", "method:"},
 		},
 		{
 			name:  "a peer of another namespace is selected with its namespace",
