@@ -328,6 +328,14 @@ type DatapathConfig struct {
 	// (toEntities: [kube-apiserver]); on Kubernetes they come from the
 	// default/kubernetes endpoints.
 	KubeAPIServer []string `json:"kubeAPIServer,omitempty"`
+	// HealthAddresses are the addresses (or prefixes) of the cluster's
+	// health endpoints, this node's and the other nodes' (Cilium's
+	// cilium-health endpoints, which answer on port 4240): they carry the
+	// health identity (reserved:health, 4), so fromEntities/toEntities
+	// [health] select exactly them. They win over every other node claim
+	// (host, remote-node, kube-apiserver) but not over an endpoint's own
+	// address.
+	HealthAddresses []string `json:"healthAddresses,omitempty"`
 }
 
 // DatapathMode is DatapathConfig.Mode.
@@ -492,6 +500,11 @@ func (c *Config) Validate() error {
 	for i, s := range c.Datapath.RemoteNodes {
 		if _, err := parseAddrOrPrefix(s); err != nil {
 			errs = append(errs, fmt.Errorf("datapath.remoteNodes[%d]: %w", i, err))
+		}
+	}
+	for i, s := range c.Datapath.HealthAddresses {
+		if _, err := parseAddrOrPrefix(s); err != nil {
+			errs = append(errs, fmt.Errorf("datapath.healthAddresses[%d]: %w", i, err))
 		}
 	}
 	// The DNS tunables, checked with the listener settings the agent gives.

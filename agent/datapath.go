@@ -276,7 +276,7 @@ func (d *datapath) Apply(_ context.Context, st *State) error {
 			eps[netip.PrefixFrom(a, a.BitLen())] = uint32(pol.Identity)
 		}
 	}
-	nodes, err := nodeClaims(d.remote, d.apiserver, st.Nodes)
+	nodes, err := nodeClaims(d.remote, d.apiserver, healthPrefixes(d.cfg), st.Nodes)
 	if err != nil {
 		errs = append(errs, err)
 	}

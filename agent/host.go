@@ -13,7 +13,8 @@ import (
 // The host endpoint: the node's own addresses carry the host identity in
 // the ipcache, the other nodes' addresses (datapath.remoteNodes) the remote-node
 // identity, so fromEntities/toEntities host and remote-node resolve to real
-// addresses (datapath.remoteNodes); with datapath.allowLocalhost (the default, as Cilium's
+// addresses (datapath.remoteNodes), and health the health endpoints'
+// (datapath.healthAddresses); with datapath.allowLocalhost (the default, as Cilium's
 // allow-localhost) the host reaches every local endpoint whatever its
 // ingress policy, so probes keep working under default deny.
 
@@ -54,8 +55,12 @@ func hostAddrs() ([]netip.Addr, error) {
 // config's nodes list and of Kubernetes (remote-node, or their own with
 // enableNodeSelectorLabels) and the kube-apiserver's addresses Kubernetes
 // names (the default/kubernetes EndpointSlice).
-func nodeClaims(remote, apiserver []netip.Prefix, nodes map[netip.Prefix]uint32) (map[netip.Prefix]uint32, error) {
-	out := make(map[netip.Prefix]uint32, len(remote)+len(apiserver)+len(nodes)+4)
+//
+// The health endpoints' addresses (datapath.healthAddresses) carry the
+// health identity (fromEntities/toEntities: [health]) over every other
+// node claim: a local health address is usually one of the node's own.
+func nodeClaims(remote, apiserver, health []netip.Prefix, nodes map[netip.Prefix]uint32) (map[netip.Prefix]uint32, error) {
+	out := make(map[netip.Prefix]uint32, len(remote)+len(apiserver)+len(health)+len(nodes)+4)
 	for _, p := range remote {
 		out[p] = uint32(policy.IdentityRemoteNode)
 	}
@@ -69,7 +74,22 @@ func nodeClaims(remote, apiserver []netip.Prefix, nodes map[netip.Prefix]uint32)
 	for _, a := range host {
 		out[netip.PrefixFrom(a, a.BitLen())] = uint32(policy.IdentityHost)
 	}
+	for _, p := range health {
+		out[p] = uint32(policy.IdentityHealth)
+	}
 	return out, err
+}
+
+// healthPrefixes returns datapath.healthAddresses as prefixes (validated
+// by Config.Validate; an invalid entry is skipped).
+func healthPrefixes(c DatapathConfig) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range c.HealthAddresses {
+		if p, err := parseAddrOrPrefix(s); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // addNodeClaims adds claims to the endpoint claims without overriding a
@@ -89,7 +109,7 @@ func (a *Agent) nodeClaims() map[netip.Prefix]uint32 {
 	if a.eng != nil {
 		nodes = a.eng.nodeClaims()
 	}
-	claims, err := nodeClaims(a.remote, a.apiserver, nodes)
+	claims, err := nodeClaims(a.remote, a.apiserver, healthPrefixes(a.cfg.Datapath), nodes)
 	if err != nil {
 		a.log.Warn("node claims", "error", err)
 	}

@@ -39,9 +39,42 @@ func TestAllowLocalhostEntry(t *testing.T) {
 	}
 }
 
+// TestNodeClaimsHealth: datapath.healthAddresses carry the health
+// identity, over a remote node's prefix and over the node's own address
+// (a local health endpoint's address is one of the node's).
+func TestNodeClaimsHealth(t *testing.T) {
+	host, err := hostAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	health := []netip.Prefix{netip.MustParsePrefix("192.0.2.7/32")}
+	if len(host) > 0 {
+		health = append(health, netip.PrefixFrom(host[0], host[0].BitLen()))
+	}
+	remote := []netip.Prefix{netip.MustParsePrefix("192.0.2.7/32"), netip.MustParsePrefix("192.0.2.8/32")}
+	claims, err := nodeClaims(remote, nil, health, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range health {
+		if id := claims[p]; id != uint32(policy.IdentityHealth) {
+			t.Errorf("claims[%v] = %d; want health (%d)", p, id, policy.IdentityHealth)
+		}
+	}
+	if id := claims[netip.MustParsePrefix("192.0.2.8/32")]; id != uint32(policy.IdentityRemoteNode) {
+		t.Errorf("claims[192.0.2.8/32] = %d; want remote-node", id)
+	}
+	cfg := DatapathConfig{HealthAddresses: []string{"192.0.2.7", "2001:db8::/64"}}
+	got := healthPrefixes(cfg)
+	want := []netip.Prefix{netip.MustParsePrefix("192.0.2.7/32"), netip.MustParsePrefix("2001:db8::/64")}
+	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+		t.Errorf("healthPrefixes(%v) = %v; want %v", cfg.HealthAddresses, got, want)
+	}
+}
+
 func TestNodeClaims(t *testing.T) {
 	remote := []netip.Prefix{netip.MustParsePrefix("172.31.0.1/32"), netip.MustParsePrefix("192.0.2.0/24")}
-	claims, err := nodeClaims(remote, []netip.Prefix{netip.MustParsePrefix("10.96.0.1/32")}, nil)
+	claims, err := nodeClaims(remote, []netip.Prefix{netip.MustParsePrefix("10.96.0.1/32")}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
