@@ -27,14 +27,16 @@ type kubePolicies struct {
 }
 
 // newKubePolicies registers the policy informers (before the client
-// runs) and makes the engine's consumer that counts, per policy, the local
-// endpoints it gives entries to and triggers the status writer.
+// runs) and, with kubernetes.policyStatus, the status writer and the
+// engine's consumer that counts, per policy, the local endpoints it gives
+// entries to and triggers the writer.
 func (a *Agent) newKubePolicies(ctx context.Context) *kubePolicies {
 	kp := &kubePolicies{counts: map[policy.Key]int{}}
 	kp.pols = a.kube.WatchPolicies(a.eng.repo, func() { a.kubePolicyChanged(ctx) })
-	if *a.kube.Config().PolicyStatus {
-		kp.status = a.kube.NewStatusWriter(kp.pols, kp.enforcing)
+	if !*a.kube.Config().PolicyStatus {
+		return kp
 	}
+	kp.status = a.kube.NewStatusWriter(kp.pols, kp.enforcing)
 	a.eng.consumers = append(a.eng.consumers, ConsumerFunc(func(_ context.Context, st *State) error {
 		counts := map[policy.Key]int{}
 		for _, w := range st.Workloads {
@@ -52,9 +54,7 @@ func (a *Agent) newKubePolicies(ctx context.Context) *kubePolicies {
 		kp.mu.Lock()
 		kp.counts, kp.rev = counts, st.Policy.Revision
 		kp.mu.Unlock()
-		if kp.status != nil {
-			kp.status.Trigger()
-		}
+		kp.status.Trigger()
 		return nil
 	}))
 	return kp
