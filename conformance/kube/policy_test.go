@@ -2,9 +2,13 @@ package kube
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
+	wardapi "github.com/wardproxy/ward/agent/api"
 	agentkube "github.com/wardproxy/ward/agent/kube"
 	"github.com/wardproxy/ward/conformance/node"
 	"github.com/wardproxy/ward/conformance/servers/deathstar"
@@ -146,6 +151,18 @@ func TestPoliciesFromKubernetes(t *testing.T) {
 		return s == "True" && nst["ok"] == true && fmt.Sprint(nst["enforcingEndpoints"]) == "1"
 	})
 
+	// `ward endpoint get 1` (the deathstar) names the rule's source and
+	// object.
+	var ep wardapi.EndpointDetail
+	if err := getStatus(n.StateDir, wardapi.EndpointsPath+"/1", &ep); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(ep.Rules, func(r wardapi.RuleRef) bool {
+		return r.Source == "k8s" && r.Origin == "CiliumNetworkPolicy/"+ns+"/rule1" && slices.Contains(r.Labels, "k8s:io.cilium.k8s.policy.name=rule1")
+	}) {
+		t.Errorf("deathstar's rules %+v; want rule1 from k8s", ep.Rules)
+	}
+
 	// An invalid second policy: reported; rule1 keeps enforcing.
 	api.ApplyYAML(t, "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: broken, namespace: "+ns+"}\n"+
 		"spec: {endpointSelector: {matchLabels: {class: xwing}}, egress: [{toEntities: [galaxy]}]}\n")
@@ -199,4 +216,23 @@ func TestPoliciesFromKubernetes(t *testing.T) {
 		t.Fatal(err)
 	}
 	expect("rule1 deleted: default allow", map[string]string{"xwing POST": "Ship landed 200", "tiefighter PUT": "* 500"})
+}
+
+// getStatus GETs path from wardd's status socket into v.
+func getStatus(stateDir, path string, v any) error {
+	sock := filepath.Join(stateDir, wardapi.Socket)
+	cl := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		},
+	}}
+	resp, err := cl.Get("http://wardd" + path)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", path, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
 }
