@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # generate.sh regenerates every committed generated file (go generate ./...:
 # the npds and Cloud City protobuf stubs, the BPF objects and their Go
-# bindings; deploy/render.sh: the chart's rendered manifests). With --check (what `make test`, hence CI, runs) it fails when
+# bindings, the cilium.io/v2 policy CRDs that internal/crdgen generates from
+# ward's policy types into deploy/helm/ward/crds; deploy/render.sh: the
+# chart's rendered manifests). With --check (what `make test`, hence CI, runs) it fails when
 # regenerating changed the work tree: generated code must be committed
 # fresh, never hand-edited.
 #
