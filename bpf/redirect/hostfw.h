@@ -18,8 +18,10 @@
 //             ingress only).
 //
 //   from_pod  (redirect.c) a local pod's new flow to one of the node's
-//             addresses is decided by the host endpoint's ingress policy
-//             too (host_from_pod): it never crosses a native device.
+//   to_pod    addresses is decided by the host endpoint's ingress policy
+//             too (host_from_pod), the node's new flow to a local pod by
+//             its egress policy (host_local): they never cross a native
+//             device.
 //
 // Everything else (traffic of pods, forwarded traffic, non-IP) is not the
 // host firewall's: the programs return TC_ACT_UNSPEC (TCX_NEXT), so the
@@ -136,36 +138,45 @@ static __always_inline int host_judge(struct __sk_buff *skb, struct pkt *p, stru
 	return count(skb, pass, dir, TC_ACT_OK);
 }
 
-// host_from_pod applies the host endpoint's ingress policy to a new flow
-// from a local pod (src_id) to one of the node's addresses, for from_pod:
-// such a flow never crosses a native device. It returns 0 when the flow
-// may pass, else the drop reason; *id is the host endpoint's id when its
-// ingress policy decided (0: not the host's, or not enforced), *audit 1
-// when audit mode let a would-be drop pass (counted as R_HOST_AUDIT).
-static __always_inline int host_from_pod(const struct pkt *p, __u32 src_id, __u32 len, __u32 *id, __u8 *audit)
+// host_local decides the host endpoint's side of a new flow between the
+// node and one of its pods, which never crosses a native device: its
+// ingress policy for a pod's flow to the node (from_pod), its egress
+// policy for the node's flow to a pod (to_pod); peer is the pod's
+// identity. It returns 0 when the flow may pass, else the drop reason;
+// *id is the host endpoint's id when its policy decided (0: the direction
+// is not enforced), *audit 1 when audit mode let a would-be drop pass
+// (counted as R_HOST_AUDIT).
+static __always_inline int host_local(const struct pkt *p, int dir, __u32 peer, __u32 len, __u32 *id, __u8 *audit)
 {
 	__u32 hid = 0;
 	__u32 flags = host_flags(&hid);
-	if (!(flags & (EP_ENFORCE_INGRESS | EP_LOCKDOWN)))
+	__u32 enforce = dir == DIR_INGRESS ? EP_ENFORCE_INGRESS : EP_ENFORCE_EGRESS;
+	if (!(flags & (enforce | EP_LOCKDOWN)))
 		return 0;
-	if (identity_of6(p->t.family, p->t.daddr) != IDENTITY_HOST)
-		return 0;
-	*id = hid;
-	if (flags & EP_LOCKDOWN)
+	if (flags & EP_LOCKDOWN) {
+		*id = hid;
 		return R_DROP_LOCKDOWN;
-	if (!(flags & EP_ENFORCE_INGRESS)) {
-		*id = 0;
-		return 0;
 	}
+	*id = hid;
 	__u16 proxy = 0;
-	int v = policy_lookup(hid, policy_dir(DIR_INGRESS, flags), src_id, p->pol_port, p->t.proto, &proxy);
+	int v = policy_lookup(hid, policy_dir(dir, flags), peer, p->pol_port, p->t.proto, &proxy);
 	if (v == VERDICT_ALLOW)
 		return 0;
 	if (!(flags & EP_AUDIT))
 		return v == VERDICT_REDIRECT ? R_DROP_REDIRECT_UNSUPPORTED : R_DROP_POLICY;
 	*audit = 1;
-	count_metric((__u32)R_HOST_AUDIT * 2 + DIR_INGRESS, len);
+	count_metric((__u32)R_HOST_AUDIT * 2 + dir, len);
 	return 0;
+}
+
+// host_from_pod is host_local for from_pod: a local pod's (src_id) new
+// flow, when it goes to one of the node's addresses.
+static __always_inline int host_from_pod(const struct pkt *p, __u32 src_id, __u32 len, __u32 *id, __u8 *audit)
+{
+	__u32 hid = 0;
+	if (!host_flags(&hid) || identity_of6(p->t.family, p->t.daddr) != IDENTITY_HOST)
+		return 0;
+	return host_local(p, DIR_INGRESS, src_id, len, id, audit);
 }
 
 // host_packet is the common path of host_in and host_out.

@@ -115,6 +115,9 @@ func TestHostFirewall(t *testing.T) {
 	}
 	expect(t, d, out, syn(node, peer, 50001, 443), 0, ReasonAllowed)
 	expect(t, d, out, syn(node, peer, 50002, 80), 2, ReasonPolicyDenied)
+	// The node's flow to a local pod (to_pod): its egress policy decides.
+	expect(t, d, d.objs.ToPod, syn(node, tClient, 50020, 443), 0, ReasonNotEnforced)
+	expect(t, d, d.objs.ToPod, syn(node, tClient, 50021, 80), 2, ReasonPolicyDenied)
 	// Lockdown drops the host's traffic.
 	if err := d.Lockdown(HostEndpointID); err != nil {
 		t.Fatal(err)

@@ -959,6 +959,19 @@ int to_pod(struct __sk_buff *skb)
 		return PASS(R_PASS_ESTABLISHED);
 	}
 
+	// From the node itself (not a proxy acting for an endpoint): its host
+	// firewall's egress policy decides too.
+	__u32 hid = 0;
+	__u8 haud = 0;
+	if (src_id == IDENTITY_HOST && (mark & MARK_MAGIC_MASK) != MARK_PROXY_EGRESS) {
+		int hr = host_local(&p, DIR_EGRESS, ep->identity, skb->len, &hid, &haud);
+		if (hr) {
+			if (ct)
+				bpf_map_delete_elem(&ward_ct, &p.ck);
+			return drop_event(skb, &p, hr, DIR_EGRESS, hid);
+		}
+	}
+
 	int verdict = VERDICT_ALLOW;
 	__u16 proxy = 0;
 	__u8 audit = 0;
@@ -986,6 +999,8 @@ int to_pod(struct __sk_buff *skb)
 			return hairpin(skb, &p, proxy, dir);
 		return PASS(R_PASS_ESTABLISHED);
 	}
+	if (hid)
+		verdict_event(skb, &p, VERDICT_ALLOW, haud, DIR_EGRESS, hid, IDENTITY_HOST, ep->identity, 0);
 	if (ep->flags & EP_ENFORCE_INGRESS)
 		verdict_event(skb, &p, verdict, audit, dir, ep->id, src_id, ep->identity, proxy);
 	if (verdict == VERDICT_REDIRECT) {

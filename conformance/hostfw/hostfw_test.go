@@ -341,6 +341,9 @@ func TestHostFirewall(t *testing.T) {
 		// The host's ingress policy also decides local pods' flows to the
 		// node: demo-host-policy allows the cluster.
 		{"pod app -> host:8080", func() string { return n.Curl(ctx, "app", fmt.Sprintf("http://%s:8080/", nodeAddr)) }, "host:8080"},
+		// ... and its egress policy the node's flows to its pods:
+		// host-egress allows the cluster.
+		{"host -> pod app:80", func() string { return n.HostCurl(ctx, "http://"+n.Pods["app"].IP.String()+"/") }, "app:80"},
 	}
 
 	for _, e := range status(t, n.StateDir).Errors {
