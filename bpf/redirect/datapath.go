@@ -15,6 +15,11 @@
 //	  // (which locks down by itself): d.Lockdown(epID)
 //	d.AddEndpoint(redirect.Endpoint{ID, IP, IPv6, IfIndex, Identity, EnforceIngress, EnforceEgress})
 //	d.AttachDevice(ifindex)                      // each native device (L7 ingress from off the node)
+//	d.SetPolicy(redirect.HostEndpointID, entries) // the host firewall (hostfw.go): the host endpoint's policy,
+//	d.SetHost(redirect.HostEndpoint{...})        //   its enforcement and audit mode,
+//	d.AttachHostFirewall(ifindex)                //   host_in/host_out on each native device
+//	redirect.SetHostMode(pinDir, mode)           // `ward bpf host-firewall audit|enforce|config`
+//	redirect.DetachPinnedHostFirewall(pinDir)    // `ward bpf host-firewall off` (break glass)
 //	d.GC()                                       // every CTGCInterval: frees expired conntrack entries
 //	d.ReadEvents(ctx, &stats, fn)                // flow events (drops, new flows' verdicts) until ctx is done; d.EventsLost()
 //	d.RemoveEndpoint(epID)
