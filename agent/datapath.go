@@ -234,7 +234,9 @@ func (d *datapath) proxyPort(ep uint64, dir policy.Direction, l7 *policy.L7Port)
 		case l7kind.KindHTTP:
 			p, _ := d.egressPort(ep)
 			return p
-		case l7kind.KindKafka:
+		case l7kind.KindKafka, l7kind.KindGeneric:
+			// The TCP stream listeners: ward.kafka runs the Kafka
+			// parser or the port's generic (l7proto) one.
 			p, _ := d.egressKafkaPort(ep)
 			return p
 		}
@@ -243,7 +245,7 @@ func (d *datapath) proxyPort(ep uint64, dir policy.Direction, l7 *policy.L7Port)
 	switch l7.Kind {
 	case l7kind.KindHTTP:
 		return d.cfg.HTTPIngressPort
-	case l7kind.KindKafka:
+	case l7kind.KindKafka, l7kind.KindGeneric:
 		return d.cfg.KafkaIngressPort
 	}
 	return 0

@@ -8,7 +8,10 @@
 // headerMatches secrets, no TLS keys, no SASL credentials.
 package flow
 
-import "time"
+import (
+	"net/netip"
+	"time"
+)
 
 // Verdict is the outcome of a decision.
 type Verdict string
@@ -110,3 +113,13 @@ func (f SinkFunc) Emit(r *Record) { f(r) }
 
 // Discard is a Sink that drops every record.
 var Discard Sink = SinkFunc(func(*Record) {})
+
+// EndpointAt is the endpoint of identity id at addr ("ip:port"; the
+// address is left out when it does not parse).
+func EndpointAt(id uint32, addr string) Endpoint {
+	e := Endpoint{Identity: id}
+	if ap, err := netip.ParseAddrPort(addr); err == nil {
+		e.IP, e.Port = ap.Addr().String(), ap.Port()
+	}
+	return e
+}

@@ -408,10 +408,6 @@ func compilePortRules(prs []PortRule, icmps []ICMPRule, ns string) []portRule {
 		switch k := pr.Rules.Kind(); {
 		case k != l7.KindNone:
 			rule.kind = k
-		case pr.Rules != nil && pr.Rules.L7Proto != "":
-			// Validation refuses l7proto (no parser exists for it); a
-			// policy that skipped validation gets no allow from it.
-			continue
 		case pr.Rules != nil || len(pr.ServerNames) > 0 || pr.TerminatingTLS != nil || pr.OriginatingTLS != nil:
 			rule.kind = l7.KindTLS
 			if pr.Rules != nil && pr.TerminatingTLS != nil {

@@ -25,7 +25,10 @@ func TestValidationRefusesWhatEnvoyWould(t *testing.T) {
 		name, rules, path, msg string
 	}{
 		{"unknown l7proto", `{l7proto: cassandra, l7: [{query_action: select}]}`, "spec.ingress[0].toPorts[0].rules.l7proto", `unknown l7proto "cassandra"`},
-		{"l7proto without rules", `{l7proto: envoy.foo}`, "spec.ingress[0].toPorts[0].rules.l7proto", "no parser for generic L7 protocols"},
+		{"unknown l7proto", `{l7proto: envoy.foo}`, "spec.ingress[0].toPorts[0].rules.l7proto", "unknown l7proto \"envoy.foo\" (ward has parsers for: memcache, r2d2)"},
+		{"memcache unknown command", `{l7proto: memcache, l7: [{command: gett}]}`, "spec.ingress[0].toPorts[0].rules.l7[0].command", "unknown command \"gett\""},
+		{"memcache two key constraints", `{l7proto: memcache, l7: [{keyExact: a, keyPrefix: b}]}`, "spec.ingress[0].toPorts[0].rules.l7[0]", "keyExact and keyPrefix are mutually exclusive"},
+		{"memcache unknown key", `{l7proto: memcache, l7: [{opcode: "1"}]}`, "spec.ingress[0].toPorts[0].rules.l7[0].opcode", "unknown key \"opcode\" of l7proto memcache"},
 		{"headerMatches secret", `{http: [{headerMatches: [{name: X-Token, secret: {namespace: ns, name: tok}}]}]}`, "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].secret", "secrets in headerMatches are not supported yet"},
 		{"over-long path regex", `{http: [{path: "` + long + `"}]}`, "spec.ingress[0].toPorts[0].rules.http[0].path", "more than the 32768 allowed"},
 		{"over-long host regex", `{http: [{host: "` + strings.Repeat("h", l7.MaxRegexLen+1) + `"}]}`, "spec.ingress[0].toPorts[0].rules.http[0].host", "more than the 32768 allowed"},

@@ -258,7 +258,10 @@ type L7Port struct {
 	Port, EndPort uint16
 	// Kind is the protocol whose filter enforces the rules (KindTLS when
 	// only serverNames / TLS interception apply).
-	Kind       l7.Kind
+	Kind l7.Kind
+	// L7Proto names the generic protocol of a KindGeneric port (its
+	// parser in Envoy), also when every selection allows all.
+	L7Proto    string
 	Selections []*L7Selection
 }
 

@@ -163,8 +163,16 @@ func (r *Repository) addEntries(b *dirBuilder, s *section, sel *selection, pr po
 	lp, ok := b.l7[lk]
 	if !ok {
 		lp = &L7Port{Protocol: ps.proto, Port: ps.port, EndPort: ps.endPort, Kind: pr.kind}
+		if pr.kind == l7.KindGeneric {
+			lp.L7Proto = pr.l7.L7Proto
+		}
 		b.l7[lk] = lp
 		b.l7sel[lk] = map[string]*L7Selection{}
+	}
+	if lp.Kind == l7.KindGeneric && pr.kind == l7.KindGeneric && lp.L7Proto != pr.l7.L7Proto {
+		b.errors = append(b.errors, fmt.Sprintf("%s/%d: l7proto %s rules of %s conflict with l7proto %s rules on the same port; skipped",
+			ps.proto, ps.port, pr.l7.L7Proto, s.origin, lp.L7Proto))
+		return
 	}
 	if lp.Kind != pr.kind {
 		b.errors = append(b.errors, fmt.Sprintf("%s/%d: %s rules of %s conflict with %s rules on the same port; skipped",

@@ -44,6 +44,8 @@ libward.so  ./proxylib/module  -         allow  proxylib          the registry a
 libward.so  ./proxylib/module  -         allow  proxylib/*        the binding, policy client, ward.http, ward.kafka
 libward.so  ./proxylib/module  -         allow  filters/http      HTTP rule matching
 libward.so  ./proxylib/module  -         allow  filters/kafka     Kafka codec and rules
+libward.so  ./proxylib/module  -         allow  filters/memcache  memcached parser (generic l7proto)
+libward.so  ./proxylib/module  -         allow  filters/r2d2      the line-based test parser (generic l7proto)
 libward.so  ./proxylib/module  -         allow  flow              flow records
 libward.so  ./proxylib/module  -         deny   policy            the policy engine runs in wardd (the filters compile policy/l7)
 libward.so  ./proxylib/module  -         allow  policy/l7         the one L7 rule vocabulary

@@ -61,10 +61,15 @@ func ports(d *policy.DirectionPolicy) []*npds.PortNetworkPolicy {
 			if len(s.Origins) > 0 {
 				r.Name = s.Origins[0].String()
 			}
-			if !s.AllowAll && lp.Kind != l7.KindTLS {
+			switch {
+			case !s.AllowAll && lp.Kind != l7.KindTLS:
 				// The rules cross to Envoy in their own encoding: no
 				// copy into a second set of types and back.
 				r.L7 = npds.NewL7(&s.Rules)
+			case lp.Kind == l7.KindGeneric:
+				// Allow all, but through the port's parser: the rule
+				// names the protocol, with no rules.
+				r.L7 = npds.NewL7(&l7.Rules{L7Proto: lp.L7Proto})
 			}
 			pp.Rules = append(pp.Rules, r)
 		}

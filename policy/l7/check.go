@@ -15,8 +15,7 @@ type Problem struct {
 
 // Check reports every field of r that the filters' compilers (filters/http,
 // filters/kafka, filters/dns) would reject, plus what ward cannot enforce:
-// an l7proto (no generic parser exists in Envoy), more than one protocol on
-// a port, and headerMatches secrets (not delivered to Envoy yet). A rules
+// an l7proto ward has no parser for, more than one protocol on a port, and headerMatches secrets (not delivered to Envoy yet). A rules
 // block without problems compiles everywhere it goes.
 func Check(r *Rules) []Problem {
 	if r == nil {
@@ -38,7 +37,7 @@ func Check(r *Rules) []Problem {
 	}
 	switch {
 	case r.L7Proto != "":
-		add("l7proto", r.L7Proto, fmt.Sprintf("unknown l7proto %q: ward has no parser for generic L7 protocols (supported: http, kafka, dns rules)", r.L7Proto))
+		checkGeneric(r.L7Proto, r.L7, add)
 	case r.L7 != nil:
 		add("l7", "", "l7 needs l7proto")
 	}

@@ -17,9 +17,13 @@ const (
 	// KindTLS: only serverNames or TLS interception apply; no
 	// request-level rules.
 	KindTLS
+	// KindGeneric: a generic L7 protocol (Rules.L7Proto, e.g. memcache)
+	// with key/value rules, parsed by its stream parser in Envoy (on the
+	// TCP stream listeners, with Kafka).
+	KindGeneric
 )
 
-var kindNames = [...]string{KindNone: "", KindHTTP: "http", KindKafka: "kafka", KindDNS: "dns", KindTLS: "tls"}
+var kindNames = [...]string{KindNone: "", KindHTTP: "http", KindKafka: "kafka", KindDNS: "dns", KindTLS: "tls", KindGeneric: "l7proto"}
 
 // String is the kind's name as policies and flow records spell it
 // ("http", "kafka", "dns", "tls"; "" for KindNone).
@@ -32,4 +36,4 @@ func (k Kind) String() string {
 
 // InEnvoy reports whether the kind's rules are enforced by a filter inside
 // Envoy (and so travel in the NPDS resource).
-func (k Kind) InEnvoy() bool { return k == KindHTTP || k == KindKafka || k == KindTLS }
+func (k Kind) InEnvoy() bool { return k == KindHTTP || k == KindKafka || k == KindTLS || k == KindGeneric }

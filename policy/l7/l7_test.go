@@ -207,13 +207,13 @@ func TestKind(t *testing.T) {
 		{&Rules{HTTP: []HTTPRule{}}, KindHTTP},
 		{&Rules{Kafka: []KafkaRule{{}}}, KindKafka},
 		{&Rules{DNS: []DNSRule{{MatchName: "a"}}}, KindDNS},
-		{&Rules{L7Proto: "x"}, KindNone},
+		{&Rules{L7Proto: "x"}, KindGeneric},
 	} {
 		if got := tt.r.Kind(); got != tt.want {
 			t.Errorf("%+v.Kind() = %v; want %v", tt.r, got, tt.want)
 		}
 	}
-	for k, want := range map[Kind]bool{KindHTTP: true, KindKafka: true, KindTLS: true, KindDNS: false, KindNone: false} {
+	for k, want := range map[Kind]bool{KindHTTP: true, KindKafka: true, KindTLS: true, KindGeneric: true, KindDNS: false, KindNone: false} {
 		if k.InEnvoy() != want {
 			t.Errorf("%v.InEnvoy() = %v", k, !want)
 		}

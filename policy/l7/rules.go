@@ -6,9 +6,9 @@ import (
 	"fmt"
 )
 
-// Rules is the rules block of a toPorts entry. At most one of HTTP, Kafka
-// and DNS may be set on one port; L7Proto with L7 (a generic protocol) is
-// parsed so that validation can refuse it by name.
+// Rules is the rules block of a toPorts entry. At most one of HTTP, Kafka,
+// DNS and L7Proto (a generic protocol, with its key/value rules in L7) may
+// be set on one port.
 type Rules struct {
 	HTTP    []HTTPRule    `json:"http,omitempty"`
 	Kafka   []KafkaRule   `json:"kafka,omitempty"`
@@ -17,9 +17,9 @@ type Rules struct {
 	L7      []GenericRule `json:"l7,omitempty"`
 }
 
-// Kind returns the protocol kind r holds rules for: KindHTTP, KindKafka or
-// KindDNS, and KindNone when r is nil or holds none of them (an l7proto
-// alone has no kind: no parser exists for it).
+// Kind returns the protocol kind r holds rules for: KindHTTP, KindKafka,
+// KindDNS or KindGeneric (an l7proto), and KindNone when r is nil or holds
+// none of them.
 func (r *Rules) Kind() Kind {
 	switch {
 	case r == nil:
@@ -30,6 +30,8 @@ func (r *Rules) Kind() Kind {
 		return KindKafka
 	case r.DNS != nil:
 		return KindDNS
+	case r.L7Proto != "":
+		return KindGeneric
 	}
 	return KindNone
 }

@@ -53,6 +53,8 @@ func compile(r *npds.PortNetworkPolicyRule, log proxylib.Logger) (any, error) {
 			return nil, fmt.Errorf("kafka rules: %w", err)
 		}
 		return &kafkaL7{m: m, rules: rules.Kafka}, nil
+	case l7.KindGeneric:
+		return compileGeneric(rules)
 	case l7.KindDNS:
 		// DNS rules are enforced by wardd's DNS proxy, not inside Envoy.
 		return nil, fmt.Errorf("dns rules cannot be enforced by the Envoy filters")

@@ -26,7 +26,8 @@ func TestCompileWire(t *testing.T) {
 		{name: "not json", l7: &npds.L7Rules{Rules: `{"http":`}, want: "decode l7 rules"},
 		{name: "dns goes to the agent", l7: npds.NewL7(&l7.Rules{DNS: []l7.DNSRule{{MatchName: "a"}}}), want: "dns rules cannot be enforced"},
 		{name: "no kind", l7: &npds.L7Rules{Rules: `{}`}, want: "no kind Envoy enforces"},
-		{name: "generic l7proto", l7: npds.NewL7(&l7.Rules{L7Proto: "cassandra", L7: []l7.GenericRule{{"a": "b"}}}), want: "no kind Envoy enforces"},
+		{name: "generic l7proto", l7: npds.NewL7(&l7.Rules{L7Proto: "cassandra", L7: []l7.GenericRule{{"a": "b"}}}), want: `l7proto "cassandra": no parser in this module`},
+		{name: "bad memcache rule", l7: npds.NewL7(&l7.Rules{L7Proto: "memcache", L7: []l7.GenericRule{{"command": "explode"}}}), want: "unknown memcached command"},
 		{name: "bad kafka rule", l7: npds.Kafka(l7.KafkaRule{Role: "admin"}), want: "unknown role"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

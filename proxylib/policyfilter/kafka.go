@@ -133,7 +133,8 @@ type connRules struct {
 	ip netip.Addr
 }
 
-func (r connRules) Rules(ingress bool, port uint16, remote uint32) (*kafka.Matcher, bool) {
+// endpoint is the connection's endpoint in the current State.
+func (r connRules) endpoint() (*npdsclient.State, *npdsclient.Endpoint, bool) {
 	st := r.c.client.State()
 	var ep *npdsclient.Endpoint
 	var ok bool
@@ -142,6 +143,11 @@ func (r connRules) Rules(ingress bool, port uint16, remote uint32) (*kafka.Match
 	} else {
 		ep, ok = st.EndpointByIP(r.ip)
 	}
+	return st, ep, ok
+}
+
+func (r connRules) Rules(ingress bool, port uint16, remote uint32) (*kafka.Matcher, bool) {
+	st, ep, ok := r.endpoint()
 	if !ok {
 		return nil, false
 	}
@@ -171,14 +177,7 @@ func (r connRules) Rules(ingress bool, port uint16, remote uint32) (*kafka.Match
 // Audit reports whether the endpoint is in policy audit mode
 // (kafka.Auditor).
 func (r connRules) Audit() bool {
-	st := r.c.client.State()
-	var ep *npdsclient.Endpoint
-	var ok bool
-	if r.ep != "" {
-		ep, ok = st.Endpoint(r.ep)
-	} else {
-		ep, ok = st.EndpointByIP(r.ip)
-	}
+	_, ep, ok := r.endpoint()
 	return ok && ep.Audit
 }
 
@@ -271,6 +270,18 @@ func (f *streamFilter) OnNewConnection(c proxylib.NetworkConn) proxylib.NetworkS
 	}
 	info.PolicyName = cfg.Endpoint
 	f.out.conn, f.out.c = c, f.c
+	// The TCP stream listeners carry Kafka and the generic protocols
+	// (l7proto): the port's rules say which parser runs.
+	if _, ep, ok := rs.endpoint(); ok {
+		if proto := portProto(ep, info.Ingress, info.DstPort); proto != "" {
+			f.stream = f.newGenericStream(proto, rs, info)
+			if f.stream == nil {
+				c.Close(true, "l7proto "+proto+": no parser")
+				return proxylib.NetworkStopIteration
+			}
+			return proxylib.NetworkContinue
+		}
+	}
 	f.stream = proxylib.NewStream(f.c.factory(rs), &f.out, info)
 	f.stream.Budget = f.c.budget
 	return proxylib.NetworkContinue

@@ -1,0 +1,156 @@
+package policyfilter
+
+import (
+	"fmt"
+
+	"github.com/wardproxy/ward/filters/memcache"
+	"github.com/wardproxy/ward/filters/r2d2"
+	"github.com/wardproxy/ward/flow"
+	"github.com/wardproxy/ward/policy/l7"
+	"github.com/wardproxy/ward/proxylib"
+	"github.com/wardproxy/ward/proxylib/npdsclient"
+)
+
+// genericL7 is what Compile keeps for a generic L7 rule (`l7proto` with
+// its key/value rules): the protocol, its rules and their compiled matcher
+// (several rules selecting one remote are merged). rules nil: every
+// request of the protocol is allowed.
+type genericL7 struct {
+	proto string
+	rules []l7.GenericRule
+	mc    *memcache.Matcher
+	rd    *r2d2.Matcher
+}
+
+func compileGeneric(rules *l7.Rules) (*genericL7, error) {
+	g := &genericL7{proto: rules.L7Proto, rules: rules.L7}
+	var err error
+	switch rules.L7Proto {
+	case "memcache":
+		g.mc, err = memcache.Compile(rules.L7)
+	case "r2d2":
+		g.rd, err = r2d2.Compile(rules.L7)
+	default:
+		return nil, fmt.Errorf("l7proto %q: no parser in this module", rules.L7Proto)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s rules: %w", rules.L7Proto, err)
+	}
+	return g, nil
+}
+
+// portProto is the generic protocol of an endpoint's port in a direction
+// ("" when its rules are not generic): every rule of a generic port
+// carries its protocol, allow-all ones included.
+func portProto(ep *npdsclient.Endpoint, ingress bool, port uint16) string {
+	if ep == nil {
+		return ""
+	}
+	ports := ep.Egress
+	if ingress {
+		ports = ep.Ingress
+	}
+	for _, p := range ports {
+		end := max(p.EndPort, p.Port)
+		if p.Port != 0 && (port < p.Port || port > end) {
+			continue
+		}
+		for _, r := range p.Rules {
+			if g, ok := r.L7.(*genericL7); ok {
+				return g.proto
+			}
+		}
+	}
+	return ""
+}
+
+// genericRules finds the generic rules of one connection's endpoint over
+// the current policy State: all (every request allowed) or the rules that
+// select the remote.
+type genericRules struct{ connRules }
+
+func (r genericRules) lookup(ingress bool, port uint16, remote uint32) (all bool, rules []*genericL7, ok bool) {
+	_, ep, found := r.endpoint()
+	if !found {
+		return false, nil, false
+	}
+	v, rs := ep.Lookup(ingress, port, remote, nil)
+	switch v {
+	case npdsclient.AllowAll:
+		return true, nil, true
+	case npdsclient.CheckL7:
+	default:
+		return false, nil, false
+	}
+	for _, rl := range rs {
+		if g, ok := rl.L7.(*genericL7); ok {
+			if g.rules == nil {
+				return true, nil, true
+			}
+			rules = append(rules, g)
+		}
+	}
+	return false, rules, len(rules) > 0
+}
+
+// union is the rules of gs together.
+func union(gs []*genericL7) []l7.GenericRule {
+	var all []l7.GenericRule
+	for _, g := range gs {
+		all = append(all, g.rules...)
+	}
+	return all
+}
+
+type memcacheRules struct{ genericRules }
+
+func (r memcacheRules) Rules(ingress bool, port uint16, remote uint32) (*memcache.Matcher, bool) {
+	all, gs, ok := r.lookup(ingress, port, remote)
+	switch {
+	case !ok:
+		return nil, false
+	case all:
+		return nil, true
+	case len(gs) == 1 && gs[0].mc != nil:
+		return gs[0].mc, true
+	}
+	m, err := memcache.Compile(union(gs)) // each part compiled: the union cannot fail
+	return m, err == nil && m != nil
+}
+
+type r2d2Rules struct{ genericRules }
+
+func (r r2d2Rules) Rules(ingress bool, port uint16, remote uint32) (*r2d2.Matcher, bool) {
+	all, gs, ok := r.lookup(ingress, port, remote)
+	switch {
+	case !ok:
+		return nil, false
+	case all:
+		return nil, true
+	case len(gs) == 1 && gs[0].rd != nil:
+		return gs[0].rd, true
+	}
+	m, err := r2d2.Compile(union(gs))
+	return m, err == nil && m != nil
+}
+
+// newGenericStream is the stream of a connection whose port is a generic
+// protocol's (nil when this module has no parser for it).
+func (f *streamFilter) newGenericStream(proto string, rs connRules, info *proxylib.ConnInfo) *proxylib.Stream {
+	var sink flow.Sink
+	if f.c.flows != nil {
+		sink = f.c.flows
+	}
+	var fac proxylib.ParserFactory
+	switch proto {
+	case "memcache":
+		fac = memcache.NewParserFactory(memcacheRules{genericRules{rs}}, sink)
+	case "r2d2":
+		fac = r2d2.NewParserFactory(r2d2Rules{genericRules{rs}}, sink)
+	default:
+		return nil
+	}
+	s := proxylib.NewStream(fac, &f.out, info)
+	s.Budget = f.c.budget
+	return s
+}
