@@ -363,3 +363,56 @@ func TestRelistWithoutGap(t *testing.T) {
 		t.Errorf("kept: %d upserts, %d deletes across the relist; want 1, 0", u, d)
 	}
 }
+
+// TestOneEventPerInvalidVersion: a second node finding the invalid
+// version already reported in the condition records no second Event.
+func TestOneEventPerInvalidVersion(t *testing.T) {
+	c := kubetest.Shared(t)
+	installCRDs(t, c)
+	const ns = "kube-policies-events"
+	c.ApplyYAML(t, "apiVersion: v1\nkind: Namespace\nmetadata: {name: "+ns+"}\n")
+	cs, dc := c.Clients(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	startNode := func(name string) *Policies {
+		cl, err := NewForConfig(c.Config(), Config{}.WithDefaults(name), slog.Default())
+		if err != nil {
+			t.Fatal(err)
+		}
+		pols := cl.WatchPolicies(policy.NewRepository(policy.Config{}), func() {})
+		sw := cl.NewStatusWriter(pols, func() (map[policy.Key]int, uint64) { return nil, 1 })
+		go func() { _ = cl.Run(ctx) }()
+		go func() { _ = pols.Run(ctx) }()
+		go func() { _ = sw.Run(ctx) }()
+		<-cl.Synced()
+		return pols
+	}
+	c.ApplyYAML(t, cnp(ns, "bad", specBadEntity))
+	startNode("node-x")
+	nodeWrote := func(node string) func() error {
+		return func() error {
+			o, err := dc.Resource(CNPResource).Namespace(ns).Get(ctx, "bad", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if _, ok, _ := unstructured.NestedMap(o.Object, "status", "nodes", node); !ok {
+				return fmt.Errorf("no status from %s: %v", node, o.Object["status"])
+			}
+			return nil
+		}
+	}
+	converge(t, "node-x's status", nodeWrote("node-x"))
+	startNode("node-y")
+	converge(t, "node-y's status", nodeWrote("node-y"))
+	evs, err := cs.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=bad"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs.Items) != 1 || evs.Items[0].Source.Host != "node-x" {
+		var hosts []string
+		for _, e := range evs.Items {
+			hosts = append(hosts, e.Source.Host)
+		}
+		t.Errorf("%d events (from %v), want 1 from node-x", len(evs.Items), hosts)
+	}
+}

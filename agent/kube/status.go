@@ -25,7 +25,8 @@ package kube
 // (the API server refuses the apply): there the writer learns it from the
 // refusal and writes the condition alone. An invalid
 // version also gets a Warning Event, reason PolicyInvalid, once per
-// generation and node. Writes that fail (the API server is down) are
+// generation: a node that finds the same error already in the condition
+// (another node's, or its own before a restart) records none. Writes that fail (the API server is down) are
 // retried until they succeed; a status is rewritten only when what it
 // says changes (not for a new policy revision alone).
 
@@ -130,6 +131,11 @@ func (w *StatusWriter) round(ctx context.Context) int {
 				want.Message += fmt.Sprintf(" (the rules of generation %d stay enforced)", st.GoodGeneration)
 			}
 		}
+		if !want.Valid && !w.evented[evKey(st)] && reported(st.Conditions, want.Message) {
+			// Another node (or this one before a restart) has reported
+			// this version already: one Event is enough.
+			w.evented[evKey(st)] = true
+		}
 		if !want.Valid && !w.evented[evKey(st)] {
 			if err := w.event(ctx, st, want.Message); err != nil {
 				failed++
@@ -154,6 +160,17 @@ func (w *StatusWriter) round(ctx context.Context) int {
 		}
 	}
 	return failed
+}
+
+// reported tells whether the object's conditions already say Valid=False
+// with msg.
+func reported(conds []any, msg string) bool {
+	for _, c := range conds {
+		if m, ok := c.(map[string]any); ok && m["type"] == "Valid" && m["status"] == "False" && m["message"] == msg {
+			return true
+		}
+	}
+	return false
 }
 
 func evKey(st PolicyState) string { return fmt.Sprintf("%s/%d", st.UID, st.Generation) }
