@@ -243,6 +243,33 @@ spec:
 		}
 	})
 
+	t.Run("fromNodes by Node labels", func(t *testing.T) {
+		// The Node objects' labels give each node an identity
+		// (enableNodeSelectorLabels): node 0's host reaches the Death
+		// Star on node 1 only while a policy selects its labels.
+		host := func() string {
+			return a.HostCurl(cctx, "-X", "POST", "-w", " %{http_code}", "http://"+b.Pods["deathstar"].IP.String()+"/v1/request-landing")
+		}
+		fromNode := func(name string) string {
+			return `apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: k2-from-nodes}
+spec:
+  endpointSelector: {matchLabels: {class: deathstar, k8s:io.kubernetes.pod.namespace: ` + swNS + `}}
+  ingress:
+  - fromNodes:
+    - matchLabels: {ward.test/node: ` + name + `}
+`
+		}
+		c.setPolicies(t, fromNode(a.name))
+		node.Eventually(t, "node 0's host to be allowed by its labels", func() bool { return host() == "Ship landed 200" })
+		c.setPolicies(t, fromNode(b.name))
+		node.Eventually(t, "node 0's host to be dropped (the policy selects node 1)", func() bool { return host() == "error" })
+		if got := curl("tiefighter", "POST", "/v1/request-landing"); got != "error" {
+			t.Errorf("tiefighter POST = %q; want dropped (only nodes are selected)", got)
+		}
+	})
+
 	t.Run("toServices", func(t *testing.T) {
 		// Egress of tiefighter only to the deathstar service's pods.
 		c.setPolicies(t, `apiVersion: cilium.io/v2
