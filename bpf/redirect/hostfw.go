@@ -137,8 +137,9 @@ func (d *Datapath) restoreHost(gens map[uint32]uint8) error {
 }
 
 // SetHostMode sets the operator's audit override in the datapath pinned
-// under pinDir without loading anything (`ward bpf host-firewall`); the
-// agent calls it with HostModeConfig when it starts.
+// under pinDir without loading anything (`ward bpf host-firewall`), and
+// bumps the policy revision so that tracked flows are decided again under
+// the new mode; the agent calls it with HostModeConfig when it starts.
 func SetHostMode(pinDir string, m HostMode) error {
 	if pinDir == "" {
 		pinDir = DefaultPinDir
@@ -152,6 +153,21 @@ func SetHostMode(pinDir string, m HostMode) error {
 	v := datapathHostState{Flags: uint32(m)}
 	if err := mp.Update(&k, &v, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("set host mode %v: %w", m, err)
+	}
+	// Flows audit mode let through are decided again by their next packet
+	// (leaving audit mode drops the ones the policy denies).
+	rev, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, datapathMapWardPolicyRev), nil)
+	if err != nil {
+		return fmt.Errorf("set host mode %v: open pinned policy revision: %w", m, err)
+	}
+	defer rev.Close()
+	var zero, r uint32
+	if err := rev.Lookup(&zero, &r); err != nil {
+		return fmt.Errorf("set host mode %v: read policy revision: %w", m, err)
+	}
+	r++
+	if err := rev.Update(&zero, &r, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("set host mode %v: bump policy revision: %w", m, err)
 	}
 	return nil
 }

@@ -77,10 +77,13 @@ func TestHostFirewall(t *testing.T) {
 	}) {
 		t.Errorf("audited host flow: events %+v; want an audited ingress verdict of the host endpoint", evs)
 	}
-	// The operator's override enforces whatever the agent says ...
+	// The operator's override enforces whatever the agent says: the flow
+	// audit mode let through is decided again by its next packet, dropped
+	// ...
 	if err := SetHostMode(d.PinDir(), HostModeEnforce); err != nil {
 		t.Fatal(err)
 	}
+	expect(t, d, in, tcpPacket(peer, node, 40005, 23), 2, ReasonPolicyDenied)
 	expect(t, d, in, syn(peer, node, 40006, 24), 2, ReasonPolicyDenied)
 	if evs := drain(t, d); !slices.ContainsFunc(evs, func(e Event) bool {
 		return e.Kind == EventDrop && e.Endpoint == HostEndpointID && e.Destination.Port() == 24
