@@ -1,10 +1,17 @@
 package agent
 
 import (
+	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/wardproxy/ward/bpf/redirect"
+	"github.com/wardproxy/ward/policy"
 )
 
 // TestEndpointAddrs: the datapath gets an endpoint's first IPv4 and first
@@ -63,5 +70,86 @@ func TestDatapathModeValidate(t *testing.T) {
 				t.Errorf("Validate() = %v; want an error containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// cgroupRecorder is a cgroupWriter keeping what it was given.
+type cgroupRecorder struct {
+	eps     map[uint32]redirect.CgroupEndpoint
+	removed []uint32
+}
+
+func (c *cgroupRecorder) AddCgroupEndpoint(ep redirect.CgroupEndpoint) error {
+	c.eps[ep.ID] = ep
+	return nil
+}
+
+func (c *cgroupRecorder) RemoveCgroupEndpoint(id uint32) error {
+	delete(c.eps, id)
+	c.removed = append(c.removed, id)
+	return nil
+}
+
+// TestSocketModeCgroupEndpoints: in socket mode every local endpoint's
+// cgroup gets an entry under the endpoint's own ID that leaves redirects
+// to tc and enforces egress as the endpoint's policy does (not in audit
+// mode); an endpoint without a cgroup is an endpoint error (locked
+// down), never left with egress unchecked at the socket silently; a gone
+// endpoint's entry is removed.
+func TestSocketModeCgroupEndpoints(t *testing.T) {
+	ctx := context.Background()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	eps := []Endpoint{
+		{Name: "a", ID: 1, IPs: []string{"10.0.0.1", "fd00::1"}, Labels: map[string]string{"app": "a"}, Interface: "veth-a", Cgroup: "/sys/fs/cgroup/a"},
+		{Name: "b", ID: 2, IPs: []string{"10.0.0.2"}, Labels: map[string]string{"app": "b"}, Interface: "veth-b", Cgroup: "/sys/fs/cgroup/b"},
+		{Name: "c", ID: 3, IPs: []string{"10.0.0.3"}, Labels: map[string]string{"app": "c"}, Interface: "veth-c"},
+	}
+	e, err := newEngine(&Config{Endpoints: eps}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dp := newScaleDatapath()
+	dp.cfg.Mode = ModeSocket
+	rec := &cgroupRecorder{eps: map[uint32]redirect.CgroupEndpoint{}}
+	dp.cg = rec
+	e.consumers = []Consumer{dp}
+	ps, err := policy.Parse("p.yaml", []byte(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {matchLabels: {app: a}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: b}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.repo.Upsert(ps[0])
+	e.publish(ctx)
+	a, b := rec.eps[1], rec.eps[2]
+	if a.CgroupPath != "/sys/fs/cgroup/a" || !a.TCRedirect || !a.EnforceEgress || a.Identity == 0 {
+		t.Errorf("a's cgroup entry = %+v; want its cgroup, TCRedirect, egress enforced", a)
+	}
+	if b.CgroupPath != "/sys/fs/cgroup/b" || !b.TCRedirect || b.EnforceEgress {
+		t.Errorf("b's cgroup entry = %+v; want its cgroup, TCRedirect, egress not enforced (no egress policy)", b)
+	}
+	if _, ok := rec.eps[3]; ok {
+		t.Errorf("c (no cgroup) has a cgroup entry")
+	}
+	if err := dp.endpointError(3); !errors.Is(err, errNoCgroup) {
+		t.Errorf("c's endpoint error = %v; want errNoCgroup", err)
+	}
+	// a leaves: its cgroup entry goes with it.
+	st := e.state()
+	var rest []Workload
+	for _, w := range st.Workloads {
+		if w.ID != 1 {
+			rest = append(rest, w)
+		}
+	}
+	_ = dp.Apply(ctx, &State{Policy: st.Policy, Workloads: rest}) // c's error again
+	if _, ok := rec.eps[1]; ok || !slices.Contains(rec.removed, 1) {
+		t.Errorf("a gone: cgroup entries %v, removed %v; want a's removed", rec.eps, rec.removed)
 	}
 }
