@@ -333,6 +333,24 @@ func allows(t *testing.T, cs kubernetes.Interface, user string, groups []string,
 	return got.Status.Allowed
 }
 
+// wardd's ServiceAccount as the apiserver authenticates it.
+var (
+	wardUser   = "system:serviceaccount:ward:ward"
+	wardGroups = []string{"system:serviceaccounts", "system:serviceaccounts:ward", "system:authenticated"}
+)
+
+// waitWardRBAC waits until the chart's bindings for wardd are in force:
+// the apiserver's authorizer sees new bindings through its informers.
+func waitWardRBAC(t *testing.T, cs kubernetes.Interface, secretsNS string) {
+	t.Helper()
+	eventually(t, "the ClusterRoleBinding in force", func() bool {
+		return allows(t, cs, wardUser, wardGroups, "default", perm{Resource: "pods", Verb: "get"})
+	})
+	eventually(t, "the secrets RoleBinding in force", func() bool {
+		return allows(t, cs, wardUser, wardGroups, secretsNS, perm{Resource: "secrets", Verb: "get"})
+	})
+}
+
 // TestRBACLeastPrivilege applies the chart's RBAC for real and holds
 // wardd's ServiceAccount to the table wardPermissions, both ways:
 //   - the rules the manifests bind to it, expanded, are exactly the table
@@ -372,8 +390,8 @@ func TestRBACLeastPrivilege(t *testing.T) {
 		t.Errorf("permissions the chart grants wardd (-table +chart):\n%s", d)
 	}
 
-	user := "system:serviceaccount:ward:ward"
-	groups := []string{"system:serviceaccounts", "system:serviceaccounts:ward", "system:authenticated"}
+	user, groups := wardUser, wardGroups
+	waitWardRBAC(t, cs, secretsNS)
 	universe := map[perm]bool{}
 	for _, p := range slices.Concat(want, sensitive) {
 		for _, v := range allVerbs {
@@ -422,6 +440,9 @@ func TestRBACLeastPrivilege(t *testing.T) {
 		"subjects": []any{map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}},
 	}})
 	alice := []string{"system:authenticated"}
+	eventually(t, "the operators' RoleBinding in force", func() bool {
+		return allows(t, cs, "alice", alice, releaseNS, perm{Resource: "pods", Verb: "get"})
+	})
 	for _, p := range []perm{{Resource: "pods", Verb: "list"}, {Resource: "pods/log", Verb: "get"}, {Group: "apps", Resource: "daemonsets", Verb: "get"}} {
 		if !allows(t, cs, "alice", alice, releaseNS, p) {
 			t.Errorf("operator may not %s in namespace %s; want allowed", p.what(), releaseNS)

@@ -3,6 +3,7 @@ package deploy
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -91,7 +92,10 @@ func TestWarddWithChartRBAC(t *testing.T) {
 	for _, f := range crds {
 		c.ApplyFile(t, f)
 	}
-	applyObjects(t, c, namespace("ward"), namespace("app"))
+	// A namespace and Secret of this run's own: the shared apiserver
+	// keeps the previous run's (-count).
+	app := fmt.Sprintf("app-%d", time.Now().UnixNano())
+	applyObjects(t, c, namespace("ward"), namespace(app))
 	var node string
 	for _, o := range manifest(t, "ward.yaml") {
 		switch o.GetKind() {
@@ -102,6 +106,7 @@ func TestWarddWithChartRBAC(t *testing.T) {
 			node, _ = data["node.yaml"].(string)
 		}
 	}
+	waitWardRBAC(t, cs, "ward-secrets")
 	tok, err := cs.CoreV1().ServiceAccounts("ward").CreateToken(ctx, "ward", &authnv1.TokenRequest{}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatalf("token for ServiceAccount ward/ward: %v", err)
@@ -170,9 +175,9 @@ func TestWarddWithChartRBAC(t *testing.T) {
 		t.Errorf("no Envoy bootstrap for the Envoy DaemonSet: %v", err)
 	}
 
-	c.ApplyYAML(t, `apiVersion: cilium.io/v2
+	c.ApplyYAML(t, strings.ReplaceAll(`apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
-metadata: {name: good, namespace: app}
+metadata: {name: good, namespace: APP}
 spec:
   endpointSelector: {matchLabels: {app: web}}
   ingress:
@@ -181,19 +186,19 @@ spec:
 ---
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
-metadata: {name: bad, namespace: app}
+metadata: {name: bad, namespace: APP}
 spec:
   endpointSelector: {matchLabels: {app: web}}
   ingress:
   - toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{path: "("}]}}]
-`)
+`, "APP", app))
 	if _, err := cs.CoreV1().Secrets("ward-secrets").Create(ctx, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: "backend-ca"}, Data: map[string][]byte{"ca.crt": []byte("not checked here")},
+		ObjectMeta: metav1.ObjectMeta{Name: app}, Data: map[string][]byte{"ca.crt": []byte("not checked here")},
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	nodeStatus := func(name string) map[string]any {
-		o, err := dc.Resource(cnpResource).Namespace("app").Get(ctx, name, metav1.GetOptions{})
+		o, err := dc.Resource(cnpResource).Namespace(app).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return nil
 		}
@@ -206,7 +211,7 @@ spec:
 		return m != nil && m["ok"] == false
 	})
 	eventually(t, "a Warning Event on the invalid policy", func() bool {
-		evs, err := cs.CoreV1().Events("app").List(ctx, metav1.ListOptions{})
+		evs, err := cs.CoreV1().Events(app).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return false
 		}
@@ -215,7 +220,7 @@ spec:
 		})
 	})
 	eventually(t, "the secrets namespace's Secret mirrored", func() bool {
-		_, err := os.Stat(filepath.Join(stateDir, "kube-secrets", "ward-secrets", "backend-ca", "ca.crt"))
+		_, err := os.Stat(filepath.Join(stateDir, "kube-secrets", "ward-secrets", app, "ca.crt"))
 		return err == nil
 	})
 	st, err := status(stateDir)
