@@ -235,6 +235,20 @@ func (e *engine) setEndpoints(source string, eps []Endpoint, where string) (bool
 	return changed, errors.Join(errs[source]...)
 }
 
+// setConsumerErr replaces consumer c's error of the last publish (a
+// consumer that re-applied on its own, like the TLS policy on a secret's
+// change); nil clears it.
+func (e *engine) setConsumerErr(c Consumer, err error) {
+	name := fmt.Sprintf("%T", c)
+	e.errMu.Lock()
+	defer e.errMu.Unlock()
+	if err == nil {
+		delete(e.errs, name)
+		return
+	}
+	e.errs[name] = err
+}
+
 // setSourceErr records a source's item errors (nil clears them).
 func (e *engine) setSourceErr(key string, err error) {
 	e.errMu.Lock()

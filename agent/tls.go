@@ -144,8 +144,14 @@ func (t *tlsPolicy) run(ctx context.Context) error {
 		case err := <-done:
 			return err
 		case <-t.changed:
-			if err := t.reapply(ctx); err != nil {
+			err := t.reapply(ctx)
+			if err != nil {
 				t.log.Error("tls secrets", "error", err)
+			}
+			// The status shows this consumer's errors as of now: a
+			// secret that appeared clears its error without a publish.
+			if t.a.eng != nil {
+				t.a.eng.setConsumerErr(t, err)
 			}
 		}
 	}
