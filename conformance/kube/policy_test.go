@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -187,6 +188,26 @@ func TestPoliciesFromKubernetes(t *testing.T) {
 		}
 		return false
 	})
+	// kubectl shows it as with Cilium: the VALID column, and describe
+	// names the field path.
+	kubectl := testenv.File(t, "build/bin/kubectl", "run `make setup` (scripts/setup.d/80-kube.sh)")
+	out, err := exec.CommandContext(ctx, kubectl, "--kubeconfig", api.Kubeconfig(), "get", "cnp", "-n", ns).CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl get cnp: %v: %s", err, out)
+	}
+	rows := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if f := strings.Fields(line); len(f) == 3 {
+			rows[f[0]] = f[2] // NAME AGE VALID
+		}
+	}
+	if rows["NAME"] != "VALID" || rows["rule1"] != "True" || rows["broken"] != "False" {
+		t.Errorf("kubectl get cnp:\n%s\nwant VALID True for rule1, False for broken", out)
+	}
+	out, err = exec.CommandContext(ctx, kubectl, "--kubeconfig", api.Kubeconfig(), "describe", "cnp", "-n", ns, "broken").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "spec.egress[0].toEntities[0]") || !strings.Contains(string(out), agentkube.ReasonInvalid) {
+		t.Errorf("kubectl describe cnp broken: %v:\n%s\nwant the field path and the PolicyInvalid event", err, out)
+	}
 	ks := n.Agent.Status().Kubernetes
 	if ks == nil || len(ks.InvalidPolicies) != 1 || !strings.Contains(ks.InvalidPolicies[0].File, "broken") {
 		t.Errorf("ward status kubernetes = %+v; want broken listed as invalid", ks)
