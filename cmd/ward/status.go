@@ -94,7 +94,11 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	if p := st.Policy; p != nil {
-		fmt.Fprintf(stdout, "policy: %s, revision %d\n", p.Dir, p.Revision)
+		if p.Dir != "" {
+			fmt.Fprintf(stdout, "policy: %s, revision %d\n", p.Dir, p.Revision)
+		} else {
+			fmt.Fprintf(stdout, "policy: revision %d\n", p.Revision) // from Kubernetes only
+		}
 		if p.Error != "" && len(p.Errors) == 0 {
 			fmt.Fprintf(stdout, "policy directory: %s\n", p.Error)
 		}
