@@ -34,6 +34,16 @@ const (
 	EntityNone          = "none"
 )
 
+// entitiesWithoutAddresses are the entities Cilium gives addresses that
+// no address carries under wardd: a rule naming them is accepted (it is
+// Cilium's language) and selects nothing, with a warning saying why
+// (docs/policy-support.md).
+var entitiesWithoutAddresses = map[string]string{
+	EntityInit:      "the init entity selects nothing under wardd: an endpoint has its identity before its policy is written, so no traffic carries init",
+	EntityUnmanaged: "the unmanaged entity selects nothing under wardd: an address ward does not manage is world (or host, remote-node, health, kube-apiserver from the node config)",
+	EntityIngress:   "the ingress entity selects nothing under wardd: ward runs no Ingress/Gateway API proxy carrying that identity",
+}
+
 // Entities lists every entity name ward accepts.
 var Entities = []string{
 	EntityAll, EntityWorld, EntityWorldIPv4, EntityWorldIPv6, EntityCluster,
@@ -273,6 +283,8 @@ func (p *Policy) validatePeers(path string, l *errList, f peerFields) {
 				msg += " (known: " + strings.Join(Entities, ", ") + ")"
 			}
 			l.add(fmt.Sprintf("%s.%s[%d]", path, f.entitiesName, i), e, msg)
+		} else if msg, ok := entitiesWithoutAddresses[e]; ok {
+			l.warn(fmt.Sprintf("%s.%s[%d]", path, f.entitiesName, i), msg)
 		}
 	}
 	for i, s := range f.services {
