@@ -46,8 +46,7 @@ func render(t *testing.T, args ...string) []byte {
 // TestChart: the real helm lints the chart strictly with the default and
 // the non-default values, and renders exactly the committed manifests
 // (deploy/render.sh refreshes them; scripts/generate.sh --check in CI).
-// An audit mode the chart cannot honour, a misspelled value or a bad one
-// fails the rendering (values.schema.json).
+// A misspelled value or a bad one fails the rendering (values.schema.json).
 func TestChart(t *testing.T) {
 	helm(t, "lint", "--strict", "helm/ward", "--kube-version", "1.36.0")
 	helm(t, "lint", "--strict", "helm/ward", "--kube-version", "1.36.0", "-f", "helm/ward/ci/custom-values.yaml")
@@ -67,7 +66,6 @@ func TestChart(t *testing.T) {
 	for _, tc := range []struct {
 		set, want string
 	}{
-		{set: "config.policyAuditMode=true", want: "no policy audit mode"},
 		// values.schema.json: the chart's own values are closed.
 		{set: "config.mod=always", want: "'mod' not allowed"},
 		{set: "envoy.concurency=2", want: "'concurency' not allowed"},

@@ -31,12 +31,10 @@ app.kubernetes.io/component: {{ index . 1 }}
 
 {{/* ward.nodeConfig is the node configuration (agent.Config) as YAML. */}}
 {{- define "ward.nodeConfig" -}}
-{{- if .Values.config.policyAuditMode }}
-{{- fail "config.policyAuditMode: ward has no policy audit mode yet (it would enforce what you asked to only audit)" }}
-{{- end }}
 {{- $dp := deepCopy .Values.config.datapath | merge (dict "enabled" true) }}
 {{- if not $dp.devices }}{{ $_ := unset $dp "devices" }}{{ end }}
 {{- $c := dict "mode" .Values.config.mode "datapath" $dp }}
+{{- if .Values.config.policyAuditMode }}{{ $_ := set $c "policyAuditMode" true }}{{ end }}
 {{- with .Values.config.dns }}{{ $_ := set $c "dns" . }}{{ end }}
 {{- with .Values.config.monitor }}{{ $_ := set $c "monitor" . }}{{ end }}
 {{- with .Values.config.metrics }}{{ $_ := set $c "metrics" . }}{{ end }}
