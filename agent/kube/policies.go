@@ -86,8 +86,11 @@ type PolicyState struct {
 	Enforced       bool
 	GoodGeneration int64
 	// Conditions are the object's status conditions as last seen (for
-	// their lastTransitionTime).
+	// their lastTransitionTime); NodeStatus is this node's entry of
+	// status.nodes as last seen (the status writer skips what already
+	// says what it would write).
 	Conditions []any
+	NodeStatus map[string]any
 }
 
 // WatchPolicies registers the policy informers on c's dynamic factory
@@ -210,11 +213,13 @@ func (p *Policies) sync(k policy.Key) (sinkChanged, stateChanged bool) {
 		p.mu.Lock()
 		st.ResourceVersion = obj.GetResourceVersion()
 		st.Conditions, _, _ = unstructured.NestedSlice(obj.Object, "status", "conditions")
+		st.NodeStatus, _, _ = unstructured.NestedMap(obj.Object, "status", "nodes", p.c.cfg.NodeName)
 		p.mu.Unlock()
 		return false, false
 	}
 	next := &PolicyState{Key: k, UID: string(obj.GetUID()), Generation: obj.GetGeneration(), ResourceVersion: obj.GetResourceVersion()}
 	next.Conditions, _, _ = unstructured.NestedSlice(obj.Object, "status", "conditions")
+	next.NodeStatus, _, _ = unstructured.NestedMap(obj.Object, "status", "nodes", p.c.cfg.NodeName)
 	if st != nil && st.UID == next.UID {
 		next.Enforced, next.GoodGeneration = st.Enforced, st.GoodGeneration
 	} else if st != nil && st.Enforced {

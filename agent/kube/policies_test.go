@@ -416,3 +416,65 @@ func TestOneEventPerInvalidVersion(t *testing.T) {
 		t.Errorf("%d events (from %v), want 1 from node-x", len(evs.Items), hosts)
 	}
 }
+
+// TestRestartedNodeDoesNotRewrite: a node restarted over policies whose
+// status it wrote before does not write them again (at a thousand
+// policies a restart would rewrite a thousand statuses per node).
+func TestRestartedNodeDoesNotRewrite(t *testing.T) {
+	c := kubetest.Shared(t)
+	installCRDs(t, c)
+	const ns = "kube-policies-restart"
+	c.ApplyYAML(t, "apiVersion: v1\nkind: Namespace\nmetadata: {name: "+ns+"}\n")
+	_, dc := c.Clients(t)
+	run := func(ctx context.Context) {
+		cl, err := NewForConfig(c.Config(), Config{}.WithDefaults("node-z"), slog.Default())
+		if err != nil {
+			t.Fatal(err)
+		}
+		pols := cl.WatchPolicies(policy.NewRepository(policy.Config{}), func() {})
+		sw := cl.NewStatusWriter(pols, func() (map[policy.Key]int, uint64) { return nil, 1 })
+		go func() { _ = cl.Run(ctx) }()
+		go func() { _ = pols.Run(ctx) }()
+		go func() { _ = sw.Run(ctx) }()
+		<-cl.Synced()
+	}
+	written := func(name string) func() error {
+		return func() error {
+			o, err := dc.Resource(CNPResource).Namespace(ns).Get(context.Background(), name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if _, ok, _ := unstructured.NestedMap(o.Object, "status", "nodes", "node-z"); !ok {
+				return fmt.Errorf("no status yet")
+			}
+			return nil
+		}
+	}
+	rv := func(name string) string {
+		o, err := dc.Resource(CNPResource).Namespace(ns).Get(context.Background(), name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return o.GetResourceVersion()
+	}
+	c.ApplyYAML(t, cnp(ns, "good", specL3)+"---\n"+cnp(ns, "bad", specBadEntity))
+	ctx1, stop1 := context.WithCancel(context.Background())
+	run(ctx1)
+	converge(t, "good's status", written("good"))
+	converge(t, "bad's status", written("bad"))
+	stop1()
+	before := map[string]string{"good": rv("good"), "bad": rv("bad")}
+
+	ctx2, stop2 := context.WithCancel(context.Background())
+	defer stop2()
+	run(ctx2)
+	// A policy made now is written by the restarted node; its round
+	// considered the older ones too.
+	c.ApplyYAML(t, cnp(ns, "later", specL3))
+	converge(t, "later's status", written("later"))
+	for name, was := range before {
+		if now := rv(name); now != was {
+			t.Errorf("%s rewritten by the restarted node (resourceVersion %s -> %s)", name, was, now)
+		}
+	}
+}

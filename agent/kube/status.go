@@ -147,6 +147,13 @@ func (w *StatusWriter) round(ctx context.Context) int {
 		if w.written[st.Key] == want {
 			continue
 		}
+		if w.current(st, want) {
+			// The object says it already (this node before a restart):
+			// no write, so a restarted node does not rewrite every
+			// policy's status.
+			w.written[st.Key] = want
+			continue
+		}
 		if err := w.apply(ctx, st, want, rev); err != nil {
 			failed++
 			w.log.Warn("policy status", "policy", st.Key.String(), "error", err)
@@ -160,6 +167,40 @@ func (w *StatusWriter) round(ctx context.Context) int {
 		}
 	}
 	return failed
+}
+
+// current tells whether the object's status (as last seen) already says
+// want for this node: the Valid condition and, unless the schema has no
+// status.nodes, this node's entry.
+func (w *StatusWriter) current(st PolicyState, want nodeStatus) bool {
+	status, msg := "True", "valid"
+	if !want.Valid {
+		status, msg = "False", want.Message
+	}
+	cond := false
+	for _, c := range st.Conditions {
+		if m, ok := c.(map[string]any); ok && m["type"] == "Valid" && m["status"] == status && m["message"] == msg {
+			cond = true
+		}
+	}
+	if !cond {
+		return false
+	}
+	if w.noNodes {
+		return true
+	}
+	n := st.NodeStatus
+	if n == nil {
+		return false
+	}
+	errMsg, _ := n["error"].(string)
+	if !want.Valid {
+		msg = want.Message
+	} else {
+		msg = ""
+	}
+	return n["ok"] == want.Valid && n["enforcing"] == want.Enforcing && errMsg == msg &&
+		fmt.Sprint(n["enforcingEndpoints"]) == fmt.Sprint(want.Endpoints)
 }
 
 // reported tells whether the object's conditions already say Valid=False
