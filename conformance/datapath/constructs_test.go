@@ -76,6 +76,9 @@ spec:
       except: [EXTHREE/32]
     toPorts:
     - ports: [{port: "80", protocol: TCP}]
+  - fromCIDR: [EXTWO/32]
+    toPorts:
+    - ports: [{port: "81", protocol: TCP}]
   - fromEntities: [world]
     icmps:
     - fields: [{type: 8}]
@@ -133,7 +136,7 @@ spec:
 // servers: toRequires; egressDeny with ports and with ICMP under an
 // allow-all; toEntities cluster, world and all against pods and
 // addresses outside the cluster; toPorts with endPort and protocol ANY
-// (TCP and UDP); fromCIDRSet with except, ingress icmps and ingressDeny
+// (TCP and UDP); fromCIDRSet with except, fromCIDR, ingress icmps and ingressDeny
 // from a CIDR; matchExpressions In, NotIn and DoesNotExist; the health
 // entity both ways on datapath.healthAddresses; HTTP rules with host and
 // headerMatches.
@@ -167,7 +170,7 @@ func TestPolicyConstructs(t *testing.T) {
 	}
 	ip := func(pod string) string { return n.Pods[pod].IP.String() }
 	subnet := netip.PrefixFrom(n.Pods["ext"].IP, 24).Masked()
-	pol := strings.NewReplacer("SUBNET", subnet.String(), "EXTHREE", ip("ext3"), "EXTONE", ip("ext")).Replace(constructsPolicy)
+	pol := strings.NewReplacer("SUBNET", subnet.String(), "EXTHREE", ip("ext3"), "EXTONE", ip("ext"), "EXTWO", ip("ext2")).Replace(constructsPolicy)
 	n.WritePolicy(t, "constructs.yaml", pol)
 	n.Config.Datapath.HealthAddresses = []string{ip("health")}
 	n.Start(t, 39900, 9750)
@@ -222,7 +225,7 @@ func TestPolicyConstructs(t *testing.T) {
 	})
 	t.Run("ingressCIDRSetICMPDeny", func(t *testing.T) {
 		expect(t, flow{"ext2", "srv", "80", true}, flow{"ext3", "srv", "80", false},
-			flow{"ext", "srv", "80", false}, flow{"ext2", "srv", "81", false})
+			flow{"ext", "srv", "80", false}, flow{"ext2", "srv", "81", true}, flow{"ext3", "srv", "81", false})
 		if !ping("ext2", "srv") {
 			t.Error("echo request from world to srv dropped; want allowed by ingress icmps")
 		}
