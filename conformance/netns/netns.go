@@ -223,7 +223,8 @@ type PodConfig struct {
 	// IP is the pod's address; zero picks the next free 10.200.S.N.
 	IP netip.Addr
 	// Routes are extra prefixes the pod routes to the host besides PodCIDR
-	// (for instance a TEST-NET range standing in for the internet).
+	// (for instance a TEST-NET range standing in for the internet); IPv6
+	// ones only when the pod has IPv6.
 	Routes []netip.Prefix
 	// IPv6 also gives the pod fd00:200:S::N/128, routed like the IPv4
 	// address (fd00:200::/32 via the host's fe80::1).
@@ -452,6 +453,9 @@ func (p *Pod) create(extra []netip.Prefix) error {
 		{"neigh", "replace", p.IP.String(), "lladdr", p.PodMAC.String(), "dev", p.HostIf, "nud", "permanent"},
 	}
 	for _, r := range extra {
+		if r.Addr().Is6() {
+			continue // below, with the pod's IPv6 address
+		}
 		steps = append(steps, []string{"-n", p.NetNS, "route", "add", r.String(), "via", GatewayIP.String(), "dev", "eth0", "src", p.IP.String()})
 	}
 	if p.IPv6.IsValid() {
@@ -465,6 +469,11 @@ func (p *Pod) create(extra []netip.Prefix) error {
 			[]string{"-6", "route", "add", p.IPv6.String() + "/128", "dev", p.HostIf, "src", h6},
 			[]string{"-6", "neigh", "replace", p.IPv6.String(), "lladdr", p.PodMAC.String(), "dev", p.HostIf, "nud", "permanent"},
 		)
+		for _, r := range extra {
+			if r.Addr().Is6() {
+				steps = append(steps, []string{"-n", p.NetNS, "-6", "route", "add", r.String(), "via", gw6, "dev", "eth0", "src", p.IPv6.String()})
+			}
+		}
 	}
 	for _, s := range steps {
 		// Steps without "-n" are the host side's: the root namespace, or

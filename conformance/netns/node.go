@@ -220,6 +220,16 @@ func Connect(ns, underlay *Namespace, peer string, addr netip.Prefix) (Uplink, e
 	return Uplink{Dev: "eth0", Addr: addr}, nil
 }
 
+// AddIPv6 gives a namespace's native device (Connect) an IPv6 address
+// too, with per-device IPv6 forwarding (Linux 6.17+): a dual-stack node on
+// the underlay.
+func AddIPv6(ns *Namespace, dev string, addr netip.Prefix) error {
+	if err := ns.IP("-6", "addr", "add", addr.String(), "dev", dev, "nodad"); err != nil {
+		return err
+	}
+	return ns.Sysctl("net/ipv6/conf/"+dev+"/force_forwarding", "1")
+}
+
 // Listen opens a listener in the namespace.
 func (ns *Namespace) Listen(network, addr string) (net.Listener, error) {
 	var ln net.Listener
