@@ -57,6 +57,7 @@ wardd       ./cmd/wardd        -         deny   proxylib/testfilters  test code
 wardd       ./cmd/wardd        -         deny   internal/testenv  test code
 wardd       ./cmd/wardd        -         deny   conformance/*     test code
 wardd       ./cmd/wardd        -         deny   bench/*           benchmarks
+ward-install ./cmd/ward-install -      allow  -                 the init container links no ward package (standard library only)
 ward        ./cmd/ward         -         deny   proxylib/abi      cgo; its symbols resolve only inside Envoy
 ward        ./cmd/ward         -         deny   proxylib/module   the module is loaded by Envoy
 ward        ./cmd/ward         -         deny   proxylib/testfilters  test code

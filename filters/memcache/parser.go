@@ -77,7 +77,6 @@ type parser struct {
 	info   *proxylib.ConnInfo
 	remote uint32
 	queue  []pending
-	inUnit bool // text reply: inside a multi-line answer
 }
 
 // OnData implements proxylib.Parser.

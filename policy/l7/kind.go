@@ -36,4 +36,6 @@ func (k Kind) String() string {
 
 // InEnvoy reports whether the kind's rules are enforced by a filter inside
 // Envoy (and so travel in the NPDS resource).
-func (k Kind) InEnvoy() bool { return k == KindHTTP || k == KindKafka || k == KindTLS || k == KindGeneric }
+func (k Kind) InEnvoy() bool {
+	return k == KindHTTP || k == KindKafka || k == KindTLS || k == KindGeneric
+}
