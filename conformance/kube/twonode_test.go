@@ -2,6 +2,7 @@ package kube
 
 import (
 	"context"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -301,6 +302,30 @@ spec:
 		}
 		node.Eventually(t, "the service's selector change to drop tiefighter's egress", func() bool {
 			return curl("tiefighter", "POST", "/v1/request-landing") == "error"
+		})
+	})
+	t.Run("agent restart keeps endpoint ids", func(t *testing.T) {
+		// A local pod's endpoint id keys its pinned BPF state: a
+		// restarted agent gives every pod the id it had.
+		ids := func() map[string]uint64 {
+			out := map[string]uint64{}
+			for _, e := range a.status(t).Endpoints {
+				out[e.Name] = e.ID
+			}
+			return out
+		}
+		before := ids()
+		if len(before) < 3 {
+			t.Fatalf("node 0's endpoints before the restart: %v", before)
+		}
+		a.Stop(t)
+		a.Start(t, 46000, 9460)
+		node.Eventually(t, "node 0's endpoints after the restart", func() bool { return len(ids()) == len(before) })
+		if after := ids(); !maps.Equal(after, before) {
+			t.Errorf("endpoint ids after the restart = %v; want %v", after, before)
+		}
+		node.Eventually(t, "tiefighter's egress policy enforced again", func() bool {
+			return a.Curl(cctx, "tiefighter", "-X", "POST", "http://"+a.Pods["xwing"].IP.String()+"/v1/request-landing") == "error"
 		})
 	})
 }
