@@ -33,6 +33,7 @@ type grpcArm struct {
 	port     int
 	rps, cpu []float64
 	p50, p99 []time.Duration
+	failed   int // open-loop calls that failed, all rounds
 }
 
 // serveGRPC starts the upstream gRPC server (the health service, serving)
@@ -121,17 +122,18 @@ func grpcLoad(port int, d time.Duration, conns, streams int) (float64, int, erro
 }
 
 // grpcOpenLoop calls at a fixed rate for d over conns connections and
-// returns the p50 and p99 latency from each call's scheduled time.
-func grpcOpenLoop(port int, rate float64, d time.Duration, conns int) (time.Duration, time.Duration, error) {
+// returns the p50 and p99 latency from each call's scheduled time and the
+// calls that failed.
+func grpcOpenLoop(port int, rate float64, d time.Duration, conns int) (time.Duration, time.Duration, int, error) {
 	cs, closeAll, err := grpcClients(port, conns)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	defer closeAll()
 	interval := time.Duration(float64(time.Second) / rate)
 	n := int(d / interval)
 	if n == 0 {
-		return 0, 0, errors.New("grpc open loop: rate too low")
+		return 0, 0, 0, errors.New("grpc open loop: rate too low")
 	}
 	lat := make([]time.Duration, n)
 	var failed atomic.Int64
@@ -152,11 +154,10 @@ func grpcOpenLoop(port int, rate float64, d time.Duration, conns int) (time.Dura
 		}(i, at)
 	}
 	wg.Wait()
-	if f := failed.Load(); f > 0 {
-		return 0, 0, fmt.Errorf("grpc open loop: %d of %d calls failed", f, n)
-	}
+	// A failed call (its 5 s deadline passed: the arm cannot keep up with
+	// the rate) counts with the time it took, and is reported.
 	slices.Sort(lat)
-	return lat[n/2], lat[n*99/100], nil
+	return lat[n/2], lat[n*99/100], int(failed.Load()), nil
 }
 
 // grpcReport prints the gRPC table: CPU per call first, then calls/s and
@@ -168,15 +169,15 @@ func grpcReport(arms []*grpcArm, conns, streams int, rate float64) {
 	base := arms[0]
 	fmt.Printf("\ngRPC unary (%s, empty request): %d HTTP/2 connections × %d concurrent calls from a Go client on CPU 1 (closed loop), then open loop at %.0f calls/s (half the router arm's median) for p50/p99 from the scheduled send time.\n\n",
 		grpcMethod, conns, streams, rate)
-	fmt.Println("| arm | CPU µs/call | vs h2 router (target ≤ 1.12) | calls/s | vs router | p50 | p99 | p99 vs router (target ≤ 1.1) |")
-	fmt.Println("|---|--:|--:|--:|--:|--:|--:|--:|")
+	fmt.Println("| arm | CPU µs/call | vs h2 router (target ≤ 1.12) | calls/s | vs router | p50 | p99 | p99 vs router (target ≤ 1.1) | open-loop calls failed |")
+	fmt.Println("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
 	for _, a := range arms {
 		p99r := "—"
 		if len(a.p99) > 0 && len(base.p99) > 0 {
 			p99r = spread(ratiosD(a.p99, base.p99), 2)
 		}
-		fmt.Printf("| %s | %s | %s | %.0f | %.3f | %v | %v | %s |\n", a.name, spread(a.cpu, 1), spread(ratios(a.cpu, base.cpu), 3),
-			median(a.rps), median(a.rps)/median(base.rps), medianD(a.p50).Round(time.Microsecond), medianD(a.p99).Round(time.Microsecond), p99r)
+		fmt.Printf("| %s | %s | %s | %.0f | %.3f | %v | %v | %s | %d |\n", a.name, spread(a.cpu, 1), spread(ratios(a.cpu, base.cpu), 3),
+			median(a.rps), median(a.rps)/median(base.rps), medianD(a.p50).Round(time.Microsecond), medianD(a.p99).Round(time.Microsecond), p99r, a.failed)
 	}
 }
 

@@ -316,11 +316,11 @@ func run(rounds int, dur time.Duration, conns int, rulesFlag string, rateFrac fl
 	}
 	for r := 0; r < rounds && latency && len(garms) > 0; r++ {
 		for _, a := range garms {
-			p50, p99, err := grpcOpenLoop(a.port, grate, dur, grpcConns)
+			p50, p99, failed, err := grpcOpenLoop(a.port, grate, dur, grpcConns)
 			if err != nil {
 				return fmt.Errorf("gRPC %s: %w", a.name, err)
 			}
-			a.p50, a.p99 = append(a.p50, p50), append(a.p99, p99)
+			a.p50, a.p99, a.failed = append(a.p50, p50), append(a.p99, p99), a.failed+failed
 		}
 	}
 	report(arms, rounds, dur, conns, rate, goEnvList)
