@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wardproxy/ward/agent"
 	"github.com/wardproxy/ward/conformance/node"
 	"github.com/wardproxy/ward/conformance/servers/deathstar"
 	"github.com/wardproxy/ward/internal/testenv"
@@ -70,5 +71,40 @@ func TestDeathstarAcrossNodesIPv6(t *testing.T) {
 	})
 	if got := world("PUT", "/v1/exhaust-port"); got != "Access denied 403" {
 		t.Errorf("world PUT = %q; want Access denied 403 from node B's Envoy", got)
+	}
+}
+
+// TestEgressAtSourceNodeSocketMode is TestEgressAtSourceNode with node A
+// in socket mode (datapath.mode: socket, the pods' cgroups in its node
+// config): the tiefighter's connect to the Death Star's port 8080 on node
+// B fails at once with EPERM from node A's cgroup hook, over IPv4 and
+// IPv6, while port 80 is reached.
+func TestEgressAtSourceNodeSocketMode(t *testing.T) {
+	c := newDualStackCluster(t,
+		[]node.PodSpec{{Name: "tiefighter", Labels: map[string]string{"org": "empire", "class": "tiefighter"}}},
+		[]node.PodSpec{{Name: "deathstar", Labels: map[string]string{"org": "empire", "class": "deathstar"}}},
+	)
+	a, b := c.nodes[0], c.nodes[1]
+	if a.Pods["tiefighter"].Cgroup == nil {
+		t.Fatal("no cgroup v2 hierarchy: socket mode needs one")
+	}
+	b.Serve(t, "deathstar", deathstar.New(), ":80", ":8080")
+	a.WritePolicy(t, "egress.yaml", tiefighterEgress)
+	a.Config.Datapath.Mode = agent.ModeSocket
+	a.Start(t, 47200, 9472)
+	b.Start(t, 47300, 9473)
+
+	ctx, stop := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer stop()
+	ds := b.Pods["deathstar"]
+	for _, ip := range []netip.Addr{ds.IP, ds.IPv6} {
+		url := "http://" + netip.AddrPortFrom(ip, 80).String()
+		node.Eventually(t, "tiefighter (node A) to reach deathstar:80 on node B at "+ip.String(), func() bool {
+			return strings.HasSuffix(a.Curl(ctx, "tiefighter", "-g", "-w", " %{http_code}", url+"/v1/healthz"), " 200")
+		})
+		out, err := a.Pods["tiefighter"].Run(ctx, "timeout", "5", "bash", "-c", "exec 3<>/dev/tcp/"+ip.String()+"/8080")
+		if err == nil || !strings.Contains(out, "Operation not permitted") {
+			t.Errorf("tiefighter (node A) connect %s port 8080: %q, %v; want EPERM from node A's socket hook", ip, out, err)
+		}
 	}
 }
