@@ -244,7 +244,10 @@ var _ dns.ConnTracker = (*dnsGlue)(nil)
 // the node config's tunables (Config.DNS); the listeners and the state file
 // are the agent's, whatever tun says.
 func newDNSProxy(g *dnsGlue, ipc ipcache.Handle, tun dns.Config, port uint16, stateFile string, log *slog.Logger) (*dns.Proxy, error) {
-	addr := fmt.Sprintf("0.0.0.0:%d", port)
+	// No host: one dual-stack socket per protocol (AF_INET6 without
+	// IPV6_V6ONLY, AF_INET on a kernel without IPv6), so IPv4 and IPv6
+	// queries are both assigned to it; the proxy unmaps v4-mapped peers.
+	addr := fmt.Sprintf(":%d", port)
 	cfg := tun
 	cfg.UDPAddr, cfg.TCPAddr, cfg.Transparent, cfg.Upstream, cfg.StateFile = addr, addr, true, netip.AddrPort{}, stateFile
 	g.ackWait = cfg.UpdateTimeout
