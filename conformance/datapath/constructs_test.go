@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wardproxy/ward/agent"
 	"github.com/wardproxy/ward/conformance/node"
 	"github.com/wardproxy/ward/internal/testenv"
 )
@@ -129,6 +130,60 @@ spec:
           host: a[.]ward[.]test
           headerMatches:
           - {name: X-Token, value: abc}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: ingress-deny-forms}
+spec:
+  endpointSelector: {matchLabels: {app: idn}}
+  ingress:
+  - fromEntities: [all]
+  ingressDeny:
+  - fromCIDRSet: [{cidr: EXTONE/32}]
+  - fromEntities: [world]
+    toPorts:
+    - ports: [{port: "81", protocol: TCP}]
+  - fromEntities: [world]
+    icmps:
+    - fields: [{type: EchoRequest}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: egress-deny-forms}
+spec:
+  endpointSelector: {matchLabels: {app: edn}}
+  egress:
+  - toEntities: [all]
+  egressDeny:
+  - toCIDR: [EXTONE/32]
+  - toCIDRSet:
+    - cidr: SUBNET
+      except: [EXTWO/32]
+    toPorts:
+    - ports: [{port: "8081", protocol: TCP}]
+  - toServices:
+    - k8sServiceSelector: {selector: {matchLabels: {tier: web}}}
+    toPorts:
+    - ports: [{port: "81", protocol: TCP}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: world-ipv4-exists-service-selector}
+spec:
+  endpointSelector: {matchLabels: {app: w4}}
+  egress:
+  - toEntities: [world-ipv4]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+  - toEndpoints:
+    - matchExpressions:
+      - {key: env, operator: Exists}
+    toPorts:
+    - ports: [{port: "81", protocol: TCP}]
+  - toServices:
+    - k8sServiceSelector: {selector: {matchLabels: {tier: web}}, namespace: default}
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
 `
 
 // TestPolicyConstructs: the policy constructs no other through-wardd test
@@ -139,7 +194,10 @@ spec:
 // (TCP and UDP); fromCIDRSet with except, fromCIDR, ingress icmps and ingressDeny
 // from a CIDR; matchExpressions In, NotIn and DoesNotExist; the health
 // entity both ways on datapath.healthAddresses; HTTP rules with host and
-// headerMatches.
+// headerMatches; the deny forms (ingressDeny fromCIDRSet, fromEntities
+// with ports and with ICMP; egressDeny toCIDR, toCIDRSet with except,
+// toServices by k8sServiceSelector); toEntities world-ipv4;
+// matchExpressions Exists; toServices k8sServiceSelector.
 func TestPolicyConstructs(t *testing.T) {
 	testenv.RequireCommand(t, "ping")
 	web := func(name, env string) node.PodSpec {
@@ -157,12 +215,13 @@ func TestPolicyConstructs(t *testing.T) {
 		web("prod", "prod"), web("dev", "dev"), web("bare", ""),
 		subject("req"), subject("edeny"), subject("cl"), subject("wo"), subject("range"),
 		subject("srv"), subject("sel"), subject("hc"), subject("l7"),
+		subject("idn"), subject("edn"), subject("w4"),
 		outside("ext"), outside("ext2"), outside("ext3"), outside("health"))
 	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) })
-	for _, p := range []string{"prod", "dev", "bare", "srv", "hc", "l7"} {
+	for _, p := range []string{"prod", "dev", "bare", "srv", "hc", "l7", "idn"} {
 		n.Serve(t, p, ok, ":80", ":81")
 	}
-	for _, p := range []string{"ext", "ext2", "health"} {
+	for _, p := range []string{"ext", "ext2", "ext3", "health"} {
 		n.Serve(t, p, ok, ":80", ":8081", ":8083", ":4240")
 	}
 	for _, port := range []string{":8081", ":8083"} {
@@ -173,6 +232,7 @@ func TestPolicyConstructs(t *testing.T) {
 	pol := strings.NewReplacer("SUBNET", subnet.String(), "EXTHREE", ip("ext3"), "EXTONE", ip("ext"), "EXTWO", ip("ext2")).Replace(constructsPolicy)
 	n.WritePolicy(t, "constructs.yaml", pol)
 	n.Config.Datapath.HealthAddresses = []string{ip("health")}
+	n.Config.Services = []agent.Service{{Name: "web-prod", Labels: map[string]string{"tier": "web"}, Selector: map[string]string{"app": "web", "env": "prod"}}}
 	n.Start(t, 39900, 9750)
 
 	c, stop := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -251,6 +311,26 @@ func TestPolicyConstructs(t *testing.T) {
 				t.Errorf("GET /ok Host %s X-Token %q = %s; want 403", tc.host, tc.token, got)
 			}
 		}
+	})
+	t.Run("ingressDenyForms", func(t *testing.T) {
+		expect(t, flow{"prod", "idn", "81", true}, flow{"ext2", "idn", "80", true},
+			flow{"ext", "idn", "80", false}, flow{"ext2", "idn", "81", false})
+		if ping("ext2", "idn") {
+			t.Error("echo request from world allowed; want denied by ingressDeny icmps")
+		}
+		if !ping("prod", "idn") {
+			t.Error("echo request from a pod dropped; want allowed (the ICMP deny names world)")
+		}
+	})
+	t.Run("egressDenyForms", func(t *testing.T) {
+		expect(t, flow{"edn", "ext2", "80", true}, flow{"edn", "ext", "80", false},
+			flow{"edn", "ext3", "8081", false}, flow{"edn", "ext2", "8081", true},
+			flow{"edn", "prod", "81", false}, flow{"edn", "dev", "81", true})
+	})
+	t.Run("worldIPv4ExistsServiceSelector", func(t *testing.T) {
+		expect(t, flow{"w4", "ext", "80", true}, flow{"w4", "bare", "80", false},
+			flow{"w4", "dev", "81", true}, flow{"w4", "prod", "81", true}, flow{"w4", "bare", "81", false},
+			flow{"w4", "prod", "80", true}, flow{"w4", "dev", "80", false})
 	})
 	t.Run("health", func(t *testing.T) {
 		expect(t, flow{"hc", "health", "4240", true}, flow{"hc", "ext", "4240", false})
