@@ -563,6 +563,17 @@ func validateEndpoint(ep Endpoint, p string, datapath bool, ids map[uint64]strin
 	if datapath && !ep.Remote && ep.Interface == "" {
 		errs = append(errs, fmt.Errorf("%s.interface is required with the datapath enabled", p))
 	}
+	if datapath && !ep.Remote {
+		var addrs []netip.Addr
+		for _, s := range ep.IPs {
+			if a, err := netip.ParseAddr(s); err == nil {
+				addrs = append(addrs, a)
+			}
+		}
+		if _, _, err := endpointAddrs(addrs); err != nil {
+			errs = append(errs, fmt.Errorf("%s.ips: %w", p, err))
+		}
+	}
 	pnames := map[string]bool{}
 	for j, cp := range ep.Ports {
 		pp := fmt.Sprintf("%s.ports[%d]", p, j)

@@ -153,3 +153,21 @@ spec:
 		t.Errorf("a gone: cgroup entries %v, removed %v; want a's removed", rec.eps, rec.removed)
 	}
 }
+
+// TestIPv6OnlyEndpointRefused: with the datapath enabled, a local endpoint
+// with IPv6 addresses only is refused by validation, naming the field; a
+// dual-stack one and a remote IPv6-only one are accepted.
+func TestIPv6OnlyEndpointRefused(t *testing.T) {
+	cfg := Config{PolicyDir: "/etc/ward/policies", Datapath: DatapathConfig{Enabled: true}, Endpoints: []Endpoint{
+		{Name: "dual", ID: 1, IPs: []string{"10.0.0.1", "fd00::1"}, Interface: "veth-a"},
+		{Name: "v6", ID: 2, IPs: []string{"fd00::2"}, Interface: "veth-b"},
+		{Name: "remote", ID: 3, IPs: []string{"fd00::3"}, Remote: true},
+	}}
+	err := cfg.Validate()
+	if err == nil || !strings.Contains(err.Error(), "endpoints[1].ips: an endpoint needs an IPv4 address") {
+		t.Fatalf("Validate() = %v; want endpoints[1].ips refused as IPv6-only", err)
+	}
+	if strings.Contains(err.Error(), "endpoints[0]") || strings.Contains(err.Error(), "endpoints[2]") {
+		t.Errorf("Validate() = %v; want only endpoints[1] refused", err)
+	}
+}
