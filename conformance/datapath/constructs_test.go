@@ -130,6 +130,14 @@ spec:
           host: a[.]ward[.]test
           headerMatches:
           - {name: X-Token, value: abc}
+        - method: GET
+          path: /add
+          headerMatches:
+          - {name: X-Added, value: "yes", mismatch: ADD}
+        - method: GET
+          path: /replace
+          headerMatches:
+          - {name: X-Token, value: abc, mismatch: REPLACE}
 ---
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -194,7 +202,7 @@ spec:
 // (TCP and UDP); fromCIDRSet with except, fromCIDR, ingress icmps and ingressDeny
 // from a CIDR; matchExpressions In, NotIn and DoesNotExist; the health
 // entity both ways on datapath.healthAddresses; HTTP rules with host and
-// headerMatches; the deny forms (ingressDeny fromCIDRSet, fromEntities
+// headerMatches (value, mismatch ADD and REPLACE); the deny forms (ingressDeny fromCIDRSet, fromEntities
 // with ports and with ICMP; egressDeny toCIDR, toCIDRSet with except,
 // toServices by k8sServiceSelector); toEntities world-ipv4;
 // matchExpressions Exists; toServices k8sServiceSelector.
@@ -218,9 +226,13 @@ func TestPolicyConstructs(t *testing.T) {
 		subject("idn"), subject("edn"), subject("w4"),
 		outside("ext"), outside("ext2"), outside("ext3"), outside("health"))
 	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) })
-	for _, p := range []string{"prod", "dev", "bare", "srv", "hc", "l7", "idn"} {
+	for _, p := range []string{"prod", "dev", "bare", "srv", "hc", "idn"} {
 		n.Serve(t, p, ok, ":80", ":81")
 	}
+	// l7 answers with the headers its HTTP rules' mismatch actions set.
+	n.Serve(t, "l7", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("ok " + r.Header.Get("X-Added") + r.Header.Get("X-Token")))
+	}), ":80")
 	for _, p := range []string{"ext", "ext2", "ext3", "health"} {
 		n.Serve(t, p, ok, ":80", ":8081", ":8083", ":4240")
 	}
@@ -310,6 +322,21 @@ func TestPolicyConstructs(t *testing.T) {
 			if got := get(tc.host, tc.token); got != "403" {
 				t.Errorf("GET /ok Host %s X-Token %q = %s; want 403", tc.host, tc.token, got)
 			}
+		}
+		// mismatch: ADD adds the missing header, REPLACE replaces a
+		// wrong value; the request goes on.
+		body := func(path string, hdr ...string) string {
+			var args []string
+			for _, h := range hdr {
+				args = append(args, "-H", h)
+			}
+			return n.Curl(c, "prod", append(args, "http://"+ip("l7")+path)...)
+		}
+		if got := body("/add"); got != "ok yes" {
+			t.Errorf("GET /add without X-Added = %q; want the header added (ok yes)", got)
+		}
+		if got := body("/replace", "X-Token: wrong"); got != "ok abc" {
+			t.Errorf("GET /replace with X-Token wrong = %q; want it replaced (ok abc)", got)
 		}
 	})
 	t.Run("ingressDenyForms", func(t *testing.T) {
