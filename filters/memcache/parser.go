@@ -2,6 +2,7 @@ package memcache
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/binary"
 	"strconv"
 	"strings"
@@ -77,14 +78,38 @@ type parser struct {
 	info   *proxylib.ConnInfo
 	remote uint32
 	queue  []pending
+	// proto is the connection's protocol, fixed by its first request's
+	// first byte as memcached fixes it (0: no request yet): a later 0x80
+	// on a text connection is a text line to memcached, not a binary
+	// packet, and a text request on a binary connection closes it.
+	proto byte
 }
+
+// Connection protocols.
+const (
+	protoText   = 't'
+	protoBinary = 'b'
+)
 
 // OnData implements proxylib.Parser.
 func (p *parser) OnData(reply, _ bool, data [][]byte) (proxylib.Op, int) {
 	if reply {
 		return p.onReply(data)
 	}
-	if first := firstByte(data); first == 0x80 {
+	if avail(data) == 0 {
+		return proxylib.More, 1
+	}
+	binaryByte := firstByte(data) == 0x80
+	switch {
+	case p.proto == 0 && binaryByte:
+		p.proto = protoBinary
+	case p.proto == 0:
+		p.proto = protoText
+	case p.proto == protoBinary && !binaryByte:
+		// memcached closes a binary connection on a bad magic byte.
+		return proxylib.Error, proxylib.ErrInvalidFrame
+	}
+	if p.proto == protoBinary {
 		return p.onBinaryRequest(data)
 	}
 	return p.onTextRequest(data)
@@ -100,11 +125,17 @@ func (p *parser) onTextRequest(data [][]byte) (proxylib.Op, int) {
 		}
 		return proxylib.More, 1
 	}
-	f := strings.Fields(string(line))
+	// memcached reads the line as a C string (strlen): it ends at a NUL.
+	if i := bytes.IndexByte(line, 0); i >= 0 {
+		line = line[:i]
+	}
+	f := tokens(line)
 	if len(f) == 0 {
 		return proxylib.Pass, n // an empty line: memcached answers ERROR itself
 	}
-	cmd := strings.ToLower(f[0])
+	// Command names are case-sensitive to memcached (strcmp): "SET" is
+	// an unknown command whose data block it reads as commands.
+	cmd := f[0]
 	var keys []string
 	total := n // the request's bytes: the line and any data block
 	multi, answered := false, true
@@ -123,12 +154,18 @@ func (p *parser) onTextRequest(data [][]byte) (proxylib.Op, int) {
 		if cmd == "cas" {
 			want = 6
 		}
-		if len(f) < want {
+		// memcached answers ERROR to another token count and does not
+		// read the data block: its bytes are the next commands.
+		if len(f) != want && len(f) != want+1 {
 			return p.denyText(cmd, nil, n, textError)
 		}
-		size, err := strconv.Atoi(f[4])
-		if err != nil || size < 0 {
-			return p.denyText(cmd, nil, n, textError)
+		// A line memcached refuses (CLIENT_ERROR) leaves the data block
+		// unread too: only numbers as memcached reads them pass, and a
+		// refused line is dropped alone, its data block parsed as the
+		// commands memcached would take it for.
+		size, ok := storageLine(f, cmd == "cas")
+		if !ok {
+			return p.denyText(cmd, nil, n, textBadLine)
 		}
 		keys, total = f[1:2], n+size+2
 		answered = !noreply
@@ -152,15 +189,27 @@ func (p *parser) onTextRequest(data [][]byte) (proxylib.Op, int) {
 			if len(f) < 3 {
 				return p.denyText(cmd, nil, n, textError)
 			}
-			size, err := strconv.Atoi(f[2])
-			if err != nil || size < 0 {
-				return p.denyText(cmd, nil, n, textError)
+			size, ok := decimal(f[2], maxData)
+			if !ok {
+				// memcached: CLIENT_ERROR bad data chunk, the data block
+				// unread.
+				return p.denyText(cmd, nil, n, []byte("CLIENT_ERROR bad data chunk\r\n"))
 			}
-			total = n + size + 2
+			total = n + int(size) + 2
 		}
 		for _, fl := range f[2:] {
-			if fl == "q" {
+			// memcached reads a meta flag by its token's first byte.
+			switch fl[0] {
+			case 'q':
 				answered = false // quiet mode: maybe no answer
+			case 'b':
+				// The key is base64 (memcached decodes it): the rules
+				// are about the key memcached uses.
+				k, err := base64.StdEncoding.DecodeString(keys[0])
+				if err != nil {
+					return p.denyText(cmd, keys, total, []byte("CLIENT_ERROR error decoding key\r\n"))
+				}
+				keys = []string{string(k)}
 			}
 		}
 	default:
@@ -190,6 +239,66 @@ func (p *parser) onTextRequest(data [][]byte) (proxylib.Op, int) {
 	}
 	p.record(flow.Allowed, cmd, keys, "")
 	return proxylib.Pass, total
+}
+
+// textBadLine is memcached's answer to a storage line it cannot read.
+var textBadLine = []byte("CLIENT_ERROR bad command line format\r\n")
+
+// maxData is the largest data block memcached reads (INT_MAX - 2).
+const maxData = 1<<31 - 1 - 2
+
+// tokens splits a text line as memcached's tokenize_command does: on
+// spaces only (a tab is part of a token).
+func tokens(line []byte) []string {
+	var f []string
+	for _, t := range bytes.Split(line, []byte{' '}) {
+		if len(t) > 0 {
+			f = append(f, string(t))
+		}
+	}
+	return f
+}
+
+// decimal reads s as an unsigned decimal number no larger than max; only
+// digits (memcached's strtol would also take signs and leading spaces;
+// such a line is refused here, never read differently).
+func decimal(s string, max uint64) (uint64, bool) {
+	if s == "" || len(s) > 20 {
+		return 0, false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, false
+		}
+	}
+	v, err := strconv.ParseUint(s, 10, 64)
+	if err != nil || v > max {
+		return 0, false
+	}
+	return v, true
+}
+
+// storageLine checks a storage command's tokens (set key flags exptime
+// bytes [cas] [noreply]) as memcached's process_update_command reads them
+// — flags a uint32, exptime an int32, bytes at most INT_MAX-2, cas a
+// uint64 — and returns the data block's size.
+func storageLine(f []string, cas bool) (int, bool) {
+	if _, ok := decimal(f[2], 1<<32-1); !ok {
+		return 0, false
+	}
+	if _, ok := decimal(strings.TrimPrefix(f[3], "-"), 1<<31-1); !ok {
+		return 0, false
+	}
+	size, ok := decimal(f[4], maxData)
+	if !ok {
+		return 0, false
+	}
+	if cas {
+		if _, ok := decimal(f[5], 1<<64-1); !ok {
+			return 0, false
+		}
+	}
+	return int(size), true
 }
 
 // denyText drops the request's total bytes and answers it with msg in
@@ -446,16 +555,17 @@ func peek(data [][]byte, n int) ([]byte, bool) {
 	return out, true
 }
 
-// readLine returns the first line without its end ("\r\n" or "\n") and
-// its length with the end; ok false with n the bytes scanned when no end
-// is there yet.
+// readLine returns the first line without its end ("\r\n" or "\n", as
+// memcached strips it: one "\r" at most) and its length with the end; ok
+// false with n the bytes scanned when no end is there yet.
 func readLine(data [][]byte) (line []byte, n int, ok bool) {
 	var buf []byte
 	for _, d := range data {
 		if i := bytes.IndexByte(d, '\n'); i >= 0 {
 			buf = append(buf, d[:i+1]...)
 			n = len(buf)
-			return bytes.TrimRight(buf, "\r\n"), n, true
+			line = bytes.TrimSuffix(buf[:len(buf)-1], []byte{'\r'})
+			return line, n, true
 		}
 		buf = append(buf, d...)
 		if len(buf) > maxLine {

@@ -1,9 +1,13 @@
 // Package memcache is ward's memcached parser for generic L7 policy
 // (`rules: {l7proto: memcache, l7: [...]}`), the protocol Cilium's
 // proxylib enforced through the same key/value rules: both memcached
-// protocols, text (classic and meta commands) and binary, on one
-// connection as the server speaks them (the first byte tells: 0x80 is a
-// binary request).
+// protocols, text (classic and meta commands) and binary, as the server
+// speaks them: the connection's first byte fixes its protocol (0x80:
+// binary), and a text request is framed exactly as memcached frames it
+// (tokens split on spaces, case-sensitive names, a storage line memcached
+// refuses dropped alone so its data block is read as the commands
+// memcached would take it for, meta base64 keys decoded), so no byte the
+// parser passes as data is a command to the server.
 //
 // A request is allowed when one rule matches it: a rule's `command` names
 // the command (text names; binary opcodes map to them: Get/GetQ/GetK/GetKQ
