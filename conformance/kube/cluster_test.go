@@ -269,19 +269,40 @@ func (c *kcluster) deletePolicy(t *testing.T, o *unstructured.Unstructured) {
 // agent is a child process in the node's namespace).
 func (n *knode) status(t *testing.T) api.Status {
 	t.Helper()
+	var st api.Status
+	n.get(t, api.StatusPath, &st)
+	return st
+}
+
+// ipcache reads the node agent's ipcache (prefix -> identity).
+func (n *knode) ipcache(t *testing.T) map[string]uint32 {
+	t.Helper()
+	var es []api.IPCacheEntry
+	n.get(t, api.IPCachePath, &es)
+	out := map[string]uint32{}
+	for _, e := range es {
+		out[e.Prefix] = e.Identity
+	}
+	return out
+}
+
+// get GETs path from the agent's status socket into v.
+func (n *knode) get(t *testing.T, path string, v any) {
+	t.Helper()
 	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(n.StateDir, api.Socket))
 	}}}
-	resp, err := hc.Get("http://wardd" + api.StatusPath)
+	resp, err := hc.Get("http://wardd" + path)
 	if err != nil {
-		t.Fatalf("status of %s: %v", n.name, err)
+		t.Fatalf("%s of %s: %v", path, n.name, err)
 	}
 	defer resp.Body.Close()
-	var st api.Status
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		t.Fatalf("status of %s: %v", n.name, err)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("%s of %s: %s", path, n.name, resp.Status)
 	}
-	return st
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatalf("%s of %s: %v", path, n.name, err)
+	}
 }
 
 func cmpOr(s, def string) string {

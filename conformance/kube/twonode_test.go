@@ -110,6 +110,15 @@ func TestTwoNodes(t *testing.T) {
 			t.Fatalf("recreated tiefighter kept IP %s", old)
 		}
 		starWars(t, "after tiefighter's churn")
+		// Both nodes' ipcaches: the new address has tiefighter's identity,
+		// the old one is gone.
+		for _, n := range c.nodes {
+			node.Eventually(t, "the old address to leave node "+n.name+"'s ipcache", func() bool {
+				ipc := n.ipcache(t)
+				_, old := ipc[old.String()+"/32"]
+				return !old && ipc[a.Pods["tiefighter"].IP.String()+"/32"] != 0
+			})
+		}
 	})
 
 	t.Run("pod lifecycle", func(t *testing.T) {
@@ -324,8 +333,13 @@ spec:
 		if after := ids(); !maps.Equal(after, before) {
 			t.Errorf("endpoint ids after the restart = %v; want %v", after, before)
 		}
-		node.Eventually(t, "tiefighter's egress policy enforced again", func() bool {
-			return a.Curl(cctx, "tiefighter", "-X", "POST", "http://"+a.Pods["xwing"].IP.String()+"/v1/request-landing") == "error"
+		node.Eventually(t, "node 0's endpoints ready again", func() bool {
+			for _, e := range a.status(t).Endpoints {
+				if e.State != "ready" {
+					return false
+				}
+			}
+			return true
 		})
 	})
 }
