@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -138,6 +139,14 @@ spec:
           path: /replace
           headerMatches:
           - {name: X-Token, value: abc, mismatch: REPLACE}
+        - method: GET
+          path: /delete
+          headerMatches:
+          - {name: X-Token, value: abc, mismatch: DELETE}
+        - method: GET
+          path: /log
+          headerMatches:
+          - {name: X-Token, value: abc, mismatch: LOG}
 ---
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -148,6 +157,7 @@ spec:
   - fromEntities: [all]
   ingressDeny:
   - fromCIDRSet: [{cidr: EXTONE/32}]
+  - fromNodes: [{matchLabels: {role: wk}}]
   - fromEntities: [world]
     toPorts:
     - ports: [{port: "81", protocol: TCP}]
@@ -164,6 +174,7 @@ spec:
   - toEntities: [all]
   egressDeny:
   - toCIDR: [EXTONE/32]
+  - toNodes: [{matchLabels: {role: wk}}]
   - toCIDRSet:
     - cidr: SUBNET
       except: [EXTWO/32]
@@ -192,6 +203,14 @@ spec:
     - k8sServiceSelector: {selector: {matchLabels: {tier: web}}, namespace: default}
     toPorts:
     - ports: [{port: "80", protocol: TCP}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: to-nodes}
+spec:
+  endpointSelector: {matchLabels: {app: tn}}
+  egress:
+  - toNodes: [{matchLabels: {role: cp}}]
 `
 
 // TestPolicyConstructs: the policy constructs no other through-wardd test
@@ -202,7 +221,8 @@ spec:
 // (TCP and UDP); fromCIDRSet with except, fromCIDR, ingress icmps and ingressDeny
 // from a CIDR; matchExpressions In, NotIn and DoesNotExist; the health
 // entity both ways on datapath.healthAddresses; HTTP rules with host and
-// headerMatches (value, mismatch ADD and REPLACE); the deny forms (ingressDeny fromCIDRSet, fromEntities
+// headerMatches (value, every mismatch action); toNodes, egressDeny
+// toNodes and ingressDeny fromNodes; the deny forms (ingressDeny fromCIDRSet, fromEntities
 // with ports and with ICMP; egressDeny toCIDR, toCIDRSet with except,
 // toServices by k8sServiceSelector); toEntities world-ipv4;
 // matchExpressions Exists; toServices k8sServiceSelector.
@@ -223,7 +243,8 @@ func TestPolicyConstructs(t *testing.T) {
 		web("prod", "prod"), web("dev", "dev"), web("bare", ""),
 		subject("req"), subject("edeny"), subject("cl"), subject("wo"), subject("range"),
 		subject("srv"), subject("sel"), subject("hc"), subject("l7"),
-		subject("idn"), subject("edn"), subject("w4"),
+		subject("idn"), subject("edn"), subject("w4"), subject("tn"),
+		outside("cp"), outside("wk"), // two other nodes' addresses
 		outside("ext"), outside("ext2"), outside("ext3"), outside("health"))
 	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) })
 	for _, p := range []string{"prod", "dev", "bare", "srv", "hc", "idn"} {
@@ -233,7 +254,7 @@ func TestPolicyConstructs(t *testing.T) {
 	n.Serve(t, "l7", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok " + r.Header.Get("X-Added") + r.Header.Get("X-Token")))
 	}), ":80")
-	for _, p := range []string{"ext", "ext2", "ext3", "health"} {
+	for _, p := range []string{"ext", "ext2", "ext3", "health", "cp", "wk"} {
 		n.Serve(t, p, ok, ":80", ":8081", ":8083", ":4240")
 	}
 	for _, port := range []string{":8081", ":8083"} {
@@ -244,6 +265,11 @@ func TestPolicyConstructs(t *testing.T) {
 	pol := strings.NewReplacer("SUBNET", subnet.String(), "EXTHREE", ip("ext3"), "EXTONE", ip("ext"), "EXTWO", ip("ext2")).Replace(constructsPolicy)
 	n.WritePolicy(t, "constructs.yaml", pol)
 	n.Config.Datapath.HealthAddresses = []string{ip("health")}
+	n.Config.EnableNodeSelectorLabels = true
+	n.Config.Nodes = []agent.Node{
+		{Name: "cp", Addresses: []string{ip("cp")}, Labels: map[string]string{"role": "cp"}},
+		{Name: "wk", Addresses: []string{ip("wk")}, Labels: map[string]string{"role": "wk"}},
+	}
 	n.Config.Services = []agent.Service{{Name: "web-prod", Labels: map[string]string{"tier": "web"}, Selector: map[string]string{"app": "web", "env": "prod"}}}
 	n.Start(t, 39900, 9750)
 
@@ -266,10 +292,17 @@ func TestPolicyConstructs(t *testing.T) {
 		node.Eventually(t, first.from+" -> "+first.to+":"+first.port+" allowed", func() bool {
 			return curl(first.from, first.to, first.port) == "ok"
 		})
-		for _, f := range flows[1:] {
-			got := curl(f.from, f.to, f.port)
-			if (got == "ok") != f.allowed {
-				t.Errorf("%s -> %s:%s = %q; want allowed %v", f.from, f.to, f.port, got, f.allowed)
+		// The others at once: a dropped one waits for curl's connect
+		// timeout.
+		got := make([]string, len(flows))
+		var wg sync.WaitGroup
+		for i, f := range flows[1:] {
+			wg.Go(func() { got[i+1] = curl(f.from, f.to, f.port) })
+		}
+		wg.Wait()
+		for i, f := range flows[1:] {
+			if (got[i+1] == "ok") != f.allowed {
+				t.Errorf("%s -> %s:%s = %q; want allowed %v", f.from, f.to, f.port, got[i+1], f.allowed)
 			}
 		}
 	}
@@ -338,6 +371,12 @@ func TestPolicyConstructs(t *testing.T) {
 		if got := body("/replace", "X-Token: wrong"); got != "ok abc" {
 			t.Errorf("GET /replace with X-Token wrong = %q; want it replaced (ok abc)", got)
 		}
+		if got := body("/delete", "X-Token: wrong"); got != "ok" {
+			t.Errorf("GET /delete with X-Token wrong = %q; want it deleted (ok)", got)
+		}
+		if got := body("/log", "X-Token: wrong"); got != "ok wrong" {
+			t.Errorf("GET /log with X-Token wrong = %q; want it passed as is (ok wrong)", got)
+		}
 	})
 	t.Run("ingressDenyForms", func(t *testing.T) {
 		expect(t, flow{"prod", "idn", "81", true}, flow{"ext2", "idn", "80", true},
@@ -358,6 +397,11 @@ func TestPolicyConstructs(t *testing.T) {
 		expect(t, flow{"w4", "ext", "80", true}, flow{"w4", "bare", "80", false},
 			flow{"w4", "dev", "81", true}, flow{"w4", "prod", "81", true}, flow{"w4", "bare", "81", false},
 			flow{"w4", "prod", "80", true}, flow{"w4", "dev", "80", false})
+	})
+	t.Run("nodes", func(t *testing.T) {
+		expect(t, flow{"tn", "cp", "80", true}, flow{"tn", "wk", "80", false})
+		expect(t, flow{"edn", "cp", "80", true}, flow{"edn", "wk", "80", false})
+		expect(t, flow{"cp", "idn", "80", true}, flow{"wk", "idn", "80", false})
 	})
 	t.Run("health", func(t *testing.T) {
 		expect(t, flow{"hc", "health", "4240", true}, flow{"hc", "ext", "4240", false})
