@@ -206,6 +206,19 @@ spec:
 ---
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
+metadata: {name: ipv6}
+spec:
+  endpointSelector: {matchLabels: {app: v6}}
+  egress:
+  - toEntities: [world-ipv6]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+  - toEntities: [world]
+    icmps:
+    - fields: [{type: EchoRequest, family: IPv6}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
 metadata: {name: to-nodes}
 spec:
   endpointSelector: {matchLabels: {app: tn}}
@@ -225,7 +238,8 @@ spec:
 // toNodes and ingressDeny fromNodes; the deny forms (ingressDeny fromCIDRSet, fromEntities
 // with ports and with ICMP; egressDeny toCIDR, toCIDRSet with except,
 // toServices by k8sServiceSelector); toEntities world-ipv4;
-// matchExpressions Exists; toServices k8sServiceSelector.
+// matchExpressions Exists; toServices k8sServiceSelector; world-ipv6 and
+// ICMPv6 (the pods are dual stack).
 func TestPolicyConstructs(t *testing.T) {
 	testenv.RequireCommand(t, "ping")
 	web := func(name, env string) node.PodSpec {
@@ -239,11 +253,11 @@ func TestPolicyConstructs(t *testing.T) {
 	outside := func(name string) node.PodSpec {
 		return node.PodSpec{Name: name, Labels: map[string]string{"outside": name}, Unmanaged: true}
 	}
-	n := node.New(t,
+	n := node.NewWith(t, node.Options{IPv6: true},
 		web("prod", "prod"), web("dev", "dev"), web("bare", ""),
 		subject("req"), subject("edeny"), subject("cl"), subject("wo"), subject("range"),
 		subject("srv"), subject("sel"), subject("hc"), subject("l7"),
-		subject("idn"), subject("edn"), subject("w4"), subject("tn"),
+		subject("idn"), subject("edn"), subject("w4"), subject("tn"), subject("v6"),
 		outside("cp"), outside("wk"), // two other nodes' addresses
 		outside("ext"), outside("ext2"), outside("ext3"), outside("health"))
 	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) })
@@ -402,6 +416,20 @@ func TestPolicyConstructs(t *testing.T) {
 		expect(t, flow{"tn", "cp", "80", true}, flow{"tn", "wk", "80", false})
 		expect(t, flow{"edn", "cp", "80", true}, flow{"edn", "wk", "80", false})
 		expect(t, flow{"cp", "idn", "80", true}, flow{"wk", "idn", "80", false})
+	})
+	t.Run("ipv6", func(t *testing.T) {
+		url := func(a netip.Addr) string { return "http://" + netip.AddrPortFrom(a, 80).String() + "/" }
+		ext := n.Pods["ext"]
+		node.Eventually(t, "v6 -> world over IPv6 allowed", func() bool { return n.Curl(c, "v6", url(ext.IPv6)) == "ok" })
+		if got := n.Curl(c, "v6", url(ext.IP)); got != "error" {
+			t.Errorf("v6 -> world over IPv4 = %q; want dropped (world-ipv6 only)", got)
+		}
+		if _, err := n.Pods["v6"].Run(c, "ping", "-6", "-c", "1", "-W", "2", ext.IPv6.String()); err != nil {
+			t.Errorf("ICMPv6 echo request to world dropped; want allowed by icmps family IPv6: %v", err)
+		}
+		if _, err := n.Pods["v6"].Run(c, "ping", "-4", "-c", "1", "-W", "2", ext.IP.String()); err == nil {
+			t.Error("ICMPv4 echo request allowed; want dropped (the rule is IPv6 only)")
+		}
 	})
 	t.Run("health", func(t *testing.T) {
 		expect(t, flow{"hc", "health", "4240", true}, flow{"hc", "ext", "4240", false})
