@@ -70,6 +70,10 @@ func TestNodeClaimsHealth(t *testing.T) {
 	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
 		t.Errorf("healthPrefixes(%v) = %v; want %v", cfg.HealthAddresses, got, want)
 	}
+	bad := Config{Datapath: DatapathConfig{HealthAddresses: []string{"192.0.2.7", "not-an-address"}}}
+	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "datapath.healthAddresses[1]") {
+		t.Errorf("Validate with healthAddresses %v = %v; want an error naming datapath.healthAddresses[1]", bad.Datapath.HealthAddresses, err)
+	}
 }
 
 func TestNodeClaims(t *testing.T) {
