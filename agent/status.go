@@ -155,6 +155,13 @@ func (a *Agent) serveStatus(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("status socket: %w", err)
 	}
+	// Its mode must not be the umask's: the socket changes endpoints
+	// (audit mode turns enforcement off), so only wardd's user and group
+	// may connect, as to the xDS and flow sockets.
+	if err := os.Chmod(path, 0o660); err != nil {
+		lis.Close()
+		return fmt.Errorf("status socket: chmod %s: %w", path, err)
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+api.StatusPath, func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("content-type", "application/json")
