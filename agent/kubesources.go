@@ -12,6 +12,7 @@ import (
 
 	"github.com/wardproxy/ward/agent/api"
 	"github.com/wardproxy/ward/agent/kube"
+	"github.com/wardproxy/ward/policy"
 )
 
 // kubeSink is the engine's Kubernetes source (sourceKube): the cluster
@@ -28,6 +29,9 @@ type kubeSink struct {
 	pending atomic.Bool
 	// local is the local endpoints' signature last set (localSignature).
 	local string
+	// hostLabels are the host endpoint's labels last set from this
+	// node's Node object.
+	hostLabels string
 }
 
 var _ kube.Sink = (*kubeSink)(nil)
@@ -77,7 +81,7 @@ func (s *kubeSink) SetServices(svcs []kube.Service) {
 	}
 }
 
-func (s *kubeSink) SetNodes(nodes []kube.Node, apiserver []netip.Prefix) {
+func (s *kubeSink) SetNodes(nodes []kube.Node, self *kube.Node, apiserver []netip.Prefix) {
 	list := make([]Node, 0, len(nodes))
 	for _, kn := range nodes {
 		list = append(list, Node{Name: kn.Name, Addresses: kn.Addresses, Labels: kn.Labels})
@@ -87,8 +91,34 @@ func (s *kubeSink) SetNodes(nodes []kube.Node, apiserver []netip.Prefix) {
 		s.a.log.Warn("kubernetes nodes", "error", err)
 	}
 	if s.a.eng.setAPIServer(sourceKube, apiserver) || changed {
+		changed = true
+	}
+	if self != nil && s.setHostLabels(self.Labels) {
+		changed = true
+	}
+	if changed {
 		s.changed(false)
 	}
+}
+
+// setHostLabels makes this node's Node labels the host endpoint's (what
+// nodeSelector selects; they replace those of the node config's nodes
+// entry) with the host firewall on, and reports whether they changed.
+func (s *kubeSink) setHostLabels(m map[string]string) bool {
+	if !s.a.cfg.HostFirewall.Enabled || s.a.dp == nil {
+		return false
+	}
+	ls := hostLabels([]Node{{Name: s.a.node, Labels: m}}, s.a.node)
+	key := ls.String()
+	if key == s.hostLabels {
+		return false
+	}
+	if _, err := s.a.eng.repo.UpsertEndpoint(policy.Endpoint{ID: hostEndpointKey, Labels: ls, Audit: s.a.cfg.HostFirewall.Audit}); err != nil {
+		s.a.log.Warn("kubernetes node labels", "error", err)
+		return false
+	}
+	s.hostLabels = key
+	return true
 }
 
 // changed publishes (after the first publish); endpoints also rebuild the

@@ -13,16 +13,18 @@ import (
 // addresses and labels: remote-node, or with node selector labels their
 // own identity for fromNodes/toNodes) and the kube-apiserver's addresses:
 // the endpoints of the default/kubernetes service's EndpointSlices, the
-// kube-apiserver entity. This node's own Node object is left out: its
-// addresses are the host's.
-func (s *Sources) deriveNodes() ([]Node, []netip.Prefix) {
+// kube-apiserver entity. This node's own Node object is not another node
+// (its addresses are the host's): it is returned apart, for its labels.
+func (s *Sources) deriveNodes() ([]Node, *Node, []netip.Prefix) {
 	nodes, err := s.nodes.List(labels.Everything())
 	if err != nil {
 		s.log.Warn("kubernetes nodes", "error", err)
 	}
 	out := make([]Node, 0, len(nodes))
+	var self *Node
 	for _, n := range nodes {
 		if n.Name == s.cfg.NodeName {
+			self = &Node{Name: n.Name, Labels: maps.Clone(n.Labels)}
 			continue
 		}
 		if nd, ok := nodeOf(n); ok {
@@ -42,7 +44,7 @@ func (s *Sources) deriveNodes() ([]Node, []netip.Prefix) {
 	s.mu.Lock()
 	s.status.Nodes = len(out)
 	s.mu.Unlock()
-	return out, api
+	return out, self, api
 }
 
 // nodeOf converts a Node; false without an address.

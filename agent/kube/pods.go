@@ -90,9 +90,11 @@ type Node struct {
 type Sink interface {
 	SetEndpoints(eps []Endpoint)
 	SetServices(svcs []Service)
-	// SetNodes takes the other nodes and the kube-apiserver's addresses
-	// (the default/kubernetes EndpointSlices: the kube-apiserver entity).
-	SetNodes(nodes []Node, apiserver []netip.Prefix)
+	// SetNodes takes the other nodes, this node's own Node object (nil
+	// while there is none: its labels are the host endpoint's, for
+	// nodeSelector) and the kube-apiserver's addresses (the
+	// default/kubernetes EndpointSlices: the kube-apiserver entity).
+	SetNodes(nodes []Node, self *Node, apiserver []netip.Prefix)
 }
 
 // SourcesConfig configures the cluster sources.
@@ -273,8 +275,8 @@ func (s *Sources) Run(ctx context.Context) error {
 // flush hands every dirty kind's list to the sink.
 func (s *Sources) flush() {
 	if s.dirtyNd.Swap(false) {
-		nodes, api := s.deriveNodes()
-		s.cfg.Sink.SetNodes(nodes, api)
+		nodes, self, api := s.deriveNodes()
+		s.cfg.Sink.SetNodes(nodes, self, api)
 	}
 	if s.dirtySv.Swap(false) {
 		s.cfg.Sink.SetServices(s.deriveServices())

@@ -64,15 +64,16 @@ type fakeSink struct {
 	eps   []Endpoint
 	svcs  []Service
 	nodes []Node
+	self  *Node
 	api   []netip.Prefix
 	calls int
 }
 
 func (f *fakeSink) SetEndpoints(eps []Endpoint) { f.mu.Lock(); f.eps = eps; f.calls++; f.mu.Unlock() }
 func (f *fakeSink) SetServices(s []Service)     { f.mu.Lock(); f.svcs = s; f.mu.Unlock() }
-func (f *fakeSink) SetNodes(n []Node, api []netip.Prefix) {
+func (f *fakeSink) SetNodes(n []Node, self *Node, api []netip.Prefix) {
 	f.mu.Lock()
-	f.nodes, f.api = n, api
+	f.nodes, f.self, f.api = n, self, api
 	f.mu.Unlock()
 }
 
@@ -249,7 +250,7 @@ func TestSourcesServicesAndNodes(t *testing.T) {
 		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web", Labels: map[string]string{"tier": "front"}}, Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "web"}}},
 		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "db"}},
 		db, slice("default", "kubernetes", "172.31.0.10"),
-		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "a"}, Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "172.31.0.1"}}}},
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "a", Labels: map[string]string{"role": "edge"}}, Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "172.31.0.1"}}}},
 		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "b", Labels: map[string]string{"zone": "b"}}, Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{
 			{Type: corev1.NodeInternalIP, Address: "172.31.0.2"}, {Type: corev1.NodeHostName, Address: "b"}}}},
 	)
@@ -268,6 +269,9 @@ func TestSourcesServicesAndNodes(t *testing.T) {
 	}
 	if diff := cmp.Diff(wantSvcs, sink.svcs); diff != "" {
 		t.Errorf("services (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(&Node{Name: "a", Labels: map[string]string{"role": "edge"}}, sink.self); diff != "" {
+		t.Errorf("this node (-want +got):\n%s", diff)
 	}
 	if diff := cmp.Diff([]Node{{Name: "b", Addresses: []string{"172.31.0.2"}, Labels: map[string]string{"zone": "b"}}}, sink.nodes); diff != "" {
 		t.Errorf("nodes (-want +got):\n%s", diff)
