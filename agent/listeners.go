@@ -108,7 +108,10 @@ func (a *Agent) datapathResources(identity func(uint64) (uint32, bool)) (xds.Env
 			return r, err
 		}
 		r.Listeners = append(r.Listeners, l)
-		r.Clusters = append(r.Clusters, xds.MarkUpstream(xds.FollowDownstream(xds.OriginalDstCluster(cluster, false)), redirect.ProxyEgressMark(id)))
+		// ward.http on the egress listener also applies a local
+		// destination's ingress HTTP rules (policyfilter: chained
+		// ingress), so its upstream says so.
+		r.Clusters = append(r.Clusters, xds.MarkUpstream(xds.FollowDownstream(xds.OriginalDstCluster(cluster, false)), redirect.ProxyEgressMark(id)|redirect.MarkIngressChecked))
 
 		kport, ok := a.dp.egressKafkaPort(ep.ID)
 		if !ok {

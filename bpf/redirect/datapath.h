@@ -52,6 +52,10 @@
 #define MARK_TO_PROXY 0x0D00
 #define MARK_PROXY_INGRESS 0x0A00
 #define MARK_PROXY_EGRESS 0x0B00
+// On an egress proxy's upstream: the proxy also applied the destination's
+// ingress L7 rules when the destination is a local endpoint (ward.http's
+// egress listeners do), so an ingress redirect verdict passes.
+#define MARK_INGRESS_CHECKED 0x1000
 
 #define IDENTITY_WORLD 2
 

@@ -42,6 +42,10 @@ const (
 	// MarkProxyEgress marks an egress proxy's upstream sockets; use
 	// ProxyEgressMark to pack the source identity in.
 	MarkProxyEgress = 0x0B00
+	// MarkIngressChecked, on an egress proxy's upstream, says the proxy
+	// also applied a local destination's ingress L7 rules (ward.http's
+	// egress listeners do): the destination's ingress redirect passes.
+	MarkIngressChecked = 0x1000
 )
 
 // ProxyEgressMark is the SO_MARK an egress proxy sets on its upstream

@@ -987,9 +987,15 @@ int to_pod(struct __sk_buff *skb)
 			audit = 1;
 		}
 		// An egress proxy's upstream: the ingress proxy would see the
-		// node's address, not the source's identity. Fail closed.
-		if (verdict == VERDICT_REDIRECT && (mark & MARK_MAGIC_MASK) == MARK_PROXY_EGRESS)
-			return drop_event(skb, &p, R_DROP_REDIRECT_UNSUPPORTED, dir, ep->id);
+		// node's address, not the source's identity. Pass it when the
+		// egress proxy applied this endpoint's ingress L7 rules itself
+		// (ward.http, MARK_INGRESS_CHECKED); fail closed otherwise.
+		if (verdict == VERDICT_REDIRECT && (mark & MARK_MAGIC_MASK) == MARK_PROXY_EGRESS) {
+			if (!(mark & MARK_INGRESS_CHECKED))
+				return drop_event(skb, &p, R_DROP_REDIRECT_UNSUPPORTED, dir, ep->id);
+			verdict = VERDICT_ALLOW;
+			proxy = 0;
+		}
 	}
 	if (ct) {
 		// Re-decided after a policy change; a verdict that moves the

@@ -55,3 +55,60 @@ func TestWarddEgressHTTP(t *testing.T) {
 		t.Errorf("GET :8080 = %q; want dropped by the egress default deny", got)
 	}
 }
+
+// TestWarddEgressAndIngressHTTP: the source has egress HTTP rules and the
+// destination, on the same node, ingress HTTP rules. The egress proxy's
+// upstream cannot be handed to the ingress proxy (it would see the node's
+// address), so ward.http on the egress listener applies the destination's
+// ingress rules too, with the source's identity, and marks its upstream
+// so: a request both allow lands, one only the egress rules allow is
+// denied by the ingress rules, one the egress rules deny never leaves.
+// Before, every such request was dropped in BPF (fail closed).
+func TestWarddEgressAndIngressHTTP(t *testing.T) {
+	n := node.New(t,
+		node.PodSpec{Name: "deathstar", Labels: map[string]string{"org": "empire", "class": "deathstar"}},
+		node.PodSpec{Name: "tiefighter", Labels: map[string]string{"org": "empire", "class": "tiefighter"}})
+	n.Serve(t, "deathstar", deathstar.New(), ":80")
+	n.WritePolicy(t, "egress.yaml", `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: tiefighter-egress}
+spec:
+  endpointSelector: {matchLabels: {class: tiefighter}}
+  egress:
+  - toEndpoints: [{matchLabels: {class: deathstar}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http:
+        - method: POST
+          path: /v1/request-landing
+        - method: GET
+`)
+	n.WritePolicy(t, "ingress.yaml", `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: deathstar-ingress}
+spec:
+  endpointSelector: {matchLabels: {class: deathstar}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {org: empire}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http:
+        - method: POST
+          path: /v1/request-landing
+`)
+	n.Start(t, 39960, 9798)
+	c, stop := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer stop()
+	curl := func(method, path string) string {
+		return n.Curl(c, "tiefighter", "-X", method, "-m", "10", "-w", " %{http_code}", "http://"+n.Pods["deathstar"].IP.String()+path)
+	}
+	node.Eventually(t, "the POST both allow to land", func() bool { return curl("POST", "/v1/request-landing") == "Ship landed 200" })
+	if got := curl("GET", "/v1/"); got != "Access denied 403" {
+		t.Errorf("GET /v1/ (egress allows, ingress does not) = %q; want Access denied 403", got)
+	}
+	if got := curl("PUT", "/v1/exhaust-port"); got != "Access denied 403" {
+		t.Errorf("PUT (egress denies) = %q; want Access denied 403", got)
+	}
+}

@@ -135,12 +135,42 @@ func (f *httpFilter) OnRequestHeaders(s proxylib.HTTPStream, _ bool) proxylib.He
 	}
 	f.conn.Describe = f
 	act := f.filter.OnRequestHeaders(&f.conn, s)
+	if !act.Deny && !f.conn.Ingress && f.t.ep != nil {
+		act = f.chainIngress(s, act)
+	}
 	f.s = nil
 	if act.Deny {
 		s.SendLocalReply(act.Status, act.Headers, act.Body, "ward_access_denied")
 		return proxylib.HeadersStopIteration
 	}
 	return proxylib.HeadersContinue
+}
+
+// chainIngress applies, on an egress listener, a local destination's
+// ingress HTTP rules to a request its source's egress rules allowed: the
+// datapath cannot hand the egress proxy's upstream to the ingress proxy
+// (it would see the node's address, not the source), so the egress
+// listener's upstream is marked redirect.MarkIngressChecked and the
+// destination's ingress L7 decision is taken here, with the source's
+// identity, recorded as an ingress flow of the destination. L3/L4
+// verdicts (no rule, deny, allow-all) stay the datapath's.
+func (f *httpFilter) chainIngress(s proxylib.HTTPStream, egress httpf.Action) httpf.Action {
+	st := f.c.client.State()
+	dst, ok := st.EndpointByIP(f.t.local.Addr())
+	if !ok {
+		return egress
+	}
+	src := f.c.cfg.identity(st, f.t.remote.Addr())
+	if v, _ := dst.Lookup(true, f.t.port, src, f.rules[:0]); v != npdsclient.CheckL7 {
+		return egress
+	}
+	saved, conn := f.t, f.conn
+	f.t.ep, f.t.remoteID = dst, src
+	f.conn.Ingress, f.conn.RemoteIdentity, f.conn.Audit = true, src, dst.Audit
+	act := f.filter.OnRequestHeaders(&f.conn, s)
+	f.t = saved
+	f.conn.Ingress, f.conn.RemoteIdentity, f.conn.Audit = conn.Ingress, conn.RemoteIdentity, conn.Audit
+	return act
 }
 
 // Rules is the httpf.RuleSource over the current policy State: the rules
