@@ -879,8 +879,10 @@ int from_pod(struct __sk_buff *skb)
 				proxy = iproxy;
 			}
 		}
-	} else if (verdict != VERDICT_REDIRECT) {
-		// To the node? Its host firewall's ingress policy decides too.
+	} else {
+		// To the node? Its host firewall's ingress policy decides too,
+		// also when the pod's egress L7 rules redirect the flow: the
+		// proxy's upstream connection to the node crosses no device.
 		__u32 hid = 0;
 		int hr = host_from_pod(&p, src_id, skb->len, &hid, &aud_in);
 		if (hr) {
