@@ -43,7 +43,13 @@ type Controller struct {
 	// OnChange is called after derivatives were added, changed or
 	// removed (the agent publishes).
 	OnChange func()
-	Log      *slog.Logger
+	// Mirror, when set, is told of every derivative written (d) or
+	// removed (d nil; old the one removed) for parent, so it can keep a
+	// copy elsewhere (wardd: a derivative CiliumNetworkPolicy object on
+	// Kubernetes, as Cilium's operator writes). Its error is reported in
+	// the parent's status; the derivative stays enforced either way.
+	Mirror func(ctx context.Context, parent, d, old *policy.Policy) error
+	Log    *slog.Logger
 
 	mu      sync.Mutex
 	parents map[policy.Key]*parentState
@@ -54,6 +60,7 @@ type parentState struct {
 	derivative *policy.Policy
 	refreshed  time.Time
 	err        error
+	mirrorErr  error
 }
 
 // Run refreshes until ctx is done.
@@ -110,6 +117,7 @@ func (c *Controller) Sync(ctx context.Context, maxAge time.Duration) {
 		if st.derivative != nil {
 			c.Repo.Delete(st.derivative.Key())
 			changed = true
+			c.mirror(ctx, st, nil, st.derivative)
 		}
 		delete(c.parents, k)
 	}
@@ -143,13 +151,30 @@ func (c *Controller) resolve(ctx context.Context, p *policy.Policy, st *parentSt
 		return false
 	case d == nil:
 		c.Repo.Delete(old.Key())
+		c.mirror(ctx, st, nil, old)
 		return true
 	case old != nil && reflect.DeepEqual(old.Rules(), d.Rules()):
 		st.derivative = old
+		if st.mirrorErr != nil {
+			c.mirror(ctx, st, old, nil) // retry a failed copy
+		}
 		return false
 	}
 	c.Repo.Upsert(d)
+	c.mirror(ctx, st, d, old)
 	return true
+}
+
+// mirror hands a derivative change to Mirror; its error is kept for the
+// status (and the copy retried at the next refresh).
+func (c *Controller) mirror(ctx context.Context, st *parentState, d, old *policy.Policy) {
+	if c.Mirror == nil {
+		return
+	}
+	st.mirrorErr = c.Mirror(ctx, st.parent, d, old)
+	if st.mirrorErr != nil && c.Log != nil {
+		c.Log.Warn("toGroups: derivative not mirrored", "policy", st.parent.Key().String(), "error", st.mirrorErr)
+	}
 }
 
 // Status lists every parent's derivative, sorted by policy.
@@ -159,8 +184,11 @@ func (c *Controller) Status() []Status {
 	out := make([]Status, 0, len(c.parents))
 	for k, st := range c.parents {
 		s := Status{Policy: k.String(), Refreshed: st.refreshed}
-		if st.err != nil {
+		switch {
+		case st.err != nil:
 			s.Error = st.err.Error()
+		case st.mirrorErr != nil:
+			s.Error = "mirror: " + st.mirrorErr.Error()
 		}
 		if d := st.derivative; d != nil {
 			s.Derivative = d.Key().String()

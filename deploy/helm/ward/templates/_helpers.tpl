@@ -38,6 +38,7 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- with .Values.config.dns }}{{ $_ := set $c "dns" . }}{{ end }}
 {{- with .Values.config.monitor }}{{ $_ := set $c "monitor" . }}{{ end }}
 {{- with .Values.config.metrics }}{{ $_ := set $c "metrics" . }}{{ end }}
+{{- with .Values.config.toGroups }}{{ $_ := set $c "toGroups" . }}{{ end }}
 {{- $_ := set $c "clusterName" .Values.kubernetes.clusterName }}
 {{- $_ := set $c "kubernetes" (dict "secretsNamespace" (include "ward.secretsNamespace" .)) }}
 {{- $c = mergeOverwrite $c (deepCopy .Values.config.extra) }}
