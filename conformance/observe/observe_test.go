@@ -471,7 +471,9 @@ func TestFlowsWithoutWardd(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx) }()
 	defer func() { cancel(); <-done }()
+	afters := 0
 	node.Eventually(t, "a request after wardd is back on the flow socket", func() bool {
+		afters++
 		put("/v1/after")
 		mu.Lock()
 		defer mu.Unlock()
@@ -485,8 +487,11 @@ func TestFlowsWithoutWardd(t *testing.T) {
 		}
 	}
 	mu.Unlock()
-	t.Logf("downtime records: %d lost, %d shipped after the restart", hub.Lost(), shipped)
-	if lost := hub.Lost(); lost == 0 || int(lost)+shipped != down {
-		t.Errorf("downtime records: %d lost + %d received; want %d, some lost", lost, shipped, down)
+	t.Logf("downtime records: %d lost, %d shipped after the restart (%d requests to see it back)", hub.Lost(), shipped, afters)
+	// Every downtime record is shipped or counted lost; the lost count may
+	// also hold records of the requests sent before the shipper was back
+	// (all but the last /v1/after).
+	if lost := int(hub.Lost()); lost == 0 || lost+shipped < down || lost+shipped > down+afters-1 {
+		t.Errorf("downtime records: %d lost + %d received; want %d (plus at most %d /v1/after), some lost", lost, shipped, down, afters-1)
 	}
 }
