@@ -28,9 +28,12 @@ func TestToGroupsAWS(t *testing.T) {
 	srv := moto.Start(t)
 	n := node.New(t,
 		node.PodSpec{Name: "app", Labels: map[string]string{"app": "api"}},
-		node.PodSpec{Name: "db", Labels: map[string]string{"app": "db"}, Unmanaged: true})
+		node.PodSpec{Name: "db", Labels: map[string]string{"app": "db"}, Unmanaged: true},
+		node.PodSpec{Name: "other", Labels: map[string]string{"app": "other"}, Unmanaged: true})
 	db := n.Pods["db"]
-	n.Serve(t, "db", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("db")) }), ":5432")
+	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("db")) })
+	n.Serve(t, "db", ok, ":5432", ":5433")
+	n.Serve(t, "app", ok, ":80")
 	ctx, stop := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer stop()
 	sg, eni := srv.Interface(ctx, t, "database", netip.PrefixFrom(db.IP, 24).Masked().String(), db.IP.String())
@@ -45,12 +48,42 @@ spec:
         securityGroupsIds: [`+sg+`]
     toPorts:
     - ports: [{port: "5432", protocol: TCP}]
+  # The same group by name and region, on another port; and the group as
+  # a source (fromGroups).
+  - toGroups:
+    - aws:
+        securityGroupsNames: [database]
+        region: `+moto.Region+`
+    toPorts:
+    - ports: [{port: "5433", protocol: TCP}]
+  ingress:
+  - fromGroups:
+    - aws:
+        securityGroupsIds: [`+sg+`]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
 `)
 	n.Config.ToGroups = &agent.ToGroupsConfig{AWS: &aws.Config{Region: moto.Region, Endpoint: srv.Endpoint}, Interval: "1s"}
 	n.Start(t, 38700, 9717)
 
 	curl := func() string { return n.Curl(ctx, "app", "http://"+db.IP.String()+":5432/") }
 	node.Eventually(t, "the database in the security group to be reachable", func() bool { return curl() == "db" })
+	if got := n.Curl(ctx, "app", "http://"+db.IP.String()+":5433/"); got != "db" {
+		t.Errorf("the group by name and region on 5433 = %q; want db", got)
+	}
+	fromDB := func(pod string) string {
+		out, err := n.Pods[pod].Run(ctx, "curl", "-s", "-m", "5", "http://"+n.Pods["app"].IP.String()+"/")
+		if err != nil {
+			return "error"
+		}
+		return out
+	}
+	if got := fromDB("db"); got != "db" {
+		t.Errorf("from the group's interface to the app (fromGroups) = %q; want allowed", got)
+	}
+	if got := fromDB("other"); got != "error" {
+		t.Errorf("from an address outside the group to the app = %q; want dropped", got)
+	}
 	st := n.Agent.Status().ToGroups
 	if len(st) != 1 || st[0].Derivative == "" || !slices.Contains(st[0].CIDRs, db.IP.String()+"/32") || st[0].Error != "" {
 		t.Errorf("status toGroups %+v: want the derivative with %s/32", st, db.IP)
