@@ -17,7 +17,8 @@ import (
 )
 
 // memcacheAttackPolicy: the a-wing may set and get its own key and read
-// (meta get) keys starting with "a"; the x-wing may only get.
+// (meta get) keys starting with "a", meta-set its own key; the x-wing may
+// only get.
 const memcacheAttackPolicy = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: memcached}
@@ -36,6 +37,8 @@ spec:
           keyExact: awing
         - command: mg
           keyPrefix: a
+        - command: ms
+          keyExact: awing
   - fromEndpoints: [{matchLabels: {app: x-wing}}]
     toPorts:
     - ports: [{port: "11211", protocol: TCP}]
@@ -89,7 +92,7 @@ func TestAttackMemcache(t *testing.T) {
 		b, _ := io.ReadAll(c)
 		return string(b)
 	}
-	secrets := []string{"secret1", "secret2", "secret3", "secret4", "secret5", "secret6", "hidden"}
+	secrets := []string{"secret1", "secret2", "secret3", "secret4", "secret5", "secret6", "secret7", "hidden"}
 	var seed strings.Builder
 	for _, k := range secrets {
 		fmt.Fprintf(&seed, "set %s 0 0 9\r\nTOPSECRET\r\n", k)
@@ -193,6 +196,11 @@ func TestAttackMemcache(t *testing.T) {
 		name:    "allowed set in capitals (memcached: an unknown command)",
 		pod:     "awing",
 		payload: []byte("SET awing 0 0 14\r\ndelete secret6\r\n\r\nget awing\r\n"),
+		ends:    1,
+	}, {
+		name:    "allowed meta set with more flags than memcached takes",
+		pod:     "awing",
+		payload: []byte("ms awing 14" + strings.Repeat(" T0", 22) + "\r\ndelete secret7\r\n\r\nget awing\r\n"),
 		ends:    1,
 	}, {
 		name:    "meta get of a base64 key (flag b) the prefix rule does not allow",

@@ -184,6 +184,11 @@ func (p *parser) onTextRequest(data [][]byte) (proxylib.Op, int) {
 		if len(f) < 2 {
 			return p.denyText(cmd, nil, n, textError)
 		}
+		if len(f) > maxMetaTokens {
+			// memcached refuses the line without reading an ms data
+			// block: dropped alone, like a refused storage line.
+			return p.denyText(cmd, nil, n, []byte("CLIENT_ERROR options flags too long\r\n"))
+		}
 		keys = f[1:2]
 		if cmd == "ms" {
 			if len(f) < 3 {
@@ -243,6 +248,11 @@ func (p *parser) onTextRequest(data [][]byte) (proxylib.Op, int) {
 
 // textBadLine is memcached's answer to a storage line it cannot read.
 var textBadLine = []byte("CLIENT_ERROR bad command line format\r\n")
+
+// maxMetaTokens bounds a meta command's tokens: memcached 1.6 refuses a
+// line of more than MFLAG_MAX_OPT_LENGTH (20) tokens, its end counted, as
+// "options flags too long" (no client sends that many flags).
+const maxMetaTokens = 16
 
 // maxData is the largest data block memcached reads (INT_MAX - 2).
 const maxData = 1<<31 - 1 - 2

@@ -18,7 +18,7 @@ import (
 // a 0x80 on a text connection is a text line; a meta command's base64
 // key (flag b) is decoded before the rules see it.
 func TestFramingAsMemcached(t *testing.T) {
-	rules := []l7.GenericRule{{"command": "set", "keyPrefix": "aw"}, {"command": "get", "keyExact": "awing"}, {"command": "mg", "keyPrefix": "a"}}
+	rules := []l7.GenericRule{{"command": "set", "keyPrefix": "aw"}, {"command": "get", "keyExact": "awing"}, {"command": "mg", "keyPrefix": "a"}, {"command": "ms", "keyExact": "awing"}}
 	for _, tc := range []struct {
 		name, req, toServer string // toServer: an empty line is passed (memcached answers ERROR)
 	}{
@@ -32,6 +32,7 @@ func TestFramingAsMemcached(t *testing.T) {
 		{"NUL in the key", "set aw\x00ing 0 0 14\r\ndelete secret1\r\n\r\n", "\r\n"},
 		{"two CRs", "get awing\r\r\n", ""},
 		{"binary get on a text connection", "get awing\r\n" + string(binReq(0x00, 0, "awing", "\r\ndelete secret1\r\n")), "get awing\r\n"},
+		{"meta set with more flags than memcached takes", "ms awing 14" + strings.Repeat(" T0", 22) + "\r\ndelete secret1\r\n\r\n", "\r\n"},
 		{"base64 meta key", "mg aGlkZGVu b v\r\n", ""},
 		{"base64 meta key allowed", "mg YXdpbmc= b v\r\n", "mg YXdpbmc= b v\r\n"}, // awing
 		{"valid set", "set awing 0 -1 5 noreply\r\nhello\r\n", "set awing 0 -1 5 noreply\r\nhello\r\n"},
