@@ -37,6 +37,12 @@ func printKubernetes(w io.Writer, k *api.Kubernetes) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %s: %d\n", n, k.Resources[n])
 	}
+	if k.Pods > 0 {
+		fmt.Fprintf(w, "  pod endpoints: %d (%d on this node)\n", k.Pods, k.LocalPods)
+	}
+	for _, n := range k.Notes {
+		fmt.Fprintf(w, "kubernetes: %s\n", n)
+	}
 	for _, r := range k.NotServed {
 		fmt.Fprintf(w, "kubernetes resource not served (install its CRD): %s\n", r)
 	}

@@ -22,6 +22,14 @@ func TestPrintKubernetes(t *testing.T) {
 		t.Errorf("got\n%s\nwant\n%s", b.String(), want)
 	}
 	b.Reset()
+	printKubernetes(&b, &api.Kubernetes{Synced: true, Connected: true, SyncedAt: down, Pods: 5000, LocalPods: 10,
+		Notes: []string{"1 pods without an IP yet are not endpoints: ns/p"}})
+	want = "kubernetes: connected, synced 2026-12-02T22:00:00Z\n  pod endpoints: 5000 (10 on this node)\n" +
+		"kubernetes: 1 pods without an IP yet are not endpoints: ns/p\n"
+	if b.String() != want {
+		t.Errorf("got\n%s\nwant\n%s", b.String(), want)
+	}
+	b.Reset()
 	printKubernetes(&b, nil)
 	if b.Len() != 0 {
 		t.Errorf("nil block printed %q", b.String())
