@@ -18,7 +18,7 @@ import (
 
 // memcacheAttackPolicy: the a-wing may set and get its own key and read
 // (meta get) keys starting with "a", meta-set its own key; the x-wing may
-// only get.
+// only get and read stats.
 const memcacheAttackPolicy = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: memcached}
@@ -46,6 +46,7 @@ spec:
         l7proto: memcache
         l7:
         - command: get
+        - command: stats
 `
 
 // TestAttackMemcache: a client speaking memcached to a real memcached
@@ -92,7 +93,7 @@ func TestAttackMemcache(t *testing.T) {
 		b, _ := io.ReadAll(c)
 		return string(b)
 	}
-	secrets := []string{"secret1", "secret2", "secret3", "secret4", "secret5", "secret6", "secret7", "hidden"}
+	secrets := []string{"secret1", "secret2", "secret3", "secret4", "secret5", "secret6", "secret7", "secret8", "hidden"}
 	var seed strings.Builder
 	for _, k := range secrets {
 		fmt.Fprintf(&seed, "set %s 0 0 9\r\nTOPSECRET\r\n", k)
@@ -140,13 +141,7 @@ func TestAttackMemcache(t *testing.T) {
 		return string(got)
 	}
 	const value = "VALUE awing 0 5\r\nhello\r\nEND\r\n"
-	binaryGet := func(key string) []byte {
-		h := make([]byte, 24, 24+len(key))
-		h[0], h[1] = 0x80, 0x00 // request, Get
-		binary.BigEndian.PutUint16(h[2:4], uint16(len(key)))
-		binary.BigEndian.PutUint32(h[8:12], uint32(len(key)))
-		return append(h, key...)
-	}
+	binaryGet := func(key string) []byte { return binaryPacket(0x00, key, "") }
 	cases := []struct {
 		name, pod string
 		payload   []byte
@@ -219,6 +214,23 @@ func TestAttackMemcache(t *testing.T) {
 			}
 		})
 	}
+	// Binary: memcached reads only a Stat request's key; a Delete in the
+	// body past it must not reach memcached (the connection is closed).
+	t.Run("binary stats whose body holds a denied delete", func(t *testing.T) {
+		c, err := n.Pods["xwing"].Dial(ctx, "tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		del := binaryPacket(0x04, "secret8", "")
+		noop := binaryPacket(0x0a, "", "")
+		if _, err := c.Write(append(binaryPacket(0x10, "items", string(del)), noop...)); err != nil {
+			t.Fatal(err)
+		}
+		io.ReadAll(c) // until memcached or the proxy closes
+	})
+
 	var check strings.Builder
 	for _, k := range secrets {
 		fmt.Fprintf(&check, "get %s\r\n", k)
@@ -232,4 +244,14 @@ func TestAttackMemcache(t *testing.T) {
 	if out := direct("get awing\r\n"); out != value {
 		t.Errorf("awing = %q; want %q (a set the parser refused or denied reached memcached)", out, value)
 	}
+}
+
+// binaryPacket is a memcached binary request: opcode, key and a body past
+// the key (no extras).
+func binaryPacket(op byte, key, rest string) []byte {
+	h := make([]byte, 24, 24+len(key)+len(rest))
+	h[0], h[1] = 0x80, op
+	binary.BigEndian.PutUint16(h[2:4], uint16(len(key)))
+	binary.BigEndian.PutUint32(h[8:12], uint32(len(key)+len(rest)))
+	return append(append(h, key...), rest...)
 }

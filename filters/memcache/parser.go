@@ -368,6 +368,13 @@ func (p *parser) onBinaryRequest(data [][]byte) (proxylib.Op, int) {
 		return proxylib.Error, proxylib.ErrInvalidFrame
 	}
 	total := binHeader + bodyLen
+	// memcached reads only the key of a Stat request (extras none, the
+	// body's length unchecked): a body past the key would be its next
+	// request. Every other opcode's body memcached reads whole or closes
+	// the connection on.
+	if h[1] == 0x10 && (extLen != 0 || bodyLen != keyLen) {
+		return proxylib.Error, proxylib.ErrInvalidFrame
+	}
 	op, known := binOps[h[1]]
 	var keys []string
 	if keyLen > 0 {

@@ -59,3 +59,21 @@ func TestTextOnBinaryConnectionCloses(t *testing.T) {
 		t.Errorf("to server %q, closed %q; want the binary get alone and the connection closed", o.toServer, o.closed)
 	}
 }
+
+// TestBinaryStatBodyCloses: memcached reads only a Stat request's key, so
+// a body past it would be the next request to memcached (a Delete hidden
+// in an allowed stats): the connection is closed instead.
+func TestBinaryStatBodyCloses(t *testing.T) {
+	s, o, _ := newConn(t, l7.GenericRule{"command": "stats"})
+	stat := binReq(0x10, 1, "items", string(binReq(0x04, 2, "secret", "")))
+	s.OnData(false, false, [][]byte{stat})
+	if len(o.toServer) != 0 || o.closed == "" {
+		t.Errorf("to server %q, closed %q; want nothing and the connection closed", o.toServer, o.closed)
+	}
+	s, o, _ = newConn(t, l7.GenericRule{"command": "stats"})
+	stat = binReq(0x10, 1, "items", "")
+	s.OnData(false, false, [][]byte{stat})
+	if string(o.toServer) != string(stat) || o.closed != "" {
+		t.Errorf("to server %q, closed %q; want the stats request", o.toServer, o.closed)
+	}
+}
