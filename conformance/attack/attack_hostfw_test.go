@@ -12,6 +12,7 @@ import (
 	"github.com/wardproxy/ward/agent"
 	"github.com/wardproxy/ward/conformance/netns"
 	"github.com/wardproxy/ward/conformance/node"
+	"github.com/wardproxy/ward/internal/testenv"
 )
 
 // hostOnlySSH is a host policy: the node's ingress allows TCP 22 from the
@@ -55,7 +56,8 @@ spec:
 // the node never crosses a pod's veth or a native device, so the host
 // firewall must decide the pod's flow before it is redirected), at the
 // node's address on its native device and at its address on the pods'
-// veths. The host-network server listens on every address.
+// veths. The host-network server listens on every address. A user that
+// is not root cannot turn the host firewall off.
 func TestAttackHostFirewallFromPod(t *testing.T) {
 	underlay := netip.MustParsePrefix("172.30.9.0/24")
 	nodeAddr := netip.MustParseAddr("172.30.9.1")
@@ -100,6 +102,16 @@ func TestAttackHostFirewallFromPod(t *testing.T) {
 	})
 	if got, want := get(fmt.Sprintf("http://%s:8082/", nodeAddr)), "host:8082 200"; got != want {
 		t.Errorf("attacker GET the host's 8082 = %q; want %q (host and egress policies allow it)", got, want)
+	}
+	// A user of the node that is not root cannot turn the host firewall
+	// off (the pinned maps and links are root's).
+	ward := testenv.File(t, "build/bin/ward", "run `make build`")
+	testenv.RequireCommand(t, "setpriv")
+	if out, err := n.Topo.Host().Command(ctx, "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+		ward, "bpf", "host-firewall", "off", "-pin-dir", n.Config.Datapath.PinDir).CombinedOutput(); err == nil {
+		t.Errorf("ward bpf host-firewall off as uid 65534 succeeded: %s", out)
+	} else if !strings.Contains(string(out), "permission denied") && !strings.Contains(string(out), "operation not permitted") {
+		t.Errorf("ward bpf host-firewall off as uid 65534: %v %s; want a permission error", err, out)
 	}
 	for _, addr := range []netip.Addr{nodeAddr, n.Topo.HostIP} {
 		for _, port := range []int{8080, 8081} {
