@@ -48,6 +48,7 @@ import (
 
 	"github.com/wardproxy/ward/agent"
 	httpf "github.com/wardproxy/ward/filters/http"
+	"github.com/wardproxy/ward/internal/procstat"
 	"github.com/wardproxy/ward/policy/l7"
 	"github.com/wardproxy/ward/xds"
 	"github.com/wardproxy/ward/xds/npds"
@@ -424,58 +425,10 @@ const (
 	armCNoop  = "no-op C filter (libward_cnoop.so)"
 )
 
-// clockTick is USER_HZ, the unit of utime and stime in /proc/<pid>/stat.
-var clockTick = func() float64 {
-	out, err := exec.Command("getconf", "CLK_TCK").Output()
-	if err != nil {
-		return 100
-	}
-	v, err := strconv.ParseFloat(strings.TrimSpace(string(out)), 64)
-	if err != nil || v <= 0 {
-		return 100
-	}
-	return v
-}()
-
-// procCPU returns the CPU time (user + system) the process has used, all
-// its threads included, from /proc/<pid>/stat.
-func procCPU(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, fmt.Errorf("read stat: %w", err)
-	}
-	ticks, err := statTicks(b)
-	if err != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
-	}
-	return time.Duration(float64(ticks) / clockTick * float64(time.Second)), nil
-}
-
-// statTicks returns utime+stime (clock ticks) of a /proc/<pid>/stat line.
-func statTicks(b []byte) (uint64, error) {
-	// The command name (field 2) may hold spaces and parentheses: fields
-	// are counted after its last closing parenthesis, which field 3
-	// (state) follows.
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return 0, errors.New("parse stat: no command name")
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		return 0, fmt.Errorf("parse stat: %d fields", len(f))
-	}
-	ut, err1 := strconv.ParseUint(f[11], 10, 64) // field 14, utime
-	st, err2 := strconv.ParseUint(f[12], 10, 64) // field 15, stime
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("parse stat: %w", err)
-	}
-	return ut + st, nil
-}
-
 // cpuPerRequest runs load (which returns req/s and the requests it
 // completed) and returns req/s and Envoy's CPU µs per completed request.
 func cpuPerRequest(pid int, load func() (float64, int, error)) (float64, float64, error) {
-	before, err := procCPU(pid)
+	before, err := procstat.CPU(pid)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -483,7 +436,7 @@ func cpuPerRequest(pid int, load func() (float64, int, error)) (float64, float64
 	if err != nil {
 		return 0, 0, err
 	}
-	after, err := procCPU(pid)
+	after, err := procstat.CPU(pid)
 	if err != nil {
 		return 0, 0, err
 	}
