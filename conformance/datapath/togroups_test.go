@@ -32,8 +32,8 @@ func TestToGroupsAWS(t *testing.T) {
 		node.PodSpec{Name: "other", Labels: map[string]string{"app": "other"}, Unmanaged: true})
 	db := n.Pods["db"]
 	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("db")) })
-	n.Serve(t, "db", ok, ":5432", ":5433")
-	n.Serve(t, "app", ok, ":80")
+	n.Serve(t, "db", ok, ":5432", ":5433", ":5434")
+	n.Serve(t, "app", ok, ":80", ":81")
 	ctx, stop := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer stop()
 	sg, eni := srv.Interface(ctx, t, "database", netip.PrefixFrom(db.IP, 24).Masked().String(), db.IP.String())
@@ -56,12 +56,32 @@ spec:
         region: `+moto.Region+`
     toPorts:
     - ports: [{port: "5433", protocol: TCP}]
+  # 5434 is allowed to the address, but the group's deny wins.
+  - toCIDR: [`+db.IP.String()+`/32]
+    toPorts:
+    - ports: [{port: "5434", protocol: TCP}]
+  egressDeny:
+  - toGroups:
+    - aws:
+        securityGroupsIds: [`+sg+`]
+    toPorts:
+    - ports: [{port: "5434", protocol: TCP}]
   ingress:
   - fromGroups:
     - aws:
         securityGroupsIds: [`+sg+`]
     toPorts:
     - ports: [{port: "80", protocol: TCP}]
+  # 81 is open to the world, but not to the group (fromGroups deny).
+  - fromEntities: [world]
+    toPorts:
+    - ports: [{port: "81", protocol: TCP}]
+  ingressDeny:
+  - fromGroups:
+    - aws:
+        securityGroupsIds: [`+sg+`]
+    toPorts:
+    - ports: [{port: "81", protocol: TCP}]
 `)
 	n.Config.ToGroups = &agent.ToGroupsConfig{AWS: &aws.Config{Region: moto.Region, Endpoint: srv.Endpoint}, Interval: "1s"}
 	n.Start(t, 38700, 9717)
@@ -71,18 +91,27 @@ spec:
 	if got := n.Curl(ctx, "app", "http://"+db.IP.String()+":5433/"); got != "db" {
 		t.Errorf("the group by name and region on 5433 = %q; want db", got)
 	}
-	fromDB := func(pod string) string {
-		out, err := n.Pods[pod].Run(ctx, "curl", "-s", "-m", "5", "http://"+n.Pods["app"].IP.String()+"/")
+	if got := n.Curl(ctx, "app", "http://"+db.IP.String()+":5434/"); got != "error" {
+		t.Errorf("5434, allowed to the address but denied to the group (egressDeny toGroups) = %q; want dropped", got)
+	}
+	fromPod := func(pod, port string) string {
+		out, err := n.Pods[pod].Run(ctx, "curl", "-s", "-m", "5", "http://"+n.Pods["app"].IP.String()+port+"/")
 		if err != nil {
 			return "error"
 		}
 		return out
 	}
-	if got := fromDB("db"); got != "db" {
+	if got := fromPod("db", ""); got != "db" {
 		t.Errorf("from the group's interface to the app (fromGroups) = %q; want allowed", got)
 	}
-	if got := fromDB("other"); got != "error" {
+	if got := fromPod("other", ""); got != "error" {
 		t.Errorf("from an address outside the group to the app = %q; want dropped", got)
+	}
+	if got := fromPod("other", ":81"); got != "db" {
+		t.Errorf("from the world to 81 = %q; want allowed", got)
+	}
+	if got := fromPod("db", ":81"); got != "error" {
+		t.Errorf("from the group to 81 (ingressDeny fromGroups) = %q; want dropped", got)
 	}
 	st := n.Agent.Status().ToGroups
 	if len(st) != 1 || st[0].Derivative == "" || !slices.Contains(st[0].CIDRs, db.IP.String()+"/32") || st[0].Error != "" {
