@@ -17,8 +17,8 @@ import (
 // Policy audit mode (Cilium's policy-audit-mode and the endpoint option
 // PolicyAuditMode): an endpoint in audit mode lets what its policy would
 // drop pass, and every such flow is recorded with verdict AUDIT — by the
-// BPF datapath at L3/L4 (the endpoint entry's audit flag), by ward.http
-// and ward.kafka at L7 and by the DNS proxy (the endpoint's policy
+// BPF datapath at L3/L4 (the endpoint entry's audit flag), by ward.http,
+// ward.kafka and the generic parsers at L7 and by the DNS proxy (the endpoint's policy
 // resource carries the flag). The node config's policyAuditMode is every
 // endpoint's default; `ward endpoint config ID audit=on|off` overrides it
 // for one endpoint until wardd restarts. Turning it on or off changes that

@@ -124,7 +124,9 @@ func (a *Agent) datapathResources(identity func(uint64) (uint32, bool)) (xds.Env
 			return r, err
 		}
 		r.Listeners = append(r.Listeners, kl)
-		r.Clusters = append(r.Clusters, xds.MarkUpstream(xds.OriginalDstCluster(kcluster, false), redirect.ProxyEgressMark(id)))
+		// ward.kafka (and the generic parsers on this listener) chain a
+		// local destination's ingress rules too (policyfilter connRules).
+		r.Clusters = append(r.Clusters, xds.MarkUpstream(xds.OriginalDstCluster(kcluster, false), redirect.ProxyEgressMark(id)|redirect.MarkIngressChecked))
 	}
 	return r, nil
 }

@@ -43,8 +43,9 @@ const (
 	// ProxyEgressMark to pack the source identity in.
 	MarkProxyEgress = 0x0B00
 	// MarkIngressChecked, on an egress proxy's upstream, says the proxy
-	// also applied a local destination's ingress L7 rules (ward.http's
-	// egress listeners do): the destination's ingress redirect passes.
+	// also applied a local destination's ingress L7 rules (the egress
+	// listeners of ward.http and ward.kafka with the generic parsers do):
+	// the destination's ingress redirect passes.
 	MarkIngressChecked = 0x1000
 )
 

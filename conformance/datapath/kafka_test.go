@@ -148,3 +148,74 @@ func forward(t *testing.T, ln net.Listener, addr string) {
 		wg.Wait()
 	})
 }
+
+// TestWarddEgressAndIngressKafka: the clients' egress Kafka rules and the
+// broker's ingress Kafka rules both apply when the broker is a pod on the
+// same node. The egress listener's upstream cannot go through the ingress
+// proxy (it would see the node's address, not the client), so ward.kafka
+// applies the broker's ingress rules for the client on the egress listener
+// and the datapath passes its upstream (MarkIngressChecked). Before that
+// every such connection was dropped at the broker's veth.
+func TestWarddEgressAndIngressKafka(t *testing.T) {
+	kcat := testenv.RequireCommand(t, "kcat")
+	n := node.New(t,
+		node.PodSpec{Name: "kafka", Labels: map[string]string{"app": "kafka"}},
+		node.PodSpec{Name: "empire-hq", Labels: map[string]string{"app": "empire-hq"}},
+		node.PodSpec{Name: "empire-outpost", Labels: map[string]string{"app": "empire-outpost"}})
+	kp := n.Pods["kafka"]
+	addr := net.JoinHostPort(kp.IP.String(), "9092")
+	broker := kafka.StartBroker(t, kafka.BrokerConfig{Advertise: map[string]string{"POD": addr}, Topics: []string{"empire-announce", "deathstar-plans"}})
+	ln, err := kp.Listen("tcp", ":9092")
+	if err != nil {
+		t.Fatal(err)
+	}
+	forward(t, ln, broker.ListenerAddr("POD"))
+	n.WritePolicy(t, "kafka-egress.yaml", empireEgressPolicy)
+	// The broker lets hq produce only to empire-announce (its egress rules
+	// also allow deathstar-plans) and the outpost consume it.
+	n.WritePolicy(t, "kafka-ingress.yaml", `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: kafka-ingress}
+spec:
+  endpointSelector: {matchLabels: {app: kafka}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: empire-hq}}]
+    toPorts:
+    - ports: [{port: "9092", protocol: TCP}]
+      rules:
+        kafka:
+        - {role: produce, topic: empire-announce}
+  - fromEndpoints: [{matchLabels: {app: empire-outpost}}]
+    toPorts:
+    - ports: [{port: "9092", protocol: TCP}]
+      rules:
+        kafka:
+        - {role: consume, topic: empire-announce}
+`)
+	n.Start(t, 49300, 9493)
+
+	c, stop := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer stop()
+	run := func(pod, stdin string, args ...string) (string, error) {
+		cmd := n.Pods[pod].Command(c, kcat, append([]string{"-b", addr, "-m", "15"}, args...)...)
+		cmd.Stdin = strings.NewReader(stdin)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := run("empire-hq", "Happy 40th Birthday to General Tagge\n", "-P", "-t", "empire-announce"); err != nil {
+		t.Fatalf("hq produce empire-announce (both allow): %v\n%s\nbroker log:\n%s", err, out, broker.LogTail())
+	}
+	if out, err := run("empire-outpost", "", "-C", "-t", "empire-announce", "-o", "beginning", "-c", "1", "-e"); err != nil || !strings.Contains(out, "General Tagge") {
+		t.Errorf("outpost consume empire-announce (both allow): %v\n%s", err, out)
+	}
+	// hq's egress rules allow deathstar-plans; the broker's ingress does not.
+	out, err := run("empire-hq", "the plans\n", "-P", "-t", "deathstar-plans")
+	if err == nil || !strings.Contains(strings.ToLower(out), "authoriz") {
+		t.Errorf("hq produce deathstar-plans (ingress denies): err %v, output %q; want an authorization error", err, out)
+	}
+	// The outpost's egress rules deny producing.
+	out, err = run("empire-outpost", "Vader Booed at Empire Karaoke Party\n", "-P", "-t", "empire-announce")
+	if err == nil || !strings.Contains(strings.ToLower(out), "authoriz") {
+		t.Errorf("outpost produce empire-announce (egress denies): err %v, output %q; want an authorization error", err, out)
+	}
+}

@@ -44,7 +44,9 @@ spec:
 // TestWarddMemcached: generic L7 (l7proto: memcache) through wardd with
 // Debian's memcached and libmemcached's real clients (memccp, memccat),
 // in both protocols: allowed commands reach the server, denied ones get
-// the protocol's own error from Envoy and never reach it.
+// the protocol's own error from Envoy and never reach it. The a-wing has
+// egress memcache rules too: both its egress and the server's ingress
+// rules apply, on its egress listener.
 func TestWarddMemcached(t *testing.T) {
 	testenv.RequireCommand(t, "memcached")
 	testenv.RequireCommand(t, "memccp")
@@ -63,6 +65,24 @@ func TestWarddMemcached(t *testing.T) {
 	}
 	t.Cleanup(func() { mc.Process.Kill(); mc.Wait() })
 	n.WritePolicy(t, "memcached.yaml", memcachePolicy)
+	// The a-wing's own egress rules allow more (any key); its requests go
+	// through its egress listener, which applies the server's ingress
+	// rules too (chained ingress): set xwing stays denied.
+	n.WritePolicy(t, "awing-egress.yaml", `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: awing-egress}
+spec:
+  endpointSelector: {matchLabels: {app: a-wing}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: memcd-server}}]
+    toPorts:
+    - ports: [{port: "11211", protocol: TCP}]
+      rules:
+        l7proto: memcache
+        l7:
+        - command: set
+        - command: get
+`)
 	// The line-based test protocol (l7proto: r2d2) beside it: a server
 	// answering OK to every line; the x-wing may only READ public files.
 	ln, err := n.Pods["r2d2"].Listen("tcp", ":8000")

@@ -87,6 +87,25 @@ type Matcher struct {
 	anyTopic []*rule            // rules without a topic
 	byTopic  map[string][]*rule // rules naming one topic
 	n        int
+	and      *Matcher // also required (And); nil: nothing more
+}
+
+// And is the matcher that allows a request only when both m and o allow
+// it: an egress listener applies its client's egress rules and a local
+// destination's ingress rules to the same request.
+func (m *Matcher) And(o *Matcher) *Matcher {
+	switch {
+	case o == nil || o.n == 0 && o.and == nil || m == o:
+		return m
+	case m == nil || m.n == 0 && m.and == nil:
+		return o
+	}
+	c := *m
+	if c.and != nil {
+		o = c.and.And(o)
+	}
+	c.and = o
+	return &c
 }
 
 // Compile checks and compiles rules. A rule matches a request when every
@@ -170,6 +189,9 @@ func (m *Matcher) Equal(o *Matcher) bool {
 	if m == nil || o == nil || m.n != o.n || len(m.byTopic) != len(o.byTopic) || !rulesEqual(m.anyTopic, o.anyTopic) {
 		return false
 	}
+	if (m.and == nil) != (o.and == nil) || m.and != nil && !m.and.Equal(o.and) {
+		return false
+	}
 	for t, rs := range m.byTopic {
 		if !rulesEqual(rs, o.byTopic[t]) {
 			return false
@@ -196,6 +218,9 @@ func rulesEqual(a, b []*rule) bool {
 
 // Allow reports whether the rules allow req.
 func (m *Matcher) Allow(req *Request) bool {
+	if m.and != nil && !m.and.Allow(req) {
+		return false
+	}
 	if m.n == 0 {
 		return true
 	}

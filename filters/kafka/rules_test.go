@@ -151,3 +151,41 @@ func BenchmarkMatcher(b *testing.B) {
 		}
 	}
 }
+
+// TestMatcherAnd: a chained matcher (egress rules And a local
+// destination's ingress rules) allows a request only when both do, and
+// compares equal only to the same chain.
+func TestMatcherAnd(t *testing.T) {
+	egress, err := Compile([]policy.PortRuleKafka{{Role: "produce", Topic: "deathstar-plans"}, {Role: "produce", Topic: "empire-announce"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ingress, err := Compile([]policy.PortRuleKafka{{Role: "produce", Topic: "empire-announce"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	all, _ := Compile(nil)
+	both := egress.And(ingress)
+	for _, c := range []struct {
+		topic string
+		want  bool
+	}{{"empire-announce", true}, {"deathstar-plans", false}, {"other", false}} {
+		req := &Request{APIKey: 0, APIVersion: 9, Topics: []string{c.topic}}
+		if got := both.Allow(req); got != c.want {
+			t.Errorf("produce %s: Allow = %v, want %v", c.topic, got, c.want)
+		}
+	}
+	if !egress.Allow(&Request{APIKey: 0, APIVersion: 9, Topics: []string{"deathstar-plans"}}) {
+		t.Error("And changed its receiver")
+	}
+	if egress.And(all) != egress || all.And(ingress) != ingress {
+		t.Error("And with an allow-all matcher is not the other matcher")
+	}
+	if both.Equal(egress) || egress.Equal(both) || !both.Equal(egress.And(ingress)) {
+		t.Error("Equal does not compare the chained part")
+	}
+	// all.And(x) is x; a chain on an allow-all matcher still applies x.
+	if got := all.And(both).Allow(&Request{APIKey: 0, APIVersion: 9, Topics: []string{"deathstar-plans"}}); got {
+		t.Error("allow-all And chain allowed what the chain denies")
+	}
+}

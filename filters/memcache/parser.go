@@ -64,6 +64,38 @@ func (f *Factory) Create(conn proxylib.Connection) proxylib.Parser {
 	return &parser{f: f, conn: conn, info: info, remote: remote}
 }
 
+// Auditor is implemented by a RuleSource whose endpoint may be in policy
+// audit mode (Cilium's PolicyAuditMode): a request the rules deny is then
+// passed to the server and recorded as flow.Audited. It is asked only for
+// a request that would be denied.
+type Auditor interface {
+	Audit() bool
+}
+
+// decide applies the rules to a well-formed request: flow.Allowed,
+// flow.Audited (denied, passed in audit mode), flow.Denied, or flow.Error
+// when no policy covers the connection any more.
+func (p *parser) decide(cmd string, keys []string) (flow.Verdict, string) {
+	m, ok := p.f.rules.Rules(p.info.Ingress, p.info.DstPort, p.remote)
+	switch {
+	case ok && m.Allows(cmd, keys):
+		return flow.Allowed, ""
+	case p.audit():
+		if !ok {
+			return flow.Audited, "no policy for the connection"
+		}
+		return flow.Audited, "access denied"
+	case !ok:
+		return flow.Error, "no policy for the connection"
+	}
+	return flow.Denied, "access denied"
+}
+
+func (p *parser) audit() bool {
+	a, ok := p.f.rules.(Auditor)
+	return ok && a.Audit()
+}
+
 // pending is a request the server will answer (or a denial waiting for
 // the answers before it).
 type pending struct {
@@ -228,12 +260,12 @@ func (p *parser) onTextRequest(data [][]byte) (proxylib.Op, int) {
 	if !known {
 		return p.denyText(cmd, nil, total, textError)
 	}
-	m, ok := p.f.rules.Rules(p.info.Ingress, p.info.DstPort, p.remote)
-	if !ok {
-		p.record(flow.Error, cmd, keys, "no policy for the connection")
+	verdict, reason := p.decide(cmd, keys)
+	switch verdict {
+	case flow.Error:
+		p.record(flow.Error, cmd, keys, reason)
 		return proxylib.Error, proxylib.ErrPolicyDenied
-	}
-	if !m.Allows(cmd, keys) {
+	case flow.Denied:
 		return p.denyText(cmd, keys, total, textDenied)
 	}
 	if len(p.queue) >= maxPending {
@@ -242,7 +274,7 @@ func (p *parser) onTextRequest(data [][]byte) (proxylib.Op, int) {
 	if answered {
 		p.queue = append(p.queue, pending{multi: multi})
 	}
-	p.record(flow.Allowed, cmd, keys, "")
+	p.record(verdict, cmd, keys, reason)
 	return proxylib.Pass, total
 }
 
@@ -389,12 +421,12 @@ func (p *parser) onBinaryRequest(data [][]byte) (proxylib.Op, int) {
 		p.answerBinary(h[1], opaque, 0x0081, "Unknown command")
 		return proxylib.Drop, total
 	}
-	m, ok := p.f.rules.Rules(p.info.Ingress, p.info.DstPort, p.remote)
-	if !ok {
-		p.record(flow.Error, op.name, keys, "no policy for the connection")
+	verdict, reason := p.decide(op.name, keys)
+	switch verdict {
+	case flow.Error:
+		p.record(flow.Error, op.name, keys, reason)
 		return proxylib.Error, proxylib.ErrPolicyDenied
-	}
-	if !m.Allows(op.name, keys) {
+	case flow.Denied:
 		p.record(flow.Denied, op.name, keys, "access denied")
 		p.answerBinary(h[1], opaque, binStatusDenied, "Access denied")
 		return proxylib.Drop, total
@@ -405,7 +437,7 @@ func (p *parser) onBinaryRequest(data [][]byte) (proxylib.Op, int) {
 	if !op.quiet {
 		p.queue = append(p.queue, pending{opaque: opaque})
 	}
-	p.record(flow.Allowed, op.name, keys, "")
+	p.record(verdict, op.name, keys, reason)
 	return proxylib.Pass, total
 }
 

@@ -2,6 +2,7 @@ package memcache
 
 import (
 	"encoding/binary"
+	"slices"
 	"strings"
 	"testing"
 
@@ -169,4 +170,65 @@ func FuzzParser(f *testing.F) {
 			t.Fatalf("forwarded %d bytes of %d", len(o.toServer), len(req))
 		}
 	})
+}
+
+// TestMatcherAnd: egress rules And a local destination's ingress rules
+// allow a request only when both do; nil (allow-all) is the identity.
+func TestMatcherAnd(t *testing.T) {
+	egress, err := Compile([]l7.GenericRule{{"command": "get"}, {"command": "set"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ingress, err := Compile([]l7.GenericRule{{"command": "get", "keyPrefix": "public/"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	both := egress.And(ingress)
+	for _, c := range []struct {
+		cmd  string
+		keys []string
+		want bool
+	}{{"get", []string{"public/a"}, true}, {"get", []string{"secret"}, false}, {"set", []string{"public/a"}, false}, {"delete", []string{"public/a"}, false}} {
+		if got := both.Allows(c.cmd, c.keys); got != c.want {
+			t.Errorf("%s %v: Allows = %v, want %v", c.cmd, c.keys, got, c.want)
+		}
+	}
+	if !egress.Allows("set", []string{"public/a"}) {
+		t.Error("And changed its receiver")
+	}
+	var all *Matcher
+	if all.And(ingress) != ingress || egress.And(nil) != egress {
+		t.Error("And with allow-all (nil) is not the other matcher")
+	}
+}
+
+// auditRules is a RuleSource whose endpoint is in policy audit mode.
+type auditRules struct{ m *Matcher }
+
+func (a auditRules) Rules(bool, uint16, uint32) (*Matcher, bool) { return a.m, true }
+func (auditRules) Audit() bool                                   { return true }
+
+// TestAuditMode: an endpoint in audit mode gets the requests its policy
+// denies passed to the server, recorded as AUDIT; malformed and unknown
+// commands are still answered by ward.
+func TestAuditMode(t *testing.T) {
+	m, err := Compile(awing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var recs []flow.Record
+	o := &out{}
+	s := proxylib.NewStream(NewParserFactory(auditRules{m}, flow.SinkFunc(func(r *flow.Record) { recs = append(recs, *r) })), o,
+		&proxylib.ConnInfo{Ingress: true, SrcIdentity: 100, DstIdentity: 200, SrcAddr: "10.0.0.1:5555", DstAddr: "10.0.0.2:11211", DstPort: 11211})
+	s.OnData(false, false, [][]byte{[]byte("get awing\r\nset xwing 0 0 3\r\nbad\r\nbogus\r\n")})
+	if want := "get awing\r\nset xwing 0 0 3\r\nbad\r\n"; string(o.toServer) != want {
+		t.Errorf("to server %q, want %q", o.toServer, want)
+	}
+	var verdicts []flow.Verdict
+	for _, r := range recs {
+		verdicts = append(verdicts, r.Verdict)
+	}
+	if want := []flow.Verdict{flow.Allowed, flow.Audited, flow.Denied}; !slices.Equal(verdicts, want) {
+		t.Errorf("verdicts %v, want %v", verdicts, want)
+	}
 }

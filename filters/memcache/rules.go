@@ -133,6 +133,24 @@ func (r *rule) allows(cmd string, keys []string) bool {
 // Matcher decides requests by a set of rules; nil allows everything.
 type Matcher struct {
 	rules []rule
+	and   *Matcher // also required (And)
+}
+
+// And is the matcher that allows a request only when both m and o allow
+// it (nil allows everything).
+func (m *Matcher) And(o *Matcher) *Matcher {
+	switch {
+	case o == nil || m == o:
+		return m
+	case m == nil:
+		return o
+	}
+	c := *m
+	if c.and != nil {
+		o = c.and.And(o)
+	}
+	c.and = o
+	return &c
 }
 
 // Compile compiles rules (nil: a matcher that allows every request).
@@ -155,6 +173,9 @@ func Compile(rules []l7.GenericRule) (*Matcher, error) {
 func (m *Matcher) Allows(cmd string, keys []string) bool {
 	if m == nil {
 		return true
+	}
+	if m.and != nil && !m.and.Allows(cmd, keys) {
+		return false
 	}
 	for i := range m.rules {
 		if m.rules[i].allows(cmd, keys) {

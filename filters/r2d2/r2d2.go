@@ -21,7 +21,27 @@ import (
 const maxLine = 1024
 
 // Matcher decides requests; nil allows every request.
-type Matcher struct{ rules []rule }
+type Matcher struct {
+	rules []rule
+	and   *Matcher // also required (And)
+}
+
+// And is the matcher that allows a request only when both m and o allow
+// it (nil allows everything).
+func (m *Matcher) And(o *Matcher) *Matcher {
+	switch {
+	case o == nil || m == o:
+		return m
+	case m == nil:
+		return o
+	}
+	c := *m
+	if c.and != nil {
+		o = c.and.And(o)
+	}
+	c.and = o
+	return &c
+}
 
 type rule struct {
 	cmd  string
@@ -60,6 +80,9 @@ func (m *Matcher) Allows(cmd, file string) bool {
 	if m == nil {
 		return true
 	}
+	if m.and != nil && !m.and.Allows(cmd, file) {
+		return false
+	}
 	for _, r := range m.rules {
 		if (r.cmd == "" || r.cmd == cmd) && (r.file == nil || r.file.MatchString(file)) {
 			return true
@@ -93,6 +116,18 @@ func (f *Factory) Create(conn proxylib.Connection) proxylib.Parser {
 		remote = info.SrcIdentity
 	}
 	return &parser{f: f, conn: conn, info: info, remote: remote}
+}
+
+// Auditor is implemented by a RuleSource whose endpoint may be in policy
+// audit mode: a well-formed request the rules deny then passes, recorded
+// as flow.Audited. Asked only for a request that would be denied.
+type Auditor interface {
+	Audit() bool
+}
+
+func (p *parser) audit() bool {
+	a, ok := p.f.rules.(Auditor)
+	return ok && a.Audit()
 }
 
 type parser struct {
@@ -138,8 +173,15 @@ func (p *parser) OnData(reply, _ bool, data [][]byte) (proxylib.Op, int) {
 	}
 	valid := (cmd == "READ" || cmd == "WRITE") && len(f) == 2 || (cmd == "HALT" || cmd == "RESET") && len(f) == 1
 	m, ok := p.f.rules.Rules(p.info.Ingress, p.info.DstPort, p.remote)
-	if !ok {
+	audit := valid && (!ok || !m.Allows(cmd, file)) && p.audit()
+	if !ok && !audit {
 		return proxylib.Error, proxylib.ErrPolicyDenied
+	}
+	if audit {
+		// Audit mode: a well-formed request the policy denies passes.
+		p.record(flow.Audited, cmd, file)
+		p.pending = append(p.pending, false)
+		return proxylib.Pass, n
 	}
 	if !valid || !m.Allows(cmd, file) {
 		p.record(flow.Denied, cmd, file)

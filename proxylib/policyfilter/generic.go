@@ -74,6 +74,10 @@ func (r genericRules) lookup(ingress bool, port uint16, remote uint32) (all bool
 	if !found {
 		return false, nil, false
 	}
+	return lookupGeneric(ep, ingress, port, remote)
+}
+
+func lookupGeneric(ep *npdsclient.Endpoint, ingress bool, port uint16, remote uint32) (all bool, rules []*genericL7, ok bool) {
 	v, rs := ep.Lookup(ingress, port, remote, nil)
 	switch v {
 	case npdsclient.AllowAll:
@@ -93,6 +97,27 @@ func (r genericRules) lookup(ingress bool, port uint16, remote uint32) (all bool
 	return false, rules, len(rules) > 0
 }
 
+// chained is, on an egress connection to a local endpoint, that
+// endpoint's ingress rules for the client (connRules: chained ingress);
+// chain false when they do not apply.
+func (r genericRules) chained(ingress bool, port uint16) (all bool, rules []*genericL7, ok, chain bool) {
+	if ingress {
+		return false, nil, false, false
+	}
+	dst, src, chain := r.chain(r.c.client.State())
+	if !chain {
+		return false, nil, false, false
+	}
+	all, rules, ok = lookupGeneric(dst, true, port, src)
+	return all, rules, ok, true
+}
+
+// srcAudit reports whether the connection's own endpoint is in audit mode.
+func (r genericRules) srcAudit() bool {
+	_, ep, ok := r.endpoint()
+	return ok && ep.Audit
+}
+
 // union is the rules of gs together.
 func union(gs []*genericL7) []l7.GenericRule {
 	var all []l7.GenericRule
@@ -105,7 +130,26 @@ func union(gs []*genericL7) []l7.GenericRule {
 type memcacheRules struct{ genericRules }
 
 func (r memcacheRules) Rules(ingress bool, port uint16, remote uint32) (*memcache.Matcher, bool) {
-	all, gs, ok := r.lookup(ingress, port, remote)
+	m, ok := memcacheMatcher(r.lookup(ingress, port, remote))
+	all, gs, iok, chain := r.chained(ingress, port)
+	if !chain {
+		return m, ok
+	}
+	// Chained ingress (connRules): the destination's ingress rules are
+	// enforced; the client's egress rules too unless it is in audit mode.
+	im, iok := memcacheMatcher(all, gs, iok)
+	switch {
+	case !iok:
+		return nil, false
+	case r.srcAudit():
+		return im, true
+	case !ok:
+		return nil, false
+	}
+	return m.And(im), true
+}
+
+func memcacheMatcher(all bool, gs []*genericL7, ok bool) (*memcache.Matcher, bool) {
 	switch {
 	case !ok:
 		return nil, false
@@ -121,7 +165,26 @@ func (r memcacheRules) Rules(ingress bool, port uint16, remote uint32) (*memcach
 type r2d2Rules struct{ genericRules }
 
 func (r r2d2Rules) Rules(ingress bool, port uint16, remote uint32) (*r2d2.Matcher, bool) {
-	all, gs, ok := r.lookup(ingress, port, remote)
+	m, ok := r2d2Matcher(r.lookup(ingress, port, remote))
+	all, gs, iok, chain := r.chained(ingress, port)
+	if !chain {
+		return m, ok
+	}
+	// Chained ingress (connRules): the destination's ingress rules are
+	// enforced; the client's egress rules too unless it is in audit mode.
+	im, iok := r2d2Matcher(all, gs, iok)
+	switch {
+	case !iok:
+		return nil, false
+	case r.srcAudit():
+		return im, true
+	case !ok:
+		return nil, false
+	}
+	return m.And(im), true
+}
+
+func r2d2Matcher(all bool, gs []*genericL7, ok bool) (*r2d2.Matcher, bool) {
 	switch {
 	case !ok:
 		return nil, false

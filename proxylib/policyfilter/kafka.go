@@ -79,6 +79,7 @@ type kafkaConfig struct {
 
 	mu        sync.Mutex
 	merged    map[mergeKey]*kafka.Matcher
+	anded     map[[2]*kafka.Matcher]*kafka.Matcher // chained ingress, per State
 	state     *npdsclient.State
 	factories map[connRules]*kafka.Factory // one per endpoint: topic IDs learnt on one connection serve the others
 }
@@ -127,10 +128,29 @@ func (c *kafkaConfig) factory(rs connRules) *kafka.Factory {
 // State: a rule without L7 part allows everything (nil rules compile to
 // allow-all); several L7 rules selecting the remote are merged once per
 // State.
+//
+// On an egress listener whose connection goes to a local endpoint (dst,
+// from client src), the destination's ingress L7 rules for the client
+// apply too (chained ingress, as ward.http's chainIngress): the upstream
+// carries redirect.MarkIngressChecked, so the datapath does not hand it to
+// the ingress proxy, which would see the node's address, not the client.
 type connRules struct {
 	c  *kafkaConfig
 	ep string // endpoint name, resolved per call from the current State
 	ip netip.Addr
+
+	dst, src netip.Addr // chained ingress: a local destination and the client
+	port     uint16     // and the destination port
+}
+
+// chain is the local destination's endpoint and the client's identity
+// when the destination's ingress L7 rules apply to this connection
+// (chainedIngress).
+func (r connRules) chain(st *npdsclient.State) (dst *npdsclient.Endpoint, src uint32, ok bool) {
+	if !r.dst.IsValid() {
+		return nil, 0, false
+	}
+	return chainedIngress(st, r.c.cfg, r.dst, r.src, r.port)
 }
 
 // endpoint is the connection's endpoint in the current State.
@@ -151,10 +171,52 @@ func (r connRules) Rules(ingress bool, port uint16, remote uint32) (*kafka.Match
 	if !ok {
 		return nil, false
 	}
+	m, ok := r.c.matcher(st, ep, ingress, port, remote)
+	if ingress {
+		return m, ok
+	}
+	dst, src, chained := r.chain(st)
+	switch {
+	case !chained:
+		return m, ok
+	case !ok && !ep.Audit:
+		return nil, false
+	}
+	im, iok := r.c.matcher(st, dst, true, port, src)
+	switch {
+	case !iok:
+		return nil, false
+	case ep.Audit:
+		// The client's egress rules are audited, never enforced; the
+		// destination's ingress rules are (Audit is false here).
+		return im, true
+	}
+	return r.c.and(st, m, im), true
+}
+
+// chainedIngress reports whether a connection from client src to local
+// endpoint dst on port needs dst's ingress L7 rules applied on the egress
+// listener: dst's ingress policy selects the client with L7 rules and dst
+// is not in audit mode (whose ingress denials would pass anyway). L3/L4
+// verdicts stay the datapath's.
+func chainedIngress(st *npdsclient.State, cfg Config, dstIP, srcIP netip.Addr, port uint16) (dst *npdsclient.Endpoint, src uint32, ok bool) {
+	dst, found := st.EndpointByIP(dstIP)
+	if !found || dst.Audit {
+		return nil, 0, false
+	}
+	src = cfg.identity(st, srcIP)
+	if v, _ := dst.Lookup(true, port, src, nil); v != npdsclient.CheckL7 {
+		return nil, 0, false
+	}
+	return dst, src, true
+}
+
+// matcher is the Kafka matcher of ep's rules for remote on port.
+func (c *kafkaConfig) matcher(st *npdsclient.State, ep *npdsclient.Endpoint, ingress bool, port uint16, remote uint32) (*kafka.Matcher, bool) {
 	v, rules := ep.Lookup(ingress, port, remote, nil)
 	switch v {
 	case npdsclient.AllowAll:
-		return r.c.allowAll, true
+		return c.allowAll, true
 	case npdsclient.CheckL7:
 	default:
 		return nil, false
@@ -171,14 +233,20 @@ func (r connRules) Rules(ingress bool, port uint16, remote uint32) (*kafka.Match
 	case 1:
 		return ls[0].m, true
 	}
-	return r.c.merge(st, mergeKey{ep, ingress, port, remote}, ls), true
+	return c.merge(st, mergeKey{ep, ingress, port, remote}, ls), true
 }
 
 // Audit reports whether the endpoint is in policy audit mode
 // (kafka.Auditor).
 func (r connRules) Audit() bool {
-	_, ep, ok := r.endpoint()
-	return ok && ep.Audit
+	st, ep, ok := r.endpoint()
+	if !ok || !ep.Audit {
+		return false
+	}
+	// A local destination's chained ingress rules are enforced unless
+	// it is in audit mode itself (then they are not chained).
+	_, _, chained := r.chain(st)
+	return !chained
 }
 
 var _ kafka.Auditor = connRules{}
@@ -186,9 +254,7 @@ var _ kafka.Auditor = connRules{}
 func (c *kafkaConfig) merge(st *npdsclient.State, k mergeKey, ls []*kafkaL7) *kafka.Matcher {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.state != st {
-		c.state, c.merged = st, map[mergeKey]*kafka.Matcher{}
-	}
+	c.reset(st)
 	if m, ok := c.merged[k]; ok {
 		return m
 	}
@@ -202,6 +268,28 @@ func (c *kafkaConfig) merge(st *npdsclient.State, k mergeKey, ls []*kafkaL7) *ka
 	}
 	c.merged[k] = m
 	return m
+}
+
+// and is a.And(b), the same pointer for the same pair until the State
+// changes (the parser restarts a fetch session when its matcher changes).
+func (c *kafkaConfig) and(st *npdsclient.State, a, b *kafka.Matcher) *kafka.Matcher {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.reset(st)
+	k := [2]*kafka.Matcher{a, b}
+	m, ok := c.anded[k]
+	if !ok {
+		m = a.And(b)
+		c.anded[k] = m
+	}
+	return m
+}
+
+// reset forgets the merged matchers of an older State; c.mu held.
+func (c *kafkaConfig) reset(st *npdsclient.State) {
+	if c.state != st {
+		c.state, c.merged, c.anded = st, map[mergeKey]*kafka.Matcher{}, map[[2]*kafka.Matcher]*kafka.Matcher{}
+	}
 }
 
 func (c *kafkaConfig) NewNetworkFilter() proxylib.NetworkFilter { return &streamFilter{c: c} }
@@ -267,6 +355,9 @@ func (f *streamFilter) OnNewConnection(c proxylib.NetworkConn) proxylib.NetworkS
 	} else {
 		rs.ip = remote.Addr()
 		info.DstIdentity = cfg.identity(st, local.Addr())
+		if _, ok := st.EndpointByIP(local.Addr()); ok && cfg.Endpoint != "" {
+			rs.dst, rs.src, rs.port = local.Addr(), remote.Addr(), info.DstPort
+		}
 	}
 	info.PolicyName = cfg.Endpoint
 	f.out.conn, f.out.c = c, f.c

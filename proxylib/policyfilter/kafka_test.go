@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"net/netip"
 	"testing"
 
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -184,6 +185,69 @@ func TestKafkaOptions(t *testing.T) {
 			}
 			if (err == nil) != tt.ok {
 				t.Errorf("config %s: error %v; want ok %v", tt.raw, err, tt.ok)
+			}
+		})
+	}
+}
+
+// chainPolicies: client hq (10.0.0.9, identity 1000) may produce to a and
+// b (egress); the broker (10.0.0.1) lets 1000 produce to a only (ingress).
+func chainPolicies(hqAudit, brokerAudit bool) []*npds.NetworkPolicy {
+	return []*npds.NetworkPolicy{
+		{Name: "hq", EndpointIps: []string{"10.0.0.9"}, Audit: hqAudit,
+			EgressPerPortPolicies: []*npds.PortNetworkPolicy{{Port: 9092, Rules: []*npds.PortNetworkPolicyRule{
+				{RemoteIdentities: []uint32{1000}, L7: npds.Kafka(l7.KafkaRule{Role: "produce", Topic: "a"}, l7.KafkaRule{Role: "produce", Topic: "b"})},
+			}}}},
+		{Name: "broker", EndpointIps: []string{"10.0.0.1"}, Audit: brokerAudit,
+			IngressPerPortPolicies: []*npds.PortNetworkPolicy{{Port: 9092, Rules: []*npds.PortNetworkPolicyRule{
+				{RemoteIdentities: []uint32{1000}, L7: npds.Kafka(l7.KafkaRule{Role: "produce", Topic: "a"})},
+			}}}},
+	}
+}
+
+// TestKafkaChainedIngress: on hq's egress listener a connection to the
+// local broker gets the broker's ingress rules too (its upstream skips the
+// ingress proxy, redirect.MarkIngressChecked): a topic the egress rules
+// allow and the ingress rules do not is denied. Audit mode relaxes only
+// its own side.
+func TestKafkaChainedIngress(t *testing.T) {
+	produce := func(topic string) *kafka.Request {
+		return &kafka.Request{APIKey: 0, APIVersion: 9, Topics: []string{topic}}
+	}
+	for _, tt := range []struct {
+		name                 string
+		hqAudit, brokerAudit bool
+		a, b, c              bool // produce to a, b, c allowed by the matcher
+		audit                bool // connRules.Audit
+	}{
+		{name: "both enforce", a: true},
+		{name: "client audits", hqAudit: true, a: true},
+		{name: "broker audits", brokerAudit: true, a: true, b: true},
+		{name: "both audit", hqAudit: true, brokerAudit: true, a: true, b: true, audit: true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, _, _ := newWardKafka(t, chainPolicies(tt.hqAudit, tt.brokerAudit))
+			rs := connRules{c: cfg, ep: "hq", ip: netip.MustParseAddr("10.0.0.9"),
+				dst: netip.MustParseAddr("10.0.0.1"), src: netip.MustParseAddr("10.0.0.9"), port: 9092}
+			m, ok := rs.Rules(false, 9092, 1000)
+			if !ok {
+				t.Fatal("no rules for the chained connection")
+			}
+			for topic, want := range map[string]bool{"a": tt.a, "b": tt.b, "c": tt.c} {
+				if got := m.Allow(produce(topic)); got != want {
+					t.Errorf("produce %s: allowed %v, want %v", topic, got, want)
+				}
+			}
+			if got := rs.Audit(); got != tt.audit {
+				t.Errorf("Audit = %v, want %v", got, tt.audit)
+			}
+			if m2, _ := rs.Rules(false, 9092, 1000); m2 != m {
+				t.Error("a second lookup in the same State gave another matcher (a fetch session would restart)")
+			}
+			// Not chained (no local destination): the egress rules alone.
+			plain := connRules{c: cfg, ep: "hq", ip: netip.MustParseAddr("10.0.0.9")}
+			if m, ok := plain.Rules(false, 9092, 1000); !ok || !m.Allow(produce("b")) {
+				t.Error("an unchained egress connection does not get its egress rules alone")
 			}
 		})
 	}
