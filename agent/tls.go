@@ -223,6 +223,12 @@ type tlsScope struct {
 	listener string
 	port     uint16
 	mark     uint32
+	// httpMark marks the upstreams of the chains that run ward.http: on
+	// an egress listener it also says redirect.MarkIngressChecked
+	// (ward.http applies a local destination's ingress HTTP rules); the
+	// serverNames pass-through keeps mark (such an upstream to a local
+	// destination with ingress L7 rules is dropped, fail closed).
+	httpMark uint32
 	filter   policyfilter.Config
 	prefix   string // of cluster names
 	chains   []tlsChain
@@ -237,7 +243,7 @@ func (t *tlsPolicy) build(st *State) (xds.EnvoyResources, error) {
 	var res xds.EnvoyResources
 	var errs []error
 	d := t.a.dp
-	ingress := &tlsScope{listener: "ward-tls-ingress", port: d.cfg.TLSIngressPort, mark: redirect.MarkProxyIngress,
+	ingress := &tlsScope{listener: "ward-tls-ingress", port: d.cfg.TLSIngressPort, mark: redirect.MarkProxyIngress, httpMark: redirect.MarkProxyIngress,
 		filter: policyfilter.Config{Direction: "ingress", AccessLog: d.cfg.AccessLog}, prefix: "ward-tls-ingress", clusters: map[string]types.Resource{}, orig: map[string]string{}}
 	scopes := []*tlsScope{ingress}
 	var reqs []secrets.Request
@@ -258,7 +264,8 @@ func (t *tlsPolicy) build(st *State) (xds.EnvoyResources, error) {
 		if port == 0 {
 			continue
 		}
-		eg := &tlsScope{listener: fmt.Sprintf("ward-tls-egress-%d", w.ID), port: port, mark: redirect.ProxyEgressMark(uint32(pol.Identity)),
+		mark := redirect.ProxyEgressMark(uint32(pol.Identity))
+		eg := &tlsScope{listener: fmt.Sprintf("ward-tls-egress-%d", w.ID), port: port, mark: mark, httpMark: mark | redirect.MarkIngressChecked,
 			filter: policyfilter.Config{Direction: "egress", Endpoint: w.Name, AccessLog: d.cfg.AccessLog}, prefix: fmt.Sprintf("ward-tls-egress-%d", w.ID), clusters: map[string]types.Resource{}, orig: map[string]string{}}
 		reqs = append(reqs, eg.add(pol.Egress, nil, &errs)...)
 		scopes = append(scopes, eg)
@@ -372,12 +379,12 @@ func (sc *tlsScope) add(dp *policy.DirectionPolicy, ips []string, errs *[]error)
 							*errs = append(*errs, fmt.Errorf("tls: %s: %w", where, err))
 							continue
 						}
-						sc.clusters[oc.Name] = xds.MarkUpstream(cl, sc.mark)
+						sc.clusters[oc.Name] = xds.MarkUpstream(cl, sc.httpMark)
 					}
 				} else {
 					// terminatingTLS alone: the upstream speaks plain HTTP.
 					c.chain.Cluster = sc.prefix + "-plain"
-					sc.clusters[c.chain.Cluster] = xds.MarkUpstream(xds.OriginalDstCluster(c.chain.Cluster, false), sc.mark)
+					sc.clusters[c.chain.Cluster] = xds.MarkUpstream(xds.OriginalDstCluster(c.chain.Cluster, false), sc.httpMark)
 				}
 			case hasOrig:
 				// The endpoint speaks plain HTTP; Envoy sends it upstream
@@ -400,7 +407,7 @@ func (sc *tlsScope) add(dp *policy.DirectionPolicy, ips []string, errs *[]error)
 						*errs = append(*errs, fmt.Errorf("tls: %s: %w", where, err))
 						continue
 					}
-					sc.clusters[c.chain.Cluster] = xds.MarkUpstream(cl, sc.mark)
+					sc.clusters[c.chain.Cluster] = xds.MarkUpstream(cl, sc.httpMark)
 				}
 			case len(s.ServerNames) > 0:
 				c.chain.Cluster = sc.prefix + "-pass"

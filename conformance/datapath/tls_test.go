@@ -497,3 +497,70 @@ httpbin IN A ` + hb.IP.String() + `
 		t.Errorf("s_client httpbin.ward.test:443 certificate = %v; want the policy's internal-httpbin certificate", crt)
 	}
 }
+
+// TestWarddTLSEgressAndIngress: the client intercepts its own HTTPS
+// (egress terminatingTLS/originatingTLS, HTTP rules) to the api pod on the
+// same node, which has ingress HTTP rules on the same port. The egress
+// listener's upstream goes straight to the pod (the ingress proxy would
+// see the node's address, not the client), so ward.http on the egress
+// chain applies the api's ingress rules too. Before, every such request
+// was dropped at the api pod's veth.
+func TestWarddTLSEgressAndIngress(t *testing.T) {
+	testenv.RequireCommand(t, "openssl")
+	n := node.New(t,
+		node.PodSpec{Name: "api", Labels: map[string]string{"app": "api"}},
+		node.PodSpec{Name: "client", Labels: map[string]string{"app": "client"}})
+	api := n.Pods["api"]
+	pki := t.TempDir()
+	internalCA, internalKey := tlsCA(t, pki, "ward-internal-ca")
+	publicCA, publicKey := tlsCA(t, pki, "public-ca")
+	interceptCrt, interceptKey := tlsLeaf(t, pki, "intercept", internalCA, internalKey, "api.ward.test")
+	serverCrt, serverKey := tlsLeaf(t, pki, "server", publicCA, publicKey, "api.ward.test", "pass.ward.test", "other.ward.test")
+	serveTLS(t, api, serverCrt, serverKey)
+	n.Config.SecretsDir = t.TempDir()
+	if err := secrets.Write(n.Config.SecretsDir, secrets.Ref{Namespace: "default", Name: "api-intercept"}, map[string][]byte{"tls.crt": interceptCrt, "tls.key": interceptKey}); err != nil {
+		t.Fatal(err)
+	}
+	if err := secrets.Write(n.Config.SecretsDir, secrets.Ref{Namespace: "default", Name: "public-cas"}, map[string][]byte{"ca.crt": readFile(t, publicCA)}); err != nil {
+		t.Fatal(err)
+	}
+	n.Config.Datapath.TLSIngressPort, n.Config.Datapath.EgressTLSBasePort = uint16(node.FreePort(t)), uint16(node.FreePort(t))
+	// The api's ingress: GET /public.* only.
+	n.WritePolicy(t, "tls-ingress.yaml", tlsIngressPolicy)
+	// The client's egress: GET /public.* and /private.*.
+	n.WritePolicy(t, "tls-egress.yaml", `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-tls-egress}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: api}}]
+    toPorts:
+    - ports: [{port: "443", protocol: TCP}]
+      terminatingTLS:
+        secret: {name: api-intercept}
+      originatingTLS:
+        secret: {name: public-cas}
+      rules:
+        http:
+        - method: GET
+          path: "/(public|private).*"
+`)
+	n.Start(t, 49400, 9494)
+
+	c, stop := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer stop()
+	curl := func(path string) string {
+		return n.Curl(c, "client", "-w", " %{http_code}", "--cacert", internalCA,
+			"--resolve", "api.ward.test:443:"+api.IP.String(), "https://api.ward.test"+path)
+	}
+	node.Eventually(t, "GET /public/x (both allow) to pass", func() bool {
+		return curl("/public/x") == "api /public/x sni=api.ward.test 200"
+	})
+	if got := curl("/private"); got != "Access denied 403" {
+		t.Errorf("GET /private (egress allows, api's ingress does not) = %q; want Access denied 403", got)
+	}
+	if got := curl("/secret"); got != "Access denied 403" {
+		t.Errorf("GET /secret (egress denies) = %q; want Access denied 403", got)
+	}
+}
