@@ -67,8 +67,9 @@ func (a *Agent) staticResources() (xds.EnvoyResources, error) {
 // the proxied ports: ingress HTTP and Kafka, shared by every local
 // endpoint, and one egress HTTP and one egress Kafka listener per local
 // endpoint whose upstream sockets carry the endpoint's identity
-// (redirect.ProxyEgressMark), so the destination's ingress policy in the
-// datapath sees the real source. Every HTTP cluster speaks upstream the
+// (redirect.ProxyEgressMark) and leave from the endpoint's own address
+// (xds.OriginalSource), so the destination's ingress policy sees the real
+// source, in this node's datapath and on any other node. Every HTTP cluster speaks upstream the
 // protocol the client spoke (xds.FollowDownstream): the upstream is the
 // server the client addressed, so gRPC and h2c stay h2.
 func (a *Agent) datapathResources(identity func(uint64) (uint32, bool)) (xds.EnvoyResources, error) {
@@ -107,6 +108,7 @@ func (a *Agent) datapathResources(identity func(uint64) (uint32, bool)) (xds.Env
 		if err != nil {
 			return r, err
 		}
+		xds.OriginalSource(l)
 		r.Listeners = append(r.Listeners, l)
 		// ward.http on the egress listener also applies a local
 		// destination's ingress HTTP rules (policyfilter: chained
@@ -123,6 +125,7 @@ func (a *Agent) datapathResources(identity func(uint64) (uint32, bool)) (xds.Env
 		if err != nil {
 			return r, err
 		}
+		xds.OriginalSource(kl)
 		r.Listeners = append(r.Listeners, kl)
 		// ward.kafka (and the generic parsers on this listener) chain a
 		// local destination's ingress rules too (policyfilter connRules).

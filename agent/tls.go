@@ -310,6 +310,9 @@ func (t *tlsPolicy) build(st *State) (xds.EnvoyResources, error) {
 			errs = append(errs, fmt.Errorf("tls: %w", err))
 			continue
 		}
+		if sc.filter.Direction == "egress" {
+			xds.OriginalSource(l) // as the egress HTTP listeners (datapathResources)
+		}
 		res.Listeners = append(res.Listeners, l)
 		names := make([]string, 0, len(sc.clusters))
 		for n := range sc.clusters {

@@ -18,6 +18,7 @@ import (
 	rbachttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	origdst "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
+	origsrc "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_src/v3"
 	dmnet "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/dynamic_modules/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxy "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
@@ -112,6 +113,21 @@ func listenerBase(name, addr string, port uint32, transparent bool) *listener.Li
 		}}
 	}
 	return l
+}
+
+// OriginalSource makes l's upstream connections leave from the client's
+// own address (Envoy's original_src listener filter: IP_TRANSPARENT and a
+// bind to the downstream's source address, any port), as Cilium's egress
+// proxy does: the destination, on this node or another, sees the client's
+// address and so its identity, not the node's. The replies come back
+// addressed to the client; the proxy routing delivers them to the proxy's
+// socket (bpf/redirect nft.go). The upstream's mark stays the cluster's.
+func OriginalSource(l *listener.Listener) {
+	a, _ := anypb.New(&origsrc.OriginalSrc{})
+	l.ListenerFilters = append(l.ListenerFilters, &listener.ListenerFilter{
+		Name:       "envoy.filters.listener.original_src",
+		ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: a},
+	})
 }
 
 // Build returns the Envoy listener.

@@ -14,8 +14,9 @@ import (
 )
 
 const (
-	tcPass = 0 // TC_ACT_OK
-	tcShot = 2 // TC_ACT_SHOT
+	tcPass     = 0 // TC_ACT_OK
+	tcShot     = 2 // TC_ACT_SHOT
+	tcRedirect = 7 // TC_ACT_REDIRECT
 )
 
 var (
@@ -512,4 +513,57 @@ func TestLockdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	expect(t, d, d.objs.FromPod, tcpPacket(tClient, tServer, 42000, 80), tcPass, ReasonAllowed) // re-decided
+}
+
+// skbCtx is the head of struct __sk_buff a test run may set: len and
+// pkt_type must be zero, mark is the packet's mark.
+type skbCtx struct{ Len, PktType, Mark uint32 }
+
+// TestProxyUpstreamSharingATuple: an egress proxy's upstream leaves from
+// its client's address (original_src), so it may take the 4-tuple of the
+// client's own redirected connection. to_pod then meets that flow's
+// conntrack entry (verdict redirect) on the upstream's packets: it must
+// pass them by the upstream's own verdict (the egress proxy applied the
+// destination's ingress rules: MarkIngressChecked) and leave the client's
+// entry as it is, not hairpin them back into a proxy.
+func TestProxyUpstreamSharingATuple(t *testing.T) {
+	d := testDatapath(t, true, false)
+	const proxy = noProxyFor
+	if err := d.SetPolicy(tClientEP, []PolicyEntry{{PolicyKey: PolicyKey{Direction: Ingress, Identity: tServerID, Port: 80, Proto: ProtoTCP}, Verdict: Redirect, ProxyPort: proxy}}); err != nil {
+		t.Fatal(err)
+	}
+	// The flow from tServer:40001 to the endpoint's port 80, redirected.
+	expect(t, d, d.objs.ToPod, syn(tServer, tClient, 40001, 80), tcRedirect, ReasonHairpin)
+	_, v, ok := ctEntry(t, d, tServer, tClient, 40001, 80)
+	if !ok || v.Verdict != uint8(Redirect) {
+		t.Fatalf("conntrack entry %+v, %v; want a redirect", v, ok)
+	}
+	// An upstream with the same tuple, from an egress proxy that applied
+	// the endpoint's ingress rules.
+	mark := ProxyEgressMark(tServerID) | MarkIngressChecked
+	for _, pkt := range [][]byte{syn(tServer, tClient, 40001, 80), tcpPacket(tServer, tClient, 40001, 80)} {
+		before, err := d.Count(ReasonProxy)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ret, err := d.objs.ToPod.Run(&ebpf.RunOptions{Data: pkt, Context: skbCtx{Mark: mark}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		after, _ := d.Count(ReasonProxy)
+		if ret != tcPass || after != before+1 {
+			t.Errorf("upstream packet sharing a redirected flow's tuple: verdict %d, proxy-pass count +%d; want %d, +1", ret, after-before, tcPass)
+		}
+	}
+	if _, v2, ok := ctEntry(t, d, tServer, tClient, 40001, 80); !ok || v2.Verdict != v.Verdict || v2.ProxyPort != v.ProxyPort {
+		t.Errorf("the client's conntrack entry changed: %+v -> %+v (%v)", v, v2, ok)
+	}
+	// Without MarkIngressChecked the upstream is still refused.
+	ret, err := d.objs.ToPod.Run(&ebpf.RunOptions{Data: tcpPacket(tServer, tClient, 40001, 80), Context: skbCtx{Mark: ProxyEgressMark(tServerID)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ret != tcShot {
+		t.Errorf("upstream without MarkIngressChecked: verdict %d; want dropped", ret)
+	}
 }

@@ -634,7 +634,8 @@ func (r Routing) routeArgs(family, op string) []string {
 }
 
 // InstallProxyRouting adds the rules and local routes (IPv4 and IPv6, with
-// the ip command); undo removes them. It is idempotent: a rule identical to
+// the ip command) and the nftables rule that marks the packets of the
+// proxies' own transparent connections (nft.go); undo removes them. It is idempotent: a rule identical to
 // the one it would add (left by a previous process killed before its
 // undo, say) is adopted, not an error, and the routes are replaced. undo
 // removes adopted rules too. Two callers using distinct tables never undo
@@ -642,13 +643,23 @@ func (r Routing) routeArgs(family, op string) []string {
 func InstallProxyRouting(r Routing) (undo func() error, err error) {
 	r = r.withDefaults()
 	var done [][]string
+	var sockUndo func() error
 	undo = func() error {
 		var errs []error
 		for i := len(done) - 1; i >= 0; i-- {
+			if done[i] == nil {
+				errs = append(errs, sockUndo())
+				continue
+			}
 			errs = append(errs, runIP(done[i]...))
 		}
 		return errors.Join(errs...)
 	}
+	sockUndo, err = installProxySocketMark(r.Table)
+	if err != nil {
+		return nil, fmt.Errorf("proxy routing: %w", err)
+	}
+	done = append(done, nil) // the nftables table: undone last
 	for _, fam := range []string{"-4", "-6"} {
 		if err := runIP(r.routeArgs(fam, "replace")...); err != nil {
 			return nil, errors.Join(fmt.Errorf("proxy routing: %w", err), undo())
@@ -686,6 +697,7 @@ func (r Routing) ruleInstalled(family string) (bool, error) {
 // an earlier process (for `ward bpf cleanup`); missing ones are ignored.
 func RemoveProxyRouting(r Routing) {
 	r = r.withDefaults()
+	removeProxySocketMark(r.Table)
 	for _, fam := range []string{"-4", "-6"} {
 		for runIP(r.ruleArgs(fam, "del")...) == nil {
 		}

@@ -912,6 +912,37 @@ int from_pod(struct __sk_buff *skb)
 	return PASS(enforced ? R_PASS_ALLOWED : R_PASS_NOT_ENFORCED);
 }
 
+// proxy_upstream reports whether a TCP packet addressed to a local pod
+// belongs to a connected socket of this (the host's) namespace: an egress
+// proxy's upstream connection, which leaves from the pod's own address
+// (Envoy's original_src), so its replies come back addressed to the pod.
+// A pod's own sockets are in its namespace, never found here; listeners
+// are not taken.
+static __always_inline int proxy_upstream(struct __sk_buff *skb, const struct pkt *p)
+{
+	struct bpf_sock_tuple tup = {};
+	__u32 tlen;
+	if (p->t.family == AF_INET6) {
+		__builtin_memcpy(tup.ipv6.saddr, p->t.saddr, 16);
+		__builtin_memcpy(tup.ipv6.daddr, p->t.daddr, 16);
+		tup.ipv6.sport = p->t.sport;
+		tup.ipv6.dport = p->t.dport;
+		tlen = sizeof(tup.ipv6);
+	} else {
+		tup.ipv4.saddr = p->t.saddr[0];
+		tup.ipv4.daddr = p->t.daddr[0];
+		tup.ipv4.sport = p->t.sport;
+		tup.ipv4.dport = p->t.dport;
+		tlen = sizeof(tup.ipv4);
+	}
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &tup, tlen, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	int ours = sk->state != BPF_TCP_LISTEN;
+	bpf_sk_release(sk);
+	return ours;
+}
+
 SEC("tc")
 int to_pod(struct __sk_buff *skb)
 {
@@ -931,6 +962,15 @@ int to_pod(struct __sk_buff *skb)
 		return DROP_EV(&p, R_DROP_UNKNOWN_ENDPOINT);
 	if (ep->flags & EP_LOCKDOWN)
 		return drop_event(skb, &p, R_DROP_LOCKDOWN, dir, ep->id);
+	// The node's own answer to the endpoint's egress proxy (whose upstream
+	// to the node left from the endpoint's address): sent by the host, it
+	// never crossed prerouting, where the proxy routing's socket mark
+	// takes the other answers (nft.go). Hairpinned to the proxy's socket,
+	// the flow's own (from_hairpin, assign; port 0: no listener). Only an
+	// endpoint with an egress policy has an egress proxy.
+	if ((ep->flags & EP_ENFORCE_EGRESS) && p.t.proto == IPPROTO_TCP &&
+	    identity_of6(p.t.family, p.t.saddr) == IDENTITY_HOST && proxy_upstream(skb, &p))
+		return hairpin(skb, &p, 0, dir);
 
 	ct_canon(&p);
 	__u64 now = bpf_ktime_get_coarse_ns();
@@ -951,11 +991,16 @@ int to_pod(struct __sk_buff *skb)
 		src_id = (mark >> 16) | ((mark & 0xFF) << 16);
 	else
 		src_id = identity_of6(p.t.family, p.t.saddr);
+	// An egress proxy's upstream leaves from its client's address, so it
+	// may take the 4-tuple of the client's own connection to the proxy,
+	// whose conntrack entry says redirect: that entry is the client's,
+	// never the upstream's to follow or to change.
+	int shared = ct && ct->verdict == VERDICT_REDIRECT && (mark & MARK_MAGIC_MASK) == MARK_PROXY_EGRESS;
 
 	// Flows from local endpoints were decided, and redirected, by their
 	// from_pod; a redirect verdict here is a flow from elsewhere (another
 	// node, the world, the host), hairpinned to the proxy.
-	if (ct && ct->policy_rev == rev) {
+	if (ct && !shared && ct->policy_rev == rev) {
 		if (ct->verdict == VERDICT_REDIRECT)
 			return hairpin(skb, &p, ct->proxy_port, dir);
 		return PASS(R_PASS_ESTABLISHED);
@@ -999,6 +1044,8 @@ int to_pod(struct __sk_buff *skb)
 			proxy = 0;
 		}
 	}
+	if (shared)
+		return PASS(R_PASS_PROXY);
 	if (ct) {
 		// Re-decided after a policy change; a verdict that moves the
 		// flow to or from the proxy mid-stream resets it (fail closed).

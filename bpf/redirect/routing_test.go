@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
 
 	"github.com/wardproxy/ward/internal/testenv"
@@ -77,15 +78,44 @@ func TestInstallProxyRoutingIdempotent(t *testing.T) {
 		if n := len(rules(t, ns, "-6")); n == 0 {
 			return fmt.Errorf("no IPv6 rule")
 		}
+		// One socket-mark table with its one rule (the killed process's
+		// replaced, not doubled).
+		if n, err := socketMarkRules(nftTableName(2004)); err != nil || n != 1 {
+			return fmt.Errorf("nftables table %s: %d rules, %v; want 1", nftTableName(2004), n, err)
+		}
 		if err := undo(); err != nil {
 			return fmt.Errorf("undo: %w", err)
 		}
 		if r := append(rules(t, ns, "-4"), rules(t, ns, "-6")...); len(r) != 0 {
 			return fmt.Errorf("rules left after undo: %v", r)
 		}
+		if n, err := socketMarkRules(nftTableName(2004)); err != nil || n != -1 {
+			return fmt.Errorf("nftables table %s after undo: %d rules, %v; want no table", nftTableName(2004), n, err)
+		}
 		return nil
 	})
 	if len(first) == 0 || strings.Join(first, " ") != strings.Join(second, " ") {
 		t.Errorf("rules after the first install %q, after the restart %q; want one identical rule", first, second)
 	}
+}
+
+// socketMarkRules counts the rules of the inet table name's prerouting
+// chain in the current namespace; -1 when there is no such table.
+func socketMarkRules(name string) (int, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return 0, err
+	}
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return 0, err
+	}
+	for _, tb := range tables {
+		if tb.Name != name {
+			continue
+		}
+		rs, err := c.GetRules(tb, &nftables.Chain{Name: "prerouting", Table: tb})
+		return len(rs), err
+	}
+	return -1, nil
 }

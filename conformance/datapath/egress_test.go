@@ -2,6 +2,9 @@ package datapath
 
 import (
 	"context"
+	"fmt"
+	"net/http"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -110,5 +113,50 @@ spec:
 	}
 	if got := curl("PUT", "/v1/exhaust-port"); got != "Access denied 403" {
 		t.Errorf("PUT (egress denies) = %q; want Access denied 403", got)
+	}
+}
+
+// TestEgressProxyOriginalSource: a request through the client's egress
+// HTTP proxy reaches the server from the client's own address (Envoy's
+// original_src), and the answer finds its way back to the proxy's socket
+// (the proxy routing's socket mark). Before, the server saw the node's
+// address.
+func TestEgressProxyOriginalSource(t *testing.T) {
+	n := node.New(t,
+		node.PodSpec{Name: "server", Labels: map[string]string{"app": "server"}},
+		node.PodSpec{Name: "client", Labels: map[string]string{"app": "client"}})
+	n.Serve(t, "server", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, r.RemoteAddr)
+	}), ":80")
+	n.WritePolicy(t, "egress.yaml", `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-egress}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: server}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http: [{method: GET, path: /from}]
+`)
+	n.Start(t, 49800, 9498)
+	c, stop := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer stop()
+	url := "http://" + n.Pods["server"].IP.String()
+	var got string
+	node.Eventually(t, "GET /from through the egress proxy", func() bool {
+		got = n.Curl(c, "client", "-m", "10", url+"/from")
+		return got != "error"
+	})
+	ap, err := netip.ParseAddrPort(got)
+	if err != nil {
+		t.Fatalf("the server saw %q: %v", got, err)
+	}
+	if ap.Addr() != n.Pods["client"].IP {
+		t.Errorf("the server saw the request from %s; want the client's address %s", ap.Addr(), n.Pods["client"].IP)
+	}
+	if got := n.Curl(c, "client", "-m", "10", "-w", " %{http_code}", url+"/other"); got != "Access denied 403" {
+		t.Errorf("GET /other = %q; want Access denied 403", got)
 	}
 }

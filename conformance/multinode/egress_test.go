@@ -70,3 +70,68 @@ func TestEgressAtSourceNode(t *testing.T) {
 		t.Errorf("node B host -> deathstar:8080 = %q; want 200 (node B enforces nothing there)", got)
 	}
 }
+
+// TestEgressL7AcrossNodes: tiefighter (node A) has egress HTTP rules, so
+// its requests go through node A's egress proxy; the Death Star (node B)
+// admits only org=empire at L3 and POST /v1/request-landing at L7. The
+// egress proxy's upstream leaves from tiefighter's own address (Envoy's
+// original_src; the replies reach the proxy by the proxy routing's
+// socket mark), so node B sees tiefighter's identity: the POST both allow
+// lands, a GET node A's rules allow is answered 403 by node B's Envoy, a
+// PUT node A's rules deny is answered 403 by node A's. Before, node B saw
+// node A's address (remote-node) and dropped every one of them.
+func TestEgressL7AcrossNodes(t *testing.T) {
+	c := newCluster(t,
+		[]node.PodSpec{{Name: "tiefighter", Labels: map[string]string{"org": "empire", "class": "tiefighter"}}},
+		[]node.PodSpec{{Name: "deathstar", Labels: map[string]string{"org": "empire", "class": "deathstar"}}},
+	)
+	a, b := c.nodes[0], c.nodes[1]
+	b.Serve(t, "deathstar", deathstar.New(), ":80")
+	a.WritePolicy(t, "egress.yaml", `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: tiefighter-egress-l7}
+spec:
+  endpointSelector: {matchLabels: {class: tiefighter}}
+  egress:
+  - toEndpoints: [{matchLabels: {class: deathstar}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http:
+        - method: POST
+          path: /v1/request-landing
+        - method: GET
+`)
+	b.WritePolicy(t, "ingress.yaml", `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: deathstar-ingress}
+spec:
+  endpointSelector: {matchLabels: {class: deathstar}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {org: empire}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http:
+        - method: POST
+          path: /v1/request-landing
+`)
+	a.Start(t, 49600, 9496)
+	b.Start(t, 49700, 9497)
+
+	ctx, stop := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer stop()
+	url := "http://" + b.Pods["deathstar"].IP.String()
+	curl := func(method, path string) string {
+		return a.Curl(ctx, "tiefighter", "-X", method, "-m", "10", "-w", " %{http_code}", url+path)
+	}
+	node.Eventually(t, "tiefighter's POST through both proxies to land", func() bool {
+		return curl("POST", "/v1/request-landing") == "Ship landed 200"
+	})
+	if got := curl("GET", "/v1/"); got != "Access denied 403" {
+		t.Errorf("GET /v1/ (node A allows, node B's ingress does not) = %q; want Access denied 403 from node B", got)
+	}
+	if got := curl("PUT", "/v1/exhaust-port"); got != "Access denied 403" {
+		t.Errorf("PUT (node A's egress denies) = %q; want Access denied 403", got)
+	}
+}
