@@ -1,6 +1,8 @@
 // Command bpf benchmarks ward's tc datapath between two pod namespaces
 // (conformance/netns) with its baselines in the same run:
 //
+//	no-bpf, no socket mark   nothing attached, the proxy routing's
+//	                          nftables socket mark removed
 //	no-bpf        nothing attached
 //	not-selected  programs attached on both veths, both directions enforced,
 //	              the flow allowed by policy (not redirected), 10k ipcache entries
@@ -253,6 +255,10 @@ func run(dur time.Duration, pings, ipcacheN, rounds int) (err error) {
 		setup      func() error
 		teardown   func() error
 	}{
+		// The proxy routing's nftables socket mark (InstallProxySocketMark)
+		// is in place in every other arm, as wardd installs it.
+		{name: "no-bpf, no socket mark", setup: func() error { redirect.RemoveProxySocketMark(routing.Table); return detach() },
+			teardown: func() error { _, err := redirect.InstallProxySocketMark(routing.Table); return err }},
 		{name: "no-bpf", setup: detach},
 		{name: "not-selected", bpf: true, setup: func() error { return attach(redirect.Allow) }, teardown: detach},
 		{name: "sk_assign", bpf: true, proxy: true, setup: func() error { return attach(redirect.Redirect) }, teardown: detach},

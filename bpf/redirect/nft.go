@@ -29,9 +29,10 @@ import (
 // nftTableName is the nftables table of the proxy routing with table id.
 func nftTableName(table int) string { return fmt.Sprintf("ward-proxy-%d", table) }
 
-// installProxySocketMark adds (replacing a leftover) the inet table
-// holding the prerouting rule; undo deletes it.
-func installProxySocketMark(table int) (undo func() error, err error) {
+// InstallProxySocketMark adds (replacing a leftover) the inet table of
+// proxy routing table id table holding the prerouting rule; undo deletes
+// it. InstallProxyRouting calls it; bench/bpf too, to measure the rule.
+func InstallProxySocketMark(table int) (undo func() error, err error) {
 	c, err := nftables.New()
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
@@ -87,9 +88,9 @@ func removeNFTTable(c *nftables.Conn, name string) {
 	}
 }
 
-// removeProxySocketMark removes the table installProxySocketMark added in
-// an earlier process; a missing table is ignored.
-func removeProxySocketMark(table int) {
+// RemoveProxySocketMark removes the table InstallProxySocketMark added
+// (in this process or an earlier one); a missing table is ignored.
+func RemoveProxySocketMark(table int) {
 	c, err := nftables.New()
 	if err != nil {
 		return

@@ -655,7 +655,7 @@ func InstallProxyRouting(r Routing) (undo func() error, err error) {
 		}
 		return errors.Join(errs...)
 	}
-	sockUndo, err = installProxySocketMark(r.Table)
+	sockUndo, err = InstallProxySocketMark(r.Table)
 	if err != nil {
 		return nil, fmt.Errorf("proxy routing: %w", err)
 	}
@@ -697,7 +697,7 @@ func (r Routing) ruleInstalled(family string) (bool, error) {
 // an earlier process (for `ward bpf cleanup`); missing ones are ignored.
 func RemoveProxyRouting(r Routing) {
 	r = r.withDefaults()
-	removeProxySocketMark(r.Table)
+	RemoveProxySocketMark(r.Table)
 	for _, fam := range []string{"-4", "-6"} {
 		for runIP(r.ruleArgs(fam, "del")...) == nil {
 		}

@@ -2,6 +2,8 @@ package multinode
 
 import (
 	"context"
+	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -133,5 +135,61 @@ spec:
 	}
 	if got := curl("PUT", "/v1/exhaust-port"); got != "Access denied 403" {
 		t.Errorf("PUT (node A's egress denies) = %q; want Access denied 403", got)
+	}
+}
+
+// TestEgressL7ToWorldMasqueraded: node A masquerades its pods' traffic to
+// the world (iptables MASQUERADE, as a node without routes back to its
+// pods does), and the world has no route to node A's pods. tiefighter's
+// egress proxy upstream leaves from tiefighter's address and is
+// masqueraded on the way out; the world's answers, addressed to node A,
+// are matched to the proxy's socket through conntrack's original tuple
+// (the proxy routing's socket mark) before the NAT is undone, so the
+// allowed GET is answered and the denied one gets the egress proxy's 403.
+func TestEgressL7ToWorldMasqueraded(t *testing.T) {
+	c := newCluster(t,
+		[]node.PodSpec{{Name: "tiefighter", Labels: map[string]string{"org": "empire", "class": "tiefighter"}}},
+		[]node.PodSpec{{Name: "deathstar", Labels: map[string]string{"org": "empire", "class": "deathstar"}}},
+	)
+	a := c.nodes[0]
+	ln, err := c.world.Listen("tcp", ":80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "world %s from %s", r.URL.Path, strings.Split(r.RemoteAddr, ":")[0])
+	}), ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	if err := c.world.IP("route", "del", a.Topo.Subnet.String()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer stop()
+	if out, err := a.Topo.Host().Command(ctx, "iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-s", a.Topo.Subnet.String(),
+		"-d", c.worldIP.String()+"/32", "-j", "MASQUERADE").CombinedOutput(); err != nil {
+		t.Fatalf("iptables MASQUERADE: %v: %s", err, out)
+	}
+	a.WritePolicy(t, "egress.yaml", `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: tiefighter-to-world}
+spec:
+  endpointSelector: {matchLabels: {class: tiefighter}}
+  egress:
+  - toEntities: [world]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http: [{method: GET, path: /allowed}]
+`)
+	a.Start(t, 49900, 9499)
+	url := "http://" + c.worldIP.String()
+	curl := func(path string) string {
+		return a.Curl(ctx, "tiefighter", "-m", "10", "-w", " %{http_code}", url+path)
+	}
+	want := fmt.Sprintf("world /allowed from %s 200", c.addrs[0])
+	node.Eventually(t, "the masqueraded GET /allowed through the egress proxy", func() bool { return curl("/allowed") == want })
+	if got := curl("/denied"); got != "Access denied 403" {
+		t.Errorf("GET /denied = %q; want Access denied 403 from the egress proxy", got)
 	}
 }
