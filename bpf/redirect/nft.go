@@ -39,10 +39,12 @@ func InstallProxySocketMark(table int) (undo func() error, err error) {
 	}
 	name := nftTableName(table)
 	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: name}
-	removeNFTTable(c, name)
+	// One transaction: a table left by a killed process keeps marking
+	// until its rules are replaced, never a moment without.
 	c.AddTable(t)
 	ch := c.AddChain(&nftables.Chain{Name: "prerouting", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityMangle})
+	c.FlushChain(ch)
 	c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: []expr.Any{
 		// meta l4proto tcp
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
