@@ -1033,10 +1033,10 @@ int to_pod(struct __sk_buff *skb)
 			verdict = VERDICT_ALLOW;
 			audit = 1;
 		}
-		// An egress proxy's upstream: the ingress proxy would see the
-		// node's address, not the source's identity. Pass it when the
-		// egress proxy applied this endpoint's ingress L7 rules itself
-		// (ward.http, MARK_INGRESS_CHECKED); fail closed otherwise.
+		// An egress proxy's upstream: the egress proxy applies this
+		// endpoint's ingress L7 rules itself (MARK_INGRESS_CHECKED: one
+		// proxy on the path, not two), so pass it; fail closed
+		// otherwise.
 		if (verdict == VERDICT_REDIRECT && (mark & MARK_MAGIC_MASK) == MARK_PROXY_EGRESS) {
 			if (!(mark & MARK_INGRESS_CHECKED))
 				return drop_event(skb, &p, R_DROP_REDIRECT_UNSUPPORTED, dir, ep->id);

@@ -147,11 +147,11 @@ func (f *httpFilter) OnRequestHeaders(s proxylib.HTTPStream, _ bool) proxylib.He
 }
 
 // chainIngress applies, on an egress listener, a local destination's
-// ingress HTTP rules to a request its source's egress rules allowed: the
-// datapath cannot hand the egress proxy's upstream to the ingress proxy
-// (it would see the node's address, not the source), so the egress
-// listener's upstream is marked redirect.MarkIngressChecked and the
-// destination's ingress L7 decision is taken here, with the source's
+// ingress HTTP rules to a request its source's egress rules allowed: one
+// proxy on the path, not two. The egress listener's upstream is marked
+// redirect.MarkIngressChecked (the datapath does not hand it to the
+// ingress proxy) and the destination's ingress L7 decision is taken here,
+// with the source's
 // identity, recorded as an ingress flow of the destination. L3/L4
 // verdicts (no rule, deny, allow-all) stay the datapath's.
 func (f *httpFilter) chainIngress(s proxylib.HTTPStream, egress httpf.Action) httpf.Action {

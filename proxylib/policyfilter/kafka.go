@@ -131,9 +131,9 @@ func (c *kafkaConfig) factory(rs connRules) *kafka.Factory {
 //
 // On an egress listener whose connection goes to a local endpoint (dst,
 // from client src), the destination's ingress L7 rules for the client
-// apply too (chained ingress, as ward.http's chainIngress): the upstream
-// carries redirect.MarkIngressChecked, so the datapath does not hand it to
-// the ingress proxy, which would see the node's address, not the client.
+// apply too (chained ingress, as ward.http's chainIngress): one proxy on
+// the path, not two. The upstream carries redirect.MarkIngressChecked, so
+// the datapath does not hand it to the ingress proxy.
 type connRules struct {
 	c  *kafkaConfig
 	ep string // endpoint name, resolved per call from the current State
