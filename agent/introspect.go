@@ -208,6 +208,19 @@ func (a *Agent) rulesOf(p *policy.EndpointPolicy) []api.RuleRef {
 			}
 		}
 	}
+	// A policy that turns default deny on and allows nothing (ingress:
+	// [{}], say) is in force too: listed by its rules.
+	withEntries := len(order)
+	for _, d := range []*policy.DirectionPolicy{p.Ingress, p.Egress} {
+		if d == nil {
+			continue
+		}
+		for _, o := range d.EnforcedBy {
+			if !slices.Contains(order[:withEntries], o.Policy) {
+				add(o)
+			}
+		}
+	}
 	srcs := a.policySources()
 	byKey := map[policy.Key]*policy.Policy{}
 	for _, pol := range a.eng.repo.Policies() {

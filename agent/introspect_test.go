@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 
@@ -102,9 +103,10 @@ spec:
 	check("removal published", map[string]string{"deathstar": api.StateReady})
 
 	d := a.endpointDetails(true)[0]
-	if !d.EnforceIngress || d.EnforceEgress || len(d.Rules) != 0 {
-		// The peer selector selects nobody now: no entries, no rules.
-		t.Errorf("deathstar %+v; want ingress enforced, no rules", d)
+	// The peer selector selects nobody now: no entries, but the policy
+	// still turns default deny on, and is listed by its rule.
+	if !d.EnforceIngress || d.EnforceEgress || len(d.Rules) != 1 || d.Rules[0].Policy != ps[0].Key().String() || !slices.Equal(d.Rules[0].Paths, []string{"spec"}) {
+		t.Errorf("deathstar %+v; want ingress enforced by %s spec", d, ps[0].Key())
 	}
 }
 

@@ -146,6 +146,7 @@ type compiledRule struct {
 	host        bool       // nodeSelector: applies to the host endpoint
 	sections    [2][]*section
 	defaultDeny [2]bool
+	origin      *Origin // the rule (Path "spec" or "specs[i]"), for DirectionPolicy.EnforcedBy
 	requires    [2][]*labelSelector
 }
 
@@ -194,8 +195,8 @@ func (r *Repository) compilePolicy(p *Policy) *compiledPolicy {
 		return fmt.Sprintf("specs[%d]", i)
 	}
 	for i, rule := range p.Rules() {
-		cr := &compiledRule{}
 		rp := rulePath(i)
+		cr := &compiledRule{origin: &Origin{Policy: p.Key(), Path: rp}}
 		if rule.EndpointSelector != nil {
 			cr.subject = compileSelector(rule.EndpointSelector)
 			if ns != "" && !selectorHasSource(rule.EndpointSelector, SourceReserved) {

@@ -159,9 +159,14 @@ func (p *EndpointPolicy) Direction(d Direction) *DirectionPolicy {
 // that a plain Allow covers gets an AllowAll selection for its remote.
 type DirectionPolicy struct {
 	Enforced bool
-	Allow    []L4Entry // sorted by Remote, Protocol, Port, EndPort
-	Deny     []L4Entry // sorted likewise
-	Proxy    []*L7Port // sorted by Protocol, Port
+	// EnforcedBy are the rules that turned default deny on (a rule with
+	// sections in the direction, or enableDefaultDeny), in policy order:
+	// a policy that allows nothing still shows where the deny comes from
+	// (`ward endpoint get`).
+	EnforcedBy []*Origin
+	Allow      []L4Entry // sorted by Remote, Protocol, Port, EndPort
+	Deny       []L4Entry // sorted likewise
+	Proxy      []*L7Port // sorted by Protocol, Port
 	// Errors are conflicts found while merging (for example two L7
 	// protocols on one port); the conflicting contribution was skipped.
 	Errors []string

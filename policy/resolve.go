@@ -22,12 +22,13 @@ type l7Key struct {
 
 // dirBuilder accumulates one direction of one subject identity.
 type dirBuilder struct {
-	enforced bool
-	allow    map[entryKey]*L4Entry
-	deny     map[entryKey]*L4Entry
-	l7       map[l7Key]*L7Port
-	l7sel    map[l7Key]map[string]*L7Selection
-	errors   []string
+	enforced   bool
+	enforcedBy []*Origin
+	allow      map[entryKey]*L4Entry
+	deny       map[entryKey]*L4Entry
+	l7         map[l7Key]*L7Port
+	l7sel      map[l7Key]map[string]*L7Selection
+	errors     []string
 }
 
 // resolveIdentity computes the policy of subject identity id from the
@@ -50,6 +51,7 @@ func (r *Repository) resolveIdentity(id NumericIdentity, rules []*compiledRule, 
 		for _, cr := range rules {
 			if cr.defaultDeny[di] {
 				b.enforced = true
+				b.enforcedBy = append(b.enforcedBy, cr.origin)
 			}
 			for _, rq := range cr.requires[di] {
 				if req == nil {
@@ -226,7 +228,7 @@ func sortEntries(es []L4Entry) {
 
 // finish normalizes the builder into a DirectionPolicy (see its doc).
 func (b *dirBuilder) finish() *DirectionPolicy {
-	d := &DirectionPolicy{Enforced: b.enforced, Errors: b.errors}
+	d := &DirectionPolicy{Enforced: b.enforced, EnforcedBy: b.enforcedBy, Errors: b.errors}
 	for _, e := range b.deny {
 		d.Deny = append(d.Deny, *e)
 	}
