@@ -75,8 +75,7 @@ func InstallProxySocketMark(table int) (undo func() error, err error) {
 	}, nil
 }
 
-// removeNFTTable deletes table name if it exists (a leftover of a process
-// killed before its undo), in its own batch.
+// removeNFTTable deletes table name if it exists, in its own batch.
 func removeNFTTable(c *nftables.Conn, name string) {
 	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {

@@ -635,10 +635,11 @@ func (r Routing) routeArgs(family, op string) []string {
 
 // InstallProxyRouting adds the rules and local routes (IPv4 and IPv6, with
 // the ip command) and the nftables rule that marks the packets of the
-// proxies' own transparent connections (nft.go); undo removes them. It is idempotent: a rule identical to
-// the one it would add (left by a previous process killed before its
-// undo, say) is adopted, not an error, and the routes are replaced. undo
-// removes adopted rules too. Two callers using distinct tables never undo
+// proxies' own transparent connections (nft.go); undo removes them. It is
+// idempotent: a rule identical to the one it would add (left by a
+// previous process killed before its undo, say) is adopted, not an error,
+// and the routes and the nftables rule are replaced. undo removes adopted
+// rules too. Two callers using distinct tables never undo
 // each other.
 func InstallProxyRouting(r Routing) (undo func() error, err error) {
 	r = r.withDefaults()
