@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -57,6 +59,10 @@ type datapath struct {
 	epErrs  map[uint64]error    // per local endpoint, from the last Apply
 	events  redirect.EventStats // the flow events read (bpfevents.go)
 	host    hostState           // the host firewall's endpoint (hostfw.go)
+	// synced is what the ipcache's endpoint and CIDR claims were last
+	// synced from without an error (nil: not yet, or that sync failed).
+	// Apply alone uses it (the engine publishes one state at a time).
+	synced *ipcacheInputs
 }
 
 // policyWriter is the part of the BPF datapath Apply writes endpoints to.
@@ -83,6 +89,67 @@ type appliedEndpoint struct {
 	ifindex int
 	v4, v6  netip.Addr
 	cgroup  string // socket mode: the cgroup its hooks are attached to
+}
+
+// ipcacheInputs is what one ipcache sync was made from: each workload's
+// addresses and identity in the state's order, the node claims and the
+// CIDR identities.
+type ipcacheInputs struct {
+	eps   []ipcacheEndpoint
+	nodes map[netip.Prefix]uint32
+	cidrs []ipcacheCIDR
+}
+
+type ipcacheEndpoint struct {
+	id       uint64
+	identity policy.NumericIdentity
+	addrs    []netip.Addr
+}
+
+type ipcacheCIDR struct {
+	prefix   netip.Prefix
+	identity policy.NumericIdentity
+}
+
+func newIPCacheInputs(ws []Workload, snap *policy.Snapshot, nodes map[netip.Prefix]uint32, cidrs []*policy.Identity) *ipcacheInputs {
+	in := &ipcacheInputs{eps: make([]ipcacheEndpoint, 0, len(ws)), nodes: nodes, cidrs: make([]ipcacheCIDR, len(cidrs))}
+	for _, w := range ws {
+		if pol, ok := snap.Endpoint(w.ID); ok {
+			in.eps = append(in.eps, ipcacheEndpoint{id: w.ID, identity: pol.Identity, addrs: slices.Clone(w.Addrs)})
+		}
+	}
+	for i, c := range cidrs {
+		in.cidrs[i] = ipcacheCIDR{prefix: c.Prefix, identity: c.ID}
+	}
+	return in
+}
+
+// same reports whether a sync from these inputs would claim exactly what
+// the recorded one did: the same workloads (with a policy) in the same
+// order with the same addresses and identities, the same node claims and
+// CIDR identities. It allocates nothing.
+func (in *ipcacheInputs) same(ws []Workload, snap *policy.Snapshot, nodes map[netip.Prefix]uint32, cidrs []*policy.Identity) bool {
+	if !maps.Equal(in.nodes, nodes) || !slices.EqualFunc(cidrs, in.cidrs, func(c *policy.Identity, r ipcacheCIDR) bool {
+		return c.Prefix == r.prefix && c.ID == r.identity
+	}) {
+		return false
+	}
+	k := 0
+	for _, w := range ws {
+		pol, ok := snap.Endpoint(w.ID)
+		if !ok {
+			continue
+		}
+		if k >= len(in.eps) {
+			return false
+		}
+		e := &in.eps[k]
+		k++
+		if e.id != w.ID || e.identity != pol.Identity || !slices.Equal(e.addrs, w.Addrs) {
+			return false
+		}
+	}
+	return k == len(in.eps)
 }
 
 // endpointAddrs picks a workload's addresses for the datapath: its first
@@ -288,31 +355,41 @@ func (d *datapath) endpointError(id uint64) error {
 func (d *datapath) Apply(_ context.Context, st *State) error {
 	var errs []error
 	snap := st.Policy
-	eps := map[netip.Prefix]uint32{}
-	for _, w := range st.Workloads {
-		pol, ok := snap.Endpoint(w.ID)
-		if !ok {
-			continue
-		}
-		for _, a := range w.Addrs {
-			eps[netip.PrefixFrom(a, a.BitLen())] = uint32(pol.Identity)
-		}
+	nodes, nodesErr := nodeClaims(d.remote, d.apiserver, healthPrefixes(d.cfg), st.Nodes)
+	if nodesErr != nil {
+		errs = append(errs, nodesErr)
 	}
-	nodes, err := nodeClaims(d.remote, d.apiserver, healthPrefixes(d.cfg), st.Nodes)
-	if err != nil {
-		errs = append(errs, err)
-	}
-	addNodeClaims(eps, nodes)
-	cidrs := map[netip.Prefix]uint32{}
-	for _, c := range snap.CIDRIdentities() {
-		if c.Prefix.IsValid() {
-			cidrs[c.Prefix] = uint32(c.ID)
+	cidrIDs := snap.CIDRIdentities()
+	// The ipcache is synced only when its inputs differ from the last
+	// successful sync's, or a write of the table (any owner's) failed
+	// since: a policy change that moves no address and no identity
+	// writes nothing there, and re-deciding 10,000 claims is skipped.
+	if d.synced == nil || d.ipc.Failed() || !d.synced.same(st.Workloads, snap, nodes, cidrIDs) {
+		d.synced = nil
+		eps := map[netip.Prefix]uint32{}
+		for _, w := range st.Workloads {
+			pol, ok := snap.Endpoint(w.ID)
+			if !ok {
+				continue
+			}
+			for _, a := range w.Addrs {
+				eps[netip.PrefixFrom(a, a.BitLen())] = uint32(pol.Identity)
+			}
 		}
-	}
-	if err := errors.Join(d.ipc.Owner(ipcache.Endpoint).Sync(eps), d.ipc.Owner(ipcache.CIDR).Sync(cidrs)); err != nil {
-		errs = append(errs, fmt.Errorf("ipcache: %w", err))
-		if err := d.ipc.Resync(); err != nil {
-			errs = append(errs, fmt.Errorf("ipcache resync: %w", err))
+		addNodeClaims(eps, nodes)
+		cidrs := map[netip.Prefix]uint32{}
+		for _, c := range cidrIDs {
+			if c.Prefix.IsValid() {
+				cidrs[c.Prefix] = uint32(c.ID)
+			}
+		}
+		if err := errors.Join(d.ipc.Owner(ipcache.Endpoint).Sync(eps), d.ipc.Owner(ipcache.CIDR).Sync(cidrs)); err != nil {
+			errs = append(errs, fmt.Errorf("ipcache: %w", err))
+			if err := d.ipc.Resync(); err != nil {
+				errs = append(errs, fmt.Errorf("ipcache resync: %w", err))
+			}
+		} else if nodesErr == nil {
+			d.synced = newIPCacheInputs(st.Workloads, snap, nodes, cidrIDs)
 		}
 	}
 	if err := d.applyHost(snap); err != nil {

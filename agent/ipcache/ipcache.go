@@ -347,6 +347,14 @@ func (t *Table) Prune() error {
 	return errors.Join(errs...)
 }
 
+// Failed reports whether the last write of some entry failed: until a
+// Sync or Resync rewrites it, the map differs from the claims there.
+func (t *Table) Failed() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.failed) > 0
+}
+
 // Resync rewrites every entry whose last write failed.
 func (t *Table) Resync() error {
 	var errs []error
