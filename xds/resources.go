@@ -53,7 +53,7 @@ func (s *Server) Resources(typeURL string) []ResourceStatus {
 		return nil
 	}
 	c.mu.Lock()
-	cur := c.cur // replaced, never modified
+	cur := maps.Clone(c.cur) // setAll changes it in place
 	c.mu.Unlock()
 	out := make([]ResourceStatus, 0, len(cur))
 	for _, n := range slices.Sorted(maps.Keys(cur)) {
@@ -189,8 +189,12 @@ type resyncCache struct {
 	// with named resources (set once by New).
 	pending func(*discovery.DeltaDiscoveryRequest) (uint64, bool)
 
-	mu  sync.Mutex // serializes changes; taken before the cache's own lock
-	cur map[string]types.Resource
+	mu  sync.Mutex                // serializes changes; taken before the cache's own lock
+	cur map[string]types.Resource // the set last published; read and changed under mu
+	// last is the slice of the set last published ([]T of setAll):
+	// never modified (setAll's contract), so a message in the same
+	// place of the next set is known unchanged by its pointer.
+	last any
 	// gen mirrors the LinearCache's version counter: it is bumped just
 	// before each change, so during the cache's notification it already
 	// names the new version.
@@ -244,9 +248,33 @@ func setAll[T types.ResourceWithName](s *Server, c *resyncCache, rs []T) string 
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	// Most publishes change one resource of thousands, or none: find the
-	// changes against the current set first, and copy the set only when
-	// there are some.
+	// changes against the current set, and change only those.
 	changed := map[string]types.Resource{}
+	if last, ok := c.last.([]T); ok && len(last) == len(rs) && len(rs) > 0 {
+		// Against the last set, place by place: the same message in
+		// the same place is unchanged (messages are never modified)
+		// without a look-up; a different one under the same name is
+		// compared. A name moved or replaced falls back to the full
+		// comparison below.
+		same := true
+		for i, r := range rs {
+			if any(r) == any(last[i]) {
+				continue
+			}
+			n := r.GetName()
+			if n != last[i].GetName() {
+				same = false
+				break
+			}
+			if old := c.cur[n]; !proto.Equal(old, r) {
+				changed[n] = r
+			}
+		}
+		if same {
+			return c.publish(s, rs, changed, nil)
+		}
+		clear(changed)
+	}
 	seen := 0
 	for _, r := range rs {
 		n := r.GetName()
@@ -273,17 +301,24 @@ func setAll[T types.ResourceWithName](s *Server, c *resyncCache, rs []T) string 
 			}
 		}
 	}
+	return c.publish(s, rs, changed, removed)
+}
+
+// publish records rs as the set last published and the changes in it
+// (c.mu held) and returns its version.
+func (c *resyncCache) publish(s *Server, rs any, changed map[string]types.Resource, removed []string) string {
+	c.last = rs
 	if len(changed) == 0 && len(removed) == 0 {
 		return c.prefix + strconv.FormatUint(c.gen.Load(), 10)
 	}
-	next := maps.Clone(c.cur) // c.cur is replaced, never modified (Resources reads it unlocked)
+	// In place (under c.mu, as every reader): a change of one resource
+	// of 10,000 copies nothing.
 	for n, r := range changed {
-		next[n] = r
+		c.cur[n] = r
 	}
 	for _, n := range removed {
-		delete(next, n)
+		delete(c.cur, n)
 	}
-	c.cur = next
 	gen := c.gen.Add(1)
 	if err := c.UpdateResources(changed, removed); err != nil {
 		s.log.Error("policy resources: notify watches", "type", c.typeURL, "error", err)

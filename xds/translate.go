@@ -135,12 +135,15 @@ func Resources(snap *policy.Snapshot, ws []Workload) ([]*npds.NetworkPolicy, []*
 // changed; and it keeps the identity table while no workload's address or
 // identity and no CIDR identity changed, so a policy change that moves no
 // address hands out the same table (the xDS server then sees the same
-// messages and compares nothing). The messages it returns are shared:
-// never modified. The zero value is ready; a nil cache translates
+// messages and compares nothing). The messages it returns, and the
+// slices holding them, are shared: never modified. The zero value is ready; a nil cache translates
 // everything. Not safe for concurrent use.
 type TranslationCache struct {
 	m   map[uint64]*cachedPolicy
 	gen uint64 // the current Resources call; entries not seen in it are gone
+	// sorted is the last call's policies in name order (returned, so
+	// replaced, never modified); each entry's idx is its place there.
+	sorted []*npds.NetworkPolicy
 
 	hosts []*npds.NetworkPolicyHosts
 	hkeys []hostKey // what hosts was built from, in the workloads' order
@@ -153,6 +156,7 @@ type cachedPolicy struct {
 	ips  []netip.Addr
 	np   *npds.NetworkPolicy
 	gen  uint64
+	idx  int // np's place in sorted; -1: not there
 }
 
 // hostKey is one identity-table input: a workload (id, its addresses) or
@@ -172,17 +176,41 @@ func (c *TranslationCache) Resources(snap *policy.Snapshot, ws []Workload) ([]*n
 			c.m = map[uint64]*cachedPolicy{}
 		}
 	}
+	// The sorted policies of the last call are kept (c.sorted): when each
+	// local workload is one of theirs under the same name, the result is
+	// that slice with the retranslated policies replaced in place, not
+	// 10,000 policies sorted again. Any other change (a workload added,
+	// removed or renamed) sorts the whole set.
+	inPlace := c != nil && c.sorted != nil
+	type replacement struct {
+		idx int
+		np  *npds.NetworkPolicy
+	}
+	var repl []replacement
 	translate := func(w Workload, ep *policy.EndpointPolicy) *npds.NetworkPolicy {
-		if c != nil {
-			if cp, ok := c.m[w.ID]; ok && cp.pol == ep && cp.name == w.Name && slices.Equal(cp.ips, w.IPs) {
-				cp.gen = c.gen
-				return cp.np
+		if c == nil {
+			return NetworkPolicy(EndpointInfo{Name: w.Name, ID: w.ID, IPs: w.IPs}, ep)
+		}
+		cp, ok := c.m[w.ID]
+		if ok && cp.gen == c.gen {
+			inPlace = false // an ID seen twice in this call
+		}
+		if ok && cp.pol == ep && cp.name == w.Name && slices.Equal(cp.ips, w.IPs) {
+			cp.gen = c.gen
+			if cp.idx < 0 {
+				inPlace = false
 			}
+			return cp.np
 		}
 		np := NetworkPolicy(EndpointInfo{Name: w.Name, ID: w.ID, IPs: w.IPs}, ep)
-		if c != nil {
-			c.m[w.ID] = &cachedPolicy{pol: ep, name: w.Name, ips: slices.Clone(w.IPs), np: np, gen: c.gen}
+		idx := -1
+		if ok && cp.name == w.Name && cp.idx >= 0 {
+			idx = cp.idx // same name: same place in the sorted set
+			repl = append(repl, replacement{idx, np})
+		} else {
+			inPlace = false
 		}
+		c.m[w.ID] = &cachedPolicy{pol: ep, name: w.Name, ips: slices.Clone(w.IPs), np: np, gen: c.gen, idx: idx}
 		return np
 	}
 	var ps []*npds.NetworkPolicy
@@ -203,12 +231,32 @@ func (c *TranslationCache) Resources(snap *policy.Snapshot, ws []Workload) ([]*n
 			ps = append(ps, translate(w, ep))
 		}
 	}
-	slices.SortFunc(ps, func(a, b *npds.NetworkPolicy) int { return strings.Compare(a.Name, b.Name) })
-	if c != nil && len(c.m) > len(ps) {
-		for id, cp := range c.m {
-			if cp.gen != c.gen {
-				delete(c.m, id)
+	// Every local workload has a distinct entry (IDs are unique) at a
+	// distinct place of the last sorted set: with as many of them as
+	// places, they fill it.
+	if inPlace && len(ps) == len(c.sorted) {
+		if len(repl) > 0 {
+			next := slices.Clone(c.sorted) // a returned slice is never modified
+			for _, r := range repl {
+				next[r.idx] = r.np
 			}
+			c.sorted = next
+		}
+		ps = c.sorted
+	} else {
+		slices.SortFunc(ps, func(a, b *npds.NetworkPolicy) int { return strings.Compare(a.Name, b.Name) })
+		if c != nil {
+			for id, cp := range c.m {
+				if cp.gen != c.gen {
+					delete(c.m, id)
+					continue
+				}
+				cp.idx = -1
+			}
+			for i, np := range ps {
+				c.m[np.EndpointId].idx = i
+			}
+			c.sorted = ps
 		}
 	}
 	cidrs := snap.CIDRIdentities()

@@ -3,9 +3,11 @@ package xds
 import (
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/testing/protocmp"
 
 	"github.com/wardproxy/ward/policy"
 	"github.com/wardproxy/ward/policy/l7"
@@ -165,4 +167,85 @@ func TestTranslationCacheHosts(t *testing.T) {
 	if len(h5) != 1 || h5[0].Identity == h4[0].Identity {
 		t.Errorf("after a's identity changed: %v (was %v)", h5, h4)
 	}
+}
+
+// TestTranslationCacheSortedInPlace: the cache's policies are those of a
+// full translation, in name order, through every kind of change: an
+// unchanged publish hands out the last slice itself, a change under the
+// same name replaces the policy in a new slice (the one handed out before
+// is not modified), and renames, arrivals, departures and a local
+// endpoint turning remote reorder the whole set.
+func TestTranslationCacheSortedInPlace(t *testing.T) {
+	r := policy.NewRepository(policy.Config{})
+	apps := []string{"f", "b", "d", "a", "e", "c"}
+	var ws []Workload
+	for i, app := range apps {
+		if _, err := r.UpsertEndpoint(policy.Endpoint{ID: uint64(i + 1), Labels: policy.K8sLabels(map[string]string{"app": app}, "default")}); err != nil {
+			t.Fatal(err)
+		}
+		ws = append(ws, Workload{Name: app, ID: uint64(i + 1), IPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 0, 0, byte(i + 1)})}})
+	}
+	upsert := func(app, port string) {
+		t.Helper()
+		ps, err := policy.Parse("p.yaml", []byte(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p-`+app+`, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: `+app+`}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: f}}]
+    toPorts:
+    - ports: [{port: "`+port+`", protocol: TCP}]
+      rules: {http: [{method: GET, path: "/`+port+`"}]}
+`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Upsert(ps[0])
+	}
+	var c TranslationCache
+	check := func(step string) []*npds.NetworkPolicy {
+		t.Helper()
+		got, _ := c.Resources(r.Snapshot(), ws)
+		want, _ := Resources(r.Snapshot(), ws)
+		if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
+			t.Fatalf("%s: cached translation differs from a full one (-want +got):\n%s", step, diff)
+		}
+		return got
+	}
+	upsert("d", "80")
+	ps1 := check("first")
+	if ps2 := check("unchanged"); &ps2[0] != &ps1[0] {
+		t.Error("an unchanged publish built a new slice")
+	}
+	kept := slices.Clone(ps1)
+	upsert("d", "8080")
+	ps3 := check("d's policy changed")
+	if !slices.Equal(ps1, kept) {
+		t.Error("the slice handed out before was modified")
+	}
+	if ps3[3] == ps1[3] || ps3[3].Name != "d" || ps3[0] != ps1[0] || ps3[5] != ps1[5] || !strings.Contains(ps3[3].String(), "/8080") {
+		t.Errorf("after d's change: d retranslated %v (name %q), a kept %v, f kept %v", ps3[3] != ps1[3], ps3[3].Name, ps3[0] == ps1[0], ps3[5] == ps1[5])
+	}
+	ws[0].IPs = []netip.Addr{netip.MustParseAddr("10.0.1.1")} // f moves
+	check("f's address changed")
+	upsert("b", "443")
+	check("b's policy changed")
+	ws[1].Name = "z" // b renamed: last in order
+	check("b renamed z")
+	ws = append(ws, Workload{Name: "g", ID: 99, IPs: []netip.Addr{netip.MustParseAddr("10.0.0.99")}})
+	if _, err := r.UpsertEndpoint(policy.Endpoint{ID: 99, Labels: policy.K8sLabels(map[string]string{"app": "g"}, "default")}); err != nil {
+		t.Fatal(err)
+	}
+	check("g arrived")
+	ws[2].Remote = true // d turns remote
+	check("d remote")
+	ws = slices.Delete(ws, 3, 4) // a leaves
+	check("a left")
+	upsert("c", "81")
+	check("c's policy changed")
+	ws[2].Remote = false // d local again, with another endpoint's change
+	upsert("e", "82")
+	check("d local again, e's policy changed")
+	check("unchanged again")
 }
