@@ -629,6 +629,24 @@ static __always_inline void ct_redecide(struct ct_value *ct, int verdict, __u16 
 // exact flow first, else the listener on 0.0.0.0/<orig dst>:proxy_port,
 // else 127.0.0.1:proxy_port. The socket's local address then is the
 // original destination (TPROXY semantics).
+// sock_tuple fills tup with the packet's addresses and ports (the
+// socket lookups' view: saddr the remote end) and returns its length.
+static __always_inline __u32 sock_tuple(struct bpf_sock_tuple *tup, const struct pkt *p)
+{
+	if (p->t.family == AF_INET6) {
+		__builtin_memcpy(tup->ipv6.saddr, p->t.saddr, 16);
+		__builtin_memcpy(tup->ipv6.daddr, p->t.daddr, 16);
+		tup->ipv6.sport = p->t.sport;
+		tup->ipv6.dport = p->t.dport;
+		return sizeof(tup->ipv6);
+	}
+	tup->ipv4.saddr = p->t.saddr[0];
+	tup->ipv4.daddr = p->t.daddr[0];
+	tup->ipv4.sport = p->t.sport;
+	tup->ipv4.dport = p->t.dport;
+	return sizeof(tup->ipv4);
+}
+
 static __always_inline int assign(struct __sk_buff *skb, struct pkt *p, __u16 proxy_port)
 {
 	struct bpf_sock_tuple tup = {};
@@ -636,19 +654,7 @@ static __always_inline int assign(struct __sk_buff *skb, struct pkt *p, __u16 pr
 	__u32 tlen;
 	long err;
 
-	if (p->t.family == AF_INET6) {
-		__builtin_memcpy(tup.ipv6.saddr, p->t.saddr, 16);
-		__builtin_memcpy(tup.ipv6.daddr, p->t.daddr, 16);
-		tup.ipv6.sport = p->t.sport;
-		tup.ipv6.dport = p->t.dport;
-		tlen = sizeof(tup.ipv6);
-	} else {
-		tup.ipv4.saddr = p->t.saddr[0];
-		tup.ipv4.daddr = p->t.daddr[0];
-		tup.ipv4.sport = p->t.sport;
-		tup.ipv4.dport = p->t.dport;
-		tlen = sizeof(tup.ipv4);
-	}
+	tlen = sock_tuple(&tup, p);
 
 #define SET_DPORT(v)                          \
 	do {                                  \
@@ -921,20 +927,7 @@ int from_pod(struct __sk_buff *skb)
 static __always_inline int proxy_upstream(struct __sk_buff *skb, const struct pkt *p)
 {
 	struct bpf_sock_tuple tup = {};
-	__u32 tlen;
-	if (p->t.family == AF_INET6) {
-		__builtin_memcpy(tup.ipv6.saddr, p->t.saddr, 16);
-		__builtin_memcpy(tup.ipv6.daddr, p->t.daddr, 16);
-		tup.ipv6.sport = p->t.sport;
-		tup.ipv6.dport = p->t.dport;
-		tlen = sizeof(tup.ipv6);
-	} else {
-		tup.ipv4.saddr = p->t.saddr[0];
-		tup.ipv4.daddr = p->t.daddr[0];
-		tup.ipv4.sport = p->t.sport;
-		tup.ipv4.dport = p->t.dport;
-		tlen = sizeof(tup.ipv4);
-	}
+	__u32 tlen = sock_tuple(&tup, p);
 	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &tup, tlen, BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
 		return 0;
@@ -1091,20 +1084,7 @@ int from_netdev(struct __sk_buff *skb)
 	if (!ct)
 		return TC_ACT_OK;
 	struct bpf_sock_tuple tup = {};
-	__u32 tlen;
-	if (p.t.family == AF_INET6) {
-		__builtin_memcpy(tup.ipv6.saddr, p.t.saddr, 16);
-		__builtin_memcpy(tup.ipv6.daddr, p.t.daddr, 16);
-		tup.ipv6.sport = p.t.sport;
-		tup.ipv6.dport = p.t.dport;
-		tlen = sizeof(tup.ipv6);
-	} else {
-		tup.ipv4.saddr = p.t.saddr[0];
-		tup.ipv4.daddr = p.t.daddr[0];
-		tup.ipv4.sport = p.t.sport;
-		tup.ipv4.dport = p.t.dport;
-		tlen = sizeof(tup.ipv4);
-	}
+	__u32 tlen = sock_tuple(&tup, &p);
 	// The proxy's accepted socket for the flow (the pod's own sockets are
 	// in the pod's namespace, never found here).
 	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &tup, tlen, BPF_F_CURRENT_NETNS, 0);
