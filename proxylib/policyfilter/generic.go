@@ -127,17 +127,24 @@ func union(gs []*genericL7) []l7.GenericRule {
 	return all
 }
 
-type memcacheRules struct{ genericRules }
+// genericMatcher is a generic parser's matcher (nil allows everything).
+type genericMatcher[M any] interface {
+	*M
+	And(*M) *M
+}
 
-func (r memcacheRules) Rules(ingress bool, port uint16, remote uint32) (*memcache.Matcher, bool) {
-	m, ok := memcacheMatcher(r.lookup(ingress, port, remote))
+// rulesFor is a generic parser's RuleSource answer: the matcher of the
+// connection's rules for remote (matcher: the parser's, from lookup's
+// result) and, on a chained egress connection (connRules), the
+// destination's ingress matcher too: enforced always, the client's egress
+// rules unless it is in audit mode.
+func rulesFor[M any, PM genericMatcher[M]](r genericRules, ingress bool, port uint16, remote uint32, matcher func(all bool, gs []*genericL7, ok bool) (PM, bool)) (PM, bool) {
+	m, ok := matcher(r.lookup(ingress, port, remote))
 	all, gs, iok, chain := r.chained(ingress, port)
 	if !chain {
 		return m, ok
 	}
-	// Chained ingress (connRules): the destination's ingress rules are
-	// enforced; the client's egress rules too unless it is in audit mode.
-	im, iok := memcacheMatcher(all, gs, iok)
+	im, iok := matcher(all, gs, iok)
 	switch {
 	case !iok:
 		return nil, false
@@ -147,6 +154,12 @@ func (r memcacheRules) Rules(ingress bool, port uint16, remote uint32) (*memcach
 		return nil, false
 	}
 	return m.And(im), true
+}
+
+type memcacheRules struct{ genericRules }
+
+func (r memcacheRules) Rules(ingress bool, port uint16, remote uint32) (*memcache.Matcher, bool) {
+	return rulesFor(r.genericRules, ingress, port, remote, memcacheMatcher)
 }
 
 func memcacheMatcher(all bool, gs []*genericL7, ok bool) (*memcache.Matcher, bool) {
@@ -165,23 +178,7 @@ func memcacheMatcher(all bool, gs []*genericL7, ok bool) (*memcache.Matcher, boo
 type r2d2Rules struct{ genericRules }
 
 func (r r2d2Rules) Rules(ingress bool, port uint16, remote uint32) (*r2d2.Matcher, bool) {
-	m, ok := r2d2Matcher(r.lookup(ingress, port, remote))
-	all, gs, iok, chain := r.chained(ingress, port)
-	if !chain {
-		return m, ok
-	}
-	// Chained ingress (connRules): the destination's ingress rules are
-	// enforced; the client's egress rules too unless it is in audit mode.
-	im, iok := r2d2Matcher(all, gs, iok)
-	switch {
-	case !iok:
-		return nil, false
-	case r.srcAudit():
-		return im, true
-	case !ok:
-		return nil, false
-	}
-	return m.And(im), true
+	return rulesFor(r.genericRules, ingress, port, remote, r2d2Matcher)
 }
 
 func r2d2Matcher(all bool, gs []*genericL7, ok bool) (*r2d2.Matcher, bool) {
