@@ -51,38 +51,17 @@ specs:
 // applies the client's egress rules, the upstream connection carries the
 // client's identity): hq produces to empire-announce, the outpost consumes
 // it, and the outpost's produce gets the broker's authorization error from
-// ward. Before the egress Kafka listeners these flows were dropped.
-//
-// The broker is a real KRaft broker (conformance/kafka) on the host's
-// loopback, put inside the kafka pod by a forwarder listening on the pod's
-// address: the broker advertises that address, so every connection of the
-// clients (bootstrap and partition leader) goes pod to pod through the
-// datapath.
+// ward. Before the egress Kafka listeners these flows were dropped. The
+// broker is a real KRaft broker (empireKafkaNode).
 func TestWarddEgressKafka(t *testing.T) {
 	kcat := testenv.RequireCommand(t, "kcat")
-	n := node.New(t,
-		node.PodSpec{Name: "kafka", Labels: map[string]string{"app": "kafka"}},
-		node.PodSpec{Name: "empire-hq", Labels: map[string]string{"app": "empire-hq"}},
-		node.PodSpec{Name: "empire-outpost", Labels: map[string]string{"app": "empire-outpost"}})
-	kp := n.Pods["kafka"]
-	addr := net.JoinHostPort(kp.IP.String(), "9092")
-	broker := kafka.StartBroker(t, kafka.BrokerConfig{Advertise: map[string]string{"POD": addr}, Topics: []string{"empire-announce", "deathstar-plans"}})
-	ln, err := kp.Listen("tcp", ":9092")
-	if err != nil {
-		t.Fatal(err)
-	}
-	forward(t, ln, broker.ListenerAddr("POD"))
+	n, addr, broker := empireKafkaNode(t)
 	n.WritePolicy(t, "kafka.yaml", empireEgressPolicy)
 	n.Start(t, 37200, 9702)
 
 	c, stop := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer stop()
-	run := func(pod, stdin string, args ...string) (string, error) {
-		cmd := n.Pods[pod].Command(c, kcat, append([]string{"-b", addr, "-m", "15"}, args...)...)
-		cmd.Stdin = strings.NewReader(stdin)
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
+	run := kcatIn(c, n, kcat, addr)
 	if out, err := run("empire-hq", "Happy 40th Birthday to General Tagge\n", "-P", "-t", "empire-announce"); err != nil {
 		t.Fatalf("hq produce empire-announce: %v\n%s\nbroker log:\n%s", err, out, broker.LogTail())
 	}
@@ -92,6 +71,40 @@ func TestWarddEgressKafka(t *testing.T) {
 	out, err := run("empire-outpost", "Vader Booed at Empire Karaoke Party\n", "-P", "-t", "empire-announce")
 	if err == nil || !strings.Contains(strings.ToLower(out), "authoriz") {
 		t.Errorf("outpost produce empire-announce: err %v, output %q; want an authorization error", err, out)
+	}
+}
+
+// empireKafkaNode is a node with the kafka, empire-hq and empire-outpost
+// pods and a real KRaft broker (conformance/kafka) on the host's loopback,
+// put inside the kafka pod by a forwarder listening on the pod's address
+// (addr): the broker advertises that address, so every connection of the
+// clients (bootstrap and partition leader) goes pod to pod through the
+// datapath.
+func empireKafkaNode(t *testing.T) (n *node.Node, addr string, broker *kafka.Broker) {
+	t.Helper()
+	n = node.New(t,
+		node.PodSpec{Name: "kafka", Labels: map[string]string{"app": "kafka"}},
+		node.PodSpec{Name: "empire-hq", Labels: map[string]string{"app": "empire-hq"}},
+		node.PodSpec{Name: "empire-outpost", Labels: map[string]string{"app": "empire-outpost"}})
+	kp := n.Pods["kafka"]
+	addr = net.JoinHostPort(kp.IP.String(), "9092")
+	broker = kafka.StartBroker(t, kafka.BrokerConfig{Advertise: map[string]string{"POD": addr}, Topics: []string{"empire-announce", "deathstar-plans"}})
+	ln, err := kp.Listen("tcp", ":9092")
+	if err != nil {
+		t.Fatal(err)
+	}
+	forward(t, ln, broker.ListenerAddr("POD"))
+	return n, addr, broker
+}
+
+// kcatIn runs kcat (path) in a pod of n against the broker at addr, with
+// stdin, and returns its combined output.
+func kcatIn(c context.Context, n *node.Node, kcat, addr string) func(pod, stdin string, args ...string) (string, error) {
+	return func(pod, stdin string, args ...string) (string, error) {
+		cmd := n.Pods[pod].Command(c, kcat, append([]string{"-b", addr, "-m", "15"}, args...)...)
+		cmd.Stdin = strings.NewReader(stdin)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
 	}
 }
 
@@ -158,18 +171,7 @@ func forward(t *testing.T, ln net.Listener, addr string) {
 // every such connection was dropped at the broker's veth.
 func TestWarddEgressAndIngressKafka(t *testing.T) {
 	kcat := testenv.RequireCommand(t, "kcat")
-	n := node.New(t,
-		node.PodSpec{Name: "kafka", Labels: map[string]string{"app": "kafka"}},
-		node.PodSpec{Name: "empire-hq", Labels: map[string]string{"app": "empire-hq"}},
-		node.PodSpec{Name: "empire-outpost", Labels: map[string]string{"app": "empire-outpost"}})
-	kp := n.Pods["kafka"]
-	addr := net.JoinHostPort(kp.IP.String(), "9092")
-	broker := kafka.StartBroker(t, kafka.BrokerConfig{Advertise: map[string]string{"POD": addr}, Topics: []string{"empire-announce", "deathstar-plans"}})
-	ln, err := kp.Listen("tcp", ":9092")
-	if err != nil {
-		t.Fatal(err)
-	}
-	forward(t, ln, broker.ListenerAddr("POD"))
+	n, addr, broker := empireKafkaNode(t)
 	n.WritePolicy(t, "kafka-egress.yaml", empireEgressPolicy)
 	// The broker lets hq produce only to empire-announce (its egress rules
 	// also allow deathstar-plans) and the outpost consume it.
@@ -196,12 +198,7 @@ spec:
 
 	c, stop := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer stop()
-	run := func(pod, stdin string, args ...string) (string, error) {
-		cmd := n.Pods[pod].Command(c, kcat, append([]string{"-b", addr, "-m", "15"}, args...)...)
-		cmd.Stdin = strings.NewReader(stdin)
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
+	run := kcatIn(c, n, kcat, addr)
 	if out, err := run("empire-hq", "Happy 40th Birthday to General Tagge\n", "-P", "-t", "empire-announce"); err != nil {
 		t.Fatalf("hq produce empire-announce (both allow): %v\n%s\nbroker log:\n%s", err, out, broker.LogTail())
 	}

@@ -350,12 +350,20 @@ spec:
           path: "/public.*"
 `
 
-// TestWarddTLSIngress: the same rules on the server's ingress (the
-// secrets in the policy's namespace): the shared ingress TLS listener
-// intercepts 443 for the api pod, passes 8443 through by SNI, and
-// terminates TLS for the pod's plain HTTP server on 8080 (terminatingTLS
-// alone).
-func TestWarddTLSIngress(t *testing.T) {
+// tlsPKI is what apiTLSNode made: the internal CA clients trust (a PEM
+// file) and the two certificates (PEM).
+type tlsPKI struct {
+	internalCA              string
+	interceptCrt, serverCrt []byte
+}
+
+// apiTLSNode is a node with the api and client pods, the seed's
+// certificates (an internal CA's interception certificate for
+// api.ward.test, the server's own from a "public" CA), the api's Go TLS
+// servers (serveTLS) and the secrets directory as an operator fills it
+// (default/api-intercept, default/public-cas).
+func apiTLSNode(t *testing.T) (*node.Node, tlsPKI) {
+	t.Helper()
 	testenv.RequireCommand(t, "openssl")
 	n := node.New(t,
 		node.PodSpec{Name: "api", Labels: map[string]string{"app": "api"}},
@@ -367,9 +375,6 @@ func TestWarddTLSIngress(t *testing.T) {
 	interceptCrt, interceptKey := tlsLeaf(t, pki, "intercept", internalCA, internalKey, "api.ward.test")
 	serverCrt, serverKey := tlsLeaf(t, pki, "server", publicCA, publicKey, "api.ward.test", "pass.ward.test", "other.ward.test")
 	serveTLS(t, api, serverCrt, serverKey)
-	n.Serve(t, "api", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "plain %s tls=%v", r.URL.Path, r.TLS != nil)
-	}), ":8080")
 	n.Config.SecretsDir = t.TempDir()
 	if err := secrets.Write(n.Config.SecretsDir, secrets.Ref{Namespace: "default", Name: "api-intercept"}, map[string][]byte{"tls.crt": interceptCrt, "tls.key": interceptKey}); err != nil {
 		t.Fatal(err)
@@ -378,13 +383,27 @@ func TestWarddTLSIngress(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.Config.Datapath.TLSIngressPort, n.Config.Datapath.EgressTLSBasePort = uint16(node.FreePort(t)), uint16(node.FreePort(t))
+	return n, tlsPKI{internalCA: internalCA, interceptCrt: interceptCrt, serverCrt: serverCrt}
+}
+
+// TestWarddTLSIngress: the same rules on the server's ingress (the
+// secrets in the policy's namespace): the shared ingress TLS listener
+// intercepts 443 for the api pod, passes 8443 through by SNI, and
+// terminates TLS for the pod's plain HTTP server on 8080 (terminatingTLS
+// alone).
+func TestWarddTLSIngress(t *testing.T) {
+	n, pki := apiTLSNode(t)
+	api := n.Pods["api"]
+	n.Serve(t, "api", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "plain %s tls=%v", r.URL.Path, r.TLS != nil)
+	}), ":8080")
 	n.WritePolicy(t, "tls.yaml", tlsIngressPolicy)
 	n.Start(t, 29800, 9298)
 
 	c, stop := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer stop()
 	curl := func(path string) string {
-		return n.Curl(c, "client", "-w", " %{http_code}", "--cacert", internalCA,
+		return n.Curl(c, "client", "-w", " %{http_code}", "--cacert", pki.internalCA,
 			"--resolve", "api.ward.test:443:"+api.IP.String(), "https://api.ward.test"+path)
 	}
 	node.Eventually(t, "the intercepted GET /public/x to pass", func() bool {
@@ -393,17 +412,17 @@ func TestWarddTLSIngress(t *testing.T) {
 	if got := curl("/private"); got != "Access denied 403" {
 		t.Errorf("curl https://api.ward.test/private = %q; want Access denied 403", got)
 	}
-	if crt := sClient(c, n, "client", api.IP, "443", "api.ward.test"); crt == nil || crt.SerialNumber.String() != serial(t, interceptCrt) {
+	if crt := sClient(c, n, "client", api.IP, "443", "api.ward.test"); crt == nil || crt.SerialNumber.String() != serial(t, pki.interceptCrt) {
 		t.Errorf("s_client :443 api.ward.test certificate = %v; want the terminatingTLS secret's", crt)
 	}
 	for path, want := range map[string]string{"/public/t": "plain /public/t tls=false 200", "/private": "Access denied 403"} {
-		got := n.Curl(c, "client", "-w", " %{http_code}", "--cacert", internalCA,
+		got := n.Curl(c, "client", "-w", " %{http_code}", "--cacert", pki.internalCA,
 			"--resolve", "api.ward.test:8080:"+api.IP.String(), "https://api.ward.test:8080"+path)
 		if got != want {
 			t.Errorf("curl https://api.ward.test:8080%s = %q; want %q (TLS terminated by Envoy, plain HTTP to the pod)", path, got, want)
 		}
 	}
-	if crt := sClient(c, n, "client", api.IP, "8443", "pass.ward.test"); crt == nil || crt.SerialNumber.String() != serial(t, serverCrt) {
+	if crt := sClient(c, n, "client", api.IP, "8443", "pass.ward.test"); crt == nil || crt.SerialNumber.String() != serial(t, pki.serverCrt) {
 		t.Errorf("s_client :8443 pass.ward.test certificate = %v; want the server's own", crt)
 	}
 	if crt := sClient(c, n, "client", api.IP, "8443", "other.ward.test"); crt != nil {
@@ -501,30 +520,12 @@ httpbin IN A ` + hb.IP.String() + `
 // TestWarddTLSEgressAndIngress: the client intercepts its own HTTPS
 // (egress terminatingTLS/originatingTLS, HTTP rules) to the api pod on the
 // same node, which has ingress HTTP rules on the same port. The egress
-// listener's upstream goes straight to the pod (the ingress proxy would
-// see the node's address, not the client), so ward.http on the egress
-// chain applies the api's ingress rules too. Before, every such request
-// was dropped at the api pod's veth.
+// listener's upstream goes straight to the pod (one proxy on the path, not
+// two), so ward.http on the egress chain applies the api's ingress rules
+// too. Before, every such request was dropped at the api pod's veth.
 func TestWarddTLSEgressAndIngress(t *testing.T) {
-	testenv.RequireCommand(t, "openssl")
-	n := node.New(t,
-		node.PodSpec{Name: "api", Labels: map[string]string{"app": "api"}},
-		node.PodSpec{Name: "client", Labels: map[string]string{"app": "client"}})
+	n, pki := apiTLSNode(t)
 	api := n.Pods["api"]
-	pki := t.TempDir()
-	internalCA, internalKey := tlsCA(t, pki, "ward-internal-ca")
-	publicCA, publicKey := tlsCA(t, pki, "public-ca")
-	interceptCrt, interceptKey := tlsLeaf(t, pki, "intercept", internalCA, internalKey, "api.ward.test")
-	serverCrt, serverKey := tlsLeaf(t, pki, "server", publicCA, publicKey, "api.ward.test", "pass.ward.test", "other.ward.test")
-	serveTLS(t, api, serverCrt, serverKey)
-	n.Config.SecretsDir = t.TempDir()
-	if err := secrets.Write(n.Config.SecretsDir, secrets.Ref{Namespace: "default", Name: "api-intercept"}, map[string][]byte{"tls.crt": interceptCrt, "tls.key": interceptKey}); err != nil {
-		t.Fatal(err)
-	}
-	if err := secrets.Write(n.Config.SecretsDir, secrets.Ref{Namespace: "default", Name: "public-cas"}, map[string][]byte{"ca.crt": readFile(t, publicCA)}); err != nil {
-		t.Fatal(err)
-	}
-	n.Config.Datapath.TLSIngressPort, n.Config.Datapath.EgressTLSBasePort = uint16(node.FreePort(t)), uint16(node.FreePort(t))
 	// The api's ingress: GET /public.* only.
 	n.WritePolicy(t, "tls-ingress.yaml", tlsIngressPolicy)
 	// The client's egress: GET /public.* and /private.*.
@@ -551,7 +552,7 @@ spec:
 	c, stop := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer stop()
 	curl := func(path string) string {
-		return n.Curl(c, "client", "-w", " %{http_code}", "--cacert", internalCA,
+		return n.Curl(c, "client", "-w", " %{http_code}", "--cacert", pki.internalCA,
 			"--resolve", "api.ward.test:443:"+api.IP.String(), "https://api.ward.test"+path)
 	}
 	node.Eventually(t, "GET /public/x (both allow) to pass", func() bool {
