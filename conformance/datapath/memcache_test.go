@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wardproxy/ward/conformance/netns"
 	"github.com/wardproxy/ward/conformance/node"
 	"github.com/wardproxy/ward/internal/testenv"
 )
@@ -59,11 +60,7 @@ func TestWarddMemcached(t *testing.T) {
 	srv := n.Pods["memcd"]
 	ctx, stop := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer stop()
-	mc := srv.Command(ctx, "memcached", "-u", "root", "-l", srv.IP.String(), "-p", "11211", "-U", "0")
-	if err := mc.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { mc.Process.Kill(); mc.Wait() })
+	startMemcached(t, ctx, srv)
 	n.WritePolicy(t, "memcached.yaml", memcachePolicy)
 	// The a-wing's own egress rules allow more (any key); its requests go
 	// through its egress listener, which applies the server's ingress
@@ -122,23 +119,7 @@ spec:
 `)
 	n.Start(t, 38900, 9719)
 
-	dir := t.TempDir()
-	file := func(key, value string) string {
-		p := filepath.Join(dir, key)
-		if err := os.WriteFile(p, []byte(value), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	servers := "--servers=" + srv.IP.String() + ":11211"
-	run := func(pod, cmd string, binary bool, arg string) (string, bool) {
-		args := []string{servers}
-		if binary {
-			args = append(args, "--binary")
-		}
-		out, err := n.Pods[pod].Run(ctx, cmd, append(args, arg)...)
-		return strings.TrimSpace(out), err == nil
-	}
+	file, run := memcClients(t, ctx, n, srv)
 	awing := file("awing", "a-wing was here")
 	node.Eventually(t, "the a-wing to store its key", func() bool { _, ok := run("awing", "memccp", false, awing); return ok })
 	for _, binary := range []bool{false, true} {
@@ -187,5 +168,76 @@ spec:
 	}
 	if out, ok := run("awing", "memccat", false, "xwing"); ok {
 		t.Errorf("xwing exists (%q): a denied set reached the server", out)
+	}
+}
+
+// startMemcached runs Debian's memcached in pod on its address, port
+// 11211 (TCP only), until the test ends.
+func startMemcached(t *testing.T, ctx context.Context, pod *netns.Pod) {
+	t.Helper()
+	mc := pod.Command(ctx, "memcached", "-u", "root", "-l", pod.IP.String(), "-p", "11211", "-U", "0")
+	if err := mc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mc.Process.Kill(); mc.Wait() })
+}
+
+// memcClients returns file (a file named key holding value, for memccp)
+// and run (libmemcached's memccp or memccat in a pod of n against srv, in
+// the text or binary protocol; its trimmed output and whether it
+// succeeded).
+func memcClients(t *testing.T, ctx context.Context, n *node.Node, srv *netns.Pod) (file func(key, value string) string, run func(pod, cmd string, binary bool, arg string) (string, bool)) {
+	dir := t.TempDir()
+	file = func(key, value string) string {
+		p := filepath.Join(dir, key)
+		if err := os.WriteFile(p, []byte(value), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	servers := "--servers=" + srv.IP.String() + ":11211"
+	run = func(pod, cmd string, binary bool, arg string) (string, bool) {
+		args := []string{servers}
+		if binary {
+			args = append(args, "--binary")
+		}
+		out, err := n.Pods[pod].Run(ctx, cmd, append(args, arg)...)
+		return strings.TrimSpace(out), err == nil
+	}
+	return file, run
+}
+
+// TestWarddMemcachedAudit: in policy audit mode the memcache requests the
+// policy denies (the x-wing's set) reach memcached, in both protocols,
+// instead of getting the access error.
+func TestWarddMemcachedAudit(t *testing.T) {
+	testenv.RequireCommand(t, "memcached")
+	testenv.RequireCommand(t, "memccp")
+	testenv.RequireCommand(t, "memccat")
+	n := node.New(t,
+		node.PodSpec{Name: "memcd", Labels: map[string]string{"app": "memcd-server"}},
+		node.PodSpec{Name: "xwing", Labels: map[string]string{"app": "x-wing"}})
+	srv := n.Pods["memcd"]
+	ctx, stop := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer stop()
+	startMemcached(t, ctx, srv)
+	n.WritePolicy(t, "memcached.yaml", memcachePolicy)
+	n.Config.PolicyAuditMode = true
+	n.Start(t, 49950, 9500)
+
+	file, run := memcClients(t, ctx, n, srv)
+	// The policy in force: the x-wing may get; its set is audited.
+	node.Eventually(t, "the x-wing's denied set to reach memcached (audit)", func() bool {
+		_, ok := run("xwing", "memccp", false, file("awing", "first"))
+		return ok
+	})
+	for _, binary := range []bool{false, true} {
+		proto := map[bool]string{false: "text", true: "binary"}[binary]
+		if out, ok := run("xwing", "memccp", binary, file("awing", "x-wing "+proto)); !ok {
+			t.Errorf("%s: x-wing set awing in audit mode refused: %s", proto, out)
+		}
+		if out, ok := run("xwing", "memccat", binary, "awing"); !ok || out != "x-wing "+proto {
+			t.Errorf("%s: x-wing get awing = %q, %v; want the value it set (audited, not denied)", proto, out, ok)
+		}
 	}
 }
