@@ -961,8 +961,9 @@ int to_pod(struct __sk_buff *skb)
 	// takes the other answers (nft.go). Hairpinned to the proxy's socket,
 	// the flow's own (from_hairpin, assign; port 0: no listener). Only an
 	// endpoint with an egress policy has an egress proxy.
+	__u32 saddr_id = 0; // the source address's identity, once looked up
 	if ((ep->flags & EP_ENFORCE_EGRESS) && p.t.proto == IPPROTO_TCP &&
-	    identity_of6(p.t.family, p.t.saddr) == IDENTITY_HOST && proxy_upstream(skb, &p))
+	    (saddr_id = identity_of6(p.t.family, p.t.saddr)) == IDENTITY_HOST && proxy_upstream(skb, &p))
 		return hairpin(skb, &p, 0, dir);
 
 	ct_canon(&p);
@@ -983,7 +984,7 @@ int to_pod(struct __sk_buff *skb)
 	if ((mark & MARK_MAGIC_MASK) == MARK_PROXY_EGRESS)
 		src_id = (mark >> 16) | ((mark & 0xFF) << 16);
 	else
-		src_id = identity_of6(p.t.family, p.t.saddr);
+		src_id = saddr_id ? saddr_id : identity_of6(p.t.family, p.t.saddr);
 	// An egress proxy's upstream leaves from its client's address, so it
 	// may take the 4-tuple of the client's own connection to the proxy,
 	// whose conntrack entry says redirect: that entry is the client's,
