@@ -162,14 +162,17 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err := a.openKube(ctx); err != nil {
 			return err
 		}
+		// The proxy's policy and identity table before the datapath:
+		// policyResources returns once Envoy applied them, so BPF
+		// redirects a flow only to an Envoy that knows its endpoints.
+		pr := &policyResources{srv: a.srv, log: a.log, node: a.nodeClaims}
+		a.eng.consumers = append(a.eng.consumers, pr)
 		if a.dp != nil {
 			if a.tls, err = a.newTLSPolicy(); err != nil {
 				return err
 			}
 			a.eng.consumers = append(a.eng.consumers, a.dp, a.tls)
 		}
-		pr := &policyResources{srv: a.srv, log: a.log, node: a.nodeClaims}
-		a.eng.consumers = append(a.eng.consumers, pr)
 		if a.cfg.PolicyDir != "" {
 			a.src = &dirsource.Source{Dir: a.cfg.PolicyDir, Sink: a.eng.repo, Logger: a.log, Interval: 500 * time.Millisecond, Features: a.cfg.features(),
 				OnChange: func() { a.eng.publish(ctx); a.saveGood() }}

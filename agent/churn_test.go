@@ -134,7 +134,7 @@ func newKubeChurnBase(tb testing.TB) *kubeChurn {
 		kp.mu.Unlock()
 		return nil
 	})
-	e.consumers = []Consumer{a.regen, dp, pr, status}
+	e.consumers = []Consumer{a.regen, pr, dp, status} // as Run orders them
 	c := &kubeChurn{a: a, sink: &kubeSink{a: a, ctx: ctx}, pr: pr}
 	c.connectProxy(tb)
 	return c

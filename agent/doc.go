@@ -4,9 +4,9 @@
 //
 // Data flows one way:
 //
-//	sources                    repository            consumers of each State
-//	policy directory  ──┐                       ┌──> datapath (BPF ipcache, policy maps, endpoints)
-//	  (dirsource)       ├──> policy.Repository ─┼──> policyResources (NPDS + identity table over xDS)
+//	sources                    repository            consumers of each State, in order
+//	policy directory  ──┐                       ┌──> policyResources (NPDS + identity table over xDS, ACKed)
+//	  (dirsource)       ├──> policy.Repository ─┼──> datapath (BPF ipcache, policy maps, endpoints)
 //	endpoints (Config) ─┘     (resolution)      └──> DNS proxy selectors (after the publish lock)
 //	DNS proxy answers ──> FQDN identities ──> publish (before the answer is released)
 //
@@ -19,8 +19,11 @@
 //   - Run owns every goroutine the agent starts (one errgroup) and returns
 //     only after they exited; New starts none.
 //   - One publish at a time: a State (resolved snapshot + workloads) is
-//     handed to the consumers synchronously, the datapath first, so a proxy
-//     knows a policy before traffic is redirected to it for that policy.
+//     handed to the consumers synchronously, the proxy's resources first
+//     (applied by Envoy, at most defaultProxyAckWait), then the datapath, so
+//     a proxy knows a policy and the endpoints' addresses before traffic is
+//     redirected to it for them. Envoy's listeners for new endpoints are
+//     sent before the publish (endpointsChanged).
 //   - A consumer error is reported in Status per endpoint; the consumer
 //     leaves the affected endpoint fail-closed, never stale or skipped.
 //   - With no policy directory, the agent serves the wire-form policies of

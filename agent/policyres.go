@@ -19,9 +19,18 @@ import (
 // to the in-Envoy filters over xDS. The identity table also holds the
 // addresses the DNS proxy learnt for toFQDNs selectors (fqdn), so an L7
 // rule on a toFQDNs destination sees the FQDN identity, not world.
+//
+// It runs before the datapath and returns once the connected proxy
+// applied both (at most ackWait), as Cilium's endpoint regeneration waits
+// for the proxy's ACK before it writes the datapath: a new pod's traffic
+// is redirected to Envoy only once Envoy knows the pod's address and
+// policy, not answered 403 for an unknown source in between.
 type policyResources struct {
 	srv *xds.Server
 	log *slog.Logger
+	// ackWait bounds Apply's wait for the proxy's ACK; zero:
+	// defaultProxyAckWait.
+	ackWait time.Duration
 	// fqdn returns the DNS proxy's claims (prefix → FQDN identity); nil
 	// without a DNS proxy. Set before the first Apply.
 	fqdn func() map[netip.Prefix]uint32
@@ -40,7 +49,7 @@ type policyResources struct {
 
 var _ Consumer = (*policyResources)(nil)
 
-func (p *policyResources) Apply(_ context.Context, st *State) error {
+func (p *policyResources) Apply(ctx context.Context, st *State) error {
 	p.mu.Lock()
 	// The workloads in xds's terms, in a buffer kept from the last Apply
 	// (the cache keeps nothing of it): 10,000 of them are not allocated
@@ -64,8 +73,22 @@ func (p *policyResources) Apply(_ context.Context, st *State) error {
 	p.pv, p.hv = pv, hv
 	p.mu.Unlock()
 	p.log.Debug("policy resources", "endpoints", len(ps), "policy_version", pv, "hosts_version", hv)
-	return nil
+	wait := p.ackWait
+	if wait <= 0 {
+		wait = defaultProxyAckWait
+	}
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	if err := p.waitAcked(ctx, npds.NetworkPolicyHostsType, hv); err != nil {
+		return err
+	}
+	return p.waitAcked(ctx, npds.NetworkPolicyType, pv)
 }
+
+// defaultProxyAckWait bounds a publish's wait for the proxy: a proxy that
+// does not answer delays policy changes by this much, and the publish
+// reports it.
+const defaultProxyAckWait = 2 * time.Second
 
 func (p *policyResources) setHostsLocked() string {
 	hosts := p.base
@@ -97,13 +120,18 @@ func (p *policyResources) versions() (pv, hv string) {
 }
 
 // waitAcked waits until the proxy acknowledged version want of typeURL, or
-// a later one, or ctx is done. Without a connected proxy it returns at once:
-// there is nobody to wait for (a proxy that connects later gets the whole
-// current set before it serves).
+// a later one, or rejected it, or ctx is done. Without a connected policy
+// client it returns at once: there is nobody to wait for (a client that
+// connects later gets the whole current set before its filters serve; an
+// Envoy whose ADS stream is up but whose module has not subscribed yet is
+// not waited for either).
 func (p *policyResources) waitAcked(ctx context.Context, typeURL, want string) error {
 	t := time.NewTicker(time.Millisecond)
 	defer t.Stop()
-	for p.srv.Streams() > 0 && !versionReached(p.srv.Acked(typeURL), want) {
+	for p.srv.PolicyStreams() > 0 && !versionReached(p.srv.Acked(typeURL), want) {
+		if n, ok := p.srv.LastNACK(typeURL); ok && versionReached(n.Version, want) {
+			return fmt.Errorf("the proxy rejected %s: %s", n.Version, n.Message)
+		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("wait for the proxy to apply %s: %w", want, ctx.Err())

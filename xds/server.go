@@ -74,12 +74,15 @@ type Server struct {
 	nacks   map[string]NACK // by type URL
 	acked   map[string]string
 	streams atomic.Int64
-	version atomic.Uint64
-	lis     net.Listener
-	grpcSrv *grpc.Server
-	sent    map[streamNonce]sentResponse // delta responses awaiting their ACK/NACK
-	proxy   map[string]*proxyState       // by type URL: what the policy client holds
-	resync  map[*discovery.DeltaDiscoveryRequest]uint64
+	// deltaStreams are the in-Envoy policy clients' (Envoy's own ADS
+	// stream is state-of-the-world).
+	deltaStreams atomic.Int64
+	version      atomic.Uint64
+	lis          net.Listener
+	grpcSrv      *grpc.Server
+	sent         map[streamNonce]sentResponse // delta responses awaiting their ACK/NACK
+	proxy        map[string]*proxyState       // by type URL: what the policy client holds
+	resync       map[*discovery.DeltaDiscoveryRequest]uint64
 }
 
 // New returns a server; call Listen then Serve (or Run).
@@ -191,9 +194,10 @@ func (s *Server) Run(ctx context.Context) error {
 		},
 		DeltaStreamOpenFunc: func(context.Context, int64, string) error {
 			s.streams.Add(1)
+			s.deltaStreams.Add(1)
 			return nil
 		},
-		DeltaStreamClosedFunc: func(int64, *core.Node) { s.streams.Add(-1) },
+		DeltaStreamClosedFunc: func(int64, *core.Node) { s.streams.Add(-1); s.deltaStreams.Add(-1) },
 		StreamDeltaResponseFunc: func(id int64, _ *discovery.DeltaDiscoveryRequest, r *discovery.DeltaDiscoveryResponse) {
 			s.sentDelta(id, r)
 		},
@@ -309,6 +313,10 @@ func (s *Server) Acked(typeURL string) string {
 
 // Streams returns the number of open xDS streams.
 func (s *Server) Streams() int64 { return s.streams.Load() }
+
+// PolicyStreams returns the number of open delta streams: the in-Envoy
+// policy clients, whose ACKs Acked reports for the policy types.
+func (s *Server) PolicyStreams() int64 { return s.deltaStreams.Load() }
 
 // EnvoyResources are what Envoy itself consumes.
 type EnvoyResources struct {

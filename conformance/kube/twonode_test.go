@@ -109,9 +109,11 @@ func TestTwoNodes(t *testing.T) {
 		if a.Pods["tiefighter"].IP == old {
 			t.Fatalf("recreated tiefighter kept IP %s", old)
 		}
-		starWars(t, "after tiefighter's churn")
 		// Both nodes' ipcaches: the new address has tiefighter's identity,
-		// the old one is gone.
+		// the old one is gone. Node 2 learns it from the API server on its
+		// own time; node 1, once it redirects the new pod's traffic to its
+		// Envoy, answers it as tiefighter's at once (its Envoy learnt the
+		// address before its datapath did).
 		for _, n := range c.nodes {
 			node.Eventually(t, "the old address to leave node "+n.name+"'s ipcache", func() bool {
 				ipc := n.ipcache(t)
@@ -119,6 +121,7 @@ func TestTwoNodes(t *testing.T) {
 				return !old && ipc[a.Pods["tiefighter"].IP.String()+"/32"] != 0
 			})
 		}
+		starWars(t, "after tiefighter's churn")
 	})
 
 	t.Run("pod lifecycle", func(t *testing.T) {
