@@ -8,6 +8,8 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 
@@ -21,15 +23,81 @@ import (
 // ward.kafka and the generic parsers at L7 and by the DNS proxy (the endpoint's policy
 // resource carries the flag). The node config's policyAuditMode is every
 // endpoint's default; `ward endpoint config ID audit=on|off` overrides it
-// for one endpoint until wardd restarts. Turning it on or off changes that
-// endpoint's resolved policy only, so only its BPF entry and its policy
-// resource are rewritten.
+// for one endpoint for as long as the endpoint exists: the override is
+// saved in the state directory (endpoint-audit.json) and restored when
+// wardd restarts, as Cilium restores an endpoint's options; it is dropped
+// when the endpoint leaves. Turning it on or off changes that endpoint's
+// resolved policy only, so only its BPF entry and its policy resource are
+// rewritten.
 
 // auditModes is the audit mode of each endpoint: the node's default and
 // the runtime overrides. Guarded by engine.wlMu.
 type auditModes struct {
 	def       bool
 	overrides map[uint64]bool
+	path      string // where overrides are saved; "": not saved
+}
+
+// auditFile is the overrides' file in the state directory.
+const auditFile = "endpoint-audit.json"
+
+// loadAuditModes reads the overrides saved in dir (none: an empty set). A
+// file that cannot be read is an error naming it: wardd does not start
+// with an endpoint's mode silently changed.
+func loadAuditModes(def bool, dir string) (auditModes, error) {
+	m := auditModes{def: def, overrides: map[uint64]bool{}}
+	if dir == "" {
+		return m, nil
+	}
+	m.path = filepath.Join(dir, auditFile)
+	b, err := os.ReadFile(m.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return m, nil
+	}
+	if err == nil {
+		err = json.Unmarshal(b, &m.overrides)
+	}
+	if err != nil {
+		return m, fmt.Errorf("endpoint audit overrides %s (delete it to start with policyAuditMode for every endpoint): %w", m.path, err)
+	}
+	if m.overrides == nil { // the file held null
+		m.overrides = map[uint64]bool{}
+	}
+	return m, nil
+}
+
+// save writes the overrides (atomically, 0600).
+func (m *auditModes) save() error {
+	if m.path == "" {
+		return nil
+	}
+	b, err := json.Marshal(m.overrides)
+	if err != nil {
+		return err
+	}
+	tmp := m.path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, m.path)
+}
+
+// forget drops the overrides of endpoints gone from the node and saves
+// the rest; a failed save is logged (the next change saves again).
+func (e *engine) forgetAudit(gone []uint64) {
+	n := 0
+	for _, id := range gone {
+		if _, ok := e.audit.overrides[id]; ok {
+			delete(e.audit.overrides, id)
+			n++
+		}
+	}
+	if n == 0 {
+		return
+	}
+	if err := e.audit.save(); err != nil && e.log != nil {
+		e.log.Warn("endpoint audit overrides not saved", "path", e.audit.path, "error", err)
+	}
 }
 
 // auditOf is endpoint id's audit mode. Called with e.wlMu.
@@ -64,11 +132,29 @@ func (e *engine) setAudit(id uint64, on bool) error {
 			if err != nil {
 				return fmt.Errorf("endpoint %d: %w", id, err)
 			}
+			// Saved first: an override that would not survive a
+			// restart is refused, not applied.
+			prev, had := e.audit.overrides[id]
+			e.audit.overrides[id] = on
+			restore := func() {
+				if had {
+					e.audit.overrides[id] = prev
+				} else {
+					delete(e.audit.overrides, id)
+				}
+			}
+			if err := e.audit.save(); err != nil {
+				restore()
+				return fmt.Errorf("endpoint %d: save its audit mode: %w", id, err)
+			}
 			reg.registration.Audit = on
 			if _, err := e.repo.UpsertEndpoint(reg.registration); err != nil {
+				restore()
+				if serr := e.audit.save(); serr != nil {
+					err = errors.Join(err, serr)
+				}
 				return fmt.Errorf("endpoint %d: %w", id, err)
 			}
-			e.audit.overrides[id] = on
 			return nil
 		}
 	}

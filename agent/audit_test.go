@@ -5,6 +5,9 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -65,6 +68,75 @@ func TestEndpointAudit(t *testing.T) {
 		if err := e.setAudit(id, true); !errors.Is(err, errNoEndpoint) {
 			t.Errorf("setAudit(%d) = %v; want errNoEndpoint", id, err)
 		}
+	}
+}
+
+// TestEndpointAuditRestored: an override is saved in the state directory
+// and restored by the next wardd (the same endpoint comes back with it),
+// dropped when its endpoint leaves; a refused override changes nothing; a
+// file wardd cannot read stops it with an error naming the file.
+func TestEndpointAuditRestored(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	dir := t.TempDir()
+	eps := []Endpoint{
+		{Name: "a", ID: 1, IPs: []string{"10.0.0.1"}, Labels: map[string]string{"app": "a"}},
+		{Name: "b", ID: 2, IPs: []string{"10.0.0.2"}, Labels: map[string]string{"app": "b"}},
+	}
+	start := func() *engine {
+		t.Helper()
+		e, err := newEngine(&Config{StateDir: dir, Endpoints: eps}, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	audit := func(e *engine, id uint64) bool {
+		t.Helper()
+		p, ok := e.repo.Snapshot().Endpoint(id)
+		if !ok {
+			t.Fatalf("endpoint %d not resolved", id)
+		}
+		return p.Audit
+	}
+	e := start()
+	if err := e.setAudit(2, true); err != nil {
+		t.Fatal(err)
+	}
+	e = start() // wardd restarted
+	if audit(e, 1) || !audit(e, 2) {
+		t.Fatalf("after a restart: audit = %v, %v; want off, on (the override restored)", audit(e, 1), audit(e, 2))
+	}
+	// Endpoint 2 leaves: its override is forgotten, on disk too, so an
+	// endpoint given its id later starts with the node's default.
+	if _, err := e.setEndpoints(sourceConfig, eps[:1], "endpoints"); err != nil {
+		t.Fatal(err)
+	}
+	e = start()
+	if audit(e, 2) {
+		t.Error("an endpoint that left and came back kept its old override; want the default")
+	}
+
+	// An override that cannot be saved (its temporary file's name taken
+	// by a directory: even root fails) is refused and not applied.
+	tmp := filepath.Join(dir, auditFile+".tmp")
+	if err := os.Mkdir(tmp, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.setAudit(1, true); err == nil || audit(e, 1) {
+		t.Errorf("setAudit with the file unwritable = %v, audit %v; want an error, off", err, audit(e, 1))
+	}
+	if err := os.Remove(tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.setAudit(1, true); err != nil || !audit(e, 1) {
+		t.Errorf("setAudit once writable = %v, audit %v; want nil, on", err, audit(e, 1))
+	}
+
+	if err := os.WriteFile(filepath.Join(dir, auditFile), []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newEngine(&Config{StateDir: dir, Endpoints: eps}, log); err == nil || !strings.Contains(err.Error(), auditFile) {
+		t.Errorf("a corrupt %s: newEngine = %v; want an error naming it", auditFile, err)
 	}
 }
 

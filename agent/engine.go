@@ -121,7 +121,9 @@ func newEngine(cfg *Config, log *slog.Logger) (*engine, error) {
 		epSrc: map[string][]Endpoint{}, nodeSrc: map[string][]Node{}, apiSrc: map[string][]netip.Prefix{}, nodeIDs: map[string]*policy.Identity{},
 		svcSrc: map[string][]Service{}, srcErrs: map[string]error{}, selectorLabels: cfg.EnableNodeSelectorLabels}
 	e.wl.Store(&workloadSet{byIP: map[netip.Addr]*Workload{}, byID: map[uint64]*Workload{}})
-	e.audit = auditModes{def: cfg.PolicyAuditMode, overrides: map[uint64]bool{}}
+	if e.audit, err = loadAuditModes(cfg.PolicyAuditMode, cfg.StateDir); err != nil {
+		return nil, err
+	}
 	e.nodes.Store(&map[netip.Prefix]uint32{})
 	if _, err := e.setEndpoints(sourceConfig, cfg.Endpoints, "endpoints"); err != nil {
 		return nil, err
@@ -222,12 +224,15 @@ func (e *engine) setEndpoints(source string, eps []Endpoint, where string) (bool
 			next.byIP[a] = w
 		}
 	}
+	var gone []uint64
 	for id := range old.byID {
 		if _, ok := next.byID[id]; !ok {
 			e.repo.DeleteEndpoint(id)
 			changed = true
+			gone = append(gone, id)
 		}
 	}
+	e.forgetAudit(gone)
 	e.wl.Store(next)
 	for src := range e.epSrc {
 		e.setSourceErr("endpoints "+src, errors.Join(errs[src]...))

@@ -24,7 +24,8 @@ Changes a live endpoint's options, as "cilium endpoint config" does:
                             what the endpoint's policy would drop passes and is
                             recorded with verdict AUDIT (hubble observe --verdict
                             AUDIT), at L3/L4 and L7. It overrides the node's
-                            policyAuditMode for this endpoint until wardd restarts.
+                            policyAuditMode for this endpoint as long as it exists,
+                            across wardd restarts (saved in the state directory).
 `
 
 // endpointConfig is `ward endpoint config`.

@@ -29,7 +29,8 @@ import (
 // reaches the service (AUDIT at L7 with the HTTP fields, no 403) — and the
 // mediabot's DNS query no rule allows is answered (AUDIT, not REFUSED). `ward
 // endpoint config ID audit=off` on one deathstar makes it enforce (xwing
-// dropped, PUT 403) while the other stays in audit.
+// dropped, PUT 403) while the other stays in audit, and after wardd
+// restarts.
 func TestAuditMode(t *testing.T) {
 	hubble := testenv.File(t, "build/bin/hubble", "run scripts/setup.d/70-hubble.sh (builds the hubble CLI from tools/hubble)")
 	ward := buildWard(t)
@@ -162,6 +163,25 @@ api IN A 192.0.2.2
 		}
 		return false
 	})
+
+	// wardd restarts: the override comes back with the endpoint (the
+	// deathstar still enforces, the other still audits).
+	n.Stop(t)
+	n.Start(t, 47800, 9478)
+	for _, e := range n.Agent.Status().Endpoints {
+		if want := e.Name != "deathstar"; e.Audit != want {
+			t.Errorf("after a restart: endpoint %s audit = %v; want %v", e.Name, e.Audit, want)
+		}
+	}
+	if got := curl("tiefighter", "deathstar", "PUT", "/v1/exhaust-port"); got != "Access denied 403" {
+		t.Errorf("tiefighter PUT deathstar after a restart = %q; want Access denied 403 (audit=off kept)", got)
+	}
+	if got := curl("xwing", "deathstar", "GET", "/v1/healthz"); got != "error" {
+		t.Errorf("xwing GET deathstar after a restart = %q; want dropped (audit=off kept)", got)
+	}
+	if got := curl("xwing", "deathstar-b", "GET", "/v1/healthz"); !strings.HasSuffix(got, " 200") {
+		t.Errorf("xwing GET deathstar-b after a restart = %q; want 200 (still in audit)", got)
+	}
 }
 
 // endpointID is the agent's id of a local endpoint.
