@@ -30,7 +30,14 @@ func (a *Agent) runBPFEvents(ctx context.Context) (err error) {
 	sink := a.obs.hub
 	ipc := a.dp.dp.IPCache()
 	if rerr := a.dp.dp.ReadEvents(ctx, &a.dp.events, func(ev *redirect.Event) {
-		sink.Emit(bpfRecord(ev, time.Now(), ipc.Lookup))
+		r := bpfRecord(ev, time.Now(), ipc.Lookup)
+		if !ev.Source.IsValid() && ev.Endpoint != 0 && a.eng != nil {
+			// A socket hook's denial: the source is the endpoint.
+			if w, ok := a.eng.wl.Load().byID[uint64(ev.Endpoint)]; ok {
+				r.Source = endpointSide(w.Addrs, ev.Destination.Addr().Is4(), ipc.Lookup)
+			}
+		}
+		sink.Emit(r)
 	}); rerr != nil {
 		a.log.Warn("bpf flow events: reader stopped", "error", rerr)
 	}
@@ -74,6 +81,21 @@ func bpfRecord(ev *redirect.Event, now time.Time, identity func(netip.Addr) (uin
 		r.L4 = nil
 	}
 	return r
+}
+
+// endpointSide is a flow's side for an endpoint with addrs, by its
+// address of the family (IPv4 or not) of the flow's other side.
+func endpointSide(addrs []netip.Addr, v4 bool, identity func(netip.Addr) (uint32, bool)) flow.Endpoint {
+	for _, a := range addrs {
+		if a.Is4() == v4 {
+			e := flow.Endpoint{IP: a.String()}
+			if identity != nil {
+				e.Identity, _ = identity(a)
+			}
+			return e
+		}
+	}
+	return flow.Endpoint{}
 }
 
 func l4Name(proto uint8) string {

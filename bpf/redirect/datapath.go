@@ -228,7 +228,22 @@ func Load(cfg Config) (*Datapath, error) {
 			return nil, fmt.Errorf("disable sock shortcut: %w", err)
 		}
 	}
-	if err := sspec.LoadAndAssign(&d.sock, opts); err != nil {
+	if cfg.NoEvents {
+		if err := sspec.Variables[sockVarEventsEnabled].Set(uint8(0)); err != nil {
+			d.objs.Close()
+			return nil, fmt.Errorf("disable socket-level flow events: %w", err)
+		}
+	}
+	// The socket hooks report their denials into the tc programs' ring
+	// (one reader, ReadEvents) and share their drop-event rate limit.
+	sspec.Maps[sockMapWardEvents].MaxEntries = spec.Maps[datapathMapWardEvents].MaxEntries
+	sopts := *opts
+	sopts.MapReplacements = map[string]*ebpf.Map{
+		sockMapWardEvents:     d.objs.WardEvents,
+		sockMapWardEventsLost: d.objs.WardEventsLost,
+		sockMapWardDropRl:     d.objs.WardDropRl,
+	}
+	if err := sspec.LoadAndAssign(&d.sock, &sopts); err != nil {
 		d.objs.Close()
 		return nil, fmt.Errorf("socket-level programs: %w", loadError(err, cfg.PinDir))
 	}

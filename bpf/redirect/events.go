@@ -68,7 +68,9 @@ type Event struct {
 	Proto uint8
 	// Source and Destination are the packet's addresses and ports (ICMP
 	// echo: the identifier in the requester's port). Invalid when the
-	// packet was dropped before it was parsed.
+	// packet was dropped before it was parsed; Source is invalid too for
+	// a connect or send the socket-level hooks denied (IfIndex 0: no
+	// packet was built, the socket's address not bound yet).
 	Source, Destination netip.AddrPort
 	// SourceIdentity and DestinationIdentity are the identities the
 	// datapath used, 0 when it did not look them up.
@@ -120,6 +122,11 @@ func DecodeEvent(b []byte) (Event, error) {
 		// Dropped before the IP header was parsed.
 	default:
 		return Event{}, fmt.Errorf("decode flow event: unknown address family %d", family)
+	}
+	if ev.IfIndex == 0 && sport == 0 && ev.Source.Addr().IsUnspecified() {
+		// A socket hook's denial (sock.c): no packet, the socket not
+		// bound yet; the source is the endpoint's (Event.Endpoint).
+		ev.Source = netip.AddrPort{}
 	}
 	return ev, nil
 }

@@ -20,6 +20,7 @@
 //   sock_getsockopt    cgroup/getsockopt on the proxy's cgroup: SO_ORIGINAL_DST
 
 #include "datapath.h"
+#include "events.h"
 
 // shortcut_enabled turns the sockhash/sk_msg shortcut on (set at load).
 volatile const __u8 shortcut_enabled = 0;
@@ -128,6 +129,38 @@ static __always_inline struct cgroup_ep *cgroup_endpoint(void)
 #define OPT_ALLOW 1
 #define OPT_DENY 0
 
+// sock_drop_event reports a connect/sendmsg the hook denies, rate-limited
+// as tc's drop events (the connection never makes a packet for tc to
+// report). The source is the endpoint's: its address is not bound yet, so
+// the event leaves it zero and the reader fills the endpoint's address.
+static __always_inline void sock_drop_event(__u8 proto, __u8 family, const __u32 *addr, __u16 dport_n, enum reason r,
+					    __u32 ep_id, __u32 dst_id)
+{
+	if (!events_enabled)
+		return;
+	__u32 h = mix32(ep_id, ((__u32)dport_n << 16) | ((__u32)r << 8) | (__u32)proto);
+	h = mix32(h, family);
+	h = mix32(h, addr[0]);
+	h = mix32(h, addr[1]);
+	h = mix32(h, addr[2]);
+	h = mix32(h, addr[3]);
+	if (!drop_rl_pass(h))
+		return;
+	struct flow_event e = {
+		.dport = dport_n,
+		.dst_identity = dst_id,
+		.ep_id = ep_id,
+		.type = EV_DROP,
+		.reason = r,
+		.verdict = VERDICT_DENY,
+		.dir = DIR_EGRESS,
+		.family = family,
+		.proto = proto,
+	};
+	__builtin_memcpy(e.daddr, addr, 16);
+	ev_output(&e);
+}
+
 // decide applies the workload's egress policy to a connect/sendmsg to
 // (family, addr, dport_n). *redirect_to gets the proxy port for a
 // redirect (the caller rewrites the address), 0 otherwise. The hooks run
@@ -140,10 +173,12 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 proto, __u8 fa
 	struct cgroup_ep *ep = cgroup_endpoint();
 	if (!ep) {
 		SCOUNT(R_DROP_NO_ENDPOINT);
+		sock_drop_event(proto, family, addr, dport_n, R_DROP_NO_ENDPOINT, 0, 0);
 		return OPT_DENY;
 	}
 	if (ep->flags & EP_LOCKDOWN) {
 		SCOUNT(R_DROP_LOCKDOWN);
+		sock_drop_event(proto, family, addr, dport_n, R_DROP_LOCKDOWN, ep->endpoint_id, 0);
 		return OPT_DENY;
 	}
 	if (!(ep->flags & EP_ENFORCE_EGRESS)) {
@@ -151,14 +186,15 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 proto, __u8 fa
 		return OPT_ALLOW;
 	}
 	__u16 proxy = 0;
-	int v = policy_lookup(ep->endpoint_id, policy_dir(DIR_EGRESS, ep->flags), identity_of6(family, addr),
-			      bpf_ntohs(dport_n), proto, &proxy);
+	__u32 dst_id = identity_of6(family, addr);
+	int v = policy_lookup(ep->endpoint_id, policy_dir(DIR_EGRESS, ep->flags), dst_id, bpf_ntohs(dport_n), proto, &proxy);
 	if (v == VERDICT_ALLOW) {
 		SCOUNT(R_PASS_ALLOWED);
 		return OPT_ALLOW;
 	}
 	if (v != VERDICT_REDIRECT) {
 		SCOUNT(R_DROP_POLICY);
+		sock_drop_event(proto, family, addr, dport_n, R_DROP_POLICY, ep->endpoint_id, dst_id);
 		return OPT_DENY; // EPERM to the application
 	}
 	if (ep->flags & CG_TC_REDIRECT) {
@@ -168,6 +204,7 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 proto, __u8 fa
 	if (family != AF_INET4) {
 		// The proxy's original-destination plumbing is IPv4 only.
 		SCOUNT(R_DROP_REDIRECT_UNSUPPORTED);
+		sock_drop_event(proto, family, addr, dport_n, R_DROP_REDIRECT_UNSUPPORTED, ep->endpoint_id, dst_id);
 		return OPT_DENY;
 	}
 	__u64 cookie = bpf_get_socket_cookie(ctx);

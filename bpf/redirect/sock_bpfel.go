@@ -21,6 +21,13 @@ type sockCgroupEp struct {
 	Pad        uint32
 }
 
+type sockDropRlSlot struct {
+	_    structs.HostLayout
+	Last uint64
+	Hash uint32
+	Pad  uint32
+}
+
 type sockEndpointInfo struct {
 	_        structs.HostLayout
 	Id       uint32
@@ -102,7 +109,10 @@ type sockSockOrig struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	sockMapWardCgroups       = "ward_cgroups"
+	sockMapWardDropRl        = "ward_drop_rl"
 	sockMapWardEndpoints     = "ward_endpoints"
+	sockMapWardEvents        = "ward_events"
+	sockMapWardEventsLost    = "ward_events_lost"
 	sockMapWardIpcache       = "ward_ipcache"
 	sockMapWardMetrics       = "ward_metrics"
 	sockMapWardOrigdst       = "ward_origdst"
@@ -120,7 +130,9 @@ const (
 	sockProgSockRecvmsg6     = "sock_recvmsg6"
 	sockProgSockSendmsg4     = "sock_sendmsg4"
 	sockProgSockSendmsg6     = "sock_sendmsg6"
+	sockVarEventsEnabled     = "events_enabled"
 	sockVarShortcutEnabled   = "shortcut_enabled"
+	sockVarUnusedFlowEvent   = "unused_flow_event"
 )
 
 // loadSock returns the embedded CollectionSpec for sock.
@@ -182,21 +194,26 @@ type sockProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockMapSpecs struct {
-	WardCgroups   *ebpf.MapSpec `ebpf:"ward_cgroups"`
-	WardEndpoints *ebpf.MapSpec `ebpf:"ward_endpoints"`
-	WardIpcache   *ebpf.MapSpec `ebpf:"ward_ipcache"`
-	WardMetrics   *ebpf.MapSpec `ebpf:"ward_metrics"`
-	WardOrigdst   *ebpf.MapSpec `ebpf:"ward_origdst"`
-	WardPolicy    *ebpf.MapSpec `ebpf:"ward_policy"`
-	WardSockOrig  *ebpf.MapSpec `ebpf:"ward_sock_orig"`
-	WardSockhash  *ebpf.MapSpec `ebpf:"ward_sockhash"`
+	WardCgroups    *ebpf.MapSpec `ebpf:"ward_cgroups"`
+	WardDropRl     *ebpf.MapSpec `ebpf:"ward_drop_rl"`
+	WardEndpoints  *ebpf.MapSpec `ebpf:"ward_endpoints"`
+	WardEvents     *ebpf.MapSpec `ebpf:"ward_events"`
+	WardEventsLost *ebpf.MapSpec `ebpf:"ward_events_lost"`
+	WardIpcache    *ebpf.MapSpec `ebpf:"ward_ipcache"`
+	WardMetrics    *ebpf.MapSpec `ebpf:"ward_metrics"`
+	WardOrigdst    *ebpf.MapSpec `ebpf:"ward_origdst"`
+	WardPolicy     *ebpf.MapSpec `ebpf:"ward_policy"`
+	WardSockOrig   *ebpf.MapSpec `ebpf:"ward_sock_orig"`
+	WardSockhash   *ebpf.MapSpec `ebpf:"ward_sockhash"`
 }
 
 // sockVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockVariableSpecs struct {
+	EventsEnabled   *ebpf.VariableSpec `ebpf:"events_enabled"`
 	ShortcutEnabled *ebpf.VariableSpec `ebpf:"shortcut_enabled"`
+	UnusedFlowEvent *ebpf.VariableSpec `ebpf:"unused_flow_event"`
 }
 
 // sockObjects contains all objects after they have been loaded into the kernel.
@@ -219,20 +236,26 @@ func (o *sockObjects) Close() error {
 //
 // It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockMaps struct {
-	WardCgroups   *ebpf.Map `ebpf:"ward_cgroups"`
-	WardEndpoints *ebpf.Map `ebpf:"ward_endpoints"`
-	WardIpcache   *ebpf.Map `ebpf:"ward_ipcache"`
-	WardMetrics   *ebpf.Map `ebpf:"ward_metrics"`
-	WardOrigdst   *ebpf.Map `ebpf:"ward_origdst"`
-	WardPolicy    *ebpf.Map `ebpf:"ward_policy"`
-	WardSockOrig  *ebpf.Map `ebpf:"ward_sock_orig"`
-	WardSockhash  *ebpf.Map `ebpf:"ward_sockhash"`
+	WardCgroups    *ebpf.Map `ebpf:"ward_cgroups"`
+	WardDropRl     *ebpf.Map `ebpf:"ward_drop_rl"`
+	WardEndpoints  *ebpf.Map `ebpf:"ward_endpoints"`
+	WardEvents     *ebpf.Map `ebpf:"ward_events"`
+	WardEventsLost *ebpf.Map `ebpf:"ward_events_lost"`
+	WardIpcache    *ebpf.Map `ebpf:"ward_ipcache"`
+	WardMetrics    *ebpf.Map `ebpf:"ward_metrics"`
+	WardOrigdst    *ebpf.Map `ebpf:"ward_origdst"`
+	WardPolicy     *ebpf.Map `ebpf:"ward_policy"`
+	WardSockOrig   *ebpf.Map `ebpf:"ward_sock_orig"`
+	WardSockhash   *ebpf.Map `ebpf:"ward_sockhash"`
 }
 
 func (m *sockMaps) Close() error {
 	return _SockClose(
 		m.WardCgroups,
+		m.WardDropRl,
 		m.WardEndpoints,
+		m.WardEvents,
+		m.WardEventsLost,
 		m.WardIpcache,
 		m.WardMetrics,
 		m.WardOrigdst,
@@ -246,7 +269,9 @@ func (m *sockMaps) Close() error {
 //
 // It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockVariables struct {
+	EventsEnabled   *ebpf.Variable `ebpf:"events_enabled"`
 	ShortcutEnabled *ebpf.Variable `ebpf:"shortcut_enabled"`
+	UnusedFlowEvent *ebpf.Variable `ebpf:"unused_flow_event"`
 }
 
 // sockPrograms contains all programs after they have been loaded into the kernel.

@@ -232,6 +232,44 @@ func testSocketLevel(t *testing.T, shortcut bool) {
 	if got, err := run("curl", "-gsS", "--max-time", "10", "http://[::ffff:"+ds.IP.String()+"]/"); err != nil || got != want {
 		t.Fatalf("curl to the v4-mapped address = %q, %v; want %q", got, err, want)
 	}
+	// A connect the policy denies fails with EPERM and is reported in the
+	// tc programs' ring (no packet exists for tc to report): a drop of
+	// the endpoint's egress, the source left to the reader.
+	evs := make(chan redirect.Event, 64)
+	rc, stopReader := context.WithCancel(c)
+	readerDone := make(chan error, 1)
+	go func() {
+		var st redirect.EventStats
+		readerDone <- e.dp.ReadEvents(rc, &st, func(ev *redirect.Event) {
+			select {
+			case evs <- *ev:
+			default:
+			}
+		})
+	}()
+	if got, err := run("curl", "-sS", "--max-time", "5", "http://"+ds.IP.String()+":8080/"); err == nil || !strings.Contains(got, "Couldn't connect") {
+		t.Fatalf("curl :8080 = %q, %v; want the connect refused by the hook", got, err)
+	}
+	var drop *redirect.Event
+	for drop == nil {
+		select {
+		case ev := <-evs:
+			if ev.Kind == redirect.EventDrop && ev.Destination == netip.AddrPortFrom(ds.IP, 8080) {
+				drop = &ev
+			}
+		case <-c.Done():
+			t.Fatal("no drop event for the connect the socket hook denied")
+		}
+	}
+	stopReader()
+	if err := <-readerDone; err != nil {
+		t.Fatal(err)
+	}
+	if drop.Reason != redirect.ReasonPolicyDenied || drop.Direction != redirect.Egress || drop.Endpoint != wlID || drop.Proto != redirect.ProtoTCP ||
+		drop.DestinationIdentity != idDeathstar || drop.Source.IsValid() || drop.IfIndex != 0 {
+		t.Errorf("socket hook drop event = %+v; want a policy-denied egress TCP drop of endpoint %d to identity %d, no source", *drop, wlID, idDeathstar)
+	}
+
 	// A wardd restart keeps the cgroup hooks attached and working.
 	if err := e.dp.Close(); err != nil {
 		t.Fatal(err)

@@ -5,9 +5,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/wardproxy/ward/agent"
+	"github.com/wardproxy/ward/conformance/netns"
 	"github.com/wardproxy/ward/conformance/node"
 	"github.com/wardproxy/ward/conformance/servers/deathstar"
 	"github.com/wardproxy/ward/internal/testenv"
@@ -110,5 +113,68 @@ func TestHubbleBPFFlows(t *testing.T) {
 	}
 	if fe := n.Agent.Status().FlowEvents; fe == nil || fe.Read == 0 || fe.Lost != 0 || fe.Malformed != 0 {
 		t.Errorf("status flowEvents = %+v; want events read, none lost or malformed", fe)
+	}
+}
+
+// TestHubbleSocketModeDrops: with datapath.mode socket a connect the
+// egress policy denies fails in the client with EPERM and builds no
+// packet; the socket hook reports it, so `hubble observe` shows it as
+// any drop: DROPPED, POLICY_DENIED, EGRESS from the client pod (its
+// address and labels, filled from its endpoint) to the destination's
+// port, and --from-pod selects it.
+func TestHubbleSocketModeDrops(t *testing.T) {
+	if netns.CgroupRoot() == "" {
+		t.Skip("no cgroup v2 hierarchy mounted (socket mode needs one)")
+	}
+	hubble := testenv.File(t, "build/bin/hubble", "run scripts/setup.d/70-hubble.sh (builds the hubble CLI from tools/hubble)")
+	n := node.New(t,
+		node.PodSpec{Name: "deathstar", Labels: map[string]string{"org": "empire", "class": "deathstar"}},
+		node.PodSpec{Name: "xwing", Labels: map[string]string{"org": "alliance", "class": "xwing"}})
+	n.Serve(t, "deathstar", deathstar.New(), ":80", ":8080")
+	n.WritePolicy(t, "xwing-egress.yaml", `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: xwing-egress
+spec:
+  endpointSelector:
+    matchLabels: {class: xwing}
+  egress:
+  - toEndpoints:
+    - matchLabels: {class: deathstar}
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+`)
+	n.Config.Datapath.Mode = agent.ModeSocket
+	n.Start(t, 49960, 9501)
+
+	c, stop := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer stop()
+	ds := n.Pods["deathstar"].IP
+	node.Eventually(t, "the xwing's egress policy to allow port 80", func() bool {
+		return n.Curl(c, "xwing", "-w", " %{http_code}", "http://"+ds.String()+"/v1/healthz") == `{ "status": "ok" } 200`
+	})
+	// bash's /dev/tcp: one connect(2), its errno in the message.
+	if out, err := n.Pods["xwing"].Run(c, "timeout", "5", "bash", "-c", "exec 3<>/dev/tcp/"+ds.String()+"/8080"); err == nil || !strings.Contains(out, "Operation not permitted") {
+		t.Fatalf("xwing connect :8080 = %q, %v; want EPERM from the socket hook", out, err)
+	}
+
+	server := "unix://" + filepath.Join(n.StateDir, "hubble.sock")
+	var drop *hubbleFlow
+	node.Eventually(t, "hubble observe --from-pod xwing to show the denied connect", func() bool {
+		out, err := exec.CommandContext(c, hubble, "observe", "--server", server, "-o", "json", "--last", "1000", "--verdict", "DROPPED", "--from-pod", "xwing").Output()
+		if err != nil {
+			t.Fatalf("hubble observe: %v\n%s", err, stderrOf(err))
+		}
+		for _, f := range parseFlows(t, out) {
+			if f.Flow.L4.TCP != nil && f.Flow.L4.TCP.DestinationPort == 8080 {
+				drop = f
+			}
+		}
+		return drop != nil
+	})
+	if f := drop.Flow; f.DropReason != "POLICY_DENIED" || f.Type != "L3_L4" || f.Direction != "EGRESS" ||
+		f.IP.Source != n.Pods["xwing"].IP.String() || f.IP.Destination != ds.String() ||
+		!contains(f.Source.Labels, "k8s:class=xwing") || f.Destination.PodName != "deathstar" {
+		t.Errorf("socket hook drop = %s; want the xwing's EGRESS TCP :8080 drop to the deathstar, POLICY_DENIED", drop)
 	}
 }
