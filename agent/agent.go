@@ -172,6 +172,16 @@ func (a *Agent) Run(ctx context.Context) error {
 				return err
 			}
 			a.eng.consumers = append(a.eng.consumers, a.dp, a.tls)
+			if a.tls.secrets != nil {
+				// headerMatches secrets come from the same directory as
+				// the TLS ones; a change there translates them again.
+				pr.cache.Secrets = a.tls.secrets.Value
+				a.tls.onChange = func() {
+					if pr.secretsChanged() {
+						a.eng.publish(ctx)
+					}
+				}
+			}
 		}
 		if a.cfg.PolicyDir != "" {
 			a.src = &dirsource.Source{Dir: a.cfg.PolicyDir, Sink: a.eng.repo, Logger: a.log, Interval: 500 * time.Millisecond, Features: a.cfg.features(),

@@ -110,6 +110,7 @@ type Config struct {
 	// watched, so a rotation reaches new handshakes. Relative to the config
 	// file. Without it, TLS interception rules are left out (the agent
 	// logs it with each publish); serverNames-only rules need no secret.
+	// headerMatches secrets come from here too (a folder of one file).
 	SecretsDir string `json:"secretsDir,omitempty"`
 	// Kubernetes takes policies (CiliumNetworkPolicy and
 	// CiliumClusterwideNetworkPolicy objects, beside the policy directory)

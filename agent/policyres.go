@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -59,6 +60,7 @@ func (p *policyResources) Apply(ctx context.Context, st *State) error {
 		ws = append(ws, xds.Workload{Name: w.Name, ID: w.ID, IPs: w.Addrs, Remote: w.Remote})
 	}
 	ps, hosts := p.cache.Resources(st.Policy, ws)
+	secretErr := joinDistinct(p.cache.SecretErrors())
 	clear(ws) // no reference to this state's workloads kept
 	p.ws = ws
 	p.mu.Unlock()
@@ -79,10 +81,38 @@ func (p *policyResources) Apply(ctx context.Context, st *State) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	if err := p.waitAcked(ctx, npds.NetworkPolicyHostsType, hv); err != nil {
-		return err
+	ackErr := p.waitAcked(ctx, npds.NetworkPolicyHostsType, hv)
+	if ackErr == nil {
+		ackErr = p.waitAcked(ctx, npds.NetworkPolicyType, pv)
 	}
-	return p.waitAcked(ctx, npds.NetworkPolicyType, pv)
+	return errors.Join(secretErr, ackErr)
+}
+
+// joinDistinct joins errs, each message once (a secret many endpoints'
+// rules reference fails once).
+func joinDistinct(errs []error) error {
+	seen := map[string]bool{}
+	var out []error
+	for _, err := range errs {
+		if m := err.Error(); !seen[m] {
+			seen[m] = true
+			out = append(out, err)
+		}
+	}
+	return errors.Join(out...)
+}
+
+// secretsChanged drops the cached translations when a policy references
+// a headerMatches secret (the next Apply resolves every secret again) and
+// reports whether it did: then the caller publishes.
+func (p *policyResources) secretsChanged() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.cache.UsesSecrets() {
+		return false
+	}
+	p.cache.Invalidate()
+	return true
 }
 
 // defaultProxyAckWait bounds a publish's wait for the proxy: a proxy that

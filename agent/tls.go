@@ -95,6 +95,9 @@ type tlsPolicy struct {
 	secrets *secrets.Source // nil without a secrets directory
 	log     *slog.Logger
 	changed chan struct{} // the secrets directory changed
+	// onChange runs after the TLS resources followed a change of the
+	// secrets directory (headerMatches secrets); nil: nothing.
+	onChange func()
 
 	mu   sync.Mutex
 	base xds.EnvoyResources // the static and datapath resources; set before the first Apply
@@ -152,6 +155,9 @@ func (t *tlsPolicy) run(ctx context.Context) error {
 			// secret that appeared clears its error without a publish.
 			if t.a.eng != nil {
 				t.a.eng.setConsumerErr(t, err)
+			}
+			if t.onChange != nil {
+				t.onChange()
 			}
 		}
 	}

@@ -404,7 +404,7 @@ func compilePortRules(prs []PortRule, icmps []ICMPRule, ns string) []portRule {
 		out = append(out, rule)
 	}
 	for _, pr := range prs {
-		rule := portRule{l7: pr.Rules, serverNames: pr.ServerNames,
+		rule := portRule{l7: l7WithNamespace(pr.Rules, ns), serverNames: pr.ServerNames,
 			termTLS: tlsWithNamespace(pr.TerminatingTLS, ns), origTLS: tlsWithNamespace(pr.OriginatingTLS, ns)}
 		switch k := pr.Rules.Kind(); {
 		case k != l7.KindNone:
@@ -446,6 +446,42 @@ func compilePortRules(prs []PortRule, icmps []ICMPRule, ns string) []portRule {
 			}
 		}
 		out = append(out, rule)
+	}
+	return out
+}
+
+// l7WithNamespace is r with every headerMatches secret that names no
+// namespace given the policy's (Cilium reads it from the policy's
+// namespace); r itself when none lacks one.
+func l7WithNamespace(r *L7Rules, ns string) *L7Rules {
+	if r == nil {
+		return nil
+	}
+	var out *L7Rules
+	for i, h := range r.HTTP {
+		cloned := false // out.HTTP[i].HeaderMatches is this rule's own
+		for j, hm := range h.HeaderMatches {
+			if hm == nil || hm.Secret == nil || hm.Secret.Namespace != "" {
+				continue
+			}
+			if out == nil {
+				c := *r
+				c.HTTP = slices.Clone(r.HTTP)
+				out = &c
+			}
+			if !cloned {
+				out.HTTP[i].HeaderMatches = slices.Clone(h.HeaderMatches)
+				cloned = true
+			}
+			m := *hm
+			s := *hm.Secret
+			s.Namespace = ns
+			m.Secret = &s
+			out.HTTP[i].HeaderMatches[j] = &m
+		}
+	}
+	if out == nil {
+		return r
 	}
 	return out
 }

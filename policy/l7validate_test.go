@@ -29,7 +29,7 @@ func TestValidationRefusesWhatEnvoyWould(t *testing.T) {
 		{"memcache unknown command", `{l7proto: memcache, l7: [{command: gett}]}`, "spec.ingress[0].toPorts[0].rules.l7[0].command", "unknown command \"gett\""},
 		{"memcache two key constraints", `{l7proto: memcache, l7: [{keyExact: a, keyPrefix: b}]}`, "spec.ingress[0].toPorts[0].rules.l7[0]", "keyExact and keyPrefix are mutually exclusive"},
 		{"memcache unknown key", `{l7proto: memcache, l7: [{opcode: "1"}]}`, "spec.ingress[0].toPorts[0].rules.l7[0].opcode", "unknown key \"opcode\" of l7proto memcache"},
-		{"headerMatches secret", `{http: [{headerMatches: [{name: X-Token, secret: {namespace: ns, name: tok}}]}]}`, "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].secret", "secrets in headerMatches are not supported yet"},
+		{"headerMatches secret without a name", `{http: [{headerMatches: [{name: X-Token, secret: {namespace: ns}}]}]}`, "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].secret.name", "missing"},
 		{"over-long path regex", `{http: [{path: "` + long + `"}]}`, "spec.ingress[0].toPorts[0].rules.http[0].path", "more than the 32768 allowed"},
 		{"over-long host regex", `{http: [{host: "` + strings.Repeat("h", l7.MaxRegexLen+1) + `"}]}`, "spec.ingress[0].toPorts[0].rules.http[0].host", "more than the 32768 allowed"},
 		{"header without name", `{http: [{headers: [": x"]}]}`, "spec.ingress[0].toPorts[0].rules.http[0].headers[0]", "empty header name"},

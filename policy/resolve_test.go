@@ -906,3 +906,40 @@ spec:
 `)
 	e.check("default/app=a", "default/app=b", ProtocolTCP, 443, "denied")
 }
+
+// TestHeaderMatchSecretNamespace: a headerMatches secret without a
+// namespace is read from the policy's namespace (as Cilium does); one that
+// names its namespace keeps it.
+func TestHeaderMatchSecretNamespace(t *testing.T) {
+	const pol = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: tokens, namespace: sw}
+spec:
+  endpointSelector: {matchLabels: {class: deathstar}}
+  ingress:
+  - toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http:
+        - path: /a
+          headerMatches:
+          - {name: X-Plain, value: v}
+          - {name: X-Token, secret: {name: tok}}
+          - {name: X-Other, secret: {namespace: vault, name: other}}
+`
+	e := newEnv(t, Config{}, pol)
+	p := e.policy("sw/class=deathstar")
+	if len(p.Ingress.Proxy) != 1 || len(p.Ingress.Proxy[0].Selections) != 1 {
+		t.Fatalf("proxy ports = %+v", p.Ingress.Proxy)
+	}
+	hms := p.Ingress.Proxy[0].Selections[0].Rules.HTTP[0].HeaderMatches
+	if len(hms) != 3 || hms[0].Secret != nil || hms[0].Value != "v" {
+		t.Fatalf("headerMatches = %+v", hms)
+	}
+	if s := hms[1].Secret; s == nil || s.Namespace != "sw" || s.Name != "tok" {
+		t.Errorf("secret without a namespace = %+v; want sw/tok", s)
+	}
+	if s := hms[2].Secret; s == nil || s.Namespace != "vault" || s.Name != "other" {
+		t.Errorf("secret with its namespace = %+v; want vault/other", s)
+	}
+}

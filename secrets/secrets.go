@@ -377,6 +377,27 @@ func (s *Source) Resolve(reqs []Request) ([]*tlsv3.Secret, error) {
 	return out, errors.Join(errs...)
 }
 
+// Value is the value of a secret holding exactly one item (a key of any
+// name), for headerMatches: Cilium's GetSecretString. The namespace rule
+// of Resolve applies (Config.Namespace).
+func (s *Source) Value(namespace, name string) (string, error) {
+	r := Ref{Namespace: namespace, Name: name}
+	if s.cfg.Namespace != "" && namespace != s.cfg.Namespace {
+		return "", fmt.Errorf("secret %s: %w %q (read-only-from-secrets-namespace mode): copy it there", r, ErrNamespace, s.cfg.Namespace)
+	}
+	files := s.snap.Load().files[r.String()]
+	if files == nil {
+		return "", fmt.Errorf("secret %s: %w in %s", r, ErrNotFound, s.cfg.Dir)
+	}
+	if len(files) != 1 {
+		return "", fmt.Errorf("secret %s: must have exactly one item, has %d", r, len(files))
+	}
+	for _, v := range files {
+		return string(v), nil
+	}
+	return "", nil // unreachable
+}
+
 // remember records sec as the last version of its name that validated.
 func (s *Source) remember(sec *tlsv3.Secret, notAfter time.Time) {
 	s.goodMu.Lock()

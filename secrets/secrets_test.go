@@ -261,3 +261,41 @@ func TestResolveKeepsLastValidVersion(t *testing.T) {
 		t.Errorf("Resolve after rotation = %v; want b's certificate", err)
 	}
 }
+
+// TestValue: a headerMatches secret is a secret of exactly one item (any
+// key name), as Cilium's GetSecretString; a missing one, one of several
+// items and one outside the secrets namespace are errors naming it.
+func TestValue(t *testing.T) {
+	dir := t.TempDir()
+	for ref, keys := range map[Ref]map[string][]byte{
+		{Namespace: "sw", Name: "tok"}:  {"token": []byte("s3cr3t")},
+		{Namespace: "sw", Name: "two"}:  {"a": []byte("1"), "b": []byte("2")},
+		{Namespace: "kv", Name: "tok2"}: {"x": []byte("other")},
+	} {
+		if err := Write(dir, ref, keys); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := New(Config{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, err := s.Value("sw", "tok"); err != nil || v != "s3cr3t" {
+		t.Errorf("Value(sw/tok) = %q, %v; want s3cr3t", v, err)
+	}
+	for _, c := range []struct{ ns, name, want string }{
+		{"sw", "two", "exactly one item"},
+		{"sw", "none", "not found"},
+	} {
+		if _, err := s.Value(c.ns, c.name); err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), c.ns+"/"+c.name) {
+			t.Errorf("Value(%s/%s) = %v; want an error naming it: %s", c.ns, c.name, err, c.want)
+		}
+	}
+	ns, err := New(Config{Dir: dir, Namespace: "sw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ns.Value("kv", "tok2"); !errors.Is(err, ErrNamespace) {
+		t.Errorf("Value outside the secrets namespace = %v; want ErrNamespace", err)
+	}
+}

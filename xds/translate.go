@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"sort"
@@ -24,20 +25,84 @@ type EndpointInfo struct {
 // entries are the datapath's business (BPF maps); only redirected ports
 // reach the proxy, so only they are translated.
 func NetworkPolicy(ep EndpointInfo, p *policy.EndpointPolicy) *npds.NetworkPolicy {
+	np, _ := networkPolicy(ep, p, nil)
+	return np
+}
+
+// SecretValues resolves a headerMatches secret: the value of the secret
+// namespace/name (secrets.Source.Value), or why there is none.
+type SecretValues func(namespace, name string) (string, error)
+
+// networkPolicy is NetworkPolicy with headerMatches secrets resolved by sv
+// (nil: none resolved). A rule whose secret resolves carries its value in
+// the header match's Value, the reference kept (the filter never prints
+// it); one that does not keeps the policy's fallback value (none: the
+// match never succeeds) and its error is returned.
+func networkPolicy(ep EndpointInfo, p *policy.EndpointPolicy, sv SecretValues) (*npds.NetworkPolicy, secretUse) {
 	out := &npds.NetworkPolicy{Name: ep.Name, EndpointId: ep.ID}
 	for _, ip := range ep.IPs {
 		out.EndpointIps = append(out.EndpointIps, ip.String())
 	}
 	if p == nil {
-		return out
+		return out, secretUse{}
 	}
 	out.Audit = p.Audit
-	out.IngressPerPortPolicies = ports(p.Ingress)
-	out.EgressPerPortPolicies = ports(p.Egress)
+	var use secretUse
+	out.IngressPerPortPolicies = ports(p.Ingress, sv, &use)
+	out.EgressPerPortPolicies = ports(p.Egress, sv, &use)
+	return out, use
+}
+
+// secretUse is what a translation did with headerMatches secrets.
+type secretUse struct {
+	refs int     // secrets referenced
+	errs []error // those that did not resolve
+}
+
+// withSecrets is rules with the value of each headerMatches secret sv
+// resolves in its Value (a copy; rules itself when it has no secret).
+func withSecrets(rules *l7.Rules, sv SecretValues, use *secretUse) *l7.Rules {
+	var out *l7.Rules
+	for i, h := range rules.HTTP {
+		cloned := false
+		for j, hm := range h.HeaderMatches {
+			if hm == nil || hm.Secret == nil {
+				continue
+			}
+			use.refs++
+			v, err := "", error(nil)
+			if sv == nil {
+				err = fmt.Errorf("headerMatches secret %s/%s: no secrets directory (secretsDir in the node config)", hm.Secret.Namespace, hm.Secret.Name)
+			} else {
+				v, err = sv(hm.Secret.Namespace, hm.Secret.Name)
+			}
+			if err != nil {
+				use.errs = append(use.errs, err)
+			}
+			if v == "" {
+				continue // the fallback value, if any (Cilium: value when the secret is missing)
+			}
+			if out == nil {
+				c := *rules
+				c.HTTP = slices.Clone(rules.HTTP)
+				out = &c
+			}
+			if !cloned {
+				out.HTTP[i].HeaderMatches = slices.Clone(h.HeaderMatches)
+				cloned = true
+			}
+			m := *hm
+			m.Value = v
+			out.HTTP[i].HeaderMatches[j] = &m
+		}
+	}
+	if out == nil {
+		return rules
+	}
 	return out
 }
 
-func ports(d *policy.DirectionPolicy) []*npds.PortNetworkPolicy {
+func ports(d *policy.DirectionPolicy, sv SecretValues, use *secretUse) []*npds.PortNetworkPolicy {
 	if d == nil {
 		return nil
 	}
@@ -65,7 +130,7 @@ func ports(d *policy.DirectionPolicy) []*npds.PortNetworkPolicy {
 			case !s.AllowAll && lp.Kind != l7.KindTLS:
 				// The rules cross to Envoy in their own encoding: no
 				// copy into a second set of types and back.
-				r.L7 = npds.NewL7(&s.Rules)
+				r.L7 = npds.NewL7(withSecrets(&s.Rules, sv, use))
 			case lp.Kind == l7.KindGeneric:
 				// Allow all, but through the port's parser: the rule
 				// names the protocol, with no rules.
@@ -139,6 +204,10 @@ func Resources(snap *policy.Snapshot, ws []Workload) ([]*npds.NetworkPolicy, []*
 // slices holding them, are shared: never modified. The zero value is ready; a nil cache translates
 // everything. Not safe for concurrent use.
 type TranslationCache struct {
+	// Secrets resolves headerMatches secrets (nil: none resolve). A
+	// changed secret is seen after Invalidate.
+	Secrets SecretValues
+
 	m   map[uint64]*cachedPolicy
 	gen uint64 // the current Resources call; entries not seen in it are gone
 	// sorted is the last call's policies in name order (returned, so
@@ -148,13 +217,32 @@ type TranslationCache struct {
 	hosts []*npds.NetworkPolicyHosts
 	hkeys []hostKey // what hosts was built from, in the workloads' order
 	cidrs []hostKey // and the CIDR identities (prefix, identity)
+
+	secretErrs []error // the last call's, from every local workload's policy
+	secretRefs int     // headerMatches secrets the last call's policies reference
 }
+
+// Invalidate drops every cached translation: the next Resources
+// translates each policy again (after a secret changed).
+func (c *TranslationCache) Invalidate() {
+	c.m, c.sorted = nil, nil
+}
+
+// SecretErrors are the headerMatches secrets the last Resources call could
+// not resolve (each error names its secret; the rules use their fallback
+// value, or never match).
+func (c *TranslationCache) SecretErrors() []error { return c.secretErrs }
+
+// UsesSecrets reports whether a policy of the last Resources call
+// references a headerMatches secret (a changed secret needs Invalidate).
+func (c *TranslationCache) UsesSecrets() bool { return c.secretRefs > 0 }
 
 type cachedPolicy struct {
 	pol  *policy.EndpointPolicy
 	name string
 	ips  []netip.Addr
 	np   *npds.NetworkPolicy
+	use  secretUse // its headerMatches secrets
 	gen  uint64
 	idx  int // np's place in sorted; -1: not there
 }
@@ -175,6 +263,7 @@ func (c *TranslationCache) Resources(snap *policy.Snapshot, ws []Workload) ([]*n
 		if c.m == nil {
 			c.m = map[uint64]*cachedPolicy{}
 		}
+		c.secretErrs, c.secretRefs = nil, 0
 	}
 	// The sorted policies of the last call are kept (c.sorted): when each
 	// local workload is one of theirs under the same name, the result is
@@ -200,9 +289,11 @@ func (c *TranslationCache) Resources(snap *policy.Snapshot, ws []Workload) ([]*n
 			if cp.idx < 0 {
 				inPlace = false
 			}
+			c.secretErrs, c.secretRefs = append(c.secretErrs, cp.use.errs...), c.secretRefs+cp.use.refs
 			return cp.np
 		}
-		np := NetworkPolicy(EndpointInfo{Name: w.Name, ID: w.ID, IPs: w.IPs}, ep)
+		np, use := networkPolicy(EndpointInfo{Name: w.Name, ID: w.ID, IPs: w.IPs}, ep, c.Secrets)
+		c.secretErrs, c.secretRefs = append(c.secretErrs, use.errs...), c.secretRefs+use.refs
 		idx := -1
 		if ok && cp.name == w.Name && cp.idx >= 0 {
 			idx = cp.idx // same name: same place in the sorted set
@@ -210,7 +301,7 @@ func (c *TranslationCache) Resources(snap *policy.Snapshot, ws []Workload) ([]*n
 		} else {
 			inPlace = false
 		}
-		c.m[w.ID] = &cachedPolicy{pol: ep, name: w.Name, ips: slices.Clone(w.IPs), np: np, gen: c.gen, idx: idx}
+		c.m[w.ID] = &cachedPolicy{pol: ep, name: w.Name, ips: slices.Clone(w.IPs), np: np, use: use, gen: c.gen, idx: idx}
 		return np
 	}
 	var ps []*npds.NetworkPolicy

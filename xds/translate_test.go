@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"errors"
 	"net/netip"
 	"slices"
 	"strings"
@@ -248,4 +249,77 @@ spec:
 	upsert("e", "82")
 	check("d local again, e's policy changed")
 	check("unchanged again")
+}
+
+// TestTranslationCacheSecrets: a headerMatches secret reaches the filters
+// as its value (the reference kept, so the filter never prints it); one
+// that does not resolve keeps the policy's fallback value (none: nothing)
+// and is reported; a changed secret is seen after Invalidate.
+func TestTranslationCacheSecrets(t *testing.T) {
+	ps, err := policy.Parse("p.yaml", []byte(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: tok, namespace: sw}
+spec:
+  endpointSelector: {matchLabels: {app: a}}
+  ingress:
+  - toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http:
+        - headerMatches:
+          - {name: X-Token, secret: {name: tok}}
+          - {name: X-Other, secret: {name: missing}, value: fallback}
+          - {name: X-Plain, value: v}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := policy.NewRepository(policy.Config{})
+	r.Upsert(ps[0])
+	if _, err := r.UpsertEndpoint(policy.Endpoint{ID: 1, Labels: policy.K8sLabels(map[string]string{"app": "a"}, "sw")}); err != nil {
+		t.Fatal(err)
+	}
+	ws := []Workload{{Name: "a", ID: 1, IPs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}}
+	value := "one"
+	var c TranslationCache
+	c.Secrets = func(ns, name string) (string, error) {
+		if ns == "sw" && name == "tok" {
+			return value, nil
+		}
+		return "", errors.New("secret " + ns + "/" + name + ": not found")
+	}
+	matches := func() []*l7.HeaderMatch {
+		t.Helper()
+		nps, _ := c.Resources(r.Snapshot(), ws)
+		rules, err := nps[0].IngressPerPortPolicies[0].Rules[0].L7.Decode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rules.HTTP[0].HeaderMatches
+	}
+	hm := matches()
+	if hm[0].Value != "one" || hm[0].Secret == nil || hm[0].Secret.Namespace != "sw" {
+		t.Errorf("resolved secret = %+v; want its value with the reference sw/tok kept", hm[0])
+	}
+	if hm[1].Value != "fallback" || hm[2].Value != "v" || hm[2].Secret != nil {
+		t.Errorf("unresolved / plain = %+v, %+v; want the fallback and the plain value", hm[1], hm[2])
+	}
+	if errs := c.SecretErrors(); len(errs) != 1 || !strings.Contains(errs[0].Error(), "sw/missing") || !c.UsesSecrets() {
+		t.Errorf("SecretErrors = %v, UsesSecrets %v; want sw/missing's error, true", errs, c.UsesSecrets())
+	}
+	// Cached: the error is reported again, the old value kept until
+	// Invalidate.
+	value = "two"
+	if hm := matches(); hm[0].Value != "one" || len(c.SecretErrors()) != 1 {
+		t.Errorf("cached translation: %+v, errors %v; want the old value, the error again", hm[0], c.SecretErrors())
+	}
+	c.Invalidate()
+	if hm := matches(); hm[0].Value != "two" {
+		t.Errorf("after Invalidate: %+v; want the new value", hm[0])
+	}
+	// The repository's rules were not changed by the translation.
+	p, _ := r.Snapshot().Endpoint(1)
+	if v := p.Ingress.Proxy[0].Selections[0].Rules.HTTP[0].HeaderMatches[0].Value; v != "" {
+		t.Errorf("the resolved policy's rule got the value %q; want it untouched", v)
+	}
 }

@@ -466,6 +466,11 @@ func compileHeaderMatch(hm *l7.HeaderMatch, secrets SecretSource) (headerMatch, 
 	}
 	c := headerMatch{name: strings.ToLower(hm.Name), value: hm.Value, action: hm.Mismatch}
 	if hm.Secret != nil {
+		// In Envoy the value arrives resolved: wardd puts the secret's
+		// value in Value (xds.TranslationCache.Secrets), or leaves the
+		// policy's fallback there when the secret is unavailable. Either
+		// way it is never printed.
+		c.secret = true
 		var v string
 		var ok bool
 		if secrets != nil {
@@ -473,7 +478,7 @@ func compileHeaderMatch(hm *l7.HeaderMatch, secrets SecretSource) (headerMatch, 
 		}
 		switch {
 		case ok && v != "":
-			c.value, c.secret = v, true
+			c.value = v
 		case hm.Value == "":
 			// No secret and no fallback: never matches (Cilium: exact ""
 			// inverted, or a failed header match).

@@ -197,6 +197,16 @@ func TestMatchHeaderActions(t *testing.T) {
 			notes:   []HeaderNote{{Name: "authorization", Action: policy.MismatchReplace}},
 		},
 		{
+			// In Envoy: wardd put the secret's value in Value and kept
+			// the reference; the edit's value is still never printed.
+			name:    "replace with a secret wardd resolved",
+			rules:   []policy.PortRuleHTTP{{Path: "/", HeaderMatches: []*policy.HeaderMatch{{Name: "Authorization", Value: "inline", Secret: &policy.Secret{Namespace: "ns", Name: "resolved-by-wardd"}, Mismatch: policy.MismatchReplace}}}},
+			headers: MapHeaders{"authorization": "bad"},
+			allowed: true,
+			edits:   []HeaderEdit{{Op: EditSet, Name: "authorization", Value: "inline", Secret: true}},
+			notes:   []HeaderNote{{Name: "authorization", Action: policy.MismatchReplace}},
+		},
+		{
 			name:    "replace not needed",
 			rules:   []policy.PortRuleHTTP{{Path: "/", HeaderMatches: []*policy.HeaderMatch{{Name: "X-Token", Value: "good", Mismatch: policy.MismatchReplace}}}},
 			headers: MapHeaders{"x-token": "good"},

@@ -94,8 +94,8 @@ func checkHTTP(h *HTTPRule, p string, add func(path, value, msg string)) {
 		if !hm.Mismatch.Known() {
 			add(mp+".mismatch", string(hm.Mismatch), fmt.Sprintf("unknown mismatch action %q (want LOG, ADD, DELETE or REPLACE)", hm.Mismatch))
 		}
-		if hm.Secret != nil {
-			add(mp+".secret", "", "secrets in headerMatches are not supported yet: ward cannot deliver secret values to Envoy (use value)")
+		if hm.Secret != nil && hm.Secret.Name == "" {
+			add(mp+".secret.name", "", "missing")
 		}
 	}
 }

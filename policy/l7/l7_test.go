@@ -44,7 +44,7 @@ func TestCheck(t *testing.T) {
 	r := &Rules{
 		HTTP: []HTTPRule{
 			{Path: "nopath", Method: "(", Headers: []string{": v"}},
-			{HeaderMatches: []*HeaderMatch{nil, {Mismatch: "DROP"}, {Name: "x", Secret: &Secret{Name: "s"}}}},
+			{HeaderMatches: []*HeaderMatch{nil, {Mismatch: "DROP"}, {Name: "x", Secret: &Secret{Name: "s"}}, {Name: "y", Secret: &Secret{Namespace: "ns"}}}},
 			{Host: strings.Repeat("h", MaxRegexLen+1)},
 		},
 		Kafka: []KafkaRule{
@@ -61,7 +61,7 @@ func TestCheck(t *testing.T) {
 	want := []string{
 		"", "l7proto",
 		"http[0].path", "http[0].method", "http[0].headers[0]",
-		"http[1].headerMatches[0]", "http[1].headerMatches[1].name", "http[1].headerMatches[1].mismatch", "http[1].headerMatches[2].secret",
+		"http[1].headerMatches[0]", "http[1].headerMatches[1].name", "http[1].headerMatches[1].mismatch", "http[1].headerMatches[3].secret.name",
 		"http[2].host",
 		"kafka[0]",
 		"kafka[1]", "kafka[1].role", "kafka[1].apiKey", "kafka[1].apiVersion", "kafka[1].topic",
