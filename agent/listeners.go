@@ -16,6 +16,10 @@ import (
 func (a *Agent) filterConfig(c policyfilter.Config) []byte {
 	c.XDSSocket, c.Node = a.xdsSocket(), a.node
 	c.FlowSocket = a.flowSocket()
+	// Envoy's first listener with a ward filter starts accepting once the
+	// in-Envoy policy client has this agent's state (or 5 s passed), so
+	// no request right after a start is denied for want of a policy.
+	c.WaitFirstPolicyMS = 5000
 	b, err := json.Marshal(c)
 	if err != nil {
 		panic(err) // a struct of strings and numbers always marshals

@@ -45,6 +45,12 @@ type Client struct {
 	mu      sync.Mutex    // guards updates; never held across I/O
 	updates chan struct{} // closed and replaced on every publish
 
+	// synced is closed once a response of each policy type was applied
+	// (the agent's whole state at subscription): WaitSynced.
+	synced     chan struct{}
+	syncedOnce sync.Once
+	gotTypes   atomic.Uint32 // bit 0: policies, bit 1: hosts
+
 	// applyMu serializes appliers (the stream, Apply) and guards the
 	// fields below; never held across I/O.
 	applyMu  sync.Mutex
@@ -64,6 +70,7 @@ func New(cfg Config) *Client {
 	c := &Client{
 		cfg:      cfg,
 		updates:  make(chan struct{}),
+		synced:   make(chan struct{}),
 		held:     map[string]map[string]string{npds.NetworkPolicyType: {}, npds.NetworkPolicyHostsType: {}},
 		rejected: map[string]map[string]string{npds.NetworkPolicyType: {}, npds.NetworkPolicyHostsType: {}},
 		hostsRes: map[string]*hostsRes{},
@@ -236,13 +243,48 @@ func decode[T proto.Message](resp *discovery.DeltaDiscoveryResponse, newT func()
 func (c *Client) apply(resp *discovery.DeltaDiscoveryResponse) error {
 	switch resp.GetTypeUrl() {
 	case npds.NetworkPolicyType:
+		defer c.gotType(1)
 		return c.applyPolicies(resp.GetSystemVersionInfo(), resp.GetRemovedResources(),
 			decode(resp, func() *npds.NetworkPolicy { return &npds.NetworkPolicy{} }))
 	case npds.NetworkPolicyHostsType:
+		defer c.gotType(2)
 		return c.applyHosts(resp.GetSystemVersionInfo(), resp.GetRemovedResources(),
 			decode(resp, func() *npds.NetworkPolicyHosts { return &npds.NetworkPolicyHosts{} }))
 	}
 	return fmt.Errorf("unexpected type %s", resp.GetTypeUrl())
+}
+
+// gotType records that a response of a policy type was applied (rejected
+// resources included: what compiled is in force) and closes synced once
+// both types were.
+func (c *Client) gotType(bit uint32) {
+	if c.gotTypes.Or(bit)|bit == 3 {
+		c.syncedOnce.Do(func() { close(c.synced) })
+	}
+}
+
+// WaitSynced waits, at most d, until the client applied the agent's state
+// of both policy types once, and reports whether it did. A filter
+// configuration waits for it (wait_first_policy_ms): Envoy's listener
+// starts accepting only after it is created, so its first requests are
+// decided by the agent's policy, not denied for want of one.
+func (c *Client) WaitSynced(d time.Duration) bool {
+	select {
+	case <-c.synced:
+		return true
+	default:
+	}
+	if d <= 0 {
+		return false
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-c.synced:
+		return true
+	case <-t.C:
+		return false
+	}
 }
 
 // applyPolicies compiles the updated endpoints (no lock: compiling may
@@ -420,6 +462,7 @@ func (c *Client) Apply(_ context.Context, ps []*npds.NetworkPolicy, hs []*npds.N
 	for _, h := range hs {
 		hu = append(hu, update[*npds.NetworkPolicyHosts]{name: h.GetName(), version: "static", msg: h})
 	}
+	defer c.gotType(3)
 	return errors.Join(
 		c.applyHosts("static", absent(c, npds.NetworkPolicyHostsType, hu), hu),
 		c.applyPolicies("static", absent(c, npds.NetworkPolicyType, pu), pu))

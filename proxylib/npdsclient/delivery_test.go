@@ -348,3 +348,41 @@ func TestReconnectSendsOnlyWhatDiffers(t *testing.T) {
 		}
 	}
 }
+
+// TestWaitSynced: a client is synced once it applied a response of each
+// policy type (the agent's whole state at subscription), and from then on
+// WaitSynced returns at once; without a server it times out, reporting
+// false (the filter configuration then warns and fails closed).
+func TestWaitSynced(t *testing.T) {
+	lone := npdsclient.New(npdsclient.Config{Socket: filepath.Join(t.TempDir(), "none.sock"), NodeID: "n"})
+	if lone.WaitSynced(20 * time.Millisecond) {
+		t.Fatal("a client that never received anything is synced")
+	}
+
+	dir, err := os.MkdirTemp("", "npds-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	socket := filepath.Join(dir, "xds.sock")
+	srv, stop := startServer(t, socket)
+	srv.SetPolicies([]*npds.NetworkPolicy{l4Allow("ep", "10.0.0.1")})
+	c := npdsclient.New(npdsclient.Config{Socket: socket, NodeID: "n", MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
+	if c.WaitSynced(0) {
+		t.Fatal("synced before running")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { c.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; stop() })
+	if !c.WaitSynced(time.Minute) {
+		t.Fatal("not synced with the agent serving")
+	}
+	// Synced means the state is in force: the policy is there.
+	if v := verdict(c, "ep"); v != npdsclient.AllowAll {
+		t.Errorf("after WaitSynced the endpoint's verdict = %v; want its policy in force", v)
+	}
+	if !c.WaitSynced(0) {
+		t.Error("a synced client waits again")
+	}
+}

@@ -48,6 +48,11 @@ type Config struct {
 	RecordQuery bool `json:"record_query,omitempty"`
 	// Kafka holds ward.kafka's memory bounds (kafka.go).
 	Kafka KafkaOptions `json:"kafka,omitzero"`
+	// WaitFirstPolicyMS: creating the configuration waits up to this long
+	// for the policy subscription's first complete state (wardd sets it),
+	// so a new listener never answers its first requests without a
+	// policy; 0 does not wait. The wait happens once per process.
+	WaitFirstPolicyMS uint32 `json:"wait_first_policy_ms,omitempty"`
 }
 
 func parseConfig(b []byte) (Config, error) {

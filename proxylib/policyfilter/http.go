@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"time"
 
 	httpf "github.com/wardproxy/ward/filters/http"
 	"github.com/wardproxy/ward/flow"
@@ -89,7 +90,11 @@ func (e *Env) setup(raw []byte) (Config, flow.Sink, *npdsclient.Client, error) {
 	if cfg.FlowSocket != "" {
 		sink = flow.Tee(sink, e.shipper(cfg.FlowSocket))
 	}
-	return cfg, sink, e.Clients.Get(cfg.XDSSocket, cfg.Node, compiler(e.Logger), e.Logger), nil
+	client := e.Clients.Get(cfg.XDSSocket, cfg.Node, compiler(e.Logger), e.Logger)
+	if cfg.WaitFirstPolicyMS > 0 && !client.WaitSynced(time.Duration(cfg.WaitFirstPolicyMS)*time.Millisecond) && e.Logger != nil {
+		e.Logger.Log(proxylib.LogWarn, fmt.Sprintf("ward: no policy from %s after %d ms; requests are denied until it arrives", cfg.XDSSocket, cfg.WaitFirstPolicyMS))
+	}
+	return cfg, sink, client, nil
 }
 
 func (c *httpConfig) NewHTTPFilter() proxylib.HTTPFilter {
