@@ -73,8 +73,8 @@ func withSecrets(rules *l7.Rules, sv SecretValues, use *secretUse) *l7.Rules {
 			v, err := "", error(nil)
 			if sv == nil {
 				err = fmt.Errorf("headerMatches secret %s/%s: no secrets directory (secretsDir in the node config)", hm.Secret.Namespace, hm.Secret.Name)
-			} else {
-				v, err = sv(hm.Secret.Namespace, hm.Secret.Name)
+			} else if v, err = sv(hm.Secret.Namespace, hm.Secret.Name); err != nil {
+				err = fmt.Errorf("headerMatches %s: %w", hm.Name, err)
 			}
 			if err != nil {
 				use.errs = append(use.errs, err)
