@@ -454,36 +454,15 @@ func compilePortRules(prs []PortRule, icmps []ICMPRule, ns string) []portRule {
 // namespace given the policy's (Cilium reads it from the policy's
 // namespace); r itself when none lacks one.
 func l7WithNamespace(r *L7Rules, ns string) *L7Rules {
-	if r == nil {
-		return nil
-	}
-	var out *L7Rules
-	for i, h := range r.HTTP {
-		cloned := false // out.HTTP[i].HeaderMatches is this rule's own
-		for j, hm := range h.HeaderMatches {
-			if hm == nil || hm.Secret == nil || hm.Secret.Namespace != "" {
-				continue
-			}
-			if out == nil {
-				c := *r
-				c.HTTP = slices.Clone(r.HTTP)
-				out = &c
-			}
-			if !cloned {
-				out.HTTP[i].HeaderMatches = slices.Clone(h.HeaderMatches)
-				cloned = true
-			}
-			m := *hm
-			s := *hm.Secret
-			s.Namespace = ns
-			m.Secret = &s
-			out.HTTP[i].HeaderMatches[j] = &m
+	return r.WithHeaderMatches(func(hm *l7.HeaderMatch) *l7.HeaderMatch {
+		if hm.Secret == nil || hm.Secret.Namespace != "" {
+			return nil
 		}
-	}
-	if out == nil {
-		return r
-	}
-	return out
+		m, s := *hm, *hm.Secret
+		s.Namespace = ns
+		m.Secret = &s
+		return &m
+	})
 }
 
 func tlsWithNamespace(t *TLSContext, ns string) *TLSContext {

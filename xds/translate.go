@@ -62,44 +62,27 @@ type secretUse struct {
 // withSecrets is rules with the value of each headerMatches secret sv
 // resolves in its Value (a copy; rules itself when it has no secret).
 func withSecrets(rules *l7.Rules, sv SecretValues, use *secretUse) *l7.Rules {
-	var out *l7.Rules
-	for i, h := range rules.HTTP {
-		cloned := false
-		for j, hm := range h.HeaderMatches {
-			if hm == nil || hm.Secret == nil {
-				continue
-			}
-			use.refs++
-			v, err := "", error(nil)
-			if sv == nil {
-				err = fmt.Errorf("headerMatches secret %s/%s: no secrets directory (secretsDir in the node config)", hm.Secret.Namespace, hm.Secret.Name)
-			} else if v, err = sv(hm.Secret.Namespace, hm.Secret.Name); err != nil {
-				err = fmt.Errorf("headerMatches %s: %w", hm.Name, err)
-			}
-			if err != nil {
-				use.errs = append(use.errs, err)
-			}
-			if v == "" {
-				continue // the fallback value, if any (Cilium: value when the secret is missing)
-			}
-			if out == nil {
-				c := *rules
-				c.HTTP = slices.Clone(rules.HTTP)
-				out = &c
-			}
-			if !cloned {
-				out.HTTP[i].HeaderMatches = slices.Clone(h.HeaderMatches)
-				cloned = true
-			}
-			m := *hm
-			m.Value = v
-			out.HTTP[i].HeaderMatches[j] = &m
+	return rules.WithHeaderMatches(func(hm *l7.HeaderMatch) *l7.HeaderMatch {
+		if hm.Secret == nil {
+			return nil
 		}
-	}
-	if out == nil {
-		return rules
-	}
-	return out
+		use.refs++
+		v, err := "", error(nil)
+		if sv == nil {
+			err = fmt.Errorf("headerMatches secret %s/%s: no secrets directory (secretsDir in the node config)", hm.Secret.Namespace, hm.Secret.Name)
+		} else if v, err = sv(hm.Secret.Namespace, hm.Secret.Name); err != nil {
+			err = fmt.Errorf("headerMatches %s: %w", hm.Name, err)
+		}
+		if err != nil {
+			use.errs = append(use.errs, err)
+		}
+		if v == "" {
+			return nil // the fallback value, if any (Cilium: value when the secret is missing)
+		}
+		m := *hm
+		m.Value = v
+		return &m
+	})
 }
 
 func ports(d *policy.DirectionPolicy, sv SecretValues, use *secretUse) []*npds.PortNetworkPolicy {

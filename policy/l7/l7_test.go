@@ -219,3 +219,32 @@ func TestKind(t *testing.T) {
 		}
 	}
 }
+
+// TestWithHeaderMatches: replaced entries land in a copy; the original
+// rules are never modified; nothing replaced returns the rules themselves.
+func TestWithHeaderMatches(t *testing.T) {
+	keep := &HeaderMatch{Name: "keep"}
+	r := &Rules{HTTP: []HTTPRule{
+		{Path: "/a", HeaderMatches: []*HeaderMatch{keep, nil, {Name: "swap"}}},
+		{Path: "/b", HeaderMatches: []*HeaderMatch{{Name: "keep2"}}},
+	}}
+	swap := func(hm *HeaderMatch) *HeaderMatch {
+		if hm.Name != "swap" {
+			return nil
+		}
+		return &HeaderMatch{Name: "swapped"}
+	}
+	out := r.WithHeaderMatches(swap)
+	if out == r || out.HTTP[0].HeaderMatches[2].Name != "swapped" || out.HTTP[0].HeaderMatches[0] != keep || out.HTTP[0].Path != "/a" {
+		t.Fatalf("WithHeaderMatches = %+v; want a copy with the entry swapped, the rest shared", out.HTTP[0])
+	}
+	if r.HTTP[0].HeaderMatches[2].Name != "swap" {
+		t.Error("the original rules were modified")
+	}
+	if same := r.WithHeaderMatches(func(*HeaderMatch) *HeaderMatch { return nil }); same != r {
+		t.Error("nothing replaced: want the rules themselves")
+	}
+	if (*Rules)(nil).WithHeaderMatches(swap) != nil {
+		t.Error("nil rules: want nil")
+	}
+}

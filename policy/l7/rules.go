@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"slices"
 )
 
 // Rules is the rules block of a toPorts entry. At most one of HTTP, Kafka,
@@ -40,6 +41,43 @@ func (r *Rules) Kind() Kind {
 // allows every request).
 func (r *Rules) Empty() bool {
 	return r == nil || len(r.HTTP) == 0 && len(r.Kafka) == 0 && len(r.DNS) == 0 && len(r.L7) == 0
+}
+
+// WithHeaderMatches returns r with the headerMatches entries f replaces:
+// f gets each non-nil entry and returns its replacement, or nil to keep
+// it. r is never modified: the result is a copy sharing what was not
+// replaced, or r itself when nothing was (nil stays nil).
+func (r *Rules) WithHeaderMatches(f func(*HeaderMatch) *HeaderMatch) *Rules {
+	if r == nil {
+		return nil
+	}
+	var out *Rules
+	for i, h := range r.HTTP {
+		cloned := false // out.HTTP[i].HeaderMatches is the copy's own
+		for j, hm := range h.HeaderMatches {
+			if hm == nil {
+				continue
+			}
+			n := f(hm)
+			if n == nil {
+				continue
+			}
+			if out == nil {
+				c := *r
+				c.HTTP = slices.Clone(r.HTTP)
+				out = &c
+			}
+			if !cloned {
+				out.HTTP[i].HeaderMatches = slices.Clone(h.HeaderMatches)
+				cloned = true
+			}
+			out.HTTP[i].HeaderMatches[j] = n
+		}
+	}
+	if out == nil {
+		return r
+	}
+	return out
 }
 
 // HTTPRule is one HTTP rule. Every non-empty field must match for the rule
