@@ -82,7 +82,7 @@ func (m *auditModes) save() error {
 	return os.Rename(tmp, m.path)
 }
 
-// forget drops the overrides of endpoints gone from the node and saves
+// forgetAudit drops the overrides of endpoints gone from the node and saves
 // the rest; a failed save is logged (the next change saves again).
 func (e *engine) forgetAudit(gone []uint64) {
 	n := 0
